@@ -1,0 +1,1 @@
+//! spo-clip: CLIP towers, the step-aware preference model and the scorers.

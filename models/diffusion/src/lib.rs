@@ -1,0 +1,1 @@
+//! spo-diffusion: schedules, DDIM with exact log-probabilities, a diffusers-compatible UNet, LoRA.

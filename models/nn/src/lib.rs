@@ -1,0 +1,1 @@
+//! spo-nn: differentiable building blocks on candle shared by spo-pipe's models.

@@ -1,0 +1,1 @@
+//! spo-world: the embedded emoji world.
