@@ -1,1 +1,42 @@
 //! spo-nn: differentiable building blocks on candle shared by spo-pipe's models.
+//!
+//! candle 0.11's CPU backend cannot be seeded, its fused LayerNorm and `softmax_last_dim` record
+//! no backward, and its AdamW cannot save its state. This crate holds the replacements every
+//! model crate uses:
+//! - [`SeededRng`] and [`seeded_var_builder`]: reproducible tensors and initial weights;
+//! - [`LayerNorm`], [`attention`], [`activation`], [`linear`]: layers whose gradients flow;
+//! - [`AdamW`]: `torch.optim.AdamW` with exact save/load;
+//! - [`vars_without_gradient`]: the test that every trainable variable learns.
+//!
+//! ```
+//! use candle_core::{DType, Device, Module};
+//! use candle_nn::VarMap;
+//! use spo_nn::{AdamW, AdamWConfig, SeededRng, linear, named_vars, seeded_var_builder};
+//!
+//! let varmap = VarMap::new();
+//! let vb = seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
+//! let layer = linear::linear(4, 2, vb.pp("fc"))?;
+//! let xs = SeededRng::new(1).normal((3, 4), 0.0, 1.0, DType::F32, &Device::Cpu)?;
+//! let loss = layer.forward(&xs)?.sqr()?.mean_all()?;
+//! let mut opt = AdamW::new(named_vars(&varmap)?, AdamWConfig::default())?;
+//! opt.step(&loss.backward()?)?;
+//! # Ok::<(), candle_core::Error>(())
+//! ```
+
+pub mod activation;
+pub mod adamw;
+pub mod attention;
+pub mod error;
+pub mod grad_check;
+pub mod layer_norm;
+pub mod linear;
+pub mod rng;
+pub mod seeded_init;
+
+pub use activation::Activation;
+pub use adamw::{AdamW, AdamWConfig};
+pub use error::NnError;
+pub use grad_check::vars_without_gradient;
+pub use layer_norm::LayerNorm;
+pub use rng::{RngState, SeededRng};
+pub use seeded_init::{named_vars, seeded_var_builder};

@@ -1,0 +1,93 @@
+//! Multi-head scaled dot-product attention with a recorded backward pass.
+//!
+//! `candle_nn::ops::softmax_last_dim` has no backward, so gradients to queries and keys vanish
+//! silently through it (huggingface/candle #2977). This helper uses the differentiable
+//! `candle_nn::ops::softmax` and upcasts the scores to f32 around it, as diffusers'
+//! `upcast_softmax` does.
+
+use candle_core::{D, DType, Result, Tensor};
+
+/// `(b, n, heads·d) → (b·heads, n, d)`.
+pub fn split_heads(xs: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, n, inner) = xs.dims3()?;
+    xs.reshape((b, n, heads, inner / heads))?
+        .transpose(1, 2)?
+        .reshape((b * heads, n, inner / heads))
+}
+
+/// `(b·heads, n, d) → (b, n, heads·d)`.
+pub fn merge_heads(xs: &Tensor, heads: usize) -> Result<Tensor> {
+    let (bh, n, d) = xs.dims3()?;
+    xs.reshape((bh / heads, heads, n, d))?
+        .transpose(1, 2)?
+        .reshape((bh / heads, n, heads * d))
+}
+
+/// `softmax(q·kᵀ·scale)·v` for `q: (B, n, d)`, `k, v: (B, m, d)`; returns `(B, n, d)`.
+pub fn scaled_dot_product_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+) -> Result<Tensor> {
+    let dtype = q.dtype();
+    // (B, n, m) scores in f32 around the softmax.
+    let scores = (q
+        .to_dtype(DType::F32)?
+        .matmul(&k.to_dtype(DType::F32)?.t()?)?
+        * scale)?;
+    let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(dtype)?;
+    probs.matmul(&v.contiguous()?)
+}
+
+/// Attention over `(b, n, heads·d)` projections, returning `(b, n, heads·d)`.
+pub fn multi_head_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
+    let head_dim = q.dim(D::Minus1)? / heads;
+    let (q, k, v) = (
+        split_heads(q, heads)?,
+        split_heads(k, heads)?,
+        split_heads(v, heads)?,
+    );
+    let out = scaled_dot_product_attention(&q, &k, &v, 1.0 / (head_dim as f64).sqrt())?;
+    merge_heads(&out, heads)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SeededRng;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn split_then_merge_is_identity() -> Result<()> {
+        let xs = Tensor::arange(0f32, 48., &Device::Cpu)?.reshape((2, 3, 8))?;
+        let back = merge_heads(&split_heads(&xs, 4)?, 4)?;
+        assert_eq!(xs.to_vec3::<f32>()?, back.to_vec3::<f32>()?);
+        Ok(())
+    }
+
+    #[test]
+    fn uniform_scores_average_the_values_and_gradients_reach_q_and_k() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = SeededRng::new(5);
+        let q = Var::from_tensor(&rng.normal((1, 2, 4), 0.0, 1.0, DType::F32, &dev)?)?;
+        let k = Var::from_tensor(&rng.normal((1, 3, 4), 0.0, 1.0, DType::F32, &dev)?)?;
+        let v = Var::from_tensor(&rng.normal((1, 3, 4), 0.0, 1.0, DType::F32, &dev)?)?;
+        // A zero scale makes every weight 1/3: the output is the mean of the values.
+        let flat = scaled_dot_product_attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), 0.0)?;
+        let mean = v.as_tensor().mean_keepdim(1)?.broadcast_as((1, 2, 4))?;
+        let diff = (flat - mean)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-6);
+        let out = multi_head_attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), 2)?;
+        let grads = (out.sqr()?.sum_all()?).backward()?;
+        for var in [&q, &k, &v] {
+            let g = grads
+                .get(var)
+                .expect("gradient recorded")
+                .abs()?
+                .sum_all()?;
+            assert!(g.to_scalar::<f32>()? > 0.0);
+        }
+        Ok(())
+    }
+}

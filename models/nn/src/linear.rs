@@ -1,0 +1,63 @@
+//! Linear layers initialised as PyTorch's `nn.Linear`.
+//!
+//! `candle_nn::linear` draws weights from a Kaiming *normal*; PyTorch draws both weight and bias
+//! from U(−1/√fan_in, 1/√fan_in). These helpers use PyTorch's rule so that freshly built tiny
+//! models have the same scale as their diffusers/transformers counterparts. Weights loaded from a
+//! checkpoint ignore the hint. The layer itself is `candle_nn::Linear` (a matmul with backward).
+
+use candle_core::Result;
+use candle_nn::{Init, Linear, VarBuilder};
+
+fn torch_bound(in_dim: usize) -> Init {
+    let bound = 1.0 / (in_dim as f64).sqrt();
+    Init::Uniform {
+        lo: -bound,
+        up: bound,
+    }
+}
+
+/// `nn.Linear(in_dim, out_dim)`: `weight` `(out_dim, in_dim)` and `bias` `(out_dim,)`.
+pub fn linear(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+    let weight = vb.get_with_hints((out_dim, in_dim), "weight", torch_bound(in_dim))?;
+    let bias = vb.get_with_hints(out_dim, "bias", torch_bound(in_dim))?;
+    Ok(Linear::new(weight, Some(bias)))
+}
+
+/// `nn.Linear(in_dim, out_dim, bias=False)`: `weight` `(out_dim, in_dim)` only.
+pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Linear> {
+    let weight = vb.get_with_hints((out_dim, in_dim), "weight", torch_bound(in_dim))?;
+    Ok(Linear::new(weight, None))
+}
+
+/// [`linear`] or [`linear_no_bias`], chosen by `bias`.
+pub fn linear_b(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Linear> {
+    if bias {
+        linear(in_dim, out_dim, vb)
+    } else {
+        linear_no_bias(in_dim, out_dim, vb)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seeded_init::seeded_var_builder;
+    use candle_core::{DType, Device, Module, Tensor};
+    use candle_nn::VarMap;
+
+    #[test]
+    fn shapes_and_torch_bound() -> Result<()> {
+        let varmap = VarMap::new();
+        let vb = seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
+        let layer = linear(16, 5, vb.pp("fc"))?;
+        let bound = 0.25f32;
+        let w = layer.weight().flatten_all()?.to_vec1::<f32>()?;
+        assert_eq!(layer.weight().dims(), &[5, 16]);
+        assert!(w.iter().all(|x| x.abs() <= bound));
+        let ys = layer.forward(&Tensor::ones((2, 3, 16), DType::F32, &Device::Cpu)?)?;
+        assert_eq!(ys.dims(), &[2, 3, 5]);
+        let no_bias = linear_b(16, 5, false, vb.pp("proj"))?;
+        assert!(no_bias.bias().is_none());
+        Ok(())
+    }
+}
