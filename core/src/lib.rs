@@ -5,13 +5,28 @@
 //! cell committed atomically under its key. It knows nothing of diffusion: stage kinds plug in
 //! through [`StageKind`].
 
+pub mod config;
+pub mod config_error;
+pub mod index;
+pub mod key;
 pub mod manifest;
+pub mod plan;
+pub mod store;
+pub mod registry;
+pub mod run;
 pub mod param;
 pub mod stage;
 
 mod error;
+mod fileinfo;
 
+pub use config::{Pipeline, Rows, StageDef, SweepDef, TableDef};
+pub use config_error::ConfigError;
 pub use error::Error;
+pub use plan::{Node, Plan, PlanError};
+pub use registry::Registry;
+pub use run::{Event, RunOptions, RunSummary};
+pub use store::Store;
 pub use manifest::{FileEntry, FileInfo, InputRef, Manifest};
 pub use param::{ParamSpec, ParamType, Params, Value};
 pub use stage::{ArtifactWriter, Input, StageContext, StageError, StageKind};

@@ -32,6 +32,11 @@ pub trait StageKind: Send + Sync {
     fn seeded(&self) -> bool {
         false
     }
+    /// A digest of anything outside the store that this cell's output depends on (a script
+    /// file, say), so that a change to it changes the key. Called on every plan, so keep it cheap.
+    fn external_digest(&self, _params: &Params) -> Result<Option<String>, StageError> {
+        Ok(None)
+    }
     /// Computes one cell. Everything written through `cx` is committed atomically on `Ok`;
     /// on `Err` (or a kill) nothing is, and the scratch directory is kept for a resume.
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError>;
@@ -183,6 +188,18 @@ impl StageContext {
         }
         let file = File::create(&path).map_err(|e| StageError::io(&path, e))?;
         Ok(ArtifactWriter { cx: self, rel: rel.to_owned(), path, file: io::BufWriter::with_capacity(1 << 20, file), hasher: Sha256::new(), bytes: 0 })
+    }
+    /// Moves a file the stage has already written and hashed (say, a verified download in the
+    /// scratch directory) into the output as `rel`, without reading it again.
+    pub fn adopt(&mut self, rel: &str, src: &Path, sha256: &str, bytes: u64) -> Result<(), StageError> {
+        let path = self.out_dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| StageError::io(parent, e))?;
+        }
+        std::fs::rename(src, &path).map_err(|e| StageError::io(src, e))?;
+        self.written.retain(|w| w.path != rel);
+        self.written.push(Written { path: rel.to_owned(), sha256: sha256.to_owned(), bytes });
+        Ok(())
     }
     /// Writes a whole artifact at once.
     pub fn write_artifact(&mut self, rel: &str, bytes: &[u8]) -> Result<(), StageError> {

@@ -1,0 +1,286 @@
+//! Expanding targets into a DAG of cells.
+//!
+//! A *cell* is one instance of a stage: the stage's params with a sweep's overrides applied to
+//! it or to a stage upstream of it (its *variant*), plus, for seeded kinds and everything
+//! downstream of them, one seed of the pipeline's seed axis. A cell's id hashes its
+//! configuration (kind, params, the ids of its input cells) and leaves out the seed and the code
+//! version, so results group over seeds and `why` can find the last run of a cell after a
+//! version bump. Nodes come out in topological order.
+
+use std::collections::{BTreeMap, HashMap};
+
+use sha2::{Digest, Sha256};
+
+use crate::config::{Pipeline, Rows};
+use crate::config_error::unknown_hint;
+use crate::param::{Params, Value};
+use crate::registry::Registry;
+
+/// Param overrides per stage: the sweep cell a node belongs to.
+pub type Variant = BTreeMap<String, BTreeMap<String, Value>>;
+
+/// One cell to compute.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Index into `Pipeline::stages`.
+    pub stage: usize,
+    pub stage_name: String,
+    pub kind: String,
+    /// The overrides of this node's lineage (only stages it depends on, itself included).
+    pub variant: Variant,
+    pub seed: Option<u64>,
+    pub params: Params,
+    /// Node ids of its inputs, in the order of `needs`.
+    pub inputs: Vec<usize>,
+    /// The configuration identity (hex SHA-256), seed excluded.
+    pub cell: String,
+    /// For people: `score[spo.k=3]`.
+    pub label: String,
+}
+
+impl Node {
+    /// The label with the seed, e.g. `spo[k=3]#1`.
+    pub fn display(&self) -> String {
+        match self.seed {
+            Some(s) => format!("{}#{s}", self.label),
+            None => self.label.clone(),
+        }
+    }
+}
+
+/// Why a target could not be expanded.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct PlanError {
+    pub message: String,
+}
+
+/// The expanded DAG of some targets.
+#[derive(Debug, Default, Clone)]
+pub struct Plan {
+    pub nodes: Vec<Node>,
+    by_id: HashMap<(String, Option<u64>), usize>,
+}
+
+impl Plan {
+    /// Expands `targets` (stage, sweep, table or target names, or selectors like
+    /// `score@spo.k=3`); an empty list means the pipeline's default targets, or every stage.
+    pub fn build(pipe: &Pipeline, registry: &Registry, targets: &[String]) -> Result<Plan, PlanError> {
+        let mut b = Builder::new(pipe, registry);
+        let defaults: Vec<String> = if pipe.default_targets.is_empty() { pipe.stages.iter().map(|s| s.name.clone()).collect() } else { pipe.default_targets.clone() };
+        for t in if targets.is_empty() { &defaults } else { targets } {
+            b.target(t, 0)?;
+        }
+        Ok(b.plan)
+    }
+
+    /// The nodes of `stage` under exactly the given variant (restricted to its lineage), one per seed.
+    pub fn find(&self, pipe: &Pipeline, stage: &str, variant: &Variant) -> Vec<&Node> {
+        let Some(si) = pipe.stage_index(stage) else { return vec![] };
+        let restricted = restrict(pipe, si, variant);
+        self.nodes.iter().filter(|n| n.stage == si && n.variant == restricted).collect()
+    }
+
+    /// The node with this cell id and seed.
+    pub fn get(&self, cell: &str, seed: Option<u64>) -> Option<usize> {
+        self.by_id.get(&(cell.to_owned(), seed)).copied()
+    }
+
+    /// Every node that transitively feeds `id`, itself included, in topological order.
+    pub fn lineage(&self, id: usize) -> Vec<usize> {
+        let mut keep = vec![false; self.nodes.len()];
+        let mut stack = vec![id];
+        while let Some(n) = stack.pop() {
+            if !keep[n] {
+                keep[n] = true;
+                stack.extend(&self.nodes[n].inputs);
+            }
+        }
+        (0..self.nodes.len()).filter(|&i| keep[i]).collect()
+    }
+}
+
+/// A parsed selector `stage@[stage2.]param=value,...`.
+pub fn parse_selector(pipe: &Pipeline, registry: &Registry, sel: &str) -> Result<(String, Variant), PlanError> {
+    let (stage, rest) = sel.split_once('@').unwrap_or((sel, ""));
+    let err = |m: String| PlanError { message: m };
+    let Some(def) = pipe.stage(stage) else {
+        let names: Vec<&str> = pipe.stages.iter().map(|s| s.name.as_str()).collect();
+        return Err(err(format!("`{sel}`: no stage named `{stage}` ({})", unknown_hint(stage, &names, "pipeline"))));
+    };
+    let mut variant = Variant::new();
+    for part in rest.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((path, value)) = part.split_once('=') else {
+            return Err(err(format!("`{sel}`: `{part}` is not `param=value`")));
+        };
+        let (on, param) = match path.split_once('.') {
+            Some((s, p)) => (s.trim(), p.trim()),
+            None => (def.name.as_str(), path.trim()),
+        };
+        let Some(on_def) = pipe.stage(on) else {
+            return Err(err(format!("`{sel}`: no stage named `{on}`")));
+        };
+        if !crate::config::depends_on(pipe, stage, on) {
+            return Err(err(format!("`{sel}`: stage `{stage}` does not depend on `{on}`, so `{on}.{param}` cannot change it")));
+        }
+        let specs = registry.params(&on_def.kind);
+        let Some(spec) = specs.iter().find(|s| s.name == param) else {
+            let names: Vec<&str> = specs.iter().map(|s| s.name).collect();
+            return Err(err(format!("`{sel}`: unknown param `{param}` for kind `{}` ({})", on_def.kind, unknown_hint(param, &names, "kind"))));
+        };
+        // A bare word is a string, so `spo@continuation=win` needs no quotes.
+        let v = match toml::de::DeValue::parse(value.trim()) {
+            Ok(parsed) => toml_to_value(parsed.get_ref()).ok_or_else(|| err(format!("`{sel}`: `{value}` is not a param value")))?,
+            Err(_) => Value::Str(value.trim().to_owned()),
+        };
+        let v = spec.check(&v).map_err(|m| err(format!("`{sel}`: param `{param}`: {m}")))?;
+        variant.entry(on.to_owned()).or_default().insert(param.to_owned(), v);
+    }
+    Ok((stage.to_owned(), variant))
+}
+
+fn toml_to_value(v: &toml::de::DeValue<'_>) -> Option<Value> {
+    use toml::de::DeValue as D;
+    Some(match v {
+        D::String(s) => Value::Str(s.to_string()),
+        D::Integer(i) => Value::Int(i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok()?),
+        D::Float(f) => Value::Float(f.as_str().replace('_', "").parse().ok()?),
+        D::Boolean(b) => Value::Bool(*b),
+        D::Array(items) => Value::List(items.iter().map(|i| toml_to_value(i.get_ref())).collect::<Option<_>>()?),
+        _ => return None,
+    })
+}
+
+/// The variant entries that can affect stage `si` (itself and its ancestors).
+fn restrict(pipe: &Pipeline, si: usize, variant: &Variant) -> Variant {
+    let name = &pipe.stages[si].name;
+    variant.iter().filter(|(s, _)| crate::config::depends_on(pipe, name, s)).map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+struct Builder<'a> {
+    pipe: &'a Pipeline,
+    registry: &'a Registry,
+    seed_dep: Vec<bool>,
+    plan: Plan,
+}
+
+impl<'a> Builder<'a> {
+    fn new(pipe: &'a Pipeline, registry: &'a Registry) -> Self {
+        // Stages come validated and acyclic; resolve seed dependence in dependency order.
+        let mut seed_dep: Vec<Option<bool>> = vec![None; pipe.stages.len()];
+        fn dep(i: usize, pipe: &Pipeline, reg: &Registry, memo: &mut Vec<Option<bool>>) -> bool {
+            if let Some(d) = memo[i] {
+                return d;
+            }
+            let s = &pipe.stages[i];
+            let own = reg.get(&s.kind).is_some_and(|k| k.seeded());
+            let d = own || s.needs.iter().filter_map(|n| pipe.stage_index(n)).collect::<Vec<_>>().into_iter().any(|j| dep(j, pipe, reg, memo));
+            memo[i] = Some(d);
+            d
+        }
+        for i in 0..pipe.stages.len() {
+            dep(i, pipe, registry, &mut seed_dep);
+        }
+        Builder { pipe, registry, seed_dep: seed_dep.into_iter().map(|d| d.unwrap_or(false)).collect(), plan: Plan::default() }
+    }
+
+    fn seeds(&self, si: usize) -> Vec<Option<u64>> {
+        if self.seed_dep[si] { self.pipe.seeds.iter().map(|&s| Some(s)).collect() } else { vec![None] }
+    }
+
+    fn target(&mut self, t: &str, depth: usize) -> Result<(), PlanError> {
+        if depth > 64 {
+            return Err(PlanError { message: format!("target `{t}` nests too deeply") });
+        }
+        let pipe = self.pipe;
+        if t.contains('@') {
+            let (stage, variant) = parse_selector(pipe, self.registry, t)?;
+            let si = pipe.stage_index(&stage).unwrap_or(0);
+            for seed in self.seeds(si) {
+                self.instantiate(si, &variant, seed);
+            }
+        } else if let Some(si) = pipe.stage_index(t) {
+            for seed in self.seeds(si) {
+                self.instantiate(si, &Variant::new(), seed);
+            }
+        } else if let Some(sw) = pipe.sweep(t) {
+            let downstream: Vec<usize> = (0..pipe.stages.len()).filter(|&i| crate::config::depends_on(pipe, &pipe.stages[i].name, &sw.stage)).collect();
+            for cell in &sw.cells {
+                let variant: Variant = [(sw.stage.clone(), cell.clone())].into();
+                for &d in &downstream {
+                    for seed in self.seeds(d) {
+                        self.instantiate(d, &variant, seed);
+                    }
+                }
+            }
+        } else if let Some(table) = pipe.table(t) {
+            match &table.rows {
+                Rows::Sweep(s) => self.target(s, depth + 1)?,
+                Rows::Named(rows) => {
+                    for (_, sel) in rows {
+                        self.target(sel, depth + 1)?;
+                    }
+                }
+            }
+        } else if let Some(includes) = pipe.target(t) {
+            for inc in includes.to_vec() {
+                self.target(&inc, depth + 1)?;
+            }
+        } else {
+            let names = pipe.target_names();
+            return Err(PlanError { message: format!("unknown target `{t}` ({})", unknown_hint(t, &names, "pipeline")) });
+        }
+        Ok(())
+    }
+
+    fn instantiate(&mut self, si: usize, variant: &Variant, seed: Option<u64>) -> usize {
+        let pipe = self.pipe;
+        let def = &pipe.stages[si];
+        let restricted = restrict(pipe, si, variant);
+        let own_seed = if self.seed_dep[si] { seed } else { None };
+        let inputs: Vec<usize> = def.needs.iter().filter_map(|n| pipe.stage_index(n)).collect::<Vec<_>>().into_iter().map(|ni| self.instantiate(ni, &restricted, seed)).collect();
+        let mut params = def.params.clone();
+        if let Some(ov) = restricted.get(&def.name) {
+            for (k, v) in ov {
+                params.0.insert(k.clone(), v.clone());
+            }
+        }
+        let mut enc = b"spo-pipe-cell-v1\0".to_vec();
+        Value::Str(def.name.clone()).encode(&mut enc);
+        Value::Str(def.kind.clone()).encode(&mut enc);
+        params.encode(&mut enc);
+        for &i in &inputs {
+            Value::Str(self.plan.nodes[i].cell.clone()).encode(&mut enc);
+        }
+        let cell = hex::encode(Sha256::digest(&enc));
+        if let Some(&id) = self.plan.by_id.get(&(cell.clone(), own_seed)) {
+            return id;
+        }
+        let label = label(&def.name, &restricted);
+        let id = self.plan.nodes.len();
+        self.plan.nodes.push(Node { stage: si, stage_name: def.name.clone(), kind: def.kind.clone(), variant: restricted, seed: own_seed, params, inputs, cell: cell.clone(), label });
+        self.plan.by_id.insert((cell, own_seed), id);
+        id
+    }
+}
+
+/// `stage[k=3]` for its own overrides, `stage[up.k=3]` for an upstream stage's.
+pub fn label(stage: &str, variant: &Variant) -> String {
+    if variant.is_empty() {
+        return stage.to_owned();
+    }
+    let parts: Vec<String> = variant.iter().flat_map(|(s, ov)| ov.iter().map(move |(k, v)| {
+        let v = bare(v);
+        if s == stage { format!("{k}={v}") } else { format!("{s}.{k}={v}") }
+    })).collect();
+    format!("{stage}[{}]", parts.join(","))
+}
+
+/// A value as written in a label or selector: strings without quotes.
+pub fn bare(v: &Value) -> String {
+    match v {
+        Value::Str(s) => s.clone(),
+        Value::List(items) => format!("[{}]", items.iter().map(bare).collect::<Vec<_>>().join(",")),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,338 @@
+//! Running a plan: resolve each cell's key from its inputs' content digests, take what the store
+//! has, compute the rest (in parallel up to `jobs`), commit each atomically.
+
+use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Condvar, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use crate::config::Pipeline;
+use crate::error::Error;
+use crate::index::{self, IndexRow};
+use crate::key::KeyParts;
+use crate::manifest::{FileEntry, InputRef, Manifest};
+use crate::plan::{Node, Plan, bare};
+use crate::registry::Registry;
+use crate::stage::{Input, StageContext, StageError};
+use crate::store::{Pointer, Store};
+
+/// How to run.
+#[derive(Clone)]
+pub struct RunOptions {
+    /// Cells computed at once.
+    pub jobs: usize,
+    /// Only say what would run.
+    pub dry_run: bool,
+    /// After a failure, go on with everything that does not depend on it.
+    pub keep_going: bool,
+    /// Where progress bars draw (hidden in tests).
+    pub progress: MultiProgress,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions { jobs: 1, dry_run: false, keep_going: false, progress: MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden()) }
+    }
+}
+
+/// What happened to a cell, reported as it happens.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// Already in the store.
+    Cached(&'a Node, &'a str),
+    /// Another process holds the cell's lock; waiting for it.
+    Waiting(&'a Node),
+    Started(&'a Node),
+    Finished(&'a Node, &'a str, f64),
+    Failed(&'a Node, &'a str),
+    /// Not run because an input failed.
+    Skipped(&'a Node),
+    /// `--dry-run`: would be computed.
+    WouldRun(&'a Node),
+}
+
+/// The outcome of a run.
+#[derive(Debug, Default)]
+pub struct RunSummary {
+    pub cached: usize,
+    pub ran: usize,
+    pub would_run: usize,
+    pub skipped: usize,
+    /// (cell label, error) of each failed cell.
+    pub failed: Vec<(String, String)>,
+    /// Key of every node that resolved, by node id.
+    pub keys: Vec<Option<String>>,
+}
+
+#[derive(Debug, Clone)]
+struct Resolved {
+    manifest: Manifest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum St {
+    Pending,
+    Running,
+    Done,
+    Failed,
+}
+
+struct Sched {
+    state: Vec<St>,
+    resolved: Vec<Option<Resolved>>,
+    running: usize,
+    stop: bool,
+    summary: RunSummary,
+}
+
+/// Runs `plan` against `store`.
+pub fn run(pipe: &Pipeline, registry: &Registry, store: &Store, plan: &Plan, opts: &RunOptions, on: &(dyn Fn(Event<'_>) + Sync)) -> Result<RunSummary, Error> {
+    let _ = pipe;
+    if !opts.dry_run {
+        let swept = store.sweep_staging()?;
+        if swept > 0 {
+            tracing::info!("removed {swept} staging directories left by interrupted runs");
+        }
+    }
+    let n = plan.nodes.len();
+    let overall = opts.progress.add(ProgressBar::new(n as u64));
+    overall.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} cells {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    let sched = Mutex::new(Sched { state: vec![St::Pending; n], resolved: vec![None; n], running: 0, stop: false, summary: RunSummary::default() });
+    let cv = Condvar::new();
+    let ex = Exec { registry, store, plan, opts, on, overall: &overall };
+    let workers = opts.jobs.max(1).min(n.max(1));
+    if workers == 1 {
+        ex.worker(&sched, &cv);
+    } else {
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| ex.worker(&sched, &cv));
+            }
+        });
+    }
+    overall.finish_and_clear();
+    let mut g = sched.into_inner().unwrap_or_else(|p| p.into_inner());
+    g.summary.keys = g.resolved.iter().map(|r| r.as_ref().map(|r| r.manifest.key.clone())).collect();
+    Ok(g.summary)
+}
+
+struct Exec<'a> {
+    registry: &'a Registry,
+    store: &'a Store,
+    plan: &'a Plan,
+    opts: &'a RunOptions,
+    on: &'a (dyn Fn(Event<'_>) + Sync),
+    overall: &'a ProgressBar,
+}
+
+enum Outcome {
+    Cached(Resolved),
+    Ran(Resolved, f64),
+    WouldRun,
+    Failed(String),
+}
+
+impl Exec<'_> {
+    fn worker(&self, sched: &Mutex<Sched>, cv: &Condvar) {
+        loop {
+            let (id, inputs) = {
+                let mut g = sched.lock().unwrap_or_else(|p| p.into_inner());
+                loop {
+                    // Cells whose inputs failed (or, in a dry run, will be computed) cannot go on.
+                    for i in 0..g.state.len() {
+                        if g.state[i] == St::Pending && self.plan.nodes[i].inputs.iter().any(|&j| g.state[j] == St::Failed) {
+                            g.state[i] = St::Failed;
+                            if self.opts.dry_run {
+                                g.summary.would_run += 1;
+                                (self.on)(Event::WouldRun(&self.plan.nodes[i]));
+                            } else {
+                                g.summary.skipped += 1;
+                                (self.on)(Event::Skipped(&self.plan.nodes[i]));
+                            }
+                            self.overall.inc(1);
+                        }
+                    }
+                    let ready = if g.stop { None } else { (0..g.state.len()).find(|&i| g.state[i] == St::Pending && self.plan.nodes[i].inputs.iter().all(|&j| g.state[j] == St::Done)) };
+                    if let Some(id) = ready {
+                        g.state[id] = St::Running;
+                        g.running += 1;
+                        let inputs: Vec<Resolved> = self.plan.nodes[id].inputs.iter().filter_map(|&j| g.resolved[j].clone()).collect();
+                        break (id, inputs);
+                    }
+                    let pending = g.state.iter().any(|s| *s == St::Pending);
+                    if g.running == 0 && (!pending || g.stop) {
+                        return;
+                    }
+                    g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+                }
+            };
+            let outcome = self.process(id, &inputs);
+            let mut g = sched.lock().unwrap_or_else(|p| p.into_inner());
+            g.running -= 1;
+            let node = &self.plan.nodes[id];
+            match outcome {
+                Outcome::Cached(r) => {
+                    g.summary.cached += 1;
+                    (self.on)(Event::Cached(node, &r.manifest.key));
+                    g.resolved[id] = Some(r);
+                    g.state[id] = St::Done;
+                }
+                Outcome::Ran(r, secs) => {
+                    g.summary.ran += 1;
+                    (self.on)(Event::Finished(node, &r.manifest.key, secs));
+                    g.resolved[id] = Some(r);
+                    g.state[id] = St::Done;
+                }
+                Outcome::WouldRun => {
+                    g.summary.would_run += 1;
+                    (self.on)(Event::WouldRun(node));
+                    g.state[id] = St::Failed;
+                }
+                Outcome::Failed(msg) => {
+                    (self.on)(Event::Failed(node, &msg));
+                    g.summary.failed.push((node.display(), msg));
+                    g.state[id] = St::Failed;
+                    if !self.opts.keep_going {
+                        g.stop = true;
+                    }
+                }
+            }
+            self.overall.inc(1);
+            cv.notify_all();
+        }
+    }
+
+    fn process(&self, id: usize, inputs: &[Resolved]) -> Outcome {
+        match self.try_process(id, inputs) {
+            Ok(o) => o,
+            Err(e) => Outcome::Failed(e.to_string()),
+        }
+    }
+
+    fn try_process(&self, id: usize, inputs: &[Resolved]) -> Result<Outcome, StageError> {
+        let node = &self.plan.nodes[id];
+        let kind = self.registry.get(&node.kind).ok_or_else(|| StageError::Failed(format!("unknown kind `{}`", node.kind)))?;
+        let parts = key_parts(self.registry, node, inputs.iter().map(|r| &r.manifest))?;
+        let key = parts.key();
+        let store_err = |e: Error| StageError::Failed(e.to_string());
+        if let Some(m) = self.store.committed(&key).map_err(store_err)? {
+            return Ok(Outcome::Cached(Resolved { manifest: m }));
+        }
+        if self.opts.dry_run {
+            return Ok(Outcome::WouldRun);
+        }
+        let _lock = match self.store.try_lock(&key).map_err(store_err)? {
+            Some(l) => l,
+            None => {
+                (self.on)(Event::Waiting(node));
+                self.store.lock(&key).map_err(store_err)?
+            }
+        };
+        // Another process may have committed it while we waited.
+        if let Some(m) = self.store.committed(&key).map_err(store_err)? {
+            return Ok(Outcome::Cached(Resolved { manifest: m }));
+        }
+        let staging = self.store.new_staging(&key).map_err(store_err)?;
+        let scratch = self.store.scratch_dir(&key);
+        std::fs::create_dir_all(&scratch).map_err(|e| StageError::io(&scratch, e))?;
+        let mut cx = StageContext {
+            stage: node.stage_name.clone(),
+            params: node.params.clone(),
+            seed: node.seed,
+            inputs: node.inputs.iter().zip(inputs).map(|(&j, r)| Input { stage: self.plan.nodes[j].stage_name.clone(), kind: self.plan.nodes[j].kind.clone(), dir: self.store.cell_dir(&r.manifest.key), manifest: r.manifest.clone() }).collect(),
+            out_dir: staging.clone(),
+            scratch_dir: scratch.clone(),
+            metrics: BTreeMap::new(),
+            written: Vec::new(),
+            progress: self.opts.progress.clone(),
+        };
+        (self.on)(Event::Started(node));
+        let started = unix_now();
+        let t0 = Instant::now();
+        let result = catch_unwind(AssertUnwindSafe(|| kind.run(&mut cx))).unwrap_or_else(|p| {
+            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned())).unwrap_or_default();
+            Err(StageError::Failed(format!("the stage panicked: {msg}")))
+        });
+        let result = result.and_then(|()| match cx.metrics.iter().find(|(_, v)| !v.is_finite()) {
+            Some((k, v)) => Err(StageError::Failed(format!("metric `{k}` is {v}"))),
+            None => Ok(()),
+        });
+        if let Err(e) = result {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+        let seconds = t0.elapsed().as_secs_f64();
+        let manifest = Manifest {
+            key: key.clone(),
+            stage: node.stage_name.clone(),
+            kind: node.kind.clone(),
+            version: parts.version,
+            cell: node.cell.clone(),
+            label: node.label.clone(),
+            seed: node.seed,
+            params: node.params.clone(),
+            inputs: node.inputs.iter().zip(inputs).map(|(&j, r)| InputRef { stage: self.plan.nodes[j].stage_name.clone(), key: r.manifest.key.clone(), digest: r.manifest.digest.clone() }).collect(),
+            files: cx.written.iter().map(|w| FileEntry { path: w.path.clone(), sha256: w.sha256.clone(), bytes: w.bytes, info: None }).collect(),
+            digest: String::new(),
+            metrics: cx.metrics.clone(),
+            started,
+            seconds,
+            tool_version: env!("CARGO_PKG_VERSION").to_owned(),
+            host: host(),
+        };
+        let manifest = self.store.commit(&staging, manifest).map_err(store_err)?;
+        index::append(&self.store.index_dir(), &self.index_row(id, &manifest)).map_err(store_err)?;
+        self.store.write_pointer(&node.cell, node.seed, &Pointer { key: key.clone(), label: node.label.clone(), parts, committed: unix_now() }).map_err(store_err)?;
+        let _ = std::fs::remove_dir_all(&scratch);
+        Ok(Outcome::Ran(Resolved { manifest }, seconds))
+    }
+
+    fn index_row(&self, id: usize, m: &Manifest) -> IndexRow {
+        let node = &self.plan.nodes[id];
+        let lineage: serde_json::Map<String, serde_json::Value> = self.plan.lineage(id).into_iter().map(|i| (self.plan.nodes[i].stage_name.clone(), serde_json::to_value(&self.plan.nodes[i].params).unwrap_or_default())).collect();
+        IndexRow {
+            key: m.key.clone(),
+            stage: m.stage.clone(),
+            kind: m.kind.clone(),
+            version: m.version,
+            cell: m.cell.clone(),
+            label: m.label.clone(),
+            seed: m.seed,
+            variant: variant_string(node),
+            lineage: serde_json::Value::Object(lineage).to_string(),
+            metrics: m.metrics.clone(),
+            started: m.started,
+            seconds: m.seconds,
+            host: m.host.clone(),
+            tool_version: m.tool_version.clone(),
+        }
+    }
+}
+
+/// The key parts of `node` given its inputs' manifests (in the order of its `needs`).
+pub fn key_parts<'m>(registry: &Registry, node: &Node, inputs: impl IntoIterator<Item = &'m Manifest>) -> Result<KeyParts, StageError> {
+    let kind = registry.get(&node.kind).ok_or_else(|| StageError::Failed(format!("unknown kind `{}`", node.kind)))?;
+    Ok(KeyParts {
+        kind: node.kind.clone(),
+        version: kind.version(),
+        params: node.params.clone(),
+        seed: node.seed,
+        inputs: inputs.into_iter().map(|m| (m.stage.clone(), m.digest.clone())).collect(),
+        external: kind.external_digest(&node.params)?,
+    })
+}
+
+/// `spo.k=3,spo.j=2`: the sweep overrides of a node's lineage.
+pub fn variant_string(node: &Node) -> String {
+    node.variant.iter().flat_map(|(s, ov)| ov.iter().map(move |(k, v)| format!("{s}.{k}={}", bare(v)))).collect::<Vec<_>>().join(",")
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).or_else(|_| std::env::var("HOSTNAME")).unwrap_or_else(|_| "unknown".into())
+}
