@@ -1,0 +1,131 @@
+//! The CLIP text tower (`CLIPTextTransformer`): token + position embeddings, a causal
+//! pre-norm transformer, a final LayerNorm, pooled at the first end-of-text token.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+use spo_nn::LayerNorm;
+
+use crate::config::ClipTextConfig;
+use crate::layers::{ClipEncoder, LayerShape, causal_mask, layer_norm};
+
+/// `embeddings.token_embedding.weight` and `embeddings.position_embedding.weight`.
+#[derive(Debug, Clone)]
+pub struct ClipTextEmbeddings {
+    token_embedding: Tensor,
+    position_embedding: Tensor,
+}
+
+impl ClipTextEmbeddings {
+    fn new(c: &ClipTextConfig, vb: VarBuilder) -> Result<Self> {
+        let init = Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        };
+        Ok(Self {
+            token_embedding: vb.pp("token_embedding").get_with_hints(
+                (c.vocab_size, c.hidden_size),
+                "weight",
+                init,
+            )?,
+            position_embedding: vb.pp("position_embedding").get_with_hints(
+                (c.max_position_embeddings, c.hidden_size),
+                "weight",
+                init,
+            )?,
+        })
+    }
+
+    /// `(b, n)` ids → `(b, n, dim)`.
+    fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, n) = ids.dims2()?;
+        let dim = self.token_embedding.dim(1)?;
+        let tokens = self
+            .token_embedding
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, n, dim))?;
+        tokens.broadcast_add(&self.position_embedding.narrow(0, 0, n)?)
+    }
+}
+
+/// `text_model`: the text tower up to the pooled (pre-projection) state.
+#[derive(Debug, Clone)]
+pub struct ClipTextTransformer {
+    embeddings: ClipTextEmbeddings,
+    encoder: ClipEncoder,
+    final_layer_norm: LayerNorm,
+    eos_token_id: u32,
+    context: usize,
+}
+
+impl ClipTextTransformer {
+    /// Loads or creates the tower under `vb` (`text_model`).
+    pub fn new(c: &ClipTextConfig, vb: VarBuilder) -> Result<Self> {
+        let shape = LayerShape {
+            dim: c.hidden_size,
+            hidden: c.intermediate_size,
+            heads: c.num_attention_heads,
+            act: c.hidden_act,
+            eps: c.layer_norm_eps,
+            time_conditioned: false,
+        };
+        Ok(Self {
+            embeddings: ClipTextEmbeddings::new(c, vb.pp("embeddings"))?,
+            encoder: ClipEncoder::new(c.num_hidden_layers, shape, vb.pp("encoder"))?,
+            final_layer_norm: layer_norm(
+                c.hidden_size,
+                c.layer_norm_eps,
+                vb.pp("final_layer_norm"),
+            )?,
+            eos_token_id: c.eos_token_id,
+            context: c.max_position_embeddings,
+        })
+    }
+
+    /// Index of the pooled token in each row: the first `eos_token_id` (the first largest id for
+    /// HF's legacy `eos_token_id == 2`, which is what `argmax(input_ids)` returns).
+    pub fn pool_positions(&self, ids: &Tensor) -> Result<Vec<u32>> {
+        let rows = ids.to_dtype(candle_core::DType::U32)?.to_vec2::<u32>()?;
+        rows.iter()
+            .map(|row| {
+                let target = if self.eos_token_id == 2 {
+                    row.iter().copied().max().unwrap_or(0)
+                } else {
+                    self.eos_token_id
+                };
+                row.iter()
+                    .position(|&id| id == target)
+                    .map(|p| p as u32)
+                    .ok_or_else(|| {
+                        candle_core::Error::Msg(format!("token row has no end-of-text id {target}"))
+                    })
+            })
+            .collect()
+    }
+
+    /// `(b, n)` ids (n ≤ 77) → `(b, n, dim)` final states after `final_layer_norm`.
+    pub fn last_hidden_state(&self, ids: &Tensor) -> Result<Tensor> {
+        let (_, n) = ids.dims2()?;
+        if n > self.context {
+            candle_core::bail!("{n} tokens exceed the context length {}", self.context);
+        }
+        let h = self.embeddings.forward(ids)?;
+        let mask = causal_mask(n, h.dtype(), h.device())?;
+        let h = self.encoder.forward(&h, Some(&mask), None)?;
+        self.final_layer_norm.forward(&h)
+    }
+
+    /// `(b, n)` ids → `(b, dim)` pooled states.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let h = self.last_hidden_state(ids)?;
+        let (b, n, dim) = h.dims3()?;
+        let index: Vec<u32> = self
+            .pool_positions(ids)?
+            .into_iter()
+            .enumerate()
+            .map(|(row, p)| row as u32 * n as u32 + p)
+            .collect();
+        let index = Tensor::from_vec(index, b, h.device())?;
+        // (b·n, dim) → (b, dim)
+        h.reshape((b * n, dim))?.index_select(&index, 0)
+    }
+}
