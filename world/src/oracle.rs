@@ -1,0 +1,457 @@
+//! Oracles no model can fool, usable on any RGB image of the canvas size.
+//!
+//! [`parse`] projects an image onto the clean-render manifold: it finds the scene (palette
+//! background, layout template, objects and tints) whose clean render is nearest in squared
+//! error, searching every template and, per slot, every object in every tint. Then:
+//! - [`detail_quality`] is how far the image is from that nearest clean render. It ignores
+//!   what the prompt asked for, so a wrong layout drawn cleanly scores 1 (the layout is
+//!   judged by alignment alone); blur, noise, blocking, bleeding and jaggies lower it.
+//! - [`alignment`] compares the parsed scene with the prompted one, GenEval-style: object,
+//!   colour (of objects and background), position and count, each right or wrong.
+
+use crate::WorldError;
+use crate::atlas::{Atlas, Sampling};
+use crate::colour::Colour;
+use crate::render::{Canvas, render};
+use crate::scene::{Entity, Layout, MAX_COUNT, Position, Relation, Scene, Slot};
+
+/// Root-mean-square pixel error (in [0, 1] units) at which detail quality is 1/e.
+pub const DETAIL_SCALE: f64 = 0.04;
+
+/// The nearest clean scene to an image, and how far the image is from its render.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parse {
+    pub scene: Scene,
+    /// RMS difference between the image and the clean render of `scene`, in [0, 1] units.
+    pub rmse: f64,
+}
+
+/// Detail quality of an image: exp(−rmse / [`DETAIL_SCALE`]) against its nearest clean
+/// render; 1 for any clean render, whatever its layout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DetailQuality {
+    pub quality: f64,
+    pub rmse: f64,
+    /// The scene the image was projected onto.
+    pub observed: Scene,
+}
+
+/// Which parts of the prompt an image got right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Alignment {
+    /// The prompted objects, no more and no fewer kinds.
+    pub object: bool,
+    /// Object tints (or natural colours) and the background colour.
+    pub colour: bool,
+    /// The position of a group, or the relation and order of a pair.
+    pub position: bool,
+    /// How many copies of each object.
+    pub count: bool,
+}
+
+impl Alignment {
+    /// Every part right.
+    pub fn all(&self) -> bool {
+        self.object && self.colour && self.position && self.count
+    }
+    /// The share of parts right, in [0, 1].
+    pub fn score(&self) -> f64 {
+        [self.object, self.colour, self.position, self.count]
+            .iter()
+            .filter(|&&b| b)
+            .count() as f64
+            / 4.0
+    }
+}
+
+/// RMS difference of two equally sized 8-bit images, in [0, 1] units.
+pub fn rmse(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
+    let n = a.as_raw().len().max(1) as f64;
+    let se: f64 = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(&x, &y)| ((f64::from(x) - f64::from(y)) / 255.0).powi(2))
+        .sum();
+    (se / n).sqrt()
+}
+
+/// Detail quality for an RMS distance to the clean render.
+pub fn quality_from_rmse(rmse: f64) -> f64 {
+    (-rmse / DETAIL_SCALE).exp()
+}
+
+/// Projects `image` onto the clean-render manifold of `atlas`'s world.
+pub fn parse(atlas: &Atlas, image: &image::RgbImage) -> Result<Parse, WorldError> {
+    let g = atlas.geometry();
+    let size = g.canvas();
+    if image.dimensions() != (size, size) {
+        return Err(WorldError::ImageSize {
+            expected: size,
+            width: image.width(),
+            height: image.height(),
+        });
+    }
+    let x = Canvas::from_image(image)?;
+    let background = nearest_background(&x);
+    let b = background.rgb_f32();
+    let bg_err: Vec<f32> = x.px.iter().map(|p| sq(p, &b)).collect();
+    let total_bg: f32 = bg_err.iter().sum();
+    let slot_bg = |s: &Slot| -> f32 {
+        (s.y..s.y + s.size)
+            .map(|y| {
+                (s.x..s.x + s.size)
+                    .map(|xx| bg_err[(y * size + xx) as usize])
+                    .sum::<f32>()
+            })
+            .sum()
+    };
+
+    let candidates: Vec<Entity> = (0..atlas.classes().len())
+        .flat_map(|object| {
+            std::iter::once(None)
+                .chain(Colour::TINTS.into_iter().map(Some))
+                .map(move |tint| Entity { object, tint })
+        })
+        .collect();
+    // Squared error of every candidate in a slot, against the image.
+    let slot_errors = |s: &Slot| -> Result<Vec<f32>, WorldError> {
+        candidates
+            .iter()
+            .map(|e| {
+                let sprite = atlas.sprite(e.object, s.size, e.tint, Sampling::Smooth)?;
+                let mut err = 0f32;
+                for sy in 0..s.size {
+                    let row = ((s.y + sy) * size + s.x) as usize;
+                    for sx in 0..s.size as usize {
+                        let i = (sy * s.size) as usize + sx;
+                        let a = sprite.alpha[i];
+                        let p = &x.px[row + sx];
+                        let m = &sprite.rgb[i];
+                        for ch in 0..3 {
+                            let d = p[ch] - (b[ch] * (1.0 - a) + m[ch]);
+                            err += d * d;
+                        }
+                    }
+                }
+                Ok(err)
+            })
+            .collect()
+    };
+
+    let mut best = (total_bg, Layout::Empty);
+    for position in Position::ALL {
+        for count in 1..=MAX_COUNT {
+            let slots = g.slots(position, count);
+            let errs = slots
+                .iter()
+                .map(&slot_errors)
+                .collect::<Result<Vec<_>, _>>()?;
+            let base = total_bg - slots.iter().map(slot_bg).sum::<f32>();
+            let (k, e) =
+                argmin((0..candidates.len()).map(|k| errs.iter().map(|v| v[k]).sum::<f32>()));
+            if base + e < best.0 {
+                best = (
+                    base + e,
+                    Layout::Single {
+                        entity: candidates[k],
+                        position,
+                        count,
+                    },
+                );
+            }
+        }
+    }
+    for relation in Relation::ALL {
+        let (h1, h2) = relation.halves();
+        let (s1, s2) = (g.slots(h1, 1)[0], g.slots(h2, 1)[0]);
+        let (k1, e1) = argmin(slot_errors(&s1)?.into_iter());
+        let (k2, e2) = argmin(slot_errors(&s2)?.into_iter());
+        let cost = total_bg - slot_bg(&s1) - slot_bg(&s2) + e1 + e2;
+        if cost < best.0 {
+            best = (
+                cost,
+                Layout::Pair {
+                    first: candidates[k1],
+                    second: candidates[k2],
+                    relation,
+                },
+            );
+        }
+    }
+    let scene = Scene {
+        background,
+        layout: best.1,
+    };
+    let rmse = rmse(image, &render(atlas, &scene)?);
+    Ok(Parse { scene, rmse })
+}
+
+/// Detail quality of any image of the canvas size: distance to its nearest clean render.
+pub fn detail_quality(atlas: &Atlas, image: &image::RgbImage) -> Result<DetailQuality, WorldError> {
+    let p = parse(atlas, image)?;
+    Ok(DetailQuality {
+        quality: quality_from_rmse(p.rmse),
+        rmse: p.rmse,
+        observed: p.scene,
+    })
+}
+
+/// How well `image` shows the prompted scene (object, colour, position, count).
+pub fn alignment(
+    atlas: &Atlas,
+    prompted: &Scene,
+    image: &image::RgbImage,
+) -> Result<Alignment, WorldError> {
+    Ok(compare(prompted, &parse(atlas, image)?.scene))
+}
+
+/// Alignment of an observed scene to a prompted one.
+pub fn compare(prompted: &Scene, observed: &Scene) -> Alignment {
+    let (gp, go) = (prompted.groups(), observed.groups());
+    let mut classes_p: Vec<usize> = gp.iter().map(|(e, _)| e.object).collect();
+    let mut classes_o: Vec<usize> = go.iter().map(|(e, _)| e.object).collect();
+    classes_p.sort_unstable();
+    classes_o.sort_unstable();
+    let object = classes_p == classes_o;
+
+    // Match each prompted group to an observed one of the same object, else to the leftovers in order.
+    let mut unused: Vec<usize> = (0..go.len()).collect();
+    let mut matched: Vec<Option<usize>> = gp
+        .iter()
+        .map(|(e, _)| {
+            unused
+                .iter()
+                .position(|&j| go[j].0.object == e.object)
+                .map(|k| unused.remove(k))
+        })
+        .collect();
+    for m in matched.iter_mut().filter(|m| m.is_none()) {
+        if !unused.is_empty() {
+            *m = Some(unused.remove(0));
+        }
+    }
+    let count = gp.len() == go.len()
+        && gp
+            .iter()
+            .zip(&matched)
+            .all(|((_, n), m)| m.is_some_and(|j| go[j].1 == *n));
+    let colour = prompted.background == observed.background
+        && gp
+            .iter()
+            .zip(&matched)
+            .all(|((e, _), m)| m.is_some_and(|j| go[j].0.tint == e.tint));
+    let position = match (prompted.layout, observed.layout) {
+        (Layout::Empty, Layout::Empty) => true,
+        (Layout::Single { position: p, .. }, Layout::Single { position: o, .. }) => p == o,
+        (
+            Layout::Pair {
+                first,
+                second,
+                relation: r,
+            },
+            Layout::Pair {
+                first: f,
+                second: s,
+                relation: o,
+            },
+        ) => {
+            r == o
+                && !(f.object == second.object
+                    && s.object == first.object
+                    && first.object != second.object)
+        }
+        _ => false,
+    };
+    Alignment {
+        object,
+        colour,
+        position,
+        count,
+    }
+}
+
+fn sq(p: &[f32; 3], b: &[f32; 3]) -> f32 {
+    (0..3).map(|c| (p[c] - b[c]).powi(2)).sum()
+}
+
+fn argmin(it: impl Iterator<Item = f32>) -> (usize, f32) {
+    it.enumerate().fold(
+        (0, f32::INFINITY),
+        |best, (i, v)| if v < best.1 { (i, v) } else { best },
+    )
+}
+
+/// The palette background nearest to the median colour of the canvas border.
+fn nearest_background(x: &Canvas) -> Colour {
+    let n = x.size as usize;
+    let border: Vec<[f32; 3]> = (0..n)
+        .flat_map(|i| {
+            [
+                x.px[i],
+                x.px[(n - 1) * n + i],
+                x.px[i * n],
+                x.px[i * n + n - 1],
+            ]
+        })
+        .collect();
+    let median: [f32; 3] = [0, 1, 2].map(|ch| {
+        let mut v: Vec<f32> = border.iter().map(|p| p[ch]).collect();
+        v.sort_unstable_by(f32::total_cmp);
+        v[v.len() / 2]
+    });
+    Colour::BACKGROUNDS
+        .into_iter()
+        .min_by(|a, b| sq(&median, &a.rgb_f32()).total_cmp(&sq(&median, &b.rgb_f32())))
+        .unwrap_or(Colour::White)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::{Flaw, FlawKind, render_flawed};
+    use rand::SeedableRng;
+
+    #[test]
+    fn clean_renders_parse_back_exactly_and_score_full_detail() {
+        let atlas = Atlas::sample(12, 4, 32).unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        for _ in 0..60 {
+            let s = Scene::sample(&atlas, &mut rng);
+            let img = render(&atlas, &s).unwrap();
+            let p = parse(&atlas, &img).unwrap();
+            assert_eq!(p.scene, s, "{}", s.code(&atlas));
+            assert_eq!(p.rmse, 0.0);
+            assert!(compare(&s, &p.scene).all());
+        }
+        let empty = Scene {
+            background: Colour::Blue,
+            layout: Layout::Empty,
+        };
+        assert_eq!(
+            parse(&atlas, &render(&atlas, &empty).unwrap())
+                .unwrap()
+                .scene,
+            empty
+        );
+    }
+
+    #[test]
+    fn detail_quality_ignores_layout_and_sees_flaws() {
+        let atlas = Atlas::sample(12, 4, 32).unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(10);
+        for _ in 0..20 {
+            let prompted = Scene::sample(&atlas, &mut rng);
+            let other = Scene::sample(&atlas, &mut rng);
+            // A clean render of the wrong scene: perfect detail, imperfect alignment.
+            let wrong = render(&atlas, &other).unwrap();
+            assert_eq!(detail_quality(&atlas, &wrong).unwrap().quality, 1.0);
+            assert_eq!(
+                alignment(&atlas, &prompted, &wrong).unwrap(),
+                compare(&prompted, &other)
+            );
+            for kind in FlawKind::ALL {
+                let img = render_flawed(
+                    &atlas,
+                    &prompted,
+                    Some(Flaw {
+                        kind,
+                        strength: 1.0,
+                    }),
+                    &mut rng,
+                )
+                .unwrap();
+                let q = detail_quality(&atlas, &img).unwrap().quality;
+                assert!(q < 0.95, "{kind:?} on {}: {q}", prompted.code(&atlas));
+            }
+        }
+    }
+
+    #[test]
+    fn alignment_breaks_down_by_part() {
+        let e = |object, tint| Entity { object, tint };
+        let single = |entity, position, count| Scene {
+            background: Colour::White,
+            layout: Layout::Single {
+                entity,
+                position,
+                count,
+            },
+        };
+        let p = single(e(0, Some(Colour::Red)), Position::Left, 2);
+        assert_eq!(
+            compare(&p, &single(e(1, Some(Colour::Red)), Position::Left, 2)),
+            Alignment {
+                object: false,
+                colour: true,
+                position: true,
+                count: true
+            }
+        );
+        assert_eq!(
+            compare(&p, &single(e(0, None), Position::Left, 2)),
+            Alignment {
+                object: true,
+                colour: false,
+                position: true,
+                count: true
+            }
+        );
+        assert_eq!(
+            compare(&p, &single(e(0, Some(Colour::Red)), Position::Top, 2)),
+            Alignment {
+                object: true,
+                colour: true,
+                position: false,
+                count: true
+            }
+        );
+        assert_eq!(
+            compare(&p, &single(e(0, Some(Colour::Red)), Position::Left, 3)),
+            Alignment {
+                object: true,
+                colour: true,
+                position: true,
+                count: false
+            }
+        );
+        let pair = |first, second, relation| Scene {
+            background: Colour::Gray,
+            layout: Layout::Pair {
+                first,
+                second,
+                relation,
+            },
+        };
+        let q = pair(e(0, None), e(1, None), Relation::LeftOf);
+        assert!(!compare(&q, &pair(e(1, None), e(0, None), Relation::LeftOf)).position);
+        assert!(compare(&q, &pair(e(1, None), e(0, None), Relation::LeftOf)).object);
+        assert!(!compare(&q, &pair(e(0, None), e(1, None), Relation::Above)).position);
+        let mut wrong_bg = q;
+        wrong_bg.background = Colour::Black;
+        assert_eq!(
+            compare(&q, &wrong_bg),
+            Alignment {
+                object: true,
+                colour: false,
+                position: true,
+                count: true
+            }
+        );
+        assert_eq!(compare(&q, &q).score(), 1.0);
+    }
+
+    #[test]
+    fn images_of_the_wrong_size_are_refused() {
+        let atlas = Atlas::sample(4, 2, 32).unwrap();
+        let img = image::RgbImage::new(64, 64);
+        assert!(matches!(
+            parse(&atlas, &img),
+            Err(WorldError::ImageSize {
+                expected: 32,
+                width: 64,
+                height: 64
+            })
+        ));
+    }
+}

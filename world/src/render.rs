@@ -1,0 +1,336 @@
+//! Rendering scenes onto canvases, and the detail flaws a renderer can add: blur, noise,
+//! blocking, colour bleeding and jagged edges. The clean render of a scene is unique
+//! (fixed slots, area-averaged sprites), which is what makes the oracles exact.
+
+use rand::Rng;
+use rand_distr::{Distribution, Normal};
+
+use crate::WorldError;
+use crate::atlas::{Atlas, Sampling};
+use crate::scene::Scene;
+
+/// A float RGB canvas in [0, 1], row-major, used while rendering and by the oracles.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Canvas {
+    pub size: u32,
+    pub px: Vec<[f32; 3]>,
+}
+
+impl Canvas {
+    /// A canvas filled with one colour.
+    pub fn filled(size: u32, rgb: [f32; 3]) -> Canvas {
+        Canvas {
+            size,
+            px: vec![rgb; (size * size) as usize],
+        }
+    }
+
+    /// Reads an 8-bit image (it must be square).
+    pub fn from_image(image: &image::RgbImage) -> Result<Canvas, WorldError> {
+        let (w, h) = image.dimensions();
+        if w != h {
+            return Err(WorldError::ImageSize {
+                expected: w.max(h),
+                width: w,
+                height: h,
+            });
+        }
+        Ok(Canvas {
+            size: w,
+            px: image
+                .pixels()
+                .map(|p| p.0.map(|v| f32::from(v) / 255.0))
+                .collect(),
+        })
+    }
+
+    /// Quantises to an 8-bit image.
+    pub fn to_image(&self) -> image::RgbImage {
+        let mut out = image::RgbImage::new(self.size, self.size);
+        for (o, p) in out.pixels_mut().zip(&self.px) {
+            o.0 = p.map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8);
+        }
+        out
+    }
+
+    fn at(&self, x: i64, y: i64) -> [f32; 3] {
+        let n = i64::from(self.size) - 1;
+        self.px[(y.clamp(0, n) * (n + 1) + x.clamp(0, n)) as usize]
+    }
+}
+
+/// Draws `scene` with sprites sampled as asked (`Smooth` is the clean render).
+pub fn render_with(atlas: &Atlas, scene: &Scene, sampling: Sampling) -> Result<Canvas, WorldError> {
+    let g = atlas.geometry();
+    let mut c = Canvas::filled(g.canvas(), scene.background.rgb_f32());
+    for (entity, slot) in scene.placements(g) {
+        let sprite = atlas.sprite(entity.object, slot.size, entity.tint, sampling)?;
+        for sy in 0..slot.size {
+            for sx in 0..slot.size {
+                let i = (sy * slot.size + sx) as usize;
+                let o = ((slot.y + sy) * g.canvas() + slot.x + sx) as usize;
+                let a = sprite.alpha[i];
+                for ch in 0..3 {
+                    c.px[o][ch] = c.px[o][ch] * (1.0 - a) + sprite.rgb[i][ch];
+                }
+            }
+        }
+    }
+    Ok(c)
+}
+
+/// The clean render of `scene`: the one point of the clean-render manifold for that scene.
+pub fn render(atlas: &Atlas, scene: &Scene) -> Result<image::RgbImage, WorldError> {
+    Ok(render_with(atlas, scene, Sampling::Smooth)?.to_image())
+}
+
+/// A kind of detail flaw: it changes how an image looks, never what it shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FlawKind {
+    /// Gaussian blur, σ from 0.4 to 1.4 pixels.
+    Blur,
+    /// Additive Gaussian pixel noise, σ from 0.02 to 0.14.
+    Noise,
+    /// 4×4 blocks flattened toward their mean, like heavy JPEG.
+    Blocking,
+    /// Chroma smeared and shifted sideways while luma stays: colours leak over edges.
+    ColourBleed,
+    /// Sprites nearest-sampled with hard alpha instead of area-averaged.
+    Jagged,
+}
+
+impl FlawKind {
+    pub const ALL: [FlawKind; 5] = [
+        FlawKind::Blur,
+        FlawKind::Noise,
+        FlawKind::Blocking,
+        FlawKind::ColourBleed,
+        FlawKind::Jagged,
+    ];
+
+    /// The name written in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            FlawKind::Blur => "blur",
+            FlawKind::Noise => "noise",
+            FlawKind::Blocking => "blocking",
+            FlawKind::ColourBleed => "colour-bleed",
+            FlawKind::Jagged => "jagged",
+        }
+    }
+}
+
+/// A detail flaw at a strength in (0, 1].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Flaw {
+    pub kind: FlawKind,
+    pub strength: f32,
+}
+
+/// Renders `scene` with an optional detail flaw; `rng` drives the noise.
+pub fn render_flawed(
+    atlas: &Atlas,
+    scene: &Scene,
+    flaw: Option<Flaw>,
+    rng: &mut impl Rng,
+) -> Result<image::RgbImage, WorldError> {
+    let Some(flaw) = flaw else {
+        return render(atlas, scene);
+    };
+    let s = flaw.strength.clamp(0.0, 1.0);
+    let out = match flaw.kind {
+        FlawKind::Jagged => {
+            let clean = render_with(atlas, scene, Sampling::Smooth)?;
+            let aliased = render_with(atlas, scene, Sampling::Aliased)?;
+            let px = clean
+                .px
+                .iter()
+                .zip(&aliased.px)
+                .map(|(c, a)| [0, 1, 2].map(|ch| c[ch] + s * (a[ch] - c[ch])))
+                .collect();
+            Canvas {
+                size: clean.size,
+                px,
+            }
+        }
+        FlawKind::Blur => {
+            gaussian_blur(&render_with(atlas, scene, Sampling::Smooth)?, 0.4 + 1.0 * s)
+        }
+        FlawKind::Noise => {
+            let mut c = render_with(atlas, scene, Sampling::Smooth)?;
+            let normal = Normal::new(0.0f32, 0.02 + 0.12 * s)
+                .map_err(|e| WorldError::Config(e.to_string()))?;
+            for p in &mut c.px {
+                for v in p.iter_mut() {
+                    *v += normal.sample(rng);
+                }
+            }
+            c
+        }
+        FlawKind::Blocking => {
+            blocking(&render_with(atlas, scene, Sampling::Smooth)?, 0.4 + 0.6 * s)
+        }
+        FlawKind::ColourBleed => colour_bleed(&render_with(atlas, scene, Sampling::Smooth)?, s),
+    };
+    Ok(out.to_image())
+}
+
+fn gaussian_blur(c: &Canvas, sigma: f32) -> Canvas {
+    let r = (sigma * 3.0).ceil() as i64;
+    let k: Vec<f32> = (-r..=r)
+        .map(|i| (-(i * i) as f32 / (2.0 * sigma * sigma)).exp())
+        .collect();
+    let sum: f32 = k.iter().sum();
+    let k: Vec<f32> = k.iter().map(|v| v / sum).collect();
+    let n = i64::from(c.size);
+    let pass = |src: &Canvas, horizontal: bool| {
+        let mut px = vec![[0f32; 3]; src.px.len()];
+        for y in 0..n {
+            for x in 0..n {
+                let mut acc = [0f32; 3];
+                for (j, w) in k.iter().enumerate() {
+                    let d = j as i64 - r;
+                    let p = if horizontal {
+                        src.at(x + d, y)
+                    } else {
+                        src.at(x, y + d)
+                    };
+                    for ch in 0..3 {
+                        acc[ch] += w * p[ch];
+                    }
+                }
+                px[(y * n + x) as usize] = acc;
+            }
+        }
+        Canvas { size: src.size, px }
+    };
+    pass(&pass(c, true), false)
+}
+
+fn blocking(c: &Canvas, amount: f32) -> Canvas {
+    const B: u32 = 4;
+    let mut out = c.clone();
+    for by in (0..c.size).step_by(B as usize) {
+        for bx in (0..c.size).step_by(B as usize) {
+            let idx: Vec<usize> = (by..(by + B).min(c.size))
+                .flat_map(|y| (bx..(bx + B).min(c.size)).map(move |x| (y * c.size + x) as usize))
+                .collect();
+            let mut mean = [0f32; 3];
+            for &i in &idx {
+                for (m, v) in mean.iter_mut().zip(c.px[i]) {
+                    *m += v / idx.len() as f32;
+                }
+            }
+            for &i in &idx {
+                for ((o, v), m) in out.px[i].iter_mut().zip(c.px[i]).zip(mean) {
+                    *o = v + amount * (m - v);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn colour_bleed(c: &Canvas, s: f32) -> Canvas {
+    let ycc: Vec<[f32; 3]> =
+        c.px.iter()
+            .map(|p| {
+                let y = 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2];
+                [y, p[2] - y, p[0] - y]
+            })
+            .collect();
+    let radius = 1 + (2.0 * s).round() as i64;
+    let shift = 1 + (s * 1.5).round() as i64;
+    let n = i64::from(c.size);
+    let mut px = vec![[0f32; 3]; c.px.len()];
+    for y in 0..n {
+        for x in 0..n {
+            let (mut cb, mut cr) = (0f32, 0f32);
+            for d in -radius..=radius {
+                let sx = (x - shift + d).clamp(0, n - 1);
+                let q = ycc[(y * n + sx) as usize];
+                cb += q[1];
+                cr += q[2];
+            }
+            let m = (2 * radius + 1) as f32;
+            let (cb, cr) = (cb / m, cr / m);
+            let luma = ycc[(y * n + x) as usize][0];
+            let (r, b) = (luma + cr, luma + cb);
+            let g = (luma - 0.299 * r - 0.114 * b) / 0.587;
+            px[(y * n + x) as usize] = [r, g, b];
+        }
+    }
+    Canvas { size: c.size, px }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn world() -> (Atlas, Vec<Scene>) {
+        let atlas = Atlas::sample(8, 11, 32).unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let scenes = (0..20).map(|_| Scene::sample(&atlas, &mut rng)).collect();
+        (atlas, scenes)
+    }
+
+    #[test]
+    fn every_flaw_changes_the_image_and_more_strength_changes_it_more() {
+        let (atlas, scenes) = world();
+        let dist = |a: &image::RgbImage, b: &image::RgbImage| {
+            a.as_raw()
+                .iter()
+                .zip(b.as_raw())
+                .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
+                .sum::<f64>()
+        };
+        for kind in FlawKind::ALL {
+            let (mut weak, mut strong) = (0.0, 0.0);
+            for s in &scenes {
+                let clean = render(&atlas, s).unwrap();
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+                weak += dist(
+                    &clean,
+                    &render_flawed(
+                        &atlas,
+                        s,
+                        Some(Flaw {
+                            kind,
+                            strength: 0.2,
+                        }),
+                        &mut rng,
+                    )
+                    .unwrap(),
+                );
+                strong += dist(
+                    &clean,
+                    &render_flawed(
+                        &atlas,
+                        s,
+                        Some(Flaw {
+                            kind,
+                            strength: 1.0,
+                        }),
+                        &mut rng,
+                    )
+                    .unwrap(),
+                );
+            }
+            assert!(
+                weak > 0.0 && strong > weak,
+                "{kind:?}: weak {weak} strong {strong}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_clean_render_is_the_background_where_no_sprite_is() {
+        let (atlas, scenes) = world();
+        for s in &scenes {
+            let img = render(&atlas, s).unwrap();
+            assert_eq!(img.get_pixel(0, 0).0, s.background.rgb());
+            assert_eq!(img.dimensions(), (32, 32));
+        }
+    }
+}
