@@ -47,8 +47,8 @@ pub struct TableDef {
     pub name: String,
     pub title: String,
     pub rows: Rows,
-    /// The stage whose metrics fill the columns.
-    pub stage: String,
+    /// The stage whose metrics fill the columns of sweep rows (named rows name their own).
+    pub stage: Option<String>,
     pub metrics: Vec<String>,
     pub lower_is_better: BTreeSet<String>,
     pub digits: usize,
@@ -81,13 +81,27 @@ impl Pipeline {
         let src = Source { name: file, text };
         let doc = DeTable::parse(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
-            src.error(span, format!("invalid TOML: {}", e.message().trim())).hint("see https://toml.io for the syntax")
+            src.error(span, format!("invalid TOML: {}", e.message().trim()))
+                .hint("see https://toml.io for the syntax")
         })?;
         let root = doc.get_ref();
         let p = Parser { src, registry };
-        p.known_keys(root, &["pipeline", "stage", "sweep", "target", "table"], "top-level section")?;
+        p.known_keys(
+            root,
+            &["pipeline", "stage", "sweep", "target", "table"],
+            "top-level section",
+        )?;
 
-        let mut pipe = Pipeline { file: file.to_owned(), name: "pipeline".into(), seeds: vec![0], default_targets: vec![], stages: vec![], sweeps: vec![], targets: vec![], tables: vec![] };
+        let mut pipe = Pipeline {
+            file: file.to_owned(),
+            name: "pipeline".into(),
+            seeds: vec![0],
+            default_targets: vec![],
+            stages: vec![],
+            sweeps: vec![],
+            targets: vec![],
+            tables: vec![],
+        };
         let mut default_span = None;
         if let Some(sec) = root.get("pipeline") {
             let t = p.table(sec, "[pipeline]")?;
@@ -132,11 +146,25 @@ impl Pipeline {
         for s in &pipe.stages {
             seen.insert(s.name.clone(), "stage");
         }
-        for (section, names) in [("sweep", pipe.sweeps.iter().map(|s| s.name.clone()).collect::<Vec<_>>()), ("table", pipe.tables.iter().map(|t| t.name.clone()).collect())] {
+        for (section, names) in [
+            (
+                "sweep",
+                pipe.sweeps
+                    .iter()
+                    .map(|s| s.name.clone())
+                    .collect::<Vec<_>>(),
+            ),
+            (
+                "table",
+                pipe.tables.iter().map(|t| t.name.clone()).collect(),
+            ),
+        ] {
             for n in names {
                 if let Some(other) = seen.insert(n.clone(), section) {
                     let span = p.find_key(root, section, &n).unwrap_or(0..0);
-                    return Err(src.error(span, format!("`{n}` names both a {other} and a {section}")).hint("targets share one namespace: rename one of them"));
+                    return Err(src
+                        .error(span, format!("`{n}` names both a {other} and a {section}"))
+                        .hint("targets share one namespace: rename one of them"));
                 }
             }
         }
@@ -144,21 +172,43 @@ impl Pipeline {
             let t = p.table(sec, "[target]")?;
             for (name, _) in t.iter() {
                 if let Some(other) = seen.insert(name.get_ref().to_string(), "target") {
-                    return Err(src.error(name.span(), format!("`{}` names both a {other} and a target", name.get_ref())).hint("targets share one namespace: rename one of them"));
+                    return Err(src
+                        .error(
+                            name.span(),
+                            format!("`{}` names both a {other} and a target", name.get_ref()),
+                        )
+                        .hint("targets share one namespace: rename one of them"));
                 }
             }
             for (name, body) in t.iter() {
                 let bt = p.table(body, "a [target.NAME] section")?;
                 p.known_keys(bt, &["includes"], "key of a target")?;
-                let inc = bt.get("includes").ok_or_else(|| src.error(name.span(), format!("target `{}` has no `includes`", name.get_ref())).hint("add `includes = [\"stage-or-sweep-or-table\", ...]`"))?;
+                let inc = bt.get("includes").ok_or_else(|| {
+                    src.error(
+                        name.span(),
+                        format!("target `{}` has no `includes`", name.get_ref()),
+                    )
+                    .hint("add `includes = [\"stage-or-sweep-or-table\", ...]`")
+                })?;
                 let list = p.string_list(inc, "includes")?;
                 for (item, span) in &list {
                     if !seen.contains_key(item) {
                         let cands: Vec<&str> = seen.keys().map(String::as_str).collect();
-                        return Err(src.error(span.clone(), format!("target `{}` includes `{item}`, which names nothing", name.get_ref())).hint(unknown_hint(item, &cands, "target")));
+                        return Err(src
+                            .error(
+                                span.clone(),
+                                format!(
+                                    "target `{}` includes `{item}`, which names nothing",
+                                    name.get_ref()
+                                ),
+                            )
+                            .hint(unknown_hint(item, &cands, "target")));
                     }
                 }
-                pipe.targets.push((name.get_ref().to_string(), list.into_iter().map(|(s, _)| s).collect()));
+                pipe.targets.push((
+                    name.get_ref().to_string(),
+                    list.into_iter().map(|(s, _)| s).collect(),
+                ));
             }
             p.check_target_cycles(&pipe.targets, t)?;
         }
@@ -188,27 +238,54 @@ impl Pipeline {
         self.tables.iter().find(|t| t.name == name)
     }
     pub fn target(&self, name: &str) -> Option<&[String]> {
-        self.targets.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_slice())
+        self.targets
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
     }
     /// Every name `run` accepts as a target, sorted.
     pub fn target_names(&self) -> Vec<&str> {
-        let mut v: Vec<&str> = self.stages.iter().map(|s| s.name.as_str()).chain(self.sweeps.iter().map(|s| s.name.as_str())).chain(self.tables.iter().map(|t| t.name.as_str())).chain(self.targets.iter().map(|(n, _)| n.as_str())).collect();
+        let mut v: Vec<&str> = self
+            .stages
+            .iter()
+            .map(|s| s.name.as_str())
+            .chain(self.sweeps.iter().map(|s| s.name.as_str()))
+            .chain(self.tables.iter().map(|t| t.name.as_str()))
+            .chain(self.targets.iter().map(|(n, _)| n.as_str()))
+            .collect();
         v.sort_unstable();
         v
     }
 
     /// Applies `--set stage.param=value` (or `pipeline.seeds=[..]`), validated like the file.
     pub fn apply_set(&mut self, arg: &str, registry: &Registry) -> Result<(), ConfigError> {
-        let src = Source { name: "--set", text: arg };
+        let src = Source {
+            name: "--set",
+            text: arg,
+        };
         let Some((path, value)) = arg.split_once('=') else {
-            return Err(src.error(0..arg.len(), "expected `stage.param=value`").hint("for example `--set spo.k=4` or `--set pipeline.seeds=[0,1,2]`"));
+            return Err(src
+                .error(0..arg.len(), "expected `stage.param=value`")
+                .hint("for example `--set spo.k=4` or `--set pipeline.seeds=[0,1,2]`"));
         };
         let Some((stage, param)) = path.trim().split_once('.') else {
-            return Err(src.error(0..path.len(), format!("`{path}` is not `stage.param`")).hint("for example `--set spo.k=4`"));
+            return Err(src
+                .error(0..path.len(), format!("`{path}` is not `stage.param`"))
+                .hint("for example `--set spo.k=4`"));
         };
         let vstart = path.len() + 1;
         let vspan = vstart..arg.len();
-        let parsed = DeValue::parse(value.trim()).map_err(|e| src.error(vspan.clone(), format!("`{}` is not a TOML value: {}", value.trim(), e.message().trim())).hint("strings need quotes: --set 'stage.p=\"text\"'"))?;
+        let parsed = DeValue::parse(value.trim()).map_err(|e| {
+            src.error(
+                vspan.clone(),
+                format!(
+                    "`{}` is not a TOML value: {}",
+                    value.trim(),
+                    e.message().trim()
+                ),
+            )
+            .hint("strings need quotes: --set 'stage.p=\"text\"'")
+        })?;
         let p = Parser { src, registry };
         let shifted = Spanned::new(vspan.clone(), parsed.into_inner());
         if stage == "pipeline" && param == "seeds" {
@@ -217,13 +294,17 @@ impl Pipeline {
         }
         let Some(def) = self.stages.iter_mut().find(|s| s.name == stage) else {
             let names: Vec<&str> = self.stages.iter().map(|s| s.name.as_str()).collect();
-            return Err(src.error(0..stage.len(), format!("no stage named `{stage}`")).hint(unknown_hint(stage, &names, "pipeline")));
+            return Err(src
+                .error(0..stage.len(), format!("no stage named `{stage}`"))
+                .hint(unknown_hint(stage, &names, "pipeline")));
         };
         let specs = registry.params(&def.kind);
         let pspan = stage.len() + 1..path.len();
         let spec = p.spec(specs, param, pspan, &def.kind)?;
         let v = p.value(&shifted)?;
-        let v = spec.check(&v).map_err(|m| src.error(vspan, format!("param `{param}` of stage `{stage}`: {m}")))?;
+        let v = spec
+            .check(&v)
+            .map_err(|m| src.error(vspan, format!("param `{param}` of stage `{stage}`: {m}")))?;
         def.params.0.insert(param.to_owned(), v);
         Ok(())
     }
@@ -238,53 +319,97 @@ impl Parser<'_> {
     fn table<'t, 'i>(&self, v: &'t Val<'i>, what: &str) -> Result<&'t Table<'i>, ConfigError> {
         match v.get_ref() {
             DeValue::Table(t) => Ok(t),
-            other => Err(self.src.error(v.span(), format!("{what} must be a table, found {}", other.type_str()))),
+            other => Err(self.src.error(
+                v.span(),
+                format!("{what} must be a table, found {}", other.type_str()),
+            )),
         }
     }
 
     fn known_keys(&self, t: &Table<'_>, allowed: &[&str], what: &str) -> Result<(), ConfigError> {
         for (k, _) in t.iter() {
             if !allowed.contains(&k.get_ref().as_ref()) {
-                return Err(self.src.error(k.span(), format!("unknown {what} `{}`", k.get_ref())).hint(unknown_hint(k.get_ref(), allowed, what)));
+                return Err(self
+                    .src
+                    .error(k.span(), format!("unknown {what} `{}`", k.get_ref()))
+                    .hint(unknown_hint(k.get_ref(), allowed, what)));
             }
         }
         Ok(())
     }
 
     fn find_key(&self, root: &Table<'_>, section: &str, name: &str) -> Option<Range<usize>> {
-        let DeValue::Table(t) = root.get(section)?.get_ref() else { return None };
-        t.iter().find(|(k, _)| k.get_ref() == name).map(|(k, _)| k.span())
+        let DeValue::Table(t) = root.get(section)?.get_ref() else {
+            return None;
+        };
+        t.iter()
+            .find(|(k, _)| k.get_ref() == name)
+            .map(|(k, _)| k.span())
     }
 
     fn string(&self, v: &Val<'_>, what: &str) -> Result<String, ConfigError> {
         match v.get_ref() {
             DeValue::String(s) => Ok(s.to_string()),
-            other => Err(self.src.error(v.span(), format!("`{what}` must be a string, found {}", other.type_str()))),
+            other => Err(self.src.error(
+                v.span(),
+                format!("`{what}` must be a string, found {}", other.type_str()),
+            )),
         }
     }
 
-    fn string_list(&self, v: &Val<'_>, what: &str) -> Result<Vec<(String, Range<usize>)>, ConfigError> {
+    fn string_list(
+        &self,
+        v: &Val<'_>,
+        what: &str,
+    ) -> Result<Vec<(String, Range<usize>)>, ConfigError> {
         match v.get_ref() {
-            DeValue::Array(items) => items.iter().map(|i| self.string(i, what).map(|s| (s, i.span()))).collect(),
-            other => Err(self.src.error(v.span(), format!("`{what}` must be an array of strings, found {}", other.type_str()))),
+            DeValue::Array(items) => items
+                .iter()
+                .map(|i| self.string(i, what).map(|s| (s, i.span())))
+                .collect(),
+            other => Err(self.src.error(
+                v.span(),
+                format!(
+                    "`{what}` must be an array of strings, found {}",
+                    other.type_str()
+                ),
+            )),
         }
     }
 
     fn strings_or_string(&self, v: &Val<'_>, what: &str) -> Result<Vec<String>, ConfigError> {
         match v.get_ref() {
             DeValue::String(s) => Ok(vec![s.to_string()]),
-            _ => Ok(self.string_list(v, what)?.into_iter().map(|(s, _)| s).collect()),
+            _ => Ok(self
+                .string_list(v, what)?
+                .into_iter()
+                .map(|(s, _)| s)
+                .collect()),
         }
     }
 
     fn seeds(&self, v: &Val<'_>) -> Result<Vec<u64>, ConfigError> {
-        let bad = || self.src.error(v.span(), "`seeds` must be a non-empty array of distinct non-negative integers").hint("for example `seeds = [0, 1, 2]`");
-        let DeValue::Array(items) = v.get_ref() else { return Err(bad()) };
+        let bad = || {
+            self.src
+                .error(
+                    v.span(),
+                    "`seeds` must be a non-empty array of distinct non-negative integers",
+                )
+                .hint("for example `seeds = [0, 1, 2]`")
+        };
+        let DeValue::Array(items) = v.get_ref() else {
+            return Err(bad());
+        };
         let mut out = Vec::new();
         for it in items.iter() {
             match self.value(it)? {
                 Value::Int(i) if i >= 0 && !out.contains(&(i as u64)) => out.push(i as u64),
-                _ => return Err(self.src.error(it.span(), "each seed must be a distinct non-negative integer")),
+                _ => {
+                    return Err(self.src.error(
+                        it.span(),
+                        "each seed must be a distinct non-negative integer",
+                    ));
+                }
             }
         }
         if out.is_empty() {
@@ -300,38 +425,80 @@ impl Parser<'_> {
             DeValue::Integer(i) => {
                 let digits = i.as_str().replace('_', "");
                 let parsed = i64::from_str_radix(digits.trim_start_matches('+'), i.radix());
-                Value::Int(parsed.map_err(|_| self.src.error(v.span(), format!("integer `{i}` does not fit in 64 bits")))?)
+                Value::Int(parsed.map_err(|_| {
+                    self.src
+                        .error(v.span(), format!("integer `{i}` does not fit in 64 bits"))
+                })?)
             }
             DeValue::Float(f) => {
                 let s = f.as_str().replace('_', "");
-                Value::Float(s.parse::<f64>().map_err(|_| self.src.error(v.span(), format!("`{s}` is not a number")))?)
+                Value::Float(
+                    s.parse::<f64>()
+                        .map_err(|_| self.src.error(v.span(), format!("`{s}` is not a number")))?,
+                )
             }
             DeValue::Boolean(b) => Value::Bool(*b),
-            DeValue::Array(items) => Value::List(items.iter().map(|i| self.value(i)).collect::<Result<_, _>>()?),
-            DeValue::Datetime(_) | DeValue::Table(_) => return Err(self.src.error(v.span(), format!("a {} is not a valid param value", v.get_ref().type_str()))),
+            DeValue::Array(items) => Value::List(
+                items
+                    .iter()
+                    .map(|i| self.value(i))
+                    .collect::<Result<_, _>>()?,
+            ),
+            DeValue::Datetime(_) | DeValue::Table(_) => {
+                return Err(self.src.error(
+                    v.span(),
+                    format!("a {} is not a valid param value", v.get_ref().type_str()),
+                ));
+            }
         })
     }
 
-    fn spec<'s>(&self, specs: &'s [ParamSpec], name: &str, span: Range<usize>, kind: &str) -> Result<&'s ParamSpec, ConfigError> {
+    fn spec<'s>(
+        &self,
+        specs: &'s [ParamSpec],
+        name: &str,
+        span: Range<usize>,
+        kind: &str,
+    ) -> Result<&'s ParamSpec, ConfigError> {
         specs.iter().find(|s| s.name == name).ok_or_else(|| {
             let names: Vec<&str> = specs.iter().map(|s| s.name).collect();
-            self.src.error(span, format!("unknown param `{name}` for kind `{kind}`")).hint(unknown_hint(name, &names, "kind"))
+            self.src
+                .error(span, format!("unknown param `{name}` for kind `{kind}`"))
+                .hint(unknown_hint(name, &names, "kind"))
         })
     }
 
-    fn stage(&self, name: &Spanned<std::borrow::Cow<'_, str>>, body: &Val<'_>) -> Result<StageDef, ConfigError> {
+    fn stage(
+        &self,
+        name: &Spanned<std::borrow::Cow<'_, str>>,
+        body: &Val<'_>,
+    ) -> Result<StageDef, ConfigError> {
         let sname = name.get_ref().to_string();
         valid_name(&self.src, &sname, name.span())?;
         let t = self.table(body, &format!("[stage.{sname}]"))?;
         self.known_keys(t, &["kind", "needs", "params"], "key of a stage")?;
-        let kind_v = t.get("kind").ok_or_else(|| self.src.error(name.span(), format!("stage `{sname}` has no `kind`")).hint(format!("add `kind = \"...\"`; known kinds: {}", self.registry.names().join(", "))))?;
+        let kind_v = t.get("kind").ok_or_else(|| {
+            self.src
+                .error(name.span(), format!("stage `{sname}` has no `kind`"))
+                .hint(format!(
+                    "add `kind = \"...\"`; known kinds: {}",
+                    self.registry.names().join(", ")
+                ))
+        })?;
         let kind = self.string(kind_v, "kind")?;
         if self.registry.get(&kind).is_none() {
             let names = self.registry.names();
-            return Err(self.src.error(kind_v.span(), format!("unknown stage kind `{kind}`")).hint(unknown_hint(&kind, &names, "registry")));
+            return Err(self
+                .src
+                .error(kind_v.span(), format!("unknown stage kind `{kind}`"))
+                .hint(unknown_hint(&kind, &names, "registry")));
         }
         let needs = match t.get("needs") {
-            Some(v) => self.string_list(v, "needs")?.into_iter().map(|(s, _)| s).collect(),
+            Some(v) => self
+                .string_list(v, "needs")?
+                .into_iter()
+                .map(|(s, _)| s)
+                .collect(),
             None => vec![],
         };
         let specs = self.registry.params(&kind);
@@ -341,7 +508,12 @@ impl Parser<'_> {
             for (k, v) in pt.iter() {
                 let spec = self.spec(specs, k.get_ref(), k.span(), &kind)?;
                 let value = self.value(v)?;
-                let value = spec.check(&value).map_err(|m| self.src.error(v.span(), format!("param `{}` of stage `{sname}`: {m}", k.get_ref())))?;
+                let value = spec.check(&value).map_err(|m| {
+                    self.src.error(
+                        v.span(),
+                        format!("param `{}` of stage `{sname}`: {m}", k.get_ref()),
+                    )
+                })?;
                 params.insert(k.get_ref().to_string(), value);
             }
         }
@@ -352,38 +524,90 @@ impl Parser<'_> {
                         params.insert(spec.name.to_owned(), d.clone());
                     }
                     None => {
-                        return Err(self.src.error(name.span(), format!("stage `{sname}` is missing the required param `{}` ({})", spec.name, spec.ty)).hint(format!("add `{} = ...` under [stage.{sname}.params]{}", spec.name, if spec.doc.is_empty() { String::new() } else { format!(": {}", spec.doc) })));
+                        return Err(self
+                            .src
+                            .error(
+                                name.span(),
+                                format!(
+                                    "stage `{sname}` is missing the required param `{}` ({})",
+                                    spec.name, spec.ty
+                                ),
+                            )
+                            .hint(format!(
+                                "add `{} = ...` under [stage.{sname}.params]{}",
+                                spec.name,
+                                if spec.doc.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(": {}", spec.doc)
+                                }
+                            )));
                     }
                 }
             }
         }
-        Ok(StageDef { name: sname, kind, needs, params: Params(params) })
+        Ok(StageDef {
+            name: sname,
+            kind,
+            needs,
+            params: Params(params),
+        })
     }
 
     fn check_needs(&self, root: &Table<'_>, stages: &[StageDef]) -> Result<(), ConfigError> {
         let names: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
-        let Some(DeValue::Table(st)) = root.get("stage").map(|v| v.get_ref()) else { return Ok(()) };
+        let Some(DeValue::Table(st)) = root.get("stage").map(|v| v.get_ref()) else {
+            return Ok(());
+        };
         for (name, body) in st.iter() {
-            let DeValue::Table(t) = body.get_ref() else { continue };
+            let DeValue::Table(t) = body.get_ref() else {
+                continue;
+            };
             let Some(nv) = t.get("needs") else { continue };
             for (need, span) in self.string_list(nv, "needs")? {
                 if !names.contains(&need.as_str()) {
-                    return Err(self.src.error(span, format!("stage `{}` needs `{need}`, which is not a stage", name.get_ref())).hint(unknown_hint(&need, &names, "pipeline")));
+                    return Err(self
+                        .src
+                        .error(
+                            span,
+                            format!(
+                                "stage `{}` needs `{need}`, which is not a stage",
+                                name.get_ref()
+                            ),
+                        )
+                        .hint(unknown_hint(&need, &names, "pipeline")));
                 }
                 if need == name.get_ref().as_ref() {
-                    return Err(self.src.error(span, format!("stage `{need}` needs itself")).hint("remove it from its own `needs`"));
+                    return Err(self
+                        .src
+                        .error(span, format!("stage `{need}` needs itself"))
+                        .hint("remove it from its own `needs`"));
                 }
             }
         }
         Ok(())
     }
 
-    fn check_cycles(&self, stages: &[StageDef], spans: &BTreeMap<String, Range<usize>>) -> Result<(), ConfigError> {
-        let index: BTreeMap<&str, usize> = stages.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+    fn check_cycles(
+        &self,
+        stages: &[StageDef],
+        spans: &BTreeMap<String, Range<usize>>,
+    ) -> Result<(), ConfigError> {
+        let index: BTreeMap<&str, usize> = stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.as_str(), i))
+            .collect();
         // 0 = unvisited, 1 = on the stack, 2 = done.
         let mut state = vec![0u8; stages.len()];
         let mut stack = Vec::new();
-        fn visit(i: usize, stages: &[StageDef], index: &BTreeMap<&str, usize>, state: &mut [u8], stack: &mut Vec<usize>) -> Option<Vec<usize>> {
+        fn visit(
+            i: usize,
+            stages: &[StageDef],
+            index: &BTreeMap<&str, usize>,
+            state: &mut [u8],
+            stack: &mut Vec<usize>,
+        ) -> Option<Vec<usize>> {
             state[i] = 1;
             stack.push(i);
             for n in &stages[i].needs {
@@ -408,7 +632,11 @@ impl Parser<'_> {
             if state[i] == 0
                 && let Some(cycle) = visit(i, stages, &index, &mut state, &mut stack)
             {
-                let path = cycle.iter().map(|&c| stages[c].name.as_str()).collect::<Vec<_>>().join(" -> ");
+                let path = cycle
+                    .iter()
+                    .map(|&c| stages[c].name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" -> ");
                 let first = &stages[cycle[0]].name;
                 return Err(self.src.error(spans.get(first).cloned().unwrap_or(0..0), format!("stage `{first}` has a circular dependency `{path}`")).hint("a stage cannot need, directly or through others, a stage that needs it: remove one of these `needs`"));
             }
@@ -416,29 +644,64 @@ impl Parser<'_> {
         Ok(())
     }
 
-    fn check_target_cycles(&self, targets: &[(String, Vec<String>)], t: &Table<'_>) -> Result<(), ConfigError> {
+    fn check_target_cycles(
+        &self,
+        targets: &[(String, Vec<String>)],
+        t: &Table<'_>,
+    ) -> Result<(), ConfigError> {
         fn reaches(from: &str, to: &str, targets: &[(String, Vec<String>)], depth: usize) -> bool {
-            depth < 64 && targets.iter().find(|(n, _)| n == from).is_some_and(|(_, inc)| inc.iter().any(|i| i == to || reaches(i, to, targets, depth + 1)))
+            depth < 64
+                && targets
+                    .iter()
+                    .find(|(n, _)| n == from)
+                    .is_some_and(|(_, inc)| {
+                        inc.iter()
+                            .any(|i| i == to || reaches(i, to, targets, depth + 1))
+                    })
         }
         for (name, _) in targets {
             if reaches(name, name, targets, 0) {
-                let span = t.iter().find(|(k, _)| k.get_ref() == name.as_str()).map_or(0..0, |(k, _)| k.span());
-                return Err(self.src.error(span, format!("target `{name}` includes itself (through its `includes`)")).hint("remove the circular include"));
+                let span = t
+                    .iter()
+                    .find(|(k, _)| k.get_ref() == name.as_str())
+                    .map_or(0..0, |(k, _)| k.span());
+                return Err(self
+                    .src
+                    .error(
+                        span,
+                        format!("target `{name}` includes itself (through its `includes`)"),
+                    )
+                    .hint("remove the circular include"));
             }
         }
         Ok(())
     }
 
-    fn sweep(&self, name: &Spanned<std::borrow::Cow<'_, str>>, body: &Val<'_>, stages: &[StageDef]) -> Result<SweepDef, ConfigError> {
+    fn sweep(
+        &self,
+        name: &Spanned<std::borrow::Cow<'_, str>>,
+        body: &Val<'_>,
+        stages: &[StageDef],
+    ) -> Result<SweepDef, ConfigError> {
         let sname = name.get_ref().to_string();
         valid_name(&self.src, &sname, name.span())?;
         let t = self.table(body, &format!("[sweep.{sname}]"))?;
         self.known_keys(t, &["stage", "grid", "zip"], "key of a sweep")?;
-        let sv = t.get("stage").ok_or_else(|| self.src.error(name.span(), format!("sweep `{sname}` has no `stage`")).hint("add `stage = \"<the stage whose params it sweeps>\"`"))?;
+        let sv = t.get("stage").ok_or_else(|| {
+            self.src
+                .error(name.span(), format!("sweep `{sname}` has no `stage`"))
+                .hint("add `stage = \"<the stage whose params it sweeps>\"`")
+        })?;
         let stage = self.string(sv, "stage")?;
         let Some(def) = stages.iter().find(|s| s.name == stage) else {
             let names: Vec<&str> = stages.iter().map(|s| s.name.as_str()).collect();
-            return Err(self.src.error(sv.span(), format!("sweep `{sname}` is over `{stage}`, which is not a stage")).hint(unknown_hint(&stage, &names, "pipeline")));
+            return Err(self
+                .src
+                .error(
+                    sv.span(),
+                    format!("sweep `{sname}` is over `{stage}`, which is not a stage"),
+                )
+                .hint(unknown_hint(&stage, &names, "pipeline")));
         };
         let specs = self.registry.params(&def.kind);
         let (axes_v, zip) = match (t.get("grid"), t.get("zip")) {
@@ -452,31 +715,72 @@ impl Parser<'_> {
         for (k, v) in axes_t.iter() {
             let spec = self.spec(specs, k.get_ref(), k.span(), &def.kind)?;
             let DeValue::Array(items) = v.get_ref() else {
-                return Err(self.src.error(v.span(), format!("sweep values of `{}` must be an array", k.get_ref())).hint(format!("for example `{} = [1, 2, 3]`", k.get_ref())));
+                return Err(self
+                    .src
+                    .error(
+                        v.span(),
+                        format!("sweep values of `{}` must be an array", k.get_ref()),
+                    )
+                    .hint(format!("for example `{} = [1, 2, 3]`", k.get_ref())));
             };
             if items.is_empty() {
-                return Err(self.src.error(v.span(), format!("sweep `{sname}` gives `{}` no values", k.get_ref())));
+                return Err(self.src.error(
+                    v.span(),
+                    format!("sweep `{sname}` gives `{}` no values", k.get_ref()),
+                ));
             }
             let mut vals = Vec::new();
             for it in items.iter() {
                 let val = self.value(it)?;
-                vals.push(spec.check(&val).map_err(|m| self.src.error(it.span(), format!("sweep `{sname}`, param `{}`: {m}", k.get_ref())))?);
+                vals.push(spec.check(&val).map_err(|m| {
+                    self.src.error(
+                        it.span(),
+                        format!("sweep `{sname}`, param `{}`: {m}", k.get_ref()),
+                    )
+                })?);
             }
             axes.push((k.get_ref().to_string(), vals, v.span()));
         }
         if axes.is_empty() {
-            return Err(self.src.error(axes_v.span(), format!("sweep `{sname}` sweeps no param")));
+            return Err(self
+                .src
+                .error(axes_v.span(), format!("sweep `{sname}` sweeps no param")));
         }
         let mut cells: Vec<BTreeMap<String, Value>> = vec![BTreeMap::new()];
         if zip {
             let n = axes[0].1.len();
             if let Some((k, v, span)) = axes.iter().find(|(_, v, _)| v.len() != n) {
-                return Err(self.src.error(span.clone(), format!("`zip` needs equal lengths: `{}` has {n} values, `{k}` has {}", axes[0].0, v.len())).hint("use `grid` for every combination"));
+                return Err(self
+                    .src
+                    .error(
+                        span.clone(),
+                        format!(
+                            "`zip` needs equal lengths: `{}` has {n} values, `{k}` has {}",
+                            axes[0].0,
+                            v.len()
+                        ),
+                    )
+                    .hint("use `grid` for every combination"));
             }
-            cells = (0..n).map(|i| axes.iter().map(|(k, v, _)| (k.clone(), v[i].clone())).collect()).collect();
+            cells = (0..n)
+                .map(|i| {
+                    axes.iter()
+                        .map(|(k, v, _)| (k.clone(), v[i].clone()))
+                        .collect()
+                })
+                .collect();
         } else {
             for (k, vals, _) in &axes {
-                cells = cells.iter().flat_map(|c| vals.iter().map(move |v| { let mut c = c.clone(); c.insert(k.clone(), v.clone()); c })).collect();
+                cells = cells
+                    .iter()
+                    .flat_map(|c| {
+                        vals.iter().map(move |v| {
+                            let mut c = c.clone();
+                            c.insert(k.clone(), v.clone());
+                            c
+                        })
+                    })
+                    .collect();
             }
         }
         let mut dedup: Vec<BTreeMap<String, Value>> = Vec::new();
@@ -485,29 +789,78 @@ impl Parser<'_> {
                 dedup.push(c);
             }
         }
-        Ok(SweepDef { name: sname, stage, cells: dedup })
+        Ok(SweepDef {
+            name: sname,
+            stage,
+            cells: dedup,
+        })
     }
 
-    fn table_def(&self, name: &Spanned<std::borrow::Cow<'_, str>>, body: &Val<'_>, pipe: &Pipeline) -> Result<TableDef, ConfigError> {
+    fn table_def(
+        &self,
+        name: &Spanned<std::borrow::Cow<'_, str>>,
+        body: &Val<'_>,
+        pipe: &Pipeline,
+    ) -> Result<TableDef, ConfigError> {
         let tname = name.get_ref().to_string();
         valid_name(&self.src, &tname, name.span())?;
         let t = self.table(body, &format!("[table.{tname}]"))?;
-        self.known_keys(t, &["title", "sweep", "rows", "stage", "metrics", "lower_is_better", "digits"], "key of a table")?;
+        self.known_keys(
+            t,
+            &[
+                "title",
+                "sweep",
+                "rows",
+                "stage",
+                "metrics",
+                "lower_is_better",
+                "digits",
+            ],
+            "key of a table",
+        )?;
         let stage_names: Vec<&str> = pipe.stages.iter().map(|s| s.name.as_str()).collect();
-        let sv = t.get("stage").ok_or_else(|| self.src.error(name.span(), format!("table `{tname}` has no `stage`")).hint("add `stage = \"<the stage whose metrics fill the columns>\"`"))?;
-        let stage = self.string(sv, "stage")?;
-        if !stage_names.contains(&stage.as_str()) {
-            return Err(self.src.error(sv.span(), format!("table `{tname}` reads stage `{stage}`, which is not a stage")).hint(unknown_hint(&stage, &stage_names, "pipeline")));
-        }
+        let stage = match t.get("stage") {
+            Some(sv) => {
+                let stage = self.string(sv, "stage")?;
+                if !stage_names.contains(&stage.as_str()) {
+                    return Err(self
+                        .src
+                        .error(
+                            sv.span(),
+                            format!("table `{tname}` reads stage `{stage}`, which is not a stage"),
+                        )
+                        .hint(unknown_hint(&stage, &stage_names, "pipeline")));
+                }
+                Some((stage, sv.span()))
+            }
+            None => None,
+        };
         let rows = match (t.get("sweep"), t.get("rows")) {
             (Some(sw), None) => {
+                let Some((stage, sspan)) = &stage else {
+                    return Err(self
+                        .src
+                        .error(
+                            name.span(),
+                            format!("table `{tname}` has a sweep but no `stage`"),
+                        )
+                        .hint("add `stage = \"<the stage whose metrics fill the columns>\"`"));
+                };
                 let sweep = self.string(sw, "sweep")?;
                 let Some(def) = pipe.sweep(&sweep) else {
                     let names: Vec<&str> = pipe.sweeps.iter().map(|s| s.name.as_str()).collect();
-                    return Err(self.src.error(sw.span(), format!("table `{tname}` is over sweep `{sweep}`, which is not a sweep")).hint(unknown_hint(&sweep, &names, "pipeline")));
+                    return Err(self
+                        .src
+                        .error(
+                            sw.span(),
+                            format!(
+                                "table `{tname}` is over sweep `{sweep}`, which is not a sweep"
+                            ),
+                        )
+                        .hint(unknown_hint(&sweep, &names, "pipeline")));
                 };
-                if !depends_on(pipe, &stage, &def.stage) {
-                    return Err(self.src.error(sv.span(), format!("table `{tname}` reads stage `{stage}`, which does not depend on the swept stage `{}`", def.stage)).hint(format!("use `{}` or a stage downstream of it", def.stage)));
+                if !depends_on(pipe, stage, &def.stage) {
+                    return Err(self.src.error(sspan.clone(), format!("table `{tname}` reads stage `{stage}`, which does not depend on the swept stage `{}`", def.stage)).hint(format!("use `{}` or a stage downstream of it", def.stage)));
                 }
                 Rows::Sweep(sweep)
             }
@@ -518,28 +871,67 @@ impl Parser<'_> {
                     let s = self.string(sel, "a row")?;
                     let base = s.split('@').next().unwrap_or(&s);
                     if !stage_names.contains(&base) {
-                        return Err(self.src.error(sel.span(), format!("row `{}` names `{base}`, which is not a stage", label.get_ref())).hint(unknown_hint(base, &stage_names, "pipeline")));
+                        return Err(self
+                            .src
+                            .error(
+                                sel.span(),
+                                format!(
+                                    "row `{}` names `{base}`, which is not a stage",
+                                    label.get_ref()
+                                ),
+                            )
+                            .hint(unknown_hint(base, &stage_names, "pipeline")));
                     }
                     rows.push((label.get_ref().to_string(), s));
                 }
                 if rows.is_empty() {
-                    return Err(self.src.error(rv.span(), format!("table `{tname}` has no rows")));
+                    return Err(self
+                        .src
+                        .error(rv.span(), format!("table `{tname}` has no rows")));
                 }
                 Rows::Named(rows)
             }
-            (Some(_), Some(rv)) => return Err(self.src.error(rv.span(), format!("table `{tname}` has both `sweep` and `rows`")).hint("rows come from a sweep's cells or from named stages, not both")),
-            (None, None) => return Err(self.src.error(name.span(), format!("table `{tname}` has neither `sweep` nor `rows`")).hint("add `sweep = \"...\"` or `rows = { \"Label\" = \"stage\" }`")),
+            (Some(_), Some(rv)) => {
+                return Err(self
+                    .src
+                    .error(
+                        rv.span(),
+                        format!("table `{tname}` has both `sweep` and `rows`"),
+                    )
+                    .hint("rows come from a sweep's cells or from named stages, not both"));
+            }
+            (None, None) => {
+                return Err(self
+                    .src
+                    .error(
+                        name.span(),
+                        format!("table `{tname}` has neither `sweep` nor `rows`"),
+                    )
+                    .hint("add `sweep = \"...\"` or `rows = { \"Label\" = \"stage\" }`"));
+            }
         };
-        let mv = t.get("metrics").ok_or_else(|| self.src.error(name.span(), format!("table `{tname}` has no `metrics`")).hint("add `metrics = [\"name\", ...]`"))?;
-        let metrics: Vec<String> = self.string_list(mv, "metrics")?.into_iter().map(|(s, _)| s).collect();
+        let mv = t.get("metrics").ok_or_else(|| {
+            self.src
+                .error(name.span(), format!("table `{tname}` has no `metrics`"))
+                .hint("add `metrics = [\"name\", ...]`")
+        })?;
+        let metrics: Vec<String> = self
+            .string_list(mv, "metrics")?
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
         if metrics.is_empty() {
-            return Err(self.src.error(mv.span(), format!("table `{tname}` has no metrics")));
+            return Err(self
+                .src
+                .error(mv.span(), format!("table `{tname}` has no metrics")));
         }
         let mut lower = BTreeSet::new();
         if let Some(lv) = t.get("lower_is_better") {
             for (m, span) in self.string_list(lv, "lower_is_better")? {
                 if !metrics.contains(&m) {
-                    return Err(self.src.error(span, format!("`{m}` is not among the table's metrics")));
+                    return Err(self
+                        .src
+                        .error(span, format!("`{m}` is not among the table's metrics")));
                 }
                 lower.insert(m);
             }
@@ -551,25 +943,47 @@ impl Parser<'_> {
         let digits = match t.get("digits") {
             Some(v) => match self.value(v)? {
                 Value::Int(d) if (0..=8).contains(&d) => d as usize,
-                _ => return Err(self.src.error(v.span(), "`digits` must be an integer in [0, 8]")),
+                _ => {
+                    return Err(self
+                        .src
+                        .error(v.span(), "`digits` must be an integer in [0, 8]"));
+                }
             },
             None => 3,
         };
-        Ok(TableDef { name: tname, title, rows, stage, metrics, lower_is_better: lower, digits })
+        Ok(TableDef {
+            name: tname,
+            title,
+            rows,
+            stage: stage.map(|(s, _)| s),
+            metrics,
+            lower_is_better: lower,
+            digits,
+        })
     }
 }
 
 /// Whether stage `a` is `b` or (transitively) needs it.
 pub fn depends_on(pipe: &Pipeline, a: &str, b: &str) -> bool {
     fn go(pipe: &Pipeline, a: &str, b: &str, depth: usize) -> bool {
-        a == b || (depth < 256 && pipe.stage(a).is_some_and(|s| s.needs.iter().any(|n| go(pipe, n, b, depth + 1))))
+        a == b
+            || (depth < 256
+                && pipe
+                    .stage(a)
+                    .is_some_and(|s| s.needs.iter().any(|n| go(pipe, n, b, depth + 1))))
     }
     go(pipe, a, b, 0)
 }
 
 fn valid_name(src: &Source<'_>, name: &str, span: Range<usize>) -> Result<(), ConfigError> {
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-        return Err(src.error(span, format!("`{name}` is not a valid name")).hint("use letters, digits, `-` and `_`"));
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(src
+            .error(span, format!("`{name}` is not a valid name"))
+            .hint("use letters, digits, `-` and `_`"));
     }
     Ok(())
 }

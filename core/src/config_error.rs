@@ -22,11 +22,20 @@ impl std::error::Error for ConfigError {}
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file, self.line, self.col, self.message)?;
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.col, self.message
+        )?;
         if let Some((src, start, width)) = &self.snippet {
             let n = self.line.to_string();
             let pad = " ".repeat(n.len());
-            write!(f, "\n{pad} |\n{n} | {src}\n{pad} | {}{}", " ".repeat(*start), "^".repeat((*width).max(1)))?;
+            write!(
+                f,
+                "\n{pad} |\n{n} | {src}\n{pad} | {}{}",
+                " ".repeat(*start),
+                "^".repeat((*width).max(1))
+            )?;
         }
         if let Some(h) = &self.hint {
             write!(f, "\n  = hint: {h}")?;
@@ -47,7 +56,9 @@ impl Source<'_> {
     pub fn error(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
         let start = span.start.min(self.text.len());
         let line_start = self.text[..start].rfind('\n').map_or(0, |i| i + 1);
-        let line_end = self.text[start..].find('\n').map_or(self.text.len(), |i| start + i);
+        let line_end = self.text[start..]
+            .find('\n')
+            .map_or(self.text.len(), |i| start + i);
         let line = self.text[..start].matches('\n').count() + 1;
         let src = &self.text[line_start..line_end];
         let col_chars = self.text[line_start..start].chars().count();
@@ -73,8 +84,16 @@ impl ConfigError {
 }
 
 /// The closest candidate within edit distance 2 (a "did you mean").
-pub(crate) fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    candidates.into_iter().map(|c| (levenshtein(word, c), c)).filter(|(d, _)| *d <= 2).min_by_key(|(d, _)| *d).map(|(_, c)| c)
+pub(crate) fn suggest<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| (levenshtein(word, c), c))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
 }
 
 /// A hint that says "did you mean `x`?" or lists what is allowed.
@@ -82,7 +101,14 @@ pub(crate) fn unknown_hint<'a>(word: &str, candidates: &[&'a str], what: &str) -
     match suggest(word, candidates.iter().copied()) {
         Some(s) => format!("did you mean `{s}`?"),
         None if candidates.is_empty() => format!("this {what} takes none"),
-        None => format!("expected one of: {}", candidates.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")),
+        None => format!(
+            "expected one of: {}",
+            candidates
+                .iter()
+                .map(|c| format!("`{c}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     }
 }
 
@@ -92,7 +118,9 @@ fn levenshtein(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }
@@ -105,10 +133,16 @@ mod tests {
 
     #[test]
     fn positions_and_caret() {
-        let src = Source { name: "p.toml", text: "[a]\nkey = 12\n" };
+        let src = Source {
+            name: "p.toml",
+            text: "[a]\nkey = 12\n",
+        };
         let e = src.error(10..12, "bad");
         assert_eq!((e.line, e.col), (2, 7));
-        assert_eq!(e.to_string(), "p.toml:2:7: bad\n  |\n2 | key = 12\n  |       ^^");
+        assert_eq!(
+            e.to_string(),
+            "p.toml:2:7: bad\n  |\n2 | key = 12\n  |       ^^"
+        );
     }
 
     #[test]

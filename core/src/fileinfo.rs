@@ -20,9 +20,18 @@ fn parquet(path: &Path) -> Option<FileInfo> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     let reader = SerializedFileReader::new(File::open(path).ok()?).ok()?;
     let meta = reader.metadata().file_metadata();
-    let schema = parquet::arrow::parquet_to_arrow_schema(meta.schema_descr(), meta.key_value_metadata()).ok()?;
-    let columns = schema.fields().iter().map(|f| format!("{}: {}", f.name(), f.data_type())).collect();
-    Some(FileInfo::Parquet { rows: u64::try_from(meta.num_rows()).ok()?, columns })
+    let schema =
+        parquet::arrow::parquet_to_arrow_schema(meta.schema_descr(), meta.key_value_metadata())
+            .ok()?;
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| format!("{}: {}", f.name(), f.data_type()))
+        .collect();
+    Some(FileInfo::Parquet {
+        rows: u64::try_from(meta.num_rows()).ok()?,
+        columns,
+    })
 }
 
 fn safetensors(path: &Path) -> Option<FileInfo> {
@@ -41,7 +50,16 @@ fn safetensors(path: &Path) -> Option<FileInfo> {
         .filter(|(k, _)| k.as_str() != "__metadata__")
         .map(|(k, t)| {
             let dtype = t.get("dtype").and_then(|d| d.as_str()).unwrap_or("?");
-            let shape = t.get("shape").and_then(|s| s.as_array()).map(|s| s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")).unwrap_or_default();
+            let shape = t
+                .get("shape")
+                .and_then(|s| s.as_array())
+                .map(|s| {
+                    s.iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default();
             format!("{k}: {dtype}[{shape}]")
         })
         .collect();

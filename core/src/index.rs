@@ -10,7 +10,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::builder::{Float64Builder, MapBuilder, StringBuilder};
-use arrow_array::{Array, ArrayRef, Float64Array, MapArray, RecordBatch, StringArray, UInt32Array, UInt64Array};
+use arrow_array::{
+    Array, ArrayRef, Float64Array, MapArray, RecordBatch, StringArray, UInt32Array, UInt64Array,
+};
 use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -43,7 +45,13 @@ pub struct IndexRow {
 fn schema() -> Schema {
     let entries = Field::new(
         "entries",
-        DataType::Struct(vec![Field::new("keys", DataType::Utf8, false), Field::new("values", DataType::Float64, true)].into()),
+        DataType::Struct(
+            vec![
+                Field::new("key", DataType::Utf8, false),
+                Field::new("value", DataType::Float64, true),
+            ]
+            .into(),
+        ),
         false,
     );
     Schema::new(vec![
@@ -67,7 +75,10 @@ fn schema() -> Schema {
 /// Appends `row` to the index in `dir` (atomically, as its own file).
 pub fn append(dir: &Path, row: &IndexRow) -> Result<(), Error> {
     let path = dir.join(format!("{}.parquet", row.key));
-    let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt { path: path.clone(), message: e.to_string() };
+    let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt {
+        path: path.clone(),
+        message: e.to_string(),
+    };
     let s = |v: &str| Arc::new(StringArray::from(vec![v])) as ArrayRef;
     let mut metrics = MapBuilder::new(None, StringBuilder::new(), Float64Builder::new());
     for (k, v) in &row.metrics {
@@ -123,24 +134,82 @@ pub fn read_all(dir: &Path) -> Result<Vec<IndexRow>, Error> {
 }
 
 fn read_file(path: &Path, rows: &mut Vec<IndexRow>) -> Result<(), Error> {
-    let corrupt = |m: String| Error::Corrupt { path: path.to_owned(), message: m };
+    let corrupt = |m: String| Error::Corrupt {
+        path: path.to_owned(),
+        message: m,
+    };
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file).and_then(|b| b.build()).map_err(|e| corrupt(e.to_string()))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|b| b.build())
+        .map_err(|e| corrupt(e.to_string()))?;
     for batch in reader {
         let batch = batch.map_err(|e| corrupt(e.to_string()))?;
-        let col = |name: &str| batch.column_by_name(name).ok_or_else(|| corrupt(format!("no column `{name}`")));
-        let strs = |name: &str| -> Result<StringArray, Error> { col(name)?.as_any().downcast_ref::<StringArray>().cloned().ok_or_else(|| corrupt(format!("column `{name}` is not utf8"))) };
-        let f64s = |name: &str| -> Result<Float64Array, Error> { col(name)?.as_any().downcast_ref::<Float64Array>().cloned().ok_or_else(|| corrupt(format!("column `{name}` is not float64"))) };
-        let (key, stage, kind, cell, label, variant, lineage, host, tv) = (strs("key")?, strs("stage")?, strs("kind")?, strs("cell")?, strs("label")?, strs("variant")?, strs("lineage")?, strs("host")?, strs("tool_version")?);
-        let version = col("version")?.as_any().downcast_ref::<UInt32Array>().cloned().ok_or_else(|| corrupt("column `version` is not uint32".into()))?;
-        let seed = col("seed")?.as_any().downcast_ref::<UInt64Array>().cloned().ok_or_else(|| corrupt("column `seed` is not uint64".into()))?;
-        let metrics = col("metrics")?.as_any().downcast_ref::<MapArray>().cloned().ok_or_else(|| corrupt("column `metrics` is not a map".into()))?;
+        let col = |name: &str| {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| corrupt(format!("no column `{name}`")))
+        };
+        let strs = |name: &str| -> Result<StringArray, Error> {
+            col(name)?
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .cloned()
+                .ok_or_else(|| corrupt(format!("column `{name}` is not utf8")))
+        };
+        let f64s = |name: &str| -> Result<Float64Array, Error> {
+            col(name)?
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .cloned()
+                .ok_or_else(|| corrupt(format!("column `{name}` is not float64")))
+        };
+        let (key, stage, kind, cell, label, variant, lineage, host, tv) = (
+            strs("key")?,
+            strs("stage")?,
+            strs("kind")?,
+            strs("cell")?,
+            strs("label")?,
+            strs("variant")?,
+            strs("lineage")?,
+            strs("host")?,
+            strs("tool_version")?,
+        );
+        let version = col("version")?
+            .as_any()
+            .downcast_ref::<UInt32Array>()
+            .cloned()
+            .ok_or_else(|| corrupt("column `version` is not uint32".into()))?;
+        let seed = col("seed")?
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .cloned()
+            .ok_or_else(|| corrupt("column `seed` is not uint64".into()))?;
+        let metrics = col("metrics")?
+            .as_any()
+            .downcast_ref::<MapArray>()
+            .cloned()
+            .ok_or_else(|| corrupt("column `metrics` is not a map".into()))?;
         let (started, seconds) = (f64s("started")?, f64s("seconds")?);
         for i in 0..batch.num_rows() {
             let entries = metrics.value(i);
-            let mk = entries.column(0).as_any().downcast_ref::<StringArray>().ok_or_else(|| corrupt("metric names are not utf8".into()))?;
-            let mv = entries.column(1).as_any().downcast_ref::<Float64Array>().ok_or_else(|| corrupt("metric values are not float64".into()))?;
-            let m = (0..mk.len()).map(|j| (mk.value(j).to_owned(), if mv.is_null(j) { f64::NAN } else { mv.value(j) })).collect();
+            let mk = entries
+                .column(0)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| corrupt("metric names are not utf8".into()))?;
+            let mv = entries
+                .column(1)
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .ok_or_else(|| corrupt("metric values are not float64".into()))?;
+            let m = (0..mk.len())
+                .map(|j| {
+                    (
+                        mk.value(j).to_owned(),
+                        if mv.is_null(j) { f64::NAN } else { mv.value(j) },
+                    )
+                })
+                .collect();
             rows.push(IndexRow {
                 key: key.value(i).into(),
                 stage: stage.value(i).into(),

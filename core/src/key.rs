@@ -61,7 +61,14 @@ mod tests {
     use super::*;
 
     fn parts() -> KeyParts {
-        KeyParts { kind: "k".into(), version: 1, params: Params([("a".to_string(), Value::Int(1))].into()), seed: None, inputs: vec![("up".into(), "d1".into())], external: None }
+        KeyParts {
+            kind: "k".into(),
+            version: 1,
+            params: Params([("a".to_string(), Value::Int(1))].into()),
+            seed: None,
+            inputs: vec![("up".into(), "d1".into())],
+            external: None,
+        }
     }
 
     #[test]
@@ -94,7 +101,13 @@ mod tests {
 
     #[test]
     fn output_digest_ignores_order() {
-        assert_eq!(output_digest([("a", "1"), ("b", "2")]), output_digest([("b", "2"), ("a", "1")]));
-        assert_ne!(output_digest([("a", "1"), ("b", "2")]), output_digest([("a", "2"), ("b", "1")]));
+        assert_eq!(
+            output_digest([("a", "1"), ("b", "2")]),
+            output_digest([("b", "2"), ("a", "1")])
+        );
+        assert_ne!(
+            output_digest([("a", "1"), ("b", "2")]),
+            output_digest([("a", "2"), ("b", "1")])
+        );
     }
 }

@@ -7,15 +7,21 @@
 
 pub mod config;
 pub mod config_error;
+pub mod dag;
+pub mod diff;
+pub mod explain;
+pub mod gc;
 pub mod index;
 pub mod key;
 pub mod manifest;
+pub mod param;
 pub mod plan;
-pub mod store;
 pub mod registry;
 pub mod run;
-pub mod param;
 pub mod stage;
+pub mod stats;
+pub mod store;
+pub mod tables;
 
 mod error;
 mod fileinfo;
@@ -23,10 +29,10 @@ mod fileinfo;
 pub use config::{Pipeline, Rows, StageDef, SweepDef, TableDef};
 pub use config_error::ConfigError;
 pub use error::Error;
+pub use manifest::{FileEntry, FileInfo, InputRef, Manifest};
+pub use param::{ParamSpec, ParamType, Params, Value};
 pub use plan::{Node, Plan, PlanError};
 pub use registry::Registry;
 pub use run::{Event, RunOptions, RunSummary};
-pub use store::Store;
-pub use manifest::{FileEntry, FileInfo, InputRef, Manifest};
-pub use param::{ParamSpec, ParamType, Params, Value};
 pub use stage::{ArtifactWriter, Input, StageContext, StageError, StageKind};
+pub use store::Store;

@@ -71,6 +71,9 @@ impl Manifest {
     pub fn read(dir: &Path) -> Result<Manifest, crate::Error> {
         let path = dir.join(MANIFEST);
         let bytes = std::fs::read(&path).map_err(|e| crate::Error::io(&path, e))?;
-        serde_json::from_slice(&bytes).map_err(|e| crate::Error::Corrupt { path, message: e.to_string() })
+        serde_json::from_slice(&bytes).map_err(|e| crate::Error::Corrupt {
+            path,
+            message: e.to_string(),
+        })
     }
 }

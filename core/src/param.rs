@@ -81,21 +81,39 @@ impl fmt::Display for Value {
 #[derive(Debug, Clone, PartialEq)]
 pub enum ParamType {
     Bool,
-    Int { min: Option<i64>, max: Option<i64> },
-    Float { min: Option<f64>, max: Option<f64> },
+    Int {
+        min: Option<i64>,
+        max: Option<i64>,
+    },
+    Float {
+        min: Option<f64>,
+        max: Option<f64>,
+    },
     Str,
     /// One of a fixed set of strings.
     Choice(&'static [&'static str]),
     /// A list of integers, optionally of a fixed length.
-    IntList { len: Option<usize>, min: Option<i64>, max: Option<i64> },
+    IntList {
+        len: Option<usize>,
+        min: Option<i64>,
+        max: Option<i64>,
+    },
     /// A list of floats, optionally of a fixed length.
-    FloatList { len: Option<usize>, min: Option<f64>, max: Option<f64> },
+    FloatList {
+        len: Option<usize>,
+        min: Option<f64>,
+        max: Option<f64>,
+    },
     StrList,
 }
 
 impl fmt::Display for ParamType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fn range<T: fmt::Display>(f: &mut fmt::Formatter<'_>, min: &Option<T>, max: &Option<T>) -> fmt::Result {
+        fn range<T: fmt::Display>(
+            f: &mut fmt::Formatter<'_>,
+            min: &Option<T>,
+            max: &Option<T>,
+        ) -> fmt::Result {
             match (min, max) {
                 (Some(a), Some(b)) => write!(f, " in [{a}, {b}]"),
                 (Some(a), None) => write!(f, " >= {a}"),
@@ -114,7 +132,14 @@ impl fmt::Display for ParamType {
                 range(f, min, max)
             }
             ParamType::Str => f.write_str("a string"),
-            ParamType::Choice(c) => write!(f, "one of {}", c.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")),
+            ParamType::Choice(c) => write!(
+                f,
+                "one of {}",
+                c.iter()
+                    .map(|s| format!("\"{s}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             ParamType::IntList { len, min, max } => {
                 match len {
                     Some(n) => write!(f, "an array of {n} integers")?,
@@ -146,33 +171,77 @@ pub struct ParamSpec {
 
 impl ParamSpec {
     fn new(name: &'static str, ty: ParamType, default: Option<Value>) -> Self {
-        ParamSpec { name, ty, default, doc: "" }
+        ParamSpec {
+            name,
+            ty,
+            default,
+            doc: "",
+        }
     }
     pub fn bool(name: &'static str, default: bool) -> Self {
         Self::new(name, ParamType::Bool, Some(Value::Bool(default)))
     }
     pub fn int(name: &'static str, default: i64) -> Self {
-        Self::new(name, ParamType::Int { min: None, max: None }, Some(Value::Int(default)))
+        Self::new(
+            name,
+            ParamType::Int {
+                min: None,
+                max: None,
+            },
+            Some(Value::Int(default)),
+        )
     }
     pub fn float(name: &'static str, default: f64) -> Self {
-        Self::new(name, ParamType::Float { min: None, max: None }, Some(Value::Float(default)))
+        Self::new(
+            name,
+            ParamType::Float {
+                min: None,
+                max: None,
+            },
+            Some(Value::Float(default)),
+        )
     }
     pub fn string(name: &'static str, default: &str) -> Self {
         Self::new(name, ParamType::Str, Some(Value::Str(default.to_owned())))
     }
     pub fn choice(name: &'static str, choices: &'static [&'static str], default: &str) -> Self {
-        Self::new(name, ParamType::Choice(choices), Some(Value::Str(default.to_owned())))
+        Self::new(
+            name,
+            ParamType::Choice(choices),
+            Some(Value::Str(default.to_owned())),
+        )
     }
     pub fn int_list(name: &'static str, default: &[i64]) -> Self {
         let v = Value::List(default.iter().map(|&i| Value::Int(i)).collect());
-        Self::new(name, ParamType::IntList { len: None, min: None, max: None }, Some(v))
+        Self::new(
+            name,
+            ParamType::IntList {
+                len: None,
+                min: None,
+                max: None,
+            },
+            Some(v),
+        )
     }
     pub fn float_list(name: &'static str, default: &[f64]) -> Self {
         let v = Value::List(default.iter().map(|&x| Value::Float(x)).collect());
-        Self::new(name, ParamType::FloatList { len: None, min: None, max: None }, Some(v))
+        Self::new(
+            name,
+            ParamType::FloatList {
+                len: None,
+                min: None,
+                max: None,
+            },
+            Some(v),
+        )
     }
     pub fn str_list(name: &'static str, default: &[&str]) -> Self {
-        let v = Value::List(default.iter().map(|s| Value::Str((*s).to_owned())).collect());
+        let v = Value::List(
+            default
+                .iter()
+                .map(|s| Value::Str((*s).to_owned()))
+                .collect(),
+        );
         Self::new(name, ParamType::StrList, Some(v))
     }
     /// Makes the parameter required (no default).
@@ -183,10 +252,24 @@ impl ParamSpec {
     /// Bounds an integer, float or list parameter (inclusive).
     pub fn range(mut self, lo: f64, hi: f64) -> Self {
         self.ty = match self.ty {
-            ParamType::Int { .. } => ParamType::Int { min: Some(lo as i64), max: Some(hi as i64) },
-            ParamType::Float { .. } => ParamType::Float { min: Some(lo), max: Some(hi) },
-            ParamType::IntList { len, .. } => ParamType::IntList { len, min: Some(lo as i64), max: Some(hi as i64) },
-            ParamType::FloatList { len, .. } => ParamType::FloatList { len, min: Some(lo), max: Some(hi) },
+            ParamType::Int { .. } => ParamType::Int {
+                min: Some(lo as i64),
+                max: Some(hi as i64),
+            },
+            ParamType::Float { .. } => ParamType::Float {
+                min: Some(lo),
+                max: Some(hi),
+            },
+            ParamType::IntList { len, .. } => ParamType::IntList {
+                len,
+                min: Some(lo as i64),
+                max: Some(hi as i64),
+            },
+            ParamType::FloatList { len, .. } => ParamType::FloatList {
+                len,
+                min: Some(lo),
+                max: Some(hi),
+            },
             other => other,
         };
         self
@@ -194,10 +277,21 @@ impl ParamSpec {
     /// Bounds an integer or float parameter from below only.
     pub fn min(mut self, lo: f64) -> Self {
         self.ty = match self.ty {
-            ParamType::Int { max, .. } => ParamType::Int { min: Some(lo as i64), max },
+            ParamType::Int { max, .. } => ParamType::Int {
+                min: Some(lo as i64),
+                max,
+            },
             ParamType::Float { max, .. } => ParamType::Float { min: Some(lo), max },
-            ParamType::IntList { len, max, .. } => ParamType::IntList { len, min: Some(lo as i64), max },
-            ParamType::FloatList { len, max, .. } => ParamType::FloatList { len, min: Some(lo), max },
+            ParamType::IntList { len, max, .. } => ParamType::IntList {
+                len,
+                min: Some(lo as i64),
+                max,
+            },
+            ParamType::FloatList { len, max, .. } => ParamType::FloatList {
+                len,
+                min: Some(lo),
+                max,
+            },
             other => other,
         };
         self
@@ -205,8 +299,16 @@ impl ParamSpec {
     /// Fixes the length of a list parameter.
     pub fn len(mut self, n: usize) -> Self {
         self.ty = match self.ty {
-            ParamType::IntList { min, max, .. } => ParamType::IntList { len: Some(n), min, max },
-            ParamType::FloatList { min, max, .. } => ParamType::FloatList { len: Some(n), min, max },
+            ParamType::IntList { min, max, .. } => ParamType::IntList {
+                len: Some(n),
+                min,
+                max,
+            },
+            ParamType::FloatList { min, max, .. } => ParamType::FloatList {
+                len: Some(n),
+                min,
+                max,
+            },
             other => other,
         };
         self
@@ -220,7 +322,12 @@ impl ParamSpec {
     /// The error is a lowercase fragment saying what was expected.
     pub fn check(&self, v: &Value) -> Result<Value, String> {
         let wrong = || format!("expected {}, found {} `{v}`", self.ty, v.type_name());
-        fn in_range<T: PartialOrd + fmt::Display + Copy>(x: T, min: Option<T>, max: Option<T>, ty: &ParamType) -> Result<(), String> {
+        fn in_range<T: PartialOrd + fmt::Display + Copy>(
+            x: T,
+            min: Option<T>,
+            max: Option<T>,
+            ty: &ParamType,
+        ) -> Result<(), String> {
             if min.is_some_and(|m| x < m) || max.is_some_and(|m| x > m) {
                 return Err(format!("{x} is out of range: expected {ty}"));
             }
@@ -228,7 +335,9 @@ impl ParamSpec {
         }
         match (&self.ty, v) {
             (ParamType::Bool, Value::Bool(_)) | (ParamType::Str, Value::Str(_)) => Ok(v.clone()),
-            (ParamType::Int { min, max }, Value::Int(i)) => in_range(*i, *min, *max, &self.ty).map(|_| v.clone()),
+            (ParamType::Int { min, max }, Value::Int(i)) => {
+                in_range(*i, *min, *max, &self.ty).map(|_| v.clone())
+            }
             (ParamType::Float { min, max }, Value::Float(_) | Value::Int(_)) => {
                 let x = as_f64(v).ok_or_else(wrong)?;
                 if !x.is_finite() {
@@ -263,7 +372,11 @@ impl ParamSpec {
                 }
                 Ok(Value::List(out))
             }
-            (ParamType::StrList, Value::List(items)) if items.iter().all(|i| matches!(i, Value::Str(_))) => Ok(v.clone()),
+            (ParamType::StrList, Value::List(items))
+                if items.iter().all(|i| matches!(i, Value::Str(_))) =>
+            {
+                Ok(v.clone())
+            }
             _ => Err(wrong()),
         }
     }
@@ -300,22 +413,48 @@ pub struct ParamError {
 impl Params {
     /// The raw value of `name`.
     pub fn get(&self, name: &str) -> Result<&Value, ParamError> {
-        self.0.get(name).ok_or_else(|| ParamError { name: name.into(), message: "not declared by this stage kind".into() })
+        self.0.get(name).ok_or_else(|| ParamError {
+            name: name.into(),
+            message: "not declared by this stage kind".into(),
+        })
     }
-    fn typed<T>(&self, name: &str, want: &str, f: impl FnOnce(&Value) -> Option<T>) -> Result<T, ParamError> {
+    fn typed<T>(
+        &self,
+        name: &str,
+        want: &str,
+        f: impl FnOnce(&Value) -> Option<T>,
+    ) -> Result<T, ParamError> {
         let v = self.get(name)?;
-        f(v).ok_or_else(|| ParamError { name: name.into(), message: format!("expected {want}, found {}", v.type_name()) })
+        f(v).ok_or_else(|| ParamError {
+            name: name.into(),
+            message: format!("expected {want}, found {}", v.type_name()),
+        })
     }
     pub fn bool(&self, name: &str) -> Result<bool, ParamError> {
-        self.typed(name, "a boolean", |v| if let Value::Bool(b) = v { Some(*b) } else { None })
+        self.typed(name, "a boolean", |v| {
+            if let Value::Bool(b) = v {
+                Some(*b)
+            } else {
+                None
+            }
+        })
     }
     pub fn int(&self, name: &str) -> Result<i64, ParamError> {
-        self.typed(name, "an integer", |v| if let Value::Int(i) = v { Some(*i) } else { None })
+        self.typed(name, "an integer", |v| {
+            if let Value::Int(i) = v {
+                Some(*i)
+            } else {
+                None
+            }
+        })
     }
     /// An integer parameter as a `usize` (negative values are an error).
     pub fn usize(&self, name: &str) -> Result<usize, ParamError> {
         let i = self.int(name)?;
-        usize::try_from(i).map_err(|_| ParamError { name: name.into(), message: format!("expected a non-negative integer, found {i}") })
+        usize::try_from(i).map_err(|_| ParamError {
+            name: name.into(),
+            message: format!("expected a non-negative integer, found {i}"),
+        })
     }
     pub fn float(&self, name: &str) -> Result<f64, ParamError> {
         self.typed(name, "a number", as_f64)
@@ -324,12 +463,24 @@ impl Params {
         let v = self.get(name)?;
         match v {
             Value::Str(s) => Ok(s),
-            _ => Err(ParamError { name: name.into(), message: format!("expected a string, found {}", v.type_name()) }),
+            _ => Err(ParamError {
+                name: name.into(),
+                message: format!("expected a string, found {}", v.type_name()),
+            }),
         }
     }
     pub fn int_list(&self, name: &str) -> Result<Vec<i64>, ParamError> {
         self.typed(name, "an array of integers", |v| match v {
-            Value::List(items) => items.iter().map(|i| if let Value::Int(i) = i { Some(*i) } else { None }).collect(),
+            Value::List(items) => items
+                .iter()
+                .map(|i| {
+                    if let Value::Int(i) = i {
+                        Some(*i)
+                    } else {
+                        None
+                    }
+                })
+                .collect(),
             _ => None,
         })
     }
@@ -341,7 +492,16 @@ impl Params {
     }
     pub fn str_list(&self, name: &str) -> Result<Vec<String>, ParamError> {
         self.typed(name, "an array of strings", |v| match v {
-            Value::List(items) => items.iter().map(|i| if let Value::Str(s) = i { Some(s.clone()) } else { None }).collect(),
+            Value::List(items) => items
+                .iter()
+                .map(|i| {
+                    if let Value::Str(s) = i {
+                        Some(s.clone())
+                    } else {
+                        None
+                    }
+                })
+                .collect(),
             _ => None,
         })
     }

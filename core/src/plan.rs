@@ -65,10 +65,22 @@ pub struct Plan {
 impl Plan {
     /// Expands `targets` (stage, sweep, table or target names, or selectors like
     /// `score@spo.k=3`); an empty list means the pipeline's default targets, or every stage.
-    pub fn build(pipe: &Pipeline, registry: &Registry, targets: &[String]) -> Result<Plan, PlanError> {
+    pub fn build(
+        pipe: &Pipeline,
+        registry: &Registry,
+        targets: &[String],
+    ) -> Result<Plan, PlanError> {
         let mut b = Builder::new(pipe, registry);
-        let defaults: Vec<String> = if pipe.default_targets.is_empty() { pipe.stages.iter().map(|s| s.name.clone()).collect() } else { pipe.default_targets.clone() };
-        for t in if targets.is_empty() { &defaults } else { targets } {
+        let defaults: Vec<String> = if pipe.default_targets.is_empty() {
+            pipe.stages.iter().map(|s| s.name.clone()).collect()
+        } else {
+            pipe.default_targets.clone()
+        };
+        for t in if targets.is_empty() {
+            &defaults
+        } else {
+            targets
+        } {
             b.target(t, 0)?;
         }
         Ok(b.plan)
@@ -76,9 +88,14 @@ impl Plan {
 
     /// The nodes of `stage` under exactly the given variant (restricted to its lineage), one per seed.
     pub fn find(&self, pipe: &Pipeline, stage: &str, variant: &Variant) -> Vec<&Node> {
-        let Some(si) = pipe.stage_index(stage) else { return vec![] };
+        let Some(si) = pipe.stage_index(stage) else {
+            return vec![];
+        };
         let restricted = restrict(pipe, si, variant);
-        self.nodes.iter().filter(|n| n.stage == si && n.variant == restricted).collect()
+        self.nodes
+            .iter()
+            .filter(|n| n.stage == si && n.variant == restricted)
+            .collect()
     }
 
     /// The node with this cell id and seed.
@@ -101,12 +118,19 @@ impl Plan {
 }
 
 /// A parsed selector `stage@[stage2.]param=value,...`.
-pub fn parse_selector(pipe: &Pipeline, registry: &Registry, sel: &str) -> Result<(String, Variant), PlanError> {
+pub fn parse_selector(
+    pipe: &Pipeline,
+    registry: &Registry,
+    sel: &str,
+) -> Result<(String, Variant), PlanError> {
     let (stage, rest) = sel.split_once('@').unwrap_or((sel, ""));
     let err = |m: String| PlanError { message: m };
     let Some(def) = pipe.stage(stage) else {
         let names: Vec<&str> = pipe.stages.iter().map(|s| s.name.as_str()).collect();
-        return Err(err(format!("`{sel}`: no stage named `{stage}` ({})", unknown_hint(stage, &names, "pipeline"))));
+        return Err(err(format!(
+            "`{sel}`: no stage named `{stage}` ({})",
+            unknown_hint(stage, &names, "pipeline")
+        )));
     };
     let mut variant = Variant::new();
     for part in rest.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -121,20 +145,32 @@ pub fn parse_selector(pipe: &Pipeline, registry: &Registry, sel: &str) -> Result
             return Err(err(format!("`{sel}`: no stage named `{on}`")));
         };
         if !crate::config::depends_on(pipe, stage, on) {
-            return Err(err(format!("`{sel}`: stage `{stage}` does not depend on `{on}`, so `{on}.{param}` cannot change it")));
+            return Err(err(format!(
+                "`{sel}`: stage `{stage}` does not depend on `{on}`, so `{on}.{param}` cannot change it"
+            )));
         }
         let specs = registry.params(&on_def.kind);
         let Some(spec) = specs.iter().find(|s| s.name == param) else {
             let names: Vec<&str> = specs.iter().map(|s| s.name).collect();
-            return Err(err(format!("`{sel}`: unknown param `{param}` for kind `{}` ({})", on_def.kind, unknown_hint(param, &names, "kind"))));
+            return Err(err(format!(
+                "`{sel}`: unknown param `{param}` for kind `{}` ({})",
+                on_def.kind,
+                unknown_hint(param, &names, "kind")
+            )));
         };
         // A bare word is a string, so `spo@continuation=win` needs no quotes.
         let v = match toml::de::DeValue::parse(value.trim()) {
-            Ok(parsed) => toml_to_value(parsed.get_ref()).ok_or_else(|| err(format!("`{sel}`: `{value}` is not a param value")))?,
+            Ok(parsed) => toml_to_value(parsed.get_ref())
+                .ok_or_else(|| err(format!("`{sel}`: `{value}` is not a param value")))?,
             Err(_) => Value::Str(value.trim().to_owned()),
         };
-        let v = spec.check(&v).map_err(|m| err(format!("`{sel}`: param `{param}`: {m}")))?;
-        variant.entry(on.to_owned()).or_default().insert(param.to_owned(), v);
+        let v = spec
+            .check(&v)
+            .map_err(|m| err(format!("`{sel}`: param `{param}`: {m}")))?;
+        variant
+            .entry(on.to_owned())
+            .or_default()
+            .insert(param.to_owned(), v);
     }
     Ok((stage.to_owned(), variant))
 }
@@ -143,10 +179,17 @@ fn toml_to_value(v: &toml::de::DeValue<'_>) -> Option<Value> {
     use toml::de::DeValue as D;
     Some(match v {
         D::String(s) => Value::Str(s.to_string()),
-        D::Integer(i) => Value::Int(i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok()?),
+        D::Integer(i) => {
+            Value::Int(i64::from_str_radix(&i.as_str().replace('_', ""), i.radix()).ok()?)
+        }
         D::Float(f) => Value::Float(f.as_str().replace('_', "").parse().ok()?),
         D::Boolean(b) => Value::Bool(*b),
-        D::Array(items) => Value::List(items.iter().map(|i| toml_to_value(i.get_ref())).collect::<Option<_>>()?),
+        D::Array(items) => Value::List(
+            items
+                .iter()
+                .map(|i| toml_to_value(i.get_ref()))
+                .collect::<Option<_>>()?,
+        ),
         _ => return None,
     })
 }
@@ -154,7 +197,11 @@ fn toml_to_value(v: &toml::de::DeValue<'_>) -> Option<Value> {
 /// The variant entries that can affect stage `si` (itself and its ancestors).
 fn restrict(pipe: &Pipeline, si: usize, variant: &Variant) -> Variant {
     let name = &pipe.stages[si].name;
-    variant.iter().filter(|(s, _)| crate::config::depends_on(pipe, name, s)).map(|(k, v)| (k.clone(), v.clone())).collect()
+    variant
+        .iter()
+        .filter(|(s, _)| crate::config::depends_on(pipe, name, s))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 struct Builder<'a> {
@@ -174,23 +221,40 @@ impl<'a> Builder<'a> {
             }
             let s = &pipe.stages[i];
             let own = reg.get(&s.kind).is_some_and(|k| k.seeded());
-            let d = own || s.needs.iter().filter_map(|n| pipe.stage_index(n)).collect::<Vec<_>>().into_iter().any(|j| dep(j, pipe, reg, memo));
+            let d = own
+                || s.needs
+                    .iter()
+                    .filter_map(|n| pipe.stage_index(n))
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .any(|j| dep(j, pipe, reg, memo));
             memo[i] = Some(d);
             d
         }
         for i in 0..pipe.stages.len() {
             dep(i, pipe, registry, &mut seed_dep);
         }
-        Builder { pipe, registry, seed_dep: seed_dep.into_iter().map(|d| d.unwrap_or(false)).collect(), plan: Plan::default() }
+        Builder {
+            pipe,
+            registry,
+            seed_dep: seed_dep.into_iter().map(|d| d.unwrap_or(false)).collect(),
+            plan: Plan::default(),
+        }
     }
 
     fn seeds(&self, si: usize) -> Vec<Option<u64>> {
-        if self.seed_dep[si] { self.pipe.seeds.iter().map(|&s| Some(s)).collect() } else { vec![None] }
+        if self.seed_dep[si] {
+            self.pipe.seeds.iter().map(|&s| Some(s)).collect()
+        } else {
+            vec![None]
+        }
     }
 
     fn target(&mut self, t: &str, depth: usize) -> Result<(), PlanError> {
         if depth > 64 {
-            return Err(PlanError { message: format!("target `{t}` nests too deeply") });
+            return Err(PlanError {
+                message: format!("target `{t}` nests too deeply"),
+            });
         }
         let pipe = self.pipe;
         if t.contains('@') {
@@ -204,7 +268,9 @@ impl<'a> Builder<'a> {
                 self.instantiate(si, &Variant::new(), seed);
             }
         } else if let Some(sw) = pipe.sweep(t) {
-            let downstream: Vec<usize> = (0..pipe.stages.len()).filter(|&i| crate::config::depends_on(pipe, &pipe.stages[i].name, &sw.stage)).collect();
+            let downstream: Vec<usize> = (0..pipe.stages.len())
+                .filter(|&i| crate::config::depends_on(pipe, &pipe.stages[i].name, &sw.stage))
+                .collect();
             for cell in &sw.cells {
                 let variant: Variant = [(sw.stage.clone(), cell.clone())].into();
                 for &d in &downstream {
@@ -228,7 +294,12 @@ impl<'a> Builder<'a> {
             }
         } else {
             let names = pipe.target_names();
-            return Err(PlanError { message: format!("unknown target `{t}` ({})", unknown_hint(t, &names, "pipeline")) });
+            return Err(PlanError {
+                message: format!(
+                    "unknown target `{t}` ({})",
+                    unknown_hint(t, &names, "pipeline")
+                ),
+            });
         }
         Ok(())
     }
@@ -238,7 +309,14 @@ impl<'a> Builder<'a> {
         let def = &pipe.stages[si];
         let restricted = restrict(pipe, si, variant);
         let own_seed = if self.seed_dep[si] { seed } else { None };
-        let inputs: Vec<usize> = def.needs.iter().filter_map(|n| pipe.stage_index(n)).collect::<Vec<_>>().into_iter().map(|ni| self.instantiate(ni, &restricted, seed)).collect();
+        let inputs: Vec<usize> = def
+            .needs
+            .iter()
+            .filter_map(|n| pipe.stage_index(n))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|ni| self.instantiate(ni, &restricted, seed))
+            .collect();
         let mut params = def.params.clone();
         if let Some(ov) = restricted.get(&def.name) {
             for (k, v) in ov {
@@ -258,7 +336,17 @@ impl<'a> Builder<'a> {
         }
         let label = label(&def.name, &restricted);
         let id = self.plan.nodes.len();
-        self.plan.nodes.push(Node { stage: si, stage_name: def.name.clone(), kind: def.kind.clone(), variant: restricted, seed: own_seed, params, inputs, cell: cell.clone(), label });
+        self.plan.nodes.push(Node {
+            stage: si,
+            stage_name: def.name.clone(),
+            kind: def.kind.clone(),
+            variant: restricted,
+            seed: own_seed,
+            params,
+            inputs,
+            cell: cell.clone(),
+            label,
+        });
         self.plan.by_id.insert((cell, own_seed), id);
         id
     }
@@ -269,10 +357,19 @@ pub fn label(stage: &str, variant: &Variant) -> String {
     if variant.is_empty() {
         return stage.to_owned();
     }
-    let parts: Vec<String> = variant.iter().flat_map(|(s, ov)| ov.iter().map(move |(k, v)| {
-        let v = bare(v);
-        if s == stage { format!("{k}={v}") } else { format!("{s}.{k}={v}") }
-    })).collect();
+    let parts: Vec<String> = variant
+        .iter()
+        .flat_map(|(s, ov)| {
+            ov.iter().map(move |(k, v)| {
+                let v = bare(v);
+                if s == stage {
+                    format!("{k}={v}")
+                } else {
+                    format!("{s}.{k}={v}")
+                }
+            })
+        })
+        .collect();
     format!("{stage}[{}]", parts.join(","))
 }
 

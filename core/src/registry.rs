@@ -13,7 +13,15 @@ pub struct Registry {
 impl Registry {
     /// A registry of the given kinds (a later kind with the same name replaces an earlier one).
     pub fn new(kinds: Vec<Box<dyn StageKind>>) -> Self {
-        let kinds = kinds.into_iter().map(|k| (k.name(), { let p = k.params(); (k, p) })).collect();
+        let kinds = kinds
+            .into_iter()
+            .map(|k| {
+                (k.name(), {
+                    let p = k.params();
+                    (k, p)
+                })
+            })
+            .collect();
         Registry { kinds }
     }
     /// The kind named `name`.

@@ -33,7 +33,12 @@ pub struct RunOptions {
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { jobs: 1, dry_run: false, keep_going: false, progress: MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden()) }
+        RunOptions {
+            jobs: 1,
+            dry_run: false,
+            keep_going: false,
+            progress: MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden()),
+        }
     }
 }
 
@@ -88,7 +93,14 @@ struct Sched {
 }
 
 /// Runs `plan` against `store`.
-pub fn run(pipe: &Pipeline, registry: &Registry, store: &Store, plan: &Plan, opts: &RunOptions, on: &(dyn Fn(Event<'_>) + Sync)) -> Result<RunSummary, Error> {
+pub fn run(
+    pipe: &Pipeline,
+    registry: &Registry,
+    store: &Store,
+    plan: &Plan,
+    opts: &RunOptions,
+    on: &(dyn Fn(Event<'_>) + Sync),
+) -> Result<RunSummary, Error> {
     let _ = pipe;
     if !opts.dry_run {
         let swept = store.sweep_staging()?;
@@ -98,10 +110,28 @@ pub fn run(pipe: &Pipeline, registry: &Registry, store: &Store, plan: &Plan, opt
     }
     let n = plan.nodes.len();
     let overall = opts.progress.add(ProgressBar::new(n as u64));
-    overall.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} cells {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
-    let sched = Mutex::new(Sched { state: vec![St::Pending; n], resolved: vec![None; n], running: 0, stop: false, summary: RunSummary::default() });
+    overall.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} cells {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let sched = Mutex::new(Sched {
+        state: vec![St::Pending; n],
+        resolved: vec![None; n],
+        running: 0,
+        stop: false,
+        summary: RunSummary::default(),
+    });
     let cv = Condvar::new();
-    let ex = Exec { registry, store, plan, opts, on, overall: &overall };
+    let ex = Exec {
+        registry,
+        store,
+        plan,
+        opts,
+        on,
+        overall: &overall,
+    };
     let workers = opts.jobs.max(1).min(n.max(1));
     if workers == 1 {
         ex.worker(&sched, &cv);
@@ -114,7 +144,11 @@ pub fn run(pipe: &Pipeline, registry: &Registry, store: &Store, plan: &Plan, opt
     }
     overall.finish_and_clear();
     let mut g = sched.into_inner().unwrap_or_else(|p| p.into_inner());
-    g.summary.keys = g.resolved.iter().map(|r| r.as_ref().map(|r| r.manifest.key.clone())).collect();
+    g.summary.keys = g
+        .resolved
+        .iter()
+        .map(|r| r.as_ref().map(|r| r.manifest.key.clone()))
+        .collect();
     Ok(g.summary)
 }
 
@@ -142,7 +176,12 @@ impl Exec<'_> {
                 loop {
                     // Cells whose inputs failed (or, in a dry run, will be computed) cannot go on.
                     for i in 0..g.state.len() {
-                        if g.state[i] == St::Pending && self.plan.nodes[i].inputs.iter().any(|&j| g.state[j] == St::Failed) {
+                        if g.state[i] == St::Pending
+                            && self.plan.nodes[i]
+                                .inputs
+                                .iter()
+                                .any(|&j| g.state[j] == St::Failed)
+                        {
                             g.state[i] = St::Failed;
                             if self.opts.dry_run {
                                 g.summary.would_run += 1;
@@ -154,11 +193,25 @@ impl Exec<'_> {
                             self.overall.inc(1);
                         }
                     }
-                    let ready = if g.stop { None } else { (0..g.state.len()).find(|&i| g.state[i] == St::Pending && self.plan.nodes[i].inputs.iter().all(|&j| g.state[j] == St::Done)) };
+                    let ready = if g.stop {
+                        None
+                    } else {
+                        (0..g.state.len()).find(|&i| {
+                            g.state[i] == St::Pending
+                                && self.plan.nodes[i]
+                                    .inputs
+                                    .iter()
+                                    .all(|&j| g.state[j] == St::Done)
+                        })
+                    };
                     if let Some(id) = ready {
                         g.state[id] = St::Running;
                         g.running += 1;
-                        let inputs: Vec<Resolved> = self.plan.nodes[id].inputs.iter().filter_map(|&j| g.resolved[j].clone()).collect();
+                        let inputs: Vec<Resolved> = self.plan.nodes[id]
+                            .inputs
+                            .iter()
+                            .filter_map(|&j| g.resolved[j].clone())
+                            .collect();
                         break (id, inputs);
                     }
                     let pending = g.state.iter().any(|s| *s == St::Pending);
@@ -213,7 +266,10 @@ impl Exec<'_> {
 
     fn try_process(&self, id: usize, inputs: &[Resolved]) -> Result<Outcome, StageError> {
         let node = &self.plan.nodes[id];
-        let kind = self.registry.get(&node.kind).ok_or_else(|| StageError::Failed(format!("unknown kind `{}`", node.kind)))?;
+        let kind = self
+            .registry
+            .get(&node.kind)
+            .ok_or_else(|| StageError::Failed(format!("unknown kind `{}`", node.kind)))?;
         let parts = key_parts(self.registry, node, inputs.iter().map(|r| &r.manifest))?;
         let key = parts.key();
         let store_err = |e: Error| StageError::Failed(e.to_string());
@@ -241,7 +297,17 @@ impl Exec<'_> {
             stage: node.stage_name.clone(),
             params: node.params.clone(),
             seed: node.seed,
-            inputs: node.inputs.iter().zip(inputs).map(|(&j, r)| Input { stage: self.plan.nodes[j].stage_name.clone(), kind: self.plan.nodes[j].kind.clone(), dir: self.store.cell_dir(&r.manifest.key), manifest: r.manifest.clone() }).collect(),
+            inputs: node
+                .inputs
+                .iter()
+                .zip(inputs)
+                .map(|(&j, r)| Input {
+                    stage: self.plan.nodes[j].stage_name.clone(),
+                    kind: self.plan.nodes[j].kind.clone(),
+                    dir: self.store.cell_dir(&r.manifest.key),
+                    manifest: r.manifest.clone(),
+                })
+                .collect(),
             out_dir: staging.clone(),
             scratch_dir: scratch.clone(),
             metrics: BTreeMap::new(),
@@ -252,7 +318,11 @@ impl Exec<'_> {
         let started = unix_now();
         let t0 = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| kind.run(&mut cx))).unwrap_or_else(|p| {
-            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned())).unwrap_or_default();
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_default();
             Err(StageError::Failed(format!("the stage panicked: {msg}")))
         });
         let result = result.and_then(|()| match cx.metrics.iter().find(|(_, v)| !v.is_finite()) {
@@ -273,8 +343,26 @@ impl Exec<'_> {
             label: node.label.clone(),
             seed: node.seed,
             params: node.params.clone(),
-            inputs: node.inputs.iter().zip(inputs).map(|(&j, r)| InputRef { stage: self.plan.nodes[j].stage_name.clone(), key: r.manifest.key.clone(), digest: r.manifest.digest.clone() }).collect(),
-            files: cx.written.iter().map(|w| FileEntry { path: w.path.clone(), sha256: w.sha256.clone(), bytes: w.bytes, info: None }).collect(),
+            inputs: node
+                .inputs
+                .iter()
+                .zip(inputs)
+                .map(|(&j, r)| InputRef {
+                    stage: self.plan.nodes[j].stage_name.clone(),
+                    key: r.manifest.key.clone(),
+                    digest: r.manifest.digest.clone(),
+                })
+                .collect(),
+            files: cx
+                .written
+                .iter()
+                .map(|w| FileEntry {
+                    path: w.path.clone(),
+                    sha256: w.sha256.clone(),
+                    bytes: w.bytes,
+                    info: None,
+                })
+                .collect(),
             digest: String::new(),
             metrics: cx.metrics.clone(),
             started,
@@ -283,15 +371,37 @@ impl Exec<'_> {
             host: host(),
         };
         let manifest = self.store.commit(&staging, manifest).map_err(store_err)?;
-        index::append(&self.store.index_dir(), &self.index_row(id, &manifest)).map_err(store_err)?;
-        self.store.write_pointer(&node.cell, node.seed, &Pointer { key: key.clone(), label: node.label.clone(), parts, committed: unix_now() }).map_err(store_err)?;
+        index::append(&self.store.index_dir(), &self.index_row(id, &manifest))
+            .map_err(store_err)?;
+        self.store
+            .write_pointer(
+                &node.label,
+                node.seed,
+                &Pointer {
+                    key: key.clone(),
+                    label: node.label.clone(),
+                    parts,
+                    committed: unix_now(),
+                },
+            )
+            .map_err(store_err)?;
         let _ = std::fs::remove_dir_all(&scratch);
         Ok(Outcome::Ran(Resolved { manifest }, seconds))
     }
 
     fn index_row(&self, id: usize, m: &Manifest) -> IndexRow {
         let node = &self.plan.nodes[id];
-        let lineage: serde_json::Map<String, serde_json::Value> = self.plan.lineage(id).into_iter().map(|i| (self.plan.nodes[i].stage_name.clone(), serde_json::to_value(&self.plan.nodes[i].params).unwrap_or_default())).collect();
+        let lineage: serde_json::Map<String, serde_json::Value> = self
+            .plan
+            .lineage(id)
+            .into_iter()
+            .map(|i| {
+                (
+                    self.plan.nodes[i].stage_name.clone(),
+                    serde_json::to_value(&self.plan.nodes[i].params).unwrap_or_default(),
+                )
+            })
+            .collect();
         IndexRow {
             key: m.key.clone(),
             stage: m.stage.clone(),
@@ -312,27 +422,45 @@ impl Exec<'_> {
 }
 
 /// The key parts of `node` given its inputs' manifests (in the order of its `needs`).
-pub fn key_parts<'m>(registry: &Registry, node: &Node, inputs: impl IntoIterator<Item = &'m Manifest>) -> Result<KeyParts, StageError> {
-    let kind = registry.get(&node.kind).ok_or_else(|| StageError::Failed(format!("unknown kind `{}`", node.kind)))?;
+pub fn key_parts<'m>(
+    registry: &Registry,
+    node: &Node,
+    inputs: impl IntoIterator<Item = &'m Manifest>,
+) -> Result<KeyParts, StageError> {
+    let kind = registry
+        .get(&node.kind)
+        .ok_or_else(|| StageError::Failed(format!("unknown kind `{}`", node.kind)))?;
     Ok(KeyParts {
         kind: node.kind.clone(),
         version: kind.version(),
         params: node.params.clone(),
         seed: node.seed,
-        inputs: inputs.into_iter().map(|m| (m.stage.clone(), m.digest.clone())).collect(),
+        inputs: inputs
+            .into_iter()
+            .map(|m| (m.stage.clone(), m.digest.clone()))
+            .collect(),
         external: kind.external_digest(&node.params)?,
     })
 }
 
 /// `spo.k=3,spo.j=2`: the sweep overrides of a node's lineage.
 pub fn variant_string(node: &Node) -> String {
-    node.variant.iter().flat_map(|(s, ov)| ov.iter().map(move |(k, v)| format!("{s}.{k}={}", bare(v)))).collect::<Vec<_>>().join(",")
+    node.variant
+        .iter()
+        .flat_map(|(s, ov)| ov.iter().map(move |(k, v)| format!("{s}.{k}={}", bare(v))))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn unix_now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 fn host() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).or_else(|_| std::env::var("HOSTNAME")).unwrap_or_else(|_| "unknown".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "unknown".into())
 }

@@ -68,7 +68,10 @@ impl StageError {
     }
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
-        StageError::Io { path: path.into(), source }
+        StageError::Io {
+            path: path.into(),
+            source,
+        }
     }
 }
 
@@ -92,7 +95,15 @@ impl Input {
         } else {
             Err(StageError::Input {
                 need: self.stage.clone(),
-                message: format!("has no file `{rel}` (it has: {})", self.manifest.files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>().join(", ")),
+                message: format!(
+                    "has no file `{rel}` (it has: {})",
+                    self.manifest
+                        .files
+                        .iter()
+                        .map(|f| f.path.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             })
         }
     }
@@ -125,7 +136,14 @@ pub struct StageContext {
 
 impl StageContext {
     /// A context outside any store: for using a stage kind as a library and in tests.
-    pub fn detached(stage: &str, params: Params, seed: Option<u64>, inputs: Vec<Input>, out_dir: PathBuf, scratch_dir: PathBuf) -> Self {
+    pub fn detached(
+        stage: &str,
+        params: Params,
+        seed: Option<u64>,
+        inputs: Vec<Input>,
+        out_dir: PathBuf,
+        scratch_dir: PathBuf,
+    ) -> Self {
         StageContext {
             stage: stage.to_owned(),
             params,
@@ -155,15 +173,33 @@ impl StageContext {
     }
     /// The input from the upstream stage named `need`.
     pub fn input(&self, need: &str) -> Result<&Input, StageError> {
-        self.inputs.iter().find(|i| i.stage == need).ok_or_else(|| StageError::Input { need: need.into(), message: "is not among this stage's needs".into() })
+        self.inputs
+            .iter()
+            .find(|i| i.stage == need)
+            .ok_or_else(|| StageError::Input {
+                need: need.into(),
+                message: "is not among this stage's needs".into(),
+            })
     }
     /// The one input of kind `kind`; an error if there is none or several.
     pub fn input_of_kind(&self, kind: &str) -> Result<&Input, StageError> {
         let mut it = self.inputs.iter().filter(|i| i.kind == kind);
         match (it.next(), it.next()) {
             (Some(i), None) => Ok(i),
-            (None, _) => Err(StageError::Input { need: kind.into(), message: format!("stage `{}` needs a stage of kind `{kind}`; add one to its `needs`", self.stage) }),
-            (Some(a), Some(b)) => Err(StageError::Input { need: kind.into(), message: format!("ambiguous: both `{}` and `{}` are of kind `{kind}`", a.stage, b.stage) }),
+            (None, _) => Err(StageError::Input {
+                need: kind.into(),
+                message: format!(
+                    "stage `{}` needs a stage of kind `{kind}`; add one to its `needs`",
+                    self.stage
+                ),
+            }),
+            (Some(a), Some(b)) => Err(StageError::Input {
+                need: kind.into(),
+                message: format!(
+                    "ambiguous: both `{}` and `{}` are of kind `{kind}`",
+                    a.stage, b.stage
+                ),
+            }),
         }
     }
     /// The private staging directory; everything here is committed on success.
@@ -187,18 +223,35 @@ impl StageContext {
             std::fs::create_dir_all(parent).map_err(|e| StageError::io(parent, e))?;
         }
         let file = File::create(&path).map_err(|e| StageError::io(&path, e))?;
-        Ok(ArtifactWriter { cx: self, rel: rel.to_owned(), path, file: io::BufWriter::with_capacity(1 << 20, file), hasher: Sha256::new(), bytes: 0 })
+        Ok(ArtifactWriter {
+            cx: self,
+            rel: rel.to_owned(),
+            path,
+            file: io::BufWriter::with_capacity(1 << 20, file),
+            hasher: Sha256::new(),
+            bytes: 0,
+        })
     }
     /// Moves a file the stage has already written and hashed (say, a verified download in the
     /// scratch directory) into the output as `rel`, without reading it again.
-    pub fn adopt(&mut self, rel: &str, src: &Path, sha256: &str, bytes: u64) -> Result<(), StageError> {
+    pub fn adopt(
+        &mut self,
+        rel: &str,
+        src: &Path,
+        sha256: &str,
+        bytes: u64,
+    ) -> Result<(), StageError> {
         let path = self.out_dir.join(rel);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| StageError::io(parent, e))?;
         }
         std::fs::rename(src, &path).map_err(|e| StageError::io(src, e))?;
         self.written.retain(|w| w.path != rel);
-        self.written.push(Written { path: rel.to_owned(), sha256: sha256.to_owned(), bytes });
+        self.written.push(Written {
+            path: rel.to_owned(),
+            sha256: sha256.to_owned(),
+            bytes,
+        });
         Ok(())
     }
     /// Writes a whole artifact at once.
@@ -211,7 +264,12 @@ impl StageContext {
     /// The message shows loss / rate via [`ProgressBar::set_message`].
     pub fn progress(&self, len: u64, what: &str) -> ProgressBar {
         let pb = self.progress.add(ProgressBar::new(len));
-        pb.set_style(ProgressStyle::with_template("  {prefix:.bold} {bar:30.cyan/blue} {pos}/{len} {per_sec} eta {eta} {msg}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+        pb.set_style(
+            ProgressStyle::with_template(
+                "  {prefix:.bold} {bar:30.cyan/blue} {pos}/{len} {per_sec} eta {eta} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
         pb.set_prefix(format!("{} {what}", self.stage));
         pb.enable_steady_tick(Duration::from_millis(200));
         pb
@@ -243,11 +301,24 @@ impl Write for ArtifactWriter<'_> {
 impl ArtifactWriter<'_> {
     /// Flushes, fsyncs and records the file's digest.
     pub fn finish(self) -> Result<(), StageError> {
-        let ArtifactWriter { cx, rel, path, file, hasher, bytes } = self;
-        let file = file.into_inner().map_err(|e| StageError::io(&path, e.into_error()))?;
+        let ArtifactWriter {
+            cx,
+            rel,
+            path,
+            file,
+            hasher,
+            bytes,
+        } = self;
+        let file = file
+            .into_inner()
+            .map_err(|e| StageError::io(&path, e.into_error()))?;
         file.sync_all().map_err(|e| StageError::io(&path, e))?;
         cx.written.retain(|w| w.path != rel);
-        cx.written.push(Written { path: rel, sha256: hex::encode(hasher.finalize()), bytes });
+        cx.written.push(Written {
+            path: rel,
+            sha256: hex::encode(hasher.finalize()),
+            bytes,
+        });
         Ok(())
     }
 }

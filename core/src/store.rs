@@ -5,7 +5,7 @@
 //! runs/staging/<key>.*   one private directory per attempt; swept when its owner is gone
 //! runs/scratch/<key>/    checkpoints of an unfinished cell, removed when it commits
 //! runs/locks/<key>.lock  OS file locks: one computation of a key at a time, across processes
-//! runs/cells/<cell>.json the key parts of the last committed run of each cell (for `why`)
+//! runs/cells/<slot>.json the key parts of the last committed run in each slot (for `why`)
 //! runs/index/<key>.parquet  the run index, one file per committed cell
 //! ```
 //! A cell is committed by writing its manifest into the staging directory, fsyncing it and
@@ -95,7 +95,12 @@ impl Store {
 
     fn lock_file(&self, key: &str) -> Result<File, Error> {
         let p = self.root.join("locks").join(format!("{key}.lock"));
-        fs::OpenOptions::new().create(true).truncate(false).write(true).open(&p).map_err(|e| Error::io(&p, e))
+        fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(|e| Error::io(&p, e))
     }
 
     /// Takes the lock on `key` if no other process holds it.
@@ -111,14 +116,20 @@ impl Store {
     /// Waits for the lock on `key`.
     pub fn lock(&self, key: &str) -> Result<KeyLock, Error> {
         let f = self.lock_file(key)?;
-        f.lock().map_err(|e| Error::io(&self.root.join("locks"), e))?;
+        f.lock()
+            .map_err(|e| Error::io(&self.root.join("locks"), e))?;
         Ok(KeyLock { _file: f })
     }
 
     /// A fresh staging directory for one attempt at `key` (hold its lock).
     pub fn new_staging(&self, key: &str) -> Result<PathBuf, Error> {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let p = self.root.join("staging").join(format!("{key}.{}.{nanos}", std::process::id()));
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let p = self
+            .root
+            .join("staging")
+            .join(format!("{key}.{}.{nanos}", std::process::id()));
         fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
         Ok(p)
     }
@@ -146,25 +157,45 @@ impl Store {
     pub fn commit(&self, staging: &Path, mut manifest: Manifest) -> Result<Manifest, Error> {
         let mut files = Vec::new();
         for entry in walkdir::WalkDir::new(staging).sort_by_file_name() {
-            let entry = entry.map_err(|e| Error::Io { path: staging.to_owned(), source: e.into() })?;
+            let entry = entry.map_err(|e| Error::Io {
+                path: staging.to_owned(),
+                source: e.into(),
+            })?;
             if !entry.file_type().is_file() {
                 continue;
             }
-            let rel = entry.path().strip_prefix(staging).map_err(|_| Error::Corrupt { path: entry.path().to_owned(), message: "outside staging".into() })?;
+            let rel = entry
+                .path()
+                .strip_prefix(staging)
+                .map_err(|_| Error::Corrupt {
+                    path: entry.path().to_owned(),
+                    message: "outside staging".into(),
+                })?;
             let rel = rel.to_string_lossy().replace('\\', "/");
             if rel == MANIFEST {
-                return Err(Error::Corrupt { path: entry.path().to_owned(), message: format!("a stage may not write `{MANIFEST}`; the store writes it") });
+                return Err(Error::Corrupt {
+                    path: entry.path().to_owned(),
+                    message: format!("a stage may not write `{MANIFEST}`; the store writes it"),
+                });
             }
             let (sha256, bytes) = match manifest.files.iter().find(|f| f.path == rel) {
                 Some(f) => (f.sha256.clone(), f.bytes),
                 None => hash_file(entry.path())?,
             };
-            files.push(FileEntry { info: fileinfo::inspect(entry.path()), path: rel, sha256, bytes });
+            files.push(FileEntry {
+                info: fileinfo::inspect(entry.path()),
+                path: rel,
+                sha256,
+                bytes,
+            });
         }
         manifest.digest = output_digest(files.iter().map(|f| (f.path.as_str(), f.sha256.as_str())));
         manifest.files = files;
         let mpath = staging.join(MANIFEST);
-        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Corrupt { path: mpath.clone(), message: e.to_string() })?;
+        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Corrupt {
+            path: mpath.clone(),
+            message: e.to_string(),
+        })?;
         write_synced(&mpath, &json)?;
         sync_dir(staging)?;
         let dest = self.cell_dir(&manifest.key);
@@ -178,24 +209,39 @@ impl Store {
         Ok(manifest)
     }
 
-    /// Records `pointer` as the last committed run of `cell` (with `seed`).
-    pub fn write_pointer(&self, cell: &str, seed: Option<u64>, pointer: &Pointer) -> Result<(), Error> {
-        let p = self.pointer_path(cell, seed);
-        let json = serde_json::to_vec_pretty(pointer).map_err(|e| Error::Corrupt { path: p.clone(), message: e.to_string() })?;
+    /// Records `pointer` as the last committed run in `slot` (a cell's place in the pipeline:
+    /// its label, e.g. `spo[k=3]`, which stays the same when a base param changes) and `seed`.
+    pub fn write_pointer(
+        &self,
+        slot: &str,
+        seed: Option<u64>,
+        pointer: &Pointer,
+    ) -> Result<(), Error> {
+        let p = self.pointer_path(slot, seed);
+        let json = serde_json::to_vec_pretty(pointer).map_err(|e| Error::Corrupt {
+            path: p.clone(),
+            message: e.to_string(),
+        })?;
         write_atomic(&p, &json)
     }
 
-    /// The last committed run of `cell`, if any.
-    pub fn pointer(&self, cell: &str, seed: Option<u64>) -> Result<Option<Pointer>, Error> {
-        let p = self.pointer_path(cell, seed);
+    /// The last committed run in `slot`, if any.
+    pub fn pointer(&self, slot: &str, seed: Option<u64>) -> Result<Option<Pointer>, Error> {
+        let p = self.pointer_path(slot, seed);
         match fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|e| Error::Corrupt { path: p, message: e.to_string() }),
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| Error::Corrupt {
+                    path: p,
+                    message: e.to_string(),
+                }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(&p, e)),
         }
     }
 
-    fn pointer_path(&self, cell: &str, seed: Option<u64>) -> PathBuf {
+    fn pointer_path(&self, slot: &str, seed: Option<u64>) -> PathBuf {
+        let cell = &hex::encode(Sha256::digest(slot.as_bytes()))[..32];
         let name = match seed {
             Some(s) => format!("{cell}-s{s}.json"),
             None => format!("{cell}.json"),
@@ -217,20 +263,35 @@ impl Store {
 
     /// Keys that start with `prefix`.
     pub fn keys_with_prefix(&self, prefix: &str) -> Result<Vec<String>, Error> {
-        Ok(self.keys()?.into_iter().filter(|k| k.starts_with(prefix)).collect())
+        Ok(self
+            .keys()?
+            .into_iter()
+            .filter(|k| k.starts_with(prefix))
+            .collect())
     }
 
     /// Size in bytes of a committed cell.
     pub fn size(&self, key: &str) -> u64 {
-        walkdir::WalkDir::new(self.cell_dir(key)).into_iter().filter_map(Result::ok).filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
+        walkdir::WalkDir::new(self.cell_dir(key))
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter_map(|e| e.metadata().ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .sum()
     }
 
     /// Removes a committed cell (under its lock, so a reader that is computing it is not hurt).
     pub fn remove(&self, key: &str) -> Result<bool, Error> {
-        let Some(_lock) = self.try_lock(key)? else { return Ok(false) };
+        let Some(_lock) = self.try_lock(key)? else {
+            return Ok(false);
+        };
         let dir = self.cell_dir(key);
         // Rename first so a half-deleted cell never looks committed.
-        let trash = self.root.join("staging").join(format!("{key}.gc.{}", std::process::id()));
+        let trash = self
+            .root
+            .join("staging")
+            .join(format!("{key}.gc.{}", std::process::id()));
         fs::rename(&dir, &trash).map_err(|e| Error::io(&dir, e))?;
         fs::remove_dir_all(&trash).map_err(|e| Error::io(&trash, e))?;
         let scratch = self.scratch_dir(key);
@@ -249,12 +310,20 @@ impl Store {
             let m = match Manifest::read(&dir) {
                 Ok(m) => m,
                 Err(e) => {
-                    damage.push(Damage { key: key.clone(), path: MANIFEST.into(), problem: e.to_string() });
+                    damage.push(Damage {
+                        key: key.clone(),
+                        path: MANIFEST.into(),
+                        problem: e.to_string(),
+                    });
                     continue;
                 }
             };
             if m.key != key {
-                damage.push(Damage { key: key.clone(), path: MANIFEST.into(), problem: format!("manifest is for key {}", m.key) });
+                damage.push(Damage {
+                    key: key.clone(),
+                    path: MANIFEST.into(),
+                    problem: format!("manifest is for key {}", m.key),
+                });
             }
             for f in &m.files {
                 let p = dir.join(&f.path);
@@ -264,10 +333,22 @@ impl Store {
                     Err(e) => damage.push(Damage { key: key.clone(), path: f.path.clone(), problem: e.to_string() }),
                 }
             }
-            for e in walkdir::WalkDir::new(&dir).into_iter().filter_map(Result::ok).filter(|e| e.file_type().is_file()) {
-                let rel = e.path().strip_prefix(&dir).map(|r| r.to_string_lossy().replace('\\', "/")).unwrap_or_default();
+            for e in walkdir::WalkDir::new(&dir)
+                .into_iter()
+                .filter_map(Result::ok)
+                .filter(|e| e.file_type().is_file())
+            {
+                let rel = e
+                    .path()
+                    .strip_prefix(&dir)
+                    .map(|r| r.to_string_lossy().replace('\\', "/"))
+                    .unwrap_or_default();
                 if rel != MANIFEST && !m.files.iter().any(|f| f.path == rel) {
-                    damage.push(Damage { key: key.clone(), path: rel, problem: "file not in the manifest".into() });
+                    damage.push(Damage {
+                        key: key.clone(),
+                        path: rel,
+                        problem: "file not in the manifest".into(),
+                    });
                 }
             }
         }
@@ -307,5 +388,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), Error> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
 }

@@ -1,0 +1,283 @@
+//! `status` and `why`: what state each cell is in, and which part of its key changed.
+
+use std::fmt;
+
+use crate::error::Error;
+use crate::key::KeyParts;
+use crate::manifest::Manifest;
+use crate::param::Value;
+use crate::plan::Plan;
+use crate::registry::Registry;
+use crate::run::key_parts;
+use crate::store::{Pointer, Store};
+
+/// The state of one cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Its current key is in the store.
+    Cached,
+    /// It ran before, but something in its key changed since.
+    Stale,
+    /// It never ran.
+    Missing,
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            State::Cached => "cached",
+            State::Stale => "stale",
+            State::Missing => "missing",
+        })
+    }
+}
+
+/// One part of a key that differs from the last run of the same cell.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(tag = "what", rename_all = "lowercase")]
+pub enum Change {
+    /// The kind's code version was bumped.
+    Version {
+        old: u32,
+        new: u32,
+    },
+    /// A param changed, appeared (old is none) or went away (new is none).
+    Param {
+        name: String,
+        old: Option<Value>,
+        new: Option<Value>,
+    },
+    Seed {
+        old: Option<u64>,
+        new: Option<u64>,
+    },
+    /// An input's content changed; `new` is none while the input has no current output.
+    Input {
+        stage: String,
+        old: Option<String>,
+        new: Option<String>,
+    },
+    /// Content outside the store that the kind hashes (a script, say) changed.
+    External {
+        old: Option<String>,
+        new: Option<String>,
+    },
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let opt = |v: &Option<Value>| v.as_ref().map_or("(unset)".to_owned(), Value::to_string);
+        let short = |d: &Option<String>| {
+            d.as_ref()
+                .map_or("(none)".to_owned(), |d| d.chars().take(12).collect())
+        };
+        match self {
+            Change::Version { old, new } => write!(f, "code version {old} -> {new}"),
+            Change::Param { name, old, new } => {
+                write!(f, "param {name}: {} -> {}", opt(old), opt(new))
+            }
+            Change::Seed { old, new } => write!(f, "seed {old:?} -> {new:?}"),
+            Change::Input {
+                stage,
+                old,
+                new: None,
+            } => write!(
+                f,
+                "input `{stage}` (was {}) has no current output yet; it will run first (see `spo-pipe why {stage}`)",
+                short(old)
+            ),
+            Change::Input { stage, old, new } => write!(
+                f,
+                "input `{stage}` content {} -> {}",
+                short(old),
+                short(new)
+            ),
+            Change::External { old, new } => {
+                write!(f, "external content {} -> {}", short(old), short(new))
+            }
+        }
+    }
+}
+
+/// The status of one node of a plan.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CellStatus {
+    pub node: usize,
+    pub label: String,
+    pub seed: Option<u64>,
+    pub state: State,
+    /// The current key, where the inputs are all current.
+    pub key: Option<String>,
+    /// For a stale cell: what changed since its last run.
+    pub changes: Vec<Change>,
+}
+
+/// The current key parts of every node whose inputs are all in the store (`None` elsewhere).
+pub(crate) fn resolve(
+    registry: &Registry,
+    store: &Store,
+    plan: &Plan,
+) -> Result<Vec<(Option<KeyParts>, Option<Manifest>)>, Error> {
+    let mut out: Vec<(Option<KeyParts>, Option<Manifest>)> = Vec::with_capacity(plan.nodes.len());
+    for node in &plan.nodes {
+        let inputs: Option<Vec<&Manifest>> =
+            node.inputs.iter().map(|&i| out[i].1.as_ref()).collect();
+        let entry = match inputs {
+            Some(ms) => {
+                let parts = key_parts(registry, node, ms).map_err(|e| Error::Corrupt {
+                    path: store.root().to_owned(),
+                    message: e.to_string(),
+                })?;
+                let m = store.committed(&parts.key())?;
+                (Some(parts), m)
+            }
+            None => (None, None),
+        };
+        out.push(entry);
+    }
+    Ok(out)
+}
+
+/// The status of every node in `plan`.
+pub fn status(registry: &Registry, store: &Store, plan: &Plan) -> Result<Vec<CellStatus>, Error> {
+    let resolved = resolve(registry, store, plan)?;
+    let mut out = Vec::with_capacity(plan.nodes.len());
+    for (i, node) in plan.nodes.iter().enumerate() {
+        let (parts, manifest) = &resolved[i];
+        let pointer = if manifest.is_some() {
+            None
+        } else {
+            store.pointer(&node.label, node.seed)?
+        };
+        let (state, changes) = match (manifest, &pointer) {
+            (Some(_), _) => (State::Cached, vec![]),
+            (None, Some(p)) => (
+                State::Stale,
+                diff(
+                    &p.parts,
+                    parts.as_ref(),
+                    node.inputs
+                        .iter()
+                        .filter(|&&j| resolved[j].1.is_none())
+                        .map(|&j| plan.nodes[j].stage_name.as_str()),
+                ),
+            ),
+            (None, None) => (State::Missing, vec![]),
+        };
+        out.push(CellStatus {
+            node: i,
+            label: node.label.clone(),
+            seed: node.seed,
+            state,
+            key: parts.as_ref().map(KeyParts::key),
+            changes,
+        });
+    }
+    Ok(out)
+}
+
+/// The explanation `why` gives for one node.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Why {
+    pub label: String,
+    pub seed: Option<u64>,
+    pub state: State,
+    pub key: Option<String>,
+    pub last_key: Option<String>,
+    pub changes: Vec<Change>,
+}
+
+/// Why node `id` is (not) cached: the structured diff of its key against its last run.
+pub fn why(registry: &Registry, store: &Store, plan: &Plan, id: usize) -> Result<Why, Error> {
+    let st = status(registry, store, plan)?;
+    let node = &plan.nodes[id];
+    let pointer: Option<Pointer> = store.pointer(&node.label, node.seed)?;
+    let s = &st[id];
+    Ok(Why {
+        label: node.label.clone(),
+        seed: node.seed,
+        state: s.state,
+        key: s.key.clone(),
+        last_key: pointer.map(|p| p.key),
+        changes: s.changes.clone(),
+    })
+}
+
+/// What differs between the key parts of a cell's last run and its current ones (`None` when an
+/// input has no current output yet: then `pending` names those inputs).
+pub fn diff<'a>(
+    old: &KeyParts,
+    new: Option<&KeyParts>,
+    pending: impl Iterator<Item = &'a str>,
+) -> Vec<Change> {
+    let mut changes = Vec::new();
+    let Some(new) = new else {
+        // Only the inputs can be unresolved; name those whose cells are not current.
+        for stage in pending {
+            let old_digest = old
+                .inputs
+                .iter()
+                .find(|(s, _)| s == stage)
+                .map(|(_, d)| d.clone());
+            changes.push(Change::Input {
+                stage: stage.to_owned(),
+                old: old_digest,
+                new: None,
+            });
+        }
+        return changes;
+    };
+    if old.version != new.version {
+        changes.push(Change::Version {
+            old: old.version,
+            new: new.version,
+        });
+    }
+    for (name, v) in &new.params.0 {
+        match old.params.0.get(name) {
+            Some(o) if o == v => {}
+            o => changes.push(Change::Param {
+                name: name.clone(),
+                old: o.cloned(),
+                new: Some(v.clone()),
+            }),
+        }
+    }
+    for (name, o) in &old.params.0 {
+        if !new.params.0.contains_key(name) {
+            changes.push(Change::Param {
+                name: name.clone(),
+                old: Some(o.clone()),
+                new: None,
+            });
+        }
+    }
+    if old.seed != new.seed {
+        changes.push(Change::Seed {
+            old: old.seed,
+            new: new.seed,
+        });
+    }
+    for (stage, d) in &new.inputs {
+        let o = old
+            .inputs
+            .iter()
+            .find(|(s, _)| s == stage)
+            .map(|(_, d)| d.clone());
+        if o.as_ref() != Some(d) {
+            changes.push(Change::Input {
+                stage: stage.clone(),
+                old: o,
+                new: Some(d.clone()),
+            });
+        }
+    }
+    if old.external != new.external {
+        changes.push(Change::External {
+            old: old.external.clone(),
+            new: new.external.clone(),
+        });
+    }
+    changes
+}

@@ -1,0 +1,74 @@
+//! Garbage collection: drop what no target reaches.
+
+use std::collections::BTreeSet;
+
+use crate::error::Error;
+use crate::explain::resolve;
+use crate::plan::Plan;
+use crate::registry::Registry;
+use crate::store::Store;
+
+/// What `gc` removes (or would remove).
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct GcReport {
+    /// (key, label, bytes) of each committed cell no target reaches.
+    pub cells: Vec<(String, String, u64)>,
+    /// Scratch directories of keys no target reaches.
+    pub scratch: Vec<String>,
+    /// Cells kept because another process held their lock.
+    pub busy: Vec<String>,
+}
+
+/// Removes (unless `dry_run`) every committed cell and scratch directory whose key is not the
+/// current key of some cell of `plan`.
+pub fn gc(
+    registry: &Registry,
+    store: &Store,
+    plan: &Plan,
+    dry_run: bool,
+) -> Result<GcReport, Error> {
+    let keep: BTreeSet<String> = resolve(registry, store, plan)?
+        .into_iter()
+        .filter_map(|(p, _)| p.map(|p| p.key()))
+        .collect();
+    let mut report = GcReport::default();
+    for key in store.keys()? {
+        if keep.contains(&key) {
+            continue;
+        }
+        let label = crate::manifest::Manifest::read(&store.cell_dir(&key))
+            .map(|m| m.label)
+            .unwrap_or_else(|_| "?".into());
+        let bytes = store.size(&key);
+        if dry_run || store.remove(&key)? {
+            report.cells.push((key, label, bytes));
+        } else {
+            report.busy.push(key);
+        }
+    }
+    let scratch_root = store.root().join("scratch");
+    for e in std::fs::read_dir(&scratch_root).map_err(|e| Error::Io {
+        path: scratch_root.clone(),
+        source: e,
+    })? {
+        let e = e.map_err(|e| Error::Io {
+            path: scratch_root.clone(),
+            source: e,
+        })?;
+        let key = e.file_name().to_string_lossy().into_owned();
+        if keep.contains(&key) {
+            continue;
+        }
+        if !dry_run {
+            let Some(_lock) = store.try_lock(&key)? else {
+                continue;
+            };
+            std::fs::remove_dir_all(e.path()).map_err(|err| Error::Io {
+                path: e.path(),
+                source: err,
+            })?;
+        }
+        report.scratch.push(key);
+    }
+    Ok(report)
+}

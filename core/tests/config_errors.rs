@@ -1,0 +1,183 @@
+//! Every bad pipeline.toml gets an error at its file, line and column, with a way to fix it.
+
+mod support;
+
+use spo_core::{ConfigError, Pipeline};
+
+fn err(text: &str) -> ConfigError {
+    Pipeline::parse("pipeline.toml", text, &support::registry()).expect_err("should be rejected")
+}
+
+/// Asserts position and that the rendered message contains every fragment.
+fn check(text: &str, line: usize, col: usize, fragments: &[&str]) {
+    let e = err(text);
+    let shown = e.to_string();
+    assert_eq!((e.line, e.col), (line, col), "{shown}");
+    assert!(
+        shown.starts_with(&format!("pipeline.toml:{line}:{col}: ")),
+        "{shown}"
+    );
+    for f in fragments {
+        assert!(shown.contains(f), "`{f}` not in:\n{shown}");
+    }
+}
+
+#[test]
+fn malformed_toml() {
+    check(
+        "[stage.a]\nkind = \"emit\n",
+        2,
+        13,
+        &["invalid TOML", "hint"],
+    );
+}
+
+#[test]
+fn unknown_kind_suggests_the_nearest() {
+    check(
+        "[stage.a]\nkind = \"emitt\"\n",
+        2,
+        8,
+        &["unknown stage kind `emitt`", "did you mean `emit`?"],
+    );
+}
+
+#[test]
+fn unknown_param_suggests_the_nearest() {
+    check(
+        "[stage.a]\nkind = \"emit\"\nparams = { valeu = 3 }\n",
+        3,
+        12,
+        &[
+            "unknown param `valeu` for kind `emit`",
+            "did you mean `value`?",
+        ],
+    );
+}
+
+#[test]
+fn mistyped_param() {
+    check(
+        "[stage.a]\nkind = \"emit\"\n[stage.a.params]\nvalue = \"three\"\n",
+        4,
+        9,
+        &[
+            "param `value` of stage `a`",
+            "expected an integer in [0, 100], found a string",
+        ],
+    );
+}
+
+#[test]
+fn out_of_range_param() {
+    check(
+        "[stage.a]\nkind = \"emit\"\nparams = { value = 101 }\n",
+        3,
+        20,
+        &["101 is out of range", "[0, 100]"],
+    );
+}
+
+#[test]
+fn choice_param() {
+    check(
+        "[stage.a]\nkind = \"emit\"\nparams = { mode = \"odd\" }\n",
+        3,
+        19,
+        &["`odd` is not one of \"plain\", \"fancy\""],
+    );
+}
+
+#[test]
+fn needs_naming_nothing() {
+    check(
+        "[stage.a]\nkind = \"emit\"\n[stage.b]\nkind = \"sum\"\nneeds = [\"aa\"]\n",
+        5,
+        10,
+        &[
+            "stage `b` needs `aa`, which is not a stage",
+            "did you mean `a`?",
+        ],
+    );
+}
+
+#[test]
+fn cycle_is_named_with_its_path() {
+    check(
+        "[stage.a]\nkind = \"sum\"\nneeds = [\"b\"]\n[stage.b]\nkind = \"sum\"\nneeds = [\"a\"]\n",
+        1,
+        8,
+        &["circular dependency `a -> b -> a`"],
+    );
+}
+
+#[test]
+fn unknown_stage_key() {
+    check(
+        "[stage.a]\nkind = \"emit\"\nneed = [\"x\"]\n",
+        3,
+        1,
+        &["unknown key of a stage `need`", "did you mean `needs`?"],
+    );
+}
+
+#[test]
+fn sweep_value_out_of_range() {
+    check(
+        "[stage.a]\nkind = \"emit\"\n[sweep.s]\nstage = \"a\"\ngrid = { value = [1, 200] }\n",
+        5,
+        22,
+        &["sweep `s`, param `value`", "200 is out of range"],
+    );
+}
+
+#[test]
+fn zip_lengths_must_match() {
+    check(
+        "[stage.a]\nkind = \"emit\"\n[sweep.s]\nstage = \"a\"\nzip = { value = [1, 2], salt = [1] }\n",
+        5,
+        32,
+        &["`zip` needs equal lengths"],
+    );
+}
+
+#[test]
+fn table_metric_and_names() {
+    check(
+        "[stage.a]\nkind = \"emit\"\n[table.t]\nrows = { A = \"b\" }\nmetrics = [\"value\"]\n",
+        4,
+        14,
+        &["row `A` names `b`, which is not a stage"],
+    );
+    check(
+        "[stage.a]\nkind = \"emit\"\n[target.a]\nincludes = [\"a\"]\n",
+        3,
+        9,
+        &["`a` names both a stage and a target"],
+    );
+}
+
+#[test]
+fn set_overrides_are_validated() {
+    let reg = support::registry();
+    let mut p = Pipeline::parse("p.toml", "[stage.a]\nkind = \"emit\"\n", &reg).unwrap();
+    p.apply_set("a.value=7", &reg).unwrap();
+    assert_eq!(p.stage("a").unwrap().params.int("value").unwrap(), 7);
+    let e = p.apply_set("a.value=700", &reg).unwrap_err();
+    assert_eq!((e.file.as_str(), e.col), ("--set", 9));
+    assert!(e.to_string().contains("700 is out of range"), "{e}");
+    let e = p.apply_set("a.vale=1", &reg).unwrap_err();
+    assert!(e.to_string().contains("did you mean `value`?"), "{e}");
+    let e = p.apply_set("zz.value=1", &reg).unwrap_err();
+    assert!(e.to_string().contains("no stage named `zz`"), "{e}");
+    p.apply_set("pipeline.seeds=[3,4]", &reg).unwrap();
+    assert_eq!(p.seeds, [3, 4]);
+}
+
+#[test]
+fn valid_pipeline_expands_sweeps_with_grid_and_zip() {
+    let reg = support::registry();
+    let p = Pipeline::parse("p.toml", "[stage.a]\nkind = \"emit\"\n[sweep.g]\nstage = \"a\"\ngrid = { value = [1, 2], salt = [0, 1, 2] }\n[sweep.z]\nstage = \"a\"\nzip = { value = [1, 2], salt = [5, 6] }\n", &reg).unwrap();
+    assert_eq!(p.sweep("g").unwrap().cells.len(), 6);
+    assert_eq!(p.sweep("z").unwrap().cells.len(), 2);
+}
