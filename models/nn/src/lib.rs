@@ -4,7 +4,8 @@
 //! no backward, and its AdamW cannot save its state. This crate holds the replacements every
 //! model crate uses:
 //! - [`SeededRng`] and [`seeded_var_builder`]: reproducible tensors and initial weights;
-//! - [`LayerNorm`], [`attention`], [`activation`], [`linear`]: layers whose gradients flow;
+//! - [`LayerNorm`], [`GroupNorm`], [`attention`], [`activation`], [`linear`], [`Conv2d`],
+//!   [`upsample`]: layers whose gradients flow;
 //! - [`AdamW`]: `torch.optim.AdamW` with exact save/load;
 //! - [`vars_without_gradient`]: the test that every trainable variable learns.
 //!
@@ -26,17 +27,22 @@
 pub mod activation;
 pub mod adamw;
 pub mod attention;
+pub mod conv;
 pub mod error;
 pub mod grad_check;
+pub mod group_norm;
 pub mod layer_norm;
 pub mod linear;
 pub mod rng;
 pub mod seeded_init;
+pub mod upsample;
 
 pub use activation::Activation;
 pub use adamw::{AdamW, AdamWConfig};
+pub use conv::{Conv2d, Conv2dSpec};
 pub use error::NnError;
 pub use grad_check::vars_without_gradient;
+pub use group_norm::GroupNorm;
 pub use layer_norm::LayerNorm;
 pub use rng::{RngState, SeededRng};
 pub use seeded_init::{named_vars, seeded_var_builder};

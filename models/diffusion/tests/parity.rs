@@ -1,0 +1,179 @@
+//! Parity of spo-diffusion with PyTorch/diffusers/peft on tiny random-weight models.
+//!
+//! Goldens come from `tests/fixtures/diffusion/make_goldens.py` (run it with the fixtures venv to
+//! regenerate); CI has no Python and uses the committed files. Errors are relative to the
+//! largest magnitude of the reference: max|ours − theirs| / max|theirs|.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use spo_diffusion::weights::{checked_var_builder, load_safetensors};
+use spo_diffusion::{
+    Ddim, NoiseSchedule, SchedulerConfig, UNet2DConditionConfig, UNet2DConditionModel,
+};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/diffusion")
+}
+
+fn load(name: &str) -> Result<HashMap<String, Tensor>, Box<dyn std::error::Error>> {
+    Ok(load_safetensors(&fixtures().join(name), &Device::Cpu)?)
+}
+
+fn get<'a>(map: &'a HashMap<String, Tensor>, key: &str) -> Result<&'a Tensor, String> {
+    map.get(key)
+        .ok_or_else(|| format!("golden `{key}` missing"))
+}
+
+fn rel_err(ours: &Tensor, theirs: &Tensor) -> Result<f64, candle_core::Error> {
+    let ours = ours.to_dtype(DType::F64)?;
+    let theirs = theirs.to_dtype(DType::F64)?;
+    let diff = (&ours - &theirs)?.abs()?.max_all()?.to_scalar::<f64>()?;
+    let scale = theirs.abs()?.max_all()?.to_scalar::<f64>()?;
+    Ok(diff / scale.max(1e-12))
+}
+
+fn abs_err(ours: &Tensor, theirs: &Tensor) -> Result<f64, candle_core::Error> {
+    let diff = (ours.to_dtype(DType::F64)? - theirs.to_dtype(DType::F64)?)?;
+    diff.abs()?.max_all()?.to_scalar::<f64>()
+}
+
+fn unet(name: &str) -> Result<UNet2DConditionModel, Box<dyn std::error::Error>> {
+    let json = std::fs::read_to_string(fixtures().join(format!("{name}.json")))?;
+    let config: UNet2DConditionConfig = serde_json::from_str(&json)?;
+    let weights = load(&format!("{name}.safetensors"))?;
+    let vb = checked_var_builder(weights, name, DType::F32, &Device::Cpu);
+    Ok(UNet2DConditionModel::new(&config, vb)?)
+}
+
+#[test]
+fn ddim_schedule_step_and_log_prob_match_diffusers_and_ddpo() -> TestResult {
+    let g = load("scheduler.safetensors")?;
+    let ddim = Ddim::new(NoiseSchedule::new(SchedulerConfig::sd15())?, 20, 1.0)?;
+    let ours_ab = Tensor::new(ddim.schedule().alphas_cumprod(), &Device::Cpu)?;
+    // ᾱ reproduces diffusers' f32 table exactly.
+    assert_eq!(abs_err(&ours_ab, get(&g, "alphas_cumprod")?)?, 0.0);
+    let expected_ts: Vec<i64> = get(&g, "inference_timesteps")?.to_vec1()?;
+    let ours_ts: Vec<i64> = ddim.timesteps().iter().map(|&t| t as i64).collect();
+    assert_eq!(ours_ts, expected_ts);
+
+    let ts: Vec<usize> = get(&g, "timesteps")?
+        .to_vec1::<i64>()?
+        .iter()
+        .map(|&t| t as usize)
+        .collect();
+    let (sample, eps, noise) = (
+        get(&g, "sample")?,
+        get(&g, "model_output")?,
+        get(&g, "noise")?,
+    );
+    let (prev, tr) = ddim.step(eps, &ts, sample, Some(noise))?;
+    let checks = [
+        ("prev_sample", abs_err(&prev, get(&g, "prev_sample")?)?),
+        ("mean", abs_err(&tr.mean, get(&g, "mean")?)?),
+        ("std", abs_err(&tr.std, get(&g, "std")?)?),
+        // Relative: at t = 1 (σ = 0.02) one f32 ulp of μ moves the log-prob by ~5e-6 absolute.
+        (
+            "log_prob",
+            rel_err(&tr.log_prob(&prev)?, get(&g, "log_prob")?)?,
+        ),
+        (
+            "log_prob_shifted",
+            rel_err(
+                &tr.log_prob(get(&g, "shifted")?)?,
+                get(&g, "log_prob_shifted")?,
+            )?,
+        ),
+    ];
+    for (name, err) in checks {
+        assert!(err <= 1e-5, "{name}: error {err:e}");
+    }
+    Ok(())
+}
+
+#[test]
+fn sd_shaped_unet_forward_matches_diffusers() -> TestResult {
+    let io = load("unet_sd_io.safetensors")?;
+    let model = unet("unet_sd")?;
+    let out = model.forward(
+        get(&io, "sample")?,
+        get(&io, "timesteps")?,
+        get(&io, "context")?,
+        None,
+    )?;
+    let err = rel_err(&out, get(&io, "out")?)?;
+    assert!(err <= 1e-4, "relative error {err:e}");
+    Ok(())
+}
+
+#[test]
+fn sdxl_shaped_unet_forward_matches_diffusers() -> TestResult {
+    let io = load("unet_xl_io.safetensors")?;
+    let model = unet("unet_xl")?;
+    let added = spo_diffusion::AddedConditioning {
+        text_embeds: get(&io, "text_embeds")?.clone(),
+        time_ids: get(&io, "time_ids")?.clone(),
+    };
+    let out = model.forward(
+        get(&io, "sample")?,
+        get(&io, "timesteps")?,
+        get(&io, "context")?,
+        Some(&added),
+    )?;
+    let err = rel_err(&out, get(&io, "out")?)?;
+    assert!(err <= 1e-4, "relative error {err:e}");
+    Ok(())
+}
+
+#[test]
+fn peft_lora_file_loads_and_forward_and_gradients_match() -> TestResult {
+    let io = load("unet_sd_io.safetensors")?;
+    let mut model = unet("unet_sd")?;
+    let config = model.load_lora(&fixtures().join("lora_sd.safetensors"))?;
+    assert_eq!((config.r, config.lora_alpha), (4, 8.0));
+    let (sample, t, ctx) = (
+        get(&io, "sample")?,
+        get(&io, "timesteps")?,
+        get(&io, "context")?,
+    );
+    let out = model.forward(sample, t, ctx, None)?;
+    let err = rel_err(&out, get(&io, "out_lora")?)?;
+    assert!(err <= 1e-4, "LoRA forward relative error {err:e}");
+
+    // Disabled adapters give the base model exactly (the SPO reference).
+    model.set_lora_enabled(false);
+    let base = model.forward(sample, t, ctx, None)?;
+    let err = rel_err(&base, get(&io, "out")?)?;
+    assert!(err <= 1e-4, "disabled-LoRA relative error {err:e}");
+    model.set_lora_enabled(true);
+
+    // Gradients of Σ out·w with respect to every adapter tensor, made trainable.
+    let mut trainable = UNet2DConditionModel::clone(&unet("unet_sd")?);
+    let lora = load_safetensors(&fixtures().join("lora_sd.safetensors"), &Device::Cpu)?;
+    let varmap = candle_nn::VarMap::new();
+    for (name, tensor) in model.lora_tensors() {
+        varmap
+            .data()
+            .lock()
+            .map_err(|e| e.to_string())?
+            .insert(name, candle_core::Var::from_tensor(&tensor)?);
+    }
+    assert_eq!(varmap.all_vars().len(), lora.len());
+    let vb = candle_nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    trainable.add_lora(&config, &vb)?;
+    let out = trainable.forward(sample, t, ctx, None)?;
+    let loss = (out * get(&io, "loss_weights")?)?.sum_all()?;
+    let grads = loss.backward()?;
+    for (name, var) in spo_nn::named_vars(&varmap)? {
+        let ours = grads
+            .get(&var)
+            .ok_or_else(|| format!("no gradient for {name}"))?;
+        let theirs = get(&io, &format!("grad.{name}"))?;
+        let err = rel_err(ours, theirs)?;
+        assert!(err <= 1e-4, "gradient of {name}: relative error {err:e}");
+    }
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! 2-D convolution initialised as PyTorch's `nn.Conv2d`.
+//!
+//! Weight `(out, in, k, k)` and bias `(out,)` drawn from U(−1/√fan_in, 1/√fan_in) when created,
+//! where fan_in = in·k². The forward is candle's `conv2d` plus the bias.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+/// `nn.Conv2d(in, out, kernel, stride, padding)` with square kernels and symmetric padding.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Tensor,
+    stride: usize,
+    padding: usize,
+}
+
+/// Geometry of a [`Conv2d`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2dSpec {
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// Kernel height and width.
+    pub kernel: usize,
+    /// Stride in both directions.
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub padding: usize,
+}
+
+impl Conv2dSpec {
+    /// A stride-1 convolution padded to keep the spatial size (`padding = kernel / 2`).
+    pub fn same(in_channels: usize, out_channels: usize, kernel: usize) -> Self {
+        Self {
+            in_channels,
+            out_channels,
+            kernel,
+            stride: 1,
+            padding: kernel / 2,
+        }
+    }
+}
+
+impl Conv2d {
+    /// Loads or creates `weight` and `bias`.
+    pub fn new(spec: Conv2dSpec, vb: VarBuilder) -> Result<Self> {
+        let fan_in = spec.in_channels * spec.kernel * spec.kernel;
+        let bound = 1.0 / (fan_in as f64).sqrt();
+        let init = Init::Uniform {
+            lo: -bound,
+            up: bound,
+        };
+        let shape = (
+            spec.out_channels,
+            spec.in_channels,
+            spec.kernel,
+            spec.kernel,
+        );
+        let weight = vb.get_with_hints(shape, "weight", init)?;
+        let bias = vb.get_with_hints(spec.out_channels, "bias", init)?;
+        Ok(Self {
+            weight,
+            bias,
+            stride: spec.stride,
+            padding: spec.padding,
+        })
+    }
+
+    /// The kernel `(out, in, k, k)`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let ys = xs.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+        ys.broadcast_add(&self.bias.reshape((1, self.bias.dim(0)?, 1, 1))?)
+    }
+}
