@@ -1,1 +1,48 @@
-fn main() {}
+//! The `spo-pipe` command line: the orchestrator's verbs over a pipeline.toml and a `runs/` store.
+//!
+//! Exit codes: 0 success; 1 a stage failed, a table has missing cells, or `verify` found damage;
+//! 2 the command line or the pipeline is invalid (nothing ran).
+
+mod cli;
+mod commands;
+mod parquet_head;
+mod pipeline;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::Cli;
+
+/// Errors that mean "the command line or the pipeline is wrong": exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(String);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = match cli.verbose {
+        0 if cli.quiet => "error",
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+    match commands::dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let usage = e.downcast_ref::<spo_core::ConfigError>().is_some()
+                || e.downcast_ref::<spo_core::PlanError>().is_some()
+                || e.downcast_ref::<UsageError>().is_some();
+            eprintln!("error: {e:#}");
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Run the SPO paper's experiments as a content-addressed DAG of stages.
+#[derive(Debug, Parser)]
+#[command(name = "spo-pipe", version, about, long_about = None)]
+pub struct Cli {
+    /// The pipeline file (default: ./pipeline.toml, else the embedded default pipeline).
+    #[arg(long, short = 'p', global = true, value_name = "FILE")]
+    pub pipeline: Option<PathBuf>,
+    /// The store directory (default: `runs/` beside the pipeline file).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// More logging (-v: info, -vv: debug); RUST_LOG overrides.
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Overrides and targets shared by the verbs that plan.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Stages, sweeps, tables, targets, or cells such as `score@spo.k=3` (default: the pipeline's default).
+    pub targets: Vec<String>,
+    /// Override a param: `--set stage.param=value` (TOML value), or `--set pipeline.seeds=[0,1]`.
+    #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
+    pub set: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Compute every cell the targets need that the store does not have.
+    Run {
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// Cells computed at once.
+        #[arg(long, short, default_value_t = 1)]
+        jobs: usize,
+        /// Say what would run, and why, without running it.
+        #[arg(long, short = 'n')]
+        dry_run: bool,
+        /// After a failure, go on with everything that does not depend on it.
+        #[arg(long, short)]
+        keep_going: bool,
+    },
+    /// Each cell of the targets: cached, stale (and what changed) or missing.
+    Status {
+        #[command(flatten)]
+        plan: PlanArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Why a cell would run: the diff of its key against its last run.
+    Why {
+        /// A stage or cell, e.g. `spm` or `spo@k=3`.
+        cell: String,
+        #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
+        set: Vec<String>,
+        /// The seed, for seeded cells (default: every seed).
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The stage graph.
+    Dag {
+        #[arg(long, short, value_enum, default_value_t = DagFormat::Text)]
+        format: DagFormat,
+    },
+    /// A committed cell's manifest: params, inputs, files, metrics, timings.
+    Show {
+        /// A key (or prefix of 6+ hex digits), a stage, or a cell like `spo@k=3`.
+        what: String,
+        #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
+        set: Vec<String>,
+        /// The seed, for seeded cells (default: the first).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Also print the first N rows of each Parquet file.
+        #[arg(long, value_name = "N")]
+        head: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove committed cells and checkpoints that no target reaches.
+    Gc {
+        /// Targets whose cells to keep (default: every stage, sweep, table and target).
+        targets: Vec<String>,
+        #[arg(long, short = 'n')]
+        dry_run: bool,
+    },
+    /// Re-hash every committed file and report any whose bytes changed.
+    Verify,
+    /// Render the pipeline's tables from the run index (runs nothing).
+    Tables {
+        /// Table names (default: all).
+        names: Vec<String>,
+        #[arg(long, short, value_enum, default_value_t = TableFormat::Md)]
+        format: TableFormat,
+    },
+    /// Compare two cells: params, and metrics as mean ± std over seeds with a 95% bootstrap CI.
+    Diff {
+        /// A cell (`spo@k=3`, a stage) or a key / cell-id prefix.
+        a: String,
+        b: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The stage kinds this binary knows, with their params.
+    Kinds,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DagFormat {
+    Text,
+    Dot,
+    Mermaid,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TableFormat {
+    Md,
+    Latex,
+    Csv,
+}

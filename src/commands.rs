@@ -1,0 +1,552 @@
+//! One function per verb.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use indicatif::{MultiProgress, ProgressDrawTarget};
+use spo_core::explain::{self, State};
+use spo_core::run::{self, RunOptions};
+use spo_core::{Event, Manifest, Plan, dag, diff, gc, index, tables};
+
+use crate::UsageError;
+use crate::cli::{Cli, Command, DagFormat, TableFormat};
+use crate::pipeline::{Loaded, load};
+
+/// Runs the verb in `cli`.
+pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let pipe_file = cli.pipeline.as_deref();
+    let store = cli.store.as_deref();
+    match cli.command {
+        Command::Run {
+            plan,
+            jobs,
+            dry_run,
+            keep_going,
+        } => cmd_run(
+            &load(pipe_file, store, &plan.set)?,
+            &plan.targets,
+            jobs,
+            dry_run,
+            keep_going,
+            cli.quiet,
+            cli.verbose,
+        ),
+        Command::Status { plan, json } => {
+            cmd_status(&load(pipe_file, store, &plan.set)?, &plan.targets, json)
+        }
+        Command::Why {
+            cell,
+            set,
+            seed,
+            json,
+        } => cmd_why(&load(pipe_file, store, &set)?, &cell, seed, json),
+        Command::Dag { format } => {
+            let l = load(pipe_file, store, &[])?;
+            let f = match format {
+                DagFormat::Text => dag::DagFormat::Text,
+                DagFormat::Dot => dag::DagFormat::Dot,
+                DagFormat::Mermaid => dag::DagFormat::Mermaid,
+            };
+            print!("{}", dag::render(&l.pipe, f));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Show {
+            what,
+            set,
+            seed,
+            head,
+            json,
+        } => cmd_show(&load(pipe_file, store, &set)?, &what, seed, head, json),
+        Command::Gc { targets, dry_run } => cmd_gc(&load(pipe_file, store, &[])?, targets, dry_run),
+        Command::Verify => cmd_verify(&load(pipe_file, store, &[])?),
+        Command::Tables { names, format } => {
+            cmd_tables(&load(pipe_file, store, &[])?, &names, format)
+        }
+        Command::Diff { a, b, json } => cmd_diff(&load(pipe_file, store, &[])?, &a, &b, json),
+        Command::Kinds => {
+            let l = load(pipe_file, store, &[])?;
+            for k in l.registry.iter() {
+                println!(
+                    "{} (v{}{}): {}",
+                    k.name(),
+                    k.version(),
+                    if k.seeded() { ", seeded" } else { "" },
+                    k.summary()
+                );
+                for p in k.params() {
+                    let default = p
+                        .default
+                        .as_ref()
+                        .map_or("required".to_owned(), |d| format!("default {d}"));
+                    println!(
+                        "    {:<24} {} ({default}){}",
+                        p.name,
+                        p.ty,
+                        if p.doc.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", p.doc)
+                        }
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn short(key: &str) -> &str {
+    &key[..key.len().min(12)]
+}
+
+fn plan(l: &Loaded, targets: &[String]) -> anyhow::Result<Plan> {
+    Ok(Plan::build(&l.pipe, &l.registry, targets)?)
+}
+
+fn cmd_run(
+    l: &Loaded,
+    targets: &[String],
+    jobs: usize,
+    dry_run: bool,
+    keep_going: bool,
+    quiet: bool,
+    verbose: u8,
+) -> anyhow::Result<ExitCode> {
+    let store = l.store()?;
+    let plan = plan(l, targets)?;
+    if dry_run {
+        let st = explain::status(&l.registry, &store, &plan)?;
+        let todo: Vec<_> = st.iter().filter(|s| s.state != State::Cached).collect();
+        for s in &todo {
+            let why = if s.changes.is_empty() {
+                "never run".to_owned()
+            } else {
+                s.changes
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            println!("would run  {}  ({why})", plan.nodes[s.node].display());
+        }
+        println!("{} of {} cells would run", todo.len(), st.len());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let draw = if quiet || !std::io::stderr().is_terminal() {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    };
+    let multi = MultiProgress::with_draw_target(draw);
+    let say = |line: String| {
+        if !quiet {
+            multi.suspend(|| eprintln!("{line}"));
+        }
+    };
+    let on = |e: Event<'_>| match e {
+        Event::Cached(n, k) if verbose > 0 => {
+            say(format!("  cached   {}  {}", n.display(), short(k)))
+        }
+        Event::Cached(..) | Event::WouldRun(_) => {}
+        Event::Waiting(n) => say(format!(
+            "  waiting  {}  (another spo-pipe process is computing it)",
+            n.display()
+        )),
+        Event::Started(n) => say(format!("▶ running  {}", n.display())),
+        Event::Finished(n, k, s) => say(format!(
+            "✓ done     {}  {:.1}s  {}",
+            n.display(),
+            s,
+            short(k)
+        )),
+        Event::Failed(n, m) => say(format!("✗ failed   {}: {m}", n.display())),
+        Event::Skipped(n) => say(format!("- skipped  {}  (an input failed)", n.display())),
+    };
+    let opts = RunOptions {
+        jobs,
+        dry_run: false,
+        keep_going,
+        progress: multi.clone(),
+    };
+    let t0 = std::time::Instant::now();
+    let s = run::run(&l.pipe, &l.registry, &store, &plan, &opts, &on)?;
+    if !quiet {
+        eprintln!(
+            "{} cells: {} ran, {} cached, {} failed, {} skipped ({:.2}s)",
+            plan.nodes.len(),
+            s.ran,
+            s.cached,
+            s.failed.len(),
+            s.skipped,
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    if s.failed.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        for (label, msg) in &s.failed {
+            eprintln!("error: {label}: {msg}");
+        }
+        Ok(ExitCode::from(1))
+    }
+}
+
+fn cmd_status(l: &Loaded, targets: &[String], json: bool) -> anyhow::Result<ExitCode> {
+    let store = l.store()?;
+    let plan = plan(l, targets)?;
+    let st = explain::status(&l.registry, &store, &plan)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for s in &st {
+        let key = s.key.as_deref().map_or("-", short);
+        let changes = s
+            .changes
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        println!(
+            "{:<8} {:<40} {key:<12} {changes}",
+            s.state.to_string(),
+            plan.nodes[s.node].display()
+        );
+    }
+    let count = |st_: State| st.iter().filter(|s| s.state == st_).count();
+    println!(
+        "{} cached, {} stale, {} missing",
+        count(State::Cached),
+        count(State::Stale),
+        count(State::Missing)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The nodes a selector names (one per seed, or just `seed`).
+fn select(l: &Loaded, sel: &str, seed: Option<u64>) -> anyhow::Result<(Plan, Vec<usize>)> {
+    let (stage, variant) = spo_core::plan::parse_selector(&l.pipe, &l.registry, sel)?;
+    let plan = Plan::build(&l.pipe, &l.registry, &[sel.to_owned()])?;
+    let nodes: Vec<usize> = plan
+        .find(&l.pipe, &stage, &variant)
+        .into_iter()
+        .filter(|n| seed.is_none() || n.seed == seed)
+        .map(|n| plan.get(&n.cell, n.seed).unwrap_or_default())
+        .collect();
+    if nodes.is_empty() {
+        return Err(UsageError(format!(
+            "`{sel}` names no cell{}",
+            seed.map_or(String::new(), |s| format!(" with seed {s}"))
+        ))
+        .into());
+    }
+    Ok((plan, nodes))
+}
+
+fn cmd_why(l: &Loaded, sel: &str, seed: Option<u64>, json: bool) -> anyhow::Result<ExitCode> {
+    let store = l.store()?;
+    let (plan, nodes) = select(l, sel, seed)?;
+    let whys = nodes
+        .iter()
+        .map(|&n| explain::why(&l.registry, &store, &plan, n))
+        .collect::<Result<Vec<_>, _>>()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&whys)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for w in whys {
+        let name = match w.seed {
+            Some(s) => format!("{}#{s}", w.label),
+            None => w.label.clone(),
+        };
+        match (w.state, &w.last_key) {
+            (State::Cached, _) => {
+                println!("{name}: cached as {}", w.key.as_deref().map_or("?", short))
+            }
+            (State::Missing, _) => println!("{name}: never run"),
+            (State::Stale, last) => {
+                println!(
+                    "{name}: will rerun (last run {}):",
+                    last.as_deref().map_or("?", short)
+                );
+                for c in &w.changes {
+                    println!("  - {c}");
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_show(
+    l: &Loaded,
+    what: &str,
+    seed: Option<u64>,
+    head: Option<usize>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let store = l.store()?;
+    let is_hex = what.len() >= 6 && what.chars().all(|c| c.is_ascii_hexdigit());
+    let key = if is_hex {
+        let keys = store.keys_with_prefix(what)?;
+        match keys.as_slice() {
+            [k] => k.clone(),
+            [] => {
+                return Err(UsageError(format!(
+                    "no committed cell has a key starting with `{what}`"
+                ))
+                .into());
+            }
+            _ => {
+                return Err(UsageError(format!(
+                    "`{what}` matches {} keys; give more digits",
+                    keys.len()
+                ))
+                .into());
+            }
+        }
+    } else {
+        let (plan, nodes) = select(l, what, seed)?;
+        let st = explain::status(&l.registry, &store, &plan)?;
+        let s = &st[nodes[0]];
+        match (s.state, &s.key) {
+            (State::Cached, Some(k)) => k.clone(),
+            _ => {
+                return Err(UsageError(format!(
+                    "`{}` is {}; run `spo-pipe run {what}` first",
+                    plan.nodes[nodes[0]].display(),
+                    s.state
+                ))
+                .into());
+            }
+        }
+    };
+    let dir = store.cell_dir(&key);
+    let m = Manifest::read(&dir)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&m)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("key       {}", m.key);
+    println!(
+        "cell      {}{}  (stage `{}`, kind `{}` v{})",
+        m.label,
+        m.seed.map_or(String::new(), |s| format!("#{s}")),
+        m.stage,
+        m.kind,
+        m.version
+    );
+    println!(
+        "ran       {:.1}s on {} with spo-pipe {}, started at unix {:.0}",
+        m.seconds, m.host, m.tool_version, m.started
+    );
+    println!("params");
+    for (k, v) in &m.params.0 {
+        println!("  {k} = {v}");
+    }
+    if !m.inputs.is_empty() {
+        println!("inputs");
+        for i in &m.inputs {
+            println!(
+                "  {:<20} key {}  content {}",
+                i.stage,
+                short(&i.key),
+                short(&i.digest)
+            );
+        }
+    }
+    println!("files     (content {})", short(&m.digest));
+    for f in &m.files {
+        let info = match &f.info {
+            Some(spo_core::FileInfo::Parquet { rows, columns }) => {
+                format!("  {rows} rows: {}", columns.join(", "))
+            }
+            Some(spo_core::FileInfo::Safetensors { tensors }) => format!(
+                "  {} tensors: {}",
+                tensors.len(),
+                tensors
+                    .iter()
+                    .take(8)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Some(spo_core::FileInfo::Png { width, height }) => format!("  {width}x{height} PNG"),
+            None => String::new(),
+        };
+        println!(
+            "  {:<32} {:>10} B  {}{info}",
+            f.path,
+            f.bytes,
+            short(&f.sha256)
+        );
+    }
+    if !m.metrics.is_empty() {
+        println!("metrics");
+        for (k, v) in &m.metrics {
+            println!("  {k} = {v}");
+        }
+    }
+    if let Some(n) = head {
+        for f in m.files.iter().filter(|f| f.path.ends_with(".parquet")) {
+            println!("\n{} (first {n} rows)", f.path);
+            print!("{}", crate::parquet_head::head(&dir.join(&f.path), n)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_gc(l: &Loaded, targets: Vec<String>, dry_run: bool) -> anyhow::Result<ExitCode> {
+    let store = l.store()?;
+    let targets = if targets.is_empty() {
+        l.pipe
+            .target_names()
+            .into_iter()
+            .map(String::from)
+            .collect()
+    } else {
+        targets
+    };
+    let plan = plan(l, &targets)?;
+    let r = gc::gc(&l.registry, &store, &plan, dry_run)?;
+    let verb = if dry_run { "would remove" } else { "removed" };
+    for (k, label, bytes) in &r.cells {
+        println!("{verb} {}  {label}  {bytes} B", short(k));
+    }
+    for k in &r.scratch {
+        println!("{verb} checkpoints of {}", short(k));
+    }
+    for k in &r.busy {
+        println!("kept {} (in use by another process)", short(k));
+    }
+    println!(
+        "{verb} {} cells ({} B) and {} checkpoint dirs",
+        r.cells.len(),
+        r.cells.iter().map(|c| c.2).sum::<u64>(),
+        r.scratch.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_verify(l: &Loaded) -> anyhow::Result<ExitCode> {
+    let store = l.store()?;
+    let mut n = 0;
+    let damage = store.verify(|_| n += 1)?;
+    for d in &damage {
+        println!("DAMAGED {}  {}: {}", d.key, d.path, d.problem);
+    }
+    println!("verified {n} cells: {} damaged files", damage.len());
+    Ok(if damage.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn cmd_tables(l: &Loaded, names: &[String], format: TableFormat) -> anyhow::Result<ExitCode> {
+    let store = l.store()?;
+    let rows = index::read_all(&store.index_dir())?;
+    let fmt = match format {
+        TableFormat::Md => tables::Format::Md,
+        TableFormat::Latex => tables::Format::Latex,
+        TableFormat::Csv => tables::Format::Csv,
+    };
+    let chosen: Vec<_> = if names.is_empty() {
+        l.pipe.tables.iter().collect()
+    } else {
+        names
+            .iter()
+            .map(|n| {
+                l.pipe.table(n).ok_or_else(|| {
+                    UsageError(format!(
+                        "no table named `{n}` (tables: {})",
+                        l.pipe
+                            .tables
+                            .iter()
+                            .map(|t| t.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let mut missing = 0;
+    for t in chosen {
+        let r = tables::render(&l.pipe, &l.registry, t, &rows, fmt)?;
+        println!("{}", r.text);
+        if !r.missing.is_empty() {
+            missing += r.missing.len();
+            eprintln!(
+                "table `{}`: {} cells have no run yet: {}\n  compute them with: {}",
+                t.name,
+                r.missing.len(),
+                r.missing.join(", "),
+                r.command
+            );
+        }
+    }
+    Ok(if missing == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn cmd_diff(l: &Loaded, a: &str, b: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let store = l.store()?;
+    let rows = index::read_all(&store.index_dir()).context("reading the run index")?;
+    let d = diff::diff(
+        diff::side(&l.pipe, &l.registry, &rows, a)?,
+        diff::side(&l.pipe, &l.registry, &rows, b)?,
+    );
+    if json {
+        println!("{}", serde_json::to_string_pretty(&d)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "A = {} ({} seeds)\nB = {} ({} seeds)",
+        d.a.label,
+        d.a.seeds.len(),
+        d.b.label,
+        d.b.seeds.len()
+    );
+    if d.params.is_empty() {
+        println!("\nparams: identical");
+    } else {
+        println!("\nparams that differ:");
+        for (k, (va, vb)) in &d.params {
+            let f = |v: &Option<serde_json::Value>| {
+                v.as_ref().map_or("(unset)".to_owned(), ToString::to_string)
+            };
+            println!("  {k}: {} -> {}", f(va), f(vb));
+        }
+    }
+    println!(
+        "\n{:<24} {:>22} {:>22} {:>10}  95% CI of B - A",
+        "metric", "A mean ± std (n)", "B mean ± std (n)", "B - A"
+    );
+    let f = |s: &Option<spo_core::stats::Summary>| {
+        s.map_or("—".to_owned(), |s| {
+            format!("{:.4} ± {:.4} ({})", s.mean, s.std, s.n)
+        })
+    };
+    for m in &d.metrics {
+        let ci = m.ci95.map_or("—".to_owned(), |(lo, hi)| {
+            format!(
+                "[{lo:.4}, {hi:.4}]{}",
+                if m.paired { " paired" } else { "" }
+            )
+        });
+        let delta = m.delta.map_or("—".to_owned(), |x| format!("{x:+.4}"));
+        println!(
+            "{:<24} {:>22} {:>22} {:>10}  {ci}",
+            m.metric,
+            f(&m.a),
+            f(&m.b),
+            delta
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

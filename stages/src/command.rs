@@ -1,0 +1,142 @@
+//! `command`: run a shell command as a stage, for steps written in any language.
+//!
+//! The command runs under `sh -c` in its own process group, and dies with spo-pipe (Linux
+//! `PR_SET_PDEATHSIG`), so an interrupted run leaves no orphan behind. It sees:
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `SPO_OUT` | directory to write outputs into (committed on exit status 0) |
+//! | `SPO_SCRATCH` | checkpoint directory kept across failures and kills, for resuming |
+//! | `SPO_STAGE`, `SPO_SEED` | the stage's name, and its seed where it has one |
+//! | `SPO_PARAMS` | the resolved params as JSON |
+//! | `SPO_INPUT_<NEED>` | the committed directory of each input (name upper-cased, `-` → `_`) |
+//!
+//! A `metrics.json` object of numbers written to `SPO_OUT` becomes the cell's metrics. Files
+//! listed in `deps` (scripts, say) are hashed into the key, so editing them reruns the stage.
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use sha2::{Digest, Sha256};
+use spo_core::{ParamSpec, Params, StageContext, StageError, StageKind};
+
+/// The `command` stage kind.
+pub struct Shell;
+
+impl StageKind for Shell {
+    fn name(&self) -> &'static str {
+        "command"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn summary(&self) -> &'static str {
+        "run a shell command with SPO_OUT / SPO_SCRATCH / SPO_INPUT_* set"
+    }
+    fn params(&self) -> Vec<ParamSpec> {
+        vec![
+            ParamSpec::string("cmd", "")
+                .required()
+                .doc("the command, run with `sh -c`"),
+            ParamSpec::str_list("deps", &[]).doc("files whose content is part of the key"),
+        ]
+    }
+    fn external_digest(&self, params: &Params) -> Result<Option<String>, StageError> {
+        let deps = params.str_list("deps")?;
+        if deps.is_empty() {
+            return Ok(None);
+        }
+        let mut h = Sha256::new();
+        for d in &deps {
+            let bytes = fs::read(d).map_err(|e| StageError::io(d, e))?;
+            h.update((d.len() as u64).to_le_bytes());
+            h.update(d.as_bytes());
+            h.update(Sha256::digest(&bytes));
+        }
+        Ok(Some(hex::encode(h.finalize())))
+    }
+    fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
+        let cmd = cx.params().str("cmd")?.to_owned();
+        let log_path = cx.scratch_dir().join("command.log");
+        let log = fs::File::create(&log_path).map_err(|e| StageError::io(&log_path, e))?;
+        let log2 = log.try_clone().map_err(|e| StageError::io(&log_path, e))?;
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(&cmd)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .process_group(0);
+        c.env("SPO_OUT", cx.out_dir())
+            .env("SPO_SCRATCH", cx.scratch_dir())
+            .env("SPO_STAGE", cx.stage());
+        c.env(
+            "SPO_PARAMS",
+            serde_json::to_string(cx.params()).unwrap_or_default(),
+        );
+        if let Some(s) = cx.seed() {
+            c.env("SPO_SEED", s.to_string());
+        }
+        for i in cx.inputs() {
+            c.env(
+                format!(
+                    "SPO_INPUT_{}",
+                    i.stage.to_ascii_uppercase().replace('-', "_")
+                ),
+                &i.dir,
+            );
+        }
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill this child when
+        // its parent thread exits, so a killed spo-pipe leaves no orphaned command behind.
+        unsafe {
+            c.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let status = c
+            .status()
+            .map_err(|e| StageError::Failed(format!("cannot start `sh -c {cmd}`: {e}")))?;
+        if !status.success() {
+            return Err(StageError::Failed(format!(
+                "`{cmd}` exited with {status}; last output:\n{}",
+                tail(&log_path, 20)
+            )));
+        }
+        let metrics = cx.out_dir().join("metrics.json");
+        if metrics.exists() {
+            let bytes = fs::read(&metrics).map_err(|e| StageError::io(&metrics, e))?;
+            let map: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&bytes)
+                .map_err(|e| {
+                    StageError::Failed(format!(
+                        "{}: not a JSON object of numbers: {e}",
+                        metrics.display()
+                    ))
+                })?;
+            for (k, v) in map {
+                let x = v.as_f64().ok_or_else(|| {
+                    StageError::Failed(format!(
+                        "{}: metric `{k}` is not a number",
+                        metrics.display()
+                    ))
+                })?;
+                cx.metric(&k, x);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let mut s = String::new();
+    if let Ok(mut f) = fs::File::open(path) {
+        let _ = f.read_to_string(&mut s);
+    }
+    let all: Vec<&str> = s.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
