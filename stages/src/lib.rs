@@ -1,8 +1,21 @@
 //! spo-stages: the stage kinds of spo-pipe, bridging the orchestrator and the models.
 
+pub mod command;
+pub mod download;
+pub mod pickapic;
+pub mod prompts;
+pub mod world;
+mod world_parquet;
+
 use spo_core::StageKind;
 
 /// Every built-in stage kind, for the binary's registry.
 pub fn kinds() -> Vec<Box<dyn StageKind>> {
-    vec![]
+    vec![
+        Box::new(download::Download),
+        Box::new(command::Shell),
+        Box::new(world::WorldKind),
+        Box::new(pickapic::PickAPic),
+        Box::new(prompts::Prompts),
+    ]
 }
