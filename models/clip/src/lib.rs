@@ -4,6 +4,7 @@ pub mod config;
 pub mod error;
 pub mod layers;
 pub mod model;
+pub mod preprocess;
 pub mod text;
 pub mod vision;
 pub mod weights;
