@@ -1,14 +1,17 @@
 //! spo-clip: CLIP towers, the step-aware preference model (SPM) and the image scorers.
 
+pub mod clean;
 pub mod config;
 pub mod error;
 pub mod layers;
 pub mod model;
 pub mod preprocess;
 pub mod text;
+pub mod tokenizer;
 pub mod vision;
 pub mod weights;
 
 pub use config::{ClipConfig, ClipTextConfig, ClipVisionConfig};
 pub use error::ClipError;
 pub use model::{ClipModel, l2_normalize, load_hf_clip, load_hf_clip_trainable, load_open_clip};
+pub use tokenizer::{ClipTokenizer, TextCleaning};
