@@ -1,0 +1,361 @@
+//! The `world` stage kind: builds the embedded emoji world (spo-world) from a seed and stores
+//! it as Parquet: the object list, training and validation prompt tables, generic preference
+//! pairs in Pick-a-Pic's own schema (PNG bytes in `jpg_0` / `jpg_1`), the ground truth of
+//! every image, and a grid PNG of sample pairs with their labels for people to look at.
+
+use std::sync::Arc;
+
+use arrow_array::{BooleanArray, Float64Array, Int32Array, Int64Array, StringArray};
+use arrow_schema::{DataType, Field, Schema};
+use sha2::{Digest, Sha256};
+use spo_core::{ParamSpec, StageContext, StageError, StageKind};
+use spo_world::{Annotator, Layout, PairRecord, Position, Scene, World, WorldConfig};
+
+use crate::pickapic::{PairRow, PairsWriter};
+use crate::prompts::{PromptRow, write_prompts};
+use crate::world_parquet::{col, write_table};
+
+/// The `world` stage kind.
+pub struct WorldKind;
+
+impl StageKind for WorldKind {
+    fn name(&self) -> &'static str {
+        "world"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn summary(&self) -> &'static str {
+        "Build the emoji world: prompts (train / validation), generic preference pairs in Pick-a-Pic's schema, ground truth, a sample grid"
+    }
+    fn params(&self) -> Vec<ParamSpec> {
+        let a = Annotator::default();
+        vec![
+            ParamSpec::int("seed", 0)
+                .min(0.0)
+                .doc("the world's seed: objects, prompts, renders, labels"),
+            ParamSpec::int("canvas", 32)
+                .range(16.0, 256.0)
+                .doc("canvas side in pixels"),
+            ParamSpec::int("objects", 24)
+                .range(2.0, 400.0)
+                .doc("number of emoji object classes"),
+            ParamSpec::int("train_prompts", 4000)
+                .min(1.0)
+                .doc("training prompts (SPO's 4k analogue)"),
+            ParamSpec::int("validation_prompts", 500)
+                .min(1.0)
+                .doc("validation prompts, disjoint from training (validation_unique analogue)"),
+            ParamSpec::int("pairs_per_prompt", 1)
+                .range(1.0, 16.0)
+                .doc("preference pairs per training prompt"),
+            ParamSpec::float("alignment_weight", a.alignment_weight)
+                .min(0.0)
+                .doc("annotator: weight of prompt alignment"),
+            ParamSpec::float("detail_weight", a.detail_weight)
+                .min(0.0)
+                .doc("annotator: weight of detail quality"),
+            ParamSpec::float("annotator_noise", a.noise)
+                .min(0.0)
+                .doc("annotator: std of the noise on each image's utility"),
+            ParamSpec::float("tie_margin", a.tie_margin)
+                .min(0.0)
+                .doc("annotator: utilities closer than this are a tie"),
+            ParamSpec::int("grid_pairs", 8)
+                .range(1.0, 64.0)
+                .doc("pairs drawn in grid.png"),
+            ParamSpec::int("oracle_check", 256)
+                .min(0.0)
+                .doc("images re-judged by the oracles to report their agreement with the truth"),
+        ]
+    }
+    fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
+        let p = cx.params();
+        let int = |n: &str| p.int(n).map(|v| v as u64);
+        let config = WorldConfig {
+            seed: int("seed")?,
+            canvas: p.usize("canvas")? as u32,
+            objects: p.usize("objects")?,
+            train_prompts: p.usize("train_prompts")?,
+            validation_prompts: p.usize("validation_prompts")?,
+            pairs_per_prompt: p.usize("pairs_per_prompt")?,
+            annotator: Annotator {
+                alignment_weight: p.float("alignment_weight")?,
+                detail_weight: p.float("detail_weight")?,
+                noise: p.float("annotator_noise")?,
+                tie_margin: p.float("tie_margin")?,
+            },
+        };
+        let grid_pairs = p.usize("grid_pairs")?;
+        let oracle_check = p.usize("oracle_check")?;
+        let world = World::build(&config).map_err(StageError::other)?;
+
+        write_objects(cx, &world)?;
+        for (rel, set) in [
+            ("prompts_train.parquet", &world.train),
+            ("prompts_validation.parquet", &world.validation),
+        ] {
+            let rows: Vec<PromptRow> = set
+                .iter()
+                .enumerate()
+                .map(|(i, r)| PromptRow {
+                    index: i as i64,
+                    prompt: r.prompt.clone(),
+                    category: Some(category(&r.scene).to_owned()),
+                    metadata: None,
+                })
+                .collect();
+            let scenes = set.iter().map(|r| r.scene.code(&world.atlas)).collect();
+            write_prompts(cx, rel, "world", &rows, &[("scene", scenes)])?;
+        }
+        let uids = write_pairs(cx, &world)?;
+        write_truth(cx, &world, &uids)?;
+        let grid = grid_png(&world, grid_pairs)?;
+        cx.write_artifact("grid.png", &grid)?;
+
+        let d = world.disagreement();
+        let ties = world.pairs.iter().filter(|p| p.labels[0] == 0.5).count();
+        cx.metric("train_prompts", world.train.len() as f64);
+        cx.metric("validation_prompts", world.validation.len() as f64);
+        cx.metric("pairs", world.pairs.len() as f64);
+        cx.metric("tie_share", ties as f64 / world.pairs.len().max(1) as f64);
+        cx.metric("generic_vs_detail_disagreement", d.share());
+        cx.metric("generic_vs_detail_compared", d.compared as f64);
+        let (agree, checked) = oracle_agreement(&world, oracle_check)?;
+        if checked > 0 {
+            cx.metric("oracle_alignment_agreement", agree as f64 / checked as f64);
+        }
+        Ok(())
+    }
+}
+
+/// GenEval-style category of a world prompt.
+fn category(scene: &Scene) -> &'static str {
+    match scene.layout {
+        Layout::Empty => "empty",
+        Layout::Pair { .. } => "two_object",
+        Layout::Single { count, .. } if count > 1 => "counting",
+        Layout::Single { position, .. } if position != Position::Center => "position",
+        Layout::Single { entity, .. } if entity.tint.is_some() => "colors",
+        Layout::Single { .. } => "single_object",
+    }
+}
+
+fn write_objects(cx: &mut StageContext, world: &World) -> Result<(), StageError> {
+    let classes = world.atlas.classes();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("class", DataType::Int32, false),
+        Field::new("emoji", DataType::Utf8, false),
+        Field::new("name", DataType::Utf8, false),
+    ]));
+    let columns = vec![
+        col(Int32Array::from_iter_values(0..classes.len() as i32)),
+        col(StringArray::from_iter_values(
+            classes.iter().map(|c| c.emoji),
+        )),
+        col(StringArray::from_iter_values(
+            classes.iter().map(|c| c.name),
+        )),
+    ];
+    write_table(cx, "objects.parquet", schema, columns)
+}
+
+fn png(image: &image::RgbImage) -> Result<Vec<u8>, StageError> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    image
+        .write_to(&mut out, image::ImageFormat::Png)
+        .map_err(StageError::other)?;
+    Ok(out.into_inner())
+}
+
+/// Writes pairs.parquet; returns each pair's two image uids (hex SHA-256 of the PNG, 32 digits).
+fn write_pairs(cx: &mut StageContext, world: &World) -> Result<Vec<[String; 2]>, StageError> {
+    let per = world.config.pairs_per_prompt as i64;
+    let mut uids = Vec::with_capacity(world.pairs.len());
+    let mut out = PairsWriter::create(cx, "pairs.parquet")?;
+    for (i, pair) in world.pairs.iter().enumerate() {
+        let [b0, b1] = [png(&pair.images[0].image)?, png(&pair.images[1].image)?];
+        let uid = |b: &[u8]| hex::encode(&Sha256::digest(b)[..16]);
+        let (u0, u1) = (uid(&b0), uid(&b1));
+        let best = match pair.labels {
+            [l0, l1] if l0 > l1 => u0.clone(),
+            [l0, l1] if l1 > l0 => u1.clone(),
+            _ => String::new(),
+        };
+        out.push(PairRow {
+            are_different: b0 != b1,
+            best_image_uid: best,
+            caption: world.train[pair.prompt].prompt.clone(),
+            created_at: None,
+            has_label: true,
+            image_0_uid: u0.clone(),
+            image_0_url: None,
+            image_1_uid: u1.clone(),
+            image_1_url: None,
+            jpg_0: b0,
+            jpg_1: b1,
+            label_0: pair.labels[0],
+            label_1: pair.labels[1],
+            model_0: Some(pair.images[0].renderer.to_owned()),
+            model_1: Some(pair.images[1].renderer.to_owned()),
+            ranking_id: i as i64,
+            user_id: 0,
+            num_example_per_prompt: per,
+            index: i as i64,
+        })?;
+        uids.push([u0, u1]);
+    }
+    out.finish()?;
+    Ok(uids)
+}
+
+/// One row of truth.parquet: pair index, side, pair.
+type TruthRow<'p> = (usize, usize, &'p PairRecord);
+
+/// Writes truth.parquet: one row per image of every pair.
+fn write_truth(
+    cx: &mut StageContext,
+    world: &World,
+    uids: &[[String; 2]],
+) -> Result<(), StageError> {
+    let rows: Vec<(usize, usize, &PairRecord)> = world
+        .pairs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| [(i, 0, p), (i, 1, p)])
+        .collect();
+    fn im<'p>(&(_, side, p): &(usize, usize, &'p PairRecord)) -> &'p spo_world::ImageRecord {
+        &p.images[side]
+    }
+    let strs =
+        |f: &dyn Fn(&TruthRow) -> Option<String>| col(StringArray::from_iter(rows.iter().map(f)));
+    let bools = |f: &dyn Fn(&spo_world::Alignment) -> bool| {
+        col(BooleanArray::from_iter(
+            rows.iter().map(|r| Some(f(&im(r).alignment))),
+        ))
+    };
+    let floats =
+        |f: &dyn Fn(&TruthRow) -> Option<f64>| col(Float64Array::from_iter(rows.iter().map(f)));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("image_uid", DataType::Utf8, false),
+        Field::new("ranking_id", DataType::Int64, false),
+        Field::new("side", DataType::Int64, false),
+        Field::new("renderer", DataType::Utf8, false),
+        Field::new("prompted_scene", DataType::Utf8, false),
+        Field::new("drawn_scene", DataType::Utf8, false),
+        Field::new("layout_error", DataType::Utf8, true),
+        Field::new("flaw", DataType::Utf8, true),
+        Field::new("flaw_strength", DataType::Float64, true),
+        Field::new("object_ok", DataType::Boolean, false),
+        Field::new("colour_ok", DataType::Boolean, false),
+        Field::new("position_ok", DataType::Boolean, false),
+        Field::new("count_ok", DataType::Boolean, false),
+        Field::new("alignment", DataType::Float64, false),
+        Field::new("detail", DataType::Float64, false),
+        Field::new("utility", DataType::Float64, false),
+        Field::new("label", DataType::Float64, false),
+    ]));
+    let a = &world.atlas;
+    let columns = vec![
+        strs(&|&(i, side, _)| Some(uids[i][side].clone())),
+        col(Int64Array::from_iter_values(
+            rows.iter().map(|r| r.0 as i64),
+        )),
+        col(Int64Array::from_iter_values(
+            rows.iter().map(|r| r.1 as i64),
+        )),
+        strs(&|r| Some(im(r).renderer.to_owned())),
+        strs(&|r| Some(world.train[r.2.prompt].scene.code(a))),
+        strs(&|r| Some(im(r).scene.code(a))),
+        strs(&|r| im(r).layout_error.map(|e| e.name().to_owned())),
+        strs(&|r| im(r).flaw.map(|f| f.kind.name().to_owned())),
+        floats(&|r| im(r).flaw.map(|f| f64::from(f.strength))),
+        bools(&|x| x.object),
+        bools(&|x| x.colour),
+        bools(&|x| x.position),
+        bools(&|x| x.count),
+        floats(&|r| Some(im(r).alignment.score())),
+        floats(&|r| Some(im(r).detail)),
+        floats(&|r| Some(im(r).utility)),
+        floats(&|r| Some(r.2.labels[r.1])),
+    ];
+    write_table(cx, "truth.parquet", schema, columns)
+}
+
+/// Re-judges the first `n` images with the oracles; returns (alignment agreements, images).
+fn oracle_agreement(world: &World, n: usize) -> Result<(usize, usize), StageError> {
+    let mut agree = 0;
+    let images = world
+        .pairs
+        .iter()
+        .flat_map(|p| p.images.iter().map(move |im| (p.prompt, im)))
+        .take(n);
+    let mut checked = 0;
+    for (prompt, im) in images {
+        let a = spo_world::alignment(&world.atlas, &world.train[prompt].scene, &im.image)
+            .map_err(StageError::other)?;
+        agree += usize::from(a == im.alignment);
+        checked += 1;
+    }
+    Ok((agree, checked))
+}
+
+/// Sample pairs side by side, each image magnified, with three bars under it: the label
+/// (green preferred, red rejected, amber tie), then alignment (blue) and detail quality
+/// (violet) as lengths.
+fn grid_png(world: &World, pairs: usize) -> Result<Vec<u8>, StageError> {
+    const ZOOM: u32 = 4;
+    const GAP: u32 = 6;
+    const BAR: u32 = 5;
+    let side = world.config.canvas * ZOOM;
+    let cell_h = side + 3 * (BAR + 2) + GAP;
+    let n = pairs.min(world.pairs.len()) as u32;
+    let (w, h) = (2 * side + 3 * GAP, n * cell_h + GAP);
+    let mut img = image::RgbImage::from_pixel(w, h, image::Rgb([40, 40, 40]));
+    let mut rect = |x0: u32, y0: u32, rw: u32, rh: u32, c: [u8; 3]| {
+        for y in y0..(y0 + rh).min(h) {
+            for x in x0..(x0 + rw).min(w) {
+                img.put_pixel(x, y, image::Rgb(c));
+            }
+        }
+    };
+    let mut blits = Vec::new();
+    for (row, pair) in world.pairs.iter().take(n as usize).enumerate() {
+        let y0 = GAP + row as u32 * cell_h;
+        for (k, im) in pair.images.iter().enumerate() {
+            let x0 = GAP + k as u32 * (side + GAP);
+            let label = match pair.labels[k] {
+                l if l > 0.5 => [60, 200, 80],
+                l if l < 0.5 => [210, 60, 60],
+                _ => [230, 170, 40],
+            };
+            let by = y0 + side + 2;
+            rect(x0, by, side, BAR, label);
+            rect(
+                x0,
+                by + BAR + 2,
+                (im.alignment.score() * f64::from(side)).round() as u32,
+                BAR,
+                [70, 130, 230],
+            );
+            rect(
+                x0,
+                by + 2 * (BAR + 2),
+                (im.detail * f64::from(side)).round() as u32,
+                BAR,
+                [170, 90, 220],
+            );
+            blits.push((x0, y0, &im.image));
+        }
+    }
+    for (x0, y0, src) in blits {
+        for (x, y, p) in src.enumerate_pixels() {
+            for dy in 0..ZOOM {
+                for dx in 0..ZOOM {
+                    img.put_pixel(x0 + x * ZOOM + dx, y0 + y * ZOOM + dy, *p);
+                }
+            }
+        }
+    }
+    png(&img)
+}

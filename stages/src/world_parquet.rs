@@ -1,0 +1,124 @@
+//! Parquet plumbing shared by the data stages (`world`, `pickapic`, `prompts`): a table writer
+//! that streams record batches into a hashing artifact writer, and typed cell readers that
+//! accept every Arrow flavour of a column (Utf8 / LargeUtf8 / Utf8View, and so on), since
+//! real shards come from pandas, `datasets` and polars alike.
+
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, Int64Type};
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::{DataType, SchemaRef};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use spo_core::{ArtifactWriter, StageContext, StageError};
+
+/// A Parquet table being written as one artifact of a stage.
+pub(crate) struct TableWriter<'a> {
+    rel: String,
+    schema: SchemaRef,
+    writer: ArrowWriter<ArtifactWriter<'a>>,
+}
+
+impl<'a> TableWriter<'a> {
+    /// Starts artifact `rel` with `schema` (Snappy-compressed).
+    pub(crate) fn create(
+        cx: &'a mut StageContext,
+        rel: &str,
+        schema: SchemaRef,
+    ) -> Result<Self, StageError> {
+        let sink = cx.create(rel)?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::SNAPPY)
+            .build();
+        let writer =
+            ArrowWriter::try_new(sink, schema.clone(), Some(props)).map_err(|e| failed(rel, e))?;
+        Ok(TableWriter {
+            rel: rel.to_owned(),
+            schema,
+            writer,
+        })
+    }
+
+    /// Appends a batch of rows.
+    pub(crate) fn write(&mut self, columns: Vec<ArrayRef>) -> Result<(), StageError> {
+        let batch =
+            RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| failed(&self.rel, e))?;
+        self.writer.write(&batch).map_err(|e| failed(&self.rel, e))
+    }
+
+    /// Writes the footer and records the artifact's digest.
+    pub(crate) fn finish(self) -> Result<(), StageError> {
+        let sink = self.writer.into_inner().map_err(|e| failed(&self.rel, e))?;
+        sink.finish()
+    }
+}
+
+/// Writes a whole table at once.
+pub(crate) fn write_table(
+    cx: &mut StageContext,
+    rel: &str,
+    schema: SchemaRef,
+    columns: Vec<ArrayRef>,
+) -> Result<(), StageError> {
+    let mut w = TableWriter::create(cx, rel, schema)?;
+    w.write(columns)?;
+    w.finish()
+}
+
+fn failed(rel: &str, e: impl std::fmt::Display) -> StageError {
+    StageError::Failed(format!("writing {rel}: {e}"))
+}
+
+/// A string cell of any string type; `None` for null or a non-string column.
+pub(crate) fn str_at(col: &dyn Array, i: usize) -> Option<&str> {
+    if col.is_null(i) {
+        return None;
+    }
+    match col.data_type() {
+        DataType::Utf8 => Some(col.as_string::<i32>().value(i)),
+        DataType::LargeUtf8 => Some(col.as_string::<i64>().value(i)),
+        DataType::Utf8View => Some(col.as_string_view().value(i)),
+        _ => None,
+    }
+}
+
+/// A binary cell of any binary type; `None` for null or a non-binary column.
+pub(crate) fn bytes_at(col: &dyn Array, i: usize) -> Option<&[u8]> {
+    if col.is_null(i) {
+        return None;
+    }
+    match col.data_type() {
+        DataType::Binary => Some(col.as_binary::<i32>().value(i)),
+        DataType::LargeBinary => Some(col.as_binary::<i64>().value(i)),
+        DataType::BinaryView => Some(col.as_binary_view().value(i)),
+        _ => None,
+    }
+}
+
+/// A float cell (float64); `None` for null or another type.
+pub(crate) fn f64_at(col: &dyn Array, i: usize) -> Option<f64> {
+    (!col.is_null(i))
+        .then(|| col.as_primitive_opt::<Float64Type>().map(|a| a.value(i)))
+        .flatten()
+}
+
+/// An integer cell (int64); `None` for null or another type.
+pub(crate) fn i64_at(col: &dyn Array, i: usize) -> Option<i64> {
+    (!col.is_null(i))
+        .then(|| col.as_primitive_opt::<Int64Type>().map(|a| a.value(i)))
+        .flatten()
+}
+
+/// A boolean cell; `None` for null or another type.
+pub(crate) fn bool_at(col: &dyn Array, i: usize) -> Option<bool> {
+    (!col.is_null(i))
+        .then(|| col.as_boolean_opt().map(|a| a.value(i)))
+        .flatten()
+}
+
+/// Shorthand for building a column.
+pub(crate) fn col<A: Array + 'static>(a: A) -> ArrayRef {
+    Arc::new(a)
+}
