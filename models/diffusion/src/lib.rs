@@ -8,6 +8,7 @@ pub mod lora;
 pub mod resnet;
 pub mod schedule;
 pub mod unet;
+pub mod vae;
 pub mod weights;
 
 pub use ddim::{Ddim, DdimTransition, classifier_free_guidance};
@@ -15,3 +16,4 @@ pub use error::{DiffusionError, Result};
 pub use lora::{LoraConfig, LoraSwitch};
 pub use schedule::{BetaSchedule, NoiseSchedule, PredictionType, SchedulerConfig, TimestepSpacing};
 pub use unet::{AddedConditioning, UNet2DConditionConfig, UNet2DConditionModel};
+pub use vae::{AutoencoderKL, AutoencoderKLConfig, LatentDistribution};

@@ -140,6 +140,8 @@ impl LoraLinear {
 
 impl Module for LoraLinear {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        // candle 0.11.1's Linear is wrong on transposed batched views (see spo_nn::linear)
+        let xs = &xs.contiguous()?;
         let ys = self.base.forward(xs)?;
         match &self.adapter {
             Some(ad) if ad.switch.enabled() => {
@@ -352,6 +354,24 @@ mod tests {
             .max_all()?
             .to_scalar::<f32>()?;
         assert!(merged < 1e-5, "{merged}");
+        Ok(())
+    }
+
+    #[test]
+    fn transposed_batched_input_gives_the_contiguous_result() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = SeededRng::new(1);
+        let layer = LoraLinear::new(Linear::new(
+            rng.normal((3, 8), 0.0, 1.0, DType::F32, &dev)?,
+            None,
+        ));
+        let xs = rng
+            .normal((2, 8, 5), 0.0, 1.0, DType::F32, &dev)?
+            .transpose(1, 2)?;
+        let viewed = layer.forward(&xs)?;
+        let copied = layer.forward(&xs.contiguous()?)?;
+        let diff = (viewed - copied)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert_eq!(diff, 0.0);
         Ok(())
     }
 

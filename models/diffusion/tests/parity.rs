@@ -177,3 +177,23 @@ fn peft_lora_file_loads_and_forward_and_gradients_match() -> TestResult {
     }
     Ok(())
 }
+
+#[test]
+fn vae_encode_and_decode_match_diffusers() -> TestResult {
+    let io = load("vae_io.safetensors")?;
+    let json = std::fs::read_to_string(fixtures().join("vae.json"))?;
+    let config: spo_diffusion::AutoencoderKLConfig = serde_json::from_str(&json)?;
+    let vb = checked_var_builder(load("vae.safetensors")?, "vae", DType::F32, &Device::Cpu);
+    let vae = spo_diffusion::AutoencoderKL::new(&config, vb)?;
+    let dist = vae.encode(get(&io, "image")?)?;
+    let decoded = vae.decode(get(&io, "latents")?)?;
+    let checks = [
+        ("mean", rel_err(&dist.mean, get(&io, "mean")?)?),
+        ("std", rel_err(&dist.std, get(&io, "std")?)?),
+        ("decoded", rel_err(&decoded, get(&io, "decoded")?)?),
+    ];
+    for (name, err) in checks {
+        assert!(err <= 1e-4, "{name}: relative error {err:e}");
+    }
+    Ok(())
+}

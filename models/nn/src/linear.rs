@@ -4,6 +4,12 @@
 //! from U(−1/√fan_in, 1/√fan_in). These helpers use PyTorch's rule so that freshly built tiny
 //! models have the same scale as their diffusers/transformers counterparts. Weights loaded from a
 //! checkpoint ignore the hint. The layer itself is `candle_nn::Linear` (a matmul with backward).
+//!
+//! **candle 0.11.1 trap:** `candle_nn::Linear::forward` (and `Tensor::matmul` against a
+//! `broadcast_left` weight) silently returns wrong values for a 3-D input that is a transposed
+//! view with batch > 1, e.g. `xs.reshape((b, c, h·w))?.transpose(1, 2)?`. Pass such inputs
+//! through `.contiguous()?` first (a no-op for contiguous tensors); `broadcast_matmul` is not
+//! affected.
 
 use candle_core::Result;
 use candle_nn::{Init, Linear, VarBuilder};
