@@ -22,9 +22,11 @@ use image::RgbImage;
 
 use crate::error::ClipError;
 
-/// OpenAI CLIP's per-channel mean (every scorer here uses it).
+/// OpenAI CLIP's per-channel mean (every scorer here uses it), digits as published.
+#[allow(clippy::excessive_precision)]
 pub const OPENAI_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-/// OpenAI CLIP's per-channel standard deviation.
+/// OpenAI CLIP's per-channel standard deviation, digits as published.
+#[allow(clippy::excessive_precision)]
 pub const OPENAI_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// Decodes an image file to 8-bit RGB (alpha dropped without compositing, as PIL's

@@ -115,11 +115,14 @@ impl Default for ScoreOptions {
 enum Kind {
     /// A CLIP dual encoder and how its cosine becomes the score.
     Clip {
-        model: ClipModel,
-        tokenizer: ClipTokenizer,
+        model: Box<ClipModel>,
+        tokenizer: Box<ClipTokenizer>,
     },
     /// A CLIP image tower and the LAION head.
-    Aesthetic { model: ClipModel, head: MlpHead },
+    Aesthetic {
+        model: Box<ClipModel>,
+        head: MlpHead,
+    },
 }
 
 /// A loaded scorer. Build with [`Scorer::load`] (released files) or the `from_*` constructors
@@ -219,8 +222,8 @@ impl Scorer {
         Ok(Self {
             metric,
             kind: Kind::Clip {
-                model,
-                tokenizer: ClipTokenizer::new(cleaning)?,
+                model: Box::new(model),
+                tokenizer: Box::new(ClipTokenizer::new(cleaning)?),
             },
             preprocess,
             options: options.clone(),
@@ -237,7 +240,10 @@ impl Scorer {
     ) -> Self {
         Self {
             metric: Metric::Aesthetic,
-            kind: Kind::Aesthetic { model, head },
+            kind: Kind::Aesthetic {
+                model: Box::new(model),
+                head,
+            },
             preprocess: Preprocess::HF_CLIP,
             options: options.clone(),
             device: device.clone(),
