@@ -28,7 +28,9 @@ impl Project {
         bin().args(args).current_dir(self.path()).output().unwrap()
     }
     fn committed(&self) -> Vec<PathBuf> {
-        std::fs::read_dir(self.path().join("runs/store")).map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect()).unwrap_or_default()
+        std::fs::read_dir(self.path().join("runs/store"))
+            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default()
     }
 }
 
@@ -52,12 +54,23 @@ fn run_then_noop_then_why_after_set() {
     let p = Project::new(TWO);
     let out = p.run(&["run", "b"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("2 cells: 2 ran, 0 cached"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("2 cells: 2 ran, 0 cached"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = p.run(&["run", "b"]);
-    assert!(text(&out.stderr).contains("2 cells: 0 ran, 2 cached"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("2 cells: 0 ran, 2 cached"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = p.run(&["why", "a", "--set", "a.cmd=\"echo 4 > $SPO_OUT/n.txt\""]);
     let s = text(&out.stdout);
-    assert!(s.contains("a: will rerun") && s.contains("param cmd:"), "{s}");
+    assert!(
+        s.contains("a: will rerun") && s.contains("param cmd:"),
+        "{s}"
+    );
     let out = p.run(&["status", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 2);
@@ -65,7 +78,11 @@ fn run_then_noop_then_why_after_set() {
     let out = p.run(&["show", "b"]);
     assert!(text(&out.stdout).contains("n.txt"), "{}", text(&out.stdout));
     let out = p.run(&["verify"]);
-    assert!(out.status.success() && text(&out.stdout).contains("verified 2 cells: 0 damaged"), "{}", text(&out.stdout));
+    assert!(
+        out.status.success() && text(&out.stdout).contains("verified 2 cells: 0 damaged"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[test]
@@ -74,22 +91,43 @@ fn exit_codes_and_messages() {
     let out = p.run(&["run"]);
     assert_eq!(out.status.code(), Some(2));
     let e = text(&out.stderr);
-    assert!(e.contains("pipeline.toml:2:8: unknown stage kind `comand`") && e.contains("did you mean `command`?"), "{e}");
+    assert!(
+        e.contains("pipeline.toml:2:8: unknown stage kind `comand`")
+            && e.contains("did you mean `command`?"),
+        "{e}"
+    );
 
     let p = Project::new(TWO);
     let out = p.run(&["run", "nope"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("unknown target `nope`"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("unknown target `nope`"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = p.run(&["run", "--set", "a.cmd=3"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("--set:1:7: param `cmd` of stage `a`: expected a string"), "{}", text(&out.stderr));
-    assert_eq!(p.run(&["run", "--frobnicate"]).status.code(), Some(2), "clap usage errors exit 2");
+    assert!(
+        text(&out.stderr).contains("--set:1:7: param `cmd` of stage `a`: expected a string"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        p.run(&["run", "--frobnicate"]).status.code(),
+        Some(2),
+        "clap usage errors exit 2"
+    );
 
-    let p = Project::new("[stage.bad]\nkind = \"command\"\nparams = { cmd = \"echo oops >&2; exit 3\" }\n");
+    let p = Project::new(
+        "[stage.bad]\nkind = \"command\"\nparams = { cmd = \"echo oops >&2; exit 3\" }\n",
+    );
     let out = p.run(&["run"]);
     assert_eq!(out.status.code(), Some(1));
     let e = text(&out.stderr);
-    assert!(e.contains("exited with exit status: 3") && e.contains("oops"), "{e}");
+    assert!(
+        e.contains("exited with exit status: 3") && e.contains("oops"),
+        "{e}"
+    );
     assert!(p.committed().is_empty());
 }
 
@@ -97,12 +135,19 @@ fn exit_codes_and_messages() {
 fn verify_reports_a_corrupted_artifact() {
     let p = Project::new(TWO);
     assert!(p.run(&["run", "b"]).status.success());
-    let cell = p.committed().into_iter().find(|d| std::fs::read_to_string(d.join("n.txt")).is_ok_and(|s| s.trim() == "6")).unwrap();
+    let cell = p
+        .committed()
+        .into_iter()
+        .find(|d| std::fs::read_to_string(d.join("n.txt")).is_ok_and(|s| s.trim() == "6"))
+        .unwrap();
     std::fs::write(cell.join("n.txt"), "7\n").unwrap();
     let out = p.run(&["verify"]);
     assert_eq!(out.status.code(), Some(1));
     let s = text(&out.stdout);
-    assert!(s.contains("DAMAGED") && s.contains("n.txt") && s.contains("content changed"), "{s}");
+    assert!(
+        s.contains("DAMAGED") && s.contains("n.txt") && s.contains("content changed"),
+        "{s}"
+    );
 }
 
 /// A 40-step job that checkpoints each step into its scratch dir and resumes from the last one.
@@ -114,16 +159,39 @@ params = { cmd = "first=''; for i in $(seq 1 40); do if [ ! -f $SPO_SCRATCH/step
 
 fn steps_done(p: &Project) -> usize {
     let scratch = p.path().join("runs/scratch");
-    std::fs::read_dir(&scratch).map(|d| d.filter_map(Result::ok).map(|e| std::fs::read_dir(e.path()).map(|s| s.filter_map(Result::ok).filter(|f| f.file_name().to_string_lossy().starts_with("step")).count()).unwrap_or(0)).sum()).unwrap_or(0)
+    std::fs::read_dir(&scratch)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| {
+                    std::fs::read_dir(e.path())
+                        .map(|s| {
+                            s.filter_map(Result::ok)
+                                .filter(|f| f.file_name().to_string_lossy().starts_with("step"))
+                                .count()
+                        })
+                        .unwrap_or(0)
+                })
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 #[test]
 fn kill_9_mid_stage_then_rerun_resumes_from_the_checkpoint() {
     let p = Project::new(RESUMABLE);
-    let mut child = bin().args(["run"]).current_dir(p.path()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = bin()
+        .args(["run"])
+        .current_dir(p.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let t0 = Instant::now();
     while steps_done(&p) < 5 {
-        assert!(t0.elapsed() < Duration::from_secs(30), "the stage never made progress");
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the stage never made progress"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     child.kill().unwrap(); // SIGKILL
@@ -131,17 +199,47 @@ fn kill_9_mid_stage_then_rerun_resumes_from_the_checkpoint() {
     std::thread::sleep(Duration::from_millis(300));
     let after_kill = steps_done(&p);
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(steps_done(&p), after_kill, "the command died with spo-pipe (no orphan kept working)");
+    assert_eq!(
+        steps_done(&p),
+        after_kill,
+        "the command died with spo-pipe (no orphan kept working)"
+    );
     assert!(p.committed().is_empty(), "a killed attempt commits nothing");
-    assert!(std::fs::read_dir(p.path().join("runs/staging")).unwrap().count() > 0, "its staging dir is left behind");
+    assert!(
+        std::fs::read_dir(p.path().join("runs/staging"))
+            .unwrap()
+            .count()
+            > 0,
+        "its staging dir is left behind"
+    );
 
     let out = p.run(&["run"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(std::fs::read_dir(p.path().join("runs/staging")).unwrap().count(), 0, "the leftover is swept");
+    assert_eq!(
+        std::fs::read_dir(p.path().join("runs/staging"))
+            .unwrap()
+            .count(),
+        0,
+        "the leftover is swept"
+    );
     let cell = p.committed().pop().unwrap();
-    let resumed: usize = std::fs::read_to_string(cell.join("resumed_from")).unwrap().trim().parse().unwrap();
-    assert!(resumed > 5 && resumed == after_kill + 1, "resumed at step {resumed} after {after_kill} steps");
-    assert!(!p.path().join("runs/scratch").read_dir().unwrap().any(|_| true), "checkpoints go once committed");
+    let resumed: usize = std::fs::read_to_string(cell.join("resumed_from"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        resumed > 5 && resumed == after_kill + 1,
+        "resumed at step {resumed} after {after_kill} steps"
+    );
+    assert!(
+        !p.path()
+            .join("runs/scratch")
+            .read_dir()
+            .unwrap()
+            .any(|_| true),
+        "checkpoints go once committed"
+    );
     assert!(p.run(&["verify"]).status.success());
 }
 
@@ -164,13 +262,37 @@ params = {{ cmd = "echo z >> {lp}; cat $SPO_INPUT_X/o $SPO_INPUT_Y/o > $SPO_OUT/
 "#
     );
     let p = Project::new(&pipe);
-    let spawn = |jobs: &str| bin().args(["run", "z", "--jobs", jobs]).current_dir(p.path()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let spawn = |jobs: &str| {
+        bin()
+            .args(["run", "z", "--jobs", jobs])
+            .current_dir(p.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
     let (c1, c2) = (spawn("2"), spawn("1"));
-    let (o1, o2) = (c1.wait_with_output().unwrap(), c2.wait_with_output().unwrap());
-    assert!(o1.status.success() && o2.status.success(), "{}\n{}", text(&o1.stderr), text(&o2.stderr));
-    let mut lines: Vec<String> = std::fs::read_to_string(log.path()).unwrap().lines().map(String::from).collect();
+    let (o1, o2) = (
+        c1.wait_with_output().unwrap(),
+        c2.wait_with_output().unwrap(),
+    );
+    assert!(
+        o1.status.success() && o2.status.success(),
+        "{}\n{}",
+        text(&o1.stderr),
+        text(&o2.stderr)
+    );
+    let mut lines: Vec<String> = std::fs::read_to_string(log.path())
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
     lines.sort();
-    assert_eq!(lines, ["x", "y", "z"], "every cell ran exactly once across both processes");
+    assert_eq!(
+        lines,
+        ["x", "y", "z"],
+        "every cell ran exactly once across both processes"
+    );
     assert_eq!(p.committed().len(), 3);
     assert!(p.run(&["verify"]).status.success());
 }
@@ -195,12 +317,19 @@ metrics = ["acc"]
     let p = Project::new(pipe);
     let out = p.run(&["tables"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("compute them with: spo-pipe run t2"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("compute them with: spo-pipe run t2"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(p.run(&["run", "t2"]).status.success());
     let out = p.run(&["tables", "--format", "md"]);
     assert!(out.status.success());
     let s = text(&out.stdout);
-    assert!(s.contains("| Base | 0.500 |") && s.contains("| Trained | **0.600** |"), "{s}");
+    assert!(
+        s.contains("| Base | 0.500 |") && s.contains("| Trained | **0.600** |"),
+        "{s}"
+    );
     let out = p.run(&["diff", "base", "train", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let delta = v["metrics"][0]["delta"].as_f64().unwrap();
@@ -212,16 +341,34 @@ metrics = ["acc"]
 fn dry_run_says_what_and_why_and_gc_drops_unreached_cells() {
     let p = Project::new(TWO);
     let out = p.run(&["run", "--dry-run", "b"]);
-    assert!(text(&out.stdout).contains("2 of 2 cells would run"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("2 of 2 cells would run"),
+        "{}",
+        text(&out.stdout)
+    );
     assert!(p.committed().is_empty());
     assert!(p.run(&["run", "b"]).status.success());
-    let out = p.run(&["run", "-n", "b", "--set", "a.cmd=\"echo 5 > $SPO_OUT/n.txt\""]);
+    let out = p.run(&[
+        "run",
+        "-n",
+        "b",
+        "--set",
+        "a.cmd=\"echo 5 > $SPO_OUT/n.txt\"",
+    ]);
     let s = text(&out.stdout);
     assert!(s.contains("would run  a  (param cmd:"), "{s}");
-    assert!(p.run(&["run", "b", "--set", "a.cmd=\"echo 5 > $SPO_OUT/n.txt\""]).status.success());
+    assert!(
+        p.run(&["run", "b", "--set", "a.cmd=\"echo 5 > $SPO_OUT/n.txt\""])
+            .status
+            .success()
+    );
     assert_eq!(p.committed().len(), 4);
     let out = p.run(&["gc", "--dry-run"]);
-    assert!(text(&out.stdout).contains("would remove 2 cells"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("would remove 2 cells"),
+        "{}",
+        text(&out.stdout)
+    );
     assert_eq!(p.committed().len(), 4);
     assert!(p.run(&["gc"]).status.success());
     assert_eq!(p.committed().len(), 2);

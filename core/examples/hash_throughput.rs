@@ -10,8 +10,13 @@ use sha2::{Digest, Sha256};
 use spo_core::{Params, StageContext};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mib: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(1024);
-    let chunk: Vec<u8> = (0..(1 << 20)).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let mib: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1024);
+    let chunk: Vec<u8> = (0..(1 << 20))
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let gib = mib as f64 / 1024.0;
 
     let t = Instant::now();
@@ -21,10 +26,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let d = h.finalize();
     let secs = t.elapsed().as_secs_f64();
-    println!("in-memory sha256: {mib} MiB in {secs:.3} s = {:.2} GiB/s ({})", gib / secs, hex::encode(&d[..4]));
+    println!(
+        "in-memory sha256: {mib} MiB in {secs:.3} s = {:.2} GiB/s ({})",
+        gib / secs,
+        hex::encode(&d[..4])
+    );
 
     let dir = tempfile::tempdir()?;
-    let mut cx = StageContext::detached("bench", Params::default(), None, vec![], dir.path().join("out"), dir.path().join("scratch"));
+    let mut cx = StageContext::detached(
+        "bench",
+        Params::default(),
+        None,
+        vec![],
+        dir.path().join("out"),
+        dir.path().join("scratch"),
+    );
     let t = Instant::now();
     let mut w = cx.create("big.bin")?;
     for _ in 0..mib {
@@ -32,6 +48,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     w.finish()?;
     let secs = t.elapsed().as_secs_f64();
-    println!("artifact writer (hash + write + fsync): {mib} MiB in {secs:.3} s = {:.2} GiB/s", gib / secs);
+    println!(
+        "artifact writer (hash + write + fsync): {mib} MiB in {secs:.3} s = {:.2} GiB/s",
+        gib / secs
+    );
     Ok(())
 }

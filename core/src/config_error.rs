@@ -15,7 +15,7 @@ pub struct ConfigError {
     /// How to fix it, where we can say.
     pub hint: Option<String>,
     /// The offending source line and a caret under the problem.
-    pub snippet: Option<(String, usize, usize)>,
+    pub snippet: Option<Box<(String, usize, usize)>>,
 }
 
 impl std::error::Error for ConfigError {}
@@ -27,7 +27,8 @@ impl fmt::Display for ConfigError {
             "{}:{}:{}: {}",
             self.file, self.line, self.col, self.message
         )?;
-        if let Some((src, start, width)) = &self.snippet {
+        if let Some(snippet) = &self.snippet {
+            let (src, start, width) = snippet.as_ref();
             let n = self.line.to_string();
             let pad = " ".repeat(n.len());
             write!(
@@ -70,7 +71,7 @@ impl Source<'_> {
             col: col_chars + 1,
             message: message.into(),
             hint: None,
-            snippet: Some((src.replace('\t', " "), col_chars, width)),
+            snippet: Some(Box::new((src.replace('\t', " "), col_chars, width))),
         }
     }
 }
@@ -97,7 +98,7 @@ pub(crate) fn suggest<'a>(
 }
 
 /// A hint that says "did you mean `x`?" or lists what is allowed.
-pub(crate) fn unknown_hint<'a>(word: &str, candidates: &[&'a str], what: &str) -> String {
+pub(crate) fn unknown_hint(word: &str, candidates: &[&str], what: &str) -> String {
     match suggest(word, candidates.iter().copied()) {
         Some(s) => format!("did you mean `{s}`?"),
         None if candidates.is_empty() => format!("this {what} takes none"),

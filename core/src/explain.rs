@@ -113,13 +113,16 @@ pub struct CellStatus {
     pub changes: Vec<Change>,
 }
 
+/// A node's current key parts (when its inputs are all in the store) and its committed manifest.
+pub(crate) type Resolution = (Option<KeyParts>, Option<Manifest>);
+
 /// The current key parts of every node whose inputs are all in the store (`None` elsewhere).
 pub(crate) fn resolve(
     registry: &Registry,
     store: &Store,
     plan: &Plan,
-) -> Result<Vec<(Option<KeyParts>, Option<Manifest>)>, Error> {
-    let mut out: Vec<(Option<KeyParts>, Option<Manifest>)> = Vec::with_capacity(plan.nodes.len());
+) -> Result<Vec<Resolution>, Error> {
+    let mut out: Vec<Resolution> = Vec::with_capacity(plan.nodes.len());
     for node in &plan.nodes {
         let inputs: Option<Vec<&Manifest>> =
             node.inputs.iter().map(|&i| out[i].1.as_ref()).collect();

@@ -289,8 +289,8 @@ impl<'a> Builder<'a> {
                 }
             }
         } else if let Some(includes) = pipe.target(t) {
-            for inc in includes.to_vec() {
-                self.target(&inc, depth + 1)?;
+            for inc in includes {
+                self.target(inc, depth + 1)?;
             }
         } else {
             let names = pipe.target_names();

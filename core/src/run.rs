@@ -214,7 +214,7 @@ impl Exec<'_> {
                             .collect();
                         break (id, inputs);
                     }
-                    let pending = g.state.iter().any(|s| *s == St::Pending);
+                    let pending = g.state.contains(&St::Pending);
                     if g.running == 0 && (!pending || g.stop) {
                         return;
                     }

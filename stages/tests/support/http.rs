@@ -9,16 +9,22 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+/// Each request's path and `Range` header, in order.
+pub type RequestLog = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
 /// A running server.
 pub struct Server {
     pub base: String,
-    /// Each request's path and Range header, in order.
-    pub requests: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    pub requests: RequestLog,
 }
 
 /// Serves `files` (path → bytes) for at most `max_connections` connections; when `cut_first` is
 /// `Some(n)`, the first response announces the full length but drops the connection after `n` bytes.
-pub fn serve(files: HashMap<String, Vec<u8>>, cut_first: Option<usize>, max_connections: usize) -> Server {
+pub fn serve(
+    files: HashMap<String, Vec<u8>>,
+    cut_first: Option<usize>,
+    max_connections: usize,
+) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let requests = Arc::new(Mutex::new(Vec::new()));
@@ -47,15 +53,30 @@ pub fn serve(files: HashMap<String, Vec<u8>>, cut_first: Option<usize>, max_conn
             }
             log.lock().expect("log").push((path.clone(), range.clone()));
             let Some(body) = files.get(&path) else {
-                let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                let _ = stream.write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
                 continue;
             };
-            let start = range.as_deref().and_then(|r| r.strip_prefix("bytes=")).and_then(|r| r.trim_end_matches('-').parse::<usize>().ok()).unwrap_or(0).min(body.len());
+            let start = range
+                .as_deref()
+                .and_then(|r| r.strip_prefix("bytes="))
+                .and_then(|r| r.trim_end_matches('-').parse::<usize>().ok())
+                .unwrap_or(0)
+                .min(body.len());
             let rest = &body[start..];
             let head = if range.is_some() {
-                format!("HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {start}-{}/{}\r\nConnection: close\r\n\r\n", rest.len(), body.len().saturating_sub(1), body.len())
+                format!(
+                    "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {start}-{}/{}\r\nConnection: close\r\n\r\n",
+                    rest.len(),
+                    body.len().saturating_sub(1),
+                    body.len()
+                )
             } else {
-                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", rest.len())
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    rest.len()
+                )
             };
             let _ = stream.write_all(head.as_bytes());
             let n = match cut_first {
