@@ -4,6 +4,8 @@
 pub mod attention;
 pub mod ddim;
 pub mod error;
+pub mod folder;
+pub mod guidance;
 pub mod lora;
 pub mod resnet;
 pub mod schedule;
@@ -13,6 +15,8 @@ pub mod weights;
 
 pub use ddim::{Ddim, DdimTransition, classifier_free_guidance};
 pub use error::{DiffusionError, Result};
+pub use folder::DiffusersFolder;
+pub use guidance::{GuidanceInputs, guided_prediction};
 pub use lora::{LoraConfig, LoraSwitch};
 pub use schedule::{BetaSchedule, NoiseSchedule, PredictionType, SchedulerConfig, TimestepSpacing};
 pub use unet::{AddedConditioning, UNet2DConditionConfig, UNet2DConditionModel};
