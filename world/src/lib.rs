@@ -9,7 +9,7 @@
 //!
 //! For scoring generated images: rebuild the [`Atlas`] from the world's object list
 //! ([`Atlas::from_emojis`]), read each prompt's scene with [`Scene::from_code`], then call
-//! [`oracle::detail_quality`] and [`oracle::alignment`].
+//! [`judge`] (or [`detail_quality`] and [`alignment`] one at a time).
 
 pub mod annotate;
 pub mod atlas;
@@ -24,7 +24,9 @@ mod rng;
 pub use annotate::{Annotator, LayoutError, RENDERERS, Renderer};
 pub use atlas::{Atlas, ObjectClass};
 pub use colour::Colour;
-pub use oracle::{Alignment, DetailQuality, Parse, alignment, detail_quality, parse};
+pub use oracle::{
+    Alignment, DetailQuality, Judgement, Parse, alignment, detail_quality, judge, parse,
+};
 pub use render::{Flaw, FlawKind, render, render_flawed};
 pub use scene::{Entity, Geometry, Layout, Position, Relation, Scene};
 pub use world::{Disagreement, ImageRecord, PairRecord, PromptRecord, World, WorldConfig};

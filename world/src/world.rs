@@ -302,7 +302,7 @@ mod tests {
     }
 
     /// Heavy blocking and bleeding shift colours enough that the parse sometimes picks a
-    /// neighbouring tint (orange for yellow) or a similar object: about 5% of flawed images.
+    /// neighbouring tint (orange for yellow) or a similar object: about 2% of images.
     #[test]
     fn the_oracles_recover_the_ground_truth_of_flawed_images() {
         let w = World::build(&small()).unwrap();
@@ -323,9 +323,9 @@ mod tests {
                 );
             }
         }
-        assert!(same_scene as f64 > 0.9 * n as f64, "{same_scene}/{n}");
+        assert!(same_scene as f64 > 0.95 * n as f64, "{same_scene}/{n}");
         assert!(
-            same_alignment as f64 > 0.9 * n as f64,
+            same_alignment as f64 > 0.95 * n as f64,
             "{same_alignment}/{n}"
         );
     }
