@@ -4,7 +4,11 @@ pub mod command;
 pub mod download;
 pub mod pickapic;
 pub mod prompts;
+pub mod tensors;
+pub mod training;
+pub mod vocab;
 pub mod world;
+pub mod worlddata;
 mod world_parquet;
 
 use spo_core::StageKind;
