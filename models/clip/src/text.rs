@@ -114,12 +114,15 @@ impl ClipTextTransformer {
         self.final_layer_norm.forward(&h)
     }
 
-    /// `(b, n)` ids → `(b, dim)` pooled states.
+    /// `(b, n)` ids → `(b, dim)` pooled states. Positions after the last pooled token are
+    /// dropped first: under the causal mask they cannot reach any pooled state.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        let h = self.last_hidden_state(ids)?;
+        let positions = self.pool_positions(ids)?;
+        let used = positions.iter().max().map_or(1, |&p| p as usize + 1);
+        let ids = ids.narrow(1, 0, used)?;
+        let h = self.last_hidden_state(&ids)?;
         let (b, n, dim) = h.dims3()?;
-        let index: Vec<u32> = self
-            .pool_positions(ids)?
+        let index: Vec<u32> = positions
             .into_iter()
             .enumerate()
             .map(|(row, p)| row as u32 * n as u32 + p)

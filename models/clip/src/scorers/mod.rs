@@ -295,9 +295,23 @@ impl Scorer {
     pub fn score_pixels(&self, pixels: &Tensor, prompts: &[&str]) -> Result<Vec<f64>, ClipError> {
         match &self.kind {
             Kind::Clip { model, tokenizer } => {
-                let ids = tokenizer.encode_batch(prompts, &self.device)?;
+                // Each distinct prompt is encoded once (SPO-style evaluations score k images
+                // per prompt).
+                let mut unique: Vec<&str> = Vec::new();
+                let row_of: Vec<usize> = prompts
+                    .iter()
+                    .map(|p| match unique.iter().position(|u| u == p) {
+                        Some(i) => i,
+                        None => {
+                            unique.push(p);
+                            unique.len() - 1
+                        }
+                    })
+                    .collect();
+                let ids = tokenizer.encode_batch(&unique, &self.device)?;
                 let img = rows_f64(&model.get_image_features(pixels)?)?;
-                let txt = rows_f64(&model.get_text_features(&ids)?)?;
+                let unique_txt = rows_f64(&model.get_text_features(&ids)?)?;
+                let txt: Vec<&Vec<f64>> = row_of.iter().map(|&r| &unique_txt[r]).collect();
                 let scale = f64::from(
                     model
                         .logit_scale()
@@ -307,7 +321,7 @@ impl Scorer {
                 .exp();
                 Ok(img
                     .iter()
-                    .zip(&txt)
+                    .zip(txt)
                     .map(|(i, t)| {
                         let cos = cosine(i, t);
                         match self.metric {
