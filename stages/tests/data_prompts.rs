@@ -205,3 +205,36 @@ fn malformed_prompt_files_name_the_line() {
             .contains("no prompt")
     );
 }
+
+#[test]
+fn the_download_kind_feeds_the_prompts_kind() {
+    let Some(data) = shared_data() else { return };
+    let file = data.join("prompts/PartiPrompts.tsv");
+    let dir = tempfile::tempdir().unwrap();
+    let sha = "fab29e41bb512a169b56acab4cf2a41dcb675e285df2efcde6640c7dd3c440eb";
+    let set = [
+        ("url", Value::Str(file.display().to_string())),
+        ("sha256", Value::Str(sha.into())),
+    ];
+    let (r, cx) = run(
+        &spo_stages::download::Download,
+        &set,
+        vec![],
+        &dir.path().join("dl"),
+    );
+    r.unwrap();
+    let fetched = input(
+        "parti-file",
+        "download",
+        cx.out_dir(),
+        &[("PartiPrompts.tsv", None)],
+    );
+    let (r, cx) = run(
+        &Prompts,
+        &[("format", Value::Str("parti".into()))],
+        vec![fetched],
+        &dir.path().join("norm"),
+    );
+    r.unwrap();
+    assert_eq!(rows(&cx.out_dir().join("prompts.parquet")), 1632);
+}

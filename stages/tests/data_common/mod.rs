@@ -42,6 +42,7 @@ pub fn run(
         dir.join("scratch"),
     );
     std::fs::create_dir_all(cx.out_dir()).unwrap();
+    std::fs::create_dir_all(cx.scratch_dir()).unwrap();
     let r = kind.run(&mut cx);
     (r, cx)
 }
