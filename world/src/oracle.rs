@@ -404,16 +404,19 @@ mod tests {
 
     #[test]
     fn clean_renders_parse_back_exactly_and_score_full_detail() {
-        let atlas = Atlas::sample(12, 4, 32).unwrap();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
-        for _ in 0..60 {
-            let s = Scene::sample(&atlas, &mut rng);
-            let img = render(&atlas, &s).unwrap();
-            let p = parse(&atlas, &img).unwrap();
-            assert_eq!(p.scene, s, "{}", s.code(&atlas));
-            assert_eq!(p.rmse, 0.0);
-            assert!(compare(&s, &p.scene).all());
+        for (canvas, scenes) in [(32, 60), (48, 15)] {
+            let atlas = Atlas::sample(12, 4, canvas).unwrap();
+            for _ in 0..scenes {
+                let s = Scene::sample(&atlas, &mut rng);
+                let img = render(&atlas, &s).unwrap();
+                let p = parse(&atlas, &img).unwrap();
+                assert_eq!(p.scene, s, "{canvas}: {}", s.code(&atlas));
+                assert_eq!(p.rmse, 0.0);
+                assert!(compare(&s, &p.scene).all());
+            }
         }
+        let atlas = Atlas::sample(12, 4, 32).unwrap();
         let empty = Scene {
             background: Colour::Blue,
             layout: Layout::Empty,
