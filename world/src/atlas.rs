@@ -30,8 +30,11 @@ pub enum Sampling {
 /// A square sprite: premultiplied RGB and alpha in [0, 1], row-major.
 #[derive(Debug, Clone)]
 pub struct Sprite {
+    /// Side in pixels.
     pub size: u32,
+    /// Premultiplied colour per pixel.
     pub rgb: Vec<[f32; 3]>,
+    /// Coverage per pixel.
     pub alpha: Vec<f32>,
 }
 

@@ -34,18 +34,23 @@ pub use world::{Disagreement, ImageRecord, PairRecord, PromptRecord, World, Worl
 /// Why a world could not be built or an image not judged.
 #[derive(Debug, thiserror::Error)]
 pub enum WorldError {
+    /// Parameters that cannot make a world.
     #[error("world config: {0}")]
     Config(String),
+    /// An emoji the world does not know, or without artwork.
     #[error("unknown object `{0}`: not an emoji with Twemoji artwork")]
     UnknownObject(String),
+    /// Embedded artwork that does not decode.
     #[error("emoji artwork {0}")]
     Artwork(String),
+    /// An image that is not the world's canvas size.
     #[error("image is {width}x{height}, the world's canvas is {expected}x{expected}")]
     ImageSize {
         expected: u32,
         width: u32,
         height: u32,
     },
+    /// A scene code that does not read back.
     #[error("scene code `{code}`: {message}")]
     SceneCode { code: String, message: String },
 }

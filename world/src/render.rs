@@ -12,7 +12,9 @@ use crate::scene::Scene;
 /// A float RGB canvas in [0, 1], row-major, used while rendering and by the oracles.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Canvas {
+    /// Side in pixels.
     pub size: u32,
+    /// RGB per pixel, row-major.
     pub px: Vec<[f32; 3]>,
 }
 
@@ -100,6 +102,7 @@ pub enum FlawKind {
 }
 
 impl FlawKind {
+    /// Every kind of flaw.
     pub const ALL: [FlawKind; 5] = [
         FlawKind::Blur,
         FlawKind::Noise,
@@ -123,7 +126,9 @@ impl FlawKind {
 /// A detail flaw at a strength in (0, 1].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Flaw {
+    /// What kind of flaw.
     pub kind: FlawKind,
+    /// How strong, in (0, 1].
     pub strength: f32,
 }
 

@@ -22,6 +22,7 @@ pub enum Position {
 }
 
 impl Position {
+    /// Every position, the centre first.
     pub const ALL: [Position; 5] = [
         Position::Center,
         Position::Left,
@@ -56,6 +57,7 @@ pub enum Relation {
 }
 
 impl Relation {
+    /// Both relations.
     pub const ALL: [Relation; 2] = [Relation::LeftOf, Relation::Above];
 
     /// The word used in scene codes.
@@ -117,8 +119,11 @@ pub struct Scene {
 /// A square place for one sprite, in canvas pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Slot {
+    /// Left edge.
     pub x: u32,
+    /// Top edge.
     pub y: u32,
+    /// Side.
     pub size: u32,
 }
 
