@@ -1,9 +1,12 @@
 //! spo-clip: CLIP towers, the step-aware preference model (SPM) and the image scorers.
 
+pub mod blip_vit;
 pub mod clean;
 pub mod config;
 pub mod error;
+pub mod image_reward;
 pub mod layers;
+pub mod med_bert;
 pub mod model;
 pub mod preprocess;
 pub mod scorers;

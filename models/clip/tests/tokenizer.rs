@@ -1,15 +1,18 @@
-//! CLIP token ids equal open_clip's (OpenCLIP cleaning) and HF `CLIPTokenizer`'s (HF cleaning)
-//! on every prompt in shared/data/prompts.
+//! Token ids equal the references on every prompt in shared/data/prompts: CLIP ids equal
+//! open_clip's (OpenCLIP cleaning) and HF `CLIPTokenizer`'s (HF cleaning); ImageReward's BERT
+//! ids equal `BertTokenizer(bert-base-uncased) + [DEC] + [ENC]` truncated to 35.
 //!
 //! Goldens: tests/fixtures/clip/make_fixtures.py (`write_token_goldens`), one gzip file per
-//! prompt set, one line per prompt: open_clip's ids, a tab, then `=` when HF's ids are the same
-//! or HF's ids. The prompts are read from the shared folder with the script's extraction rules.
+//! prompt set, one line per prompt, tab-separated: open_clip's ids; `=` when HF's ids are the
+//! same, else HF's ids; the BERT ids up to `[SEP]`. The prompts are read from the shared folder
+//! with the script's extraction rules.
 
 mod common;
 
 use std::io::Read;
 
 use common::*;
+use spo_clip::image_reward::BertTokenizer;
 use spo_clip::{ClipTokenizer, TextCleaning};
 
 fn read(path: &std::path::Path) -> String {
@@ -89,10 +92,11 @@ fn parse_ids(s: &str) -> Vec<u32> {
 }
 
 #[test]
-fn ids_equal_open_clip_and_hf_on_every_shared_prompt() {
+fn ids_equal_the_references_on_every_shared_prompt() {
     let Some(data) = shared_data() else { return };
     let open_clip = ClipTokenizer::new(TextCleaning::OpenClip).expect("tokenizer");
     let hf = ClipTokenizer::new(TextCleaning::Hf).expect("tokenizer");
+    let bert = BertTokenizer::new().expect("tokenizer");
     let mut total = 0;
     for (name, prompts) in prompt_sets(&data) {
         let path = fixtures().join(format!("goldens/tokens_{name}.txt.gz"));
@@ -104,7 +108,10 @@ fn ids_equal_open_clip_and_hf_on_every_shared_prompt() {
         assert_eq!(golden.len(), prompts.len(), "{name}: prompt count");
         let mut mismatches = Vec::new();
         for (prompt, line) in prompts.iter().zip(&golden) {
-            let (oc, hf_field) = line.split_once('\t').expect("two fields");
+            let fields: Vec<&str> = line.split('\t').collect();
+            let (oc, hf_field, bert_field) = (fields[0], fields[1], fields[2]);
+            let want_bert = parse_ids(bert_field);
+            let got_bert = bert.encode(prompt).expect("encode");
             let want_oc = parse_ids(oc);
             let want_hf = if hf_field == "=" {
                 want_oc.clone()
@@ -113,9 +120,9 @@ fn ids_equal_open_clip_and_hf_on_every_shared_prompt() {
             };
             let got_oc = open_clip.encode(prompt).expect("encode");
             let got_hf = hf.encode(prompt).expect("encode");
-            if got_oc != want_oc || got_hf != want_hf {
+            if got_oc != want_oc || got_hf != want_hf || got_bert != want_bert {
                 mismatches.push(format!(
-                    "{prompt:?}\n open_clip want {want_oc:?}\n           got  {got_oc:?}\n hf        want {want_hf:?}\n           got  {got_hf:?}"
+                    "{prompt:?}\n open_clip want {want_oc:?}\n           got  {got_oc:?}\n hf        want {want_hf:?}\n           got  {got_hf:?}\n bert      want {want_bert:?}\n           got  {got_bert:?}"
                 ));
             }
         }
@@ -128,6 +135,6 @@ fn ids_equal_open_clip_and_hf_on_every_shared_prompt() {
         );
         total += prompts.len();
     }
-    println!("{total} prompts: ids equal open_clip's and HF's");
+    println!("{total} prompts: ids equal open_clip's, HF's and ImageReward's BERT tokenizer's");
     assert!(total > 6000);
 }

@@ -24,6 +24,7 @@ use image::RgbImage;
 
 use crate::config::ClipConfig;
 use crate::error::ClipError;
+use crate::image_reward::{BertTokenizer, ImageReward};
 use crate::model::{ClipModel, load_hf_clip, load_open_clip};
 use crate::preprocess::Preprocess;
 use crate::tokenizer::{ClipTokenizer, TextCleaning};
@@ -118,6 +119,11 @@ enum Kind {
         model: Box<ClipModel>,
         tokenizer: Box<ClipTokenizer>,
     },
+    /// ImageReward and its BERT tokenizer.
+    ImageReward {
+        model: Box<ImageReward>,
+        tokenizer: Box<BertTokenizer>,
+    },
     /// A CLIP image tower and the LAION head.
     Aesthetic {
         model: Box<ClipModel>,
@@ -191,9 +197,11 @@ impl Scorer {
                 let head = MlpHead::load(&head_path, model.config().projection_dim)?;
                 Ok(Self::from_aesthetic(model, head, options, device))
             }
-            Metric::ImageReward => Err(ClipError::Input(
-                "imagereward is not available in this build".into(),
-            )),
+            Metric::ImageReward => Ok(Self::from_image_reward(
+                ImageReward::load_dir(weights, device)?,
+                options,
+                device,
+            )?),
         }
     }
 
@@ -248,6 +256,24 @@ impl Scorer {
             options: options.clone(),
             device: device.clone(),
         }
+    }
+
+    /// The ImageReward metric from a loaded model.
+    pub fn from_image_reward(
+        model: ImageReward,
+        options: &ScoreOptions,
+        device: &Device,
+    ) -> Result<Self, ClipError> {
+        Ok(Self {
+            metric: Metric::ImageReward,
+            kind: Kind::ImageReward {
+                model: Box::new(model),
+                tokenizer: Box::new(BertTokenizer::new()?),
+            },
+            preprocess: Preprocess::TORCHVISION,
+            options: options.clone(),
+            device: device.clone(),
+        })
     }
 
     /// The metric this scorer computes.
@@ -331,6 +357,10 @@ impl Scorer {
                         }
                     })
                     .collect())
+            }
+            Kind::ImageReward { model, tokenizer } => {
+                let (ids, mask) = tokenizer.encode_batch(prompts, &self.device)?;
+                model.score(pixels, &ids, &mask)
             }
             Kind::Aesthetic { model, head } => {
                 let img = rows_f64(&model.get_image_features(pixels)?)?;
