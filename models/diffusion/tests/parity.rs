@@ -284,7 +284,7 @@ fn spo_pipe_lora_file_loads_back_with_its_alpha() -> TestResult {
         None,
     )?;
     let err = rel_err(&out, get(&expected, "out")?)?;
-    assert!(err <= 1e-6, "relative error {err:e}");
+    assert!(err <= 1e-5, "relative error {err:e}");
 
     // Merging the adapter into the base weights gives the same function.
     model.merge_lora()?;

@@ -31,6 +31,7 @@ pub mod conv;
 pub mod error;
 pub mod grad_check;
 pub mod group_norm;
+pub mod im2col;
 pub mod layer_norm;
 pub mod linear;
 pub mod rng;

@@ -1,0 +1,79 @@
+//! Times one full training step (forward, backward, AdamW over every weight) of the tiny
+//! SD-shaped UNet (`UNet2DConditionConfig::tiny()`: 32/64 channels, one cross-attention down
+//! and up block) on the CPU, for comparison with `tests/fixtures/diffusion/bench_unet_step.py`
+//! (the same model in diffusers/PyTorch). Prints the median and min over the timed steps.
+//!
+//!     cargo run --release -p spo-diffusion --example bench_unet_step -- [batch] [size] [steps]
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use spo_diffusion::{NoiseSchedule, SchedulerConfig, UNet2DConditionConfig, UNet2DConditionModel};
+use spo_nn::{AdamW, AdamWConfig, SeededRng, named_vars, seeded_var_builder};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse())
+        .collect::<Result<_, _>>()?;
+    let (batch, size, steps) = (
+        args.first().copied().unwrap_or(16),
+        args.get(1).copied().unwrap_or(16),
+        args.get(2).copied().unwrap_or(10),
+    );
+    let dev = Device::Cpu;
+    let varmap = VarMap::new();
+    let config = UNet2DConditionConfig::tiny();
+    let unet =
+        UNet2DConditionModel::new(&config, seeded_var_builder(&varmap, 0, DType::F32, &dev))?;
+    let params: usize = named_vars(&varmap)?
+        .iter()
+        .map(|(_, v)| v.elem_count())
+        .sum();
+    let mut opt = AdamW::new(named_vars(&varmap)?, AdamWConfig::default())?;
+    let schedule = NoiseSchedule::new(SchedulerConfig::sd15())?;
+    let mut rng = SeededRng::new(0);
+    let x0 = rng.normal((batch, 4, size, size), 0.0, 1.0, DType::F32, &dev)?;
+    let context = rng.normal(
+        (batch, 8, config.cross_attention_dim),
+        0.0,
+        1.0,
+        DType::F32,
+        &dev,
+    )?;
+    let mut times = Vec::with_capacity(steps);
+    for step in 0..=steps {
+        let noise = rng.normal((batch, 4, size, size), 0.0, 1.0, DType::F32, &dev)?;
+        let t: Vec<u32> = rng
+            .indices(batch, 1000)
+            .into_iter()
+            .map(|t| t as u32)
+            .collect();
+        let t = Tensor::new(t.as_slice(), &dev)?;
+        let start = Instant::now();
+        let xt = schedule.add_noise(&x0, &noise, &t)?;
+        let loss = (unet.forward(&xt, &t, &context, None)? - &noise)?
+            .sqr()?
+            .mean_all()?;
+        let forward = start.elapsed().as_secs_f64();
+        let grads = loss.backward()?;
+        let backward = start.elapsed().as_secs_f64();
+        opt.step(&grads)?;
+        let total = start.elapsed().as_secs_f64();
+        if step > 0 {
+            times.push((total, forward, backward - forward));
+        }
+    }
+    let median = |f: fn(&(f64, f64, f64)) -> f64| {
+        let mut v: Vec<f64> = times.iter().map(f).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        (1e3 * v[v.len() / 2], 1e3 * v[0])
+    };
+    let ((total, min), (fwd, _), (bwd, _)) = (median(|t| t.0), median(|t| t.1), median(|t| t.2));
+    println!(
+        "candle tiny UNet train step: params {params}, batch {batch}, latent 4x{size}x{size}: \
+         median {total:.1} ms (forward {fwd:.1}, backward {bwd:.1}), min {min:.1} ms over {steps} steps"
+    );
+    Ok(())
+}
