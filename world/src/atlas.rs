@@ -36,6 +36,35 @@ pub struct Sprite {
     pub rgb: Vec<[f32; 3]>,
     /// Coverage per pixel.
     pub alpha: Vec<f32>,
+    /// Σ |rgb|², Σ alpha·rgb and Σ alpha²: what the oracle's error expansion needs.
+    pub(crate) moments: Moments,
+}
+
+/// Sums over a sprite's pixels that let the oracle score it on any background in one pass.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Moments {
+    pub m2: f32,
+    pub am: [f32; 3],
+    pub a2: f32,
+}
+
+impl Sprite {
+    fn new(size: u32, rgb: Vec<[f32; 3]>, alpha: Vec<f32>) -> Sprite {
+        let mut m = Moments::default();
+        for (c, &a) in rgb.iter().zip(&alpha) {
+            m.m2 += c[0] * c[0] + c[1] * c[1] + c[2] * c[2];
+            for ch in 0..3 {
+                m.am[ch] += a * c[ch];
+            }
+            m.a2 += a * a;
+        }
+        Sprite {
+            size,
+            rgb,
+            alpha,
+            moments: m,
+        }
+    }
 }
 
 /// Words that would clash with a tint in a prompt ("a blue red apple").
@@ -263,7 +292,7 @@ fn resample(art: &image::RgbaImage, size: u32, sampling: Sampling) -> Sprite {
             }
         }
     }
-    Sprite { size, rgb, alpha }
+    Sprite::new(size, rgb, alpha)
 }
 
 /// For each output pixel, the source pixels it covers and the share of each.
@@ -288,11 +317,7 @@ fn tinted(s: &Sprite, tint: Colour) -> Sprite {
         let v = 0.35 * a + 0.65 * luma;
         [t[0] * v, t[1] * v, t[2] * v]
     });
-    Sprite {
-        size: s.size,
-        rgb: rgb.collect(),
-        alpha: s.alpha.clone(),
-    }
+    Sprite::new(s.size, rgb.collect(), s.alpha.clone())
 }
 
 #[cfg(test)]

@@ -118,27 +118,34 @@ pub fn parse(atlas: &Atlas, image: &image::RgbImage) -> Result<Parse, WorldError
                 .map(move |tint| Entity { object, tint })
         })
         .collect();
-    // Squared error of every candidate in a slot, against the image.
+    // Squared error of every candidate in a slot, against the image. With q = x − b and the
+    // sprite's premultiplied colour m and alpha a, the render is b + m − a·b, so
+    // Σ|q − m + a·b|² = Σ|q|² − 2(Σ q·m − Σ a·(q·b)) + Σ|m|² − 2 b·Σ a·m + |b|² Σ a²:
+    // two dot products per candidate, the rest precomputed.
+    let b2 = b[0] * b[0] + b[1] * b[1] + b[2] * b[2];
     let slot_errors = |s: &Slot| -> Result<Vec<f32>, WorldError> {
+        let (mut q, mut qb) = (Vec::new(), Vec::new());
+        for sy in 0..s.size {
+            let row = ((s.y + sy) * size + s.x) as usize;
+            for p in &x.px[row..row + s.size as usize] {
+                let d = [p[0] - b[0], p[1] - b[1], p[2] - b[2]];
+                qb.push(d[0] * b[0] + d[1] * b[1] + d[2] * b[2]);
+                q.push(d);
+            }
+        }
+        let q2 = slot_bg(s);
         candidates
             .iter()
             .map(|e| {
                 let sprite = atlas.sprite(e.object, s.size, e.tint, Sampling::Smooth)?;
-                let mut err = 0f32;
-                for sy in 0..s.size {
-                    let row = ((s.y + sy) * size + s.x) as usize;
-                    for sx in 0..s.size as usize {
-                        let i = (sy * s.size) as usize + sx;
-                        let a = sprite.alpha[i];
-                        let p = &x.px[row + sx];
-                        let m = &sprite.rgb[i];
-                        for ch in 0..3 {
-                            let d = p[ch] - (b[ch] * (1.0 - a) + m[ch]);
-                            err += d * d;
-                        }
-                    }
+                let (mut qm, mut aqb) = (0f32, 0f32);
+                for (((d, m), a), t) in q.iter().zip(&sprite.rgb).zip(&sprite.alpha).zip(&qb) {
+                    qm += d[0] * m[0] + d[1] * m[1] + d[2] * m[2];
+                    aqb += a * t;
                 }
-                Ok(err)
+                let mo = sprite.moments;
+                let bam = b[0] * mo.am[0] + b[1] * mo.am[1] + b[2] * mo.am[2];
+                Ok(q2 - 2.0 * (qm - aqb) + mo.m2 - 2.0 * bam + b2 * mo.a2)
             })
             .collect()
     };
