@@ -118,6 +118,17 @@ fn pickscore_matches_transformers() {
     // The golden is (2 photos × 3 prompts); both photos are paired with prompt 0.
     let m = floats(&g["photo_pickscore"]);
     assert_close("pickscore (photos)", &got, &[m[0], m[3]], 5e-4);
+    let paths: Vec<_> = ["astronaut_crop.png", "coffee_crop.png"]
+        .iter()
+        .map(|n| fixtures().join("images").join(n))
+        .collect();
+    let from_files = scorer
+        .score_files(&paths, &[PROMPTS[0]; 2])
+        .expect("score files");
+    assert_eq!(
+        from_files, got,
+        "score_files decodes and scores the same images"
+    );
 }
 
 #[test]

@@ -26,7 +26,7 @@ use crate::config::ClipConfig;
 use crate::error::ClipError;
 use crate::image_reward::{BertTokenizer, ImageReward};
 use crate::model::{ClipModel, load_hf_clip, load_open_clip};
-use crate::preprocess::Preprocess;
+use crate::preprocess::{Preprocess, load_rgb};
 use crate::tokenizer::{ClipTokenizer, TextCleaning};
 use aesthetic::MlpHead;
 
@@ -312,6 +312,34 @@ impl Scorer {
                 &[][..]
             };
             scores.extend(self.score_pixels(&pixels, chunk_prompts)?);
+        }
+        Ok(scores)
+    }
+
+    /// Scores image files (PNG or JPEG), decoding `batch_size` at a time so memory stays
+    /// bounded by one batch; `prompts` as in [`score`](Self::score).
+    pub fn score_files(&self, paths: &[PathBuf], prompts: &[&str]) -> Result<Vec<f64>, ClipError> {
+        if self.metric.needs_prompts() && prompts.len() != paths.len() {
+            return Err(ClipError::Input(format!(
+                "{} images but {} prompts (`{}` pairs each image with its prompt)",
+                paths.len(),
+                prompts.len(),
+                self.metric
+            )));
+        }
+        let batch = self.options.batch_size.max(1);
+        let mut scores = Vec::with_capacity(paths.len());
+        for (i, chunk) in paths.chunks(batch).enumerate() {
+            let images = chunk
+                .iter()
+                .map(|p| load_rgb(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            let chunk_prompts = if self.metric.needs_prompts() {
+                &prompts[i * batch..i * batch + chunk.len()]
+            } else {
+                &[][..]
+            };
+            scores.extend(self.score(&images, chunk_prompts)?);
         }
         Ok(scores)
     }
