@@ -53,8 +53,8 @@ impl Sprite {
         let mut m = Moments::default();
         for (c, &a) in rgb.iter().zip(&alpha) {
             m.m2 += c[0] * c[0] + c[1] * c[1] + c[2] * c[2];
-            for ch in 0..3 {
-                m.am[ch] += a * c[ch];
+            for (acc, v) in m.am.iter_mut().zip(c) {
+                *acc += a * v;
             }
             m.a2 += a * a;
         }
