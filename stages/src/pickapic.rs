@@ -274,19 +274,8 @@ pub(crate) fn read_shard(
             let int = |name: &str| -> Result<i64, StageError> {
                 i64_at(get(name)?, i).ok_or_else(|| at(&format!("`{name}` is null or not int64")))
             };
-            let created_at = get("created_at")?;
-            let created_at = if created_at.is_null(i) {
-                None
-            } else {
-                use arrow_array::cast::AsArray;
-                use arrow_array::types::TimestampNanosecondType;
-                Some(
-                    created_at
-                        .as_primitive_opt::<TimestampNanosecondType>()
-                        .ok_or_else(|| at("`created_at` is not timestamp[ns]"))?
-                        .value(i),
-                )
-            };
+            let created_at = timestamp_ns_at(get("created_at")?, i)
+                .map_err(|ty| at(&format!("`created_at` is {ty}, not a timestamp")))?;
             let pair = PairRow {
                 are_different: bool_at(get("are_different")?, i)
                     .ok_or_else(|| at("`are_different` is null or not boolean"))?,
@@ -321,6 +310,36 @@ pub(crate) fn read_shard(
         }
     }
     Ok(row)
+}
+
+/// A timestamp cell of any unit, in nanoseconds; `Err` with the type for a non-timestamp column.
+fn timestamp_ns_at(col: &dyn arrow_array::Array, i: usize) -> Result<Option<i64>, DataType> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{
+        TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
+        TimestampSecondType,
+    };
+    let DataType::Timestamp(unit, _) = col.data_type() else {
+        return Err(col.data_type().clone());
+    };
+    if col.is_null(i) {
+        return Ok(None);
+    }
+    Ok(Some(match unit {
+        TimeUnit::Nanosecond => col.as_primitive::<TimestampNanosecondType>().value(i),
+        TimeUnit::Microsecond => col
+            .as_primitive::<TimestampMicrosecondType>()
+            .value(i)
+            .saturating_mul(1_000),
+        TimeUnit::Millisecond => col
+            .as_primitive::<TimestampMillisecondType>()
+            .value(i)
+            .saturating_mul(1_000_000),
+        TimeUnit::Second => col
+            .as_primitive::<TimestampSecondType>()
+            .value(i)
+            .saturating_mul(1_000_000_000),
+    }))
 }
 
 /// The `pickapic` stage kind.

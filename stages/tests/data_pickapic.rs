@@ -11,7 +11,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::Float64Type;
 use arrow_array::{
     ArrayRef, BinaryArray, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
-    TimestampNanosecondArray,
+    TimestampMicrosecondArray, TimestampNanosecondArray,
 };
 use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use data_common::{columns, input, read, rows, run};
@@ -31,6 +31,11 @@ fn jpeg(seed: u8) -> Vec<u8> {
 /// Writes a Pick-a-Pic v1 shard of `n` rows, as `datasets` exports it (all 19 columns),
 /// leaving out `drop` and putting garbage in `jpg_0` of row `garbage`.
 fn fixture(path: &Path, n: usize, drop: Option<&str>, garbage: Option<usize>) {
+    fixture_with(path, n, drop, garbage, TimeUnit::Nanosecond);
+}
+
+/// [`fixture`] with `created_at` in another time unit (older pyarrow writes microseconds).
+fn fixture_with(path: &Path, n: usize, drop: Option<&str>, garbage: Option<usize>, unit: TimeUnit) {
     let s = |f: &dyn Fn(usize) -> String| {
         Arc::new(StringArray::from_iter_values((0..n).map(f))) as ArrayRef
     };
@@ -59,10 +64,15 @@ fn fixture(path: &Path, n: usize, drop: Option<&str>, garbage: Option<usize>) {
         ),
         (
             "created_at",
-            DataType::Timestamp(TimeUnit::Nanosecond, None),
-            Arc::new(TimestampNanosecondArray::from_iter_values(
-                (0..n).map(|i| 1_683_000_000_000_000_000 + i as i64),
-            )),
+            DataType::Timestamp(unit, None),
+            match unit {
+                TimeUnit::Microsecond => Arc::new(TimestampMicrosecondArray::from_iter_values(
+                    (0..n).map(|i| 1_683_000_000_000_000 + i as i64),
+                )) as ArrayRef,
+                _ => Arc::new(TimestampNanosecondArray::from_iter_values(
+                    (0..n).map(|i| 1_683_000_000_000_000_000 + 1_000 * i as i64),
+                )),
+            },
         ),
         (
             "has_label",
@@ -223,7 +233,29 @@ fn a_fixture_in_the_real_schema_is_ingested_row_for_row() {
             .value(0),
         70
     );
-    assert!(first.column_by_name("created_at").unwrap().is_valid(0));
+    let created = |b: &RecordBatch, i| {
+        b.column_by_name("created_at")
+            .unwrap()
+            .as_primitive::<arrow_array::types::TimestampNanosecondType>()
+            .value(i)
+    };
+    assert_eq!(created(first, 1), 1_683_000_000_000_001_000);
+
+    // Microsecond timestamps (older pyarrow) are read as nanoseconds.
+    let micro = tempfile::tempdir().unwrap();
+    let shard = micro.path().join("us.parquet");
+    fixture_with(&shard, 3, None, None, TimeUnit::Microsecond);
+    let (r, cx) = run(
+        &PickAPic,
+        &[("shards", shards(&[&shard]))],
+        vec![],
+        micro.path(),
+    );
+    r.unwrap();
+    assert_eq!(
+        created(&read(&cx.out_dir().join("pairs.parquet"))[0], 1),
+        1_683_000_000_000_001_000
+    );
 
     // `limit` stops early; a directory means its shards in name order.
     let dir2 = tempfile::tempdir().unwrap();
