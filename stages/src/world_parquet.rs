@@ -122,3 +122,53 @@ pub(crate) fn bool_at(col: &dyn Array, i: usize) -> Option<bool> {
 pub(crate) fn col<A: Array + 'static>(a: A) -> ArrayRef {
     Arc::new(a)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{
+        BinaryViewArray, Int32Array, LargeBinaryArray, LargeStringArray, StringViewArray,
+    };
+
+    #[test]
+    fn cells_read_from_every_flavour_of_a_column_and_null_is_none() {
+        let strings: [ArrayRef; 3] = [
+            col(arrow_array::StringArray::from(vec![Some("a"), None])),
+            col(LargeStringArray::from(vec![Some("a"), None])),
+            col(StringViewArray::from(vec![Some("a"), None])),
+        ];
+        for a in &strings {
+            assert_eq!(
+                (str_at(a.as_ref(), 0), str_at(a.as_ref(), 1)),
+                (Some("a"), None),
+                "{}",
+                a.data_type()
+            );
+        }
+        let bytes: [ArrayRef; 3] = [
+            col(arrow_array::BinaryArray::from(vec![Some(&b"x"[..]), None])),
+            col(LargeBinaryArray::from(vec![Some(&b"x"[..]), None])),
+            col(BinaryViewArray::from(vec![Some(&b"x"[..]), None])),
+        ];
+        for a in &bytes {
+            assert_eq!(
+                (bytes_at(a.as_ref(), 0), bytes_at(a.as_ref(), 1)),
+                (Some(&b"x"[..]), None),
+                "{}",
+                a.data_type()
+            );
+        }
+        // The wrong type reads as None rather than panicking.
+        let ints = col(Int32Array::from(vec![1]));
+        assert_eq!(
+            (
+                str_at(ints.as_ref(), 0),
+                bytes_at(ints.as_ref(), 0),
+                f64_at(ints.as_ref(), 0),
+                i64_at(ints.as_ref(), 0),
+                bool_at(ints.as_ref(), 0)
+            ),
+            (None, None, None, None, None)
+        );
+    }
+}
