@@ -423,6 +423,7 @@ impl StageKind for PickAPic {
         let (mut rows, mut ties) = (0u64, 0u64);
         let mut captions: HashMap<String, u64> = HashMap::new();
         let staged = cx.out_dir().join("pairs.parquet");
+        let bar = cx.progress(if limit > 0 { limit as u64 } else { 0 }, "rows");
         let mut out = PairsWriter::create(cx, "pairs.parquet")?;
         let ingest = shards.iter().try_for_each(|s| {
             if limit > 0 && rows >= limit as u64 {
@@ -433,6 +434,7 @@ impl StageKind for PickAPic {
                 ties += u64::from(row.label_0 == row.label_1);
                 *captions.entry(row.caption.clone()).or_default() += 1;
                 out.push(row)?;
+                bar.inc(1);
                 Ok(limit == 0 || rows < limit as u64)
             })
             .map(drop)
@@ -443,6 +445,7 @@ impl StageKind for PickAPic {
             let _ = std::fs::remove_file(&staged);
             return Err(e);
         }
+        bar.finish_and_clear();
         out.finish()?;
         cx.metric("pairs", rows as f64);
         cx.metric("shards", shards.len() as f64);

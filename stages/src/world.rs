@@ -172,6 +172,7 @@ fn png(image: &image::RgbImage) -> Result<Vec<u8>, StageError> {
 fn write_pairs(cx: &mut StageContext, world: &World) -> Result<Vec<[String; 2]>, StageError> {
     let per = world.config.pairs_per_prompt as i64;
     let mut uids = Vec::with_capacity(world.pairs.len());
+    let bar = cx.progress(world.pairs.len() as u64, "pairs");
     let mut out = PairsWriter::create(cx, "pairs.parquet")?;
     for (i, pair) in world.pairs.iter().enumerate() {
         let [b0, b1] = [png(&pair.images[0].image)?, png(&pair.images[1].image)?];
@@ -204,7 +205,9 @@ fn write_pairs(cx: &mut StageContext, world: &World) -> Result<Vec<[String; 2]>,
             index: i as i64,
         })?;
         uids.push([u0, u1]);
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     out.finish()?;
     Ok(uids)
 }
