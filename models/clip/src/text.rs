@@ -132,3 +132,64 @@ impl ClipTextTransformer {
         h.reshape((b * n, dim))?.index_select(&index, 0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+    use candle_nn::VarMap;
+
+    fn tower(eos_token_id: u32) -> Result<ClipTextTransformer> {
+        let cfg = ClipTextConfig {
+            vocab_size: 49408,
+            hidden_size: 8,
+            intermediate_size: 16,
+            num_hidden_layers: 1,
+            num_attention_heads: 2,
+            eos_token_id,
+            ..ClipTextConfig::default()
+        };
+        let varmap = VarMap::new();
+        ClipTextTransformer::new(
+            &cfg,
+            spo_nn::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu),
+        )
+    }
+
+    #[test]
+    fn pools_at_the_first_end_of_text_token_in_both_config_conventions() -> Result<()> {
+        // Padding with the end-of-text id itself (HF's laion tokenizer) and with 0 (open_clip).
+        let ids = Tensor::new(
+            &[[49406u32, 320, 49407, 49407], [49406, 320, 2368, 49407]],
+            &Device::Cpu,
+        )?;
+        assert_eq!(tower(49407)?.pool_positions(&ids)?, vec![2, 3]);
+        // Legacy configs say eos_token_id = 2 and HF pools at argmax(ids): the first 49407.
+        assert_eq!(tower(2)?.pool_positions(&ids)?, vec![2, 3]);
+        let missing = Tensor::new(&[[49406u32, 320, 0, 0]], &Device::Cpu)?;
+        assert!(tower(49407)?.pool_positions(&missing).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn positions_after_the_pooled_token_do_not_change_the_result() -> Result<()> {
+        let t = tower(49407)?;
+        let short = Tensor::new(&[[49406u32, 320, 49407]], &Device::Cpu)?;
+        let padded = Tensor::new(&[[49406u32, 320, 49407, 0, 0, 0, 0]], &Device::Cpu)?;
+        let a = t.forward(&short)?.flatten_all()?.to_vec1::<f32>()?;
+        // The full-length hidden states, read at the pooled position.
+        let full = t
+            .last_hidden_state(&padded)?
+            .narrow(1, 2, 1)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let worst = a
+            .iter()
+            .zip(&full)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-6, "{worst}");
+        assert_eq!(t.forward(&padded)?.flatten_all()?.to_vec1::<f32>()?, a);
+        Ok(())
+    }
+}
