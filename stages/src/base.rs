@@ -1,0 +1,177 @@
+//! `base-pretrain`: the base text-to-image model of the emoji world — diffusers' UNet layout at a
+//! CPU size, trained with the standard ε-prediction loss on clean renders of the world's
+//! training prompts, conditioned on the frozen in-world CLIP text encoder (as SD-1.5 is on
+//! OpenAI CLIP), with the prompt dropped 10% of the time so classifier-free guidance works.
+//!
+//! This plays SD-1.5's part in the paper: the model SPO fine-tunes. It works in pixel space on
+//! the 32×32 canvas (no VAE): the world is small enough that a latent space would only cost time.
+
+use candle_core::{DType, Tensor};
+use candle_nn::VarMap;
+use spo_core::{ParamSpec, StageContext, StageError, StageKind};
+use spo_diffusion::{NoiseSchedule, SchedulerConfig};
+use spo_nn::{AdamW, AdamWConfig, named_vars};
+use spo_world::render;
+
+use crate::inworld::{InWorldClip, device, new_unet, save_varmap, unet_config};
+use crate::tensors::images_to_tensor;
+use crate::training::Trainer;
+use crate::worlddata::WorldData;
+
+/// The `base-pretrain` stage kind.
+pub struct BasePretrain;
+
+impl StageKind for BasePretrain {
+    fn name(&self) -> &'static str {
+        "base-pretrain"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn summary(&self) -> &'static str {
+        "train the base text-to-image UNet on the world's clean renders (needs world, clip-pretrain)"
+    }
+    fn params(&self) -> Vec<ParamSpec> {
+        vec![
+            ParamSpec::int("steps", 1500)
+                .range(1.0, 1e7)
+                .doc("optimizer steps"),
+            ParamSpec::int("batch", 32).range(1.0, 4096.0),
+            ParamSpec::float("lr", 1e-3).range(1e-7, 1.0),
+            ParamSpec::int_list("channels", &[32, 64, 64])
+                .range(8.0, 1024.0)
+                .doc("UNet block widths (multiples of 8), one per resolution"),
+            ParamSpec::float("uncond_prob", 0.1)
+                .range(0.0, 1.0)
+                .doc("share of prompts dropped for classifier-free guidance"),
+            ParamSpec::int("seed", 0)
+                .min(0.0)
+                .doc("seed of the initial weights, batches and noise"),
+            ParamSpec::int("checkpoint_every", 100).range(1.0, 1e7),
+        ]
+    }
+    fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
+        let p = cx.params().clone();
+        let (steps, batch, seed) = (p.usize("steps")?, p.usize("batch")?, p.int("seed")? as u64);
+        let dev = device();
+        let world = WorldData::load(cx.input_of_kind("world")?)?;
+        let clip = InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?;
+
+        // 1. data: clean renders and their text contexts, computed once
+        let images: Vec<image::RgbImage> = world
+            .train
+            .iter()
+            .map(|pr| render(&world.atlas, &pr.scene))
+            .collect::<Result<_, _>>()
+            .map_err(StageError::other)?;
+        let refs: Vec<&image::RgbImage> = images.iter().collect();
+        let x0_all = images_to_tensor(&refs, &dev)?;
+        let texts: Vec<&str> = world.train.iter().map(|pr| pr.text.as_str()).collect();
+        let ctx_all = clip.context(&texts, &dev)?;
+        let uncond = clip.context(&[""], &dev)?;
+
+        // 2. model and optimizer
+        let channels: Vec<usize> = p
+            .int_list("channels")?
+            .into_iter()
+            .map(|c| c as usize)
+            .collect();
+        if channels.is_empty()
+            || channels.len() > 4
+            || (world.canvas as usize) % (1 << (channels.len() - 1)) != 0
+        {
+            return Err(StageError::Failed(format!(
+                "param `channels`: {} blocks do not fit a {}-pixel canvas (1 to 4 blocks, canvas divisible by 2^(blocks-1))",
+                channels.len(),
+                world.canvas
+            )));
+        }
+        let config = unet_config(
+            world.canvas as usize,
+            &channels,
+            clip.config.text_config.hidden_size,
+        );
+        let mut varmap = VarMap::new();
+        let unet = new_unet(&config, &varmap, seed, &dev)?;
+        let mut opt = AdamW::new(
+            named_vars(&varmap).map_err(StageError::other)?,
+            AdamWConfig {
+                lr: p.float("lr")?,
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+        )
+        .map_err(StageError::other)?;
+        let schedule = NoiseSchedule::new(SchedulerConfig::sd15()).map_err(StageError::other)?;
+        let train_steps = schedule.config().num_train_timesteps;
+        let mut tr = Trainer::start(
+            cx,
+            "base",
+            steps,
+            p.usize("checkpoint_every")?,
+            seed,
+            &mut varmap,
+            &mut opt,
+        )?;
+        let uncond_prob = p.float("uncond_prob")?;
+
+        // 3. ε-prediction training
+        while tr.step < steps {
+            let idx: Vec<u32> = tr
+                .rng
+                .indices(batch, images.len())
+                .into_iter()
+                .map(|i| i as u32)
+                .collect();
+            let idx_t = Tensor::from_vec(idx.clone(), batch, &dev).map_err(StageError::other)?;
+            let x0 = x0_all.index_select(&idx_t, 0).map_err(StageError::other)?;
+            let mut ctx_rows = Vec::with_capacity(batch);
+            let drops: Vec<usize> = tr.rng.indices(batch, 1_000_000);
+            for (k, &i) in idx.iter().enumerate() {
+                let row = if (drops[k] as f64) < uncond_prob * 1e6 {
+                    uncond.clone()
+                } else {
+                    ctx_all
+                        .narrow(0, i as usize, 1)
+                        .map_err(StageError::other)?
+                };
+                ctx_rows.push(row);
+            }
+            let ctx = Tensor::cat(&ctx_rows, 0).map_err(StageError::other)?;
+            let ts: Vec<i64> = tr
+                .rng
+                .indices(batch, train_steps)
+                .into_iter()
+                .map(|t| t as i64)
+                .collect();
+            let ts = Tensor::from_vec(ts, batch, &dev).map_err(StageError::other)?;
+            let noise = tr
+                .rng
+                .normal(x0.shape(), 0.0, 1.0, DType::F32, &dev)
+                .map_err(StageError::other)?;
+            let xt = schedule
+                .add_noise(&x0, &noise, &ts)
+                .map_err(StageError::other)?;
+            let pred = unet
+                .forward(&xt, &ts, &ctx, None)
+                .map_err(StageError::other)?;
+            let loss = (pred - &noise)
+                .and_then(|d| d.sqr())
+                .and_then(|d| d.mean_all())
+                .map_err(StageError::other)?;
+            let grads = loss.backward().map_err(StageError::other)?;
+            opt.step(&grads).map_err(StageError::other)?;
+            let l = loss.to_scalar::<f32>().map_err(StageError::other)? as f64;
+            tr.record(l, &varmap, &opt)?;
+        }
+        tr.finish(cx, "base")?;
+
+        // 4. outputs
+        save_varmap(cx, &varmap, "unet.safetensors")?;
+        cx.write_artifact(
+            "unet_config.json",
+            &serde_json::to_vec_pretty(&config).unwrap_or_default(),
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,132 @@
+//! Loading the in-world models that stages hand to each other: the tiny CLIP (text encoder and
+//! scorers' backbone) and the base diffusion model.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use spo_clip::{ClipConfig, ClipModel};
+use spo_core::{Input, StageContext, StageError};
+use spo_diffusion::{UNet2DConditionConfig, UNet2DConditionModel};
+
+use crate::vocab::Vocab;
+
+/// A CLIP-style model with its config and vocabulary, as `clip-pretrain` / `pickscore-train` write it.
+pub struct InWorldClip {
+    pub model: ClipModel,
+    pub config: ClipConfig,
+    pub vocab: Vocab,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, StageError> {
+    std::fs::read(path).map_err(|e| StageError::io(path, e))
+}
+
+fn json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, StageError> {
+    serde_json::from_slice(&read(path)?)
+        .map_err(|e| StageError::Failed(format!("{}: {e}", path.display())))
+}
+
+/// Frozen weights from a safetensors file.
+pub fn frozen_vb(path: &Path, device: &Device) -> Result<VarBuilder<'static>, StageError> {
+    // SAFETY: the store never modifies a committed file; the mapping is read-only.
+    unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, device) }
+        .map_err(|e| StageError::Failed(format!("{}: {e}", path.display())))
+}
+
+impl InWorldClip {
+    /// Loads `clip.safetensors`, `clip_config.json` and `vocab.json` from an input, frozen.
+    pub fn load(input: &Input, device: &Device) -> Result<InWorldClip, StageError> {
+        let config: ClipConfig = json(&input.file("clip_config.json")?)?;
+        let vocab_path = input.file("vocab.json")?;
+        let vocab = Vocab::from_json(&read(&vocab_path)?, &vocab_path)?;
+        let weights = input.file("clip.safetensors")?;
+        let model = ClipModel::new(&config, frozen_vb(&weights, device)?)
+            .map_err(|e| StageError::Failed(format!("{}: {e}", weights.display())))?;
+        Ok(InWorldClip {
+            model,
+            config,
+            vocab,
+        })
+    }
+
+    /// The text tower's last hidden states for `texts`: `(n, max_len, width)`, the UNet's context.
+    pub fn context(&self, texts: &[&str], device: &Device) -> Result<Tensor, StageError> {
+        let ids = self.vocab.batch(texts, device)?;
+        self.model
+            .text_model()
+            .last_hidden_state(&ids)
+            .map_err(StageError::other)
+    }
+}
+
+/// The base model's architecture for the world's canvas: diffusers' UNet2DConditionModel layout
+/// in pixel space, RGB in and out, one block per entry of `channels` (each but the last halving
+/// the resolution), with cross-attention only in the lowest-resolution block and the mid block.
+/// On a CPU, attention at the full 32×32 resolution (1024 tokens) costs more than everything
+/// else together; at 8×8 the text still steers every pixel through the decoder.
+pub fn unet_config(canvas: usize, channels: &[usize], context_dim: usize) -> UNet2DConditionConfig {
+    let mut c = UNet2DConditionConfig::tiny();
+    let n = channels.len();
+    c.sample_size = Some(canvas);
+    c.in_channels = 3;
+    c.out_channels = 3;
+    c.block_out_channels = channels.to_vec();
+    c.down_block_types = (0..n)
+        .map(|i| {
+            if i + 1 == n {
+                "CrossAttnDownBlock2D"
+            } else {
+                "DownBlock2D"
+            }
+            .to_owned()
+        })
+        .collect();
+    c.up_block_types = (0..n)
+        .map(|i| {
+            if i == 0 {
+                "CrossAttnUpBlock2D"
+            } else {
+                "UpBlock2D"
+            }
+            .to_owned()
+        })
+        .collect();
+    c.cross_attention_dim = context_dim;
+    c
+}
+
+/// A UNet with fresh, seeded weights in `varmap`.
+pub fn new_unet(
+    config: &UNet2DConditionConfig,
+    varmap: &VarMap,
+    seed: u64,
+    device: &Device,
+) -> Result<UNet2DConditionModel, StageError> {
+    UNet2DConditionModel::new(
+        config,
+        spo_nn::seeded_var_builder(varmap, seed, DType::F32, device),
+    )
+    .map_err(StageError::other)
+}
+
+/// The frozen base UNet of a `base-pretrain` input.
+pub fn load_unet(input: &Input, device: &Device) -> Result<UNet2DConditionModel, StageError> {
+    let config: UNet2DConditionConfig = json(&input.file("unet_config.json")?)?;
+    let weights = input.file("unet.safetensors")?;
+    UNet2DConditionModel::new(&config, frozen_vb(&weights, device)?)
+        .map_err(|e| StageError::Failed(format!("{}: {e}", weights.display())))
+}
+
+/// Saves a var map as a committed safetensors artifact.
+pub fn save_varmap(cx: &mut StageContext, varmap: &VarMap, rel: &str) -> Result<(), StageError> {
+    let path = cx.out_dir().join(rel);
+    varmap
+        .save(&path)
+        .map_err(|e| StageError::Failed(format!("{}: {e}", path.display())))
+}
+
+/// The compute device: CUDA when built with it and present, else the CPU.
+pub fn device() -> Device {
+    Device::cuda_if_available(0).unwrap_or(Device::Cpu)
+}

@@ -1,0 +1,590 @@
+//! `spo`: step-by-step preference optimisation of the base model with LoRA (spo-reference §2).
+//!
+//! Each round samples prompts and rolls the current policy out with DDIM(η) and CFG. Inside the
+//! trained timestep range, every step branches into a pool of `k` candidates from the same x_t;
+//! after `j` steps (j = 1: SPO; j > 1: MSPO) the SPM scores each candidate's x₀-prediction at
+//! its timestep (the final clean candidates at t = 0), the best and worst (or a random pair)
+//! form a training pair when their 2-way softmax margin exceeds the threshold, and the chain
+//! continues from a random candidate (or the winner / loser, for Table 4). The stored pairs then
+//! train the LoRA policy, once each, with the clamped-ratio DPO loss against the LoRA-disabled
+//! reference: L = −log σ(β·log r̄_w − β·log r̄_l), r̄ = clamp(p_θ/p_ref, 1 − ε, 1 + ε).
+
+use std::sync::Arc;
+
+use arrow_array::{Float64Array, UInt64Array};
+use arrow_schema::{DataType, Field, Schema};
+use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_nn::VarMap;
+use spo_clip::Spm;
+use spo_core::{ParamSpec, StageContext, StageError, StageKind};
+use spo_diffusion::{
+    Ddim, GuidanceInputs, LoraConfig, NoiseSchedule, SchedulerConfig, UNet2DConditionModel,
+    guided_prediction,
+};
+use spo_nn::{AdamW, AdamWConfig, SeededRng, named_vars, seeded_var_builder};
+
+use crate::inworld::{InWorldClip, device, load_unet};
+use crate::training::Trainer;
+use crate::vocab::Vocab;
+use crate::world_parquet::{col, write_table};
+use crate::worlddata::{Prompt, WorldData};
+
+/// The `spo` stage kind.
+pub struct SpoTrain;
+
+impl StageKind for SpoTrain {
+    fn name(&self) -> &'static str {
+        "spo"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn summary(&self) -> &'static str {
+        "SPO / MSPO fine-tuning with LoRA (needs world, clip-pretrain, base-pretrain, train-spm)"
+    }
+    fn params(&self) -> Vec<ParamSpec> {
+        vec![
+            ParamSpec::int("k", 4).range(2.0, 16.0).doc("candidates per pool (Table 6)"),
+            ParamSpec::int("j", 1).range(1.0, 20.0).doc("steps per pool before scoring; > 1 is MSPO (Table 7)"),
+            ParamSpec::int_list("t_range", &[0, 751]).len(2).range(0.0, 1000.0).doc("transitions from t in [lo, hi] branch and train (Table 8); [0, 751] = plain DDIM for the first 4 of 20 steps"),
+            ParamSpec::choice("continuation", &["random", "win", "lose"], "random").doc("which candidate the chain continues from (Table 4)"),
+            ParamSpec::choice("pair", &["best-worst", "random"], "best-worst").doc("which two candidates form the pair (Table 9)"),
+            ParamSpec::float("threshold", 0.3).range(0.0, 1.0).doc("keep a pair when p_win − p_lose exceeds this"),
+            ParamSpec::float("beta", 10.0).range(0.0, 1e4),
+            ParamSpec::float("clip_eps", 0.1).range(0.0, 1.0).doc("ratio clamp [1 − ε, 1 + ε]"),
+            ParamSpec::int("rounds", 12).range(0.0, 1e6).doc("sampling + training rounds"),
+            ParamSpec::int("prompts", 6).range(1.0, 4096.0).doc("prompts per round"),
+            ParamSpec::int("train_batch", 16).range(1.0, 4096.0).doc("pairs per optimizer step"),
+            ParamSpec::float("lr", 5e-4).range(1e-8, 1.0),
+            ParamSpec::int("rank", 4).range(1.0, 256.0).doc("LoRA rank (alpha = rank)"),
+            ParamSpec::int("steps", 20).range(2.0, 1000.0).doc("DDIM steps"),
+            ParamSpec::float("eta", 1.0).range(0.01, 1.0),
+            ParamSpec::float("cfg", 5.0).range(1.0, 100.0),
+            ParamSpec::int("checkpoint_every", 2).range(1.0, 1e6).doc("rounds between checkpoints"),
+        ]
+    }
+    fn seeded(&self) -> bool {
+        true
+    }
+    fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
+        let p = cx.params().clone();
+        let dev = device();
+        let seed = cx.seed().unwrap_or(0);
+        let world = WorldData::load(cx.input_of_kind("world")?)?;
+        let text = InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?;
+        let (spm, spm_vocab) = crate::spm::load(cx.input_of_kind("train-spm")?, &dev)?;
+        let mut unet = load_unet(cx.input_of_kind("base-pretrain")?, &dev)?;
+        let mut lora_vars = VarMap::new();
+        unet.add_lora(
+            &LoraConfig::spo(p.usize("rank")?),
+            &seeded_var_builder(&lora_vars, seed, DType::F32, &dev),
+        )
+        .map_err(StageError::other)?;
+        let mut opt = AdamW::new(
+            named_vars(&lora_vars).map_err(StageError::other)?,
+            AdamWConfig {
+                lr: p.float("lr")?,
+                weight_decay: 1e-4,
+                ..Default::default()
+            },
+        )
+        .map_err(StageError::other)?;
+        let ddim = Ddim::new(
+            NoiseSchedule::new(SchedulerConfig::sd15()).map_err(StageError::other)?,
+            p.usize("steps")?,
+            p.float("eta")?,
+        )
+        .map_err(StageError::other)?;
+        let t_range = p.int_list("t_range")?;
+        let cfg = Settings {
+            k: p.usize("k")?,
+            j: p.usize("j")?,
+            lo: t_range[0] as usize,
+            hi: t_range[1] as usize,
+            continuation: p.str("continuation")?.to_owned(),
+            random_pair: p.str("pair")? == "random",
+            margin: 2.0 * p.float("threshold")?.atanh(),
+            beta: p.float("beta")?,
+            clip_eps: p.float("clip_eps")?,
+            cfg: p.float("cfg")?,
+            train_batch: p.usize("train_batch")?,
+        };
+        let models = Models {
+            unet: &unet,
+            ddim: &ddim,
+            text: &text,
+            spm: &spm,
+            spm_vocab: &spm_vocab,
+            dev: &dev,
+        };
+        let rounds = p.usize("rounds")?;
+        let mut tr = Trainer::start(
+            cx,
+            "spo",
+            rounds,
+            p.usize("checkpoint_every")?,
+            seed,
+            &mut lora_vars,
+            &mut opt,
+        )?;
+        let log_path = tr.dir().join("rounds.json");
+        let mut log: Vec<RoundLog> = if tr.step > 0 {
+            std::fs::read(&log_path)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        log.truncate(tr.step);
+        while tr.step < rounds {
+            // ---- sampling ----
+            let prompts: Vec<&Prompt> = tr
+                .rng
+                .indices(p.usize("prompts")?, world.train.len())
+                .into_iter()
+                .map(|i| &world.train[i])
+                .collect();
+            let (pairs, stats) = rollout(&models, &cfg, &prompts, &mut tr.rng)?;
+            // ---- training ----
+            let (loss, ratios) = train_round(&models, &cfg, &pairs, &mut opt, &mut tr.rng)?;
+            log.push(RoundLog {
+                round: tr.step as u64 + 1,
+                loss,
+                ratio_win: ratios.0,
+                ratio_lose: ratios.1,
+                pairs: pairs.len() as u64,
+                valid_rate: stats.valid_rate,
+                spm_mean: stats.mean_score,
+            });
+            std::fs::write(&log_path, serde_json::to_vec(&log).unwrap_or_default())
+                .map_err(|e| StageError::io(&log_path, e))?;
+            // Rounds without a valid pair record the reference loss ln 2.
+            tr.record(loss.unwrap_or(std::f64::consts::LN_2), &lora_vars, &opt)?;
+        }
+        tr.finish(cx, "spo")?;
+        write_rounds(cx, &log)?;
+        if let Some(last) = log.last() {
+            cx.metric(
+                "valid_pair_rate",
+                log.iter().map(|r| r.valid_rate).sum::<f64>() / log.len() as f64,
+            );
+            cx.metric("spm_score_last_round", last.spm_mean);
+        }
+        let path = cx.out_dir().join("lora.safetensors");
+        unet.save_lora(&path)
+            .map_err(|e| StageError::Failed(format!("{}: {e}", path.display())))?;
+        Ok(())
+    }
+}
+
+struct Settings {
+    k: usize,
+    j: usize,
+    lo: usize,
+    hi: usize,
+    continuation: String,
+    random_pair: bool,
+    /// s_win − s_lose must exceed 2·atanh(threshold).
+    margin: f64,
+    beta: f64,
+    clip_eps: f64,
+    cfg: f64,
+    train_batch: usize,
+}
+
+struct Models<'a> {
+    unet: &'a UNet2DConditionModel,
+    ddim: &'a Ddim,
+    text: &'a InWorldClip,
+    spm: &'a Spm,
+    spm_vocab: &'a Vocab,
+    dev: &'a Device,
+}
+
+/// One training pair: both sides' x_t (equal for SPO, different along MSPO chains), the
+/// transition's t, the two x_{t−1}, and the prompt.
+struct Pair {
+    xt_w: Tensor,
+    xt_l: Tensor,
+    t: usize,
+    x_w: Tensor,
+    x_l: Tensor,
+    prompt: String,
+}
+
+#[derive(Default, Clone, serde::Serialize, serde::Deserialize)]
+struct RoundLog {
+    round: u64,
+    loss: Option<f64>,
+    ratio_win: f64,
+    ratio_lose: f64,
+    pairs: u64,
+    valid_rate: f64,
+    spm_mean: f64,
+}
+
+struct RolloutStats {
+    valid_rate: f64,
+    mean_score: f64,
+}
+
+/// Candidate chains of a pool: for each of the `k·b` candidates (candidate-major) the
+/// transitions since the branch point: (x_t, t, x_{t−1}).
+struct Pool {
+    cands: Tensor,
+    history: Vec<(Tensor, usize, Tensor)>,
+}
+
+impl Models<'_> {
+    /// The policy's guided ε during the rollout, detached: sampling records no graph.
+    fn eps(&self, x: &Tensor, t: usize, prompts: &[&str], cfg: f64) -> Result<Tensor, StageError> {
+        let cond = self.text.context(prompts, self.dev)?;
+        let uncond = self.text.context(&vec![""; prompts.len()], self.dev)?;
+        let ts = vec![t; prompts.len()];
+        guided_prediction(
+            self.unet,
+            x,
+            &ts,
+            &GuidanceInputs {
+                cond: &cond,
+                uncond: &uncond,
+                added_cond: None,
+                added_uncond: None,
+                scale: cfg,
+            },
+        )
+        .map(|e| e.detach())
+        .map_err(StageError::other)
+    }
+    fn scores(&self, pixels: &Tensor, prompts: &[&str], t: usize) -> Result<Vec<f64>, StageError> {
+        let ids = self.spm_vocab.batch(prompts, self.dev)?;
+        let px = pixels.clamp(-1f32, 1f32).map_err(StageError::other)?;
+        self.spm
+            .score(&px, &ids, &vec![t as f32; prompts.len()])
+            .map_err(StageError::other)
+    }
+}
+
+fn rollout(
+    m: &Models,
+    s: &Settings,
+    prompts: &[&Prompt],
+    rng: &mut SeededRng,
+) -> Result<(Vec<Pair>, RolloutStats), StageError> {
+    let b = prompts.len();
+    let texts: Vec<&str> = prompts.iter().map(|p| p.text.as_str()).collect();
+    let texts_k: Vec<&str> = (0..s.k).flat_map(|_| texts.iter().copied()).collect();
+    let size = m.unet.config().sample_size.unwrap_or(32);
+    let mut x = rng
+        .normal((b, 3, size, size), 0.0, 1.0, DType::F32, m.dev)
+        .map_err(StageError::other)?;
+    let mut pool: Option<Pool> = None;
+    let mut pairs = Vec::new();
+    let mut tally = Tally::default();
+    let timesteps = m.ddim.timesteps().to_vec();
+    for &t in &timesteps {
+        // 1. the model's prediction for the current state
+        let (xb, eps) = match pool.take() {
+            Some(mut pl) => {
+                let eps_c = m.eps(&pl.cands, t, &texts_k, s.cfg)?;
+                if pl.history.len() < s.j {
+                    // MSPO: every candidate takes another plain step before it is judged.
+                    let z = rng
+                        .normal(pl.cands.shape(), 0.0, 1.0, DType::F32, m.dev)
+                        .map_err(StageError::other)?;
+                    let next = m
+                        .ddim
+                        .step(&eps_c, &vec![t; s.k * b], &pl.cands, Some(&z))
+                        .map_err(StageError::other)?
+                        .0;
+                    pl.history.push((pl.cands.clone(), t, next.clone()));
+                    pl.cands = next;
+                    pool = Some(pl);
+                    continue;
+                }
+                let (x0_hat, _) = m
+                    .ddim
+                    .predict_x0_and_eps(&eps_c, &vec![t; s.k * b], &pl.cands)
+                    .map_err(StageError::other)?;
+                let chosen = judge(m, s, &texts, &pl, &x0_hat, t, rng, &mut pairs, &mut tally)?;
+                let cands = pl.cands;
+                let idx = Tensor::from_vec(
+                    chosen
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| (c * b + i) as u32)
+                        .collect::<Vec<_>>(),
+                    b,
+                    m.dev,
+                )
+                .map_err(StageError::other)?;
+                (
+                    cands.index_select(&idx, 0).map_err(StageError::other)?,
+                    eps_c.index_select(&idx, 0).map_err(StageError::other)?,
+                )
+            }
+            None => {
+                let eps = m.eps(&x, t, &texts, s.cfg)?;
+                (x.clone(), eps)
+            }
+        };
+        // 2. branch into a pool inside the trained range, else one plain step
+        let ts = vec![t; b];
+        if (s.lo..=s.hi).contains(&t) {
+            let tr = m
+                .ddim
+                .transition(&eps, &ts, &xb)
+                .map_err(StageError::other)?;
+            let children: Vec<Tensor> = (0..s.k)
+                .map(|_| {
+                    rng.normal(xb.shape(), 0.0, 1.0, DType::F32, m.dev)
+                        .map_err(StageError::other)
+                        .and_then(|z| tr.sample(&z).map_err(StageError::other))
+                })
+                .collect::<Result<_, _>>()?;
+            let cands = Tensor::cat(&children, 0).map_err(StageError::other)?;
+            let parents = Tensor::cat(&vec![xb.clone(); s.k], 0).map_err(StageError::other)?;
+            pool = Some(Pool {
+                cands: cands.clone(),
+                history: vec![(parents, t, cands)],
+            });
+        } else {
+            let z = rng
+                .normal(xb.shape(), 0.0, 1.0, DType::F32, m.dev)
+                .map_err(StageError::other)?;
+            x = m
+                .ddim
+                .step(&eps, &ts, &xb, Some(&z))
+                .map_err(StageError::other)?
+                .0;
+        }
+    }
+    // 3. a pool left at the end holds clean candidates: judge them at t = 0
+    if let Some(pl) = pool.take() {
+        judge(m, s, &texts, &pl, &pl.cands, 0, rng, &mut pairs, &mut tally)?;
+    }
+    let stats = RolloutStats {
+        valid_rate: if tally.pools == 0 {
+            0.0
+        } else {
+            tally.valid as f64 / tally.pools as f64
+        },
+        mean_score: if tally.score_n == 0 {
+            0.0
+        } else {
+            tally.score_sum / tally.score_n as f64
+        },
+    };
+    Ok((pairs, stats))
+}
+
+#[derive(Default)]
+struct Tally {
+    pools: usize,
+    valid: usize,
+    score_sum: f64,
+    score_n: usize,
+}
+
+/// Scores a pool's candidates (`pixels`: their x₀-predictions, or themselves when clean) at
+/// `t_score`, stores the valid pairs with every transition of the two chains, and returns the
+/// candidate each prompt's chain continues from.
+#[allow(clippy::too_many_arguments)]
+fn judge(
+    m: &Models,
+    s: &Settings,
+    texts: &[&str],
+    pool: &Pool,
+    pixels: &Tensor,
+    t_score: usize,
+    rng: &mut SeededRng,
+    pairs: &mut Vec<Pair>,
+    tally: &mut Tally,
+) -> Result<Vec<usize>, StageError> {
+    let b = texts.len();
+    let texts_k: Vec<&str> = (0..s.k).flat_map(|_| texts.iter().copied()).collect();
+    let scores = m.scores(pixels, &texts_k, t_score)?;
+    tally.score_sum += scores.iter().sum::<f64>();
+    tally.score_n += scores.len();
+    tally.pools += b;
+    let mut chosen = Vec::with_capacity(b);
+    for i in 0..b {
+        let sc: Vec<f64> = (0..s.k).map(|c| scores[c * b + i]).collect();
+        let best = (0..s.k)
+            .reduce(|a, c| if sc[c] > sc[a] { c } else { a })
+            .unwrap_or(0);
+        let worst = (0..s.k)
+            .reduce(|a, c| if sc[c] < sc[a] { c } else { a })
+            .unwrap_or(0);
+        let (win, lose) = if s.random_pair {
+            let a = rng.indices(1, s.k)[0];
+            let c = (a + 1 + rng.indices(1, s.k - 1)[0]) % s.k;
+            if sc[a] >= sc[c] { (a, c) } else { (c, a) }
+        } else {
+            (best, worst)
+        };
+        if sc[win] - sc[lose] > s.margin {
+            tally.valid += 1;
+            for (xt, t, xn) in &pool.history {
+                let row = |c: usize, tensor: &Tensor| {
+                    tensor
+                        .i(c * b + i)
+                        .and_then(|r| r.unsqueeze(0))
+                        .map_err(StageError::other)
+                };
+                pairs.push(Pair {
+                    xt_w: row(win, xt)?,
+                    xt_l: row(lose, xt)?,
+                    t: *t,
+                    x_w: row(win, xn)?,
+                    x_l: row(lose, xn)?,
+                    prompt: texts[i].to_owned(),
+                });
+            }
+        }
+        chosen.push(match s.continuation.as_str() {
+            "win" => win,
+            "lose" => lose,
+            _ => rng.indices(1, s.k)[0],
+        });
+    }
+    Ok(chosen)
+}
+
+/// One pass over the stored pairs; returns the mean loss (None without pairs) and the mean
+/// clamped ratios of the winners and losers.
+fn train_round(
+    m: &Models,
+    s: &Settings,
+    pairs: &[Pair],
+    opt: &mut AdamW,
+    rng: &mut SeededRng,
+) -> Result<(Option<f64>, (f64, f64)), StageError> {
+    if pairs.is_empty() {
+        return Ok((None, (1.0, 1.0)));
+    }
+    let order = rng.permutation(pairs.len());
+    let (mut loss_sum, mut rw_sum, mut rl_sum, mut n) = (0.0, 0.0, 0.0, 0usize);
+    for chunk in order.chunks(s.train_batch) {
+        let c = chunk.len();
+        let cat = |f: &dyn Fn(&Pair) -> &Tensor| {
+            Tensor::cat(&chunk.iter().map(|&i| f(&pairs[i])).collect::<Vec<_>>(), 0)
+                .map_err(StageError::other)
+        };
+        let xt =
+            Tensor::cat(&[cat(&|p| &p.xt_w)?, cat(&|p| &p.xt_l)?], 0).map_err(StageError::other)?;
+        let xn =
+            Tensor::cat(&[cat(&|p| &p.x_w)?, cat(&|p| &p.x_l)?], 0).map_err(StageError::other)?;
+        let ts: Vec<usize> = chunk
+            .iter()
+            .chain(chunk.iter())
+            .map(|&i| pairs[i].t)
+            .collect();
+        let texts: Vec<&str> = chunk
+            .iter()
+            .chain(chunk.iter())
+            .map(|&i| pairs[i].prompt.as_str())
+            .collect();
+        // log-probabilities of the stored x_{t−1} under the policy and the frozen reference
+        let logp = |lora: bool| -> Result<Tensor, StageError> {
+            m.unet.set_lora_enabled(lora);
+            let cond = m.text.context(&texts, m.dev)?;
+            let uncond = m.text.context(&vec![""; texts.len()], m.dev)?;
+            let eps = guided_prediction(
+                m.unet,
+                &xt,
+                &ts,
+                &GuidanceInputs {
+                    cond: &cond,
+                    uncond: &uncond,
+                    added_cond: None,
+                    added_uncond: None,
+                    scale: s.cfg,
+                },
+            )
+            .map_err(StageError::other)?;
+            let eps = if lora { eps } else { eps.detach() };
+            m.ddim
+                .transition(&eps, &ts, &xt)
+                .and_then(|tr| tr.log_prob(&xn))
+                .map_err(StageError::other)
+        };
+        let lp_ref = logp(false)?;
+        let lp = logp(true)?;
+        let ratio = (lp - lp_ref)
+            .and_then(|d| d.exp())
+            .and_then(|r| r.clamp(1.0 - s.clip_eps, 1.0 + s.clip_eps))
+            .map_err(StageError::other)?;
+        let (rw, rl) = (
+            ratio.narrow(0, 0, c).map_err(StageError::other)?,
+            ratio.narrow(0, c, c).map_err(StageError::other)?,
+        );
+        let z = ((rw.log().map_err(StageError::other)? - rl.log().map_err(StageError::other)?)
+            .map_err(StageError::other)?
+            * s.beta)
+            .map_err(StageError::other)?;
+        // −log σ(z) = log(1 + e^{−z})
+        let loss = z
+            .neg()
+            .and_then(|v| v.exp())
+            .and_then(|v| v + 1.0)
+            .and_then(|v| v.log())
+            .and_then(|v| v.mean_all())
+            .map_err(StageError::other)?;
+        let grads = loss.backward().map_err(StageError::other)?;
+        opt.step(&grads).map_err(StageError::other)?;
+        let mean = |t: &Tensor| {
+            t.mean_all()
+                .and_then(|v| v.to_scalar::<f32>())
+                .map(f64::from)
+                .map_err(StageError::other)
+        };
+        loss_sum += loss.to_scalar::<f32>().map_err(StageError::other)? as f64 * c as f64;
+        rw_sum += mean(&rw)? * c as f64;
+        rl_sum += mean(&rl)? * c as f64;
+        n += c;
+    }
+    m.unet.set_lora_enabled(true);
+    Ok((
+        Some(loss_sum / n as f64),
+        (rw_sum / n as f64, rl_sum / n as f64),
+    ))
+}
+
+fn write_rounds(cx: &mut StageContext, log: &[RoundLog]) -> Result<(), StageError> {
+    let f = |name: &str| Field::new(name, DataType::Float64, true);
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("round", DataType::UInt64, false),
+        f("loss"),
+        f("ratio_win"),
+        f("ratio_lose"),
+        Field::new("pairs", DataType::UInt64, false),
+        f("valid_pair_rate"),
+        f("spm_score_mean"),
+    ]));
+    let cols = vec![
+        col(UInt64Array::from(
+            log.iter().map(|r| r.round).collect::<Vec<_>>(),
+        )),
+        col(Float64Array::from(
+            log.iter().map(|r| r.loss).collect::<Vec<_>>(),
+        )),
+        col(Float64Array::from(
+            log.iter().map(|r| r.ratio_win).collect::<Vec<_>>(),
+        )),
+        col(Float64Array::from(
+            log.iter().map(|r| r.ratio_lose).collect::<Vec<_>>(),
+        )),
+        col(UInt64Array::from(
+            log.iter().map(|r| r.pairs).collect::<Vec<_>>(),
+        )),
+        col(Float64Array::from(
+            log.iter().map(|r| r.valid_rate).collect::<Vec<_>>(),
+        )),
+        col(Float64Array::from(
+            log.iter().map(|r| r.spm_mean).collect::<Vec<_>>(),
+        )),
+    ];
+    write_table(cx, "rounds.parquet", schema, cols)
+}
