@@ -23,7 +23,8 @@ impl StageKind for WorldKind {
         "world"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: the refined oracle changes `oracle_alignment_agreement` (the files are unchanged).
+        2
     }
     fn summary(&self) -> &'static str {
         "Build the emoji world: prompts (train / validation), generic preference pairs in Pick-a-Pic's schema, ground truth, a sample grid"
