@@ -238,3 +238,36 @@ fn the_download_kind_feeds_the_prompts_kind() {
     r.unwrap();
     assert_eq!(rows(&cx.out_dir().join("prompts.parquet")), 1632);
 }
+
+#[test]
+fn an_input_with_several_files_needs_the_file_named() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.txt"), "one\ntwo\n").unwrap();
+    std::fs::write(dir.path().join("b.txt"), "three\n").unwrap();
+    let both = || {
+        input(
+            "fetch",
+            "download",
+            dir.path(),
+            &[("a.txt", None), ("b.txt", None)],
+        )
+    };
+    let (r, _) = run(
+        &Prompts,
+        &[("format", Value::Str("lines".into()))],
+        vec![both()],
+        &dir.path().join("x"),
+    );
+    let msg = r.unwrap_err().to_string();
+    assert!(
+        msg.contains("holds 2 files; set `file`") && msg.contains("a.txt, b.txt"),
+        "{msg}"
+    );
+    let set = [
+        ("format", Value::Str("lines".into())),
+        ("file", Value::Str("b.txt".into())),
+    ];
+    let (r, cx) = run(&Prompts, &set, vec![both()], &dir.path().join("y"));
+    r.unwrap();
+    assert_eq!(rows(&cx.out_dir().join("prompts.parquet")), 1);
+}
