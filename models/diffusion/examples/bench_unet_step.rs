@@ -3,7 +3,10 @@
 //! and up block) on the CPU, for comparison with `tests/fixtures/diffusion/bench_unet_step.py`
 //! (the same model in diffusers/PyTorch). Prints the median and min over the timed steps.
 //!
-//!     cargo run --release -p spo-diffusion --example bench_unet_step -- [batch] [size] [steps]
+//!     cargo run --release -p spo-diffusion --example bench_unet_step -- [batch] [size] [steps] [--system-malloc]
+//!
+//! Thread count follows `RAYON_NUM_THREADS` (candle's pool and gemm) as PyTorch's follows
+//! `BENCH_THREADS` in the script.
 
 use std::time::Instant;
 
@@ -15,6 +18,7 @@ use spo_nn::{AdamW, AdamWConfig, SeededRng, named_vars, seeded_var_builder};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<usize> = std::env::args()
         .skip(1)
+        .filter(|a| !a.starts_with("--"))
         .map(|a| a.parse())
         .collect::<Result<_, _>>()?;
     let (batch, size, steps) = (
@@ -22,6 +26,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         args.get(1).copied().unwrap_or(16),
         args.get(2).copied().unwrap_or(10),
     );
+    // `--system-malloc` keeps glibc's default thresholds (fresh mmap per large buffer).
+    let tuned = !std::env::args().any(|a| a == "--system-malloc")
+        && spo_nn::allocator::retain_freed_memory();
     let dev = Device::Cpu;
     let varmap = VarMap::new();
     let config = UNet2DConditionConfig::tiny();
@@ -72,8 +79,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let ((total, min), (fwd, _), (bwd, _)) = (median(|t| t.0), median(|t| t.1), median(|t| t.2));
     println!(
-        "candle tiny UNet train step: params {params}, batch {batch}, latent 4x{size}x{size}: \
-         median {total:.1} ms (forward {fwd:.1}, backward {bwd:.1}), min {min:.1} ms over {steps} steps"
+        "candle tiny UNet train step: params {params}, batch {batch}, latent 4x{size}x{size}, \
+         retained malloc {tuned}, threads {}: median {total:.1} ms (forward {fwd:.1}, backward {bwd:.1}), \
+         min {min:.1} ms over {steps} steps",
+        std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into())
     );
     Ok(())
 }

@@ -17,9 +17,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::Linear;
 use serde::{Deserialize, Serialize};
+use spo_nn::linear::forward_2d;
 
 use crate::error::{DiffusionError, Result};
 
@@ -140,16 +141,16 @@ impl LoraLinear {
 
 impl Module for LoraLinear {
     fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
-        // candle 0.11.1's Linear is wrong on transposed batched views (see spo_nn::linear)
-        let xs = &xs.contiguous()?;
-        let ys = self.base.forward(xs)?;
+        // one 2-D GEMM over all leading dimensions (see spo_nn::linear::forward_2d)
+        let ys = forward_2d(&self.base, xs)?;
         match &self.adapter {
             Some(ad) if ad.switch.enabled() => {
                 // (α/r)·B·(A·x), in the adapter's dtype (f32 for training)
                 let x = xs.to_dtype(ad.a.dtype())?;
-                let down = x.broadcast_matmul(&ad.a.t()?)?;
-                let up = (down.broadcast_matmul(&ad.b.t()?)? * ad.scale)?;
-                let up = up.to_dtype(ys.dtype())?;
+                let (n, in_dim) = (x.elem_count() / x.dim(D::Minus1)?, x.dim(D::Minus1)?);
+                let down = x.contiguous()?.reshape((n, in_dim))?.matmul(&ad.a.t()?)?;
+                let up = (down.matmul(&ad.b.t()?)? * ad.scale)?;
+                let up = up.reshape(ys.shape())?.to_dtype(ys.dtype())?;
                 ys + up
             }
             _ => Ok(ys),

@@ -2,11 +2,11 @@
 //!
 //! candle 0.11's CPU `conv2d` is 10–20× slower than PyTorch's oneDNN, and its backward is worse
 //! (the input gradient is a direct `conv_transpose2d`). Here a convolution is
-//! `y[b] = W·cols(x[b]) + bias`, where `cols` unfolds every k×k patch into a column
-//! (`(b, c·k·k, h_out·w_out)`). [`Im2Col`] and its adjoint [`Col2Im`] are custom ops whose
-//! backward passes are each other; the GEMM is candle's `matmul`, whose backward gives the
-//! weight gradient (`grad_y·colsᵀ`, summed over the batch) and the column gradient (`Wᵀ·grad_y`).
-//! A 1×1, stride-1, unpadded convolution needs no unfolding at all.
+//! `Y = W·cols(x) + bias`, where `cols` unfolds every k×k patch of every image into a column
+//! (`(c·k·k, b·h_out·w_out)`, images side by side) so that one GEMM covers the whole batch.
+//! [`Im2Col`] and its adjoint [`Col2Im`] are custom ops whose backward passes are each other;
+//! the GEMM is candle's `matmul`, whose backward gives the weight gradient (`grad_Y·colsᵀ`, one
+//! GEMM with no batch reduction) and the column gradient (`Wᵀ·grad_Y`).
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -50,50 +50,49 @@ impl PatchGeometry {
         (lo, hi)
     }
 
-    /// Unfolds one image `(c, h, w)` into `(c·k·k, h_out·w_out)`.
-    fn unfold(&self, image: &[f32], cols: &mut [f32]) {
+    /// Unfolds channel plane `plane` (`h × w`) of image `b` into the `k·k` rows of that
+    /// channel, `rows` (`(k·k, batch·h_out·w_out)`).
+    fn unfold_plane(&self, plane: &[f32], b: usize, batch: usize, rows: &mut [f32]) {
         let (h_out, w_out) = self.out_hw();
         let (k, s, p) = (self.k, self.stride, self.pad);
-        for c in 0..self.channels {
-            let plane = &image[c * self.h * self.w..(c + 1) * self.h * self.w];
-            for ki in 0..k {
-                for kj in 0..k {
-                    let row = ((c * k + ki) * k + kj) * h_out * w_out;
-                    let (lo, hi) = self.valid_cols(kj, w_out);
-                    for oh in 0..h_out {
-                        let dst = &mut cols[row + oh * w_out..row + (oh + 1) * w_out];
-                        let ih = (oh * s + ki) as isize - p as isize;
-                        if ih < 0 || ih >= self.h as isize {
-                            dst.fill(0.0);
-                            continue;
-                        }
-                        let src = &plane[ih as usize * self.w..(ih as usize + 1) * self.w];
-                        dst[..lo].fill(0.0);
-                        dst[hi..].fill(0.0);
-                        if s == 1 {
-                            let iw0 = lo + kj - p;
-                            dst[lo..hi].copy_from_slice(&src[iw0..iw0 + (hi - lo)]);
-                        } else {
-                            for (ow, d) in dst.iter_mut().enumerate().take(hi).skip(lo) {
-                                *d = src[ow * s + kj - p];
-                            }
-                        }
+        let n = h_out * w_out;
+        for (ki, kj) in (0..k).flat_map(|ki| (0..k).map(move |kj| (ki, kj))) {
+            let row = (ki * k + kj) * batch * n + b * n;
+            let (lo, hi) = self.valid_cols(kj, w_out);
+            for oh in 0..h_out {
+                let dst = &mut rows[row + oh * w_out..row + (oh + 1) * w_out];
+                let ih = (oh * s + ki) as isize - p as isize;
+                if ih < 0 || ih >= self.h as isize {
+                    dst.fill(0.0);
+                    continue;
+                }
+                let src = &plane[ih as usize * self.w..(ih as usize + 1) * self.w];
+                dst[..lo].fill(0.0);
+                dst[hi..].fill(0.0);
+                if s == 1 {
+                    let iw0 = lo + kj - p;
+                    dst[lo..hi].copy_from_slice(&src[iw0..iw0 + (hi - lo)]);
+                } else {
+                    for (ow, d) in dst.iter_mut().enumerate().take(hi).skip(lo) {
+                        *d = src[ow * s + kj - p];
                     }
                 }
             }
         }
     }
 
-    /// Adds the columns `(c·k·k, h_out·w_out)` back into one image `(c, h, w)` (the adjoint).
-    fn fold(&self, cols: &[f32], image: &mut [f32]) {
+    /// Adds image `b`'s columns (`(c·k·k, batch·h_out·w_out)`) back into its `(c, h, w)`
+    /// (the adjoint of unfolding).
+    fn fold(&self, cols: &[f32], b: usize, batch: usize, image: &mut [f32]) {
         let (h_out, w_out) = self.out_hw();
         let (k, s, p) = (self.k, self.stride, self.pad);
+        let n = h_out * w_out;
         image.fill(0.0);
         for c in 0..self.channels {
             let plane = &mut image[c * self.h * self.w..(c + 1) * self.h * self.w];
             for ki in 0..k {
                 for kj in 0..k {
-                    let row = ((c * k + ki) * k + kj) * h_out * w_out;
+                    let row = ((c * k + ki) * k + kj) * batch * n + b * n;
                     let (lo, hi) = self.valid_cols(kj, w_out);
                     for oh in 0..h_out {
                         let ih = (oh * s + ki) as isize - p as isize;
@@ -120,11 +119,11 @@ fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Res
     Ok(&data[layout.start_offset()..layout.start_offset() + layout.shape().elem_count()])
 }
 
-/// `(b, c, h, w) → (b, c·k·k, h_out·w_out)` (f32, CPU); backward is [`Col2Im`].
+/// `(b, c, h, w) → (c·k·k, b·h_out·w_out)` (f32, CPU); backward is [`Col2Im`].
 #[derive(Debug, Clone, Copy)]
 pub struct Im2Col(pub PatchGeometry);
 
-/// `(b, c·k·k, h_out·w_out) → (b, c, h, w)`, summing overlapping patches (f32, CPU); backward
+/// `(c·k·k, b·h_out·w_out) → (b, c, h, w)`, summing overlapping patches (f32, CPU); backward
 /// is [`Im2Col`].
 #[derive(Debug, Clone, Copy)]
 pub struct Col2Im(pub PatchGeometry);
@@ -139,13 +138,19 @@ impl CustomOp1 for Im2Col {
         let x = contiguous_f32(storage, layout, "im2col")?;
         let b = layout.dims()[0];
         let (h_out, w_out) = g.out_hw();
-        let col_len = g.channels * g.k * g.k * h_out * w_out;
-        let img_len = g.channels * g.h * g.w;
-        let mut cols = vec![0f32; b * col_len];
-        cols.par_chunks_mut(col_len)
-            .zip(x.par_chunks(img_len))
-            .for_each(|(dst, src)| g.unfold(src, dst));
-        let shape = Shape::from((b, g.channels * g.k * g.k, h_out * w_out));
+        let n = h_out * w_out;
+        let plane = g.h * g.w;
+        let mut cols = vec![0f32; g.channels * g.k * g.k * b * n];
+        // each channel owns k·k consecutive rows
+        cols.par_chunks_mut(g.k * g.k * b * n)
+            .enumerate()
+            .for_each(|(c, rows)| {
+                for bi in 0..b {
+                    let start = (bi * g.channels + c) * plane;
+                    g.unfold_plane(&x[start..start + plane], bi, b, rows);
+                }
+            });
+        let shape = Shape::from((g.channels * g.k * g.k, b * n));
         Ok((CpuStorage::F32(cols), shape))
     }
 
@@ -164,15 +169,14 @@ impl CustomOp1 for Col2Im {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let g = self.0;
         let cols = contiguous_f32(storage, layout, "col2im")?;
-        let b = layout.dims()[0];
         let (h_out, w_out) = g.out_hw();
-        let col_len = g.channels * g.k * g.k * h_out * w_out;
+        let b = layout.dims()[1] / (h_out * w_out);
         let img_len = g.channels * g.h * g.w;
         let mut image = vec![0f32; b * img_len];
         image
             .par_chunks_mut(img_len)
-            .zip(cols.par_chunks(col_len))
-            .for_each(|(dst, src)| g.fold(src, dst));
+            .enumerate()
+            .for_each(|(bi, dst)| g.fold(cols, bi, b, dst));
         Ok((
             CpuStorage::F32(image),
             Shape::from((b, g.channels, g.h, g.w)),
@@ -211,16 +215,15 @@ pub fn conv2d_im2col(
         pad,
     };
     let (h_out, w_out) = g.out_hw();
-    // (b, c·k·k, h_out·w_out)
-    let cols = if k == 1 && stride == 1 && pad == 0 {
-        xs.reshape((b, c, h * w))?
-    } else {
-        xs.contiguous()?.apply_op1(Im2Col(g))?
-    };
-    // (o, c·k·k) · (b, c·k·k, n) → (b, o, n)
-    let ys = weight.reshape((o, c * k * k))?.broadcast_matmul(&cols)?;
-    ys.broadcast_add(&bias.reshape((1, o, 1))?)?
-        .reshape((b, o, h_out, w_out))
+    // (c·k·k, b·h_out·w_out)
+    let cols = xs.contiguous()?.apply_op1(Im2Col(g))?;
+    // (o, c·k·k) · (c·k·k, b·n) + bias → (o, b·n)
+    let ys = weight.reshape((o, c * k * k))?.matmul(&cols)?;
+    let ys = ys.broadcast_add(&bias.reshape((o, 1))?)?;
+    // (o, b, h_out, w_out) → (b, o, h_out, w_out)
+    ys.reshape((o, b, h_out, w_out))?
+        .transpose(0, 1)?
+        .contiguous()
 }
 
 #[cfg(test)]

@@ -26,11 +26,13 @@
 
 pub mod activation;
 pub mod adamw;
+pub mod allocator;
 pub mod attention;
 pub mod conv;
 pub mod error;
 pub mod grad_check;
 pub mod group_norm;
+pub mod group_norm_fused;
 pub mod im2col;
 pub mod layer_norm;
 pub mod linear;

@@ -11,7 +11,7 @@
 //! through `.contiguous()?` first (a no-op for contiguous tensors); `broadcast_matmul` is not
 //! affected.
 
-use candle_core::Result;
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
 
 fn torch_bound(in_dim: usize) -> Init {
@@ -20,6 +20,25 @@ fn torch_bound(in_dim: usize) -> Init {
         lo: -bound,
         up: bound,
     }
+}
+
+/// `layer(xs)` for `xs: (…, in)` as one 2-D GEMM over all leading dimensions.
+///
+/// candle's `Linear` broadcasts its weight over a 3-D batch, so its backward reduces a
+/// `(b, out, in)` gradient over the batch, and it is wrong on transposed views (see the module
+/// doc). Flattening first avoids both; the input is made contiguous.
+pub fn forward_2d(layer: &Linear, xs: &Tensor) -> Result<Tensor> {
+    let dims = xs.dims().to_vec();
+    let Some((&in_dim, lead)) = dims.split_last() else {
+        candle_core::bail!("linear: scalar input");
+    };
+    let flat = xs
+        .contiguous()?
+        .reshape((lead.iter().product::<usize>(), in_dim))?;
+    let ys = layer.forward(&flat)?;
+    let mut out_dims = lead.to_vec();
+    out_dims.push(ys.dim(1)?);
+    ys.reshape(out_dims)
 }
 
 /// `nn.Linear(in_dim, out_dim)`: `weight` `(out_dim, in_dim)` and `bias` `(out_dim,)`.
@@ -48,7 +67,7 @@ pub fn linear_b(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Re
 mod tests {
     use super::*;
     use crate::seeded_init::seeded_var_builder;
-    use candle_core::{DType, Device, Module, Tensor};
+    use candle_core::{DType, Device};
     use candle_nn::VarMap;
 
     #[test]
@@ -64,6 +83,34 @@ mod tests {
         assert_eq!(ys.dims(), &[2, 3, 5]);
         let no_bias = linear_b(16, 5, false, vb.pp("proj"))?;
         assert!(no_bias.bias().is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn forward_2d_is_right_on_transposed_batched_views() -> Result<()> {
+        let dev = Device::Cpu;
+        let varmap = VarMap::new();
+        let layer = linear(
+            8,
+            3,
+            seeded_var_builder(&varmap, 0, DType::F32, &dev).pp("fc"),
+        )?;
+        let xs = crate::rng::SeededRng::new(1).normal((2, 8, 5), 0.0, 1.0, DType::F32, &dev)?;
+        let view = xs.transpose(1, 2)?;
+        // reference: the same rows as an explicit 2-D product
+        let reference = view
+            .contiguous()?
+            .broadcast_matmul(&layer.weight().t()?)?
+            .broadcast_add(
+                layer
+                    .bias()
+                    .ok_or_else(|| candle_core::Error::Msg("bias".into()))?,
+            )?;
+        let diff = (forward_2d(&layer, &view)? - reference)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "{diff}");
         Ok(())
     }
 }

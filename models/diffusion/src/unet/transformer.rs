@@ -3,7 +3,8 @@
 
 use candle_core::{D, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
-use spo_nn::{GroupNorm, LayerNorm, linear::linear};
+use spo_nn::linear::{forward_2d, linear};
+use spo_nn::{GroupNorm, LayerNorm};
 
 use crate::attention::{Attention, AttentionSpec};
 use crate::error::Result;
@@ -25,10 +26,10 @@ impl FeedForward {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let hs = self.proj.forward(xs)?;
+        let hs = forward_2d(&self.proj, xs)?;
         let chunks = hs.chunk(2, D::Minus1)?;
         let gated = (&chunks[0] * spo_nn::activation::gelu_exact(&chunks[1])?)?;
-        Ok(self.out.forward(&gated)?)
+        Ok(forward_2d(&self.out, &gated)?)
     }
 }
 
@@ -161,7 +162,7 @@ impl Transformer2DModel {
                 .permute((0, 2, 3, 1))?
                 .reshape((b, h * w, c))?,
             Proj::Linear(lin) => {
-                lin.forward(&hs.permute((0, 2, 3, 1))?.reshape((b, h * w, c))?)?
+                forward_2d(lin, &hs.permute((0, 2, 3, 1))?.reshape((b, h * w, c))?)?
             }
         };
         // 2. transformer blocks
@@ -171,8 +172,7 @@ impl Transformer2DModel {
         // 3. back to (b, c, h, w) and residual
         let hs = match &self.proj_out {
             Proj::Conv(conv) => conv.forward(&hs.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?)?,
-            Proj::Linear(lin) => lin
-                .forward(&hs)?
+            Proj::Linear(lin) => forward_2d(lin, &hs)?
                 .reshape((b, h, w, c))?
                 .permute((0, 3, 1, 2))?,
         };
