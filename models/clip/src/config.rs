@@ -191,15 +191,38 @@ impl ClipConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        let cfg: Self = serde_json::from_str(&text).map_err(|e| ClipError::Config {
+        let cfg = Self::from_json(&text).map_err(|message| ClipError::Config {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            message,
         })?;
         cfg.validate().map_err(|message| ClipError::Config {
             path: path.to_path_buf(),
             message,
         })?;
         Ok(cfg)
+    }
+
+    /// Parses a `config.json`. Configs written by transformers 4.x before 4.28 may carry
+    /// `text_config_dict` / `vision_config_dict`, which take precedence over `text_config` /
+    /// `vision_config` there; their fields are merged over the latter here too.
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        let mut value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        if let Some(root) = value.as_object_mut() {
+            for tower in ["text", "vision"] {
+                let Some(serde_json::Value::Object(overrides)) =
+                    root.remove(&format!("{tower}_config_dict"))
+                else {
+                    continue;
+                };
+                let base = root
+                    .entry(format!("{tower}_config"))
+                    .or_insert_with(|| serde_json::Value::Object(Default::default()));
+                if let Some(base) = base.as_object_mut() {
+                    base.extend(overrides);
+                }
+            }
+        }
+        serde_json::from_value(value).map_err(|e| e.to_string())
     }
 
     /// Divisibility checks the towers rely on.
@@ -244,6 +267,20 @@ mod tests {
         assert_eq!(cfg.text_config.vocab_size, 49408);
         assert_eq!(cfg.vision_config.num_positions(), 257);
         assert_eq!(cfg.vision_config.hidden_act, Activation::QuickGelu);
+    }
+
+    #[test]
+    fn legacy_config_dicts_override_the_tower_configs() {
+        let json = r#"{"projection_dim": 1024,
+            "text_config": {"hidden_size": 512, "hidden_act": "quick_gelu"},
+            "text_config_dict": {"hidden_size": 1024, "hidden_act": "gelu"},
+            "vision_config_dict": {"hidden_size": 1280, "patch_size": 14}}"#;
+        let cfg = ClipConfig::from_json(json).expect("valid legacy config");
+        assert_eq!(cfg.text_config.hidden_size, 1024);
+        assert_eq!(cfg.text_config.hidden_act, Activation::Gelu);
+        assert_eq!(cfg.vision_config.hidden_size, 1280);
+        assert_eq!(cfg.vision_config.patch_size, 14);
+        assert!(ClipConfig::from_json("{").is_err());
     }
 
     #[test]
