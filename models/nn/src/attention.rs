@@ -3,7 +3,7 @@
 //! `candle_nn::ops::softmax_last_dim` has no backward, so gradients to queries and keys vanish
 //! silently through it (huggingface/candle #2977). This helper uses the differentiable
 //! `candle_nn::ops::softmax` and upcasts the scores to f32 around it, as diffusers'
-//! `upcast_softmax` does.
+//! `upcast_softmax` does; on the CPU the softmax is the fused kernel of [`crate::softmax`].
 
 use candle_core::{D, DType, Result, Tensor};
 

@@ -38,6 +38,7 @@ pub mod layer_norm;
 pub mod linear;
 pub mod rng;
 pub mod seeded_init;
+pub mod softmax;
 pub mod upsample;
 
 pub use activation::Activation;
