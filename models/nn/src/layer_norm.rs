@@ -2,8 +2,9 @@
 //!
 //! `candle_nn::LayerNorm` switches to the fused `ops::layer_norm` kernel, which records no
 //! backward op, whenever its input is contiguous; gradients then silently stop there
-//! (huggingface/candle #2168). This version is written with elementwise tensor ops, so every
-//! input and both affine parameters receive gradients. The statistics are computed in f32.
+//! (huggingface/candle #2168). Here every input and both affine parameters receive gradients:
+//! on the CPU in f32 (with a bias) through the fused kernel of [`crate::layer_norm_fused`],
+//! elsewhere through elementwise tensor ops with f32 statistics ([`LayerNorm::forward_elementwise`]).
 
 use candle_core::{D, DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -36,8 +37,9 @@ impl LayerNorm {
     }
 }
 
-impl Module for LayerNorm {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+impl LayerNorm {
+    /// The reference form from elementwise tensor ops (any device and dtype).
+    pub fn forward_elementwise(&self, xs: &Tensor) -> Result<Tensor> {
         let dtype = xs.dtype();
         let xs = xs.to_dtype(DType::F32)?;
         let mean = xs.mean_keepdim(D::Minus1)?;
@@ -48,6 +50,18 @@ impl Module for LayerNorm {
         match &self.bias {
             Some(bias) => ys.broadcast_add(bias),
             None => Ok(ys),
+        }
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        match &self.bias {
+            Some(bias) if xs.device().is_cpu() && xs.dtype() == DType::F32 => {
+                let op = crate::layer_norm_fused::LayerNormAffine { eps: self.eps };
+                xs.contiguous()?.apply_op3(&self.weight, bias, op)
+            }
+            _ => self.forward_elementwise(xs),
         }
     }
 }
@@ -79,6 +93,32 @@ mod tests {
         for var in [&xs, &w, &b] {
             let g = grads.get(var).expect("gradient recorded");
             assert!(g.abs()?.sum_all()?.to_scalar::<f32>()? > 0.0);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_matches_elementwise_values_and_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = crate::rng::SeededRng::new(12);
+        let xs = Var::from_tensor(&rng.normal((3, 70, 6), 1.0, 2.0, DType::F32, &dev)?)?;
+        let w = Var::from_tensor(&rng.normal(6, 1.0, 0.5, DType::F32, &dev)?)?;
+        let b = Var::from_tensor(&rng.normal(6, 0.0, 0.5, DType::F32, &dev)?)?;
+        let ln = LayerNorm::from_parts(w.as_tensor().clone(), Some(b.as_tensor().clone()), 1e-5);
+        let probe = rng.normal((3, 70, 6), 0.0, 1.0, DType::F32, &dev)?;
+        let fast = ln.forward(xs.as_tensor())?;
+        let plain = ln.forward_elementwise(xs.as_tensor())?;
+        let diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
+            (a - b)?.abs()?.max_all()?.to_scalar::<f32>()
+        };
+        assert!(diff(&fast, &plain)? < 1e-5);
+        let g_fast = (fast * &probe)?.sum_all()?.backward()?;
+        let g_plain = (plain * &probe)?.sum_all()?.backward()?;
+        for (name, var) in [("x", &xs), ("weight", &w), ("bias", &b)] {
+            let (Some(a), Some(c)) = (g_fast.get(var), g_plain.get(var)) else {
+                panic!("{name}: gradient missing");
+            };
+            assert!(diff(a, c)? < 1e-4, "{name}: {}", diff(a, c)?);
         }
         Ok(())
     }

@@ -35,6 +35,7 @@ pub mod group_norm;
 pub mod group_norm_fused;
 pub mod im2col;
 pub mod layer_norm;
+pub mod layer_norm_fused;
 pub mod linear;
 pub mod rng;
 pub mod seeded_init;
