@@ -1,6 +1,8 @@
-//! The run index: one Parquet row per committed cell, in `runs/index/<key>.parquet`.
+//! The run index: one Parquet row per cell run, in `runs/index/<key>.<cell>[-s<seed>].parquet`.
 //!
-//! One small file per commit keeps appends atomic and lock-free across processes; the directory
+//! A cell whose key another cell already committed (identical inputs through early cutoff, say)
+//! gets its own row pointing at that key, so tables find every cell by its id.
+//! One small file per row keeps appends atomic and lock-free across processes; the directory
 //! is a Parquet dataset that polars, pandas and DuckDB read as one table
 //! (`SELECT * FROM 'runs/index/*.parquet'`). `tables` and `diff` read only this.
 
@@ -72,9 +74,18 @@ fn schema() -> Schema {
     ])
 }
 
+/// The file holding the row of `cell` (with `seed`) for `key`.
+pub fn row_path(dir: &Path, key: &str, cell: &str, seed: Option<u64>) -> std::path::PathBuf {
+    let cell = &cell[..cell.len().min(16)];
+    match seed {
+        Some(s) => dir.join(format!("{key}.{cell}-s{s}.parquet")),
+        None => dir.join(format!("{key}.{cell}.parquet")),
+    }
+}
+
 /// Appends `row` to the index in `dir` (atomically, as its own file).
 pub fn append(dir: &Path, row: &IndexRow) -> Result<(), Error> {
-    let path = dir.join(format!("{}.parquet", row.key));
+    let path = row_path(dir, &row.key, &row.cell, row.seed);
     let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt {
         path: path.clone(),
         message: e.to_string(),

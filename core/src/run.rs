@@ -274,6 +274,7 @@ impl Exec<'_> {
         let key = parts.key();
         let store_err = |e: Error| StageError::Failed(e.to_string());
         if let Some(m) = self.store.committed(&key).map_err(store_err)? {
+            self.record_reuse(id, &parts, &m).map_err(store_err)?;
             return Ok(Outcome::Cached(Resolved { manifest: m }));
         }
         if self.opts.dry_run {
@@ -288,6 +289,7 @@ impl Exec<'_> {
         };
         // Another process may have committed it while we waited.
         if let Some(m) = self.store.committed(&key).map_err(store_err)? {
+            self.record_reuse(id, &parts, &m).map_err(store_err)?;
             return Ok(Outcome::Cached(Resolved { manifest: m }));
         }
         let staging = self.store.new_staging(&key).map_err(store_err)?;
@@ -389,6 +391,26 @@ impl Exec<'_> {
         Ok(Outcome::Ran(Resolved { manifest }, seconds))
     }
 
+    /// A cell that found its key already committed (by another cell with identical inputs, or
+    /// another process) still gets its index row and slot pointer, once.
+    fn record_reuse(&self, id: usize, parts: &KeyParts, m: &Manifest) -> Result<(), Error> {
+        let node = &self.plan.nodes[id];
+        if index::row_path(&self.store.index_dir(), &m.key, &node.cell, node.seed).exists() {
+            return Ok(());
+        }
+        self.store.write_pointer(
+            &node.label,
+            node.seed,
+            &Pointer {
+                key: m.key.clone(),
+                label: node.label.clone(),
+                parts: parts.clone(),
+                committed: unix_now(),
+            },
+        )?;
+        index::append(&self.store.index_dir(), &self.index_row(id, m))
+    }
+
     fn index_row(&self, id: usize, m: &Manifest) -> IndexRow {
         let node = &self.plan.nodes[id];
         let lineage: serde_json::Map<String, serde_json::Value> = self
@@ -404,12 +426,12 @@ impl Exec<'_> {
             .collect();
         IndexRow {
             key: m.key.clone(),
-            stage: m.stage.clone(),
+            stage: node.stage_name.clone(),
             kind: m.kind.clone(),
             version: m.version,
-            cell: m.cell.clone(),
-            label: m.label.clone(),
-            seed: m.seed,
+            cell: node.cell.clone(),
+            label: node.label.clone(),
+            seed: node.seed,
             variant: variant_string(node),
             lineage: serde_json::Value::Object(lineage).to_string(),
             metrics: m.metrics.clone(),

@@ -83,12 +83,7 @@ fn stale_staging_is_swept_and_manifests_describe_files() {
     assert_eq!(m.files.len(), 1);
     assert_eq!(m.files[0].bytes, 1);
     assert_eq!(m.metrics["value"], 1.0);
-    assert!(
-        dir.path()
-            .join("index")
-            .join(format!("{key}.parquet"))
-            .exists()
-    );
+    assert!(index::row_path(&dir.path().join("index"), &key, &m.cell, None).exists());
 }
 
 #[test]
@@ -211,4 +206,17 @@ fn st_changes(w: &spo_core::explain::Why) -> Vec<spo_core::explain::Change> {
         old: Some(spo_core::Value::Int(0)),
         new: Some(spo_core::Value::Int(5)),
     }]
+}
+
+#[test]
+fn a_cell_that_reuses_another_cells_key_gets_its_own_index_row() {
+    let text = "[stage.a]\nkind = \"emit\"\n[stage.b]\nkind = \"sum\"\nneeds = [\"a\"]\n[sweep.s]\nstage = \"a\"\ngrid = { salt = [0, 1] }\n[table.t]\nsweep = \"s\"\nstage = \"b\"\nmetrics = [\"score\"]\n";
+    let (_d, store, pipe, reg) = setup(text);
+    run_targets(&pipe, &reg, &store, &["s"]);
+    // `salt` changes a's key but not its bytes, so both b cells have one key.
+    assert_eq!(store.keys().unwrap().len(), 3);
+    let rows = index::read_all(&store.index_dir()).unwrap();
+    assert_eq!(rows.iter().filter(|r| r.stage == "b").count(), 2);
+    let r = render(&pipe, &reg, pipe.table("t").unwrap(), &rows, Format::Md).unwrap();
+    assert!(r.missing.is_empty(), "{:?}", r.missing);
 }
