@@ -20,6 +20,10 @@ pub struct Cli {
     /// Only errors.
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// Override a param: `--set stage.param=value` (a TOML value), or `--set pipeline.seeds=[0,1]`.
+    /// Applies to every verb, so tables and diffs find the cells a run with the same overrides made.
+    #[arg(long = "set", global = true, value_name = "STAGE.PARAM=VALUE")]
+    pub set: Vec<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -29,9 +33,6 @@ pub struct Cli {
 pub struct PlanArgs {
     /// Stages, sweeps, tables, targets, or cells such as `score@spo.k=3` (default: the pipeline's default).
     pub targets: Vec<String>,
-    /// Override a param: `--set stage.param=value` (TOML value), or `--set pipeline.seeds=[0,1]`.
-    #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
-    pub set: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -61,8 +62,6 @@ pub enum Command {
     Why {
         /// A stage or cell, e.g. `spm` or `spo@k=3`.
         cell: String,
-        #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
-        set: Vec<String>,
         /// The seed, for seeded cells (default: every seed).
         #[arg(long)]
         seed: Option<u64>,
@@ -78,8 +77,6 @@ pub enum Command {
     Show {
         /// A key (or prefix of 6+ hex digits), a stage, or a cell like `spo@k=3`.
         what: String,
-        #[arg(long = "set", value_name = "STAGE.PARAM=VALUE")]
-        set: Vec<String>,
         /// The seed, for seeded cells (default: the first).
         #[arg(long)]
         seed: Option<u64>,

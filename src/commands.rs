@@ -17,6 +17,7 @@ use crate::pipeline::{Loaded, load};
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let pipe_file = cli.pipeline.as_deref();
     let store = cli.store.as_deref();
+    let set = cli.set.as_slice();
     match cli.command {
         Command::Run {
             plan,
@@ -24,7 +25,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             dry_run,
             keep_going,
         } => cmd_run(
-            &load(pipe_file, store, &plan.set)?,
+            &load(pipe_file, store, set)?,
             &plan.targets,
             jobs,
             dry_run,
@@ -33,16 +34,13 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             cli.verbose,
         ),
         Command::Status { plan, json } => {
-            cmd_status(&load(pipe_file, store, &plan.set)?, &plan.targets, json)
+            cmd_status(&load(pipe_file, store, set)?, &plan.targets, json)
         }
-        Command::Why {
-            cell,
-            set,
-            seed,
-            json,
-        } => cmd_why(&load(pipe_file, store, &set)?, &cell, seed, json),
+        Command::Why { cell, seed, json } => {
+            cmd_why(&load(pipe_file, store, set)?, &cell, seed, json)
+        }
         Command::Dag { format } => {
-            let l = load(pipe_file, store, &[])?;
+            let l = load(pipe_file, store, set)?;
             let f = match format {
                 DagFormat::Text => dag::DagFormat::Text,
                 DagFormat::Dot => dag::DagFormat::Dot,
@@ -53,19 +51,18 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Show {
             what,
-            set,
             seed,
             head,
             json,
-        } => cmd_show(&load(pipe_file, store, &set)?, &what, seed, head, json),
-        Command::Gc { targets, dry_run } => cmd_gc(&load(pipe_file, store, &[])?, targets, dry_run),
-        Command::Verify => cmd_verify(&load(pipe_file, store, &[])?),
+        } => cmd_show(&load(pipe_file, store, set)?, &what, seed, head, json),
+        Command::Gc { targets, dry_run } => cmd_gc(&load(pipe_file, store, set)?, targets, dry_run),
+        Command::Verify => cmd_verify(&load(pipe_file, store, set)?),
         Command::Tables { names, format } => {
-            cmd_tables(&load(pipe_file, store, &[])?, &names, format)
+            cmd_tables(&load(pipe_file, store, set)?, &names, format)
         }
-        Command::Diff { a, b, json } => cmd_diff(&load(pipe_file, store, &[])?, &a, &b, json),
+        Command::Diff { a, b, json } => cmd_diff(&load(pipe_file, store, set)?, &a, &b, json),
         Command::Kinds => {
-            let l = load(pipe_file, store, &[])?;
+            let l = load(pipe_file, store, set)?;
             for k in l.registry.iter() {
                 println!(
                     "{} (v{}{}): {}",

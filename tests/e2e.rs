@@ -1,0 +1,76 @@
+//! The whole default DAG, shrunken to tiny steps, end to end: every table of pipeline.toml is
+//! filled, and a second run computes nothing.
+
+use std::process::{Command, Output};
+
+/// Overrides that keep every stage of the default pipeline but make it take seconds.
+const TINY: &[&str] = &[
+    "pipeline.seeds=[0,1]",
+    "world.train_prompts=200",
+    "world.validation_prompts=20",
+    "clip.steps=10",
+    "pickscore.steps=3",
+    "aesthetic.steps=3",
+    "base.steps=2",
+    "base.batch=8",
+    "spm.steps=2",
+    "spm.batch=4",
+    "spo.rounds=1",
+    "spo.prompts=2",
+    "spo.steps=4",
+    "sample-base.prompts=2",
+    "sample-base.per_prompt=1",
+    "sample-base.steps=4",
+    "sample-spo.prompts=2",
+    "sample-spo.per_prompt=1",
+    "sample-spo.steps=4",
+];
+
+fn spo_pipe(store: &std::path::Path, args: &[&str]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_spo-pipe"));
+    c.arg("--pipeline")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/pipeline.toml"))
+        .arg("--store")
+        .arg(store)
+        .args(args);
+    for s in TINY {
+        c.arg("--set").arg(s);
+    }
+    c.output().expect("spawn spo-pipe")
+}
+
+#[test]
+fn the_default_dag_fills_every_table_and_a_second_run_does_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = spo_pipe(dir.path(), &["run", "ablations", "--jobs", "2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+
+    let out = spo_pipe(dir.path(), &["tables"]);
+    let tables = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "missing cells:\n{}\n{tables}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for t in [
+        "Table 2", "Table 4", "Table 5", "Table 6", "Table 7", "Table 8", "Table 9",
+    ] {
+        assert!(tables.contains(t), "{t} not rendered:\n{tables}");
+    }
+    assert!(!tables.contains('—'), "a table cell is empty:\n{tables}");
+    assert!(
+        tables.contains("| SPO |")
+            && tables.contains("| k=6 |")
+            && tables.contains("| t_range=[250,500] |"),
+        "{tables}"
+    );
+
+    let out = spo_pipe(dir.path(), &["run", "ablations"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.contains(" 0 ran,"),
+        "the second run computed something:\n{err}"
+    );
+    assert!(spo_pipe(dir.path(), &["verify"]).status.success());
+}
