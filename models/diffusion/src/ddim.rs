@@ -68,18 +68,21 @@ impl Ddim {
                 .rev()
                 .map(|i| i * (train / n) + cfg.steps_offset)
                 .collect(),
-            // round(arange(T, 0, −T/n)) − 1
+            // round(arange(T, 0, −T/n)) − 1, numpy rounding (half to even)
             TimestepSpacing::Trailing => (0..n)
-                .map(|i| (train as f64 - i as f64 * train as f64 / n as f64).round() as usize - 1)
+                .map(|i| {
+                    (train as f64 - i as f64 * train as f64 / n as f64).round_ties_even() as usize
+                        - 1
+                })
                 .collect(),
-            // round(linspace(0, T − 1, n)) reversed
+            // round(linspace(0, T − 1, n)) reversed, numpy rounding (half to even)
             TimestepSpacing::Linspace => (0..n)
                 .rev()
                 .map(|i| {
                     if n == 1 {
                         0
                     } else {
-                        (i as f64 * (train - 1) as f64 / (n - 1) as f64).round() as usize
+                        (i as f64 * (train - 1) as f64 / (n - 1) as f64).round_ties_even() as usize
                     }
                 })
                 .collect(),
@@ -325,6 +328,29 @@ mod tests {
             0.0,
         )?;
         assert_eq!(linspace.timesteps(), &[999, 666, 333, 0]);
+        // 16 steps hit exact halves (937.5, 812.5, …): numpy rounds them to even.
+        // diffusers 0.42.1 DDIMScheduler(timestep_spacing=…).set_timesteps(16):
+        let sixteen = |spacing| -> Result<Vec<usize>> {
+            let cfg = SchedulerConfig {
+                timestep_spacing: spacing,
+                ..SchedulerConfig::sd15()
+            };
+            Ok(Ddim::new(NoiseSchedule::new(cfg)?, 16, 0.0)?
+                .timesteps()
+                .to_vec())
+        };
+        assert_eq!(
+            sixteen(TimestepSpacing::Trailing)?,
+            [
+                999, 937, 874, 811, 749, 687, 624, 561, 499, 437, 374, 311, 249, 187, 124, 61
+            ]
+        );
+        assert_eq!(
+            sixteen(TimestepSpacing::Linspace)?,
+            [
+                999, 932, 866, 799, 733, 666, 599, 533, 466, 400, 333, 266, 200, 133, 67, 0
+            ]
+        );
         Ok(())
     }
 
