@@ -30,6 +30,7 @@ pub mod allocator;
 pub mod attention;
 pub mod conv;
 pub mod error;
+pub mod geglu;
 pub mod grad_check;
 pub mod group_norm;
 pub mod group_norm_fused;

@@ -1,7 +1,7 @@
 //! diffusers' `Transformer2DModel` with `BasicTransformerBlock`s and the GEGLU `FeedForward`
 //! (`src/diffusers/models/transformers/transformer_2d.py`, `models/attention.py`).
 
-use candle_core::{D, Module, Tensor};
+use candle_core::{Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use spo_nn::linear::{forward_2d, linear};
 use spo_nn::{GroupNorm, LayerNorm};
@@ -27,8 +27,7 @@ impl FeedForward {
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let hs = forward_2d(&self.proj, xs)?;
-        let chunks = hs.chunk(2, D::Minus1)?;
-        let gated = (&chunks[0] * spo_nn::activation::gelu_exact(&chunks[1])?)?;
+        let gated = spo_nn::geglu::geglu(&hs)?;
         Ok(forward_2d(&self.out, &gated)?)
     }
 }
