@@ -78,7 +78,7 @@ impl StageKind for BasePretrain {
             .collect();
         if channels.is_empty()
             || channels.len() > 4
-            || (world.canvas as usize) % (1 << (channels.len() - 1)) != 0
+            || !(world.canvas as usize).is_multiple_of(1 << (channels.len() - 1))
         {
             return Err(StageError::Failed(format!(
                 "param `channels`: {} blocks do not fit a {}-pixel canvas (1 to 4 blocks, canvas divisible by 2^(blocks-1))",

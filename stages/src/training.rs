@@ -40,17 +40,37 @@ struct State {
 impl Trainer {
     /// Starts, or resumes from `cx`'s scratch directory, a run of `steps` steps. On resume the
     /// variables of `varmap` and the moments of `opt` are restored.
-    pub fn start(cx: &StageContext, name: &str, steps: usize, every: usize, seed: u64, varmap: &mut VarMap, opt: &mut AdamW) -> Result<Trainer, StageError> {
+    pub fn start(
+        cx: &StageContext,
+        name: &str,
+        steps: usize,
+        every: usize,
+        seed: u64,
+        varmap: &mut VarMap,
+        opt: &mut AdamW,
+    ) -> Result<Trainer, StageError> {
         let dir = cx.scratch_dir().join(name);
         std::fs::create_dir_all(&dir).map_err(|e| StageError::io(&dir, e))?;
         let pb = cx.progress(steps as u64, name);
         let state_path = dir.join("state.json");
-        let mut t = Trainer { dir: dir.clone(), every: every.max(1), step: 0, rng: SeededRng::new(seed), losses: Vec::new(), pb };
+        let mut t = Trainer {
+            dir: dir.clone(),
+            every: every.max(1),
+            step: 0,
+            rng: SeededRng::new(seed),
+            losses: Vec::new(),
+            pb,
+        };
         if state_path.exists() {
             let bytes = std::fs::read(&state_path).map_err(|e| StageError::io(&state_path, e))?;
-            let s: State = serde_json::from_slice(&bytes).map_err(|e| StageError::Failed(format!("{}: corrupt checkpoint: {e}", state_path.display())))?;
-            varmap.load(dir.join("model.safetensors")).map_err(|e| StageError::Failed(format!("{}: {e}", dir.join("model.safetensors").display())))?;
-            opt.load(&dir.join("adamw.safetensors")).map_err(StageError::other)?;
+            let s: State = serde_json::from_slice(&bytes).map_err(|e| {
+                StageError::Failed(format!("{}: corrupt checkpoint: {e}", state_path.display()))
+            })?;
+            varmap.load(dir.join("model.safetensors")).map_err(|e| {
+                StageError::Failed(format!("{}: {e}", dir.join("model.safetensors").display()))
+            })?;
+            opt.load(&dir.join("adamw.safetensors"))
+                .map_err(StageError::other)?;
             t.step = s.step;
             t.rng = SeededRng::from_state(s.rng);
             t.losses = s.losses;
@@ -64,13 +84,16 @@ impl Trainer {
     /// when due.
     pub fn record(&mut self, loss: f64, varmap: &VarMap, opt: &AdamW) -> Result<(), StageError> {
         if !loss.is_finite() {
-            return Err(StageError::Failed(format!("loss is {loss} at step {}; nothing was stored (lower the learning rate?)", self.step)));
+            return Err(StageError::Failed(format!(
+                "loss is {loss} at step {}; nothing was stored (lower the learning rate?)",
+                self.step
+            )));
         }
         self.step += 1;
         self.losses.push((self.step as u64, loss));
         self.pb.set_position(self.step as u64);
         self.pb.set_message(format!("loss {loss:.4}"));
-        if self.step % self.every == 0 {
+        if self.step.is_multiple_of(self.every) {
             self.save(varmap, opt)?;
         }
         Ok(())
@@ -78,13 +101,25 @@ impl Trainer {
 
     fn save(&self, varmap: &VarMap, opt: &AdamW) -> Result<(), StageError> {
         let tmp = |n: &str| self.dir.join(format!("{n}.tmp"));
-        varmap.save(tmp("model.safetensors")).map_err(StageError::other)?;
-        opt.save(&tmp("adamw.safetensors")).map_err(StageError::other)?;
-        let state = State { step: self.step, rng: self.rng.state(), losses: self.losses.clone() };
-        std::fs::write(tmp("state.json"), serde_json::to_vec(&state).unwrap_or_default()).map_err(|e| StageError::io(tmp("state.json"), e))?;
+        varmap
+            .save(tmp("model.safetensors"))
+            .map_err(StageError::other)?;
+        opt.save(&tmp("adamw.safetensors"))
+            .map_err(StageError::other)?;
+        let state = State {
+            step: self.step,
+            rng: self.rng.state(),
+            losses: self.losses.clone(),
+        };
+        std::fs::write(
+            tmp("state.json"),
+            serde_json::to_vec(&state).unwrap_or_default(),
+        )
+        .map_err(|e| StageError::io(tmp("state.json"), e))?;
         // Model and moments first, the state last: a state file always has its tensors.
         for n in ["model.safetensors", "adamw.safetensors", "state.json"] {
-            std::fs::rename(tmp(n), self.dir.join(n)).map_err(|e| StageError::io(self.dir.join(n), e))?;
+            std::fs::rename(tmp(n), self.dir.join(n))
+                .map_err(|e| StageError::io(self.dir.join(n), e))?;
         }
         Ok(())
     }
@@ -92,14 +127,28 @@ impl Trainer {
     /// Writes `<name>_loss.parquet` and `<name>_loss.png` into the output and closes the bar.
     pub fn finish(self, cx: &mut StageContext, name: &str) -> Result<(), StageError> {
         self.pb.finish_and_clear();
-        let schema = Arc::new(Schema::new(vec![Field::new("step", DataType::UInt64, false), Field::new("loss", DataType::Float64, false)]));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("step", DataType::UInt64, false),
+            Field::new("loss", DataType::Float64, false),
+        ]));
         let steps: Vec<u64> = self.losses.iter().map(|l| l.0).collect();
         let losses: Vec<f64> = self.losses.iter().map(|l| l.1).collect();
-        write_table(cx, &format!("{name}_loss.parquet"), schema, vec![col(UInt64Array::from(steps)), col(Float64Array::from(losses.clone()))])?;
+        write_table(
+            cx,
+            &format!("{name}_loss.parquet"),
+            schema,
+            vec![
+                col(UInt64Array::from(steps)),
+                col(Float64Array::from(losses.clone())),
+            ],
+        )?;
         let png = crate::tensors::png_bytes(&plot(&losses))?;
         cx.write_artifact(&format!("{name}_loss.png"), &png)?;
         if let Some(last) = losses.iter().rev().take(20).copied().reduce(|a, b| a + b) {
-            cx.metric(&format!("{name}_final_loss"), last / losses.len().min(20) as f64);
+            cx.metric(
+                &format!("{name}_final_loss"),
+                last / losses.len().min(20) as f64,
+            );
         }
         Ok(())
     }
@@ -123,15 +172,27 @@ pub fn plot(ys: &[f64]) -> RgbImage {
     if ys.len() < 2 {
         return im;
     }
-    let (lo, hi) = ys.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &y| (a.min(y), b.max(y)));
+    let (lo, hi) = ys
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &y| {
+            (a.min(y), b.max(y))
+        });
     let span = if hi > lo { hi - lo } else { 1.0 };
     let to_px = |i: usize, y: f64| -> (f64, f64) {
         let x = m as f64 + (w - 2 * m) as f64 * i as f64 / (ys.len() - 1) as f64;
         (x, (h - m) as f64 - (h - 2 * m) as f64 * (y - lo) / span)
     };
     let window = (ys.len() / 20).max(1);
-    let smooth: Vec<f64> = (0..ys.len()).map(|i| { let s = i.saturating_sub(window - 1); ys[s..=i].iter().sum::<f64>() / (i - s + 1) as f64 }).collect();
-    for (series, colour) in [(ys, Rgb([170, 200, 240])), (&smooth[..], Rgb([20, 60, 160]))] {
+    let smooth: Vec<f64> = (0..ys.len())
+        .map(|i| {
+            let s = i.saturating_sub(window - 1);
+            ys[s..=i].iter().sum::<f64>() / (i - s + 1) as f64
+        })
+        .collect();
+    for (series, colour) in [
+        (ys, Rgb([170, 200, 240])),
+        (&smooth[..], Rgb([20, 60, 160])),
+    ] {
         for i in 1..series.len() {
             let (a, b) = (to_px(i - 1, series[i - 1]), to_px(i, series[i]));
             let n = ((b.0 - a.0).abs().max((b.1 - a.1).abs()).ceil() as usize).max(1);
