@@ -35,6 +35,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .without_time()
         .init();
+    spo_stages::init_runtime();
     match commands::dispatch(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -1,21 +1,34 @@
 //! spo-stages: the stage kinds of spo-pipe, bridging the orchestrator and the models.
 
 pub mod aesthetic;
+pub mod base;
 pub mod clip_train;
 pub mod command;
 pub mod download;
 pub mod inworld;
 pub mod pickapic;
 pub mod prompts;
+pub mod sample;
 pub mod score;
+pub mod spm;
+pub mod spo;
 pub mod tensors;
 pub mod training;
 pub mod vocab;
 pub mod world;
-pub mod worlddata;
 mod world_parquet;
+pub mod worlddata;
 
 use spo_core::StageKind;
+
+/// Process-wide settings the model stages want, for a binary to call once at start-up: glibc
+/// keeps freed buffers instead of returning them to the OS (candle allocates a fresh buffer per
+/// op; without this, page faults took 40% of a training step here).
+pub fn init_runtime() {
+    if !spo_nn::allocator::retain_freed_memory() {
+        tracing::debug!("the C allocator did not take the buffer-retention settings");
+    }
+}
 
 /// Every built-in stage kind, for the binary's registry.
 pub fn kinds() -> Vec<Box<dyn StageKind>> {
@@ -26,6 +39,10 @@ pub fn kinds() -> Vec<Box<dyn StageKind>> {
         Box::new(clip_train::PickScoreTrain),
         Box::new(aesthetic::AestheticTrain),
         Box::new(score::Score),
+        Box::new(base::BasePretrain),
+        Box::new(sample::Sample),
+        Box::new(spm::TrainSpm),
+        Box::new(spo::SpoTrain),
         Box::new(world::WorldKind),
         Box::new(pickapic::PickAPic),
         Box::new(prompts::Prompts),
