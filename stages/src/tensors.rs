@@ -6,13 +6,18 @@ use spo_core::StageError;
 
 /// Stacks same-sized images into `(b, 3, h, w)` in [-1, 1].
 pub fn images_to_tensor(images: &[&RgbImage], device: &Device) -> Result<Tensor, StageError> {
-    let Some(first) = images.first() else { return Err(StageError::Failed("no images to stack".into())) };
+    let Some(first) = images.first() else {
+        return Err(StageError::Failed("no images to stack".into()));
+    };
     let (w, h) = first.dimensions();
     let (w, h) = (w as usize, h as usize);
     let mut data = vec![0f32; images.len() * 3 * h * w];
     for (b, im) in images.iter().enumerate() {
         if im.dimensions() != first.dimensions() {
-            return Err(StageError::Failed(format!("image {b} is {:?}, expected {w}x{h}", im.dimensions())));
+            return Err(StageError::Failed(format!(
+                "image {b} is {:?}, expected {w}x{h}",
+                im.dimensions()
+            )));
         }
         for (x, y, px) in im.enumerate_pixels() {
             for c in 0..3 {
@@ -29,11 +34,19 @@ pub fn tensor_to_images(t: &Tensor) -> Result<Vec<RgbImage>, StageError> {
     if c != 3 {
         return Err(StageError::Failed(format!("expected 3 channels, got {c}")));
     }
-    let v: Vec<f32> = t.to_dtype(candle_core::DType::F32).and_then(|t| t.flatten_all()).and_then(|t| t.to_vec1()).map_err(StageError::other)?;
+    let v: Vec<f32> = t
+        .to_dtype(candle_core::DType::F32)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1())
+        .map_err(StageError::other)?;
     Ok((0..b)
         .map(|i| {
             RgbImage::from_fn(w as u32, h as u32, |x, y| {
-                let at = |ch: usize| ((v[((i * 3 + ch) * h + y as usize) * w + x as usize] + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8;
+                let at = |ch: usize| {
+                    ((v[((i * 3 + ch) * h + y as usize) * w + x as usize] + 1.0) * 127.5)
+                        .round()
+                        .clamp(0.0, 255.0) as u8
+                };
                 image::Rgb([at(0), at(1), at(2)])
             })
         })
@@ -43,7 +56,8 @@ pub fn tensor_to_images(t: &Tensor) -> Result<Vec<RgbImage>, StageError> {
 /// PNG bytes of an image.
 pub fn png_bytes(im: &RgbImage) -> Result<Vec<u8>, StageError> {
     let mut buf = std::io::Cursor::new(Vec::new());
-    im.write_to(&mut buf, image::ImageFormat::Png).map_err(StageError::other)?;
+    im.write_to(&mut buf, image::ImageFormat::Png)
+        .map_err(StageError::other)?;
     Ok(buf.into_inner())
 }
 
@@ -53,7 +67,9 @@ mod tests {
 
     #[test]
     fn round_trip_is_exact_for_8_bit_images() {
-        let a = RgbImage::from_fn(4, 3, |x, y| image::Rgb([(x * 60) as u8, (y * 90) as u8, 255]));
+        let a = RgbImage::from_fn(4, 3, |x, y| {
+            image::Rgb([(x * 60) as u8, (y * 90) as u8, 255])
+        });
         let b = RgbImage::from_fn(4, 3, |x, y| image::Rgb([0, (x + y) as u8, 7]));
         let t = images_to_tensor(&[&a, &b], &Device::Cpu).unwrap();
         assert_eq!(t.dims4().unwrap(), (2, 3, 3, 4));

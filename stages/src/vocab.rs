@@ -23,7 +23,9 @@ const UNK: u32 = 2;
 const FIRST_WORD: u32 = 3;
 
 fn split(text: &str) -> impl Iterator<Item = String> + '_ {
-    text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase)
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
 }
 
 impl Vocab {
@@ -35,7 +37,10 @@ impl Vocab {
             let n = split(p).map(|w| words.insert(w)).count();
             longest = longest.max(n);
         }
-        Vocab { words: words.into_iter().collect(), max_len: longest + 2 }
+        Vocab {
+            words: words.into_iter().collect(),
+            max_len: longest + 2,
+        }
     }
     /// Number of token ids (the text tower's `vocab_size`).
     pub fn size(&self) -> usize {
@@ -49,22 +54,32 @@ impl Vocab {
     pub fn encode(&self, text: &str) -> Vec<u32> {
         let mut ids = vec![BOS];
         for w in split(text).take(self.max_len - 2) {
-            ids.push(self.words.binary_search(&w).map_or(UNK, |i| i as u32 + FIRST_WORD));
+            ids.push(
+                self.words
+                    .binary_search(&w)
+                    .map_or(UNK, |i| i as u32 + FIRST_WORD),
+            );
         }
         ids.push(self.eos());
         ids.resize(self.max_len, PAD);
         ids
     }
     /// The ids of many texts as one `(n, max_len)` tensor.
-    pub fn batch(&self, texts: &[&str], device: &candle_core::Device) -> Result<candle_core::Tensor, StageError> {
+    pub fn batch(
+        &self,
+        texts: &[&str],
+        device: &candle_core::Device,
+    ) -> Result<candle_core::Tensor, StageError> {
         let ids: Vec<u32> = texts.iter().flat_map(|t| self.encode(t)).collect();
-        candle_core::Tensor::from_vec(ids, (texts.len(), self.max_len), device).map_err(StageError::other)
+        candle_core::Tensor::from_vec(ids, (texts.len(), self.max_len), device)
+            .map_err(StageError::other)
     }
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec_pretty(self).unwrap_or_default()
     }
     pub fn from_json(bytes: &[u8], path: &std::path::Path) -> Result<Vocab, StageError> {
-        serde_json::from_slice(bytes).map_err(|e| StageError::Failed(format!("{}: not a vocabulary: {e}", path.display())))
+        serde_json::from_slice(bytes)
+            .map_err(|e| StageError::Failed(format!("{}: not a vocabulary: {e}", path.display())))
     }
 }
 
@@ -83,6 +98,10 @@ mod tests {
         assert_eq!(ids[4], v.eos());
         assert_eq!(&ids[5..], &[PAD; 3]);
         assert_ne!(v.encode("red apple"), v.encode("apple red"));
-        assert!(v.encode("a red apple").iter().all(|&i| (i as usize) < v.size()));
+        assert!(
+            v.encode("a red apple")
+                .iter()
+                .all(|&i| (i as usize) < v.size())
+        );
     }
 }

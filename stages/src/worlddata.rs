@@ -39,18 +39,31 @@ pub struct WorldData {
 impl WorldData {
     /// Loads the atlas and prompt sets from a `world` input.
     pub fn load(world: &Input) -> Result<WorldData, StageError> {
-        let canvas = world.manifest.params.int("canvas").map_err(StageError::from)? as u32;
+        let canvas = world
+            .manifest
+            .params
+            .int("canvas")
+            .map_err(StageError::from)? as u32;
         let objects = world.file("objects.parquet")?;
         let mut emojis = Vec::new();
         each_row(&objects, &["emoji"], |cols, i| {
-            emojis.push(str_at(cols[0], i).ok_or_else(|| bad(&objects, i, "emoji"))?.to_owned());
+            emojis.push(
+                str_at(cols[0], i)
+                    .ok_or_else(|| bad(&objects, i, "emoji"))?
+                    .to_owned(),
+            );
             Ok(())
         })?;
         let refs: Vec<&str> = emojis.iter().map(String::as_str).collect();
         let atlas = Atlas::from_emojis(&refs, canvas).map_err(StageError::other)?;
         let train = prompts(&world.file("prompts_train.parquet")?, &atlas)?;
         let validation = prompts(&world.file("prompts_validation.parquet")?, &atlas)?;
-        Ok(WorldData { atlas, canvas, train, validation })
+        Ok(WorldData {
+            atlas,
+            canvas,
+            train,
+            validation,
+        })
     }
 }
 
@@ -58,20 +71,42 @@ impl WorldData {
 pub fn load_pairs(world: &Input, limit: usize) -> Result<Vec<Pair>, StageError> {
     let path = world.file("pairs.parquet")?;
     let mut pairs = Vec::new();
-    let names = ["caption", "jpg_0", "jpg_1", "label_0", "label_1", "num_example_per_prompt"];
+    let names = [
+        "caption",
+        "jpg_0",
+        "jpg_1",
+        "label_0",
+        "label_1",
+        "num_example_per_prompt",
+    ];
     each_row(&path, &names, |c, i| {
         if limit > 0 && pairs.len() >= limit {
             return Ok(());
         }
         let decode = |col: usize| -> Result<RgbImage, StageError> {
             let b = bytes_at(c[col], i).ok_or_else(|| bad(&path, i, names[col]))?;
-            image::load_from_memory(b).map(|im| im.to_rgb8()).map_err(|e| StageError::Failed(format!("{}: row {i}: `{}` is not an image: {e}", path.display(), names[col])))
+            image::load_from_memory(b)
+                .map(|im| im.to_rgb8())
+                .map_err(|e| {
+                    StageError::Failed(format!(
+                        "{}: row {i}: `{}` is not an image: {e}",
+                        path.display(),
+                        names[col]
+                    ))
+                })
         };
         pairs.push(Pair {
-            caption: str_at(c[0], i).ok_or_else(|| bad(&path, i, "caption"))?.to_owned(),
+            caption: str_at(c[0], i)
+                .ok_or_else(|| bad(&path, i, "caption"))?
+                .to_owned(),
             images: [decode(1)?, decode(2)?],
-            labels: [f64_at(c[3], i).ok_or_else(|| bad(&path, i, "label_0"))?, f64_at(c[4], i).ok_or_else(|| bad(&path, i, "label_1"))?],
-            num_example_per_prompt: i64_at(c[5], i).ok_or_else(|| bad(&path, i, "num_example_per_prompt"))?.max(1) as f64,
+            labels: [
+                f64_at(c[3], i).ok_or_else(|| bad(&path, i, "label_0"))?,
+                f64_at(c[4], i).ok_or_else(|| bad(&path, i, "label_1"))?,
+            ],
+            num_example_per_prompt: i64_at(c[5], i)
+                .ok_or_else(|| bad(&path, i, "num_example_per_prompt"))?
+                .max(1) as f64,
         });
         Ok(())
     })?;
@@ -81,9 +116,12 @@ pub fn load_pairs(world: &Input, limit: usize) -> Result<Vec<Pair>, StageError> 
 fn prompts(path: &Path, atlas: &Atlas) -> Result<Vec<Prompt>, StageError> {
     let mut out = Vec::new();
     each_row(path, &["prompt", "scene"], |c, i| {
-        let text = str_at(c[0], i).ok_or_else(|| bad(path, i, "prompt"))?.to_owned();
+        let text = str_at(c[0], i)
+            .ok_or_else(|| bad(path, i, "prompt"))?
+            .to_owned();
         let code = str_at(c[1], i).ok_or_else(|| bad(path, i, "scene"))?;
-        let scene = Scene::from_code(atlas, code).map_err(|e| StageError::Failed(format!("{}: row {i}: {e}", path.display())))?;
+        let scene = Scene::from_code(atlas, code)
+            .map_err(|e| StageError::Failed(format!("{}: row {i}: {e}", path.display())))?;
         out.push(Prompt { text, scene });
         Ok(())
     })?;
@@ -91,18 +129,36 @@ fn prompts(path: &Path, atlas: &Atlas) -> Result<Vec<Prompt>, StageError> {
 }
 
 fn bad(path: &Path, row: usize, col: &str) -> StageError {
-    StageError::Failed(format!("{}: row {row}: column `{col}` is missing or of the wrong type", path.display()))
+    StageError::Failed(format!(
+        "{}: row {row}: column `{col}` is missing or of the wrong type",
+        path.display()
+    ))
 }
 
 /// Calls `f(columns, row)` for every row of the Parquet file at `path`, with `names` resolved.
-pub(crate) fn each_row(path: &Path, names: &[&str], mut f: impl FnMut(&[&dyn arrow_array::Array], usize) -> Result<(), StageError>) -> Result<(), StageError> {
+pub(crate) fn each_row(
+    path: &Path,
+    names: &[&str],
+    mut f: impl FnMut(&[&dyn arrow_array::Array], usize) -> Result<(), StageError>,
+) -> Result<(), StageError> {
     let file = File::open(path).map_err(|e| StageError::io(path, e))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file).and_then(|b| b.build()).map_err(|e| StageError::Failed(format!("{}: not a readable Parquet file: {e}", path.display())))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .and_then(|b| b.build())
+        .map_err(|e| {
+            StageError::Failed(format!(
+                "{}: not a readable Parquet file: {e}",
+                path.display()
+            ))
+        })?;
     for batch in reader {
         let batch = batch.map_err(|e| StageError::Failed(format!("{}: {e}", path.display())))?;
         let cols: Vec<&dyn arrow_array::Array> = names
             .iter()
-            .map(|n| batch.column_by_name(n).map(|c| c.as_ref()).ok_or_else(|| StageError::Failed(format!("{}: no column `{n}`", path.display()))))
+            .map(|n| {
+                batch.column_by_name(n).map(|c| c.as_ref()).ok_or_else(|| {
+                    StageError::Failed(format!("{}: no column `{n}`", path.display()))
+                })
+            })
             .collect::<Result<_, _>>()?;
         for i in 0..batch.num_rows() {
             f(&cols, i)?;
