@@ -138,8 +138,8 @@ pub fn small_world() -> &'static Input {
 /// Params of a fast, small CLIP run for the tests.
 pub fn quick_clip() -> Vec<(&'static str, Value)> {
     vec![
-        ("steps", Value::Int(30)),
-        ("warmup", Value::Int(5)),
+        ("steps", Value::Int(120)),
+        ("warmup", Value::Int(10)),
         ("checkpoint_every", Value::Int(10)),
         ("batch", Value::Int(32)),
         ("width", Value::Int(32)),
