@@ -112,6 +112,33 @@ pub enum Command {
     },
     /// The stage kinds this binary knows, with their params.
     Kinds,
+    /// Score images with a released scorer, outside any pipeline, into a Parquet of scores.
+    Score {
+        /// pickscore, hpsv2, imagereward, aesthetic or clipscore.
+        #[arg(long)]
+        metric: String,
+        /// The scorer's released files (a folder or a file; see docs/clip.md).
+        #[arg(long)]
+        weights: PathBuf,
+        /// A folder of images (png/jpg/webp), or a Parquet with image bytes and prompts.
+        #[arg(long)]
+        images: PathBuf,
+        /// For a folder: a text file with one prompt per image, in file-name order.
+        #[arg(long)]
+        prompts: Option<PathBuf>,
+        /// For a Parquet: the column of image bytes.
+        #[arg(long, default_value = "image")]
+        image_column: String,
+        /// For a Parquet: the column of prompts.
+        #[arg(long, default_value = "prompt")]
+        prompt_column: String,
+        /// Where to write the per-image scores.
+        #[arg(long, short, default_value = "scores.parquet")]
+        out: PathBuf,
+        /// Images per forward pass.
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -61,6 +61,33 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             cmd_tables(&load(pipe_file, store, set)?, &names, format)
         }
         Command::Diff { a, b, json } => cmd_diff(&load(pipe_file, store, set)?, &a, &b, json),
+        Command::Score {
+            metric,
+            weights,
+            images,
+            prompts,
+            image_column,
+            prompt_column,
+            out,
+            batch,
+        } => {
+            let args = crate::score::ScoreArgs {
+                metric: &metric,
+                weights: &weights,
+                images: &images,
+                prompts: prompts.as_deref(),
+                image_column: &image_column,
+                prompt_column: &prompt_column,
+                out: &out,
+                batch,
+            };
+            let (n, mean) = crate::score::run(&args)?;
+            eprintln!(
+                "scored {n} images with {metric}: mean {mean:.4}; wrote {}",
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Kinds => {
             let l = load(pipe_file, store, set)?;
             for k in l.registry.iter() {

@@ -373,3 +373,73 @@ fn dry_run_says_what_and_why_and_gc_drops_unreached_cells() {
     assert!(p.run(&["gc"]).status.success());
     assert_eq!(p.committed().len(), 2);
 }
+
+/// `spo-pipe score` with the tiny random-weight PickScore of the spo-clip fixtures, against the
+/// values transformers computed for the same photographs (tests/fixtures/clip/goldens).
+#[test]
+fn score_a_folder_of_images_into_parquet() {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::Float64Type;
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/clip");
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    for f in ["astronaut_crop.png", "coffee_crop.png"] {
+        std::fs::copy(fixtures.join("images").join(f), images.join(f)).unwrap();
+    }
+    let prompts = dir.path().join("prompts.txt");
+    std::fs::write(
+        &prompts,
+        "a photo of an astronaut riding a horse on the moon\n".repeat(2),
+    )
+    .unwrap();
+    let out = dir.path().join("scores.parquet");
+    let weights = fixtures.join("models/pickscore_tiny");
+    let run = |extra: &[&std::path::Path]| {
+        let mut c = bin();
+        c.args(["score", "--metric", "pickscore", "--weights"])
+            .arg(&weights)
+            .arg("--images")
+            .arg(&images)
+            .arg("--out")
+            .arg(&out);
+        for (flag, p) in ["--prompts"].iter().zip(extra) {
+            c.arg(flag).arg(p);
+        }
+        c.output().unwrap()
+    };
+    let res = run(&[&prompts]);
+    assert!(res.status.success(), "{}", text(&res.stderr));
+    let file = std::fs::File::open(&out).unwrap();
+    let mut reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let batch = reader.next().unwrap().unwrap();
+    let scores: Vec<f64> = batch
+        .column_by_name("pickscore")
+        .unwrap()
+        .as_primitive::<Float64Type>()
+        .values()
+        .to_vec();
+    // transformers' exp(logit_scale)·cos for (astronaut, prompt 0) and (coffee, prompt 0).
+    for (got, want) in scores.iter().zip([-41.59535217285156, -42.748985290527344]) {
+        assert!((got - want).abs() < 5e-4 * want.abs(), "{scores:?}");
+    }
+
+    let res = run(&[]);
+    assert_eq!(res.status.code(), Some(2));
+    assert!(
+        text(&res.stderr).contains("needs a prompt per image"),
+        "{}",
+        text(&res.stderr)
+    );
+    std::fs::write(images.join("broken.png"), b"not a png").unwrap();
+    let res = run(&[&prompts]);
+    assert_eq!(res.status.code(), Some(1));
+    assert!(
+        text(&res.stderr).contains("broken.png: not a decodable image"),
+        "{}",
+        text(&res.stderr)
+    );
+}
