@@ -21,6 +21,13 @@ use crate::cli::Cli;
 pub struct UsageError(String);
 
 fn main() -> ExitCode {
+    // candle's CPU thread pool spin-waits at every op's barrier; on a shared or loaded machine a
+    // stalled worker makes every op wait (measured here: 7 min vs 23 s for the same stage).
+    // spo-pipe parallelises across cells instead (`--jobs`); CANDLE_NUM_THREADS overrides.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: first statement of main, before any thread exists.
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+    }
     let cli = Cli::parse();
     let filter = match cli.verbose {
         0 if cli.quiet => "error",
