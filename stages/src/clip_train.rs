@@ -517,6 +517,12 @@ impl ClipPretrain {
                 .map(|p| p.text.as_str())
                 .chain(quality_words.iter().map(String::as_str)),
         );
+        let n = world.train.len();
+        if n < 2 {
+            return Err(StageError::Failed(
+                "contrastive training needs at least 2 training prompts".into(),
+            ));
+        }
         let mut clip = WorldClip::new(&arch, vocab, world.canvas as usize, seed, &device)?;
         let renders = render_all(&world, &world.train)?;
         let mut opt = sched.optimiser(&clip.varmap)?;
@@ -529,12 +535,6 @@ impl ClipPretrain {
             &mut clip.varmap,
             &mut opt,
         )?;
-        let n = world.train.len();
-        if n < 2 {
-            return Err(StageError::Failed(
-                "contrastive training needs at least 2 training prompts".into(),
-            ));
-        }
         let batch = batch.min(n);
         while t.step < sched.steps {
             opt.set_learning_rate(sched.lr_at(t.step));
@@ -588,11 +588,8 @@ impl ClipPretrain {
         }
         t.finish(cx, "clip")?;
 
-        let eval: Vec<_> = world.validation.iter().take(eval_prompts).collect();
-        let eval_renders = eval
-            .iter()
-            .map(|p| spo_world::render(&world.atlas, &p.scene).map_err(StageError::other))
-            .collect::<Result<Vec<_>, _>>()?;
+        let eval = &world.validation[..eval_prompts.min(world.validation.len())];
+        let eval_renders = render_all(&world, eval)?;
         let texts: Vec<&str> = eval.iter().map(|p| p.text.as_str()).collect();
         let images: Vec<&RgbImage> = eval_renders.iter().collect();
         let top1 = retrieval_top1(&clip, &images, &texts)?;
