@@ -200,9 +200,6 @@ impl StageKind for AestheticTrain {
     fn summary(&self) -> &'static str {
         "Train the in-world LAION-style aesthetic head: an MLP on the frozen CLIP's normalised image embedding, regressing detail quality"
     }
-    fn seeded(&self) -> bool {
-        true
-    }
     fn params(&self) -> Vec<ParamSpec> {
         let mut p = optimiser_params(1500, 2e-3, 0.01, 50);
         p.extend([

@@ -351,14 +351,11 @@ pub fn preference_loss(
     (per_pair * weights)?.sum_all()
 }
 
-/// The seed of a seeded cell.
+/// The training seed of a scorer cell: its `seed` param. The in-world scorers are not on the
+/// pipeline's seed axis: one set of scorers judges every seed's samples, so the spread over
+/// seeds measures the method, not the scorers (and they are trained once, not once per seed).
 pub(crate) fn cell_seed(cx: &StageContext) -> Result<u64, StageError> {
-    cx.seed().ok_or_else(|| {
-        StageError::Failed(format!(
-            "stage `{}` is seeded but was run without a seed",
-            cx.stage()
-        ))
-    })
+    Ok(cx.params().int("seed")? as u64)
 }
 
 /// The optimiser params every training kind here shares.
@@ -384,6 +381,9 @@ pub(crate) fn optimiser_params(
         ParamSpec::int("checkpoint_every", 100)
             .min(1.0)
             .doc("steps between resumable checkpoints in the scratch directory"),
+        ParamSpec::int("seed", 0)
+            .min(0.0)
+            .doc("seed of the initial weights and batches"),
     ]
 }
 
@@ -449,9 +449,6 @@ impl StageKind for ClipPretrain {
     }
     fn summary(&self) -> &'static str {
         "Train the in-world CLIP (tiny ViT + text tower over the world's words) contrastively on clean renders of the training prompts"
-    }
-    fn seeded(&self) -> bool {
-        true
     }
     fn params(&self) -> Vec<ParamSpec> {
         let mut p = optimiser_params(300, 2e-3, 0.05, 30);
@@ -689,9 +686,6 @@ impl StageKind for PickScoreTrain {
     }
     fn summary(&self) -> &'static str {
         "Fine-tune the in-world CLIP on the generic preference pairs with PickScore's loss: the PickScore analogue"
-    }
-    fn seeded(&self) -> bool {
-        true
     }
     fn params(&self) -> Vec<ParamSpec> {
         let mut p = optimiser_params(300, 3e-4, 0.05, 30);
