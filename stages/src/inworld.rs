@@ -7,7 +7,9 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use spo_clip::{ClipConfig, ClipModel};
 use spo_core::{Input, StageContext, StageError};
-use spo_diffusion::{UNet2DConditionConfig, UNet2DConditionModel};
+use spo_diffusion::{
+    GuidanceInputs, UNet2DConditionConfig, UNet2DConditionModel, guided_prediction,
+};
 
 use crate::vocab::Vocab;
 
@@ -22,9 +24,16 @@ fn read(path: &Path) -> Result<Vec<u8>, StageError> {
     std::fs::read(path).map_err(|e| StageError::io(path, e))
 }
 
-fn json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, StageError> {
+/// A JSON artifact, the error naming its file.
+pub fn json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, StageError> {
     serde_json::from_slice(&read(path)?)
         .map_err(|e| StageError::Failed(format!("{}: {e}", path.display())))
+}
+
+/// The `vocab.json` of an input.
+pub fn load_vocab(input: &Input) -> Result<Vocab, StageError> {
+    let path = input.file("vocab.json")?;
+    Vocab::from_json(&read(&path)?, &path)
 }
 
 /// Frozen weights from a safetensors file.
@@ -38,8 +47,7 @@ impl InWorldClip {
     /// Loads `clip.safetensors`, `clip_config.json` and `vocab.json` from an input, frozen.
     pub fn load(input: &Input, device: &Device) -> Result<InWorldClip, StageError> {
         let config: ClipConfig = json(&input.file("clip_config.json")?)?;
-        let vocab_path = input.file("vocab.json")?;
-        let vocab = Vocab::from_json(&read(&vocab_path)?, &vocab_path)?;
+        let vocab = load_vocab(input)?;
         let weights = input.file("clip.safetensors")?;
         let model = ClipModel::new(&config, frozen_vb(&weights, device)?)
             .map_err(|e| StageError::Failed(format!("{}: {e}", weights.display())))?;
@@ -48,6 +56,32 @@ impl InWorldClip {
             config,
             vocab,
         })
+    }
+
+    /// The UNet's classifier-free-guided ε for `x` at `timesteps`, prompted with `texts`; the
+    /// unconditional branch is the empty prompt (encoded once, repeated per row), as in SD.
+    pub fn guided_eps(
+        &self,
+        unet: &UNet2DConditionModel,
+        x: &Tensor,
+        timesteps: &[usize],
+        texts: &[&str],
+        scale: f64,
+        device: &Device,
+    ) -> Result<Tensor, StageError> {
+        let cond = self.context(texts, device)?;
+        let uncond = self
+            .context(&[""], device)?
+            .repeat((texts.len(), 1, 1))
+            .map_err(StageError::other)?;
+        let inputs = GuidanceInputs {
+            cond: &cond,
+            uncond: &uncond,
+            added_cond: None,
+            added_uncond: None,
+            scale,
+        };
+        guided_prediction(unet, x, timesteps, &inputs).map_err(StageError::other)
     }
 
     /// The text tower's last hidden states for `texts`: `(n, max_len, width)`, the UNet's context.

@@ -10,10 +10,10 @@ use candle_core::{D, DType, Device, Tensor};
 use candle_nn::VarMap;
 use spo_clip::{ClipConfig, ClipModel, Spm, SpmVariant, init_spm_from_pickscore};
 use spo_core::{Input, ParamSpec, StageContext, StageError, StageKind};
-use spo_diffusion::{Ddim, GuidanceInputs, NoiseSchedule, SchedulerConfig, guided_prediction};
+use spo_diffusion::{Ddim, NoiseSchedule, SchedulerConfig};
 use spo_nn::{AdamW, AdamWConfig, named_vars, seeded_var_builder};
 
-use crate::inworld::{InWorldClip, device, frozen_vb, load_unet, save_varmap};
+use crate::inworld::{InWorldClip, device, frozen_vb, json, load_unet, load_vocab, save_varmap};
 use crate::tensors::images_to_tensor;
 use crate::training::Trainer;
 use crate::vocab::Vocab;
@@ -142,16 +142,8 @@ pub fn build(varmap: &VarMap, meta: &SpmMeta, dev: &Device) -> Result<Spm, Stage
 
 /// Loads a trained SPM (frozen) with its vocabulary.
 pub fn load(input: &Input, dev: &Device) -> Result<(Spm, Vocab), StageError> {
-    let meta_path = input.file("spm_config.json")?;
-    let meta: SpmMeta = serde_json::from_slice(
-        &std::fs::read(&meta_path).map_err(|e| StageError::io(&meta_path, e))?,
-    )
-    .map_err(|e| StageError::Failed(format!("{}: {e}", meta_path.display())))?;
-    let vocab_path = input.file("vocab.json")?;
-    let vocab = Vocab::from_json(
-        &std::fs::read(&vocab_path).map_err(|e| StageError::io(&vocab_path, e))?,
-        &vocab_path,
-    )?;
+    let meta: SpmMeta = json(&input.file("spm_config.json")?)?;
+    let vocab = load_vocab(input)?;
     let weights = input.file("spm.safetensors")?;
     let spm = Spm::new(
         &meta.config,
@@ -291,16 +283,7 @@ fn train(
         // 2. the frozen base model's one-step x0-prediction with CFG
         let captions: Vec<&str> = idx.iter().map(|&i| pairs[i].caption.as_str()).collect();
         let captions2: Vec<&str> = captions.iter().chain(captions.iter()).copied().collect();
-        let cond = text.context(&captions2, dev)?;
-        let uncond = text.context(&vec![""; 2 * b], dev)?;
-        let inputs = GuidanceInputs {
-            cond: &cond,
-            uncond: &uncond,
-            added_cond: None,
-            added_uncond: None,
-            scale: cfg,
-        };
-        let eps = guided_prediction(&unet, &xt, &ts2, &inputs).map_err(StageError::other)?;
+        let eps = text.guided_eps(&unet, &xt, &ts2, &captions2, cfg, dev)?;
         let (x0_hat, _) = ddim
             .predict_x0_and_eps(&eps, &ts2, &xt)
             .map_err(StageError::other)?;

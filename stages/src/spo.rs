@@ -17,10 +17,7 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarMap;
 use spo_clip::Spm;
 use spo_core::{ParamSpec, StageContext, StageError, StageKind};
-use spo_diffusion::{
-    Ddim, GuidanceInputs, LoraConfig, NoiseSchedule, SchedulerConfig, UNet2DConditionModel,
-    guided_prediction,
-};
+use spo_diffusion::{Ddim, LoraConfig, NoiseSchedule, SchedulerConfig, UNet2DConditionModel};
 use spo_nn::{AdamW, AdamWConfig, SeededRng, named_vars, seeded_var_builder};
 
 use crate::inworld::{InWorldClip, device, load_unet};
@@ -239,23 +236,10 @@ struct Pool {
 impl Models<'_> {
     /// The policy's guided ε during the rollout, detached: sampling records no graph.
     fn eps(&self, x: &Tensor, t: usize, prompts: &[&str], cfg: f64) -> Result<Tensor, StageError> {
-        let cond = self.text.context(prompts, self.dev)?;
-        let uncond = self.text.context(&vec![""; prompts.len()], self.dev)?;
         let ts = vec![t; prompts.len()];
-        guided_prediction(
-            self.unet,
-            x,
-            &ts,
-            &GuidanceInputs {
-                cond: &cond,
-                uncond: &uncond,
-                added_cond: None,
-                added_uncond: None,
-                scale: cfg,
-            },
-        )
-        .map(|e| e.detach())
-        .map_err(StageError::other)
+        self.text
+            .guided_eps(self.unet, x, &ts, prompts, cfg, self.dev)
+            .map(|e| e.detach())
     }
     fn scores(&self, pixels: &Tensor, prompts: &[&str], t: usize) -> Result<Vec<f64>, StageError> {
         let ids = self.spm_vocab.batch(prompts, self.dev)?;
@@ -489,21 +473,7 @@ fn train_round(
         // log-probabilities of the stored x_{t−1} under the policy and the frozen reference
         let logp = |lora: bool| -> Result<Tensor, StageError> {
             m.unet.set_lora_enabled(lora);
-            let cond = m.text.context(&texts, m.dev)?;
-            let uncond = m.text.context(&vec![""; texts.len()], m.dev)?;
-            let eps = guided_prediction(
-                m.unet,
-                &xt,
-                &ts,
-                &GuidanceInputs {
-                    cond: &cond,
-                    uncond: &uncond,
-                    added_cond: None,
-                    added_uncond: None,
-                    scale: s.cfg,
-                },
-            )
-            .map_err(StageError::other)?;
+            let eps = m.text.guided_eps(m.unet, &xt, &ts, &texts, s.cfg, m.dev)?;
             let eps = if lora { eps } else { eps.detach() };
             m.ddim
                 .transition(&eps, &ts, &xt)
