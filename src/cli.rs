@@ -41,9 +41,10 @@ pub enum Command {
     Run {
         #[command(flatten)]
         plan: PlanArgs,
-        /// Cells computed at once.
-        #[arg(long, short, default_value_t = 1)]
-        jobs: usize,
+        /// Cores to use: cells computed at once, and threads lent to a cell computing with
+        /// cores to spare (its results do not depend on them) [default: this machine's cores]
+        #[arg(long, short)]
+        jobs: Option<usize>,
         /// Say what would run, and why, without running it.
         #[arg(long, short = 'n')]
         dry_run: bool,

@@ -27,7 +27,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => cmd_run(
             &load(pipe_file, store, set)?,
             &plan.targets,
-            jobs,
+            jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             dry_run,
             keep_going,
             cli.quiet,

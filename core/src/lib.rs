@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod config_error;
+pub mod cores;
 pub mod dag;
 pub mod diff;
 pub mod explain;

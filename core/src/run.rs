@@ -3,12 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::config::Pipeline;
+use crate::cores::CoreBudget;
 use crate::error::Error;
 use crate::index::{self, IndexRow};
 use crate::key::KeyParts;
@@ -21,7 +22,8 @@ use crate::store::{Pointer, Store};
 /// How to run.
 #[derive(Clone)]
 pub struct RunOptions {
-    /// Cells computed at once.
+    /// Cores to use: cells computed at once, and the threads a cell with cores to spare may
+    /// use (`StageContext::threads`).
     pub jobs: usize,
     /// Only say what would run.
     pub dry_run: bool,
@@ -131,6 +133,7 @@ pub fn run(
         opts,
         on,
         overall: &overall,
+        cores: Arc::new(CoreBudget::new(opts.jobs)),
     };
     let workers = opts.jobs.max(1).min(n.max(1));
     if workers == 1 {
@@ -159,6 +162,7 @@ struct Exec<'a> {
     opts: &'a RunOptions,
     on: &'a (dyn Fn(Event<'_>) + Sync),
     overall: &'a ProgressBar,
+    cores: Arc<CoreBudget>,
 }
 
 enum Outcome {
@@ -221,7 +225,9 @@ impl Exec<'_> {
                     g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
                 }
             };
+            self.cores.enter();
             let outcome = self.process(id, &inputs);
+            self.cores.leave();
             let mut g = sched.lock().unwrap_or_else(|p| p.into_inner());
             g.running -= 1;
             let node = &self.plan.nodes[id];
@@ -315,6 +321,7 @@ impl Exec<'_> {
             metrics: BTreeMap::new(),
             written: Vec::new(),
             progress: self.opts.progress.clone(),
+            cores: Arc::clone(&self.cores),
         };
         (self.on)(Event::Started(node));
         let started = unix_now();

@@ -9,11 +9,13 @@
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 
+use crate::cores::CoreBudget;
 use crate::manifest::Manifest;
 use crate::param::{ParamError, ParamSpec, Params};
 
@@ -132,6 +134,7 @@ pub struct StageContext {
     pub(crate) metrics: std::collections::BTreeMap<String, f64>,
     pub(crate) written: Vec<Written>,
     pub(crate) progress: MultiProgress,
+    pub(crate) cores: Arc<CoreBudget>,
 }
 
 impl StageContext {
@@ -154,7 +157,14 @@ impl StageContext {
             metrics: Default::default(),
             written: Vec::new(),
             progress: MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden()),
+            cores: Arc::new(CoreBudget::new(1)),
         }
+    }
+    /// Threads this cell may use now: its fair share of the run's `--jobs` cores, which grows as
+    /// the cells beside it finish. Ask again at each step; a stage's results must not depend on
+    /// the answer.
+    pub fn threads(&self) -> usize {
+        self.cores.share()
     }
     /// The stage's name in pipeline.toml.
     pub fn stage(&self) -> &str {
