@@ -7,6 +7,8 @@
 //! - [`LayerNorm`], [`GroupNorm`], [`attention`], [`activation`], [`linear`], [`Conv2d`],
 //!   [`upsample`]: layers whose gradients flow;
 //! - [`AdamW`]: `torch.optim.AdamW` with exact save/load;
+//! - [`sharded_backward`]: a batch's gradients shard by shard on the free cores, bit-identical
+//!   for any number of threads;
 //! - [`vars_without_gradient`]: the test that every trainable variable learns.
 //!
 //! ```
@@ -40,6 +42,7 @@ pub mod layer_norm_fused;
 pub mod linear;
 pub mod rng;
 pub mod seeded_init;
+pub mod sharded;
 pub mod softmax;
 pub mod upsample;
 
@@ -52,3 +55,4 @@ pub use group_norm::GroupNorm;
 pub use layer_norm::LayerNorm;
 pub use rng::{RngState, SeededRng};
 pub use seeded_init::{named_vars, seeded_var_builder};
+pub use sharded::sharded_backward;
