@@ -6,16 +6,16 @@
 //! This plays SD-1.5's part in the paper: the model SPO fine-tunes. It works in pixel space on
 //! the 32×32 canvas (no VAE): the world is small enough that a latent space would only cost time.
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Tensor, Var};
 use candle_nn::VarMap;
 use spo_core::{ParamSpec, StageContext, StageError, StageKind};
 use spo_diffusion::{NoiseSchedule, SchedulerConfig};
-use spo_nn::{AdamW, AdamWConfig, named_vars};
+use spo_nn::{AdamW, AdamWConfig, named_vars, sharded_backward};
 use spo_world::render;
 
 use crate::inworld::{InWorldClip, device, new_unet, save_varmap, unet_config};
 use crate::tensors::images_to_tensor;
-use crate::training::Trainer;
+use crate::training::{Trainer, warmup_cosine};
 use crate::worlddata::WorldData;
 
 /// The `base-pretrain` stage kind.
@@ -26,7 +26,7 @@ impl StageKind for BasePretrain {
         "base-pretrain"
     }
     fn version(&self) -> u32 {
-        1
+        2
     }
     fn summary(&self) -> &'static str {
         "train the base text-to-image UNet on the world's clean renders (needs world, clip-pretrain)"
@@ -37,7 +37,15 @@ impl StageKind for BasePretrain {
                 .range(1.0, 1e7)
                 .doc("optimizer steps"),
             ParamSpec::int("batch", 32).range(1.0, 4096.0),
-            ParamSpec::float("lr", 1e-3).range(1e-7, 1.0),
+            ParamSpec::float("lr", 1e-3)
+                .range(1e-7, 1.0)
+                .doc("peak learning rate: linear warm-up, then cosine decay to zero"),
+            ParamSpec::int("warmup", 50)
+                .range(0.0, 1e7)
+                .doc("learning-rate warm-up steps"),
+            ParamSpec::float("min_snr_gamma", 5.0)
+                .range(0.0, 1e3)
+                .doc("Min-SNR loss weighting min(SNR, γ)/SNR (Hang et al. 2023); 0 = plain MSE"),
             ParamSpec::int_list("channels", &[32, 64, 64])
                 .range(8.0, 1024.0)
                 .doc("UNet block widths (multiples of 8), one per resolution"),
@@ -48,6 +56,9 @@ impl StageKind for BasePretrain {
                 .min(0.0)
                 .doc("seed of the initial weights, batches and noise"),
             ParamSpec::int("checkpoint_every", 100).range(1.0, 1e7),
+            ParamSpec::int("shards", 2)
+                .range(1.0, 256.0)
+                .doc("the batch is back-propagated in this many shards, in parallel on the cores free at the time (results do not depend on the cores)"),
         ]
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
@@ -114,9 +125,33 @@ impl StageKind for BasePretrain {
             &mut opt,
         )?;
         let uncond_prob = p.float("uncond_prob")?;
+        let shards = p.usize("shards")?.min(batch);
+        let vars: Vec<Var> = named_vars(&varmap)
+            .map_err(StageError::other)?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
+        let (lr, warmup, gamma) = (
+            p.float("lr")?,
+            p.usize("warmup")?,
+            p.float("min_snr_gamma")?,
+        );
+        let snr_weight: Vec<f32> = schedule
+            .alphas_cumprod()
+            .iter()
+            .map(|&a| {
+                let snr = a / (1.0 - a);
+                if gamma > 0.0 {
+                    (snr.min(gamma) / snr) as f32
+                } else {
+                    1.0
+                }
+            })
+            .collect();
 
         // 3. ε-prediction training
         while tr.step < steps {
+            opt.set_learning_rate(lr * warmup_cosine(tr.step, steps, warmup));
             let idx: Vec<u32> = tr
                 .rng
                 .indices(batch, images.len())
@@ -138,12 +173,11 @@ impl StageKind for BasePretrain {
                 ctx_rows.push(row);
             }
             let ctx = Tensor::cat(&ctx_rows, 0).map_err(StageError::other)?;
-            let ts: Vec<i64> = tr
-                .rng
-                .indices(batch, train_steps)
-                .into_iter()
-                .map(|t| t as i64)
-                .collect();
+            let ts: Vec<usize> = tr.rng.indices(batch, train_steps);
+            let weights: Vec<f32> = ts.iter().map(|&t| snr_weight[t]).collect();
+            let weights =
+                Tensor::from_vec(weights, (batch, 1, 1, 1), &dev).map_err(StageError::other)?;
+            let ts: Vec<i64> = ts.into_iter().map(|t| t as i64).collect();
             let ts = Tensor::from_vec(ts, batch, &dev).map_err(StageError::other)?;
             let noise = tr
                 .rng
@@ -152,16 +186,20 @@ impl StageKind for BasePretrain {
             let xt = schedule
                 .add_noise(&x0, &noise, &ts)
                 .map_err(StageError::other)?;
-            let pred = unet
-                .forward(&xt, &ts, &ctx, None)
+            let denom = noise.elem_count() as f64;
+            let shard_loss = |s: usize| -> Result<Tensor, spo_diffusion::DiffusionError> {
+                let (lo, hi) = (s * batch / shards, (s + 1) * batch / shards);
+                let rows = |t: &Tensor| t.narrow(0, lo, hi - lo);
+                let pred = unet.forward(&rows(&xt)?, &rows(&ts)?, &rows(&ctx)?, None)?;
+                Ok(((pred - rows(&noise)?)?
+                    .sqr()?
+                    .broadcast_mul(&rows(&weights)?)?
+                    .sum_all()?
+                    / denom)?)
+            };
+            let (l, grads) = sharded_backward(shards, cx.threads(), &vars, shard_loss)
                 .map_err(StageError::other)?;
-            let loss = (pred - &noise)
-                .and_then(|d| d.sqr())
-                .and_then(|d| d.mean_all())
-                .map_err(StageError::other)?;
-            let grads = loss.backward().map_err(StageError::other)?;
             opt.step(&grads).map_err(StageError::other)?;
-            let l = loss.to_scalar::<f32>().map_err(StageError::other)? as f64;
             tr.record(l, &varmap, &opt)?;
         }
         tr.finish(cx, "base")?;

@@ -159,6 +159,18 @@ impl Trainer {
     }
 }
 
+/// The learning-rate multiplier at `step` of `total`: linear warm-up over `warmup` steps, then a
+/// half cosine from 1 to 0 at `total`. A function of the step alone, so a resumed run follows
+/// the same schedule.
+pub fn warmup_cosine(step: usize, total: usize, warmup: usize) -> f64 {
+    if step < warmup {
+        return (step + 1) as f64 / warmup as f64;
+    }
+    let span = total.saturating_sub(warmup).max(1) as f64;
+    let f = ((step - warmup) as f64 / span).min(1.0);
+    0.5 * (1.0 + (std::f64::consts::PI * f).cos())
+}
+
 /// A 480×240 line plot of `ys` (raw in light blue, a running mean in dark blue), axes in grey.
 pub fn plot(ys: &[f64]) -> RgbImage {
     let (w, h, m) = (480u32, 240u32, 12u32);
@@ -206,4 +218,30 @@ pub fn plot(ys: &[f64]) -> RgbImage {
         }
     }
     im
+}
+
+#[cfg(test)]
+mod tests {
+    use super::warmup_cosine;
+
+    #[test]
+    fn warmup_then_cosine_to_zero() {
+        assert!((warmup_cosine(0, 100, 10) - 0.1).abs() < 1e-12);
+        assert!((warmup_cosine(9, 100, 10) - 1.0).abs() < 1e-12);
+        assert!((warmup_cosine(10, 100, 10) - 1.0).abs() < 1e-12);
+        assert!(
+            (warmup_cosine(55, 100, 10) - 0.5).abs() < 1e-12,
+            "half-way down at the middle"
+        );
+        assert!(warmup_cosine(99, 100, 10) < 1e-3);
+        assert!(
+            (warmup_cosine(0, 100, 0) - 1.0).abs() < 1e-12,
+            "no warm-up starts at the peak"
+        );
+        let lrs: Vec<f64> = (10..100).map(|s| warmup_cosine(s, 100, 10)).collect();
+        assert!(
+            lrs.windows(2).all(|w| w[1] <= w[0]),
+            "monotone after the warm-up"
+        );
+    }
 }
