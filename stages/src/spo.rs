@@ -52,6 +52,7 @@ impl StageKind for SpoTrain {
             ParamSpec::int("rounds", 12).range(0.0, 1e6).doc("sampling + training rounds"),
             ParamSpec::int("prompts", 6).range(1.0, 4096.0).doc("prompts per round"),
             ParamSpec::int("train_batch", 16).range(1.0, 4096.0).doc("pairs per optimizer step"),
+            ParamSpec::int("epochs", 1).range(1.0, 100.0).doc("passes over each round's pairs (the paper: 1, each pair used once)"),
             ParamSpec::float("lr", 5e-4).range(1e-8, 1.0),
             ParamSpec::int("rank", 4).range(1.0, 256.0).doc("LoRA rank (alpha = rank)"),
             ParamSpec::int("steps", 20).range(2.0, 1000.0).doc("DDIM steps"),
@@ -105,6 +106,7 @@ impl StageKind for SpoTrain {
             clip_eps: p.float("clip_eps")?,
             cfg: p.float("cfg")?,
             train_batch: p.usize("train_batch")?,
+            epochs: p.usize("epochs")?,
         };
         let models = Models {
             unet: &unet,
@@ -188,6 +190,7 @@ struct Settings {
     clip_eps: f64,
     cfg: f64,
     train_batch: usize,
+    epochs: usize,
 }
 
 struct Models<'a> {
@@ -436,7 +439,7 @@ fn judge(
     Ok(chosen)
 }
 
-/// One pass over the stored pairs; returns the mean loss (None without pairs) and the mean
+/// `epochs` passes over the stored pairs; returns the mean loss (None without pairs) and the mean
 /// clamped ratios of the winners and losers.
 fn train_round(
     m: &Models,
@@ -448,9 +451,15 @@ fn train_round(
     if pairs.is_empty() {
         return Ok((None, (1.0, 1.0)));
     }
-    let order = rng.permutation(pairs.len());
+    let order: Vec<usize> = (0..s.epochs)
+        .flat_map(|_| rng.permutation(pairs.len()))
+        .collect();
     let (mut loss_sum, mut rw_sum, mut rl_sum, mut n) = (0.0, 0.0, 0.0, 0usize);
-    for chunk in order.chunks(s.train_batch) {
+    // Each epoch's permutation is cut into micro-batches of its own.
+    for chunk in order
+        .chunks(pairs.len())
+        .flat_map(|epoch| epoch.chunks(s.train_batch))
+    {
         let c = chunk.len();
         let cat = |f: &dyn Fn(&Pair) -> &Tensor| {
             Tensor::cat(&chunk.iter().map(|&i| f(&pairs[i])).collect::<Vec<_>>(), 0)
