@@ -518,6 +518,42 @@ fn cmd_tables(l: &Loaded, names: &[String], format: TableFormat) -> anyhow::Resu
     })
 }
 
+/// One line per differing `stage.param`; a stage upstream of only one side is one line.
+fn print_param_diff(
+    params: &std::collections::BTreeMap<
+        String,
+        (Option<serde_json::Value>, Option<serde_json::Value>),
+    >,
+) {
+    let stage_of = |k: &str| {
+        k.split_once('.')
+            .map_or(k.to_owned(), |(s, _)| s.to_owned())
+    };
+    let mut stages: Vec<String> = params.keys().map(|k| stage_of(k)).collect();
+    stages.dedup();
+    for stage in stages {
+        let rows: Vec<_> = params
+            .iter()
+            .filter(|(k, _)| stage_of(k) == stage)
+            .collect();
+        let only = |side: fn(&(Option<serde_json::Value>, Option<serde_json::Value>)) -> bool| {
+            rows.len() > 1 && rows.iter().all(|(_, v)| side(v))
+        };
+        if only(|v| v.0.is_none()) {
+            println!("  stage `{stage}`: only in B ({} params)", rows.len());
+        } else if only(|v| v.1.is_none()) {
+            println!("  stage `{stage}`: only in A ({} params)", rows.len());
+        } else {
+            for (k, (va, vb)) in rows {
+                let f = |v: &Option<serde_json::Value>| {
+                    v.as_ref().map_or("(unset)".to_owned(), ToString::to_string)
+                };
+                println!("  {k}: {} -> {}", f(va), f(vb));
+            }
+        }
+    }
+}
+
 fn cmd_diff(l: &Loaded, a: &str, b: &str, json: bool) -> anyhow::Result<ExitCode> {
     let store = l.store()?;
     let rows = index::read_all(&store.index_dir()).context("reading the run index")?;
@@ -540,12 +576,7 @@ fn cmd_diff(l: &Loaded, a: &str, b: &str, json: bool) -> anyhow::Result<ExitCode
         println!("\nparams: identical");
     } else {
         println!("\nparams that differ:");
-        for (k, (va, vb)) in &d.params {
-            let f = |v: &Option<serde_json::Value>| {
-                v.as_ref().map_or("(unset)".to_owned(), ToString::to_string)
-            };
-            println!("  {k}: {} -> {}", f(va), f(vb));
-        }
+        print_param_diff(&d.params);
     }
     println!(
         "\n{:<24} {:>22} {:>22} {:>10}  95% CI of B - A",

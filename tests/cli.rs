@@ -335,6 +335,12 @@ metrics = ["acc"]
     let delta = v["metrics"][0]["delta"].as_f64().unwrap();
     assert!((delta - 0.1).abs() < 1e-12, "{v}");
     assert!(v["params"].as_object().unwrap().contains_key("train.cmd"));
+    let out = p.run(&["diff", "base", "train"]);
+    let s = text(&out.stdout);
+    assert!(
+        s.contains("stage `train`: only in B (2 params)") && !s.contains("train.cmd"),
+        "a stage upstream of one side only is one line: {s}"
+    );
 }
 
 #[test]
