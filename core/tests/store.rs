@@ -87,6 +87,23 @@ fn stale_staging_is_swept_and_manifests_describe_files() {
 }
 
 #[test]
+fn a_cell_computing_alone_is_lent_the_whole_core_budget() {
+    for jobs in [1, 3] {
+        let (_d, store, pipe, reg) = setup("[stage.a]\nkind = \"emit\"\n");
+        let plan = Plan::build(&pipe, &reg, &["a".to_string()]).unwrap();
+        let opts = RunOptions {
+            jobs,
+            ..Default::default()
+        };
+        let s = run(&pipe, &reg, &store, &plan, &opts, &|_| {}).unwrap();
+        assert!(s.failed.is_empty(), "{:?}", s.failed);
+        let key = store.keys().unwrap().pop().unwrap();
+        let m = spo_core::Manifest::read(&store.cell_dir(&key)).unwrap();
+        assert_eq!(m.metrics["threads"], jobs as f64, "--jobs {jobs}");
+    }
+}
+
+#[test]
 fn table_has_mean_std_bold_best_and_names_missing_cells() {
     let (_d, store, pipe, reg) = setup(PIPE);
     let t = pipe.table("tab").unwrap();

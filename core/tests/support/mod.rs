@@ -4,7 +4,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use spo_core::{ParamSpec, StageContext, StageError, StageKind};
 
-/// Writes `value` to `out.txt`; `salt` changes the key but not the bytes.
+/// Writes `value` to `out.txt`; `salt` changes the key but not the bytes. Records the threads
+/// it was lent as a metric.
 pub struct Emit;
 
 impl StageKind for Emit {
@@ -28,6 +29,7 @@ impl StageKind for Emit {
         let v = cx.params().int("value")?;
         cx.write_artifact("out.txt", v.to_string().as_bytes())?;
         cx.metric("value", v as f64);
+        cx.metric("threads", cx.threads() as f64);
         Ok(())
     }
 }
