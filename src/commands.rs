@@ -525,26 +525,18 @@ fn print_param_diff(
         (Option<serde_json::Value>, Option<serde_json::Value>),
     >,
 ) {
-    let stage_of = |k: &str| {
-        k.split_once('.')
-            .map_or(k.to_owned(), |(s, _)| s.to_owned())
-    };
-    let mut stages: Vec<String> = params.keys().map(|k| stage_of(k)).collect();
-    stages.dedup();
-    for stage in stages {
-        let rows: Vec<_> = params
-            .iter()
-            .filter(|(k, _)| stage_of(k) == stage)
-            .collect();
-        let only = |side: fn(&(Option<serde_json::Value>, Option<serde_json::Value>)) -> bool| {
-            rows.len() > 1 && rows.iter().all(|(_, v)| side(v))
-        };
-        if only(|v| v.0.is_none()) {
-            println!("  stage `{stage}`: only in B ({} params)", rows.len());
-        } else if only(|v| v.1.is_none()) {
-            println!("  stage `{stage}`: only in A ({} params)", rows.len());
+    let stage_of = |k: &str| k.split_once('.').map_or(k, |(s, _)| s).to_owned();
+    let rows: Vec<_> = params.iter().collect();
+    // Keys are sorted, so each stage's params are adjacent.
+    for group in rows.chunk_by(|a, b| stage_of(a.0) == stage_of(b.0)) {
+        let stage = stage_of(group[0].0);
+        let several = group.len() > 1;
+        if several && group.iter().all(|(_, (a, _))| a.is_none()) {
+            println!("  stage `{stage}`: only in B ({} params)", group.len());
+        } else if several && group.iter().all(|(_, (_, b))| b.is_none()) {
+            println!("  stage `{stage}`: only in A ({} params)", group.len());
         } else {
-            for (k, (va, vb)) in rows {
+            for (k, (va, vb)) in group {
                 let f = |v: &Option<serde_json::Value>| {
                     v.as_ref().map_or("(unset)".to_owned(), ToString::to_string)
                 };

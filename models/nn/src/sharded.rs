@@ -2,9 +2,9 @@
 //!
 //! candle parallelises inside each op, which on a small model costs more in synchronisation than
 //! it gains; splitting the batch into a fixed number of shards and back-propagating each as its
-//! own task on rayon's pool scales instead. The shards are fixed by the caller, not by the threads: their
-//! gradients are summed in shard order, so the result is bit-identical whether the shards ran
-//! on one thread or on many.
+//! own task on rayon's pool scales instead. The shards are fixed by the caller, not by the
+//! threads: their gradients are summed in shard order, so the result is bit-identical whether
+//! the shards ran on one thread or on many.
 
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
@@ -14,8 +14,9 @@ use rayon::prelude::*;
 type Part = (f64, Vec<Option<Tensor>>, Option<GradStore>);
 
 /// The loss `Σ_s loss(s)` over `shards` shards and its gradients with respect to `vars`, the
-/// shards run in parallel on rayon's pool when `threads` > 1, one after another otherwise. `loss(s)` returns shard `s`'s scalar part of the loss
-/// (already scaled so that the parts add up to the batch's loss).
+/// shards run in parallel on rayon's pool when `threads` > 1, one after another otherwise.
+/// `loss(s)` returns shard `s`'s scalar part of the loss (already scaled so that the parts add
+/// up to the batch's loss).
 pub fn sharded_backward<F, E>(
     shards: usize,
     threads: usize,
