@@ -1,10 +1,13 @@
 //! Multi-head scaled dot-product attention with a recorded backward pass.
 //!
 //! `candle_nn::ops::softmax_last_dim` has no backward, so gradients to queries and keys vanish
-//! silently through it (huggingface/candle #2977). This helper uses the differentiable
-//! `candle_nn::ops::softmax` and upcasts the scores to f32 around it, as diffusers'
-//! `upcast_softmax` does; on the CPU the softmax is the fused kernel of [`crate::softmax`].
+//! silently through it (huggingface/candle #2977). On the CPU in f32, attention is the single
+//! fused op of [`crate::attention_fused`]; elsewhere it is composed from candle ops around the
+//! differentiable softmax of [`crate::softmax`], with the scores upcast to f32 as diffusers'
+//! `upcast_softmax` does.
 
+use crate::attention_fused::FusedAttention;
+use crate::softmax::softmax_last_dim;
 use candle_core::{D, DType, Result, Tensor};
 
 /// `(b, n, heads·d) → (b·heads, n, d)`.
@@ -36,12 +39,36 @@ pub fn scaled_dot_product_attention(
         .to_dtype(DType::F32)?
         .matmul(&k.to_dtype(DType::F32)?.t()?)?
         * scale)?;
-    let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(dtype)?;
+    let probs = softmax_last_dim(&scores)?.to_dtype(dtype)?;
     probs.matmul(&v.contiguous()?)
 }
 
 /// Attention over `(b, n, heads·d)` projections, returning `(b, n, heads·d)`.
 pub fn multi_head_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
+    let head_dim = q.dim(D::Minus1)? / heads;
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    if [q, k, v]
+        .iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+    {
+        let op = FusedAttention {
+            heads,
+            scale: scale as f32,
+        };
+        return q
+            .contiguous()?
+            .apply_op3(&k.contiguous()?, &v.contiguous()?, op);
+    }
+    composed_multi_head_attention(q, k, v, heads)
+}
+
+/// [`multi_head_attention`] from candle ops, on every device.
+pub fn composed_multi_head_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+) -> Result<Tensor> {
     let head_dim = q.dim(D::Minus1)? / heads;
     let (q, k, v) = (
         split_heads(q, heads)?,

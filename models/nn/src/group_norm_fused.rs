@@ -11,6 +11,7 @@
 //! Statistics are accumulated in f64. Inputs are f32 on the CPU; other cases use the
 //! elementwise path.
 
+use crate::cpu_slice::storage_slice;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -23,14 +24,6 @@ pub struct GroupNormAct {
     pub eps: f64,
     /// Apply SiLU after the affine map.
     pub silu: bool,
-}
-
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    if !l.is_contiguous() {
-        candle_core::bail!("group norm: `{what}` must be contiguous");
-    }
-    let data = s.as_slice::<f32>()?;
-    Ok(&data[l.start_offset()..l.start_offset() + l.shape().elem_count()])
 }
 
 fn sigmoid(z: f32) -> f32 {
@@ -140,9 +133,9 @@ impl CustomOp3 for GroupNormAct {
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, gamma, beta) = (
-            slice(xs, xl, "x")?,
-            slice(gs, gl, "weight")?,
-            slice(bs, bl, "bias")?,
+            storage_slice(xs, xl, "group norm: x")?,
+            storage_slice(gs, gl, "group norm: weight")?,
+            storage_slice(bs, bl, "group norm: bias")?,
         );
         let (_, c, hw) = self.sizes(xl.dims())?;
         let cpg = c / self.groups;

@@ -4,6 +4,7 @@
 //! `y = x̂·γ + β` with `x̂ = (x − μ)/σ`; backward `dβ = Σ_rows dy`, `dγ = Σ_rows dy·x̂`,
 //! `dx = (1/σ)·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂))` with `dx̂ = dy·γ`. Statistics in f64.
 
+use crate::cpu_slice::storage_slice;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -15,14 +16,6 @@ const ROWS_PER_UNIT: usize = 64;
 pub struct LayerNormAffine {
     /// Added to the variance.
     pub eps: f64,
-}
-
-fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    if !l.is_contiguous() {
-        candle_core::bail!("layer norm: `{what}` must be contiguous");
-    }
-    let data = s.as_slice::<f32>()?;
-    Ok(&data[l.start_offset()..l.start_offset() + l.shape().elem_count()])
 }
 
 impl LayerNormAffine {
@@ -49,9 +42,9 @@ impl CustomOp3 for LayerNormAffine {
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x, gamma, beta) = (
-            slice(xs, xl, "x")?,
-            slice(gs, gl, "weight")?,
-            slice(bs, bl, "bias")?,
+            storage_slice(xs, xl, "layer norm: x")?,
+            storage_slice(gs, gl, "layer norm: weight")?,
+            storage_slice(bs, bl, "layer norm: bias")?,
         );
         let d = gamma.len();
         let mut out = vec![0f32; x.len()];

@@ -6,6 +6,7 @@
 //! `dx = y·(dy − Σ dy·y)` (two tensor ops). f32 on the CPU; [`softmax_last_dim`] falls back
 //! to `candle_nn::ops::softmax` elsewhere.
 
+use crate::vmath::softmax_row;
 use candle_core::{CpuStorage, CustomOp1, D, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -25,19 +26,8 @@ impl CustomOp1 for SoftmaxLastDim {
         let n = layout.dims().last().copied().unwrap_or(1).max(1);
         let data = storage.as_slice::<f32>()?;
         let src = &data[layout.start_offset()..layout.start_offset() + layout.shape().elem_count()];
-        let mut out = vec![0f32; src.len()];
-        out.par_chunks_mut(n)
-            .zip(src.par_chunks(n))
-            .for_each(|(dst, row)| {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for (d, &v) in dst.iter_mut().zip(row) {
-                    *d = (v - max).exp();
-                    sum += *d;
-                }
-                let inv = 1.0 / sum;
-                dst.iter_mut().for_each(|d| *d *= inv);
-            });
+        let mut out = src.to_vec();
+        out.par_chunks_mut(n).for_each(softmax_row);
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
