@@ -26,7 +26,9 @@ impl StageKind for BasePretrain {
         "base-pretrain"
     }
     fn version(&self) -> u32 {
-        2
+        // 3: the fused CPU convolution, attention and linear ops change the last bits of
+        // every forward and gradient (same model, same maths).
+        3
     }
     fn summary(&self) -> &'static str {
         "train the base text-to-image UNet on the world's clean renders (needs world, clip-pretrain)"

@@ -26,7 +26,8 @@ impl StageKind for Sample {
         "sample"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: the fused CPU convolution, attention and linear ops (last-bit changes).
+        2
     }
     fn summary(&self) -> &'static str {
         "DDIM samples for the validation prompts (needs world, clip-pretrain, base-pretrain; optional spo)"

@@ -34,7 +34,8 @@ impl StageKind for SpoTrain {
         "spo"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: the fused CPU convolution, attention and linear ops (last-bit changes).
+        2
     }
     fn summary(&self) -> &'static str {
         "SPO / MSPO fine-tuning with LoRA (needs world, clip-pretrain, base-pretrain, train-spm)"

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::Linear;
 use serde::{Deserialize, Serialize};
-use spo_nn::linear::forward_2d;
+use spo_nn::linear::{forward_2d, linear_2d};
 
 use crate::error::{DiffusionError, Result};
 
@@ -148,8 +148,8 @@ impl Module for LoraLinear {
                 // (α/r)·B·(A·x), in the adapter's dtype (f32 for training)
                 let x = xs.to_dtype(ad.a.dtype())?;
                 let (n, in_dim) = (x.elem_count() / x.dim(D::Minus1)?, x.dim(D::Minus1)?);
-                let down = x.contiguous()?.reshape((n, in_dim))?.matmul(&ad.a.t()?)?;
-                let up = (down.matmul(&ad.b.t()?)? * ad.scale)?;
+                let down = linear_2d(&x.contiguous()?.reshape((n, in_dim))?, &ad.a, None)?;
+                let up = (linear_2d(&down, &ad.b, None)? * ad.scale)?;
                 let up = up.reshape(ys.shape())?.to_dtype(ys.dtype())?;
                 ys + up
             }

@@ -1,14 +1,17 @@
-//! Convolution as im2col + GEMM on the CPU, with a recorded backward pass.
+//! Convolution as im2col + GEMM on the CPU: one op with its own backward pass.
 //!
 //! candle 0.11's CPU `conv2d` is 10–20× slower than PyTorch's oneDNN, and its backward is worse
-//! (the input gradient is a direct `conv_transpose2d`). Here a convolution is
-//! `Y = W·cols(x) + bias`, where `cols` unfolds every k×k patch of every image into a column
-//! (`(c·k·k, b·h_out·w_out)`, images side by side) so that one GEMM covers the whole batch.
-//! [`Im2Col`] and its adjoint [`Col2Im`] are custom ops whose backward passes are each other;
-//! the GEMM is candle's `matmul`, whose backward gives the weight gradient (`grad_Y·colsᵀ`, one
-//! GEMM with no batch reduction) and the column gradient (`Wᵀ·grad_Y`).
+//! (the input gradient is a direct `conv_transpose2d`). Here [`Conv2dIm2Col`] computes, image by
+//! image, `Y_i = W·cols(x_i) + bias` straight into `(o, h_out·w_out)` (NCHW), where `cols`
+//! unfolds every k×k patch into a column of a per-task scratch buffer that stays in cache.
+//! Backward unfolds again instead of keeping the columns: `dx_i = fold(Wᵀ·dY_i)`,
+//! `dW = Σ_i dY_i·cols(x_i)ᵀ`, `db = Σ dY`. Per-image partial sums are added in image order, so
+//! results are bit-identical for any number of threads, and the only tensors the autograd graph
+//! sees are x, W, b and Y (no column matrix, transpose or broadcast bias of full size).
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use crate::cpu_slice::{TensorSlice, grad_tensor, storage_slice};
+use crate::gemm::{View, gemm};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Geometry of a square-kernel convolution over an `h × w` input.
@@ -111,81 +114,188 @@ impl PatchGeometry {
     }
 }
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
-    if !layout.is_contiguous() {
-        candle_core::bail!("{op}: input must be contiguous");
+impl PatchGeometry {
+    /// Output positions per channel, `h_out·w_out`.
+    fn positions(&self) -> usize {
+        let (h_out, w_out) = self.out_hw();
+        h_out * w_out
     }
-    let data = storage.as_slice::<f32>()?;
-    Ok(&data[layout.start_offset()..layout.start_offset() + layout.shape().elem_count()])
+
+    /// Rows of the column matrix, `c·k·k`.
+    fn patch_len(&self) -> usize {
+        self.channels * self.k * self.k
+    }
+
+    /// A 1×1, stride-1, unpadded kernel: the image already is its column matrix.
+    fn is_pointwise(&self) -> bool {
+        self.k == 1 && self.stride == 1 && self.pad == 0
+    }
+
+    /// Unfolds one `(c, h, w)` image into `cols` (`(c·k·k, h_out·w_out)`).
+    fn unfold_image(&self, image: &[f32], cols: &mut [f32]) {
+        let plane = self.h * self.w;
+        let rows = self.k * self.k * self.positions();
+        for (c, rows) in cols.chunks_mut(rows).enumerate() {
+            self.unfold_plane(&image[c * plane..(c + 1) * plane], 0, 1, rows);
+        }
+    }
+
+    /// One image's column matrix: the image itself for a pointwise kernel, else unfolded into
+    /// `scratch`.
+    fn columns<'a>(&self, image: &'a [f32], scratch: &'a mut Vec<f32>) -> &'a [f32] {
+        if self.is_pointwise() {
+            return image;
+        }
+        scratch.resize(self.patch_len() * self.positions(), 0.0);
+        self.unfold_image(image, scratch);
+        scratch
+    }
 }
 
-/// `(b, c, h, w) → (c·k·k, b·h_out·w_out)` (f32, CPU); backward is [`Col2Im`].
-#[derive(Debug, Clone, Copy)]
-pub struct Im2Col(pub PatchGeometry);
+/// One image's contributions `(dW_i, db_i)` to the kernel and bias gradients, when wanted.
+type ImagePartials = (Option<Vec<f32>>, Option<Vec<f32>>);
 
-/// `(c·k·k, b·h_out·w_out) → (b, c, h, w)`, summing overlapping patches (f32, CPU); backward
-/// is [`Im2Col`].
+/// `conv2d(x, W) + b` for `x: (b, c, h, w)`, `W: (o, c, k, k)`, `b: (o,)` (f32, CPU,
+/// contiguous operands), with backward to all three.
 #[derive(Debug, Clone, Copy)]
-pub struct Col2Im(pub PatchGeometry);
+pub struct Conv2dIm2Col(pub PatchGeometry);
 
-impl CustomOp1 for Im2Col {
+impl Conv2dIm2Col {
+    /// `(batch, out channels)` after checking the operands against the geometry.
+    fn sizes(&self, x: &[usize], w: &[usize], b: &[usize]) -> Result<(usize, usize)> {
+        let g = self.0;
+        match (x, w, b) {
+            ([n, c, h, wd], [o, wc, k1, k2], [bo])
+                if (*c, *h, *wd) == (g.channels, g.h, g.w)
+                    && (*wc, *k1, *k2, *bo) == (g.channels, g.k, g.k, *o) =>
+            {
+                Ok((*n, *o))
+            }
+            _ => {
+                candle_core::bail!("conv2d: input {x:?}, weight {w:?}, bias {b:?} do not fit {g:?}")
+            }
+        }
+    }
+}
+
+impl CustomOp3 for Conv2dIm2Col {
     fn name(&self) -> &'static str {
-        "im2col"
+        "conv2d-im2col"
     }
 
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let g = self.0;
-        let x = contiguous_f32(storage, layout, "im2col")?;
-        let b = layout.dims()[0];
+        let (batch, o) = self.sizes(xl.dims(), wl.dims(), bl.dims())?;
+        let x = storage_slice(xs, xl, "conv2d: input")?;
+        let w = storage_slice(ws, wl, "conv2d: weight")?;
+        let bias = storage_slice(bs, bl, "conv2d: bias")?;
+        let (n, kk) = (g.positions(), g.patch_len());
+        let image = g.channels * g.h * g.w;
+        let mut out = vec![0f32; batch * o * n];
+        if n > 0 {
+            out.par_chunks_mut(o * n)
+                .enumerate()
+                .for_each_init(Vec::new, |scratch, (i, y)| {
+                    let cols = g.columns(&x[i * image..(i + 1) * image], scratch);
+                    for (row, &b) in y.chunks_mut(n).zip(bias) {
+                        row.fill(b);
+                    }
+                    let (yv, wv) = (View::rows(0, o, n, n), View::rows(0, o, kk, kk));
+                    gemm((y, yv), (w, wv), (cols, View::rows(0, kk, n, n)), 1.0, true);
+                });
+        }
         let (h_out, w_out) = g.out_hw();
-        let n = h_out * w_out;
-        let plane = g.h * g.w;
-        let mut cols = vec![0f32; g.channels * g.k * g.k * b * n];
-        // each channel owns k·k consecutive rows
-        cols.par_chunks_mut(g.k * g.k * b * n)
-            .enumerate()
-            .for_each(|(c, rows)| {
-                for bi in 0..b {
-                    let start = (bi * g.channels + c) * plane;
-                    g.unfold_plane(&x[start..start + plane], bi, b, rows);
+        Ok((CpuStorage::F32(out), Shape::from((batch, o, h_out, w_out))))
+    }
+
+    fn bwd(
+        &self,
+        xs: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = self.0;
+        let (batch, o) = self.sizes(xs.dims(), weight.dims(), bias.dims())?;
+        let grad = grad.contiguous()?;
+        let (xt, wt, gt) = (
+            TensorSlice::new(xs, "conv2d: input"),
+            TensorSlice::new(weight, "conv2d: weight"),
+            TensorSlice::new(&grad, "conv2d: output gradient"),
+        );
+        let (x, w, dy) = (xt.get()?, wt.get()?, gt.get()?);
+        let (n, kk) = (g.positions(), g.patch_len());
+        let image = g.channels * g.h * g.w;
+        let (yv, wv, cv) = (
+            View::rows(0, o, n, n),
+            View::rows(0, o, kk, kk),
+            View::rows(0, kk, n, n),
+        );
+        let (want_dx, want_dw, want_db) = (xs.track_op(), weight.track_op(), bias.track_op());
+        let mut dx = vec![0f32; if want_dx { x.len() } else { 0 }];
+        // per image: dx_i = fold(Wᵀ·dY_i), and the partial sums dW_i = dY_i·cols_iᵀ and
+        // db_i = Σ dY_i, each only when wanted
+        let per_image =
+            |(scratch, dcols): &mut (Vec<f32>, Vec<f32>), i: usize, dx_i: &mut [f32]| {
+                let dy_i = &dy[i * o * n..(i + 1) * o * n];
+                if !dx_i.is_empty() {
+                    if g.is_pointwise() {
+                        gemm((dx_i, cv), (w, wv.t()), (dy_i, yv), 1.0, false);
+                    } else {
+                        dcols.resize(kk * n, 0.0);
+                        gemm((dcols, cv), (w, wv.t()), (dy_i, yv), 1.0, false);
+                        g.fold(dcols, 0, 1, dx_i);
+                    }
                 }
-            });
-        let shape = Shape::from((g.channels * g.k * g.k, b * n));
-        Ok((CpuStorage::F32(cols), shape))
-    }
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(
-            grad_res.contiguous()?.apply_op1_no_bwd(&Col2Im(self.0))?,
-        ))
-    }
-}
-
-impl CustomOp1 for Col2Im {
-    fn name(&self) -> &'static str {
-        "col2im"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = self.0;
-        let cols = contiguous_f32(storage, layout, "col2im")?;
-        let (h_out, w_out) = g.out_hw();
-        let b = layout.dims()[1] / (h_out * w_out);
-        let img_len = g.channels * g.h * g.w;
-        let mut image = vec![0f32; b * img_len];
-        image
-            .par_chunks_mut(img_len)
-            .enumerate()
-            .for_each(|(bi, dst)| g.fold(cols, bi, b, dst));
+                let dw = want_dw.then(|| {
+                    let mut dw = vec![0f32; o * kk];
+                    let cols = g.columns(&x[i * image..(i + 1) * image], scratch);
+                    gemm((&mut dw, wv), (dy_i, yv), (cols, cv.t()), 1.0, false);
+                    dw
+                });
+                let db: Option<Vec<f32>> =
+                    want_db.then(|| dy_i.chunks(n.max(1)).map(|row| row.iter().sum()).collect());
+                (dw, db)
+            };
+        let partials: Vec<ImagePartials> = if want_dx && image > 0 {
+            dx.par_chunks_mut(image)
+                .enumerate()
+                .map_init(
+                    || (Vec::new(), Vec::new()),
+                    |scratch, (i, dx_i)| per_image(scratch, i, dx_i),
+                )
+                .collect()
+        } else {
+            (0..batch)
+                .into_par_iter()
+                .map_init(
+                    || (Vec::new(), Vec::new()),
+                    |scratch, i| per_image(scratch, i, &mut []),
+                )
+                .collect()
+        };
+        let sum_in_order = |pick: fn(&ImagePartials) -> Option<&Vec<f32>>, len: usize| {
+            let mut total = vec![0f32; len];
+            for part in partials.iter().filter_map(pick) {
+                total.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+            }
+            total
+        };
+        let dw = want_dw.then(|| sum_in_order(|p| p.0.as_ref(), o * kk));
+        let db = want_db.then(|| sum_in_order(|p| p.1.as_ref(), o));
         Ok((
-            CpuStorage::F32(image),
-            Shape::from((b, g.channels, g.h, g.w)),
-        ))
-    }
-
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(
-            grad_res.contiguous()?.apply_op1_no_bwd(&Im2Col(self.0))?,
+            grad_tensor(want_dx.then_some(dx), xs)?,
+            grad_tensor(dw, weight)?,
+            grad_tensor(db, bias)?,
         ))
     }
 }
@@ -204,8 +314,8 @@ pub fn conv2d_im2col(
     stride: usize,
     pad: usize,
 ) -> Result<Tensor> {
-    let (b, c, h, w) = xs.dims4()?;
-    let (o, _, k, _) = weight.dims4()?;
+    let (_, c, h, w) = xs.dims4()?;
+    let (_, _, k, _) = weight.dims4()?;
     let g = PatchGeometry {
         channels: c,
         h,
@@ -214,16 +324,8 @@ pub fn conv2d_im2col(
         stride,
         pad,
     };
-    let (h_out, w_out) = g.out_hw();
-    // (c·k·k, b·h_out·w_out)
-    let cols = xs.contiguous()?.apply_op1(Im2Col(g))?;
-    // (o, c·k·k) · (c·k·k, b·n) + bias → (o, b·n)
-    let ys = weight.reshape((o, c * k * k))?.matmul(&cols)?;
-    let ys = ys.broadcast_add(&bias.reshape((o, 1))?)?;
-    // (o, b, h_out, w_out) → (b, o, h_out, w_out)
-    ys.reshape((o, b, h_out, w_out))?
-        .transpose(0, 1)?
-        .contiguous()
+    xs.contiguous()?
+        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, Conv2dIm2Col(g))
 }
 
 #[cfg(test)]
@@ -275,6 +377,44 @@ mod tests {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// A frozen kernel and bias get no gradient; the input's is unchanged, and every result is
+    /// bit-identical whether rayon has one thread or three.
+    #[test]
+    fn frozen_weights_skip_their_gradient_and_threads_do_not_change_bits() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = SeededRng::new(10);
+        let x = Var::from_tensor(&rng.normal((5, 3, 6, 6), 0.0, 1.0, DType::F32, &dev)?)?;
+        let wt = Var::from_tensor(&rng.normal((4, 3, 3, 3), 0.0, 0.5, DType::F32, &dev)?)?;
+        let bias = Var::from_tensor(&rng.normal(4, 0.0, 0.5, DType::F32, &dev)?)?;
+        let frozen_w = wt.as_tensor().detach();
+        let frozen_b = bias.as_tensor().detach();
+        let run = |threads: usize, w: &Tensor, b: &Tensor| -> Result<Vec<Option<Vec<f32>>>> {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .map_err(candle_core::Error::wrap)?;
+            pool.install(|| {
+                let y = conv2d_im2col(x.as_tensor(), w, b, 2, 1)?;
+                let grads = y.sqr()?.sum_all()?.backward()?;
+                let flat =
+                    |t: Option<&Tensor>| t.map(|t| t.flatten_all()?.to_vec1::<f32>()).transpose();
+                Ok(vec![
+                    Some(y.flatten_all()?.to_vec1::<f32>()?),
+                    flat(grads.get(&x))?,
+                    flat(grads.get(w))?,
+                    flat(grads.get(b))?,
+                ])
+            })
+        };
+        let trained = run(1, wt.as_tensor(), bias.as_tensor())?;
+        assert_eq!(trained, run(3, wt.as_tensor(), bias.as_tensor())?);
+        assert!(trained.iter().all(Option::is_some));
+        let frozen = run(2, &frozen_w, &frozen_b)?;
+        assert_eq!(frozen[..2], trained[..2]);
+        assert_eq!(frozen[2..], [None, None]);
         Ok(())
     }
 }

@@ -11,7 +11,8 @@
 //! through `.contiguous()?` first (a no-op for contiguous tensors); `broadcast_matmul` is not
 //! affected.
 
-use candle_core::{Module, Result, Tensor};
+use crate::linear_fused::LinearOp;
+use candle_core::{DType, Result, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
 
 fn torch_bound(in_dim: usize) -> Init {
@@ -19,6 +20,24 @@ fn torch_bound(in_dim: usize) -> Init {
     Init::Uniform {
         lo: -bound,
         up: bound,
+    }
+}
+
+/// `x·Wᵀ (+ b)` for `x: (rows, in)`, `W: (out, in)`: the fused op of [`crate::linear_fused`]
+/// for f32 on the CPU, candle's `matmul` and broadcast add elsewhere.
+pub fn linear_2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let fused = std::iter::once(x)
+        .chain(Some(weight))
+        .chain(bias)
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
+    match (fused, bias) {
+        (true, None) => x.contiguous()?.apply_op2(&weight.contiguous()?, LinearOp),
+        (true, Some(b)) => {
+            x.contiguous()?
+                .apply_op3(&weight.contiguous()?, &b.contiguous()?, LinearOp)
+        }
+        (false, None) => x.matmul(&weight.t()?),
+        (false, Some(b)) => x.matmul(&weight.t()?)?.broadcast_add(b),
     }
 }
 
@@ -35,7 +54,7 @@ pub fn forward_2d(layer: &Linear, xs: &Tensor) -> Result<Tensor> {
     let flat = xs
         .contiguous()?
         .reshape((lead.iter().product::<usize>(), in_dim))?;
-    let ys = layer.forward(&flat)?;
+    let ys = linear_2d(&flat, layer.weight(), layer.bias())?;
     let mut out_dims = lead.to_vec();
     out_dims.push(ys.dim(1)?);
     ys.reshape(out_dims)
@@ -67,6 +86,7 @@ pub fn linear_b(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Re
 mod tests {
     use super::*;
     use crate::seeded_init::seeded_var_builder;
+    use candle_core::Module;
     use candle_core::{DType, Device};
     use candle_nn::VarMap;
 
