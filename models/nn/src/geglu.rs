@@ -6,6 +6,8 @@
 //! written straight into one `(…, 2·d)` gradient. f32 on the CPU; [`geglu`] falls back to the
 //! composed form elsewhere.
 
+use crate::cpu_slice::TensorSlice;
+use crate::vmath::{erf, exp, simd_fn};
 use candle_core::{CpuStorage, CustomOp1, D, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -13,14 +15,36 @@ use rayon::prelude::*;
 #[derive(Debug, Clone, Copy)]
 pub struct Geglu;
 
-/// Φ(x), the standard normal CDF, through candle's own erf (the one behind `gelu_erf`), so
-/// values agree with the composed form.
+/// Φ(x), the standard normal CDF.
+#[inline(always)]
 fn phi_cdf(x: f32) -> f32 {
-    0.5 * (1.0 + candle_core::cpu::erf::erf_f32(x / std::f32::consts::SQRT_2))
+    0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
-fn gelu(x: f32) -> f32 {
-    x * phi_cdf(x)
+simd_fn! {
+    /// One row: `out = h·gelu(g)` for `row = (h, g)`.
+    fn geglu_row(out: &mut [f32], row: &[f32]) {
+        let (h, g) = row.split_at(out.len());
+        for ((o, &h), &g) in out.iter_mut().zip(h).zip(g) {
+            *o = h * g * phi_cdf(g);
+        }
+    }
+}
+
+simd_fn! {
+    /// One row's gradient: `dh = dy·gelu(g)`, `dg = dy·h·(Φ(g) + g·φ(g))`.
+    fn geglu_backward_row(dx: &mut [f32], row: &[f32], dy: &[f32]) {
+        let d = dy.len();
+        let (h, g) = row.split_at(d);
+        let (dh, dg) = dx.split_at_mut(d);
+        let inv_sqrt_2pi = 0.5 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2;
+        for ((((dh, dg), &h), &g), &dy) in dh.iter_mut().zip(dg).zip(h).zip(g).zip(dy) {
+            let cdf = phi_cdf(g);
+            let pdf = exp(-0.5 * g * g) * inv_sqrt_2pi;
+            *dh = dy * g * cdf;
+            *dg = dy * h * (cdf + g * pdf);
+        }
+    }
 }
 
 fn last_dim(layout: &Layout) -> Result<usize> {
@@ -48,9 +72,7 @@ impl CustomOp1 for Geglu {
         out.par_chunks_mut(d)
             .zip(src.par_chunks(d2))
             .for_each(|(dst, row)| {
-                for (j, o) in dst.iter_mut().enumerate() {
-                    *o = row[j] * gelu(row[d + j]);
-                }
+                geglu_row(dst, row);
             });
         let mut dims = layout.dims().to_vec();
         if let Some(last) = dims.last_mut() {
@@ -60,22 +82,17 @@ impl CustomOp1 for Geglu {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let x = arg.flatten_all()?.to_vec1::<f32>()?;
-        let dy = grad_res.flatten_all()?.to_vec1::<f32>()?;
-        let d2 = arg.dim(D::Minus1)?;
-        let d = d2 / 2;
+        let grad = grad_res.contiguous()?;
+        let (xt, gt) = (
+            TensorSlice::new(arg, "geglu: input"),
+            TensorSlice::new(&grad, "geglu: output gradient"),
+        );
+        let (x, dy) = (xt.get()?, gt.get()?);
+        let d2 = last_dim(arg.layout())?;
         let mut dx = vec![0f32; x.len()];
         dx.par_chunks_mut(d2)
-            .zip(x.par_chunks(d2).zip(dy.par_chunks(d)))
-            .for_each(|(dst, (row, g_row))| {
-                for j in 0..d {
-                    let (h, g) = (row[j], row[d + j]);
-                    let cdf = phi_cdf(g);
-                    let pdf = (-0.5 * g * g).exp() / (2.0 * std::f32::consts::PI).sqrt();
-                    dst[j] = g_row[j] * g * cdf;
-                    dst[d + j] = g_row[j] * h * (cdf + g * pdf);
-                }
-            });
+            .zip(x.par_chunks(d2).zip(dy.par_chunks(d2 / 2)))
+            .for_each(|(dst, (row, g_row))| geglu_backward_row(dst, row, g_row));
         Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
     }
 }

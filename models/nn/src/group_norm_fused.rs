@@ -8,10 +8,12 @@
 //! `dz = dy · act'(z)`, `dβ_c = Σ dz`, `dγ_c = Σ dz·x̂`,
 //! `dx = (1/σ_g)·(dx̂ − mean_g(dx̂) − x̂·mean_g(dx̂·x̂))` with `dx̂ = dz·γ_c`.
 //!
-//! Statistics are accumulated in f64. Inputs are f32 on the CPU; other cases use the
+//! Statistics are accumulated in f64; the per-element work runs in f32 through the vectorised
+//! kernels below (see [`crate::vmath`]). Inputs are f32 on the CPU; other cases use the
 //! elementwise path.
 
-use crate::cpu_slice::storage_slice;
+use crate::cpu_slice::{TensorSlice, storage_slice};
+use crate::vmath::{lane_dot, lane_sum, sigmoid, simd_fn};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -26,8 +28,45 @@ pub struct GroupNormAct {
     pub silu: bool,
 }
 
-fn sigmoid(z: f32) -> f32 {
-    1.0 / (1.0 + (-z).exp())
+simd_fn! {
+    /// `dst ← act(src·scale + shift)`, SiLU when `silu`.
+    fn affine_act(dst: &mut [f32], src: &[f32], scale: f32, shift: f32, silu: bool) {
+        for (d, &v) in dst.iter_mut().zip(src) {
+            let z = v * scale + shift;
+            *d = if silu { z * sigmoid(z) } else { z };
+        }
+    }
+}
+
+simd_fn! {
+    /// Backward pass 1 over one channel: writes `dz = dy·act'(z)` into `dz` for
+    /// `x̂ = x·a + b`, `z = x̂·γ + β`, and returns `(Σ dz, Σ dz·x̂)`.
+    fn channel_dz(dz: &mut [f32], x: &[f32], dy: &[f32], ab: (f32, f32), affine: (f32, f32), silu: bool) -> (f32, f32) {
+        let ((a, b), (ga, be)) = (ab, affine);
+        for ((d, &xv), &g) in dz.iter_mut().zip(x).zip(dy) {
+            *d = if silu {
+                let z = (xv * a + b) * ga + be;
+                let s = sigmoid(z);
+                g * s * (1.0 + z * (1.0 - s))
+            } else {
+                g
+            };
+        }
+        let sum_dz = lane_sum(dz);
+        // Σ dz·x̂ = a·Σ dz·x + b·Σ dz
+        (sum_dz, a * lane_dot(dz, x) + b * sum_dz)
+    }
+}
+
+simd_fn! {
+    /// Backward pass 2 over one channel: `dx = rstd·(dz·γ − m1 − x̂·m2)`, with `dz` in `dx`.
+    fn channel_dx(dx: &mut [f32], x: &[f32], ab: (f32, f32), ga: f32, means: (f32, f32)) {
+        let ((a, b), (m1, m2)) = (ab, means);
+        for (d, &xv) in dx.iter_mut().zip(x) {
+            let xhat = xv * a + b;
+            *d = a * (*d * ga - m1 - xhat * m2);
+        }
+    }
 }
 
 impl GroupNormAct {
@@ -46,12 +85,18 @@ impl GroupNormAct {
         Ok((b, c, dims[2..].iter().product()))
     }
 
-    /// Mean and 1/σ of one group's values.
+    /// Mean and 1/σ of one group's values, accumulated in f64.
     fn stats(&self, xs: &[f32]) -> (f64, f64) {
         let n = xs.len() as f64;
         let mean = xs.iter().map(|&v| v as f64).sum::<f64>() / n;
         let var = xs.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
         (mean, 1.0 / (var + self.eps).sqrt())
+    }
+
+    /// `x̂ = x·a + b` with `(a, b) = (1/σ, −μ/σ)` in f32.
+    fn normaliser(&self, xs: &[f32]) -> (f32, f32) {
+        let (mean, rstd) = self.stats(xs);
+        (rstd as f32, (-mean * rstd) as f32)
     }
 
     /// Gradients `(dx, dγ, dβ)` for upstream gradient `dy`.
@@ -75,33 +120,30 @@ impl GroupNormAct {
                 let mut dbeta = vec![0f64; c];
                 for g in 0..self.groups {
                     let range = g * cpg * hw..(g + 1) * cpg * hw;
-                    let (mean, rstd) = self.stats(&x_b[range.clone()]);
+                    let ab = self.normaliser(&x_b[range]);
+                    // m1 = mean(dx̂), m2 = mean(dx̂·x̂) with dx̂ = dz·γ
                     let (mut m1, mut m2) = (0f64, 0f64);
-                    // pass 1: dz, dγ, dβ and the two group means; dx_b holds dx̂ for now
                     for ci in g * cpg..(g + 1) * cpg {
-                        let (ga, be) = (gamma[ci] as f64, beta[ci] as f64);
-                        for i in ci * hw..(ci + 1) * hw {
-                            let xhat = (x_b[i] as f64 - mean) * rstd;
-                            let mut dz = dy_b[i] as f64;
-                            if self.silu {
-                                let z = xhat * ga + be;
-                                let s = sigmoid(z as f32) as f64;
-                                dz *= s * (1.0 + z * (1.0 - s));
-                            }
-                            dbeta[ci] += dz;
-                            dgamma[ci] += dz * xhat;
-                            let dxhat = dz * ga;
-                            m1 += dxhat;
-                            m2 += dxhat * xhat;
-                            dx_b[i] = dxhat as f32;
-                        }
+                        let ch = ci * hw..(ci + 1) * hw;
+                        let affine = (gamma[ci], beta[ci]);
+                        let (sdz, sdzx) = channel_dz(
+                            &mut dx_b[ch.clone()],
+                            &x_b[ch.clone()],
+                            &dy_b[ch],
+                            ab,
+                            affine,
+                            self.silu,
+                        );
+                        dbeta[ci] += sdz as f64;
+                        dgamma[ci] += sdzx as f64;
+                        m1 += sdz as f64 * gamma[ci] as f64;
+                        m2 += sdzx as f64 * gamma[ci] as f64;
                     }
                     let n = (cpg * hw) as f64;
-                    let (m1, m2) = (m1 / n, m2 / n);
-                    // pass 2: dx = rstd·(dx̂ − m1 − x̂·m2)
-                    for i in range {
-                        let xhat = (x_b[i] as f64 - mean) * rstd;
-                        dx_b[i] = (rstd * (dx_b[i] as f64 - m1 - xhat * m2)) as f32;
+                    let means = ((m1 / n) as f32, (m2 / n) as f32);
+                    for ci in g * cpg..(g + 1) * cpg {
+                        let ch = ci * hw..(ci + 1) * hw;
+                        channel_dx(&mut dx_b[ch.clone()], &x_b[ch], ab, gamma[ci], means);
                     }
                 }
                 (dgamma, dbeta)
@@ -144,12 +186,11 @@ impl CustomOp3 for GroupNormAct {
             .zip(x.par_chunks(cpg * hw))
             .enumerate()
             .for_each(|(bg, (dst, src))| {
-                let (mean, rstd) = self.stats(src);
+                let (a, b) = self.normaliser(src);
                 let c0 = (bg % self.groups) * cpg;
-                for (j, (d, &v)) in dst.iter_mut().zip(src).enumerate() {
-                    let ci = c0 + j / hw;
-                    let z = ((v as f64 - mean) * rstd) as f32 * gamma[ci] + beta[ci];
-                    *d = if self.silu { z * sigmoid(z) } else { z };
+                for (j, (d, s)) in dst.chunks_mut(hw).zip(src.chunks(hw)).enumerate() {
+                    let (ga, be) = (gamma[c0 + j], beta[c0 + j]);
+                    affine_act(d, s, a * ga, b * ga + be, self.silu);
                 }
             });
         Ok((CpuStorage::F32(out), xl.shape().clone()))
@@ -163,12 +204,18 @@ impl CustomOp3 for GroupNormAct {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let flat = |t: &Tensor| -> Result<Vec<f32>> { t.flatten_all()?.to_vec1::<f32>() };
+        let grad = grad.contiguous()?;
+        let slices = [
+            TensorSlice::new(xs, "group norm: x"),
+            TensorSlice::new(gamma, "group norm: weight"),
+            TensorSlice::new(beta, "group norm: bias"),
+            TensorSlice::new(&grad, "group norm: output gradient"),
+        ];
         let (dx, dgamma, dbeta) = self.backward(
-            &flat(xs)?,
-            &flat(gamma)?,
-            &flat(beta)?,
-            &flat(grad)?,
+            slices[0].get()?,
+            slices[1].get()?,
+            slices[2].get()?,
+            slices[3].get()?,
             xs.dims(),
         )?;
         let dev = xs.device();

@@ -33,31 +33,36 @@ pub fn exp(x: f32) -> f32 {
     if x < -87.3 { 0.0 } else { y * scale }
 }
 
-/// Runs `$body` through a copy compiled for AVX2 when the CPU has it.
-macro_rules! dispatch {
-    ($generic:ident, $avx2:ident, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2")]
-        fn $avx2($($arg: $ty),*) -> $ret {
-            $generic($($arg),*)
-        }
+/// Defines `fn $name` whose body is compiled twice, generically and for AVX2, and picks the
+/// AVX2 copy at run time when the CPU has it. Bodies call `#[inline(always)]` helpers (such as
+/// [`exp`]) so that those vectorise too.
+macro_rules! simd_fn {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn generic($($arg: $ty),*) $(-> $ret)? $body
 
-        #[allow(unreachable_code)]
-        #[inline]
-        fn dispatched($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2")]
+            fn avx2($($arg: $ty),*) $(-> $ret)? {
+                generic($($arg),*)
+            }
+
             #[cfg(target_arch = "x86_64")]
             if std::arch::is_x86_feature_detected!("avx2") {
                 // SAFETY: the CPU supports AVX2, the only feature the copy was compiled for.
-                return unsafe { $avx2($($arg),*) };
+                return unsafe { avx2($($arg),*) };
             }
-            $generic($($arg),*)
+            generic($($arg),*)
         }
     };
 }
+pub(crate) use simd_fn;
 
 /// Σ of `xs`, over eight lanes.
 #[inline(always)]
-fn lane_sum(xs: &[f32]) -> f32 {
+pub(crate) fn lane_sum(xs: &[f32]) -> f32 {
     let mut lanes = [0f32; LANES];
     let mut chunks = xs.chunks_exact(LANES);
     for chunk in &mut chunks {
@@ -66,6 +71,25 @@ fn lane_sum(xs: &[f32]) -> f32 {
         }
     }
     lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+}
+
+/// Σ xᵢ·yᵢ over the common length, over eight lanes.
+#[inline(always)]
+pub(crate) fn lane_dot(xs: &[f32], ys: &[f32]) -> f32 {
+    let mut lanes = [0f32; LANES];
+    let (mut a, mut b) = (xs.chunks_exact(LANES), ys.chunks_exact(LANES));
+    for (x, y) in (&mut a).zip(&mut b) {
+        for ((s, &x), &y) in lanes.iter_mut().zip(x).zip(y) {
+            *s += x * y;
+        }
+    }
+    let tail: f32 = a
+        .remainder()
+        .iter()
+        .zip(b.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// max of `xs` (−∞ when empty), over eight lanes.
@@ -85,49 +109,60 @@ fn lane_max(xs: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
 }
 
+/// `1/(1 + e^−z)`, vectorisable.
 #[inline(always)]
-fn softmax_generic(row: &mut [f32]) {
-    let max = lane_max(row);
-    for v in row.iter_mut() {
-        *v = exp(*v - max);
-    }
-    let inv = 1.0 / lane_sum(row);
-    for v in row.iter_mut() {
-        *v *= inv;
+pub(crate) fn sigmoid(z: f32) -> f32 {
+    1.0 / (1.0 + exp(-z))
+}
+
+/// erf(x) for f32, vectorisable: its Taylor series below |x| = 0.5 (relative error below
+/// 10⁻⁶), Abramowitz & Stegun 7.1.26 above (absolute error below 4·10⁻⁷).
+#[inline(always)]
+pub(crate) fn erf(x: f32) -> f32 {
+    let ax = x.abs();
+    // 2/√π·(x − x³/3 + x⁵/10 − x⁷/42 + x⁹/216 − x¹¹/1320)
+    let x2 = x * x;
+    let series = x
+        * (1.128_379_2
+            + x2 * (-0.376_126_4
+                + x2 * (0.112_837_92
+                    + x2 * (-0.026_866_17 + x2 * (0.005_223_84 + x2 * -0.000_854_81)))));
+    let t = 1.0 / (1.0 + 0.327_591_1 * ax);
+    let poly = ((((1.061_405_4 * t - 1.453_152_1) * t + 1.421_413_8) * t - 0.284_496_74) * t
+        + 0.254_829_6)
+        * t;
+    let tail = 1.0 - poly * exp(-x2);
+    if ax < 0.5 {
+        series
+    } else if x < 0.0 {
+        -tail
+    } else {
+        tail
     }
 }
 
-/// `row ← exp(row − max)/Σ exp(row − max)` in place.
-pub fn softmax_row(row: &mut [f32]) {
-    dispatch!(softmax_generic, softmax_avx2, (row: &mut [f32]) -> ());
-    dispatched(row)
-}
-
-#[inline(always)]
-fn softmax_backward_generic(dp: &mut [f32], p: &[f32], scale: f32) {
-    let mut lanes = [0f32; LANES];
-    let (mut a, mut b) = (dp.chunks_exact(LANES), p.chunks_exact(LANES));
-    for (x, y) in (&mut a).zip(&mut b) {
-        for ((s, &x), &y) in lanes.iter_mut().zip(x).zip(y) {
-            *s += x * y;
+simd_fn! {
+    /// `row ← exp(row − max)/Σ exp(row − max)` in place.
+    pub fn softmax_row(row: &mut [f32]) {
+        let max = lane_max(row);
+        for v in row.iter_mut() {
+            *v = exp(*v - max);
+        }
+        let inv = 1.0 / lane_sum(row);
+        for v in row.iter_mut() {
+            *v *= inv;
         }
     }
-    let tail: f32 = a
-        .remainder()
-        .iter()
-        .zip(b.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    let dot = lanes.iter().sum::<f32>() + tail;
-    for (g, &pv) in dp.iter_mut().zip(p) {
-        *g = pv * (*g - dot) * scale;
-    }
 }
 
-/// The softmax's backward for one row, in place: `dp ← p∘(dp − Σ dp∘p)·scale`.
-pub fn softmax_backward_row(dp: &mut [f32], p: &[f32], scale: f32) {
-    dispatch!(softmax_backward_generic, softmax_backward_avx2, (dp: &mut [f32], p: &[f32], scale: f32) -> ());
-    dispatched(dp, p, scale)
+simd_fn! {
+    /// The softmax's backward for one row, in place: `dp ← p∘(dp − Σ dp∘p)·scale`.
+    pub fn softmax_backward_row(dp: &mut [f32], p: &[f32], scale: f32) {
+        let dot = lane_dot(dp, p);
+        for (g, &pv) in dp.iter_mut().zip(p) {
+            *g = pv * (*g - dot) * scale;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -146,6 +181,24 @@ mod tests {
         assert_eq!(exp(-100.0), 0.0);
         assert_eq!(exp(f32::NEG_INFINITY), 0.0);
         assert!(exp(0.0) == 1.0);
+    }
+
+    #[test]
+    fn erf_is_close_to_libm_absolutely_and_near_zero_relatively() {
+        let libm = candle_core::cpu::erf::erf_f32;
+        let worst = (-60_000..=60_000)
+            .map(|i| i as f32 * 1e-4)
+            .map(|x| (erf(x) - libm(x)).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 4e-7, "absolute error {worst}");
+        let worst_rel = (1..5_000)
+            .map(|i| i as f32 * 1e-4)
+            .map(|x| ((erf(x) - libm(x)) / libm(x)).abs())
+            .fold(0f32, f32::max);
+        assert!(worst_rel < 1e-6, "relative error {worst_rel} below 0.5");
+        assert_eq!(erf(0.0), 0.0);
+        assert_eq!(erf(10.0), 1.0);
+        assert_eq!(erf(-10.0), -1.0);
     }
 
     #[test]
