@@ -141,9 +141,13 @@ impl GroupNormAct {
                     }
                     let n = (cpg * hw) as f64;
                     let means = ((m1 / n) as f32, (m2 / n) as f32);
-                    for ci in g * cpg..(g + 1) * cpg {
-                        let ch = ci * hw..(ci + 1) * hw;
-                        channel_dx(&mut dx_b[ch.clone()], &x_b[ch], ab, gamma[ci], means);
+                    let group = g * cpg * hw..(g + 1) * cpg * hw;
+                    for ((dx_c, x_c), &ga) in dx_b[group.clone()]
+                        .chunks_mut(hw)
+                        .zip(x_b[group].chunks(hw))
+                        .zip(&gamma[g * cpg..(g + 1) * cpg])
+                    {
+                        channel_dx(dx_c, x_c, ab, ga, means);
                     }
                 }
                 (dgamma, dbeta)
