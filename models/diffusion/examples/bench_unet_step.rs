@@ -5,8 +5,8 @@
 //!
 //!     cargo run --release -p spo-diffusion --example bench_unet_step -- [batch] [size] [steps] [--system-malloc]
 //!
-//! Thread count follows `RAYON_NUM_THREADS` (candle's pool and gemm) as PyTorch's follows
-//! `BENCH_THREADS` in the script.
+//! Thread count follows `RAYON_NUM_THREADS` (the pool the step runs on, and candle's own) as
+//! PyTorch's follows `BENCH_THREADS` in the script.
 
 use std::time::Instant;
 
@@ -49,29 +49,41 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         DType::F32,
         &dev,
     )?;
-    let mut times = Vec::with_capacity(steps);
-    for step in 0..=steps {
-        let noise = rng.normal((batch, 4, size, size), 0.0, 1.0, DType::F32, &dev)?;
-        let t: Vec<u32> = rng
-            .indices(batch, 1000)
-            .into_iter()
-            .map(|t| t as u32)
-            .collect();
-        let t = Tensor::new(t.as_slice(), &dev)?;
-        let start = Instant::now();
-        let xt = schedule.add_noise(&x0, &noise, &t)?;
-        let loss = (unet.forward(&xt, &t, &context, None)? - &noise)?
-            .sqr()?
-            .mean_all()?;
-        let forward = start.elapsed().as_secs_f64();
-        let grads = loss.backward()?;
-        let backward = start.elapsed().as_secs_f64();
-        opt.step(&grads)?;
-        let total = start.elapsed().as_secs_f64();
-        if step > 0 {
-            times.push((total, forward, backward - forward));
-        }
-    }
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // The whole loop on a pool of `threads` threads, as a stage's training step runs
+    // (spo_nn::threads), so that kernels parallelise in place rather than hand off per op.
+    let times = spo_nn::threads::install(
+        threads,
+        || -> spo_diffusion::Result<Vec<(f64, f64, f64)>> {
+            let mut times = Vec::with_capacity(steps);
+            for step in 0..=steps {
+                let noise = rng.normal((batch, 4, size, size), 0.0, 1.0, DType::F32, &dev)?;
+                let t: Vec<u32> = rng
+                    .indices(batch, 1000)
+                    .into_iter()
+                    .map(|t| t as u32)
+                    .collect();
+                let t = Tensor::new(t.as_slice(), &dev)?;
+                let start = Instant::now();
+                let xt = schedule.add_noise(&x0, &noise, &t)?;
+                let loss = (unet.forward(&xt, &t, &context, None)? - &noise)?
+                    .sqr()?
+                    .mean_all()?;
+                let forward = start.elapsed().as_secs_f64();
+                let grads = loss.backward()?;
+                let backward = start.elapsed().as_secs_f64();
+                opt.step(&grads)?;
+                let total = start.elapsed().as_secs_f64();
+                if step > 0 {
+                    times.push((total, forward, backward - forward));
+                }
+            }
+            Ok(times)
+        },
+    )??;
     let median = |f: fn(&(f64, f64, f64)) -> f64| {
         let mut v: Vec<f64> = times.iter().map(f).collect();
         v.sort_by(|a, b| a.total_cmp(b));
@@ -80,9 +92,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ((total, min), (fwd, _), (bwd, _)) = (median(|t| t.0), median(|t| t.1), median(|t| t.2));
     println!(
         "candle tiny UNet train step: params {params}, batch {batch}, latent 4x{size}x{size}, \
-         retained malloc {tuned}, threads {}: median {total:.1} ms (forward {fwd:.1}, backward {bwd:.1}), \
-         min {min:.1} ms over {steps} steps",
-        std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default".into())
+         retained malloc {tuned}, threads {threads}: median {total:.1} ms (forward {fwd:.1}, backward {bwd:.1}), \
+         min {min:.1} ms over {steps} steps"
     );
     Ok(())
 }

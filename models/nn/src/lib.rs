@@ -48,6 +48,7 @@ pub mod rng;
 pub mod seeded_init;
 pub mod sharded;
 pub mod softmax;
+pub mod threads;
 pub mod upsample;
 pub mod vmath;
 

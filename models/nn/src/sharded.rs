@@ -14,7 +14,7 @@ use rayon::prelude::*;
 type Part = (f64, Vec<Option<Tensor>>, Option<GradStore>);
 
 /// The loss `Σ_s loss(s)` over `shards` shards and its gradients with respect to `vars`, the
-/// shards run in parallel on rayon's pool when `threads` > 1, one after another otherwise.
+/// shards run in parallel on a pool of `threads` threads ([`crate::threads::install`]).
 /// `loss(s)` returns shard `s`'s scalar part of the loss (already scaled so that the parts add
 /// up to the batch's loss).
 pub fn sharded_backward<F, E>(
@@ -39,13 +39,10 @@ where
             .collect();
         Ok((value, per_var, (s == 0).then_some(grads)))
     };
-    // On rayon's pool, so that the kernels' own parallel loops nest inside the shards instead of
-    // queueing behind them.
-    let parts: Vec<std::result::Result<Part, E>> = if threads > 1 {
-        (0..shards).into_par_iter().map(one).collect()
-    } else {
-        (0..shards).map(one).collect()
-    };
+    // On a pool of `threads` threads, so that the kernels' own parallel loops nest inside the
+    // shards instead of queueing behind them (and run in place on one thread).
+    let parts: Vec<std::result::Result<Part, E>> =
+        crate::threads::install(threads, || (0..shards).into_par_iter().map(one).collect())?;
     let mut total = 0.0;
     let mut sums: Vec<Option<Tensor>> = vec![None; vars.len()];
     let mut store = None;
