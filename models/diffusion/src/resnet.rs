@@ -72,13 +72,15 @@ impl ResnetBlock2D {
 
     /// `xs: (b, in, h, w)`, `temb: (b, temb_channels)` when the block has a time projection.
     pub fn forward(&self, xs: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
-        // 1. first norm–act–conv
-        let mut hs = self.conv1.forward(&self.norm1.forward_silu(xs)?)?;
-        // 2. add the projected time embedding, broadcast over space
-        if let (Some(proj), Some(temb)) = (&self.time_emb_proj, temb) {
-            let t = proj.forward(&temb.silu()?)?.unsqueeze(2)?.unsqueeze(3)?;
-            hs = hs.broadcast_add(&t)?;
-        }
+        // 1. first norm–act–conv, 2. plus the projected time embedding, broadcast over space
+        // (added through conv1's bias, one per image)
+        let hs = self.norm1.forward_silu(xs)?;
+        let hs = match (&self.time_emb_proj, temb) {
+            (Some(proj), Some(temb)) => self
+                .conv1
+                .forward_shifted(&hs, &proj.forward(&temb.silu()?)?)?,
+            _ => self.conv1.forward(&hs)?,
+        };
         // 3. second norm–act–conv (dropout is the identity at p = 0)
         let hs = self.conv2.forward(&self.norm2.forward_silu(&hs)?)?;
         // 4. residual

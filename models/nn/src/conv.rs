@@ -76,18 +76,30 @@ impl Conv2d {
     }
 }
 
-impl Module for Conv2d {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+impl Conv2d {
+    /// `conv(xs) + shift` for a per-image, per-channel `shift: (b, out)` (a ResNet block's time
+    /// embedding), added through the bias so that no full-size sum is recorded for backward.
+    pub fn forward_shifted(&self, xs: &Tensor, shift: &Tensor) -> Result<Tensor> {
+        let bias = shift.broadcast_add(&self.bias.unsqueeze(0)?)?;
+        self.forward_with_bias(xs, &bias)
+    }
+
+    /// The convolution with `bias` of shape `(out,)` or `(b, out)`.
+    fn forward_with_bias(&self, xs: &Tensor, bias: &Tensor) -> Result<Tensor> {
         if crate::im2col::im2col_applies(xs) {
-            return crate::im2col::conv2d_im2col(
-                xs,
-                &self.weight,
-                &self.bias,
-                self.stride,
-                self.padding,
-            );
+            return crate::im2col::conv2d_im2col(xs, &self.weight, bias, self.stride, self.padding);
         }
         let ys = xs.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
-        ys.broadcast_add(&self.bias.reshape((1, self.bias.dim(0)?, 1, 1))?)
+        let bias = match bias.rank() {
+            1 => bias.unsqueeze(0)?,
+            _ => bias.clone(),
+        };
+        ys.broadcast_add(&bias.unsqueeze(2)?.unsqueeze(3)?)
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.forward_with_bias(xs, &self.bias)
     }
 }

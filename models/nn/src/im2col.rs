@@ -104,8 +104,14 @@ impl PatchGeometry {
                         }
                         let src = &cols[row + oh * w_out..row + (oh + 1) * w_out];
                         let dst = &mut plane[ih as usize * self.w..(ih as usize + 1) * self.w];
-                        for ow in lo..hi {
-                            dst[ow * s + kj - p] += src[ow];
+                        if s == 1 {
+                            let iw0 = lo + kj - p;
+                            let dst = &mut dst[iw0..iw0 + (hi - lo)];
+                            dst.iter_mut().zip(&src[lo..hi]).for_each(|(d, v)| *d += v);
+                        } else {
+                            for ow in lo..hi {
+                                dst[ow * s + kj - p] += src[ow];
+                            }
                         }
                     }
                 }
@@ -155,26 +161,27 @@ impl PatchGeometry {
 /// One image's contributions `(dW_i, db_i)` to the kernel and bias gradients, when wanted.
 type ImagePartials = (Option<Vec<f32>>, Option<Vec<f32>>);
 
-/// `conv2d(x, W) + b` for `x: (b, c, h, w)`, `W: (o, c, k, k)`, `b: (o,)` (f32, CPU,
-/// contiguous operands), with backward to all three.
+/// `conv2d(x, W) + b` for `x: (b, c, h, w)`, `W: (o, c, k, k)`, and `b: (o,)` or one bias per
+/// image `(b, o)` (f32, CPU, contiguous operands), with backward to all three.
 #[derive(Debug, Clone, Copy)]
 pub struct Conv2dIm2Col(pub PatchGeometry);
 
 impl Conv2dIm2Col {
-    /// `(batch, out channels)` after checking the operands against the geometry.
-    fn sizes(&self, x: &[usize], w: &[usize], b: &[usize]) -> Result<(usize, usize)> {
+    /// `(batch, out channels, per-image bias)` after checking the operands against the
+    /// geometry; the bias is `(o,)` or, per image, `(batch, o)`.
+    fn sizes(&self, x: &[usize], w: &[usize], b: &[usize]) -> Result<(usize, usize, bool)> {
         let g = self.0;
-        match (x, w, b) {
-            ([n, c, h, wd], [o, wc, k1, k2], [bo])
-                if (*c, *h, *wd) == (g.channels, g.h, g.w)
-                    && (*wc, *k1, *k2, *bo) == (g.channels, g.k, g.k, *o) =>
-            {
-                Ok((*n, *o))
-            }
-            _ => {
-                candle_core::bail!("conv2d: input {x:?}, weight {w:?}, bias {b:?} do not fit {g:?}")
+        if let ([n, c, h, wd], [o, wc, k1, k2]) = (x, w)
+            && (*c, *h, *wd) == (g.channels, g.h, g.w)
+            && (*wc, *k1, *k2) == (g.channels, g.k, g.k)
+        {
+            match b {
+                [bo] if bo == o => return Ok((*n, *o, false)),
+                [bn, bo] if (bn, bo) == (n, o) => return Ok((*n, *o, true)),
+                _ => {}
             }
         }
+        candle_core::bail!("conv2d: input {x:?}, weight {w:?}, bias {b:?} do not fit {g:?}")
     }
 }
 
@@ -193,7 +200,7 @@ impl CustomOp3 for Conv2dIm2Col {
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = self.0;
-        let (batch, o) = self.sizes(xl.dims(), wl.dims(), bl.dims())?;
+        let (batch, o, per_image) = self.sizes(xl.dims(), wl.dims(), bl.dims())?;
         let x = storage_slice(xs, xl, "conv2d: input")?;
         let w = storage_slice(ws, wl, "conv2d: weight")?;
         let bias = storage_slice(bs, bl, "conv2d: bias")?;
@@ -205,6 +212,11 @@ impl CustomOp3 for Conv2dIm2Col {
                 .enumerate()
                 .for_each_init(Vec::new, |scratch, (i, y)| {
                     let cols = g.columns(&x[i * image..(i + 1) * image], scratch);
+                    let bias = if per_image {
+                        &bias[i * o..(i + 1) * o]
+                    } else {
+                        bias
+                    };
                     for (row, &b) in y.chunks_mut(n).zip(bias) {
                         row.fill(b);
                     }
@@ -225,7 +237,7 @@ impl CustomOp3 for Conv2dIm2Col {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = self.0;
-        let (batch, o) = self.sizes(xs.dims(), weight.dims(), bias.dims())?;
+        let (batch, o, bias_per_image) = self.sizes(xs.dims(), weight.dims(), bias.dims())?;
         let grad = grad.contiguous()?;
         let (xt, wt, gt) = (
             TensorSlice::new(xs, "conv2d: input"),
@@ -244,7 +256,7 @@ impl CustomOp3 for Conv2dIm2Col {
         let mut dx = vec![0f32; if want_dx { x.len() } else { 0 }];
         // per image: dx_i = fold(Wᵀ·dY_i), and the partial sums dW_i = dY_i·cols_iᵀ and
         // db_i = Σ dY_i, each only when wanted
-        let per_image =
+        let image_grads =
             |(scratch, dcols): &mut (Vec<f32>, Vec<f32>), i: usize, dx_i: &mut [f32]| {
                 let dy_i = &dy[i * o * n..(i + 1) * o * n];
                 if !dx_i.is_empty() {
@@ -271,7 +283,7 @@ impl CustomOp3 for Conv2dIm2Col {
                 .enumerate()
                 .map_init(
                     || (Vec::new(), Vec::new()),
-                    |scratch, (i, dx_i)| per_image(scratch, i, dx_i),
+                    |scratch, (i, dx_i)| image_grads(scratch, i, dx_i),
                 )
                 .collect()
         } else {
@@ -279,7 +291,7 @@ impl CustomOp3 for Conv2dIm2Col {
                 .into_par_iter()
                 .map_init(
                     || (Vec::new(), Vec::new()),
-                    |scratch, i| per_image(scratch, i, &mut []),
+                    |scratch, i| image_grads(scratch, i, &mut []),
                 )
                 .collect()
         };
@@ -291,7 +303,18 @@ impl CustomOp3 for Conv2dIm2Col {
             total
         };
         let dw = want_dw.then(|| sum_in_order(|p| p.0.as_ref(), o * kk));
-        let db = want_db.then(|| sum_in_order(|p| p.1.as_ref(), o));
+        let db = want_db.then(|| {
+            if bias_per_image {
+                partials
+                    .iter()
+                    .filter_map(|p| p.1.as_ref())
+                    .flatten()
+                    .copied()
+                    .collect()
+            } else {
+                sum_in_order(|p| p.1.as_ref(), o)
+            }
+        });
         Ok((
             grad_tensor(want_dx.then_some(dx), xs)?,
             grad_tensor(dw, weight)?,
@@ -306,7 +329,8 @@ pub fn im2col_applies(xs: &Tensor) -> bool {
 }
 
 /// `conv2d(xs, weight) + bias` as im2col + GEMM; `xs: (b, c, h, w)`, `weight: (o, c, k, k)`,
-/// `bias: (o,)`. Values and gradients equal candle's `conv2d` up to f32 summation order.
+/// `bias: (o,)` or `(b, o)` (a bias per image). Values and gradients equal candle's `conv2d`
+/// up to f32 summation order.
 pub fn conv2d_im2col(
     xs: &Tensor,
     weight: &Tensor,
@@ -415,6 +439,47 @@ mod tests {
         let frozen = run(2, &frozen_w, &frozen_b)?;
         assert_eq!(frozen[..2], trained[..2]);
         assert_eq!(frozen[2..], [None, None]);
+        Ok(())
+    }
+
+    /// A bias per image (a ResNet block's time embedding folded in) matches candle's conv plus
+    /// a broadcast add, in values and in the gradient of every operand.
+    #[test]
+    fn a_bias_per_image_matches_conv_plus_broadcast_add() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = SeededRng::new(12);
+        let x = Var::from_tensor(&rng.normal((3, 2, 5, 5), 0.0, 1.0, DType::F32, &dev)?)?;
+        let wt = Var::from_tensor(&rng.normal((4, 2, 3, 3), 0.0, 0.5, DType::F32, &dev)?)?;
+        let bias = Var::from_tensor(&rng.normal((3, 4), 0.0, 0.5, DType::F32, &dev)?)?;
+        let fast = conv2d_im2col(x.as_tensor(), wt.as_tensor(), bias.as_tensor(), 1, 1)?;
+        let plain = x
+            .as_tensor()
+            .conv2d(wt.as_tensor(), 1, 1, 1, 1)?
+            .broadcast_add(&bias.as_tensor().unsqueeze(2)?.unsqueeze(3)?)?;
+        let max_diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
+            (a - b)?.abs()?.max_all()?.to_scalar::<f32>()
+        };
+        assert!(max_diff(&fast, &plain)? < 1e-5);
+        let probe = rng.normal(plain.dims(), 0.0, 1.0, DType::F32, &dev)?;
+        let g_fast = (fast * &probe)?.sum_all()?.backward()?;
+        let g_plain = (plain * &probe)?.sum_all()?.backward()?;
+        for (name, var) in [("input", &x), ("weight", &wt), ("bias", &bias)] {
+            let (Some(a), Some(b)) = (g_fast.get(var), g_plain.get(var)) else {
+                panic!("{name} gradient missing");
+            };
+            assert_eq!(a.dims(), b.dims());
+            assert!(max_diff(a, b)? < 1e-4, "{name} gradient");
+        }
+        assert!(
+            conv2d_im2col(
+                x.as_tensor(),
+                wt.as_tensor(),
+                &Tensor::zeros((2, 4), DType::F32, &dev)?,
+                1,
+                1
+            )
+            .is_err()
+        );
         Ok(())
     }
 }
