@@ -51,10 +51,8 @@ pub fn multi_head_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) ->
         .iter()
         .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
     {
-        let op = FusedAttention {
-            heads,
-            scale: scale as f32,
-        };
+        let tracked = [q, k, v].iter().any(|t| t.track_op());
+        let op = FusedAttention::new(heads, scale as f32, tracked);
         return q
             .contiguous()?
             .apply_op3(&k.contiguous()?, &v.contiguous()?, op);

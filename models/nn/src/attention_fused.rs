@@ -14,16 +14,23 @@ use crate::gemm::{View, gemm};
 use crate::vmath::{softmax_backward_row, softmax_row};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::sync::Mutex;
 
 /// Attention over `q: (b, n, heads·d)`, `k, v: (b, m, heads·d)`, returning `(b, n, heads·d)`
 /// (f32, CPU, contiguous operands).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct FusedAttention {
-    /// Number of heads the last dimension splits into.
-    pub heads: usize,
-    /// Factor on the scores before the softmax, usually `1/√d`.
-    pub scale: f32,
+    heads: usize,
+    scale: f32,
+    /// Whether the forward pass keeps the probabilities for backward.
+    keep: bool,
+    /// The forward pass's probabilities, `(b, heads, n, m)`, when kept.
+    probs: Mutex<Option<Vec<f32>>>,
 }
+
+/// The most probabilities (elements) forward keeps for backward: 64 MiB. Above it, backward
+/// recomputes them, as flash attention always does.
+const MAX_KEPT: usize = 1 << 24;
 
 /// Sizes shared by the forward and backward kernels.
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +54,17 @@ impl Dims {
 }
 
 impl FusedAttention {
+    /// `heads` heads with scores scaled by `scale` (usually `1/√d`); `keep_probs` keeps the
+    /// softmax output for backward (set it when a gradient will be taken).
+    pub fn new(heads: usize, scale: f32, keep_probs: bool) -> Self {
+        Self {
+            heads,
+            scale,
+            keep: keep_probs,
+            probs: Mutex::new(None),
+        }
+    }
+
     fn dims(&self, q: &[usize], k: &[usize], v: &[usize]) -> Result<Dims> {
         let ([b, n, inner], [bk, m, ik], [bv, mv, iv]) = (q, k, v) else {
             candle_core::bail!("attention: q {q:?}, k {k:?}, v {v:?} must all be rank 3");
@@ -83,19 +101,29 @@ impl FusedAttention {
         p.chunks_mut(dims.m).for_each(softmax_row);
     }
 
-    /// Gradients `(dq, dk, dv)` of one image from its operands and output gradient `dout`.
+    /// Gradients `(dq, dk, dv)` of one image from its operands and output gradient `dout`;
+    /// `kept` holds the image's `(heads, n, m)` probabilities when forward kept them.
     fn backward_image(
         &self,
         dims: Dims,
         (q, k, v, dout): (&[f32], &[f32], &[f32], &[f32]),
+        kept: Option<&[f32]>,
         (dq, dk, dv): (&mut [f32], &mut [f32], &mut [f32]),
     ) {
-        let mut p = vec![0f32; dims.n * dims.m];
-        let mut dp = vec![0f32; dims.n * dims.m];
+        let block = dims.n * dims.m;
+        let mut scratch = Vec::new();
+        let mut dp = vec![0f32; block];
         for h in 0..self.heads {
             let (qh, kh) = (dims.head(h, dims.n), dims.head(h, dims.m));
-            self.probs(dims, h, q, k, &mut p);
-            gemm((dv, kh), (&p, dims.scores().t()), (dout, qh), 1.0, false);
+            let p = match kept {
+                Some(kept) => &kept[h * block..(h + 1) * block],
+                None => {
+                    scratch.resize(block, 0.0);
+                    self.probs(dims, h, q, k, &mut scratch);
+                    &scratch[..]
+                }
+            };
+            gemm((dv, kh), (p, dims.scores().t()), (dout, qh), 1.0, false);
             gemm(
                 (&mut dp, dims.scores()),
                 (dout, qh),
@@ -131,26 +159,41 @@ impl CustomOp3 for FusedAttention {
         let k = storage_slice(ks, kl, "attention: k")?;
         let v = storage_slice(vs, vl, "attention: v")?;
         let (q_img, kv_img) = (dims.n * dims.inner, dims.m * dims.inner);
+        let batch = if q_img > 0 { q.len() / q_img } else { 0 };
+        let block = dims.n * dims.m;
+        let keep = self.keep && batch * self.heads * block <= MAX_KEPT;
+        // the probabilities of every (image, head), kept for backward or per-task scratch
+        let mut kept = vec![0f32; if keep { batch * self.heads * block } else { 0 }];
         let mut out = vec![0f32; q.len()];
-        if q_img > 0 {
+        let image = |i: usize, out_img: &mut [f32], probs: &mut [f32]| {
+            let (q, kv) = (&q[i * q_img..][..q_img], i * kv_img..(i + 1) * kv_img);
+            for (h, p) in probs.chunks_mut(block.max(1)).enumerate() {
+                self.probs(dims, h, q, &k[kv.clone()], p);
+                let (out_h, v_h) = (dims.head(h, dims.n), dims.head(h, dims.m));
+                gemm(
+                    (out_img, out_h),
+                    (p, dims.scores()),
+                    (&v[kv.clone()], v_h),
+                    1.0,
+                    false,
+                );
+            }
+        };
+        if q_img > 0 && keep {
             out.par_chunks_mut(q_img)
+                .zip(kept.par_chunks_mut((self.heads * block).max(1)))
                 .enumerate()
-                .for_each(|(i, out_img)| {
-                    let (q, kv) = (&q[i * q_img..][..q_img], i * kv_img..(i + 1) * kv_img);
-                    let mut p = vec![0f32; dims.n * dims.m];
-                    for h in 0..self.heads {
-                        self.probs(dims, h, q, &k[kv.clone()], &mut p);
-                        let out_h = dims.head(h, dims.n);
-                        let v_h = dims.head(h, dims.m);
-                        gemm(
-                            (out_img, out_h),
-                            (&p, dims.scores()),
-                            (&v[kv.clone()], v_h),
-                            1.0,
-                            false,
-                        );
-                    }
-                });
+                .for_each(|(i, (out_img, probs))| image(i, out_img, probs));
+        } else if q_img > 0 {
+            out.par_chunks_mut(q_img).enumerate().for_each_init(
+                || vec![0f32; self.heads * block],
+                |probs, (i, out_img)| image(i, out_img, probs),
+            );
+        }
+        if keep {
+            *self.probs.lock().map_err(|_| {
+                candle_core::Error::Msg("attention: probabilities poisoned".into())
+            })? = Some(kept);
         }
         Ok((CpuStorage::F32(out), ql.shape().clone()))
     }
@@ -176,6 +219,11 @@ impl CustomOp3 for FusedAttention {
         let mut dq = vec![0f32; qa.len()];
         let mut dk = vec![0f32; ka.len()];
         let mut dv = vec![0f32; va.len()];
+        let kept = self
+            .probs
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("attention: probabilities poisoned".into()))?;
+        let per_image = self.heads * dims.n * dims.m;
         if q_img > 0 && kv_img > 0 {
             dq.par_chunks_mut(q_img)
                 .zip(dk.par_chunks_mut(kv_img).zip(dv.par_chunks_mut(kv_img)))
@@ -183,7 +231,10 @@ impl CustomOp3 for FusedAttention {
                 .for_each(|(i, (dq, (dk, dv)))| {
                     let (qr, kvr) = (i * q_img..(i + 1) * q_img, i * kv_img..(i + 1) * kv_img);
                     let operands = (&qa[qr.clone()], &ka[kvr.clone()], &va[kvr], &ga[qr]);
-                    self.backward_image(dims, operands, (dq, dk, dv));
+                    let probs = kept
+                        .as_ref()
+                        .map(|p| &p[i * per_image..(i + 1) * per_image]);
+                    self.backward_image(dims, operands, probs, (dq, dk, dv));
                 });
         }
         let dev = q.device();
@@ -242,6 +293,30 @@ mod tests {
     #[test]
     fn cross_attention_with_more_heads_matches_the_composed_ops() -> Result<()> {
         agrees_with_composed(7, 3, 4, 5)
+    }
+
+    #[test]
+    fn kept_and_recomputed_probabilities_give_identical_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = SeededRng::new(13);
+        let mut var =
+            |rows| Var::from_tensor(&rng.normal((2, rows, 6), 0.0, 1.0, DType::F32, &dev)?);
+        let (q, k, v) = (var(5)?, var(4)?, var(4)?);
+        let grads = |keep: bool| -> Result<Vec<Vec<f32>>> {
+            let op = super::FusedAttention::new(3, 0.5, keep);
+            let out = q.apply_op3(&k, &v, op)?;
+            let g = out.sqr()?.sum_all()?.backward()?;
+            let mut all = vec![out.flatten_all()?.to_vec1::<f32>()?];
+            for x in [&q, &k, &v] {
+                let gx = g
+                    .get(x)
+                    .ok_or_else(|| candle_core::Error::Msg("no gradient".into()))?;
+                all.push(gx.flatten_all()?.to_vec1::<f32>()?);
+            }
+            Ok(all)
+        };
+        assert_eq!(grads(true)?, grads(false)?);
+        Ok(())
     }
 
     #[test]
