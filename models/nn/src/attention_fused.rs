@@ -159,7 +159,7 @@ impl CustomOp3 for FusedAttention {
         let k = storage_slice(ks, kl, "attention: k")?;
         let v = storage_slice(vs, vl, "attention: v")?;
         let (q_img, kv_img) = (dims.n * dims.inner, dims.m * dims.inner);
-        let batch = if q_img > 0 { q.len() / q_img } else { 0 };
+        let batch = q.len().checked_div(q_img).unwrap_or(0);
         let block = dims.n * dims.m;
         let keep = self.keep && batch * self.heads * block <= MAX_KEPT;
         // the probabilities of every (image, head), kept for backward or per-task scratch
