@@ -13,7 +13,7 @@
 //! elementwise path.
 
 use crate::cpu_slice::{TensorSlice, storage_slice};
-use crate::vmath::{lane_dot, lane_sum, sigmoid, simd_fn};
+use crate::vmath::{lane_dot, lane_sum, normaliser, sigmoid, simd_fn};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -85,20 +85,6 @@ impl GroupNormAct {
         Ok((b, c, dims[2..].iter().product()))
     }
 
-    /// Mean and 1/σ of one group's values, accumulated in f64.
-    fn stats(&self, xs: &[f32]) -> (f64, f64) {
-        let n = xs.len() as f64;
-        let mean = xs.iter().map(|&v| v as f64).sum::<f64>() / n;
-        let var = xs.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
-        (mean, 1.0 / (var + self.eps).sqrt())
-    }
-
-    /// `x̂ = x·a + b` with `(a, b) = (1/σ, −μ/σ)` in f32.
-    fn normaliser(&self, xs: &[f32]) -> (f32, f32) {
-        let (mean, rstd) = self.stats(xs);
-        (rstd as f32, (-mean * rstd) as f32)
-    }
-
     /// Gradients `(dx, dγ, dβ)` for upstream gradient `dy`.
     fn backward(
         &self,
@@ -120,7 +106,7 @@ impl GroupNormAct {
                 let mut dbeta = vec![0f64; c];
                 for g in 0..self.groups {
                     let range = g * cpg * hw..(g + 1) * cpg * hw;
-                    let ab = self.normaliser(&x_b[range]);
+                    let ab = normaliser(&x_b[range], self.eps);
                     // m1 = mean(dx̂), m2 = mean(dx̂·x̂) with dx̂ = dz·γ
                     let (mut m1, mut m2) = (0f64, 0f64);
                     for ci in g * cpg..(g + 1) * cpg {
@@ -190,7 +176,7 @@ impl CustomOp3 for GroupNormAct {
             .zip(x.par_chunks(cpg * hw))
             .enumerate()
             .for_each(|(bg, (dst, src))| {
-                let (a, b) = self.normaliser(src);
+                let (a, b) = normaliser(src, self.eps);
                 let c0 = (bg % self.groups) * cpg;
                 for (j, (d, s)) in dst.chunks_mut(hw).zip(src.chunks(hw)).enumerate() {
                     let (ga, be) = (gamma[c0 + j], beta[c0 + j]);

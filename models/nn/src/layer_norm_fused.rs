@@ -2,9 +2,11 @@
 //!
 //! Same idea as [`crate::group_norm_fused`], per row of length `d`:
 //! `y = x̂·γ + β` with `x̂ = (x − μ)/σ`; backward `dβ = Σ_rows dy`, `dγ = Σ_rows dy·x̂`,
-//! `dx = (1/σ)·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂))` with `dx̂ = dy·γ`. Statistics in f64.
+//! `dx = (1/σ)·(dx̂ − mean(dx̂) − x̂·mean(dx̂·x̂))` with `dx̂ = dy·γ`. Statistics in f64, the
+//! per-element work in f32 through vectorised kernels ([`crate::vmath`]).
 
-use crate::cpu_slice::storage_slice;
+use crate::cpu_slice::{TensorSlice, storage_slice};
+use crate::vmath::{lane_dot, lane_sum, normaliser, simd_fn};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -18,12 +20,47 @@ pub struct LayerNormAffine {
     pub eps: f64,
 }
 
-impl LayerNormAffine {
-    fn stats(&self, row: &[f32]) -> (f64, f64) {
-        let n = row.len() as f64;
-        let mean = row.iter().map(|&v| v as f64).sum::<f64>() / n;
-        let var = row.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
-        (mean, 1.0 / (var + self.eps).sqrt())
+simd_fn! {
+    /// One row: `y = (x·a + b)·γ + β`.
+    fn affine_row(y: &mut [f32], x: &[f32], ab: (f32, f32), gamma: &[f32], beta: &[f32]) {
+        let (a, b) = ab;
+        for (((o, &v), &g), &be) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
+            *o = (v * a + b) * g + be;
+        }
+    }
+}
+
+simd_fn! {
+    /// One row's backward: `dx` from `dy`, adding the row's `dy·x̂` and `dy` into `dgamma` and
+    /// `dbeta`.
+    fn backward_row(
+        dx: &mut [f32],
+        x: &[f32],
+        dy: &[f32],
+        ab: (f32, f32),
+        gamma: &[f32],
+        acc: (&mut [f32], &mut [f32]),
+    ) {
+        let ((a, b), (dgamma, dbeta)) = (ab, acc);
+        for (((((d, &v), &g), &ga), dg), db) in dx
+            .iter_mut()
+            .zip(x)
+            .zip(dy)
+            .zip(gamma)
+            .zip(dgamma.iter_mut())
+            .zip(dbeta.iter_mut())
+        {
+            *d = g * ga;
+            *dg += g * (v * a + b);
+            *db += g;
+        }
+        // m1 = mean(dx̂), m2 = mean(dx̂·x̂) = (a·Σ dx̂·x + b·Σ dx̂)/d
+        let n = dx.len().max(1) as f32;
+        let sum = lane_sum(dx);
+        let (m1, m2) = (sum / n, (a * lane_dot(dx, x) + b * sum) / n);
+        for (d, &v) in dx.iter_mut().zip(x) {
+            *d = a * (*d - m1 - (v * a + b) * m2);
+        }
     }
 }
 
@@ -50,12 +87,7 @@ impl CustomOp3 for LayerNormAffine {
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(d)
             .zip(x.par_chunks(d))
-            .for_each(|(dst, row)| {
-                let (mean, rstd) = self.stats(row);
-                for (j, (o, &v)) in dst.iter_mut().zip(row).enumerate() {
-                    *o = ((v as f64 - mean) * rstd) as f32 * gamma[j] + beta[j];
-                }
-            });
+            .for_each(|(dst, row)| affine_row(dst, row, normaliser(row, self.eps), gamma, beta));
         Ok((CpuStorage::F32(out), xl.shape().clone()))
     }
 
@@ -67,38 +99,28 @@ impl CustomOp3 for LayerNormAffine {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let x = xs.flatten_all()?.to_vec1::<f32>()?;
-        let g = gamma.to_vec1::<f32>()?;
-        let dy = grad.flatten_all()?.to_vec1::<f32>()?;
+        let grad = grad.contiguous()?;
+        let (xt, gt, dyt) = (
+            TensorSlice::new(xs, "layer norm: x"),
+            TensorSlice::new(gamma, "layer norm: weight"),
+            TensorSlice::new(&grad, "layer norm: output gradient"),
+        );
+        let (x, g, dy) = (xt.get()?, gt.get()?, dyt.get()?);
         let d = g.len();
         let mut dx = vec![0f32; x.len()];
-        let partials: Vec<(Vec<f64>, Vec<f64>)> = dx
+        // per unit of rows: (dγ, dβ) partial sums, added across units in f64
+        let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
             .par_chunks_mut(d * ROWS_PER_UNIT)
             .zip(
                 x.par_chunks(d * ROWS_PER_UNIT)
                     .zip(dy.par_chunks(d * ROWS_PER_UNIT)),
             )
             .map(|(dx_u, (x_u, dy_u))| {
-                let (mut dgamma, mut dbeta) = (vec![0f64; d], vec![0f64; d]);
+                let (mut dgamma, mut dbeta) = (vec![0f32; d], vec![0f32; d]);
                 for ((dx_r, x_r), dy_r) in dx_u.chunks_mut(d).zip(x_u.chunks(d)).zip(dy_u.chunks(d))
                 {
-                    let (mean, rstd) = self.stats(x_r);
-                    let (mut m1, mut m2) = (0f64, 0f64);
-                    for j in 0..d {
-                        let xhat = (x_r[j] as f64 - mean) * rstd;
-                        let dyj = dy_r[j] as f64;
-                        dbeta[j] += dyj;
-                        dgamma[j] += dyj * xhat;
-                        let dxhat = dyj * g[j] as f64;
-                        m1 += dxhat;
-                        m2 += dxhat * xhat;
-                    }
-                    let (m1, m2) = (m1 / d as f64, m2 / d as f64);
-                    for j in 0..d {
-                        let xhat = (x_r[j] as f64 - mean) * rstd;
-                        let dxhat = dy_r[j] as f64 * g[j] as f64;
-                        dx_r[j] = (rstd * (dxhat - m1 - xhat * m2)) as f32;
-                    }
+                    let ab = normaliser(x_r, self.eps);
+                    backward_row(dx_r, x_r, dy_r, ab, g, (&mut dgamma, &mut dbeta));
                 }
                 (dgamma, dbeta)
             })
@@ -108,7 +130,7 @@ impl CustomOp3 for LayerNormAffine {
                 .map(|j| {
                     partials
                         .iter()
-                        .map(|p| if k == 0 { p.0[j] } else { p.1[j] })
+                        .map(|p| f64::from(if k == 0 { p.0[j] } else { p.1[j] }))
                         .sum::<f64>() as f32
                 })
                 .collect()

@@ -109,6 +109,34 @@ fn lane_max(xs: &[f32]) -> f32 {
         .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
 }
 
+/// Mean and 1/√(variance + eps) of `xs` (biased variance), accumulated in f64 over four lanes.
+#[inline(always)]
+pub(crate) fn mean_rstd_generic(xs: &[f32], eps: f64) -> (f64, f64) {
+    const F64_LANES: usize = 4;
+    let n = xs.len().max(1) as f64;
+    let lanes_sum = |f: &dyn Fn(f32) -> f64| {
+        let mut lanes = [0f64; F64_LANES];
+        let mut chunks = xs.chunks_exact(F64_LANES);
+        for chunk in &mut chunks {
+            for (s, &v) in lanes.iter_mut().zip(chunk) {
+                *s += f(v);
+            }
+        }
+        lanes.iter().sum::<f64>() + chunks.remainder().iter().map(|&v| f(v)).sum::<f64>()
+    };
+    let mean = lanes_sum(&|v| v as f64) / n;
+    let var = lanes_sum(&|v| (v as f64 - mean) * (v as f64 - mean)) / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+simd_fn! {
+    /// `(a, b)` with `x̂ = x·a + b = (x − μ)/σ` for the values `xs`, statistics in f64.
+    pub(crate) fn normaliser(xs: &[f32], eps: f64) -> (f32, f32) {
+        let (mean, rstd) = mean_rstd_generic(xs, eps);
+        (rstd as f32, (-mean * rstd) as f32)
+    }
+}
+
 /// `1/(1 + e^−z)`, vectorisable.
 #[inline(always)]
 pub(crate) fn sigmoid(z: f32) -> f32 {
