@@ -8,7 +8,7 @@
 
 use crate::attention_fused::FusedAttention;
 use crate::softmax::softmax_last_dim;
-use candle_core::{D, DType, Result, Tensor};
+use candle_core::{D, DType, Device, Result, Tensor};
 
 /// `(b, n, heads·d) → (b·heads, n, d)`.
 pub fn split_heads(xs: &Tensor, heads: usize) -> Result<Tensor> {
@@ -26,46 +26,76 @@ pub fn merge_heads(xs: &Tensor, heads: usize) -> Result<Tensor> {
         .reshape((bh / heads, n, heads * d))
 }
 
-/// `softmax(q·kᵀ·scale)·v` for `q: (B, n, d)`, `k, v: (B, m, d)`; returns `(B, n, d)`.
+/// `softmax(q·kᵀ·scale + mask)·v` for `q: (B, n, d)`, `k, v: (B, m, d)` and an optional
+/// additive `(n, m)` mask; returns `(B, n, d)`.
 pub fn scaled_dot_product_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     scale: f64,
+    mask: Option<&Tensor>,
 ) -> Result<Tensor> {
     let dtype = q.dtype();
     // (B, n, m) scores in f32 around the softmax.
-    let scores = (q
+    let mut scores = (q
         .to_dtype(DType::F32)?
         .matmul(&k.to_dtype(DType::F32)?.t()?)?
         * scale)?;
+    if let Some(mask) = mask {
+        scores = scores.broadcast_add(&mask.to_dtype(DType::F32)?)?;
+    }
     let probs = softmax_last_dim(&scores)?.to_dtype(dtype)?;
     probs.matmul(&v.contiguous()?)
 }
 
 /// Attention over `(b, n, heads·d)` projections, returning `(b, n, heads·d)`.
 pub fn multi_head_attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize) -> Result<Tensor> {
-    let head_dim = q.dim(D::Minus1)? / heads;
+    attention(q, k, v, heads, false)
+}
+
+/// Causal self-attention (query `r` sees keys `0..=r`, as in CLIP's text tower) over
+/// `(b, n, heads·d)` projections, returning `(b, n, heads·d)`.
+pub fn causal_multi_head_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+) -> Result<Tensor> {
+    attention(q, k, v, heads, true)
+}
+
+fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causal: bool) -> Result<Tensor> {
+    let head_dim = q.dim(D::Minus1)? / heads.max(1);
     let scale = 1.0 / (head_dim as f64).sqrt();
     if [q, k, v]
         .iter()
         .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
     {
         let tracked = [q, k, v].iter().any(|t| t.track_op());
-        let op = FusedAttention::new(heads, scale as f32, tracked);
+        let op = FusedAttention::new(heads, scale as f32, causal, tracked);
         return q
             .contiguous()?
             .apply_op3(&k.contiguous()?, &v.contiguous()?, op);
     }
-    composed_multi_head_attention(q, k, v, heads)
+    composed_multi_head_attention(q, k, v, heads, causal)
 }
 
-/// [`multi_head_attention`] from candle ops, on every device.
+/// The additive causal mask `(n, n)`: 0 on and below the diagonal, −∞ above.
+pub fn causal_mask(n: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let values: Vec<f32> = (0..n)
+        .flat_map(|i| (0..n).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(values, (n, n), device)?.to_dtype(dtype)
+}
+
+/// [`multi_head_attention`] (or, `causal`, [`causal_multi_head_attention`]) from candle ops,
+/// on every device.
 pub fn composed_multi_head_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     heads: usize,
+    causal: bool,
 ) -> Result<Tensor> {
     let head_dim = q.dim(D::Minus1)? / heads;
     let (q, k, v) = (
@@ -73,7 +103,13 @@ pub fn composed_multi_head_attention(
         split_heads(k, heads)?,
         split_heads(v, heads)?,
     );
-    let out = scaled_dot_product_attention(&q, &k, &v, 1.0 / (head_dim as f64).sqrt())?;
+    let mask = if causal {
+        Some(causal_mask(q.dim(1)?, DType::F32, q.device())?)
+    } else {
+        None
+    };
+    let out =
+        scaled_dot_product_attention(&q, &k, &v, 1.0 / (head_dim as f64).sqrt(), mask.as_ref())?;
     merge_heads(&out, heads)
 }
 
@@ -99,7 +135,8 @@ mod tests {
         let k = Var::from_tensor(&rng.normal((1, 3, 4), 0.0, 1.0, DType::F32, &dev)?)?;
         let v = Var::from_tensor(&rng.normal((1, 3, 4), 0.0, 1.0, DType::F32, &dev)?)?;
         // A zero scale makes every weight 1/3: the output is the mean of the values.
-        let flat = scaled_dot_product_attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), 0.0)?;
+        let flat =
+            scaled_dot_product_attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), 0.0, None)?;
         let mean = v.as_tensor().mean_keepdim(1)?.broadcast_as((1, 2, 4))?;
         let diff = (flat - mean)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-6);

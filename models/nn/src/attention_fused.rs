@@ -22,6 +22,8 @@ use std::sync::Mutex;
 pub struct FusedAttention {
     heads: usize,
     scale: f32,
+    /// Query `r` attends to keys `0..=r` only (self-attention, `n = m`).
+    causal: bool,
     /// Whether the forward pass keeps the probabilities for backward.
     keep: bool,
     /// The forward pass's probabilities, `(b, heads, n, m)`, when kept.
@@ -54,12 +56,14 @@ impl Dims {
 }
 
 impl FusedAttention {
-    /// `heads` heads with scores scaled by `scale` (usually `1/√d`); `keep_probs` keeps the
-    /// softmax output for backward (set it when a gradient will be taken).
-    pub fn new(heads: usize, scale: f32, keep_probs: bool) -> Self {
+    /// `heads` heads with scores scaled by `scale` (usually `1/√d`), causal (query `r` sees keys
+    /// `0..=r`) or not; `keep_probs` keeps the softmax output for backward (set it when a
+    /// gradient will be taken).
+    pub fn new(heads: usize, scale: f32, causal: bool, keep_probs: bool) -> Self {
         Self {
             heads,
             scale,
+            causal,
             keep: keep_probs,
             probs: Mutex::new(None),
         }
@@ -73,6 +77,11 @@ impl FusedAttention {
             candle_core::bail!(
                 "attention: q {q:?}, k {k:?}, v {v:?} do not agree or do not split into {} heads",
                 self.heads
+            );
+        }
+        if self.causal && n != m {
+            candle_core::bail!(
+                "attention: causal attention needs as many keys as queries, got {n} and {m}"
             );
         }
         if inner % self.heads != 0 {
@@ -98,7 +107,12 @@ impl FusedAttention {
             self.scale,
             false,
         );
-        p.chunks_mut(dims.m).for_each(softmax_row);
+        for (r, row) in p.chunks_mut(dims.m).enumerate() {
+            if self.causal {
+                row[r + 1..].fill(f32::NEG_INFINITY);
+            }
+            softmax_row(row);
+        }
     }
 
     /// Gradients `(dq, dk, dv)` of one image from its operands and output gradient `dout`;
@@ -248,7 +262,9 @@ impl CustomOp3 for FusedAttention {
 
 #[cfg(test)]
 mod tests {
-    use crate::attention::{composed_multi_head_attention, multi_head_attention};
+    use crate::attention::{
+        causal_multi_head_attention, composed_multi_head_attention, multi_head_attention,
+    };
     use crate::rng::SeededRng;
     use candle_core::{DType, Device, Result, Tensor, Var};
 
@@ -257,7 +273,13 @@ mod tests {
     }
 
     /// Fused and composed attention agree on values and on the gradients of q, k and v.
-    fn agrees_with_composed(n: usize, m: usize, heads: usize, d: usize) -> Result<()> {
+    fn agrees_with_composed(
+        n: usize,
+        m: usize,
+        heads: usize,
+        d: usize,
+        causal: bool,
+    ) -> Result<()> {
         let dev = Device::Cpu;
         let mut rng = SeededRng::new(11);
         let mut var = |rows| {
@@ -265,8 +287,12 @@ mod tests {
         };
         let (q, k, v) = (var(n)?, var(m)?, var(m)?);
         let probe = SeededRng::new(12).normal((3, n, heads * d), 0.0, 1.0, DType::F32, &dev)?;
-        let fused = multi_head_attention(&q, &k, &v, heads)?;
-        let plain = composed_multi_head_attention(&q, &k, &v, heads)?;
+        let fused = if causal {
+            causal_multi_head_attention(&q, &k, &v, heads)?
+        } else {
+            multi_head_attention(&q, &k, &v, heads)?
+        };
+        let plain = composed_multi_head_attention(&q, &k, &v, heads, causal)?;
         assert_eq!(fused.dims(), plain.dims());
         assert!(max_diff(&fused, &plain)? < 1e-5, "values differ");
         let g_fused = (fused * &probe)?.sum_all()?.backward()?;
@@ -287,12 +313,17 @@ mod tests {
 
     #[test]
     fn self_attention_matches_the_composed_ops() -> Result<()> {
-        agrees_with_composed(10, 10, 2, 4)
+        agrees_with_composed(10, 10, 2, 4, false)
     }
 
     #[test]
     fn cross_attention_with_more_heads_matches_the_composed_ops() -> Result<()> {
-        agrees_with_composed(7, 3, 4, 5)
+        agrees_with_composed(7, 3, 4, 5, false)
+    }
+
+    #[test]
+    fn causal_self_attention_matches_the_masked_composed_ops() -> Result<()> {
+        agrees_with_composed(9, 9, 3, 4, true)
     }
 
     #[test]
@@ -303,7 +334,7 @@ mod tests {
             |rows| Var::from_tensor(&rng.normal((2, rows, 6), 0.0, 1.0, DType::F32, &dev)?);
         let (q, k, v) = (var(5)?, var(4)?, var(4)?);
         let grads = |keep: bool| -> Result<Vec<Vec<f32>>> {
-            let op = super::FusedAttention::new(3, 0.5, keep);
+            let op = super::FusedAttention::new(3, 0.5, false, keep);
             let out = q.apply_op3(&k, &v, op)?;
             let g = out.sqr()?.sum_all()?.backward()?;
             let mut all = vec![out.flatten_all()?.to_vec1::<f32>()?];
@@ -326,6 +357,7 @@ mod tests {
         let k = Tensor::zeros((2, 3, 8), DType::F32, &dev)?;
         assert!(multi_head_attention(&q, &k, &k, 2).is_err());
         assert!(multi_head_attention(&q, &q, &q, 4).is_err());
+        assert!(causal_multi_head_attention(&q, &k, &k, 2).is_err());
         Ok(())
     }
 }
