@@ -195,7 +195,8 @@ impl StageKind for AestheticTrain {
         "aesthetic-train"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: CLIP's linear layers and attention are spo-nn's fused CPU ops (last-bit changes).
+        2
     }
     fn summary(&self) -> &'static str {
         "Train the in-world LAION-style aesthetic head: an MLP on the frozen CLIP's normalised image embedding, regressing detail quality"

@@ -445,7 +445,8 @@ impl StageKind for ClipPretrain {
         "clip-pretrain"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: CLIP's linear layers and attention are spo-nn's fused CPU ops (last-bit changes).
+        2
     }
     fn summary(&self) -> &'static str {
         "Train the in-world CLIP (tiny ViT + text tower over the world's words) contrastively on clean renders of the training prompts"
@@ -682,7 +683,8 @@ impl StageKind for PickScoreTrain {
         "pickscore-train"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: CLIP's linear layers and attention are spo-nn's fused CPU ops (last-bit changes).
+        2
     }
     fn summary(&self) -> &'static str {
         "Fine-tune the in-world CLIP on the generic preference pairs with PickScore's loss: the PickScore analogue"

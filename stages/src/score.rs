@@ -268,7 +268,8 @@ impl StageKind for Score {
         "score"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: CLIP's linear layers and attention are spo-nn's fused CPU ops (last-bit changes).
+        2
     }
     fn summary(&self) -> &'static str {
         "Score generated images (an input with samples.parquet) with the in-world PickScore, aesthetic head and CLIP score, and the detail / GenEval-like alignment oracles"

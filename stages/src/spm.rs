@@ -45,7 +45,8 @@ impl StageKind for TrainSpm {
         "train-spm"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: CLIP's linear layers and attention are spo-nn's fused CPU ops (last-bit changes).
+        2
     }
     fn summary(&self) -> &'static str {
         "the step-aware preference model from the PickScore analogue (needs world, clip-pretrain, base-pretrain, pickscore-train)"

@@ -11,7 +11,7 @@ use spo_nn::LayerNorm;
 use spo_nn::attention::{merge_heads, split_heads};
 use spo_nn::linear::linear;
 
-use crate::layers::apply_linear;
+use spo_nn::linear::forward_2d;
 
 /// The BLIP ViT's shape (`create_vit('large')`: 1024 wide, 24 deep, 16 heads, patch 16).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,7 +74,7 @@ impl Block {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let (_, _, d) = xs.dims3()?;
         // (b, n, 3d) → q, k, v each (b·heads, n, d_head); timm's order is q, k, v.
-        let qkv = apply_linear(&self.qkv, &self.norm1.forward(xs)?)?.chunk(3, D::Minus1)?;
+        let qkv = forward_2d(&self.qkv, &self.norm1.forward(xs)?)?.chunk(3, D::Minus1)?;
         let (q, k, v) = (
             split_heads(&qkv[0].contiguous()?, self.heads)?,
             split_heads(&qkv[1].contiguous()?, self.heads)?,
@@ -88,9 +88,9 @@ impl Block {
             candle_nn::ops::softmax_last_dim(&scores)?
         };
         let attn = merge_heads(&probs.matmul(&v)?, self.heads)?;
-        let h = (xs + apply_linear(&self.proj, &attn)?)?;
-        let m = apply_linear(&self.fc1, &self.norm2.forward(&h)?)?.gelu_erf()?;
-        &h + apply_linear(&self.fc2, &m)?
+        let h = (xs + forward_2d(&self.proj, &attn)?)?;
+        let m = forward_2d(&self.fc1, &self.norm2.forward(&h)?)?.gelu_erf()?;
+        &h + forward_2d(&self.fc2, &m)?
     }
 }
 

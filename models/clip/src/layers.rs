@@ -1,43 +1,18 @@
 //! The transformer pieces shared by CLIP's towers (HF `modeling_clip.py` names), with the
 //! optional adaLN modulation of the step-aware preference model.
 //!
-//! Everything here records a backward pass when its input does (spo-nn's LayerNorm; attention
-//! with the differentiable softmax). When nothing upstream tracks gradients (scoring with
-//! loaded weights) attention uses candle's fused `softmax_last_dim`, which is exact but has no
-//! backward.
+//! Everything here records a backward pass when its input does: linear layers, LayerNorm and
+//! attention are spo-nn's (on the CPU in f32, single fused kernels with their own backward).
 
-use candle_core::{D, DType, Module, Result, Tensor};
+use candle_core::{D, Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
-use spo_nn::attention::{merge_heads, split_heads};
-use spo_nn::linear::{linear, linear_b};
+use spo_nn::attention::{causal_multi_head_attention, multi_head_attention};
+use spo_nn::linear::{forward_2d, linear, linear_b};
 use spo_nn::{Activation, LayerNorm};
-
-/// Applies a linear layer to `(…, in)` as one 2-D matmul.
-pub(crate) fn apply_linear(layer: &Linear, xs: &Tensor) -> Result<Tensor> {
-    let dims = xs.dims().to_vec();
-    let Some((&last, lead)) = dims.split_last() else {
-        return layer.forward(xs);
-    };
-    let rows: usize = lead.iter().product();
-    let ys = layer.forward(&xs.reshape((rows, last))?)?;
-    let out = ys.dim(1)?;
-    let mut shape = lead.to_vec();
-    shape.push(out);
-    ys.reshape(shape)
-}
 
 /// `nn.LayerNorm(dim, eps)` with keys `weight`, `bias`.
 pub(crate) fn layer_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<LayerNorm> {
     LayerNorm::new(dim, eps, vb)
-}
-
-/// Softmax over the last dimension, differentiable when the scores track gradients.
-fn softmax(scores: &Tensor) -> Result<Tensor> {
-    if scores.track_op() {
-        candle_nn::ops::softmax(scores, D::Minus1)
-    } else {
-        candle_nn::ops::softmax_last_dim(scores)
-    }
 }
 
 /// `CLIPAttention`: `q_proj`, `k_proj`, `v_proj`, `out_proj`, all with bias.
@@ -62,21 +37,17 @@ impl ClipAttention {
         })
     }
 
-    /// Self-attention over `(b, n, dim)` with an optional additive `(n, n)` mask.
-    pub fn forward(&self, xs: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-        let (_, _, dim) = xs.dims3()?;
-        let scale = 1.0 / ((dim / self.num_heads) as f64).sqrt();
-        // (b·heads, n, d_head)
-        let q = split_heads(&apply_linear(&self.q_proj, xs)?, self.num_heads)?;
-        let k = split_heads(&apply_linear(&self.k_proj, xs)?, self.num_heads)?;
-        let v = split_heads(&apply_linear(&self.v_proj, xs)?, self.num_heads)?;
-        // (b·heads, n, n)
-        let mut scores = (q.matmul(&k.t()?)? * scale)?;
-        if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask)?;
-        }
-        let out = softmax(&scores)?.matmul(&v)?;
-        apply_linear(&self.out_proj, &merge_heads(&out, self.num_heads)?)
+    /// Self-attention over `(b, n, dim)`, causal (the text tower) or not.
+    pub fn forward(&self, xs: &Tensor, causal: bool) -> Result<Tensor> {
+        let q = forward_2d(&self.q_proj, xs)?;
+        let k = forward_2d(&self.k_proj, xs)?;
+        let v = forward_2d(&self.v_proj, xs)?;
+        let out = if causal {
+            causal_multi_head_attention(&q, &k, &v, self.num_heads)?
+        } else {
+            multi_head_attention(&q, &k, &v, self.num_heads)?
+        };
+        forward_2d(&self.out_proj, &out)
     }
 }
 
@@ -100,8 +71,8 @@ impl ClipMlp {
 
     /// `(…, dim) → (…, dim)`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let h = self.act.apply(&apply_linear(&self.fc1, xs)?)?;
-        apply_linear(&self.fc2, &h)
+        let h = self.act.apply(&forward_2d(&self.fc1, xs)?)?;
+        forward_2d(&self.fc2, &h)
     }
 }
 
@@ -168,18 +139,13 @@ impl ClipEncoderLayer {
 
     /// `(b, n, dim) → (b, n, dim)`. `cond` is SiLU(τ), `(b, dim)`, required exactly when the
     /// layer is time-conditioned.
-    pub fn forward(
-        &self,
-        xs: &Tensor,
-        mask: Option<&Tensor>,
-        cond: Option<&Tensor>,
-    ) -> Result<Tensor> {
+    pub fn forward(&self, xs: &Tensor, causal: bool, cond: Option<&Tensor>) -> Result<Tensor> {
         match (&self.adaln_modulation, cond) {
             (None, None) => {
                 let h = (xs
                     + self
                         .self_attn
-                        .forward(&self.layer_norm1.forward(xs)?, mask)?)?;
+                        .forward(&self.layer_norm1.forward(xs)?, causal)?)?;
                 &h + self.mlp.forward(&self.layer_norm2.forward(&h)?)?
             }
             (Some(modulation), Some(c)) => {
@@ -187,7 +153,7 @@ impl ClipEncoderLayer {
                 let m = modulation.forward(c)?.unsqueeze(1)?.chunk(6, D::Minus1)?;
                 let (sh1, sc1, g1, sh2, sc2, g2) = (&m[0], &m[1], &m[2], &m[3], &m[4], &m[5]);
                 let a = modulate(&self.layer_norm1.forward(xs)?, sh1, sc1)?;
-                let h = (xs + self.self_attn.forward(&a, mask)?.broadcast_mul(g1)?)?;
+                let h = (xs + self.self_attn.forward(&a, causal)?.broadcast_mul(g1)?)?;
                 let f = modulate(&self.layer_norm2.forward(&h)?, sh2, sc2)?;
                 &h + self.mlp.forward(&f)?.broadcast_mul(g2)?
             }
@@ -221,24 +187,11 @@ impl ClipEncoder {
     }
 
     /// Runs every layer.
-    pub fn forward(
-        &self,
-        xs: &Tensor,
-        mask: Option<&Tensor>,
-        cond: Option<&Tensor>,
-    ) -> Result<Tensor> {
+    pub fn forward(&self, xs: &Tensor, causal: bool, cond: Option<&Tensor>) -> Result<Tensor> {
         let mut h = xs.clone();
         for layer in &self.layers {
-            h = layer.forward(&h, mask, cond)?;
+            h = layer.forward(&h, causal, cond)?;
         }
         Ok(h)
     }
-}
-
-/// The additive causal mask `(n, n)`: 0 on and below the diagonal, −∞ above.
-pub(crate) fn causal_mask(n: usize, dtype: DType, device: &candle_core::Device) -> Result<Tensor> {
-    let values: Vec<f32> = (0..n)
-        .flat_map(|i| (0..n).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    Tensor::from_vec(values, (n, n), device)?.to_dtype(dtype)
 }

@@ -13,7 +13,7 @@ use spo_nn::attention::{merge_heads, split_heads};
 use spo_nn::linear::linear;
 use spo_nn::{Activation, LayerNorm};
 
-use crate::layers::apply_linear;
+use spo_nn::linear::forward_2d;
 
 /// `med_config.json` (HF `BertConfig` names). ImageReward's `BLIP_Pretrain` sets
 /// `encoder_width` to the vision width, which is what the loader does too.
@@ -85,9 +85,9 @@ impl Attention {
     /// `LayerNorm(xs + dense(attn(xs → kv)))`; `mask` is additive, `(b, 1, m)`.
     fn forward(&self, xs: &Tensor, kv: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let (b, _, h) = xs.dims3()?;
-        let q = split_heads(&apply_linear(&self.query, xs)?, self.heads)?;
-        let k = split_heads(&apply_linear(&self.key, kv)?, self.heads)?;
-        let v = split_heads(&apply_linear(&self.value, kv)?, self.heads)?;
+        let q = split_heads(&forward_2d(&self.query, xs)?, self.heads)?;
+        let k = split_heads(&forward_2d(&self.key, kv)?, self.heads)?;
+        let v = split_heads(&forward_2d(&self.value, kv)?, self.heads)?;
         let scale = 1.0 / ((h / self.heads) as f64).sqrt();
         // (b·heads, n, m)
         let mut scores = (q.matmul(&k.t()?)? * scale)?;
@@ -106,7 +106,7 @@ impl Attention {
         };
         let ctx = merge_heads(&probs.matmul(&v)?, self.heads)?;
         self.layer_norm
-            .forward(&(apply_linear(&self.dense, &ctx)? + xs)?)
+            .forward(&(forward_2d(&self.dense, &ctx)? + xs)?)
     }
 }
 
@@ -147,9 +147,9 @@ impl Layer {
     fn forward(&self, xs: &Tensor, mask: &Tensor, image: &Tensor) -> Result<Tensor> {
         let h = self.attention.forward(xs, xs, Some(mask))?;
         let h = self.crossattention.forward(&h, image, None)?;
-        let f = self.act.apply(&apply_linear(&self.intermediate, &h)?)?;
+        let f = self.act.apply(&forward_2d(&self.intermediate, &h)?)?;
         self.output_norm
-            .forward(&(apply_linear(&self.output, &f)? + h)?)
+            .forward(&(forward_2d(&self.output, &f)? + h)?)
     }
 }
 

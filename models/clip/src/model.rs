@@ -9,10 +9,10 @@ use spo_nn::linear::linear_no_bias;
 
 use crate::config::ClipConfig;
 use crate::error::ClipError;
-use crate::layers::apply_linear;
 use crate::text::ClipTextTransformer;
 use crate::vision::ClipVisionTransformer;
 use crate::weights::{CheckedWeights, open_clip_to_hf, read_tensors};
+use spo_nn::linear::forward_2d;
 
 /// The dual encoder. Build it with [`ClipModel::new`] from any `VarBuilder` (a checkpoint or a
 /// `VarMap` for training) or with the `load_*` helpers.
@@ -81,12 +81,12 @@ impl ClipModel {
 
     /// `(b, n)` token ids → `(b, projection_dim)` text embeddings (not normalised).
     pub fn get_text_features(&self, ids: &Tensor) -> Result<Tensor> {
-        apply_linear(&self.text_projection, &self.text_model.forward(ids)?)
+        forward_2d(&self.text_projection, &self.text_model.forward(ids)?)
     }
 
     /// `(b, 3, s, s)` normalised pixels → `(b, projection_dim)` image embeddings (not normalised).
     pub fn get_image_features(&self, pixels: &Tensor) -> Result<Tensor> {
-        apply_linear(
+        forward_2d(
             &self.visual_projection,
             &self.vision_model.forward(pixels, None)?,
         )
@@ -98,7 +98,7 @@ impl ClipModel {
         pixels: &Tensor,
         cond: &Tensor,
     ) -> Result<Tensor> {
-        apply_linear(
+        forward_2d(
             &self.visual_projection,
             &self.vision_model.forward(pixels, Some(cond))?,
         )

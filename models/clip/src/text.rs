@@ -6,7 +6,7 @@ use candle_nn::{Init, VarBuilder};
 use spo_nn::LayerNorm;
 
 use crate::config::ClipTextConfig;
-use crate::layers::{ClipEncoder, LayerShape, causal_mask, layer_norm};
+use crate::layers::{ClipEncoder, LayerShape, layer_norm};
 
 /// `embeddings.token_embedding.weight` and `embeddings.position_embedding.weight`.
 #[derive(Debug, Clone)]
@@ -109,8 +109,7 @@ impl ClipTextTransformer {
             candle_core::bail!("{n} tokens exceed the context length {}", self.context);
         }
         let h = self.embeddings.forward(ids)?;
-        let mask = causal_mask(n, h.dtype(), h.device())?;
-        let h = self.encoder.forward(&h, Some(&mask), None)?;
+        let h = self.encoder.forward(&h, true, None)?;
         self.final_layer_norm.forward(&h)
     }
 

@@ -130,7 +130,7 @@ impl ClipVisionTransformer {
         let h = self
             .pre_layrnorm
             .forward(&self.embeddings.forward(pixels)?)?;
-        let h = self.encoder.forward(&h, None, cond)?;
+        let h = self.encoder.forward(&h, false, cond)?;
         // (b, dim): the class token.
         let pooled = self
             .post_layernorm
