@@ -67,10 +67,7 @@ pub fn causal_multi_head_attention(
 fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causal: bool) -> Result<Tensor> {
     let head_dim = q.dim(D::Minus1)? / heads.max(1);
     let scale = 1.0 / (head_dim as f64).sqrt();
-    if [q, k, v]
-        .iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
-    {
+    if crate::fast_path::applies(&[q, k, v]) {
         let tracked = [q, k, v].iter().any(|t| t.track_op());
         let op = FusedAttention::new(heads, scale as f32, causal, tracked);
         return q

@@ -86,7 +86,7 @@ impl Conv2d {
 
     /// The convolution with `bias` of shape `(out,)` or `(b, out)`.
     fn forward_with_bias(&self, xs: &Tensor, bias: &Tensor) -> Result<Tensor> {
-        if crate::im2col::im2col_applies(xs) {
+        if crate::fast_path::applies(&[xs]) {
             return crate::im2col::conv2d_im2col(xs, &self.weight, bias, self.stride, self.padding);
         }
         let ys = xs.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;

@@ -8,7 +8,7 @@
 
 use crate::cpu_slice::TensorSlice;
 use crate::vmath::{erf, exp, simd_fn};
-use candle_core::{CpuStorage, CustomOp1, D, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, D, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// `(…, 2d) → (…, d)`: first half times exact GELU of the second half (f32, CPU).
@@ -99,7 +99,7 @@ impl CustomOp1 for Geglu {
 
 /// `h·gelu(g)` for `(h, g) = xs.chunk(2, -1)`, differentiable on every device.
 pub fn geglu(xs: &Tensor) -> Result<Tensor> {
-    if xs.device().is_cpu() && xs.dtype() == DType::F32 {
+    if crate::fast_path::applies(&[xs]) {
         return xs.contiguous()?.apply_op1(Geglu);
     }
     let halves = xs.chunk(2, D::Minus1)?;
@@ -110,7 +110,7 @@ pub fn geglu(xs: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
     use crate::rng::SeededRng;
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     #[test]
     fn matches_composed_geglu_values_and_gradient() -> Result<()> {

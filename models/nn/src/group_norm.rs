@@ -41,7 +41,7 @@ impl GroupNorm {
 
     /// `silu(group_norm(xs))`, the pre-activation of every diffusers ResNet block.
     pub fn forward_silu(&self, xs: &Tensor) -> Result<Tensor> {
-        if fused_applies(xs) {
+        if crate::fast_path::applies(&[xs]) {
             return self.fused(xs, true);
         }
         self.forward_elementwise(xs)?.silu()
@@ -77,13 +77,9 @@ impl GroupNorm {
     }
 }
 
-fn fused_applies(xs: &Tensor) -> bool {
-    xs.device().is_cpu() && xs.dtype() == DType::F32
-}
-
 impl Module for GroupNorm {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        if fused_applies(xs) {
+        if crate::fast_path::applies(&[xs]) {
             return self.fused(xs, false);
         }
         self.forward_elementwise(xs)

@@ -11,7 +11,7 @@
 
 use crate::cpu_slice::{TensorSlice, grad_tensor, storage_slice};
 use crate::gemm::{View, gemm};
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Geometry of a square-kernel convolution over an `h × w` input.
@@ -323,11 +323,6 @@ impl CustomOp3 for Conv2dIm2Col {
     }
 }
 
-/// Whether [`conv2d_im2col`] handles this input (f32 on the CPU).
-pub fn im2col_applies(xs: &Tensor) -> bool {
-    xs.device().is_cpu() && xs.dtype() == DType::F32
-}
-
 /// `conv2d(xs, weight) + bias` as im2col + GEMM; `xs: (b, c, h, w)`, `weight: (o, c, k, k)`,
 /// `bias: (o,)` or `(b, o)` (a bias per image). Values and gradients equal candle's `conv2d`
 /// up to f32 summation order.
@@ -356,7 +351,7 @@ pub fn conv2d_im2col(
 mod tests {
     use super::*;
     use crate::rng::SeededRng;
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     /// Values and all three gradients of the im2col path against candle's direct conv.
     #[test]

@@ -57,7 +57,7 @@ impl LayerNorm {
 impl Module for LayerNorm {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         match &self.bias {
-            Some(bias) if xs.device().is_cpu() && xs.dtype() == DType::F32 => {
+            Some(bias) if crate::fast_path::applies(&[xs]) => {
                 let op = crate::layer_norm_fused::LayerNormAffine { eps: self.eps };
                 xs.contiguous()?.apply_op3(&self.weight, bias, op)
             }

@@ -34,6 +34,7 @@ pub mod attention_fused;
 pub mod conv;
 mod cpu_slice;
 pub mod error;
+pub mod fast_path;
 pub mod geglu;
 pub mod gemm;
 pub mod grad_check;

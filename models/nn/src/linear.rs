@@ -12,7 +12,7 @@
 //! affected.
 
 use crate::linear_fused::LinearOp;
-use candle_core::{DType, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
 
 fn torch_bound(in_dim: usize) -> Init {
@@ -26,10 +26,8 @@ fn torch_bound(in_dim: usize) -> Init {
 /// `x·Wᵀ (+ b)` for `x: (rows, in)`, `W: (out, in)`: the fused op of [`crate::linear_fused`]
 /// for f32 on the CPU, candle's `matmul` and broadcast add elsewhere.
 pub fn linear_2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let fused = std::iter::once(x)
-        .chain(Some(weight))
-        .chain(bias)
-        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32);
+    let fused = crate::fast_path::applies(&[x, weight])
+        && bias.is_none_or(|b| crate::fast_path::applies(&[b]));
     match (fused, bias) {
         (true, None) => x.contiguous()?.apply_op2(&weight.contiguous()?, LinearOp),
         (true, Some(b)) => {

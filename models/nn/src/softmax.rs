@@ -7,7 +7,7 @@
 //! to `candle_nn::ops::softmax` elsewhere.
 
 use crate::vmath::softmax_row;
-use candle_core::{CpuStorage, CustomOp1, D, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, D, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Row softmax over the last dimension (f32, CPU) with backward.
@@ -40,7 +40,7 @@ impl CustomOp1 for SoftmaxLastDim {
 
 /// Softmax over the last dimension, differentiable on every device.
 pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
-    if xs.device().is_cpu() && xs.dtype() == DType::F32 {
+    if crate::fast_path::applies(&[xs]) {
         return xs.contiguous()?.apply_op1(SoftmaxLastDim);
     }
     candle_nn::ops::softmax(xs, D::Minus1)
@@ -50,7 +50,7 @@ pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
     use crate::rng::SeededRng;
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     #[test]
     fn matches_candle_softmax_values_and_gradient() -> Result<()> {

@@ -5,13 +5,13 @@
 //! CPU in f32 this uses [`Upsample2x`], whose backward is the direct 2×2 block sum
 //! [`BlockSum2x`]; other devices use candle's op.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// `(b, c, h, w) → (b, c, 2h, 2w)`, each value repeated in a 2×2 block.
 pub fn upsample_nearest2x(xs: &Tensor) -> Result<Tensor> {
     let (_, _, h, w) = xs.dims4()?;
-    if xs.device().is_cpu() && xs.dtype() == DType::F32 {
+    if crate::fast_path::applies(&[xs]) {
         return xs.contiguous()?.apply_op1(Upsample2x);
     }
     xs.upsample_nearest2d(2 * h, 2 * w)
@@ -106,7 +106,7 @@ impl CustomOp1 for BlockSum2x {
 mod tests {
     use super::*;
     use crate::rng::SeededRng;
-    use candle_core::{Device, Var};
+    use candle_core::{DType, Device, Var};
 
     #[test]
     fn matches_candle_upsample_values_and_gradient() -> Result<()> {
