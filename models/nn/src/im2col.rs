@@ -53,14 +53,14 @@ impl PatchGeometry {
         (lo, hi)
     }
 
-    /// Unfolds channel plane `plane` (`h × w`) of image `b` into the `k·k` rows of that
-    /// channel, `rows` (`(k·k, batch·h_out·w_out)`).
-    fn unfold_plane(&self, plane: &[f32], b: usize, batch: usize, rows: &mut [f32]) {
+    /// Unfolds one channel plane (`h × w`) into that channel's `k·k` rows of the column
+    /// matrix, `rows` (`(k·k, h_out·w_out)`).
+    fn unfold_plane(&self, plane: &[f32], rows: &mut [f32]) {
         let (h_out, w_out) = self.out_hw();
         let (k, s, p) = (self.k, self.stride, self.pad);
         let n = h_out * w_out;
         for (ki, kj) in (0..k).flat_map(|ki| (0..k).map(move |kj| (ki, kj))) {
-            let row = (ki * k + kj) * batch * n + b * n;
+            let row = (ki * k + kj) * n;
             let (lo, hi) = self.valid_cols(kj, w_out);
             for oh in 0..h_out {
                 let dst = &mut rows[row + oh * w_out..row + (oh + 1) * w_out];
@@ -84,9 +84,9 @@ impl PatchGeometry {
         }
     }
 
-    /// Adds image `b`'s columns (`(c·k·k, batch·h_out·w_out)`) back into its `(c, h, w)`
-    /// (the adjoint of unfolding).
-    fn fold(&self, cols: &[f32], b: usize, batch: usize, image: &mut [f32]) {
+    /// Adds one image's columns (`(c·k·k, h_out·w_out)`) back into its `(c, h, w)` (the adjoint
+    /// of unfolding).
+    fn fold(&self, cols: &[f32], image: &mut [f32]) {
         let (h_out, w_out) = self.out_hw();
         let (k, s, p) = (self.k, self.stride, self.pad);
         let n = h_out * w_out;
@@ -95,7 +95,7 @@ impl PatchGeometry {
             let plane = &mut image[c * self.h * self.w..(c + 1) * self.h * self.w];
             for ki in 0..k {
                 for kj in 0..k {
-                    let row = ((c * k + ki) * k + kj) * batch * n + b * n;
+                    let row = ((c * k + ki) * k + kj) * n;
                     let (lo, hi) = self.valid_cols(kj, w_out);
                     for oh in 0..h_out {
                         let ih = (oh * s + ki) as isize - p as isize;
@@ -142,7 +142,7 @@ impl PatchGeometry {
         let plane = self.h * self.w;
         let rows = self.k * self.k * self.positions();
         for (c, rows) in cols.chunks_mut(rows).enumerate() {
-            self.unfold_plane(&image[c * plane..(c + 1) * plane], 0, 1, rows);
+            self.unfold_plane(&image[c * plane..(c + 1) * plane], rows);
         }
     }
 
@@ -265,7 +265,7 @@ impl CustomOp3 for Conv2dIm2Col {
                     } else {
                         dcols.resize(kk * n, 0.0);
                         gemm((dcols, cv), (w, wv.t()), (dy_i, yv), 1.0, false);
-                        g.fold(dcols, 0, 1, dx_i);
+                        g.fold(dcols, dx_i);
                     }
                 }
                 let dw = want_dw.then(|| {
