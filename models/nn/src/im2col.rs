@@ -84,13 +84,12 @@ impl PatchGeometry {
         }
     }
 
-    /// Adds one image's columns (`(c·k·k, h_out·w_out)`) back into its `(c, h, w)` (the adjoint
-    /// of unfolding).
+    /// Adds one image's columns (`(c·k·k, h_out·w_out)`) into its `(c, h, w)`, which the caller
+    /// zeroes first (the adjoint of unfolding).
     fn fold(&self, cols: &[f32], image: &mut [f32]) {
         let (h_out, w_out) = self.out_hw();
         let (k, s, p) = (self.k, self.stride, self.pad);
         let n = h_out * w_out;
-        image.fill(0.0);
         for c in 0..self.channels {
             let plane = &mut image[c * self.h * self.w..(c + 1) * self.h * self.w];
             for ki in 0..k {
@@ -206,20 +205,22 @@ impl CustomOp3 for Conv2dIm2Col {
         let bias = storage_slice(bs, bl, "conv2d: bias")?;
         let (n, kk) = (g.positions(), g.patch_len());
         let image = g.channels * g.h * g.w;
-        let mut out = vec![0f32; batch * o * n];
+        // every output row starts as its bias (written once, no zero fill first)
+        let bias_of = |i: usize| {
+            if per_image {
+                &bias[i * o..(i + 1) * o]
+            } else {
+                bias
+            }
+        };
+        let mut out: Vec<f32> = (0..batch)
+            .flat_map(|i| bias_of(i).iter().flat_map(|&b| std::iter::repeat_n(b, n)))
+            .collect();
         if n > 0 {
             out.par_chunks_mut(o * n)
                 .enumerate()
                 .for_each_init(Vec::new, |scratch, (i, y)| {
                     let cols = g.columns(&x[i * image..(i + 1) * image], scratch);
-                    let bias = if per_image {
-                        &bias[i * o..(i + 1) * o]
-                    } else {
-                        bias
-                    };
-                    for (row, &b) in y.chunks_mut(n).zip(bias) {
-                        row.fill(b);
-                    }
                     let (yv, wv) = (View::rows(0, o, n, n), View::rows(0, o, kk, kk));
                     gemm((y, yv), (w, wv), (cols, View::rows(0, kk, n, n)), 1.0, true);
                 });

@@ -36,7 +36,11 @@ fn forward(
     bias: Option<&[f32]>,
     (rows, i, o): (usize, usize, usize),
 ) -> Vec<f32> {
-    let mut y = vec![0f32; rows * o];
+    // every row starts as the bias (written once, no zero fill first), or as zeros
+    let mut y: Vec<f32> = match bias {
+        Some(bias) => (0..rows).flat_map(|_| bias.iter().copied()).collect(),
+        None => vec![0f32; rows * o],
+    };
     if o == 0 {
         return y;
     }
@@ -44,9 +48,6 @@ fn forward(
         .enumerate()
         .for_each(|(blk, y)| {
             let n = y.len() / o;
-            if let Some(bias) = bias {
-                y.chunks_mut(o).for_each(|row| row.copy_from_slice(bias));
-            }
             let xv = View::rows(blk * BLOCK * i, n, i, i);
             let wv = View::rows(0, o, i, i).t();
             gemm(
