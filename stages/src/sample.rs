@@ -26,8 +26,9 @@ impl StageKind for Sample {
         "sample"
     }
     fn version(&self) -> u32 {
+        // 3: a ResNet block's GroupNorm–SiLU–conv is one fused op (last-bit changes).
         // 2: the fused CPU convolution, attention and linear ops (last-bit changes).
-        2
+        3
     }
     fn summary(&self) -> &'static str {
         "DDIM samples for the validation prompts (needs world, clip-pretrain, base-pretrain; optional spo)"

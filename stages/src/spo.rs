@@ -34,8 +34,9 @@ impl StageKind for SpoTrain {
         "spo"
     }
     fn version(&self) -> u32 {
+        // 3: a ResNet block's GroupNorm–SiLU–conv is one fused op (last-bit changes).
         // 2: the fused CPU convolution, attention and linear ops (last-bit changes).
-        2
+        3
     }
     fn summary(&self) -> &'static str {
         "SPO / MSPO fine-tuning with LoRA (needs world, clip-pretrain, base-pretrain, train-spm)"

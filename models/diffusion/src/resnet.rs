@@ -74,15 +74,15 @@ impl ResnetBlock2D {
     pub fn forward(&self, xs: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
         // 1. first norm–act–conv, 2. plus the projected time embedding, broadcast over space
         // (added through conv1's bias, one per image)
-        let hs = self.norm1.forward_silu(xs)?;
-        let hs = match (&self.time_emb_proj, temb) {
-            (Some(proj), Some(temb)) => self
-                .conv1
-                .forward_shifted(&hs, &proj.forward(&temb.silu()?)?)?,
-            _ => self.conv1.forward(&hs)?,
+        let shift = match (&self.time_emb_proj, temb) {
+            (Some(proj), Some(temb)) => Some(proj.forward(&temb.silu()?)?),
+            _ => None,
         };
+        let hs = self
+            .conv1
+            .forward_after_norm_silu(&self.norm1, xs, shift.as_ref())?;
         // 3. second norm–act–conv (dropout is the identity at p = 0)
-        let hs = self.conv2.forward(&self.norm2.forward_silu(&hs)?)?;
+        let hs = self.conv2.forward_after_norm_silu(&self.norm2, &hs, None)?;
         // 4. residual
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(xs)?,

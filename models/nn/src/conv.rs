@@ -6,6 +6,8 @@
 //! devices and dtypes use candle's `conv2d` (cuDNN/CUDA kernels under `--features cuda`).
 
 use candle_core::{Module, Result, Tensor};
+
+use crate::GroupNorm;
 use candle_nn::{Init, VarBuilder};
 
 /// `nn.Conv2d(in, out, kernel, stride, padding)` with square kernels and symmetric padding.
@@ -82,6 +84,37 @@ impl Conv2d {
     pub fn forward_shifted(&self, xs: &Tensor, shift: &Tensor) -> Result<Tensor> {
         let bias = shift.broadcast_add(&self.bias.unsqueeze(0)?)?;
         self.forward_with_bias(xs, &bias)
+    }
+
+    /// `conv(silu(norm(xs))) (+ shift)`, the norm–SiLU–conv of a ResNet block; on the CPU in
+    /// f32 one fused op that never stores the normalised activation
+    /// ([`crate::im2col::norm_act_conv2d_im2col`]). `shift: (b, out)` as in
+    /// [`Conv2d::forward_shifted`].
+    pub fn forward_after_norm_silu(
+        &self,
+        norm: &GroupNorm,
+        xs: &Tensor,
+        shift: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        if !crate::fast_path::applies(&[xs]) {
+            let hs = norm.forward_silu(xs)?;
+            return match shift {
+                Some(shift) => self.forward_shifted(&hs, shift),
+                None => self.forward(&hs),
+            };
+        }
+        let bias = match shift {
+            Some(shift) => shift.broadcast_add(&self.bias.unsqueeze(0)?)?,
+            None => self.bias.clone(),
+        };
+        let (op, gamma, beta) = norm.fused_parts(true);
+        crate::im2col::norm_act_conv2d_im2col(
+            xs,
+            (op, gamma, beta),
+            (&self.weight, &bias),
+            self.stride,
+            self.padding,
+        )
     }
 
     /// The convolution with `bias` of shape `(out,)` or `(b, out)`.

@@ -48,12 +48,18 @@ impl GroupNorm {
     }
 
     fn fused(&self, xs: &Tensor, silu: bool) -> Result<Tensor> {
+        let (op, weight, bias) = self.fused_parts(silu);
+        xs.contiguous()?.apply_op3(weight, bias, op)
+    }
+
+    /// The fused kernel's op and its `(weight, bias)` operands.
+    pub(crate) fn fused_parts(&self, silu: bool) -> (GroupNormAct, &Tensor, &Tensor) {
         let op = GroupNormAct {
             groups: self.groups,
             eps: self.eps,
             silu,
         };
-        xs.contiguous()?.apply_op3(&self.weight, &self.bias, op)
+        (op, &self.weight, &self.bias)
     }
 
     /// The reference form from elementwise tensor ops (any device and dtype).

@@ -85,6 +85,73 @@ impl GroupNormAct {
         Ok((b, c, dims[2..].iter().product()))
     }
 
+    /// `out = act(group_norm(x)·γ + β)` for one sample `x: (c, spatial)`.
+    pub(crate) fn forward_sample(&self, x: &[f32], gamma: &[f32], beta: &[f32], out: &mut [f32]) {
+        let c = gamma.len().max(1);
+        let (cpg, hw) = (c / self.groups, x.len() / c);
+        for (g, (dst, src)) in out
+            .chunks_mut((cpg * hw).max(1))
+            .zip(x.chunks((cpg * hw).max(1)))
+            .enumerate()
+        {
+            let (a, b) = normaliser(src, self.eps);
+            for (j, (d, s)) in dst
+                .chunks_mut(hw.max(1))
+                .zip(src.chunks(hw.max(1)))
+                .enumerate()
+            {
+                let (ga, be) = (gamma[g * cpg + j], beta[g * cpg + j]);
+                affine_act(d, s, a * ga, b * ga + be, self.silu);
+            }
+        }
+    }
+
+    /// One sample's backward: writes `dx` for upstream `dy` and returns its `(dγ, dβ)`.
+    pub(crate) fn backward_sample(
+        &self,
+        x: &[f32],
+        (gamma, beta): (&[f32], &[f32]),
+        dy: &[f32],
+        dx: &mut [f32],
+    ) -> (Vec<f64>, Vec<f64>) {
+        let c = gamma.len();
+        let (cpg, hw) = (c / self.groups, x.len() / c.max(1));
+        let mut dgamma = vec![0f64; c];
+        let mut dbeta = vec![0f64; c];
+        for g in 0..self.groups {
+            let group = g * cpg * hw..(g + 1) * cpg * hw;
+            let ab = normaliser(&x[group.clone()], self.eps);
+            // m1 = mean(dx̂), m2 = mean(dx̂·x̂) with dx̂ = dz·γ
+            let (mut m1, mut m2) = (0f64, 0f64);
+            for ci in g * cpg..(g + 1) * cpg {
+                let ch = ci * hw..(ci + 1) * hw;
+                let affine = (gamma[ci], beta[ci]);
+                let (sdz, sdzx) = channel_dz(
+                    &mut dx[ch.clone()],
+                    &x[ch.clone()],
+                    &dy[ch],
+                    ab,
+                    affine,
+                    self.silu,
+                );
+                dbeta[ci] += sdz as f64;
+                dgamma[ci] += sdzx as f64;
+                m1 += sdz as f64 * gamma[ci] as f64;
+                m2 += sdzx as f64 * gamma[ci] as f64;
+            }
+            let n = (cpg * hw) as f64;
+            let means = ((m1 / n) as f32, (m2 / n) as f32);
+            for ((dx_c, x_c), &ga) in dx[group.clone()]
+                .chunks_mut(hw.max(1))
+                .zip(x[group].chunks(hw.max(1)))
+                .zip(&gamma[g * cpg..(g + 1) * cpg])
+            {
+                channel_dx(dx_c, x_c, ab, ga, means);
+            }
+        }
+        (dgamma, dbeta)
+    }
+
     /// Gradients `(dx, dγ, dβ)` for upstream gradient `dy`.
     fn backward(
         &self,
@@ -95,59 +162,30 @@ impl GroupNormAct {
         dims: &[usize],
     ) -> Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
         let (b, c, hw) = self.sizes(dims)?;
-        let cpg = c / self.groups;
         let mut dx = vec![0f32; x.len()];
-        // per sample: (dγ, dβ) partial sums
+        // per sample: (dγ, dβ) partial sums, added in sample order
         let partials: Vec<(Vec<f64>, Vec<f64>)> = dx
-            .par_chunks_mut(c * hw)
-            .zip(x.par_chunks(c * hw).zip(dy.par_chunks(c * hw)))
-            .map(|(dx_b, (x_b, dy_b))| {
-                let mut dgamma = vec![0f64; c];
-                let mut dbeta = vec![0f64; c];
-                for g in 0..self.groups {
-                    let range = g * cpg * hw..(g + 1) * cpg * hw;
-                    let ab = normaliser(&x_b[range], self.eps);
-                    // m1 = mean(dx̂), m2 = mean(dx̂·x̂) with dx̂ = dz·γ
-                    let (mut m1, mut m2) = (0f64, 0f64);
-                    for ci in g * cpg..(g + 1) * cpg {
-                        let ch = ci * hw..(ci + 1) * hw;
-                        let affine = (gamma[ci], beta[ci]);
-                        let (sdz, sdzx) = channel_dz(
-                            &mut dx_b[ch.clone()],
-                            &x_b[ch.clone()],
-                            &dy_b[ch],
-                            ab,
-                            affine,
-                            self.silu,
-                        );
-                        dbeta[ci] += sdz as f64;
-                        dgamma[ci] += sdzx as f64;
-                        m1 += sdz as f64 * gamma[ci] as f64;
-                        m2 += sdzx as f64 * gamma[ci] as f64;
-                    }
-                    let n = (cpg * hw) as f64;
-                    let means = ((m1 / n) as f32, (m2 / n) as f32);
-                    let group = g * cpg * hw..(g + 1) * cpg * hw;
-                    for ((dx_c, x_c), &ga) in dx_b[group.clone()]
-                        .chunks_mut(hw)
-                        .zip(x_b[group].chunks(hw))
-                        .zip(&gamma[g * cpg..(g + 1) * cpg])
-                    {
-                        channel_dx(dx_c, x_c, ab, ga, means);
-                    }
-                }
-                (dgamma, dbeta)
-            })
+            .par_chunks_mut((c * hw).max(1))
+            .zip(
+                x.par_chunks((c * hw).max(1))
+                    .zip(dy.par_chunks((c * hw).max(1))),
+            )
+            .map(|(dx_b, (x_b, dy_b))| self.backward_sample(x_b, (gamma, beta), dy_b, dx_b))
             .collect();
-        let mut dgamma = vec![0f32; c];
-        let mut dbeta = vec![0f32; c];
-        for ci in 0..c {
-            dgamma[ci] = partials.iter().map(|p| p.0[ci]).sum::<f64>() as f32;
-            dbeta[ci] = partials.iter().map(|p| p.1[ci]).sum::<f64>() as f32;
-        }
+        let (dgamma, dbeta) = sum_partials(&partials, c);
         debug_assert_eq!(dx.len(), b * c * hw);
         Ok((dx, dgamma, dbeta))
     }
+}
+
+/// Per-sample `(dγ, dβ)` partials summed in sample order, as f32.
+pub(crate) fn sum_partials(partials: &[(Vec<f64>, Vec<f64>)], c: usize) -> (Vec<f32>, Vec<f32>) {
+    let sum = |pick: fn(&(Vec<f64>, Vec<f64>)) -> &Vec<f64>| -> Vec<f32> {
+        (0..c)
+            .map(|ci| partials.iter().map(|p| pick(p)[ci]).sum::<f64>() as f32)
+            .collect()
+    };
+    (sum(|p| &p.0), sum(|p| &p.1))
 }
 
 impl CustomOp3 for GroupNormAct {
@@ -170,19 +208,10 @@ impl CustomOp3 for GroupNormAct {
             storage_slice(bs, bl, "group norm: bias")?,
         );
         let (_, c, hw) = self.sizes(xl.dims())?;
-        let cpg = c / self.groups;
         let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(cpg * hw)
-            .zip(x.par_chunks(cpg * hw))
-            .enumerate()
-            .for_each(|(bg, (dst, src))| {
-                let (a, b) = normaliser(src, self.eps);
-                let c0 = (bg % self.groups) * cpg;
-                for (j, (d, s)) in dst.chunks_mut(hw).zip(src.chunks(hw)).enumerate() {
-                    let (ga, be) = (gamma[c0 + j], beta[c0 + j]);
-                    affine_act(d, s, a * ga, b * ga + be, self.silu);
-                }
-            });
+        out.par_chunks_mut((c * hw).max(1))
+            .zip(x.par_chunks((c * hw).max(1)))
+            .for_each(|(dst, src)| self.forward_sample(src, gamma, beta, dst));
         Ok((CpuStorage::F32(out), xl.shape().clone()))
     }
 

@@ -11,6 +11,7 @@
 
 use crate::cpu_slice::{TensorSlice, grad_tensor, storage_slice};
 use crate::gemm::{View, gemm};
+use crate::group_norm_fused::{GroupNormAct, sum_partials};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -157,30 +158,95 @@ impl PatchGeometry {
     }
 }
 
-/// One image's contributions `(dW_i, db_i)` to the kernel and bias gradients, when wanted.
-type ImagePartials = (Option<Vec<f32>>, Option<Vec<f32>>);
+/// One image's contributions `(dW_i, db_i, (dγ_i, dβ_i))` to the kernel, bias and norm
+/// parameter gradients, when wanted.
+type ImagePartials = (
+    Option<Vec<f32>>,
+    Option<Vec<f32>>,
+    Option<(Vec<f64>, Vec<f64>)>,
+);
 
-/// `conv2d(x, W) + b` for `x: (b, c, h, w)`, `W: (o, c, k, k)`, and `b: (o,)` or one bias per
-/// image `(b, o)` (f32, CPU, contiguous operands), with backward to all three.
+/// `conv2d(x, W) + b` for `x: (b, c, h, w)`, `W: (o, c, k, k)` (f32, CPU, contiguous operands),
+/// with backward to every operand.
+///
+/// Without `norm` the third operand is the bias, `(o,)` or one per image `(b, o)`. With `norm`
+/// the convolution reads `act(group_norm(x))` instead of `x`, computed image by image in a
+/// scratch buffer and never stored (backward recomputes it), and the third operand packs
+/// `[γ (c), β (c), bias (o or b·o)]` into one vector: a ResNet block's norm–SiLU–conv as one op.
 #[derive(Debug, Clone, Copy)]
-pub struct Conv2dIm2Col(pub PatchGeometry);
+pub struct Conv2dIm2Col {
+    /// The convolution's geometry.
+    pub geometry: PatchGeometry,
+    /// The GroupNorm(+SiLU) applied to the input first, if any.
+    pub norm: Option<GroupNormAct>,
+}
+
+/// Operand sizes: `(batch, out channels, bias per image)`.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    batch: usize,
+    out: usize,
+    bias_per_image: bool,
+}
 
 impl Conv2dIm2Col {
-    /// `(batch, out channels, per-image bias)` after checking the operands against the
-    /// geometry; the bias is `(o,)` or, per image, `(batch, o)`.
-    fn sizes(&self, x: &[usize], w: &[usize], b: &[usize]) -> Result<(usize, usize, bool)> {
-        let g = self.0;
+    /// Checks the operands against the geometry (and the packed norm parameters).
+    fn sizes(&self, x: &[usize], w: &[usize], third: &[usize]) -> Result<Sizes> {
+        let g = self.geometry;
         if let ([n, c, h, wd], [o, wc, k1, k2]) = (x, w)
             && (*c, *h, *wd) == (g.channels, g.h, g.w)
             && (*wc, *k1, *k2) == (g.channels, g.k, g.k)
         {
-            match b {
-                [bo] if bo == o => return Ok((*n, *o, false)),
-                [bn, bo] if (bn, bo) == (n, o) => return Ok((*n, *o, true)),
+            let sizes = |bias_per_image| Sizes {
+                batch: *n,
+                out: *o,
+                bias_per_image,
+            };
+            match (self.norm, third) {
+                (None, [bo]) if bo == o => return Ok(sizes(false)),
+                (None, [bn, bo]) if (bn, bo) == (n, o) => return Ok(sizes(true)),
+                (Some(norm), [len]) if norm.groups > 0 && c % norm.groups == 0 => {
+                    if *len == 2 * c + o {
+                        return Ok(sizes(false));
+                    }
+                    if *len == 2 * c + n * o {
+                        return Ok(sizes(true));
+                    }
+                }
                 _ => {}
             }
         }
-        candle_core::bail!("conv2d: input {x:?}, weight {w:?}, bias {b:?} do not fit {g:?}")
+        candle_core::bail!(
+            "conv2d: input {x:?}, weight {w:?}, bias/parameters {third:?} do not fit {g:?} (norm {:?})",
+            self.norm
+        )
+    }
+
+    /// `(γ, β, bias)` out of the third operand.
+    fn split_params<'a>(&self, third: &'a [f32]) -> (&'a [f32], &'a [f32], &'a [f32]) {
+        let c = self.geometry.channels;
+        match self.norm {
+            Some(_) => (&third[..c], &third[c..2 * c], &third[2 * c..]),
+            None => (&[], &[], third),
+        }
+    }
+
+    /// The convolution's input for image `x_i`: `x_i` itself, or its norm–activation computed
+    /// into `act`.
+    fn input<'a>(
+        &self,
+        x_i: &'a [f32],
+        (gamma, beta): (&[f32], &[f32]),
+        act: &'a mut Vec<f32>,
+    ) -> &'a [f32] {
+        match self.norm {
+            Some(norm) => {
+                act.resize(x_i.len(), 0.0);
+                norm.forward_sample(x_i, gamma, beta, act);
+                act
+            }
+            None => x_i,
+        }
     }
 }
 
@@ -195,35 +261,44 @@ impl CustomOp3 for Conv2dIm2Col {
         xl: &Layout,
         ws: &CpuStorage,
         wl: &Layout,
-        bs: &CpuStorage,
-        bl: &Layout,
+        ts: &CpuStorage,
+        tl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let g = self.0;
-        let (batch, o, per_image) = self.sizes(xl.dims(), wl.dims(), bl.dims())?;
+        let g = self.geometry;
+        let Sizes {
+            batch,
+            out: o,
+            bias_per_image,
+        } = self.sizes(xl.dims(), wl.dims(), tl.dims())?;
         let x = storage_slice(xs, xl, "conv2d: input")?;
         let w = storage_slice(ws, wl, "conv2d: weight")?;
-        let bias = storage_slice(bs, bl, "conv2d: bias")?;
+        let (gamma, beta, bias) = self.split_params(storage_slice(ts, tl, "conv2d: bias")?);
         let (n, kk) = (g.positions(), g.patch_len());
         let image = g.channels * g.h * g.w;
         // every output row starts as its bias (written once, no zero fill first)
         let bias_of = |i: usize| {
-            if per_image {
+            if bias_per_image {
                 &bias[i * o..(i + 1) * o]
             } else {
                 bias
             }
         };
-        let mut out: Vec<f32> = (0..batch)
-            .flat_map(|i| bias_of(i).iter().flat_map(|&b| std::iter::repeat_n(b, n)))
-            .collect();
+        let mut out: Vec<f32> = Vec::with_capacity(batch * o * n);
+        for i in 0..batch {
+            for &b in bias_of(i) {
+                out.resize(out.len() + n, b);
+            }
+        }
         if n > 0 {
-            out.par_chunks_mut(o * n)
-                .enumerate()
-                .for_each_init(Vec::new, |scratch, (i, y)| {
-                    let cols = g.columns(&x[i * image..(i + 1) * image], scratch);
+            out.par_chunks_mut(o * n).enumerate().for_each_init(
+                || (Vec::new(), Vec::new()),
+                |(act, scratch), (i, y)| {
+                    let input = self.input(&x[i * image..(i + 1) * image], (gamma, beta), act);
+                    let cols = g.columns(input, scratch);
                     let (yv, wv) = (View::rows(0, o, n, n), View::rows(0, o, kk, kk));
                     gemm((y, yv), (w, wv), (cols, View::rows(0, kk, n, n)), 1.0, true);
-                });
+                },
+            );
         }
         let (h_out, w_out) = g.out_hw();
         Ok((CpuStorage::F32(out), Shape::from((batch, o, h_out, w_out))))
@@ -233,19 +308,25 @@ impl CustomOp3 for Conv2dIm2Col {
         &self,
         xs: &Tensor,
         weight: &Tensor,
-        bias: &Tensor,
+        third: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let g = self.0;
-        let (batch, o, bias_per_image) = self.sizes(xs.dims(), weight.dims(), bias.dims())?;
+        let g = self.geometry;
+        let Sizes {
+            batch,
+            out: o,
+            bias_per_image,
+        } = self.sizes(xs.dims(), weight.dims(), third.dims())?;
         let grad = grad.contiguous()?;
-        let (xt, wt, gt) = (
+        let (xt, wt, tt, gt) = (
             TensorSlice::new(xs, "conv2d: input"),
             TensorSlice::new(weight, "conv2d: weight"),
+            TensorSlice::new(third, "conv2d: bias"),
             TensorSlice::new(&grad, "conv2d: output gradient"),
         );
         let (x, w, dy) = (xt.get()?, wt.get()?, gt.get()?);
+        let (gamma, beta, _) = self.split_params(tt.get()?);
         let (n, kk) = (g.positions(), g.patch_len());
         let image = g.channels * g.h * g.w;
         let (yv, wv, cv) = (
@@ -253,37 +334,65 @@ impl CustomOp3 for Conv2dIm2Col {
             View::rows(0, o, kk, kk),
             View::rows(0, kk, n, n),
         );
-        let (want_dx, want_dw, want_db) = (xs.track_op(), weight.track_op(), bias.track_op());
+        let (want_dx, want_dw, want_third) = (xs.track_op(), weight.track_op(), third.track_op());
+        // the norm's parameters need the gradient reaching its output, even for a frozen input
+        let want_dinput = want_dx || (want_third && self.norm.is_some());
         let mut dx = vec![0f32; if want_dx { x.len() } else { 0 }];
-        // per image: dx_i = fold(Wᵀ·dY_i), and the partial sums dW_i = dY_i·cols_iᵀ and
-        // db_i = Σ dY_i, each only when wanted
-        let image_grads =
-            |(scratch, dcols): &mut (Vec<f32>, Vec<f32>), i: usize, dx_i: &mut [f32]| {
-                let dy_i = &dy[i * o * n..(i + 1) * o * n];
-                if !dx_i.is_empty() {
-                    if g.is_pointwise() {
-                        gemm((dx_i, cv), (w, wv.t()), (dy_i, yv), 1.0, false);
-                    } else {
-                        dcols.resize(kk * n, 0.0);
-                        gemm((dcols, cv), (w, wv.t()), (dy_i, yv), 1.0, false);
-                        g.fold(dcols, dx_i);
+        // per image: dx_i (through fold(Wᵀ·dY_i) and the norm's backward), and the partial
+        // sums dW_i = dY_i·cols_iᵀ, db_i = Σ dY_i and (dγ_i, dβ_i), each only when wanted
+        let image_grads = |(act, scratch, dinput): &mut (Vec<f32>, Vec<f32>, Vec<f32>),
+                           i: usize,
+                           dx_i: &mut [f32]|
+         -> ImagePartials {
+            let (x_i, dy_i) = (
+                &x[i * image..(i + 1) * image],
+                &dy[i * o * n..(i + 1) * o * n],
+            );
+            let input = self.input(x_i, (gamma, beta), act);
+            let dw = want_dw.then(|| {
+                let mut dw = vec![0f32; o * kk];
+                let cols = g.columns(input, scratch);
+                gemm((&mut dw, wv), (dy_i, yv), (cols, cv.t()), 1.0, false);
+                dw
+            });
+            let db: Option<Vec<f32>> =
+                want_third.then(|| dy_i.chunks(n.max(1)).map(|row| row.iter().sum()).collect());
+            let mut dnorm = None;
+            if want_dinput && image > 0 {
+                // the gradient at the convolution's input: straight into dx_i without a norm
+                let target: &mut [f32] = match self.norm {
+                    Some(_) => {
+                        dinput.clear();
+                        dinput.resize(image, 0.0);
+                        dinput
                     }
+                    None => dx_i,
+                };
+                if g.is_pointwise() {
+                    gemm((target, cv), (w, wv.t()), (dy_i, yv), 1.0, false);
+                } else {
+                    scratch.resize(kk * n, 0.0);
+                    gemm((scratch, cv), (w, wv.t()), (dy_i, yv), 1.0, false);
+                    g.fold(scratch, target);
                 }
-                let dw = want_dw.then(|| {
-                    let mut dw = vec![0f32; o * kk];
-                    let cols = g.columns(&x[i * image..(i + 1) * image], scratch);
-                    gemm((&mut dw, wv), (dy_i, yv), (cols, cv.t()), 1.0, false);
-                    dw
-                });
-                let db: Option<Vec<f32>> =
-                    want_db.then(|| dy_i.chunks(n.max(1)).map(|row| row.iter().sum()).collect());
-                (dw, db)
-            };
+                if let Some(norm) = self.norm {
+                    let mut throwaway = Vec::new();
+                    let dx_i = if dx_i.is_empty() {
+                        throwaway.resize(image, 0.0);
+                        &mut throwaway[..]
+                    } else {
+                        dx_i
+                    };
+                    dnorm = Some(norm.backward_sample(x_i, (gamma, beta), dinput, dx_i));
+                }
+            }
+            (dw, db, dnorm)
+        };
         let partials: Vec<ImagePartials> = if want_dx && image > 0 {
             dx.par_chunks_mut(image)
                 .enumerate()
                 .map_init(
-                    || (Vec::new(), Vec::new()),
+                    || (Vec::new(), Vec::new(), Vec::new()),
                     |scratch, (i, dx_i)| image_grads(scratch, i, dx_i),
                 )
                 .collect()
@@ -291,7 +400,7 @@ impl CustomOp3 for Conv2dIm2Col {
             (0..batch)
                 .into_par_iter()
                 .map_init(
-                    || (Vec::new(), Vec::new()),
+                    || (Vec::new(), Vec::new(), Vec::new()),
                     |scratch, i| image_grads(scratch, i, &mut []),
                 )
                 .collect()
@@ -304,8 +413,8 @@ impl CustomOp3 for Conv2dIm2Col {
             total
         };
         let dw = want_dw.then(|| sum_in_order(|p| p.0.as_ref(), o * kk));
-        let db = want_db.then(|| {
-            if bias_per_image {
+        let dthird = want_third.then(|| {
+            let db: Vec<f32> = if bias_per_image {
                 partials
                     .iter()
                     .filter_map(|p| p.1.as_ref())
@@ -314,14 +423,36 @@ impl CustomOp3 for Conv2dIm2Col {
                     .collect()
             } else {
                 sum_in_order(|p| p.1.as_ref(), o)
+            };
+            match self.norm {
+                Some(_) => {
+                    let norms: Vec<_> = partials.iter().filter_map(|p| p.2.clone()).collect();
+                    let (dgamma, dbeta) = sum_partials(&norms, g.channels);
+                    [dgamma, dbeta, db].concat()
+                }
+                None => db,
             }
         });
         Ok((
             grad_tensor(want_dx.then_some(dx), xs)?,
             grad_tensor(dw, weight)?,
-            grad_tensor(db, bias)?,
+            grad_tensor(dthird, third)?,
         ))
     }
+}
+
+/// The geometry of `weight` over `xs` with this stride and padding.
+fn geometry(xs: &Tensor, weight: &Tensor, stride: usize, pad: usize) -> Result<PatchGeometry> {
+    let (_, c, h, w) = xs.dims4()?;
+    let (_, _, k, _) = weight.dims4()?;
+    Ok(PatchGeometry {
+        channels: c,
+        h,
+        w,
+        k,
+        stride,
+        pad,
+    })
 }
 
 /// `conv2d(xs, weight) + bias` as im2col + GEMM; `xs: (b, c, h, w)`, `weight: (o, c, k, k)`,
@@ -334,18 +465,30 @@ pub fn conv2d_im2col(
     stride: usize,
     pad: usize,
 ) -> Result<Tensor> {
-    let (_, c, h, w) = xs.dims4()?;
-    let (_, _, k, _) = weight.dims4()?;
-    let g = PatchGeometry {
-        channels: c,
-        h,
-        w,
-        k,
-        stride,
-        pad,
+    let op = Conv2dIm2Col {
+        geometry: geometry(xs, weight, stride, pad)?,
+        norm: None,
     };
     xs.contiguous()?
-        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, Conv2dIm2Col(g))
+        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
+}
+
+/// `conv2d(act(group_norm(xs)·γ + β), weight) + bias` as one op (see [`Conv2dIm2Col`]): the
+/// normalised activation is never stored. `gamma`, `beta`: `(c,)`; `bias`: `(o,)` or `(b, o)`.
+pub fn norm_act_conv2d_im2col(
+    xs: &Tensor,
+    (norm, gamma, beta): (GroupNormAct, &Tensor, &Tensor),
+    (weight, bias): (&Tensor, &Tensor),
+    stride: usize,
+    pad: usize,
+) -> Result<Tensor> {
+    let op = Conv2dIm2Col {
+        geometry: geometry(xs, weight, stride, pad)?,
+        norm: Some(norm),
+    };
+    let params = Tensor::cat(&[gamma, beta, &bias.flatten_all()?], 0)?;
+    xs.contiguous()?
+        .apply_op3(&weight.contiguous()?, &params, op)
 }
 
 #[cfg(test)]
@@ -476,6 +619,67 @@ mod tests {
             )
             .is_err()
         );
+        Ok(())
+    }
+
+    /// GroupNorm–SiLU–conv as one op equals the fused GroupNorm followed by the fused conv, in
+    /// values and in the gradient of every operand, with a shared or a per-image bias, and
+    /// when the input itself is frozen (the norm's parameters still learn).
+    #[test]
+    fn norm_act_conv_matches_norm_then_conv() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = SeededRng::new(14);
+        let x = Var::from_tensor(&rng.normal((3, 4, 6, 6), 0.5, 2.0, DType::F32, &dev)?)?;
+        let gamma = Var::from_tensor(&rng.normal(4, 1.0, 0.3, DType::F32, &dev)?)?;
+        let beta = Var::from_tensor(&rng.normal(4, 0.0, 0.3, DType::F32, &dev)?)?;
+        let wt = Var::from_tensor(&rng.normal((5, 4, 3, 3), 0.0, 0.3, DType::F32, &dev)?)?;
+        let shared = Var::from_tensor(&rng.normal(5, 0.0, 0.3, DType::F32, &dev)?)?;
+        let per_image = Var::from_tensor(&rng.normal((3, 5), 0.0, 0.3, DType::F32, &dev)?)?;
+        let norm = GroupNormAct {
+            groups: 2,
+            eps: 1e-5,
+            silu: true,
+        };
+        let max_diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
+            (a - b)?.abs()?.max_all()?.to_scalar::<f32>()
+        };
+        let frozen_x = x.as_tensor().detach();
+        for (input, bias) in [
+            (x.as_tensor(), &shared),
+            (x.as_tensor(), &per_image),
+            (&frozen_x, &shared),
+        ] {
+            let fused = norm_act_conv2d_im2col(
+                input,
+                (norm, gamma.as_tensor(), beta.as_tensor()),
+                (wt.as_tensor(), bias.as_tensor()),
+                1,
+                1,
+            )?;
+            let normed = input.apply_op3(gamma.as_tensor(), beta.as_tensor(), norm)?;
+            let plain = conv2d_im2col(&normed, wt.as_tensor(), bias.as_tensor(), 1, 1)?;
+            assert!(max_diff(&fused, &plain)? < 1e-5, "values");
+            let probe = rng.normal(plain.dims(), 0.0, 1.0, DType::F32, &dev)?;
+            let g_fused = (fused * &probe)?.sum_all()?.backward()?;
+            let g_plain = (plain * &probe)?.sum_all()?.backward()?;
+            for (name, var) in [
+                ("gamma", &gamma),
+                ("beta", &beta),
+                ("weight", &wt),
+                ("bias", bias),
+            ] {
+                let (Some(a), Some(b)) = (g_fused.get(var), g_plain.get(var)) else {
+                    panic!("{name} gradient missing");
+                };
+                assert!(max_diff(a, b)? < 1e-4, "{name} gradient");
+            }
+            match (g_fused.get(input), g_plain.get(input)) {
+                (Some(a), Some(b)) => assert!(max_diff(a, b)? < 1e-4, "input gradient"),
+                // a frozen input gets none (the plain GroupNorm computes one regardless)
+                (None, _) => assert!(!input.track_op()),
+                (Some(_), None) => panic!("input gradient only from the fused op"),
+            }
+        }
         Ok(())
     }
 }

@@ -38,7 +38,13 @@ fn forward(
 ) -> Vec<f32> {
     // every row starts as the bias (written once, no zero fill first), or as zeros
     let mut y: Vec<f32> = match bias {
-        Some(bias) => (0..rows).flat_map(|_| bias.iter().copied()).collect(),
+        Some(bias) => {
+            let mut y = Vec::with_capacity(rows * o);
+            for _ in 0..rows {
+                y.extend_from_slice(bias);
+            }
+            y
+        }
         None => vec![0f32; rows * o],
     };
     if o == 0 {
