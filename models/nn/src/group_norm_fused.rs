@@ -113,7 +113,7 @@ impl GroupNormAct {
         (gamma, beta): (&[f32], &[f32]),
         dy: &[f32],
         dx: &mut [f32],
-    ) -> (Vec<f64>, Vec<f64>) {
+    ) -> NormPartials {
         let c = gamma.len();
         let (cpg, hw) = (c / self.groups, x.len() / c.max(1));
         let mut dgamma = vec![0f64; c];
@@ -164,7 +164,7 @@ impl GroupNormAct {
         let (b, c, hw) = self.sizes(dims)?;
         let mut dx = vec![0f32; x.len()];
         // per sample: (dγ, dβ) partial sums, added in sample order
-        let partials: Vec<(Vec<f64>, Vec<f64>)> = dx
+        let partials: Vec<NormPartials> = dx
             .par_chunks_mut((c * hw).max(1))
             .zip(
                 x.par_chunks((c * hw).max(1))
@@ -178,9 +178,12 @@ impl GroupNormAct {
     }
 }
 
+/// One sample's `(dγ, dβ)`, accumulated in f64.
+pub(crate) type NormPartials = (Vec<f64>, Vec<f64>);
+
 /// Per-sample `(dγ, dβ)` partials summed in sample order, as f32.
-pub(crate) fn sum_partials(partials: &[(Vec<f64>, Vec<f64>)], c: usize) -> (Vec<f32>, Vec<f32>) {
-    let sum = |pick: fn(&(Vec<f64>, Vec<f64>)) -> &Vec<f64>| -> Vec<f32> {
+pub(crate) fn sum_partials(partials: &[NormPartials], c: usize) -> (Vec<f32>, Vec<f32>) {
+    let sum = |pick: fn(&NormPartials) -> &Vec<f64>| -> Vec<f32> {
         (0..c)
             .map(|ci| partials.iter().map(|p| pick(p)[ci]).sum::<f64>() as f32)
             .collect()

@@ -11,7 +11,7 @@
 
 use crate::cpu_slice::{TensorSlice, grad_tensor, storage_slice};
 use crate::gemm::{View, gemm};
-use crate::group_norm_fused::{GroupNormAct, sum_partials};
+use crate::group_norm_fused::{GroupNormAct, NormPartials, sum_partials};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
