@@ -160,11 +160,7 @@ impl PatchGeometry {
 
 /// One image's contributions `(dW_i, db_i, (dγ_i, dβ_i))` to the kernel, bias and norm
 /// parameter gradients, when wanted.
-type ImagePartials = (
-    Option<Vec<f32>>,
-    Option<Vec<f32>>,
-    Option<(Vec<f64>, Vec<f64>)>,
-);
+type ImagePartials = (Option<Vec<f32>>, Option<Vec<f32>>, Option<NormPartials>);
 
 /// `conv2d(x, W) + b` for `x: (b, c, h, w)`, `W: (o, c, k, k)` (f32, CPU, contiguous operands),
 /// with backward to every operand.
