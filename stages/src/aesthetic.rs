@@ -217,9 +217,11 @@ impl StageKind for AestheticTrain {
         p
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
-        let metrics = self.train(cx)?;
-        record(cx, &metrics);
-        Ok(())
+        crate::inworld::on_cell_cores(cx, |cx| {
+            let metrics = self.train(cx)?;
+            record(cx, &metrics);
+            Ok(())
+        })
     }
 }
 

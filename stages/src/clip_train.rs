@@ -482,9 +482,11 @@ impl StageKind for ClipPretrain {
         p
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
-        let metrics = self.train(cx)?;
-        record(cx, &metrics);
-        Ok(())
+        crate::inworld::on_cell_cores(cx, |cx| {
+            let metrics = self.train(cx)?;
+            record(cx, &metrics);
+            Ok(())
+        })
     }
 }
 
@@ -702,9 +704,11 @@ impl StageKind for PickScoreTrain {
         p
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
-        let metrics = self.train(cx)?;
-        record(cx, &metrics);
-        Ok(())
+        crate::inworld::on_cell_cores(cx, |cx| {
+            let metrics = self.train(cx)?;
+            record(cx, &metrics);
+            Ok(())
+        })
     }
 }
 

@@ -71,21 +71,24 @@ impl StageKind for TrainSpm {
         ]
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
-        let p = cx.params().clone();
-        let dev = device();
-        let name = p.str("variant")?.to_owned();
-        let parent = cx.input_of_kind("pickscore-train")?.clone();
-        let (varmap, meta, vocab) = init_from_parent(&parent, &name, p.int("seed")? as u64, &dev)?;
-        if name != "pickscore" {
-            train(cx, &varmap, &meta, &vocab, &dev)?;
-        }
-        save_varmap(cx, &varmap, "spm.safetensors")?;
-        cx.write_artifact(
-            "spm_config.json",
-            &serde_json::to_vec_pretty(&meta).unwrap_or_default(),
-        )?;
-        cx.write_artifact("vocab.json", &vocab.to_json())?;
-        Ok(())
+        crate::inworld::on_cell_cores(cx, |cx| {
+            let p = cx.params().clone();
+            let dev = device();
+            let name = p.str("variant")?.to_owned();
+            let parent = cx.input_of_kind("pickscore-train")?.clone();
+            let (varmap, meta, vocab) =
+                init_from_parent(&parent, &name, p.int("seed")? as u64, &dev)?;
+            if name != "pickscore" {
+                train(cx, &varmap, &meta, &vocab, &dev)?;
+            }
+            save_varmap(cx, &varmap, "spm.safetensors")?;
+            cx.write_artifact(
+                "spm_config.json",
+                &serde_json::to_vec_pretty(&meta).unwrap_or_default(),
+            )?;
+            cx.write_artifact("vocab.json", &vocab.to_json())?;
+            Ok(())
+        })
     }
 }
 
