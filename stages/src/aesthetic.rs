@@ -217,7 +217,7 @@ impl StageKind for AestheticTrain {
         p
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
-        crate::inworld::on_cell_cores(cx, |cx| {
+        crate::inworld::on_cores(cx.threads(), || {
             let metrics = self.train(cx)?;
             record(cx, &metrics);
             Ok(())

@@ -482,7 +482,7 @@ impl StageKind for ClipPretrain {
         p
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
-        crate::inworld::on_cell_cores(cx, |cx| {
+        crate::inworld::on_cores(cx.threads(), || {
             let metrics = self.train(cx)?;
             record(cx, &metrics);
             Ok(())
@@ -704,7 +704,7 @@ impl StageKind for PickScoreTrain {
         p
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
-        crate::inworld::on_cell_cores(cx, |cx| {
+        crate::inworld::on_cores(cx.threads(), || {
             let metrics = self.train(cx)?;
             record(cx, &metrics);
             Ok(())

@@ -165,14 +165,15 @@ pub fn device() -> Device {
     Device::cuda_if_available(0).unwrap_or(Device::Cpu)
 }
 
-/// Runs a model stage's body on a rayon pool of the cell's core share (asked once, at the
-/// start), so that spo-nn's kernels parallelise in place rather than handing every op from the
-/// stage's own thread to the global pool (`spo_nn::threads`). The kernels' results do not
-/// depend on the number of threads, so neither do the stored bytes.
-pub(crate) fn on_cell_cores(
-    cx: &mut StageContext,
-    body: impl FnOnce(&mut StageContext) -> Result<(), StageError> + Send,
-) -> Result<(), StageError> {
-    let threads = cx.threads();
-    spo_nn::threads::install(threads, || body(cx)).map_err(StageError::other)?
+/// Runs `work` (a model stage's body, or one step of it) on a rayon pool of `threads` threads,
+/// the cell's core share (`StageContext::threads`, asked just before), so that spo-nn's kernels
+/// parallelise in place rather than handing every op from the stage's own thread to the global
+/// pool (`spo_nn::threads`). Long stages call it once per step, so that a cell lent more cores
+/// when its neighbours finish uses them. The kernels' results do not depend on the number of
+/// threads, so neither do the stored bytes.
+pub(crate) fn on_cores<R: Send>(
+    threads: usize,
+    work: impl FnOnce() -> Result<R, StageError> + Send,
+) -> Result<R, StageError> {
+    spo_nn::threads::install(threads, work).map_err(StageError::other)?
 }

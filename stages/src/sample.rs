@@ -13,7 +13,7 @@ use spo_core::{ParamSpec, StageContext, StageError, StageKind};
 use spo_diffusion::{Ddim, GuidanceInputs, NoiseSchedule, SchedulerConfig, guided_prediction};
 use spo_nn::SeededRng;
 
-use crate::inworld::{InWorldClip, device, load_unet};
+use crate::inworld::{InWorldClip, device, load_unet, on_cores};
 use crate::tensors::{png_bytes, tensor_to_images};
 use crate::world_parquet::{col, write_table};
 use crate::worlddata::WorldData;
@@ -57,64 +57,64 @@ impl StageKind for Sample {
         true
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
-        crate::inworld::on_cell_cores(cx, |cx| {
-            let p = cx.params().clone();
-            let dev = device();
-            let world = WorldData::load(cx.input_of_kind("world")?)?;
-            let clip = InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?;
-            let mut unet = load_unet(cx.input_of_kind("base-pretrain")?, &dev)?;
-            if let Some(lora) = cx
-                .inputs()
+        let p = cx.params().clone();
+        let dev = device();
+        let world = WorldData::load(cx.input_of_kind("world")?)?;
+        let clip = InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?;
+        let mut unet = load_unet(cx.input_of_kind("base-pretrain")?, &dev)?;
+        if let Some(lora) = cx
+            .inputs()
+            .iter()
+            .find_map(|i| i.file("lora.safetensors").ok())
+        {
+            unet.load_lora(&lora)
+                .map_err(|e| StageError::Failed(format!("{}: {e}", lora.display())))?;
+        }
+        let ddim = Ddim::new(
+            NoiseSchedule::new(SchedulerConfig::sd15()).map_err(StageError::other)?,
+            p.usize("steps")?,
+            p.float("eta")?,
+        )
+        .map_err(StageError::other)?;
+        let seed = cx.seed().unwrap_or(0);
+        let prompts: Vec<(usize, &crate::worlddata::Prompt)> = world
+            .validation
+            .iter()
+            .enumerate()
+            .take(p.usize("prompts")?)
+            .collect();
+        let per = p.usize("per_prompt")?;
+        let jobs: Vec<(usize, u64)> = prompts
+            .iter()
+            .flat_map(|(i, _)| (0..per).map(move |k| (*i, image_seed(seed, *i, k))))
+            .collect();
+        let size = world.canvas as usize;
+        let pb = cx.progress(jobs.len() as u64, "sample");
+        let mut images: Vec<RgbImage> = Vec::with_capacity(jobs.len());
+        for chunk in jobs.chunks(p.usize("batch")?) {
+            let texts: Vec<&str> = chunk
                 .iter()
-                .find_map(|i| i.file("lora.safetensors").ok())
-            {
-                unet.load_lora(&lora)
-                    .map_err(|e| StageError::Failed(format!("{}: {e}", lora.display())))?;
-            }
-            let ddim = Ddim::new(
-                NoiseSchedule::new(SchedulerConfig::sd15()).map_err(StageError::other)?,
-                p.usize("steps")?,
-                p.float("eta")?,
-            )
-            .map_err(StageError::other)?;
-            let seed = cx.seed().unwrap_or(0);
-            let prompts: Vec<(usize, &crate::worlddata::Prompt)> = world
-                .validation
-                .iter()
-                .enumerate()
-                .take(p.usize("prompts")?)
+                .map(|(i, _)| world.validation[*i].text.as_str())
                 .collect();
-            let per = p.usize("per_prompt")?;
-            let jobs: Vec<(usize, u64)> = prompts
+            let cond = clip.context(&texts, &dev)?;
+            let uncond = clip.context(&vec![""; chunk.len()], &dev)?;
+            let noise: Vec<Tensor> = chunk
                 .iter()
-                .flat_map(|(i, _)| (0..per).map(move |k| (*i, image_seed(seed, *i, k))))
-                .collect();
-            let size = world.canvas as usize;
-            let pb = cx.progress(jobs.len() as u64, "sample");
-            let mut images: Vec<RgbImage> = Vec::with_capacity(jobs.len());
-            for chunk in jobs.chunks(p.usize("batch")?) {
-                let texts: Vec<&str> = chunk
-                    .iter()
-                    .map(|(i, _)| world.validation[*i].text.as_str())
-                    .collect();
-                let cond = clip.context(&texts, &dev)?;
-                let uncond = clip.context(&vec![""; chunk.len()], &dev)?;
-                let noise: Vec<Tensor> = chunk
-                    .iter()
-                    .map(|(_, s)| {
-                        SeededRng::new(*s).normal((1, 3, size, size), 0.0, 1.0, DType::F32, &dev)
-                    })
-                    .collect::<Result<_, _>>()
-                    .map_err(StageError::other)?;
-                let mut x = Tensor::cat(&noise, 0).map_err(StageError::other)?;
-                let mut step_rng = SeededRng::new(chunk[0].1 ^ 0x5a17);
-                let inputs = GuidanceInputs {
-                    cond: &cond,
-                    uncond: &uncond,
-                    added_cond: None,
-                    added_uncond: None,
-                    scale: p.float("cfg")?,
-                };
+                .map(|(_, s)| {
+                    SeededRng::new(*s).normal((1, 3, size, size), 0.0, 1.0, DType::F32, &dev)
+                })
+                .collect::<Result<_, _>>()
+                .map_err(StageError::other)?;
+            let mut x = Tensor::cat(&noise, 0).map_err(StageError::other)?;
+            let mut step_rng = SeededRng::new(chunk[0].1 ^ 0x5a17);
+            let inputs = GuidanceInputs {
+                cond: &cond,
+                uncond: &uncond,
+                added_cond: None,
+                added_uncond: None,
+                scale: p.float("cfg")?,
+            };
+            x = on_cores(cx.threads(), || {
                 for &t in ddim.timesteps() {
                     let ts = vec![t; chunk.len()];
                     let eps =
@@ -127,45 +127,46 @@ impl StageKind for Sample {
                         .map_err(StageError::other)?
                         .0;
                 }
-                images.extend(tensor_to_images(&x)?);
-                pb.inc(chunk.len() as u64);
-            }
-            pb.finish_and_clear();
+                Ok(x)
+            })?;
+            images.extend(tensor_to_images(&x)?);
+            pb.inc(chunk.len() as u64);
+        }
+        pb.finish_and_clear();
 
-            let schema = Arc::new(Schema::new(vec![
-                Field::new("prompt_index", DataType::Int64, false),
-                Field::new("prompt", DataType::Utf8, false),
-                Field::new("scene", DataType::Utf8, false),
-                Field::new("seed", DataType::Int64, false),
-                Field::new("image", DataType::Binary, false),
-            ]));
-            let pngs: Vec<Vec<u8>> = images.iter().map(png_bytes).collect::<Result<_, _>>()?;
-            let cols = vec![
-                col(Int64Array::from(
-                    jobs.iter().map(|(i, _)| *i as i64).collect::<Vec<_>>(),
-                )),
-                col(StringArray::from(
-                    jobs.iter()
-                        .map(|(i, _)| world.validation[*i].text.clone())
-                        .collect::<Vec<_>>(),
-                )),
-                col(StringArray::from(
-                    jobs.iter()
-                        .map(|(i, _)| world.validation[*i].scene.code(&world.atlas))
-                        .collect::<Vec<_>>(),
-                )),
-                col(Int64Array::from(
-                    jobs.iter().map(|(_, s)| *s as i64).collect::<Vec<_>>(),
-                )),
-                col(BinaryArray::from(
-                    pngs.iter().map(Vec::as_slice).collect::<Vec<_>>(),
-                )),
-            ];
-            write_table(cx, "samples.parquet", schema, cols)?;
-            cx.write_artifact("grid.png", &png_bytes(&grid(&images, 8, 8))?)?;
-            cx.metric("images", images.len() as f64);
-            Ok(())
-        })
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("prompt_index", DataType::Int64, false),
+            Field::new("prompt", DataType::Utf8, false),
+            Field::new("scene", DataType::Utf8, false),
+            Field::new("seed", DataType::Int64, false),
+            Field::new("image", DataType::Binary, false),
+        ]));
+        let pngs: Vec<Vec<u8>> = images.iter().map(png_bytes).collect::<Result<_, _>>()?;
+        let cols = vec![
+            col(Int64Array::from(
+                jobs.iter().map(|(i, _)| *i as i64).collect::<Vec<_>>(),
+            )),
+            col(StringArray::from(
+                jobs.iter()
+                    .map(|(i, _)| world.validation[*i].text.clone())
+                    .collect::<Vec<_>>(),
+            )),
+            col(StringArray::from(
+                jobs.iter()
+                    .map(|(i, _)| world.validation[*i].scene.code(&world.atlas))
+                    .collect::<Vec<_>>(),
+            )),
+            col(Int64Array::from(
+                jobs.iter().map(|(_, s)| *s as i64).collect::<Vec<_>>(),
+            )),
+            col(BinaryArray::from(
+                pngs.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+            )),
+        ];
+        write_table(cx, "samples.parquet", schema, cols)?;
+        cx.write_artifact("grid.png", &png_bytes(&grid(&images, 8, 8))?)?;
+        cx.metric("images", images.len() as f64);
+        Ok(())
     }
 }
 

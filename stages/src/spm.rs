@@ -13,7 +13,9 @@ use spo_core::{Input, ParamSpec, StageContext, StageError, StageKind};
 use spo_diffusion::{Ddim, NoiseSchedule, SchedulerConfig};
 use spo_nn::{AdamW, AdamWConfig, named_vars, seeded_var_builder};
 
-use crate::inworld::{InWorldClip, device, frozen_vb, json, load_unet, load_vocab, save_varmap};
+use crate::inworld::{
+    InWorldClip, device, frozen_vb, json, load_unet, load_vocab, on_cores, save_varmap,
+};
 use crate::tensors::images_to_tensor;
 use crate::training::Trainer;
 use crate::vocab::Vocab;
@@ -71,24 +73,21 @@ impl StageKind for TrainSpm {
         ]
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
-        crate::inworld::on_cell_cores(cx, |cx| {
-            let p = cx.params().clone();
-            let dev = device();
-            let name = p.str("variant")?.to_owned();
-            let parent = cx.input_of_kind("pickscore-train")?.clone();
-            let (varmap, meta, vocab) =
-                init_from_parent(&parent, &name, p.int("seed")? as u64, &dev)?;
-            if name != "pickscore" {
-                train(cx, &varmap, &meta, &vocab, &dev)?;
-            }
-            save_varmap(cx, &varmap, "spm.safetensors")?;
-            cx.write_artifact(
-                "spm_config.json",
-                &serde_json::to_vec_pretty(&meta).unwrap_or_default(),
-            )?;
-            cx.write_artifact("vocab.json", &vocab.to_json())?;
-            Ok(())
-        })
+        let p = cx.params().clone();
+        let dev = device();
+        let name = p.str("variant")?.to_owned();
+        let parent = cx.input_of_kind("pickscore-train")?.clone();
+        let (varmap, meta, vocab) = init_from_parent(&parent, &name, p.int("seed")? as u64, &dev)?;
+        if name != "pickscore" {
+            train(cx, &varmap, &meta, &vocab, &dev)?;
+        }
+        save_varmap(cx, &varmap, "spm.safetensors")?;
+        cx.write_artifact(
+            "spm_config.json",
+            &serde_json::to_vec_pretty(&meta).unwrap_or_default(),
+        )?;
+        cx.write_artifact("vocab.json", &vocab.to_json())?;
+        Ok(())
     }
 }
 
@@ -247,75 +246,74 @@ fn train(
     )?;
     let cfg = p.float("cfg")?;
     while tr.step < steps {
-        let idx = tr.rng.indices(batch, pairs.len());
-        let b = idx.len();
-        // 1. one t and one noise per pair, shared by its two images
-        let ts: Vec<usize> = tr.rng.indices(b, 1000);
-        let imgs: Vec<&image::RgbImage> = idx
-            .iter()
-            .map(|&i| &pairs[i].images[0])
-            .chain(idx.iter().map(|&i| &pairs[i].images[1]))
-            .collect();
-        let x0 = images_to_tensor(&imgs, dev)?;
-        let noise = tr
-            .rng
-            .normal(
-                (
-                    b,
-                    3,
-                    x0.dim(2).map_err(StageError::other)?,
-                    x0.dim(3).map_err(StageError::other)?,
-                ),
-                0.0,
-                1.0,
-                DType::F32,
+        let rng = &mut tr.rng;
+        let loss = on_cores(cx.threads(), || {
+            let idx = rng.indices(batch, pairs.len());
+            let b = idx.len();
+            // 1. one t and one noise per pair, shared by its two images
+            let ts: Vec<usize> = rng.indices(b, 1000);
+            let imgs: Vec<&image::RgbImage> = idx
+                .iter()
+                .map(|&i| &pairs[i].images[0])
+                .chain(idx.iter().map(|&i| &pairs[i].images[1]))
+                .collect();
+            let x0 = images_to_tensor(&imgs, dev)?;
+            let noise = rng
+                .normal(
+                    (
+                        b,
+                        3,
+                        x0.dim(2).map_err(StageError::other)?,
+                        x0.dim(3).map_err(StageError::other)?,
+                    ),
+                    0.0,
+                    1.0,
+                    DType::F32,
+                    dev,
+                )
+                .map_err(StageError::other)?;
+            let noise = Tensor::cat(&[&noise, &noise], 0).map_err(StageError::other)?;
+            let ts2: Vec<usize> = ts.iter().chain(ts.iter()).copied().collect();
+            let t_tensor = Tensor::from_vec(
+                ts2.iter().map(|&t| t as i64).collect::<Vec<_>>(),
+                2 * b,
                 dev,
             )
             .map_err(StageError::other)?;
-        let noise = Tensor::cat(&[&noise, &noise], 0).map_err(StageError::other)?;
-        let ts2: Vec<usize> = ts.iter().chain(ts.iter()).copied().collect();
-        let t_tensor = Tensor::from_vec(
-            ts2.iter().map(|&t| t as i64).collect::<Vec<_>>(),
-            2 * b,
-            dev,
-        )
-        .map_err(StageError::other)?;
-        let xt = ddim
-            .schedule()
-            .add_noise(&x0, &noise, &t_tensor)
-            .map_err(StageError::other)?;
-        // 2. the frozen base model's one-step x0-prediction with CFG
-        let captions: Vec<&str> = idx.iter().map(|&i| pairs[i].caption.as_str()).collect();
-        let captions2: Vec<&str> = captions.iter().chain(captions.iter()).copied().collect();
-        let eps = text.guided_eps(&unet, &xt, &ts2, &captions2, cfg, dev)?;
-        let (x0_hat, _) = ddim
-            .predict_x0_and_eps(&eps, &ts2, &xt)
-            .map_err(StageError::other)?;
-        let pixels = x0_hat
-            .clamp(-1f32, 1f32)
-            .and_then(|x| x.detach().contiguous())
-            .map_err(StageError::other)?;
-        // 3. the SPM's logits at t and the loss
-        let ids = vocab.batch(&captions2, dev)?;
-        let tf: Vec<f32> = ts2.iter().map(|&t| t as f32).collect();
-        let logits = spm.logits(&pixels, &ids, &tf).map_err(StageError::other)?;
-        let (l0, l1) = (
-            logits.narrow(D::Minus1, 0, b).map_err(StageError::other)?,
-            logits.narrow(D::Minus1, b, b).map_err(StageError::other)?,
-        );
-        let labels: Vec<[f64; 2]> = idx.iter().map(|&i| pairs[i].labels).collect();
-        let weights: Vec<f64> = idx
-            .iter()
-            .map(|&i| 1.0 / pairs[i].num_example_per_prompt)
-            .collect();
-        let loss = pair_loss(&l0, &l1, &labels, &weights).map_err(StageError::other)?;
-        let grads = loss.backward().map_err(StageError::other)?;
-        opt.step(&grads).map_err(StageError::other)?;
-        tr.record(
-            loss.to_scalar::<f32>().map_err(StageError::other)? as f64,
-            varmap,
-            &opt,
-        )?;
+            let xt = ddim
+                .schedule()
+                .add_noise(&x0, &noise, &t_tensor)
+                .map_err(StageError::other)?;
+            // 2. the frozen base model's one-step x0-prediction with CFG
+            let captions: Vec<&str> = idx.iter().map(|&i| pairs[i].caption.as_str()).collect();
+            let captions2: Vec<&str> = captions.iter().chain(captions.iter()).copied().collect();
+            let eps = text.guided_eps(&unet, &xt, &ts2, &captions2, cfg, dev)?;
+            let (x0_hat, _) = ddim
+                .predict_x0_and_eps(&eps, &ts2, &xt)
+                .map_err(StageError::other)?;
+            let pixels = x0_hat
+                .clamp(-1f32, 1f32)
+                .and_then(|x| x.detach().contiguous())
+                .map_err(StageError::other)?;
+            // 3. the SPM's logits at t and the loss
+            let ids = vocab.batch(&captions2, dev)?;
+            let tf: Vec<f32> = ts2.iter().map(|&t| t as f32).collect();
+            let logits = spm.logits(&pixels, &ids, &tf).map_err(StageError::other)?;
+            let (l0, l1) = (
+                logits.narrow(D::Minus1, 0, b).map_err(StageError::other)?,
+                logits.narrow(D::Minus1, b, b).map_err(StageError::other)?,
+            );
+            let labels: Vec<[f64; 2]> = idx.iter().map(|&i| pairs[i].labels).collect();
+            let weights: Vec<f64> = idx
+                .iter()
+                .map(|&i| 1.0 / pairs[i].num_example_per_prompt)
+                .collect();
+            let loss = pair_loss(&l0, &l1, &labels, &weights).map_err(StageError::other)?;
+            let grads = loss.backward().map_err(StageError::other)?;
+            opt.step(&grads).map_err(StageError::other)?;
+            Ok(loss.to_scalar::<f32>().map_err(StageError::other)? as f64)
+        })?;
+        tr.record(loss, varmap, &opt)?;
     }
     tr.finish(cx, "spm")
 }

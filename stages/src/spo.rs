@@ -20,7 +20,7 @@ use spo_core::{ParamSpec, StageContext, StageError, StageKind};
 use spo_diffusion::{Ddim, LoraConfig, NoiseSchedule, SchedulerConfig, UNet2DConditionModel};
 use spo_nn::{AdamW, AdamWConfig, SeededRng, named_vars, seeded_var_builder};
 
-use crate::inworld::{InWorldClip, device, load_unet};
+use crate::inworld::{InWorldClip, device, load_unet, on_cores};
 use crate::training::Trainer;
 use crate::vocab::Vocab;
 use crate::world_parquet::{col, write_table};
@@ -67,117 +67,119 @@ impl StageKind for SpoTrain {
         true
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
-        crate::inworld::on_cell_cores(cx, |cx| {
-            let p = cx.params().clone();
-            let dev = device();
-            let seed = cx.seed().unwrap_or(0);
-            let world = WorldData::load(cx.input_of_kind("world")?)?;
-            let text = InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?;
-            let (spm, spm_vocab) = crate::spm::load(cx.input_of_kind("train-spm")?, &dev)?;
-            let mut unet = load_unet(cx.input_of_kind("base-pretrain")?, &dev)?;
-            let mut lora_vars = VarMap::new();
-            unet.add_lora(
-                &LoraConfig::spo(p.usize("rank")?),
-                &seeded_var_builder(&lora_vars, seed, DType::F32, &dev),
-            )
-            .map_err(StageError::other)?;
-            let mut opt = AdamW::new(
-                named_vars(&lora_vars).map_err(StageError::other)?,
-                AdamWConfig {
-                    lr: p.float("lr")?,
-                    weight_decay: 1e-4,
-                    ..Default::default()
-                },
-            )
-            .map_err(StageError::other)?;
-            let ddim = Ddim::new(
-                NoiseSchedule::new(SchedulerConfig::sd15()).map_err(StageError::other)?,
-                p.usize("steps")?,
-                p.float("eta")?,
-            )
-            .map_err(StageError::other)?;
-            let t_range = p.int_list("t_range")?;
-            let cfg = Settings {
-                k: p.usize("k")?,
-                j: p.usize("j")?,
-                lo: t_range[0] as usize,
-                hi: t_range[1] as usize,
-                continuation: p.str("continuation")?.to_owned(),
-                random_pair: p.str("pair")? == "random",
-                margin: 2.0 * p.float("threshold")?.atanh(),
-                beta: p.float("beta")?,
-                clip_eps: p.float("clip_eps")?,
-                cfg: p.float("cfg")?,
-                train_batch: p.usize("train_batch")?,
-                epochs: p.usize("epochs")?,
-            };
-            let models = Models {
-                unet: &unet,
-                ddim: &ddim,
-                text: &text,
-                spm: &spm,
-                spm_vocab: &spm_vocab,
-                dev: &dev,
-            };
-            let rounds = p.usize("rounds")?;
-            let mut tr = Trainer::start(
-                cx,
-                "spo",
-                rounds,
-                p.usize("checkpoint_every")?,
-                seed,
-                &mut lora_vars,
-                &mut opt,
-            )?;
-            let log_path = tr.dir().join("rounds.json");
-            let mut log: Vec<RoundLog> = if tr.step > 0 {
-                std::fs::read(&log_path)
-                    .ok()
-                    .and_then(|b| serde_json::from_slice(&b).ok())
-                    .unwrap_or_default()
-            } else {
-                Vec::new()
-            };
-            log.truncate(tr.step);
-            while tr.step < rounds {
-                // ---- sampling ----
-                let prompts: Vec<&Prompt> = tr
-                    .rng
-                    .indices(p.usize("prompts")?, world.train.len())
-                    .into_iter()
-                    .map(|i| &world.train[i])
-                    .collect();
-                let (pairs, stats) = rollout(&models, &cfg, &prompts, &mut tr.rng)?;
+        let p = cx.params().clone();
+        let dev = device();
+        let seed = cx.seed().unwrap_or(0);
+        let world = WorldData::load(cx.input_of_kind("world")?)?;
+        let text = InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?;
+        let (spm, spm_vocab) = crate::spm::load(cx.input_of_kind("train-spm")?, &dev)?;
+        let mut unet = load_unet(cx.input_of_kind("base-pretrain")?, &dev)?;
+        let mut lora_vars = VarMap::new();
+        unet.add_lora(
+            &LoraConfig::spo(p.usize("rank")?),
+            &seeded_var_builder(&lora_vars, seed, DType::F32, &dev),
+        )
+        .map_err(StageError::other)?;
+        let mut opt = AdamW::new(
+            named_vars(&lora_vars).map_err(StageError::other)?,
+            AdamWConfig {
+                lr: p.float("lr")?,
+                weight_decay: 1e-4,
+                ..Default::default()
+            },
+        )
+        .map_err(StageError::other)?;
+        let ddim = Ddim::new(
+            NoiseSchedule::new(SchedulerConfig::sd15()).map_err(StageError::other)?,
+            p.usize("steps")?,
+            p.float("eta")?,
+        )
+        .map_err(StageError::other)?;
+        let t_range = p.int_list("t_range")?;
+        let cfg = Settings {
+            k: p.usize("k")?,
+            j: p.usize("j")?,
+            lo: t_range[0] as usize,
+            hi: t_range[1] as usize,
+            continuation: p.str("continuation")?.to_owned(),
+            random_pair: p.str("pair")? == "random",
+            margin: 2.0 * p.float("threshold")?.atanh(),
+            beta: p.float("beta")?,
+            clip_eps: p.float("clip_eps")?,
+            cfg: p.float("cfg")?,
+            train_batch: p.usize("train_batch")?,
+            epochs: p.usize("epochs")?,
+        };
+        let models = Models {
+            unet: &unet,
+            ddim: &ddim,
+            text: &text,
+            spm: &spm,
+            spm_vocab: &spm_vocab,
+            dev: &dev,
+        };
+        let rounds = p.usize("rounds")?;
+        let mut tr = Trainer::start(
+            cx,
+            "spo",
+            rounds,
+            p.usize("checkpoint_every")?,
+            seed,
+            &mut lora_vars,
+            &mut opt,
+        )?;
+        let log_path = tr.dir().join("rounds.json");
+        let mut log: Vec<RoundLog> = if tr.step > 0 {
+            std::fs::read(&log_path)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        log.truncate(tr.step);
+        while tr.step < rounds {
+            // ---- sampling ----
+            let prompts: Vec<&Prompt> = tr
+                .rng
+                .indices(p.usize("prompts")?, world.train.len())
+                .into_iter()
+                .map(|i| &world.train[i])
+                .collect();
+            let rng = &mut tr.rng;
+            let ((pairs, stats), (loss, ratios)) = on_cores(cx.threads(), || {
+                let sampled = rollout(&models, &cfg, &prompts, rng)?;
                 // ---- training ----
-                let (loss, ratios) = train_round(&models, &cfg, &pairs, &mut opt, &mut tr.rng)?;
-                log.push(RoundLog {
-                    round: tr.step as u64 + 1,
-                    loss,
-                    ratio_win: ratios.0,
-                    ratio_lose: ratios.1,
-                    pairs: pairs.len() as u64,
-                    valid_rate: stats.valid_rate,
-                    spm_mean: stats.mean_score,
-                });
-                std::fs::write(&log_path, serde_json::to_vec(&log).unwrap_or_default())
-                    .map_err(|e| StageError::io(&log_path, e))?;
-                // Rounds without a valid pair record the reference loss ln 2.
-                tr.record(loss.unwrap_or(std::f64::consts::LN_2), &lora_vars, &opt)?;
-            }
-            tr.finish(cx, "spo")?;
-            write_rounds(cx, &log)?;
-            if let Some(last) = log.last() {
-                cx.metric(
-                    "valid_pair_rate",
-                    log.iter().map(|r| r.valid_rate).sum::<f64>() / log.len() as f64,
-                );
-                cx.metric("spm_score_last_round", last.spm_mean);
-            }
-            let path = cx.out_dir().join("lora.safetensors");
-            unet.save_lora(&path)
-                .map_err(|e| StageError::Failed(format!("{}: {e}", path.display())))?;
-            Ok(())
-        })
+                let trained = train_round(&models, &cfg, &sampled.0, &mut opt, rng)?;
+                Ok((sampled, trained))
+            })?;
+            log.push(RoundLog {
+                round: tr.step as u64 + 1,
+                loss,
+                ratio_win: ratios.0,
+                ratio_lose: ratios.1,
+                pairs: pairs.len() as u64,
+                valid_rate: stats.valid_rate,
+                spm_mean: stats.mean_score,
+            });
+            std::fs::write(&log_path, serde_json::to_vec(&log).unwrap_or_default())
+                .map_err(|e| StageError::io(&log_path, e))?;
+            // Rounds without a valid pair record the reference loss ln 2.
+            tr.record(loss.unwrap_or(std::f64::consts::LN_2), &lora_vars, &opt)?;
+        }
+        tr.finish(cx, "spo")?;
+        write_rounds(cx, &log)?;
+        if let Some(last) = log.last() {
+            cx.metric(
+                "valid_pair_rate",
+                log.iter().map(|r| r.valid_rate).sum::<f64>() / log.len() as f64,
+            );
+            cx.metric("spm_score_last_round", last.spm_mean);
+        }
+        let path = cx.out_dir().join("lora.safetensors");
+        unet.save_lora(&path)
+            .map_err(|e| StageError::Failed(format!("{}: {e}", path.display())))?;
+        Ok(())
     }
 }
 
