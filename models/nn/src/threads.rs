@@ -5,23 +5,27 @@
 //! per op) costs several percent of a training step, and with the global pool it also spreads
 //! the work over every core whatever a cell's share is. [`install`] runs a whole step on a pool
 //! of exactly `threads` threads instead, so that the kernels' loops run in place (one thread) or
-//! are shared by work stealing (several). Pools are built once per size and kept.
+//! are shared by work stealing (several). Pools are built once per size and calling thread, and
+//! kept.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
-/// The process-wide pool of `threads` threads (at least one), built on first use.
+thread_local! {
+    /// This thread's pools by size: each caller (a pipeline cell computing on its own thread)
+    /// gets pools of its own, so two cells that are each lent one core never queue behind each
+    /// other on a shared one-thread pool.
+    static POOLS: RefCell<HashMap<usize, Arc<ThreadPool>>> = RefCell::new(HashMap::new());
+}
+
+/// The calling thread's pool of `threads` threads (at least one), built on first use.
 pub fn pool(threads: usize) -> candle_core::Result<Arc<ThreadPool>> {
-    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<ThreadPool>>>> = OnceLock::new();
     let threads = threads.max(1);
-    let mut pools = POOLS
-        .get_or_init(Default::default)
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("thread pool registry poisoned".into()))?;
-    if let Some(pool) = pools.get(&threads) {
-        return Ok(pool.clone());
+    if let Some(pool) = POOLS.with(|p| p.borrow().get(&threads).cloned()) {
+        return Ok(pool);
     }
     let pool = Arc::new(
         ThreadPoolBuilder::new()
@@ -30,7 +34,7 @@ pub fn pool(threads: usize) -> candle_core::Result<Arc<ThreadPool>> {
             .build()
             .map_err(candle_core::Error::wrap)?,
     );
-    pools.insert(threads, pool.clone());
+    POOLS.with(|p| p.borrow_mut().insert(threads, pool.clone()));
     Ok(pool)
 }
 
@@ -51,6 +55,16 @@ mod tests {
         assert!(install(1, || rayon::current_thread_index().is_some())?);
         assert!(Arc::ptr_eq(&pool(3)?, &pool(3)?));
         assert_eq!(install(0, rayon::current_num_threads)?, 1);
+        Ok(())
+    }
+
+    #[test]
+    fn each_calling_thread_gets_its_own_pools() -> candle_core::Result<()> {
+        let here = pool(1)?;
+        let there = std::thread::spawn(|| pool(1))
+            .join()
+            .map_err(|_| candle_core::Error::Msg("thread panicked".into()))??;
+        assert!(!Arc::ptr_eq(&here, &there));
         Ok(())
     }
 }
