@@ -4,8 +4,9 @@
 //! over (the product, its scaling, the softmax, and in backward the gradient of each, every one
 //! summed into a fresh zero tensor), and splitting and merging heads copies q, k, v and the
 //! output. Here each (image, head) is two GEMMs over strided views of the `(b, n, heads·d)`
-//! projections around an `n × m` score block that stays in cache. Backward recomputes the block
-//! instead of keeping it (as flash attention does) and writes dq, dk and dv straight into
+//! projections around an `n × m` score block that stays in cache. Forward keeps the softmax
+//! output for backward when a gradient will be taken and it fits in 64 MiB; otherwise backward
+//! recomputes it (as flash attention does). Backward writes dq, dk and dv straight into
 //! projection layout:
 //! `dv = Pᵀ·do`, `dP = do·vᵀ`, `dS = P∘(dP − rowsum(dP∘P))·scale`, `dq = dS·k`, `dk = dSᵀ·q`.
 
