@@ -32,6 +32,56 @@ pub struct PatchGeometry {
     pub pad: usize,
 }
 
+/// For a stride-1 convolution as large as its input ("same" padding), kernel offset
+/// `(ki, kj)` reads the input plane shifted by `(dy, dx) = (ki − p, kj − p)`: flat output
+/// position `i` reads input position `i + dy·w + dx`, except in the rows that fall off the top
+/// or bottom and in the `|dx|` columns at one edge of every row, which read padding. So one
+/// column-matrix row is one flat copy plus a few zeros, instead of a copy per image row.
+#[derive(Debug, Clone, Copy)]
+struct SameShift {
+    w: usize,
+    n: usize,
+    dy: isize,
+    dx: isize,
+}
+
+impl SameShift {
+    /// Flat offset from output to input position.
+    fn offset(&self) -> isize {
+        self.dy * self.w as isize + self.dx
+    }
+
+    /// The output positions `[lo, hi)` whose rows read inside the input.
+    fn rows_span(&self) -> (usize, usize) {
+        let h = (self.n / self.w) as isize;
+        let first = (-self.dy).clamp(0, h);
+        let last = (h - self.dy).clamp(first, h);
+        (first as usize * self.w, last as usize * self.w)
+    }
+
+    /// The part `[a, b)` of `[lo, hi)` whose shifted position lies inside a plane of `len`
+    /// values (the positions cut off are edge columns).
+    fn copy_span(&self, (lo, hi): (usize, usize), len: usize) -> (usize, usize) {
+        let off = self.offset();
+        let a = (lo as isize).max(-off).min(hi as isize);
+        let b = (hi as isize).min(len as isize - off).max(a);
+        (a as usize, b as usize)
+    }
+
+    /// Calls `f` on every output position in `[lo, hi)` whose column reads padding.
+    fn edge_columns(&self, (lo, hi): (usize, usize), mut f: impl FnMut(usize)) {
+        let w = self.w;
+        let cols = if self.dx < 0 {
+            0..(-self.dx) as usize
+        } else {
+            w - self.dx as usize..w
+        };
+        for row in (lo..hi).step_by(w) {
+            cols.clone().for_each(|c| f(row + c));
+        }
+    }
+}
+
 impl PatchGeometry {
     /// Output height and width.
     pub fn out_hw(&self) -> (usize, usize) {
@@ -39,6 +89,18 @@ impl PatchGeometry {
             (self.h + 2 * self.pad - self.k) / self.stride + 1,
             (self.w + 2 * self.pad - self.k) / self.stride + 1,
         )
+    }
+
+    /// The flat shift of kernel offset `(ki, kj)`, for a stride-1 convolution as large as its
+    /// input.
+    fn same_shift(&self, ki: usize, kj: usize) -> Option<SameShift> {
+        let same = self.stride == 1 && self.out_hw() == (self.h, self.w) && self.pad < self.w;
+        (same && self.w > 0).then(|| SameShift {
+            w: self.w,
+            n: self.h * self.w,
+            dy: ki as isize - self.pad as isize,
+            dx: kj as isize - self.pad as isize,
+        })
     }
 
     /// For kernel offset `kj` and output column range, the valid output columns `[lo, hi)` whose
@@ -62,6 +124,18 @@ impl PatchGeometry {
         let n = h_out * w_out;
         for (ki, kj) in (0..k).flat_map(|ki| (0..k).map(move |kj| (ki, kj))) {
             let row = (ki * k + kj) * n;
+            if let Some(shift) = self.same_shift(ki, kj) {
+                let dst = &mut rows[row..row + n];
+                let span = shift.rows_span();
+                dst[..span.0].fill(0.0);
+                dst[span.1..].fill(0.0);
+                let (a, b) = shift.copy_span(span, plane.len());
+                let off = shift.offset();
+                let src = (a as isize + off) as usize..(b as isize + off) as usize;
+                dst[a..b].copy_from_slice(&plane[src]);
+                shift.edge_columns(span, |i| dst[i] = 0.0);
+                continue;
+            }
             let (lo, hi) = self.valid_cols(kj, w_out);
             for oh in 0..h_out {
                 let dst = &mut rows[row + oh * w_out..row + (oh + 1) * w_out];
@@ -86,8 +160,9 @@ impl PatchGeometry {
     }
 
     /// Adds one image's columns (`(c·k·k, h_out·w_out)`) into its `(c, h, w)`, which the caller
-    /// zeroes first (the adjoint of unfolding).
-    fn fold(&self, cols: &[f32], image: &mut [f32]) {
+    /// zeroes first (the adjoint of unfolding). The columns that read padding
+    /// are zeroed on the way (`cols` is the caller's scratch).
+    fn fold(&self, cols: &mut [f32], image: &mut [f32]) {
         let (h_out, w_out) = self.out_hw();
         let (k, s, p) = (self.k, self.stride, self.pad);
         let n = h_out * w_out;
@@ -96,6 +171,17 @@ impl PatchGeometry {
             for ki in 0..k {
                 for kj in 0..k {
                     let row = ((c * k + ki) * k + kj) * n;
+                    if let Some(shift) = self.same_shift(ki, kj) {
+                        let src = &mut cols[row..row + n];
+                        let span = shift.rows_span();
+                        shift.edge_columns(span, |i| src[i] = 0.0);
+                        let (a, b) = shift.copy_span(span, plane.len());
+                        let off = shift.offset();
+                        let dst =
+                            &mut plane[(a as isize + off) as usize..(b as isize + off) as usize];
+                        dst.iter_mut().zip(&src[a..b]).for_each(|(d, v)| *d += v);
+                        continue;
+                    }
                     let (lo, hi) = self.valid_cols(kj, w_out);
                     for oh in 0..h_out {
                         let ih = (oh * s + ki) as isize - p as isize;
@@ -505,6 +591,8 @@ mod tests {
             (2, 3, 3, 2, 0, 9, 7),
             (6, 4, 1, 1, 0, 5, 5),
             (3, 4, 5, 1, 2, 6, 6),
+            (2, 3, 3, 1, 1, 3, 2),
+            (1, 2, 5, 1, 2, 4, 3),
         ] {
             let x = Var::from_tensor(&rng.normal((2, c, h, w), 0.0, 1.0, DType::F32, &dev)?)?;
             let wt = Var::from_tensor(&rng.normal((o, c, k, k), 0.0, 0.5, DType::F32, &dev)?)?;
