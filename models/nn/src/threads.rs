@@ -5,26 +5,33 @@
 //! per op) costs several percent of a training step, and with the global pool it also spreads
 //! the work over every core whatever a cell's share is. [`install`] runs a whole step on a pool
 //! of exactly `threads` threads instead, so that the kernels' loops run in place (one thread) or
-//! are shared by work stealing (several). Pools are built once per size and calling thread, and
-//! kept.
+//! are shared by work stealing (several). Each calling thread keeps one pool, rebuilt when the
+//! size it asks for changes.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
 thread_local! {
-    /// This thread's pools by size: each caller (a pipeline cell computing on its own thread)
-    /// gets pools of its own, so two cells that are each lent one core never queue behind each
-    /// other on a shared one-thread pool.
-    static POOLS: RefCell<HashMap<usize, Arc<ThreadPool>>> = RefCell::new(HashMap::new());
+    /// This thread's pool and its size: each caller (a pipeline cell computing on its own thread)
+    /// gets a pool of its own, so two cells that are each lent one core never queue behind each
+    /// other on a shared one-thread pool. Only the last size asked for is kept, so a cell whose
+    /// share changes does not accumulate idle threads.
+    static POOL: RefCell<Option<(usize, Arc<ThreadPool>)>> = const { RefCell::new(None) };
 }
 
-/// The calling thread's pool of `threads` threads (at least one), built on first use.
+/// The calling thread's pool of `threads` threads (at least one), built when the size asked
+/// for changes.
 pub fn pool(threads: usize) -> candle_core::Result<Arc<ThreadPool>> {
     let threads = threads.max(1);
-    if let Some(pool) = POOLS.with(|p| p.borrow().get(&threads).cloned()) {
+    let kept = POOL.with(|p| {
+        p.borrow()
+            .as_ref()
+            .filter(|(size, _)| *size == threads)
+            .map(|(_, pool)| pool.clone())
+    });
+    if let Some(pool) = kept {
         return Ok(pool);
     }
     let pool = Arc::new(
@@ -34,7 +41,7 @@ pub fn pool(threads: usize) -> candle_core::Result<Arc<ThreadPool>> {
             .build()
             .map_err(candle_core::Error::wrap)?,
     );
-    POOLS.with(|p| p.borrow_mut().insert(threads, pool.clone()));
+    POOL.with(|p| *p.borrow_mut() = Some((threads, pool.clone())));
     Ok(pool)
 }
 
@@ -54,6 +61,10 @@ mod tests {
         assert_eq!(install(3, rayon::current_num_threads)?, 3);
         assert!(install(1, || rayon::current_thread_index().is_some())?);
         assert!(Arc::ptr_eq(&pool(3)?, &pool(3)?));
+        // only the last size is kept: asking for another size replaces it
+        let three = pool(3)?;
+        pool(2)?;
+        assert!(!Arc::ptr_eq(&three, &pool(3)?));
         assert_eq!(install(0, rayon::current_num_threads)?, 1);
         Ok(())
     }
