@@ -3,17 +3,37 @@
 //!
 //! The composed form (chunk, exact GELU, multiply) records a `narrow` per half whose backward
 //! pads a full-size zero tensor; here `dh = dy·gelu(g)` and `dg = dy·h·(Φ(g) + g·φ(g))` are
-//! written straight into one `(…, 2·d)` gradient. f32 on the CPU; [`geglu`] falls back to the
-//! composed form elsewhere.
+//! written straight into one `(…, 2·d)` gradient; Φ(g) is kept from the forward pass when a
+//! gradient will be taken (up to 64 MiB), so backward computes one `exp` per element instead of
+//! an `erf` and an `exp`. f32 on the CPU; [`geglu`] falls back to the composed form elsewhere.
 
 use crate::cpu_slice::TensorSlice;
 use crate::vmath::{erf, exp, simd_fn};
 use candle_core::{CpuStorage, CustomOp1, D, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::sync::Mutex;
 
 /// `(…, 2d) → (…, d)`: first half times exact GELU of the second half (f32, CPU).
-#[derive(Debug, Clone, Copy)]
-pub struct Geglu;
+#[derive(Debug)]
+pub struct Geglu {
+    /// Whether forward keeps Φ(g) for backward.
+    keep: bool,
+    /// Φ(g) of every output element, when kept.
+    cdf: Mutex<Option<Vec<f32>>>,
+}
+
+/// The most Φ(g) values (elements) forward keeps for backward: 64 MiB.
+const MAX_KEPT: usize = 1 << 24;
+
+impl Geglu {
+    /// The op; `keep_cdf` keeps Φ(g) for backward (set it when a gradient will be taken).
+    pub fn new(keep_cdf: bool) -> Self {
+        Self {
+            keep: keep_cdf,
+            cdf: Mutex::new(None),
+        }
+    }
+}
 
 /// Φ(x), the standard normal CDF.
 #[inline(always)]
@@ -22,27 +42,44 @@ fn phi_cdf(x: f32) -> f32 {
 }
 
 simd_fn! {
-    /// One row: `out = h·gelu(g)` for `row = (h, g)`.
-    fn geglu_row(out: &mut [f32], row: &[f32]) {
+    /// One row: `out = h·gelu(g)` for `row = (h, g)`, with Φ(g) into `cdf`.
+    fn geglu_row(out: &mut [f32], cdf: &mut [f32], row: &[f32]) {
         let (h, g) = row.split_at(out.len());
-        for ((o, &h), &g) in out.iter_mut().zip(h).zip(g) {
-            *o = h * g * phi_cdf(g);
+        for (((o, c), &h), &g) in out.iter_mut().zip(cdf.iter_mut()).zip(h).zip(g) {
+            *c = phi_cdf(g);
+            *o = h * g * *c;
+        }
+    }
+}
+
+/// `(dh, dg) = (dy·g·Φ(g), dy·h·(Φ(g) + g·φ(g)))`.
+#[inline(always)]
+fn geglu_grad(h: f32, g: f32, dy: f32, cdf: f32) -> (f32, f32) {
+    let inv_sqrt_2pi = 0.5 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2;
+    let pdf = exp(-0.5 * g * g) * inv_sqrt_2pi;
+    (dy * g * cdf, dy * h * (cdf + g * pdf))
+}
+
+simd_fn! {
+    /// One row's gradient, Φ(g) recomputed.
+    fn geglu_backward_row(dx: &mut [f32], row: &[f32], dy: &[f32]) {
+        let d = dy.len();
+        let (h, g) = row.split_at(d);
+        let (dh, dg) = dx.split_at_mut(d);
+        for ((((dh, dg), &h), &g), &dy) in dh.iter_mut().zip(dg).zip(h).zip(g).zip(dy) {
+            (*dh, *dg) = geglu_grad(h, g, dy, phi_cdf(g));
         }
     }
 }
 
 simd_fn! {
-    /// One row's gradient: `dh = dy·gelu(g)`, `dg = dy·h·(Φ(g) + g·φ(g))`.
-    fn geglu_backward_row(dx: &mut [f32], row: &[f32], dy: &[f32]) {
+    /// One row's gradient from the Φ(g) forward kept.
+    fn geglu_backward_row_kept(dx: &mut [f32], row: &[f32], dy: &[f32], cdf: &[f32]) {
         let d = dy.len();
         let (h, g) = row.split_at(d);
         let (dh, dg) = dx.split_at_mut(d);
-        let inv_sqrt_2pi = 0.5 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2;
-        for ((((dh, dg), &h), &g), &dy) in dh.iter_mut().zip(dg).zip(h).zip(g).zip(dy) {
-            let cdf = phi_cdf(g);
-            let pdf = exp(-0.5 * g * g) * inv_sqrt_2pi;
-            *dh = dy * g * cdf;
-            *dg = dy * h * (cdf + g * pdf);
+        for (((((dh, dg), &h), &g), &dy), &c) in dh.iter_mut().zip(dg).zip(h).zip(g).zip(dy).zip(cdf) {
+            (*dh, *dg) = geglu_grad(h, g, dy, c);
         }
     }
 }
@@ -69,11 +106,21 @@ impl CustomOp1 for Geglu {
         let data = storage.as_slice::<f32>()?;
         let src = &data[layout.start_offset()..layout.start_offset() + layout.shape().elem_count()];
         let mut out = vec![0f32; src.len() / 2];
-        out.par_chunks_mut(d)
-            .zip(src.par_chunks(d2))
-            .for_each(|(dst, row)| {
-                geglu_row(dst, row);
-            });
+        if self.keep && out.len() <= MAX_KEPT {
+            let mut cdf = vec![0f32; out.len()];
+            out.par_chunks_mut(d)
+                .zip(cdf.par_chunks_mut(d).zip(src.par_chunks(d2)))
+                .for_each(|(dst, (c, row))| geglu_row(dst, c, row));
+            *self
+                .cdf
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("geglu: kept values poisoned".into()))? =
+                Some(cdf);
+        } else {
+            out.par_chunks_mut(d)
+                .zip(src.par_chunks(d2))
+                .for_each_init(|| vec![0f32; d], |c, (dst, row)| geglu_row(dst, c, row));
+        }
         let mut dims = layout.dims().to_vec();
         if let Some(last) = dims.last_mut() {
             *last = d;
@@ -90,9 +137,19 @@ impl CustomOp1 for Geglu {
         let (x, dy) = (xt.get()?, gt.get()?);
         let d2 = last_dim(arg.layout())?;
         let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(d2)
-            .zip(x.par_chunks(d2).zip(dy.par_chunks(d2 / 2)))
-            .for_each(|(dst, (row, g_row))| geglu_backward_row(dst, row, g_row));
+        let kept = self
+            .cdf
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("geglu: kept values poisoned".into()))?;
+        let rows = dx
+            .par_chunks_mut(d2)
+            .zip(x.par_chunks(d2).zip(dy.par_chunks(d2 / 2)));
+        match kept.as_ref() {
+            Some(cdf) => rows
+                .zip(cdf.par_chunks(d2 / 2))
+                .for_each(|((dst, (row, g_row)), c)| geglu_backward_row_kept(dst, row, g_row, c)),
+            None => rows.for_each(|(dst, (row, g_row))| geglu_backward_row(dst, row, g_row)),
+        }
         Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
     }
 }
@@ -100,7 +157,7 @@ impl CustomOp1 for Geglu {
 /// `h·gelu(g)` for `(h, g) = xs.chunk(2, -1)`, differentiable on every device.
 pub fn geglu(xs: &Tensor) -> Result<Tensor> {
     if crate::fast_path::applies(&[xs]) {
-        return xs.contiguous()?.apply_op1(Geglu);
+        return xs.contiguous()?.apply_op1(Geglu::new(xs.track_op()));
     }
     let halves = xs.chunk(2, D::Minus1)?;
     &halves[0] * halves[1].gelu_erf()?
@@ -131,6 +188,28 @@ mod tests {
             panic!("missing gradient");
         };
         assert!(diff(a, b)? < 1e-4, "{}", diff(a, b)?);
+        Ok(())
+    }
+
+    #[test]
+    fn kept_and_recomputed_cdf_give_identical_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&SeededRng::new(14).normal(
+            (3, 4, 10),
+            0.0,
+            2.0,
+            DType::F32,
+            &dev,
+        )?)?;
+        let run = |keep: bool| -> Result<(Vec<f32>, Vec<f32>)> {
+            let y = x.as_tensor().apply_op1(Geglu::new(keep))?;
+            let grads = y.sqr()?.sum_all()?.backward()?;
+            let g = grads
+                .get(&x)
+                .ok_or_else(|| candle_core::Error::Msg("no gradient".into()))?;
+            Ok((y.flatten_all()?.to_vec1()?, g.flatten_all()?.to_vec1()?))
+        };
+        assert_eq!(run(true)?, run(false)?);
         Ok(())
     }
 }
