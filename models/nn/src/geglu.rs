@@ -43,7 +43,7 @@ fn phi_cdf(x: f32) -> f32 {
 
 simd_fn! {
     /// One row: `out = h·gelu(g)` for `row = (h, g)`, with Φ(g) into `cdf`.
-    fn geglu_row(out: &mut [f32], cdf: &mut [f32], row: &[f32]) {
+    pub(crate) fn geglu_row(out: &mut [f32], cdf: &mut [f32], row: &[f32]) {
         let (h, g) = row.split_at(out.len());
         for (((o, c), &h), &g) in out.iter_mut().zip(cdf.iter_mut()).zip(h).zip(g) {
             *c = phi_cdf(g);
@@ -62,7 +62,7 @@ fn geglu_grad(h: f32, g: f32, dy: f32, cdf: f32) -> (f32, f32) {
 
 simd_fn! {
     /// One row's gradient, Φ(g) recomputed.
-    fn geglu_backward_row(dx: &mut [f32], row: &[f32], dy: &[f32]) {
+    pub(crate) fn geglu_backward_row(dx: &mut [f32], row: &[f32], dy: &[f32]) {
         let d = dy.len();
         let (h, g) = row.split_at(d);
         let (dh, dg) = dx.split_at_mut(d);
@@ -74,7 +74,7 @@ simd_fn! {
 
 simd_fn! {
     /// One row's gradient from the Φ(g) forward kept.
-    fn geglu_backward_row_kept(dx: &mut [f32], row: &[f32], dy: &[f32], cdf: &[f32]) {
+    pub(crate) fn geglu_backward_row_kept(dx: &mut [f32], row: &[f32], dy: &[f32], cdf: &[f32]) {
         let d = dy.len();
         let (h, g) = row.split_at(d);
         let (dh, dg) = dx.split_at_mut(d);

@@ -47,6 +47,7 @@ pub mod layer_norm;
 pub mod layer_norm_fused;
 pub mod linear;
 pub mod linear_fused;
+pub mod linear_geglu;
 pub mod rng;
 pub mod seeded_init;
 pub mod sharded;

@@ -12,6 +12,7 @@
 //! affected.
 
 use crate::linear_fused::LinearOp;
+use crate::linear_geglu::LinearGeglu;
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
 
@@ -45,6 +46,26 @@ pub fn linear_2d(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<T
 /// `(b, out, in)` gradient over the batch, and it is wrong on transposed views (see the module
 /// doc). Flattening first avoids both; the input is made contiguous.
 pub fn forward_2d(layer: &Linear, xs: &Tensor) -> Result<Tensor> {
+    over_rows(xs, |flat| linear_2d(flat, layer.weight(), layer.bias()))
+}
+
+/// `geglu(layer(xs))` for `xs: (…, in)` (diffusers' GEGLU `FeedForward` projection): on the CPU
+/// in f32 one fused op that keeps the pre-activation out of the autograd graph
+/// ([`crate::linear_geglu`]); elsewhere the linear layer then [`crate::geglu::geglu`].
+pub fn geglu_forward_2d(layer: &Linear, xs: &Tensor) -> Result<Tensor> {
+    over_rows(xs, |flat| match layer.bias() {
+        Some(b) if crate::fast_path::applies(&[flat, layer.weight(), b]) => flat.apply_op3(
+            &layer.weight().contiguous()?,
+            &b.contiguous()?,
+            LinearGeglu::new(flat.track_op() || layer.weight().track_op() || b.track_op()),
+        ),
+        _ => crate::geglu::geglu(&linear_2d(flat, layer.weight(), layer.bias())?),
+    })
+}
+
+/// `f` over `xs: (…, in)` flattened to `(rows, in)` (contiguous), its `(rows, out)` result
+/// reshaped back to `(…, out)`.
+fn over_rows(xs: &Tensor, f: impl FnOnce(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
     let dims = xs.dims().to_vec();
     let Some((&in_dim, lead)) = dims.split_last() else {
         candle_core::bail!("linear: scalar input");
@@ -52,7 +73,7 @@ pub fn forward_2d(layer: &Linear, xs: &Tensor) -> Result<Tensor> {
     let flat = xs
         .contiguous()?
         .reshape((lead.iter().product::<usize>(), in_dim))?;
-    let ys = linear_2d(&flat, layer.weight(), layer.bias())?;
+    let ys = f(&flat)?;
     let mut out_dims = lead.to_vec();
     out_dims.push(ys.dim(1)?);
     ys.reshape(out_dims)

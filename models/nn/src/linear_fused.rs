@@ -21,7 +21,11 @@ const BLOCK: usize = 128;
 pub struct LinearOp;
 
 /// `(rows, in, out)` after checking the operand shapes.
-fn sizes(x: &[usize], w: &[usize], b: Option<&[usize]>) -> Result<(usize, usize, usize)> {
+pub(crate) fn sizes(
+    x: &[usize],
+    w: &[usize],
+    b: Option<&[usize]>,
+) -> Result<(usize, usize, usize)> {
     match (x, w, b) {
         ([rows, i], [o, wi], None) if i == wi => Ok((*rows, *i, *o)),
         ([rows, i], [o, wi], Some([bo])) if i == wi && o == bo => Ok((*rows, *i, *o)),
@@ -30,7 +34,7 @@ fn sizes(x: &[usize], w: &[usize], b: Option<&[usize]>) -> Result<(usize, usize,
 }
 
 /// `y = x·Wᵀ (+ b)`, `(rows, out)`.
-fn forward(
+pub(crate) fn forward(
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
@@ -68,7 +72,7 @@ fn forward(
 }
 
 /// Gradients `(dx, dW, db)` for upstream `dy`, each only when `wanted`.
-fn backward(
+pub(crate) fn backward(
     (x, w, dy): (&[f32], &[f32], &[f32]),
     (rows, i, o): (usize, usize, usize),
     wanted: [bool; 3],

@@ -3,7 +3,7 @@
 
 use candle_core::{Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
-use spo_nn::linear::{forward_2d, linear};
+use spo_nn::linear::{forward_2d, geglu_forward_2d, linear};
 use spo_nn::{GroupNorm, LayerNorm};
 
 use crate::attention::{Attention, AttentionSpec};
@@ -26,8 +26,7 @@ impl FeedForward {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let hs = forward_2d(&self.proj, xs)?;
-        let gated = spo_nn::geglu::geglu(&hs)?;
+        let gated = geglu_forward_2d(&self.proj, xs)?;
         Ok(forward_2d(&self.out, &gated)?)
     }
 }
