@@ -20,7 +20,11 @@ pub fn exp(x: f32) -> f32 {
     // adding and subtracting 1.5·2²³ rounds to the nearest integer without a libm call
     const ROUND: f32 = 12_582_912.0;
     let xc = x.clamp(-87.3, 88.7);
-    let n = (xc * LOG2E + ROUND) - ROUND;
+    let t = xc * LOG2E + ROUND;
+    let n = t - ROUND;
+    // n as an integer, read from t's low mantissa bits: a float-to-int conversion would not
+    // vectorise (Rust's saturating `as` becomes a scalar conversion per lane)
+    let ni = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     let r = xc - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4;
     p = p * r + 1.398_199_9e-3;
@@ -29,7 +33,7 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let scale = f32::from_bits(((ni + 127) as u32) << 23);
     if x < -87.3 { 0.0 } else { y * scale }
 }
 
