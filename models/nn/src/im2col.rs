@@ -14,6 +14,7 @@ use crate::gemm::{View, gemm};
 use crate::group_norm_fused::{GroupNormAct, NormPartials, sum_partials};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+use std::sync::Mutex;
 
 /// Geometry of a square-kernel convolution over an `h × w` input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,16 +253,22 @@ type ImagePartials = (Option<Vec<f32>>, Option<Vec<f32>>, Option<NormPartials>);
 /// with backward to every operand.
 ///
 /// Without `norm` the third operand is the bias, `(o,)` or one per image `(b, o)`. With `norm`
-/// the convolution reads `act(group_norm(x))` instead of `x`, computed image by image in a
-/// scratch buffer and never stored (backward recomputes it), and the third operand packs
+/// the convolution reads `act(group_norm(x))` instead of `x`, computed image by image and never
+/// a tensor of the autograd graph (kept inside the op for backward when a gradient will be
+/// taken and it fits in 64 MiB, recomputed otherwise), and the third operand packs
 /// `[γ (c), β (c), bias (o or b·o)]` into one vector: a ResNet block's norm–SiLU–conv as one op.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Conv2dIm2Col {
-    /// The convolution's geometry.
-    pub geometry: PatchGeometry,
-    /// The GroupNorm(+SiLU) applied to the input first, if any.
-    pub norm: Option<GroupNormAct>,
+    geometry: PatchGeometry,
+    norm: Option<GroupNormAct>,
+    /// Whether forward keeps the norm–activation for backward.
+    keep: bool,
+    /// The norm–activation of every image, when kept.
+    kept: Mutex<Option<Vec<f32>>>,
 }
+
+/// The most activation values forward keeps for backward: 64 MiB.
+const MAX_KEPT: usize = 1 << 24;
 
 /// Operand sizes: `(batch, out channels, bias per image)`.
 #[derive(Debug, Clone, Copy)]
@@ -272,6 +279,23 @@ struct Sizes {
 }
 
 impl Conv2dIm2Col {
+    /// The op for `geometry`, reading `act(group_norm(x))` when `norm` is given; `keep` keeps
+    /// that activation for backward (set it when a gradient will be taken).
+    pub fn new(geometry: PatchGeometry, norm: Option<GroupNormAct>, keep: bool) -> Self {
+        Self {
+            geometry,
+            norm,
+            keep: keep && norm.is_some(),
+            kept: Mutex::new(None),
+        }
+    }
+
+    fn kept(&self) -> Result<std::sync::MutexGuard<'_, Option<Vec<f32>>>> {
+        self.kept
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("conv2d: kept activation poisoned".into()))
+    }
+
     /// Checks the operands against the geometry (and the packed norm parameters).
     fn sizes(&self, x: &[usize], w: &[usize], third: &[usize]) -> Result<Sizes> {
         let g = self.geometry;
@@ -371,14 +395,30 @@ impl CustomOp3 for Conv2dIm2Col {
                 out.resize(out.len() + n, b);
             }
         }
-        if n > 0 {
+        let conv = |y: &mut [f32], input: &[f32], scratch: &mut Vec<f32>| {
+            let cols = g.columns(input, scratch);
+            let (yv, wv) = (View::rows(0, o, n, n), View::rows(0, o, kk, kk));
+            gemm((y, yv), (w, wv), (cols, View::rows(0, kk, n, n)), 1.0, true);
+        };
+        let keep = self.keep && batch * image <= MAX_KEPT;
+        if n > 0 && image > 0 && keep {
+            let mut acts = vec![0f32; batch * image];
+            out.par_chunks_mut(o * n)
+                .zip(acts.par_chunks_mut(image))
+                .enumerate()
+                .for_each_init(Vec::new, |scratch, (i, (y, act))| {
+                    if let Some(norm) = self.norm {
+                        norm.forward_sample(&x[i * image..(i + 1) * image], gamma, beta, act);
+                    }
+                    conv(y, act, scratch);
+                });
+            *self.kept()? = Some(acts);
+        } else if n > 0 {
             out.par_chunks_mut(o * n).enumerate().for_each_init(
                 || (Vec::new(), Vec::new()),
                 |(act, scratch), (i, y)| {
                     let input = self.input(&x[i * image..(i + 1) * image], (gamma, beta), act);
-                    let cols = g.columns(input, scratch);
-                    let (yv, wv) = (View::rows(0, o, n, n), View::rows(0, o, kk, kk));
-                    gemm((y, yv), (w, wv), (cols, View::rows(0, kk, n, n)), 1.0, true);
+                    conv(y, input, scratch);
                 },
             );
         }
@@ -422,6 +462,8 @@ impl CustomOp3 for Conv2dIm2Col {
         let mut dx = vec![0f32; if want_dx { x.len() } else { 0 }];
         // per image: dx_i (through fold(Wᵀ·dY_i) and the norm's backward), and the partial
         // sums dW_i = dY_i·cols_iᵀ, db_i = Σ dY_i and (dγ_i, dβ_i), each only when wanted
+        let kept_guard = self.kept()?;
+        let kept_acts: Option<&[f32]> = kept_guard.as_deref();
         let image_grads = |(act, scratch, dinput): &mut (Vec<f32>, Vec<f32>, Vec<f32>),
                            i: usize,
                            dx_i: &mut [f32]|
@@ -430,7 +472,10 @@ impl CustomOp3 for Conv2dIm2Col {
                 &x[i * image..(i + 1) * image],
                 &dy[i * o * n..(i + 1) * o * n],
             );
-            let input = self.input(x_i, (gamma, beta), act);
+            let input = match kept_acts {
+                Some(acts) => &acts[i * image..(i + 1) * image],
+                None => self.input(x_i, (gamma, beta), act),
+            };
             let dw = want_dw.then(|| {
                 let mut dw = vec![0f32; o * kk];
                 let cols = g.columns(input, scratch);
@@ -547,10 +592,7 @@ pub fn conv2d_im2col(
     stride: usize,
     pad: usize,
 ) -> Result<Tensor> {
-    let op = Conv2dIm2Col {
-        geometry: geometry(xs, weight, stride, pad)?,
-        norm: None,
-    };
+    let op = Conv2dIm2Col::new(geometry(xs, weight, stride, pad)?, None, false);
     xs.contiguous()?
         .apply_op3(&weight.contiguous()?, &bias.contiguous()?, op)
 }
@@ -564,11 +606,9 @@ pub fn norm_act_conv2d_im2col(
     stride: usize,
     pad: usize,
 ) -> Result<Tensor> {
-    let op = Conv2dIm2Col {
-        geometry: geometry(xs, weight, stride, pad)?,
-        norm: Some(norm),
-    };
     let params = Tensor::cat(&[gamma, beta, &bias.flatten_all()?], 0)?;
+    let keep = [xs, weight, &params].iter().any(|t| t.track_op());
+    let op = Conv2dIm2Col::new(geometry(xs, weight, stride, pad)?, Some(norm), keep);
     xs.contiguous()?
         .apply_op3(&weight.contiguous()?, &params, op)
 }
@@ -764,6 +804,36 @@ mod tests {
                 (Some(_), None) => panic!("input gradient only from the fused op"),
             }
         }
+        Ok(())
+    }
+
+    /// The norm–activation kept from forward gives the same bits as recomputing it.
+    #[test]
+    fn kept_and_recomputed_activation_give_identical_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = SeededRng::new(15);
+        let x = Var::from_tensor(&rng.normal((2, 4, 5, 5), 0.0, 1.5, DType::F32, &dev)?)?;
+        let wt = Var::from_tensor(&rng.normal((3, 4, 3, 3), 0.0, 0.3, DType::F32, &dev)?)?;
+        let params = Var::from_tensor(&rng.normal(2 * 4 + 3, 0.5, 0.3, DType::F32, &dev)?)?;
+        let norm = GroupNormAct {
+            groups: 2,
+            eps: 1e-5,
+            silu: true,
+        };
+        let g = geometry(x.as_tensor(), wt.as_tensor(), 1, 1)?;
+        let run = |keep: bool| -> Result<Vec<Vec<f32>>> {
+            let y = x.apply_op3(&wt, &params, Conv2dIm2Col::new(g, Some(norm), keep))?;
+            let grads = y.sqr()?.sum_all()?.backward()?;
+            let mut all = vec![y.flatten_all()?.to_vec1::<f32>()?];
+            for v in [&x, &wt, &params] {
+                let gv = grads
+                    .get(v)
+                    .ok_or_else(|| candle_core::Error::Msg("no gradient".into()))?;
+                all.push(gv.flatten_all()?.to_vec1::<f32>()?);
+            }
+            Ok(all)
+        };
+        assert_eq!(run(true)?, run(false)?);
         Ok(())
     }
 }
