@@ -12,10 +12,10 @@
 
 use crate::cpu_slice::{TensorSlice, storage_slice};
 use crate::gemm::{View, gemm};
+use crate::kept::Kept;
 use crate::vmath::{softmax_backward_row, softmax_row};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use std::sync::Mutex;
 
 /// Attention over `q: (b, n, heads·d)`, `k, v: (b, m, heads·d)`, returning `(b, n, heads·d)`
 /// (f32, CPU, contiguous operands).
@@ -25,15 +25,9 @@ pub struct FusedAttention {
     scale: f32,
     /// Query `r` attends to keys `0..=r` only (self-attention, `n = m`).
     causal: bool,
-    /// Whether the forward pass keeps the probabilities for backward.
-    keep: bool,
     /// The forward pass's probabilities, `(b, heads, n, m)`, when kept.
-    probs: Mutex<Option<Vec<f32>>>,
+    probs: Kept<Vec<f32>>,
 }
-
-/// The most probabilities (elements) forward keeps for backward: 64 MiB. Above it, backward
-/// recomputes them, as flash attention always does.
-const MAX_KEPT: usize = 1 << 24;
 
 /// Sizes shared by the forward and backward kernels.
 #[derive(Debug, Clone, Copy)]
@@ -65,8 +59,7 @@ impl FusedAttention {
             heads,
             scale,
             causal,
-            keep: keep_probs,
-            probs: Mutex::new(None),
+            probs: Kept::new("attention", keep_probs),
         }
     }
 
@@ -176,7 +169,7 @@ impl CustomOp3 for FusedAttention {
         let (q_img, kv_img) = (dims.n * dims.inner, dims.m * dims.inner);
         let batch = q.len().checked_div(q_img).unwrap_or(0);
         let block = dims.n * dims.m;
-        let keep = self.keep && batch * self.heads * block <= MAX_KEPT;
+        let keep = self.probs.wants(batch * self.heads * block);
         // the probabilities of every (image, head), kept for backward or per-task scratch
         let mut kept = vec![0f32; if keep { batch * self.heads * block } else { 0 }];
         let mut out = vec![0f32; q.len()];
@@ -206,9 +199,7 @@ impl CustomOp3 for FusedAttention {
             );
         }
         if keep {
-            *self.probs.lock().map_err(|_| {
-                candle_core::Error::Msg("attention: probabilities poisoned".into())
-            })? = Some(kept);
+            self.probs.store(kept)?;
         }
         Ok((CpuStorage::F32(out), ql.shape().clone()))
     }
@@ -234,10 +225,7 @@ impl CustomOp3 for FusedAttention {
         let mut dq = vec![0f32; qa.len()];
         let mut dk = vec![0f32; ka.len()];
         let mut dv = vec![0f32; va.len()];
-        let kept = self
-            .probs
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("attention: probabilities poisoned".into()))?;
+        let kept = self.probs.get()?;
         let per_image = self.heads * dims.n * dims.m;
         if q_img > 0 && kv_img > 0 {
             dq.par_chunks_mut(q_img)

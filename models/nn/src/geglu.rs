@@ -8,29 +8,23 @@
 //! an `erf` and an `exp`. f32 on the CPU; [`geglu`] falls back to the composed form elsewhere.
 
 use crate::cpu_slice::TensorSlice;
+use crate::kept::Kept;
 use crate::vmath::{erf, exp, simd_fn};
 use candle_core::{CpuStorage, CustomOp1, D, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use std::sync::Mutex;
 
 /// `(…, 2d) → (…, d)`: first half times exact GELU of the second half (f32, CPU).
 #[derive(Debug)]
 pub struct Geglu {
-    /// Whether forward keeps Φ(g) for backward.
-    keep: bool,
     /// Φ(g) of every output element, when kept.
-    cdf: Mutex<Option<Vec<f32>>>,
+    cdf: Kept<Vec<f32>>,
 }
-
-/// The most Φ(g) values (elements) forward keeps for backward: 64 MiB.
-const MAX_KEPT: usize = 1 << 24;
 
 impl Geglu {
     /// The op; `keep_cdf` keeps Φ(g) for backward (set it when a gradient will be taken).
     pub fn new(keep_cdf: bool) -> Self {
         Self {
-            keep: keep_cdf,
-            cdf: Mutex::new(None),
+            cdf: Kept::new("geglu", keep_cdf),
         }
     }
 }
@@ -106,16 +100,12 @@ impl CustomOp1 for Geglu {
         let data = storage.as_slice::<f32>()?;
         let src = &data[layout.start_offset()..layout.start_offset() + layout.shape().elem_count()];
         let mut out = vec![0f32; src.len() / 2];
-        if self.keep && out.len() <= MAX_KEPT {
+        if self.cdf.wants(out.len()) {
             let mut cdf = vec![0f32; out.len()];
             out.par_chunks_mut(d)
                 .zip(cdf.par_chunks_mut(d).zip(src.par_chunks(d2)))
                 .for_each(|(dst, (c, row))| geglu_row(dst, c, row));
-            *self
-                .cdf
-                .lock()
-                .map_err(|_| candle_core::Error::Msg("geglu: kept values poisoned".into()))? =
-                Some(cdf);
+            self.cdf.store(cdf)?;
         } else {
             out.par_chunks_mut(d)
                 .zip(src.par_chunks(d2))
@@ -137,10 +127,7 @@ impl CustomOp1 for Geglu {
         let (x, dy) = (xt.get()?, gt.get()?);
         let d2 = last_dim(arg.layout())?;
         let mut dx = vec![0f32; x.len()];
-        let kept = self
-            .cdf
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("geglu: kept values poisoned".into()))?;
+        let kept = self.cdf.get()?;
         let rows = dx
             .par_chunks_mut(d2)
             .zip(x.par_chunks(d2).zip(dy.par_chunks(d2 / 2)));

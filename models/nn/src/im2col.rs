@@ -12,9 +12,9 @@
 use crate::cpu_slice::{TensorSlice, grad_tensor, storage_slice};
 use crate::gemm::{View, gemm};
 use crate::group_norm_fused::{GroupNormAct, NormPartials, sum_partials};
+use crate::kept::Kept;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-use std::sync::Mutex;
 
 /// Geometry of a square-kernel convolution over an `h × w` input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,14 +261,9 @@ type ImagePartials = (Option<Vec<f32>>, Option<Vec<f32>>, Option<NormPartials>);
 pub struct Conv2dIm2Col {
     geometry: PatchGeometry,
     norm: Option<GroupNormAct>,
-    /// Whether forward keeps the norm–activation for backward.
-    keep: bool,
     /// The norm–activation of every image, when kept.
-    kept: Mutex<Option<Vec<f32>>>,
+    kept: Kept<Vec<f32>>,
 }
-
-/// The most activation values forward keeps for backward: 64 MiB.
-const MAX_KEPT: usize = 1 << 24;
 
 /// Operand sizes: `(batch, out channels, bias per image)`.
 #[derive(Debug, Clone, Copy)]
@@ -285,15 +280,8 @@ impl Conv2dIm2Col {
         Self {
             geometry,
             norm,
-            keep: keep && norm.is_some(),
-            kept: Mutex::new(None),
+            kept: Kept::new("conv2d", keep && norm.is_some()),
         }
-    }
-
-    fn kept(&self) -> Result<std::sync::MutexGuard<'_, Option<Vec<f32>>>> {
-        self.kept
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("conv2d: kept activation poisoned".into()))
     }
 
     /// Checks the operands against the geometry (and the packed norm parameters).
@@ -400,7 +388,7 @@ impl CustomOp3 for Conv2dIm2Col {
             let (yv, wv) = (View::rows(0, o, n, n), View::rows(0, o, kk, kk));
             gemm((y, yv), (w, wv), (cols, View::rows(0, kk, n, n)), 1.0, true);
         };
-        let keep = self.keep && batch * image <= MAX_KEPT;
+        let keep = self.kept.wants(batch * image);
         if n > 0 && image > 0 && keep {
             let mut acts = vec![0f32; batch * image];
             out.par_chunks_mut(o * n)
@@ -412,7 +400,7 @@ impl CustomOp3 for Conv2dIm2Col {
                     }
                     conv(y, act, scratch);
                 });
-            *self.kept()? = Some(acts);
+            self.kept.store(acts)?;
         } else if n > 0 {
             out.par_chunks_mut(o * n).enumerate().for_each_init(
                 || (Vec::new(), Vec::new()),
@@ -462,7 +450,7 @@ impl CustomOp3 for Conv2dIm2Col {
         let mut dx = vec![0f32; if want_dx { x.len() } else { 0 }];
         // per image: dx_i (through fold(Wᵀ·dY_i) and the norm's backward), and the partial
         // sums dW_i = dY_i·cols_iᵀ, db_i = Σ dY_i and (dγ_i, dβ_i), each only when wanted
-        let kept_guard = self.kept()?;
+        let kept_guard = self.kept.get()?;
         let kept_acts: Option<&[f32]> = kept_guard.as_deref();
         let image_grads = |(act, scratch, dinput): &mut (Vec<f32>, Vec<f32>, Vec<f32>),
                            i: usize,

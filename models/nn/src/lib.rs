@@ -43,6 +43,7 @@ pub mod grad_check;
 pub mod group_norm;
 pub mod group_norm_fused;
 pub mod im2col;
+mod kept;
 pub mod layer_norm;
 pub mod layer_norm_fused;
 pub mod linear;

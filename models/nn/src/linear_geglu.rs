@@ -9,43 +9,29 @@
 //! between. Values and gradients are those of [`crate::linear_fused`] then [`crate::geglu`],
 //! bit for bit.
 
-use std::sync::Mutex;
-
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::cpu_slice::{TensorSlice, grad_tensor, storage_slice};
 use crate::geglu::{geglu_backward_row, geglu_backward_row_kept, geglu_row};
+use crate::kept::Kept;
 use crate::linear_fused::{backward, forward, sizes};
-
-/// The most values (pre-activation and Φ(g) together) forward keeps for backward: 64 MiB.
-const MAX_KEPT: usize = 1 << 24;
 
 /// `geglu(x·Wᵀ + b)` for `x: (rows, in)`, `W: (2d, in)`, `b: (2d,)`, returning `(rows, d)`
 /// (f32, CPU, contiguous operands).
 #[derive(Debug)]
 pub struct LinearGeglu {
-    keep: bool,
-    kept: Mutex<Option<Kept>>,
+    /// The pre-activation `(rows, 2d)` and Φ(g) `(rows, d)`, when kept.
+    kept: Kept<(Vec<f32>, Vec<f32>)>,
 }
-
-/// The pre-activation `(rows, 2d)` and Φ(g) `(rows, d)` forward kept.
-type Kept = (Vec<f32>, Vec<f32>);
 
 impl LinearGeglu {
     /// The op; `keep` keeps the pre-activation and Φ(g) for backward (set it when a gradient
     /// will be taken).
     pub fn new(keep: bool) -> Self {
         Self {
-            keep,
-            kept: Mutex::new(None),
+            kept: Kept::new("linear-geglu", keep),
         }
-    }
-
-    fn kept(&self) -> Result<std::sync::MutexGuard<'_, Option<Kept>>> {
-        self.kept
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("linear-geglu: kept values poisoned".into()))
     }
 }
 
@@ -85,8 +71,8 @@ impl CustomOp3 for LinearGeglu {
                 .zip(cdf.par_chunks_mut(d).zip(pre.par_chunks(o2)))
                 .for_each(|(dst, (c, row))| geglu_row(dst, c, row));
         }
-        if self.keep && pre.len() + cdf.len() <= MAX_KEPT {
-            *self.kept()? = Some((pre, cdf));
+        if self.kept.wants(pre.len() + cdf.len()) {
+            self.kept.store((pre, cdf))?;
         }
         Ok((CpuStorage::F32(out), Shape::from((rows, d))))
     }
@@ -111,7 +97,7 @@ impl CustomOp3 for LinearGeglu {
         let (xv, wv, dy) = (xt.get()?, wt.get()?, gt.get()?);
         // the pre-activation's gradient, from the kept values or recomputed ones
         let mut dpre = vec![0f32; rows * o2];
-        let kept = self.kept()?;
+        let kept = self.kept.get()?;
         if d > 0 {
             let rows_iter = dpre.par_chunks_mut(o2).zip(dy.par_chunks(d));
             match kept.as_ref() {
