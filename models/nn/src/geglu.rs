@@ -7,7 +7,7 @@
 //! gradient will be taken (up to 64 MiB), so backward computes one `exp` per element instead of
 //! an `erf` and an `exp`. f32 on the CPU; [`geglu`] falls back to the composed form elsewhere.
 
-use crate::cpu_slice::TensorSlice;
+use crate::cpu_slice::{TensorSlice, storage_slice};
 use crate::kept::Kept;
 use crate::vmath::{erf, exp, simd_fn};
 use candle_core::{CpuStorage, CustomOp1, D, Layout, Result, Shape, Tensor};
@@ -92,13 +92,9 @@ impl CustomOp1 for Geglu {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        if !layout.is_contiguous() {
-            candle_core::bail!("geglu: input must be contiguous");
-        }
+        let src = storage_slice(storage, layout, "geglu: input")?;
         let d2 = last_dim(layout)?;
         let d = d2 / 2;
-        let data = storage.as_slice::<f32>()?;
-        let src = &data[layout.start_offset()..layout.start_offset() + layout.shape().elem_count()];
         let mut out = vec![0f32; src.len() / 2];
         if self.cdf.wants(out.len()) {
             let mut cdf = vec![0f32; out.len()];

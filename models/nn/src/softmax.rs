@@ -6,6 +6,7 @@
 //! `dx = y·(dy − Σ dy·y)` (two tensor ops). f32 on the CPU; [`softmax_last_dim`] falls back
 //! to `candle_nn::ops::softmax` elsewhere.
 
+use crate::cpu_slice::storage_slice;
 use crate::vmath::softmax_row;
 use candle_core::{CpuStorage, CustomOp1, D, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -20,12 +21,8 @@ impl CustomOp1 for SoftmaxLastDim {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        if !layout.is_contiguous() {
-            candle_core::bail!("softmax: input must be contiguous");
-        }
+        let src = storage_slice(storage, layout, "softmax: input")?;
         let n = layout.dims().last().copied().unwrap_or(1).max(1);
-        let data = storage.as_slice::<f32>()?;
-        let src = &data[layout.start_offset()..layout.start_offset() + layout.shape().elem_count()];
         let mut out = src.to_vec();
         out.par_chunks_mut(n).for_each(softmax_row);
         Ok((CpuStorage::F32(out), layout.shape().clone()))

@@ -5,6 +5,7 @@
 //! CPU in f32 this uses [`Upsample2x`], whose backward is the direct 2×2 block sum
 //! [`BlockSum2x`]; other devices use candle's op.
 
+use crate::cpu_slice::storage_slice;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -22,14 +23,11 @@ fn planes<'a>(
     layout: &Layout,
     op: &str,
 ) -> Result<(&'a [f32], usize, usize, usize)> {
-    if !layout.is_contiguous() {
-        candle_core::bail!("{op}: input must be contiguous");
-    }
-    let dims = layout.dims();
-    let (bc, h, w) = (dims[0] * dims[1], dims[2], dims[3]);
-    let data = storage.as_slice::<f32>()?;
-    let start = layout.start_offset();
-    Ok((&data[start..start + bc * h * w], bc, h, w))
+    let [b, c, h, w] = *layout.dims() else {
+        candle_core::bail!("{op}: input must be (b, c, h, w), got {:?}", layout.dims());
+    };
+    let data = storage_slice(storage, layout, &format!("{op}: input"))?;
+    Ok((data, b * c, h, w))
 }
 
 /// Nearest ×2 upsampling (f32, CPU); backward is [`BlockSum2x`].
@@ -127,6 +125,20 @@ mod tests {
         };
         let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-5, "{diff}");
+        Ok(())
+    }
+
+    #[test]
+    fn a_tensor_that_is_not_four_dimensional_is_an_error_naming_its_shape() -> Result<()> {
+        let xs = Tensor::zeros((2, 3, 4), DType::F32, &Device::Cpu)?;
+        let err = match xs.apply_op1(Upsample2x) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("a 3-D input was accepted"),
+        };
+        assert!(
+            err.contains("upsample: input must be (b, c, h, w), got [2, 3, 4]"),
+            "{err}"
+        );
         Ok(())
     }
 }
