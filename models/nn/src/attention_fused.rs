@@ -255,6 +255,7 @@ mod tests {
         causal_multi_head_attention, composed_multi_head_attention, multi_head_attention,
     };
     use crate::rng::SeededRng;
+    use crate::test_support::output_and_grads;
     use candle_core::{DType, Device, Result, Tensor, Var};
 
     fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
@@ -325,15 +326,7 @@ mod tests {
         let grads = |keep: bool| -> Result<Vec<Vec<f32>>> {
             let op = super::FusedAttention::new(3, 0.5, false, keep);
             let out = q.apply_op3(&k, &v, op)?;
-            let g = out.sqr()?.sum_all()?.backward()?;
-            let mut all = vec![out.flatten_all()?.to_vec1::<f32>()?];
-            for x in [&q, &k, &v] {
-                let gx = g
-                    .get(x)
-                    .ok_or_else(|| candle_core::Error::Msg("no gradient".into()))?;
-                all.push(gx.flatten_all()?.to_vec1::<f32>()?);
-            }
-            Ok(all)
+            output_and_grads(&out, &[&q, &k, &v])
         };
         assert_eq!(grads(true)?, grads(false)?);
         Ok(())

@@ -150,6 +150,7 @@ pub fn geglu(xs: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
     use crate::rng::SeededRng;
+    use crate::test_support::output_and_grads;
     use candle_core::{DType, Device, Var};
 
     #[test]
@@ -184,13 +185,8 @@ mod tests {
             DType::F32,
             &dev,
         )?)?;
-        let run = |keep: bool| -> Result<(Vec<f32>, Vec<f32>)> {
-            let y = x.as_tensor().apply_op1(Geglu::new(keep))?;
-            let grads = y.sqr()?.sum_all()?.backward()?;
-            let g = grads
-                .get(&x)
-                .ok_or_else(|| candle_core::Error::Msg("no gradient".into()))?;
-            Ok((y.flatten_all()?.to_vec1()?, g.flatten_all()?.to_vec1()?))
+        let run = |keep: bool| -> Result<Vec<Vec<f32>>> {
+            output_and_grads(&x.as_tensor().apply_op1(Geglu::new(keep))?, &[&x])
         };
         assert_eq!(run(true)?, run(false)?);
         Ok(())

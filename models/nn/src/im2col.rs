@@ -605,6 +605,7 @@ pub fn norm_act_conv2d_im2col(
 mod tests {
     use super::*;
     use crate::rng::SeededRng;
+    use crate::test_support::output_and_grads;
     use candle_core::{DType, Device, Var};
 
     /// Values and all three gradients of the im2col path against candle's direct conv.
@@ -667,11 +668,7 @@ mod tests {
         let frozen_w = wt.as_tensor().detach();
         let frozen_b = bias.as_tensor().detach();
         let run = |threads: usize, w: &Tensor, b: &Tensor| -> Result<Vec<Option<Vec<f32>>>> {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .map_err(candle_core::Error::wrap)?;
-            pool.install(|| {
+            crate::threads::install(threads, || {
                 let y = conv2d_im2col(x.as_tensor(), w, b, 2, 1)?;
                 let grads = y.sqr()?.sum_all()?.backward()?;
                 let flat =
@@ -682,7 +679,7 @@ mod tests {
                     flat(grads.get(w))?,
                     flat(grads.get(b))?,
                 ])
-            })
+            })?
         };
         let trained = run(1, wt.as_tensor(), bias.as_tensor())?;
         assert_eq!(trained, run(3, wt.as_tensor(), bias.as_tensor())?);
@@ -811,15 +808,7 @@ mod tests {
         let g = geometry(x.as_tensor(), wt.as_tensor(), 1, 1)?;
         let run = |keep: bool| -> Result<Vec<Vec<f32>>> {
             let y = x.apply_op3(&wt, &params, Conv2dIm2Col::new(g, Some(norm), keep))?;
-            let grads = y.sqr()?.sum_all()?.backward()?;
-            let mut all = vec![y.flatten_all()?.to_vec1::<f32>()?];
-            for v in [&x, &wt, &params] {
-                let gv = grads
-                    .get(v)
-                    .ok_or_else(|| candle_core::Error::Msg("no gradient".into()))?;
-                all.push(gv.flatten_all()?.to_vec1::<f32>()?);
-            }
-            Ok(all)
+            output_and_grads(&y, &[&x, &wt, &params])
         };
         assert_eq!(run(true)?, run(false)?);
         Ok(())

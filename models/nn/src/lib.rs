@@ -53,6 +53,8 @@ pub mod rng;
 pub mod seeded_init;
 pub mod sharded;
 pub mod softmax;
+#[cfg(test)]
+mod test_support;
 pub mod threads;
 pub mod upsample;
 pub mod vmath;

@@ -221,6 +221,7 @@ impl CustomOp3 for LinearOp {
 mod tests {
     use crate::linear::linear_2d;
     use crate::rng::SeededRng;
+    use crate::test_support::output_and_grads;
     use candle_core::{DType, Device, Result, Tensor, Var};
 
     fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
@@ -286,22 +287,9 @@ mod tests {
         let w = Var::from_tensor(&rng.normal((17, 33), 0.0, 1.0, DType::F32, &dev)?)?;
         let b = Var::from_tensor(&rng.normal(17, 0.0, 1.0, DType::F32, &dev)?)?;
         let run = |threads: usize| -> Result<Vec<Vec<f32>>> {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .map_err(candle_core::Error::wrap)?;
-            pool.install(|| {
-                let y = linear_2d(&x, &w, Some(&b))?;
-                let grads = y.sqr()?.sum_all()?.backward()?;
-                let mut out = vec![y.flatten_all()?.to_vec1::<f32>()?];
-                for v in [&x, &w, &b] {
-                    let g = grads
-                        .get(v)
-                        .ok_or_else(|| candle_core::Error::Msg("no grad".into()))?;
-                    out.push(g.flatten_all()?.to_vec1::<f32>()?);
-                }
-                Ok(out)
-            })
+            crate::threads::install(threads, || {
+                output_and_grads(&linear_2d(&x, &w, Some(&b))?, &[&x, &w, &b])
+            })?
         };
         assert_eq!(run(1)?, run(3)?);
         Ok(())

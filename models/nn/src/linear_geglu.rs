@@ -127,20 +127,8 @@ mod tests {
     use super::LinearGeglu;
     use crate::linear::linear_2d;
     use crate::rng::SeededRng;
+    use crate::test_support::output_and_grads;
     use candle_core::{DType, Device, Result, Tensor, Var};
-
-    /// Output and every gradient, flattened.
-    fn run(out: Tensor, vars: [&Var; 3]) -> Result<Vec<Vec<f32>>> {
-        let grads = out.sqr()?.sum_all()?.backward()?;
-        let mut all = vec![out.flatten_all()?.to_vec1::<f32>()?];
-        for v in vars {
-            let g = grads
-                .get(v)
-                .ok_or_else(|| candle_core::Error::Msg("no gradient".into()))?;
-            all.push(g.flatten_all()?.to_vec1::<f32>()?);
-        }
-        Ok(all)
-    }
 
     #[test]
     fn equals_linear_then_geglu_bit_for_bit_kept_or_recomputed() -> Result<()> {
@@ -151,10 +139,14 @@ mod tests {
         let w = Var::from_tensor(&rng.normal((10, 6), 0.0, 0.5, DType::F32, &dev)?)?;
         let b = Var::from_tensor(&rng.normal(10, 0.0, 0.5, DType::F32, &dev)?)?;
         let composed = crate::geglu::geglu(&linear_2d(&x, &w, Some(&b))?)?;
-        let want = run(composed, [&x, &w, &b])?;
+        let want = output_and_grads(&composed, &[&x, &w, &b])?;
         for keep in [true, false] {
             let fused = x.apply_op3(&w, &b, LinearGeglu::new(keep))?;
-            assert_eq!(run(fused, [&x, &w, &b])?, want, "keep = {keep}");
+            assert_eq!(
+                output_and_grads(&fused, &[&x, &w, &b])?,
+                want,
+                "keep = {keep}"
+            );
         }
         Ok(())
     }
