@@ -25,8 +25,8 @@ pub struct FusedAttention {
     scale: f32,
     /// Query `r` attends to keys `0..=r` only (self-attention, `n = m`).
     causal: bool,
-    /// The forward pass's probabilities, `(b, heads, n, m)`, when kept.
-    probs: Kept<Vec<f32>>,
+    /// The forward pass's probabilities, `(heads, n, m)` per image, when kept.
+    probs: Kept<Vec<Vec<f32>>>,
 }
 
 /// Sizes shared by the forward and backward kernels.
@@ -131,7 +131,6 @@ impl FusedAttention {
                     &scratch[..]
                 }
             };
-            gemm((dv, kh), (p, dims.scores().t()), (dout, qh), 1.0, false);
             gemm(
                 (&mut dp, dims.scores()),
                 (dout, qh),
@@ -139,9 +138,12 @@ impl FusedAttention {
                 1.0,
                 false,
             );
+            // the softmax backward streams the kept probabilities in row by row, so that the
+            // product below finds them in cache (read cold by the GEMM, they cost twice as much)
             for (dp_row, p_row) in dp.chunks_mut(dims.m).zip(p.chunks(dims.m)) {
                 softmax_backward_row(dp_row, p_row, self.scale);
             }
+            gemm((dv, kh), (p, dims.scores().t()), (dout, qh), 1.0, false);
             gemm((dq, qh), (&dp, dims.scores()), (k, kh), 1.0, false);
             gemm((dk, kh), (&dp, dims.scores().t()), (q, qh), 1.0, false);
         }
@@ -170,12 +172,13 @@ impl CustomOp3 for FusedAttention {
         let batch = q.len().checked_div(q_img).unwrap_or(0);
         let block = dims.n * dims.m;
         let keep = self.probs.wants(batch * self.heads * block);
-        // the probabilities of every (image, head), kept for backward or per-task scratch
-        let mut kept = vec![0f32; if keep { batch * self.heads * block } else { 0 }];
         let mut out = vec![0f32; q.len()];
-        let image = |i: usize, out_img: &mut [f32], probs: &mut [f32]| {
+        // each head's scores are computed and normalised in a cache-sized block, then appended
+        // to the image's kept probabilities: one sequential write of memory nothing zero-filled
+        let image = |p: &mut Vec<f32>, (i, out_img): (usize, &mut [f32])| -> Vec<f32> {
             let (q, kv) = (&q[i * q_img..][..q_img], i * kv_img..(i + 1) * kv_img);
-            for (h, p) in probs.chunks_mut(block.max(1)).enumerate() {
+            let mut kept = Vec::with_capacity(if keep { self.heads * block } else { 0 });
+            for h in 0..self.heads {
                 self.probs(dims, h, q, &k[kv.clone()], p);
                 let (out_h, v_h) = (dims.head(h, dims.n), dims.head(h, dims.m));
                 gemm(
@@ -185,19 +188,20 @@ impl CustomOp3 for FusedAttention {
                     1.0,
                     false,
                 );
+                if keep {
+                    kept.extend_from_slice(p);
+                }
             }
+            kept
         };
-        if q_img > 0 && keep {
+        let kept: Vec<Vec<f32>> = if q_img > 0 {
             out.par_chunks_mut(q_img)
-                .zip(kept.par_chunks_mut((self.heads * block).max(1)))
                 .enumerate()
-                .for_each(|(i, (out_img, probs))| image(i, out_img, probs));
-        } else if q_img > 0 {
-            out.par_chunks_mut(q_img).enumerate().for_each_init(
-                || vec![0f32; self.heads * block],
-                |probs, (i, out_img)| image(i, out_img, probs),
-            );
-        }
+                .map_init(|| vec![0f32; block], image)
+                .collect()
+        } else {
+            Vec::new()
+        };
         if keep {
             self.probs.store(kept)?;
         }
@@ -226,7 +230,6 @@ impl CustomOp3 for FusedAttention {
         let mut dk = vec![0f32; ka.len()];
         let mut dv = vec![0f32; va.len()];
         let kept = self.probs.get()?;
-        let per_image = self.heads * dims.n * dims.m;
         if q_img > 0 && kv_img > 0 {
             dq.par_chunks_mut(q_img)
                 .zip(dk.par_chunks_mut(kv_img).zip(dv.par_chunks_mut(kv_img)))
@@ -234,9 +237,7 @@ impl CustomOp3 for FusedAttention {
                 .for_each(|(i, (dq, (dk, dv)))| {
                     let (qr, kvr) = (i * q_img..(i + 1) * q_img, i * kv_img..(i + 1) * kv_img);
                     let operands = (&qa[qr.clone()], &ka[kvr.clone()], &va[kvr], &ga[qr]);
-                    let probs = kept
-                        .as_ref()
-                        .map(|p| &p[i * per_image..(i + 1) * per_image]);
+                    let probs = kept.as_ref().map(|p| &p[i][..]);
                     self.backward_image(dims, operands, probs, (dq, dk, dv));
                 });
         }
