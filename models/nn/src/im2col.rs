@@ -13,6 +13,7 @@ use crate::cpu_slice::{TensorSlice, grad_tensor, storage_slice};
 use crate::gemm::{View, gemm};
 use crate::group_norm_fused::{GroupNormAct, NormPartials, sum_partials};
 use crate::kept::Kept;
+use crate::vmath::lane_sum;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -474,7 +475,7 @@ impl CustomOp3 for Conv2dIm2Col {
                 dw_t
             });
             let db: Option<Vec<f32>> =
-                want_third.then(|| dy_i.chunks(n.max(1)).map(|row| row.iter().sum()).collect());
+                want_third.then(|| dy_i.chunks(n.max(1)).map(lane_sum).collect());
             let mut dnorm = None;
             if want_dinput && image > 0 {
                 // the gradient at the convolution's input: straight into dx_i without a norm
@@ -559,11 +560,20 @@ impl CustomOp3 for Conv2dIm2Col {
     }
 }
 
-/// The `cols × rows` transpose of a row-major `rows × cols` matrix.
+/// The `cols × rows` transpose of a row-major `rows × cols` matrix, in cache-sized tiles.
 fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    (0..cols)
-        .flat_map(|c| (0..rows).map(move |r| m[r * cols + c]))
-        .collect()
+    const TILE: usize = 16;
+    let mut t = vec![0f32; m.len()];
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    t[c * rows + r] = m[r * cols + c];
+                }
+            }
+        }
+    }
+    t
 }
 
 /// The geometry of `weight` over `xs` with this stride and padding.
