@@ -8,8 +8,9 @@
 //! `--candle-ops` turns spo-nn's fused CPU kernels off (`spo_nn::fast_path`), timing the same
 //! model on candle's own ops.
 //!
-//! Thread count follows `RAYON_NUM_THREADS` (the pool the step runs on, and candle's own) as
-//! PyTorch's follows `BENCH_THREADS` in the script.
+//! Thread count follows `RAYON_NUM_THREADS` (the pool the step runs on) as PyTorch's follows
+//! `BENCH_THREADS` in the script; with the fused kernels candle's elementwise ops stay on the
+//! calling thread (`CANDLE_NUM_THREADS=1` unless set), as in spo-pipe.
 
 use std::time::Instant;
 
@@ -19,6 +20,14 @@ use spo_diffusion::{NoiseSchedule, SchedulerConfig, UNet2DConditionConfig, UNet2
 use spo_nn::{AdamW, AdamWConfig, SeededRng, named_vars, seeded_var_builder};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let fused = !std::env::args().any(|a| a == "--candle-ops");
+    // As in spo-pipe's main: spo-nn's kernels parallelise on their own pool, and candle's
+    // barrier pool (its elementwise ops, CANDLE_NUM_THREADS − 1 workers) would spin on the same
+    // cores after every op — a quarter of a two-thread step here. candle's own ops keep it.
+    if fused && std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: first statement of main, before any thread exists.
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+    }
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
@@ -32,7 +41,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // `--system-malloc` keeps glibc's default thresholds (fresh mmap per large buffer).
     let tuned = !std::env::args().any(|a| a == "--system-malloc")
         && spo_nn::allocator::retain_freed_memory();
-    let fused = !std::env::args().any(|a| a == "--candle-ops");
     spo_nn::fast_path::set_enabled(fused);
     let dev = Device::Cpu;
     let varmap = VarMap::new();
