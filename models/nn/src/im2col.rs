@@ -471,7 +471,13 @@ impl CustomOp3 for Conv2dIm2Col {
             let dw_t = want_dw.then(|| {
                 let mut dw_t = vec![0f32; o * kk];
                 let cols = g.columns(input, scratch);
-                gemm((&mut dw_t, dw_t_view), (dy_i, yv), (cols, cv.t()), 1.0, false);
+                gemm(
+                    (&mut dw_t, dw_t_view),
+                    (dy_i, yv),
+                    (cols, cv.t()),
+                    1.0,
+                    false,
+                );
                 dw_t
             });
             let db: Option<Vec<f32>> =
