@@ -64,9 +64,17 @@ pub fn causal_multi_head_attention(
     attention(q, k, v, heads, true)
 }
 
+/// `1/√d` for `(…, heads·d)` projections; an error when the width does not split into `heads`.
+fn head_scale(q: &Tensor, heads: usize) -> Result<f64> {
+    let inner = q.dim(D::Minus1)?;
+    if heads == 0 || inner % heads != 0 {
+        candle_core::bail!("attention: width {inner} does not split into {heads} heads");
+    }
+    Ok(1.0 / ((inner / heads) as f64).sqrt())
+}
+
 fn attention(q: &Tensor, k: &Tensor, v: &Tensor, heads: usize, causal: bool) -> Result<Tensor> {
-    let head_dim = q.dim(D::Minus1)? / heads.max(1);
-    let scale = 1.0 / (head_dim as f64).sqrt();
+    let scale = head_scale(q, heads)?;
     if crate::fast_path::applies(&[q, k, v]) {
         let tracked = [q, k, v].iter().any(|t| t.track_op());
         let op = FusedAttention::new(heads, scale as f32, causal, tracked);
@@ -94,7 +102,7 @@ pub fn composed_multi_head_attention(
     heads: usize,
     causal: bool,
 ) -> Result<Tensor> {
-    let head_dim = q.dim(D::Minus1)? / heads;
+    let scale = head_scale(q, heads)?;
     let (q, k, v) = (
         split_heads(q, heads)?,
         split_heads(k, heads)?,
@@ -105,8 +113,7 @@ pub fn composed_multi_head_attention(
     } else {
         None
     };
-    let out =
-        scaled_dot_product_attention(&q, &k, &v, 1.0 / (head_dim as f64).sqrt(), mask.as_ref())?;
+    let out = scaled_dot_product_attention(&q, &k, &v, scale, mask.as_ref())?;
     merge_heads(&out, heads)
 }
 
@@ -121,6 +128,16 @@ mod tests {
         let xs = Tensor::arange(0f32, 48., &Device::Cpu)?.reshape((2, 3, 8))?;
         let back = merge_heads(&split_heads(&xs, 4)?, 4)?;
         assert_eq!(xs.to_vec3::<f32>()?, back.to_vec3::<f32>()?);
+        Ok(())
+    }
+
+    #[test]
+    fn a_width_that_does_not_split_into_the_heads_is_an_error_on_every_path() -> Result<()> {
+        let q = Tensor::zeros((1, 3, 6), DType::F32, &Device::Cpu)?;
+        for heads in [0, 4] {
+            assert!(multi_head_attention(&q, &q, &q, heads).is_err());
+            assert!(composed_multi_head_attention(&q, &q, &q, heads, false).is_err());
+        }
         Ok(())
     }
 
