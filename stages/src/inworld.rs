@@ -58,8 +58,7 @@ impl InWorldClip {
         })
     }
 
-    /// The UNet's classifier-free-guided ε for `x` at `timesteps`, prompted with `texts`; the
-    /// unconditional branch is the empty prompt (encoded once, repeated per row), as in SD.
+    /// The UNet's classifier-free-guided ε for `x` at `timesteps`, prompted with `texts`.
     pub fn guided_eps(
         &self,
         unet: &UNet2DConditionModel,
@@ -69,19 +68,23 @@ impl InWorldClip {
         scale: f64,
         device: &Device,
     ) -> Result<Tensor, StageError> {
+        self.conditioning(texts, device)?
+            .guided_eps(unet, x, timesteps, scale)
+    }
+
+    /// The guidance contexts of `texts`, to encode once and reuse across denoising steps; the
+    /// unconditional branch is the empty prompt (encoded once, repeated per row), as in SD.
+    pub fn conditioning(
+        &self,
+        texts: &[&str],
+        device: &Device,
+    ) -> Result<Conditioning, StageError> {
         let cond = self.context(texts, device)?;
         let uncond = self
             .context(&[""], device)?
             .repeat((texts.len(), 1, 1))
             .map_err(StageError::other)?;
-        let inputs = GuidanceInputs {
-            cond: &cond,
-            uncond: &uncond,
-            added_cond: None,
-            added_uncond: None,
-            scale,
-        };
-        guided_prediction(unet, x, timesteps, &inputs).map_err(StageError::other)
+        Ok(Conditioning { cond, uncond })
     }
 
     /// The text tower's last hidden states for `texts`: `(n, max_len, width)`, the UNet's context.
@@ -91,6 +94,32 @@ impl InWorldClip {
             .text_model()
             .last_hidden_state(&ids)
             .map_err(StageError::other)
+    }
+}
+
+/// Encoded prompts for classifier-free guidance: one row per prompt in each branch.
+pub struct Conditioning {
+    cond: Tensor,
+    uncond: Tensor,
+}
+
+impl Conditioning {
+    /// The UNet's classifier-free-guided ε for `x` at `timesteps`.
+    pub fn guided_eps(
+        &self,
+        unet: &UNet2DConditionModel,
+        x: &Tensor,
+        timesteps: &[usize],
+        scale: f64,
+    ) -> Result<Tensor, StageError> {
+        let inputs = GuidanceInputs {
+            cond: &self.cond,
+            uncond: &self.uncond,
+            added_cond: None,
+            added_uncond: None,
+            scale,
+        };
+        guided_prediction(unet, x, timesteps, &inputs).map_err(StageError::other)
     }
 }
 

@@ -20,7 +20,7 @@ use spo_core::{ParamSpec, StageContext, StageError, StageKind};
 use spo_diffusion::{Ddim, LoraConfig, NoiseSchedule, SchedulerConfig, UNet2DConditionModel};
 use spo_nn::{AdamW, AdamWConfig, SeededRng, named_vars, seeded_var_builder};
 
-use crate::inworld::{InWorldClip, device, load_unet, on_cores};
+use crate::inworld::{Conditioning, InWorldClip, device, load_unet, on_cores};
 use crate::training::Trainer;
 use crate::vocab::Vocab;
 use crate::world_parquet::{col, write_table};
@@ -244,10 +244,16 @@ struct Pool {
 
 impl Models<'_> {
     /// The policy's guided ε during the rollout, detached: sampling records no graph.
-    fn eps(&self, x: &Tensor, t: usize, prompts: &[&str], cfg: f64) -> Result<Tensor, StageError> {
-        let ts = vec![t; prompts.len()];
-        self.text
-            .guided_eps(self.unet, x, &ts, prompts, cfg, self.dev)
+    fn eps(
+        &self,
+        x: &Tensor,
+        t: usize,
+        prompts: &Conditioning,
+        cfg: f64,
+    ) -> Result<Tensor, StageError> {
+        let ts = vec![t; x.dim(0).map_err(StageError::other)?];
+        prompts
+            .guided_eps(self.unet, x, &ts, cfg)
             .map(|e| e.detach())
     }
     fn scores(&self, pixels: &Tensor, prompts: &[&str], t: usize) -> Result<Vec<f64>, StageError> {
@@ -268,6 +274,11 @@ fn rollout(
     let b = prompts.len();
     let texts: Vec<&str> = prompts.iter().map(|p| p.text.as_str()).collect();
     let texts_k: Vec<&str> = (0..s.k).flat_map(|_| texts.iter().copied()).collect();
+    // the prompts are encoded once for the whole trajectory, for the chain and for the pools
+    let (cond, cond_k) = (
+        m.text.conditioning(&texts, m.dev)?,
+        m.text.conditioning(&texts_k, m.dev)?,
+    );
     let size = m.unet.config().sample_size.unwrap_or(32);
     let mut x = rng
         .normal((b, 3, size, size), 0.0, 1.0, DType::F32, m.dev)
@@ -280,7 +291,7 @@ fn rollout(
         // 1. the model's prediction for the current state
         let (xb, eps) = match pool.take() {
             Some(mut pl) => {
-                let eps_c = m.eps(&pl.cands, t, &texts_k, s.cfg)?;
+                let eps_c = m.eps(&pl.cands, t, &cond_k, s.cfg)?;
                 if pl.history.len() < s.j {
                     // MSPO: every candidate takes another plain step before it is judged.
                     let z = rng
@@ -318,7 +329,7 @@ fn rollout(
                 )
             }
             None => {
-                let eps = m.eps(&x, t, &texts, s.cfg)?;
+                let eps = m.eps(&x, t, &cond, s.cfg)?;
                 (x.clone(), eps)
             }
         };
@@ -486,9 +497,10 @@ fn train_round(
             .map(|&i| pairs[i].prompt.as_str())
             .collect();
         // log-probabilities of the stored x_{t−1} under the policy and the frozen reference
+        let prompts = m.text.conditioning(&texts, m.dev)?;
         let logp = |lora: bool| -> Result<Tensor, StageError> {
             m.unet.set_lora_enabled(lora);
-            let eps = m.text.guided_eps(m.unet, &xt, &ts, &texts, s.cfg, m.dev)?;
+            let eps = prompts.guided_eps(m.unet, &xt, &ts, s.cfg)?;
             let eps = if lora { eps } else { eps.detach() };
             m.ddim
                 .transition(&eps, &ts, &xt)
