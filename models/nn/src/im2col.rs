@@ -501,10 +501,11 @@ impl CustomOp3 for Conv2dIm2Col {
                     g.fold(scratch, target);
                 }
                 if let Some(norm) = self.norm {
-                    let mut throwaway = Vec::new();
+                    // a frozen input gets no dx, but the norm's backward works in one: the
+                    // im2col scratch, free again by now
                     let dx_i = if dx_i.is_empty() {
-                        throwaway.resize(image, 0.0);
-                        &mut throwaway[..]
+                        scratch.resize(scratch.len().max(image), 0.0);
+                        &mut scratch[..image]
                     } else {
                         dx_i
                     };
