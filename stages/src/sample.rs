@@ -10,7 +10,7 @@ use arrow_schema::{DataType, Field, Schema};
 use candle_core::{DType, Tensor};
 use image::RgbImage;
 use spo_core::{ParamSpec, StageContext, StageError, StageKind};
-use spo_diffusion::{Ddim, GuidanceInputs, NoiseSchedule, SchedulerConfig, guided_prediction};
+use spo_diffusion::{Ddim, NoiseSchedule, SchedulerConfig};
 use spo_nn::SeededRng;
 
 use crate::inworld::{InWorldClip, device, load_unet, on_cores};
@@ -96,8 +96,7 @@ impl StageKind for Sample {
                 .iter()
                 .map(|(i, _)| world.validation[*i].text.as_str())
                 .collect();
-            let cond = clip.context(&texts, &dev)?;
-            let uncond = clip.context(&vec![""; chunk.len()], &dev)?;
+            let prompts = clip.conditioning(&texts, &dev)?;
             let noise: Vec<Tensor> = chunk
                 .iter()
                 .map(|(_, s)| {
@@ -107,18 +106,11 @@ impl StageKind for Sample {
                 .map_err(StageError::other)?;
             let mut x = Tensor::cat(&noise, 0).map_err(StageError::other)?;
             let mut step_rng = SeededRng::new(chunk[0].1 ^ 0x5a17);
-            let inputs = GuidanceInputs {
-                cond: &cond,
-                uncond: &uncond,
-                added_cond: None,
-                added_uncond: None,
-                scale: p.float("cfg")?,
-            };
+            let cfg = p.float("cfg")?;
             x = on_cores(cx.threads(), || {
                 for &t in ddim.timesteps() {
                     let ts = vec![t; chunk.len()];
-                    let eps =
-                        guided_prediction(&unet, &x, &ts, &inputs).map_err(StageError::other)?;
+                    let eps = prompts.guided_eps(&unet, &x, &ts, cfg)?;
                     let z = step_rng
                         .normal(x.shape(), 0.0, 1.0, DType::F32, &dev)
                         .map_err(StageError::other)?;
