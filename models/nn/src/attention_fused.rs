@@ -173,8 +173,8 @@ impl CustomOp3 for FusedAttention {
         let block = dims.n * dims.m;
         let keep = self.probs.wants(batch * self.heads * block);
         let mut out = vec![0f32; q.len()];
-        // each head's scores are computed and normalised in a cache-sized block, then appended
-        // to the image's kept probabilities: one sequential write of memory nothing zero-filled
+        // each head's scores are computed and normalised in a cache-sized scratch block, then
+        // appended to the image's kept probabilities: one sequential write, no zero fill first
         let image = |p: &mut Vec<f32>, (i, out_img): (usize, &mut [f32])| -> Vec<f32> {
             let (q, kv) = (&q[i * q_img..][..q_img], i * kv_img..(i + 1) * kv_img);
             let mut kept = Vec::with_capacity(if keep { self.heads * block } else { 0 });
