@@ -135,8 +135,16 @@ mod tests {
     fn a_width_that_does_not_split_into_the_heads_is_an_error_on_every_path() -> Result<()> {
         let q = Tensor::zeros((1, 3, 6), DType::F32, &Device::Cpu)?;
         for heads in [0, 4] {
-            assert!(multi_head_attention(&q, &q, &q, heads).is_err());
-            assert!(composed_multi_head_attention(&q, &q, &q, heads, false).is_err());
+            for result in [
+                multi_head_attention(&q, &q, &q, heads),
+                composed_multi_head_attention(&q, &q, &q, heads, false),
+            ] {
+                let Err(e) = result else {
+                    panic!("{heads} heads accepted for width 6");
+                };
+                let want = format!("width 6 does not split into {heads} heads");
+                assert!(e.to_string().contains(&want), "{e}");
+            }
         }
         Ok(())
     }
