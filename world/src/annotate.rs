@@ -287,6 +287,7 @@ impl Annotator {
 mod tests {
     use super::*;
     use crate::oracle::compare;
+    use crate::scene::Grammar;
     use rand::SeedableRng;
 
     #[test]
@@ -294,7 +295,7 @@ mod tests {
         let atlas = Atlas::sample(10, 5, 32).unwrap();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         for _ in 0..200 {
-            let s = Scene::sample(&atlas, &mut rng);
+            let s = Scene::sample(&atlas, &Grammar::default(), &mut rng);
             for kind in [
                 LayoutError::Object,
                 LayoutError::Colour,

@@ -25,10 +25,11 @@ pub use annotate::{Annotator, LayoutError, RENDERERS, Renderer};
 pub use atlas::{Atlas, ObjectClass};
 pub use colour::Colour;
 pub use oracle::{
-    Alignment, DetailQuality, Judgement, Parse, alignment, detail_quality, judge, parse,
+    Alignment, DetailQuality, Judgement, Parse, alignment, detail_quality, grain,
+    high_pass_distance, judge, parse, quality_from_high_pass,
 };
-pub use render::{Flaw, FlawKind, render, render_flawed};
-pub use scene::{Entity, Geometry, Layout, Position, Relation, Scene};
+pub use render::{Flaw, FlawKind, QualityMix, render, render_flawed};
+pub use scene::{Entity, Geometry, Grammar, Layout, Position, Relation, Scene};
 pub use world::{Disagreement, ImageRecord, PairRecord, PromptRecord, World, WorldConfig};
 
 /// Why a world could not be built or an image not judged.

@@ -5,9 +5,11 @@
 //! error, searching every template and, per slot, every object in every tint, then refines
 //! each object among its closest candidates by an error that also weighs 4×4 block means
 //! (robust to flaws that keep local means, like blocking and noise). Then:
-//! - [`detail_quality`] is how far the image is from that nearest clean render. It ignores
-//!   what the prompt asked for, so a wrong layout drawn cleanly scores 1 (the layout is
-//!   judged by alignment alone); blur, noise, blocking, bleeding and jaggies lower it.
+//! - [`detail_quality`] grades how far the image's high frequencies are from those of that
+//!   nearest clean render. Every flaw of the world (blur, noise, blocking, bleeding, jaggies)
+//!   acts on high frequencies; a layout error mostly on low ones, and a wrong layout drawn
+//!   cleanly scores 1 (the layout is judged by alignment alone). [`grain`] is an image's own
+//!   high-frequency energy, and [`rmse`] to the prompted render the plain distance.
 //! - [`alignment`] compares the parsed scene with the prompted one, GenEval-style: object,
 //!   colour (of objects and background), position and count, each right or wrong.
 
@@ -17,8 +19,11 @@ use crate::colour::Colour;
 use crate::render::{Canvas, render};
 use crate::scene::{Entity, Layout, MAX_COUNT, Position, Relation, Scene, Slot};
 
-/// Root-mean-square pixel error (in [0, 1] units) at which detail quality is 1/e.
-pub const DETAIL_SCALE: f64 = 0.04;
+/// RMS of the high-pass residual (in [0, 1] units) at which detail quality is 1/2.
+///
+/// Calibrated so that the quality spans the range the world's flaws and models produce:
+/// docs/world.md gives the measured values per flaw kind and strength.
+pub const DETAIL_HALF: f64 = 0.03;
 
 /// What an image shows, and how far it is from the clean-render manifold.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,13 +33,19 @@ pub struct Parse {
     /// RMS difference (in [0, 1] units) between the image and the nearest clean render the
     /// search examined (that of `scene` or of a scene differing from it in one object).
     pub rmse: f64,
+    /// The high-pass distance ([`high_pass_distance`]) to the clean render of `scene`.
+    pub high_pass: f64,
 }
 
-/// Detail quality of an image: exp(−rmse / [`DETAIL_SCALE`]) against its nearest clean
-/// render; 1 for any clean render, whatever its layout.
+/// Detail quality of an image: [`quality_from_high_pass`] of its high-pass distance to the
+/// nearest clean render; 1 for any clean render, whatever its layout.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DetailQuality {
+    /// In (0, 1]; 1/2 at a high-pass distance of [`DETAIL_HALF`].
     pub quality: f64,
+    /// The high-pass distance it grades.
+    pub high_pass: f64,
+    /// The plain RMS distance to the nearest clean render.
     pub rmse: f64,
     /// The scene the image was projected onto.
     pub observed: Scene,
@@ -80,9 +91,79 @@ pub fn rmse(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
     (se / n).sqrt()
 }
 
-/// Detail quality for an RMS distance to the clean render.
-pub fn quality_from_rmse(rmse: f64) -> f64 {
-    (-rmse / DETAIL_SCALE).exp()
+/// Detail quality for a high-pass distance: 1 / (1 + (d / [`DETAIL_HALF`])²), graded
+/// everywhere (no flat tail where every image reads the same), 1 at d = 0.
+pub fn quality_from_high_pass(d: f64) -> f64 {
+    1.0 / (1.0 + (d / DETAIL_HALF).powi(2))
+}
+
+/// `x` blurred by the 3×3 binomial kernel, edges clamped.
+fn binomial_blur(x: &[[f32; 3]], n: usize) -> Vec<[f32; 3]> {
+    let n = n as i64;
+    let at =
+        |v: &[[f32; 3]], xx: i64, y: i64| v[(y.clamp(0, n - 1) * n + xx.clamp(0, n - 1)) as usize];
+    let pass = |src: &[[f32; 3]], horizontal: bool| -> Vec<[f32; 3]> {
+        let mut out = vec![[0f32; 3]; src.len()];
+        for y in 0..n {
+            for xx in 0..n {
+                let (prev, next) = if horizontal {
+                    (at(src, xx - 1, y), at(src, xx + 1, y))
+                } else {
+                    (at(src, xx, y - 1), at(src, xx, y + 1))
+                };
+                let mid = src[(y * n + xx) as usize];
+                out[(y * n + xx) as usize] =
+                    [0, 1, 2].map(|ch| 0.25 * prev[ch] + 0.5 * mid[ch] + 0.25 * next[ch]);
+            }
+        }
+        out
+    };
+    pass(&pass(x, true), false)
+}
+
+/// The two finest bands of a Laplacian pyramid without decimation, concatenated: `x − B x`
+/// (pixel scale) and `B x − B³ x` (a few pixels), B the 3×3 binomial blur. Blur, noise,
+/// blocking, bleeding and jagged edges live here; flat regions and smooth shading do not.
+fn high_pass(x: &Canvas) -> Vec<[f32; 3]> {
+    let n = x.size as usize;
+    let b1 = binomial_blur(&x.px, n);
+    let b3 = binomial_blur(&binomial_blur(&b1, n), n);
+    let fine =
+        x.px.iter()
+            .zip(&b1)
+            .map(|(p, q)| [0, 1, 2].map(|ch| p[ch] - q[ch]));
+    let coarse = b1
+        .iter()
+        .zip(&b3)
+        .map(|(p, q)| [0, 1, 2].map(|ch| p[ch] - q[ch]));
+    fine.chain(coarse).collect()
+}
+
+fn rms_difference(a: &[[f32; 3]], b: &[[f32; 3]]) -> f64 {
+    let se: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(p, q)| {
+            (0..3)
+                .map(|ch| f64::from(p[ch] - q[ch]).powi(2))
+                .sum::<f64>()
+        })
+        .sum();
+    (se / (3 * a.len().max(1)) as f64).sqrt()
+}
+
+/// RMS of the difference of two equally sized images' high-pass residuals, in [0, 1] units:
+/// 0 for equal images and for images that differ only by a smooth shading.
+pub fn high_pass_distance(a: &image::RgbImage, b: &image::RgbImage) -> Result<f64, WorldError> {
+    let (a, b) = (Canvas::from_image(a)?, Canvas::from_image(b)?);
+    Ok(rms_difference(&high_pass(&a), &high_pass(&b)))
+}
+
+/// An image's own high-frequency energy: the RMS of its high-pass residual. Clean renders
+/// have some (sprite edges); noise and blocking add to it, blur takes from it.
+pub fn grain(image: &image::RgbImage) -> Result<f64, WorldError> {
+    let c = Canvas::from_image(image)?;
+    Ok(rms_difference(&high_pass(&c), &vec![[0.0; 3]; c.px.len()]))
 }
 
 /// Projects `image` onto the clean-render manifold of `atlas`'s world.
@@ -208,6 +289,7 @@ pub fn parse(atlas: &Atlas, image: &image::RgbImage) -> Result<Parse, WorldError
     let first = render(atlas, &scene)?;
     let mut objective = refine_objective(&x, &first);
     let mut nearest = rmse(image, &first);
+    let mut chosen = first;
     for (group, list) in best.2.iter().enumerate() {
         for &k in &list[1..] {
             let mut s = scene;
@@ -221,24 +303,32 @@ pub fn parse(atlas: &Atlas, image: &image::RgbImage) -> Result<Parse, WorldError
             nearest = nearest.min(rmse(image, &r));
             let o = refine_objective(&x, &r);
             if o < objective {
-                (scene, objective) = (s, o);
+                (scene, objective, chosen) = (s, o, r);
             }
         }
     }
     Ok(Parse {
         scene,
         rmse: nearest,
+        high_pass: rms_difference(&high_pass(&x), &high_pass(&Canvas::from_image(&chosen)?)),
     })
 }
 
 /// Detail quality of any image of the canvas size: distance to its nearest clean render.
 pub fn detail_quality(atlas: &Atlas, image: &image::RgbImage) -> Result<DetailQuality, WorldError> {
-    let p = parse(atlas, image)?;
-    Ok(DetailQuality {
-        quality: quality_from_rmse(p.rmse),
-        rmse: p.rmse,
-        observed: p.scene,
-    })
+    Ok(DetailQuality::of(parse(atlas, image)?))
+}
+
+impl DetailQuality {
+    /// The detail quality a parse implies.
+    pub fn of(p: Parse) -> DetailQuality {
+        DetailQuality {
+            quality: quality_from_high_pass(p.high_pass),
+            high_pass: p.high_pass,
+            rmse: p.rmse,
+            observed: p.scene,
+        }
+    }
 }
 
 /// Both oracles from one parse: what an evaluation of a generated image needs.
@@ -257,11 +347,7 @@ pub fn judge(
     let p = parse(atlas, image)?;
     Ok(Judgement {
         alignment: compare(prompted, &p.scene),
-        detail: DetailQuality {
-            quality: quality_from_rmse(p.rmse),
-            rmse: p.rmse,
-            observed: p.scene,
-        },
+        detail: DetailQuality::of(p),
     })
 }
 
@@ -407,6 +493,7 @@ fn nearest_background(x: &Canvas) -> Colour {
 mod tests {
     use super::*;
     use crate::render::{Flaw, FlawKind, render_flawed};
+    use crate::scene::Grammar;
     use rand::SeedableRng;
 
     #[test]
@@ -415,7 +502,7 @@ mod tests {
         for (canvas, scenes) in [(32, 60), (48, 15)] {
             let atlas = Atlas::sample(12, 4, canvas).unwrap();
             for _ in 0..scenes {
-                let s = Scene::sample(&atlas, &mut rng);
+                let s = Scene::sample(&atlas, &Grammar::default(), &mut rng);
                 let img = render(&atlas, &s).unwrap();
                 let p = parse(&atlas, &img).unwrap();
                 assert_eq!(p.scene, s, "{canvas}: {}", s.code(&atlas));
@@ -441,8 +528,8 @@ mod tests {
         let atlas = Atlas::sample(12, 4, 32).unwrap();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(10);
         for _ in 0..20 {
-            let prompted = Scene::sample(&atlas, &mut rng);
-            let other = Scene::sample(&atlas, &mut rng);
+            let prompted = Scene::sample(&atlas, &Grammar::default(), &mut rng);
+            let other = Scene::sample(&atlas, &Grammar::default(), &mut rng);
             // A clean render of the wrong scene: perfect detail, imperfect alignment.
             let wrong = render(&atlas, &other).unwrap();
             assert_eq!(detail_quality(&atlas, &wrong).unwrap().quality, 1.0);
@@ -465,6 +552,90 @@ mod tests {
                 assert!(q < 0.95, "{kind:?} on {}: {q}", prompted.code(&atlas));
             }
         }
+    }
+
+    /// Every graded measure moves one way as a flaw gets stronger, for every kind of flaw:
+    /// detail quality falls and the distance to the prompted render grows (on the mean over
+    /// scenes, and on nearly every image). Grain rises with noise and jaggies and falls with
+    /// blur; blocking trades fine detail for block edges and bleeding moves chroma only, so
+    /// grain is no measure of those two.
+    #[test]
+    fn graded_measures_are_monotone_in_each_flaws_strength() {
+        let atlas = Atlas::sample(8, 0, 32).unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let scenes: Vec<Scene> = (0..24)
+            .map(|_| Scene::sample(&atlas, &Grammar::default(), &mut rng))
+            .collect();
+        let strengths = [0.1f32, 0.3, 0.6, 1.0];
+        for kind in FlawKind::ALL {
+            // [strength][measure]: mean detail, mean prompt distance, mean grain
+            let mut means = [[0f64; 3]; 4];
+            let mut image_steps = 0;
+            let mut image_falls = 0;
+            for s in &scenes {
+                let clean = render(&atlas, s).unwrap();
+                let mut last = f64::INFINITY;
+                for (k, &strength) in strengths.iter().enumerate() {
+                    // the same noise draws at every strength: only the strength differs
+                    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+                    let img =
+                        render_flawed(&atlas, s, Some(Flaw { kind, strength }), &mut r).unwrap();
+                    let q = detail_quality(&atlas, &img).unwrap().quality;
+                    means[k][0] += q / scenes.len() as f64;
+                    means[k][1] += rmse(&img, &clean) / scenes.len() as f64;
+                    means[k][2] += grain(&img).unwrap() / scenes.len() as f64;
+                    if k > 0 {
+                        image_steps += 1;
+                        image_falls += usize::from(q <= last + 1e-3);
+                    }
+                    last = q;
+                }
+                assert_eq!(detail_quality(&atlas, &clean).unwrap().quality, 1.0);
+            }
+            for k in 1..strengths.len() {
+                assert!(means[k][0] < means[k - 1][0], "{kind:?} detail {means:?}");
+                assert!(means[k][1] > means[k - 1][1], "{kind:?} distance {means:?}");
+            }
+            // graded: below 1 at the weakest, never in a flat tail at the strongest
+            assert!(
+                means[0][0] < 1.0 && (0.1..0.8).contains(&means[3][0]),
+                "{kind:?}: {means:?}"
+            );
+            let rising = match kind {
+                FlawKind::Noise | FlawKind::Jagged => Some(true),
+                FlawKind::Blur => Some(false),
+                FlawKind::Blocking | FlawKind::ColourBleed => None,
+            };
+            for k in 1..strengths.len() {
+                if let Some(rising) = rising {
+                    assert_eq!(
+                        means[k][2] > means[k - 1][2],
+                        rising,
+                        "{kind:?} grain {means:?}"
+                    );
+                }
+            }
+            assert!(
+                image_falls * 100 >= image_steps * 95,
+                "{kind:?}: detail fell on {image_falls} of {image_steps} steps"
+            );
+        }
+    }
+
+    #[test]
+    fn the_high_pass_distance_ignores_smooth_shading_but_not_edges() {
+        let flat = image::RgbImage::from_pixel(32, 32, image::Rgb([100, 100, 100]));
+        let ramp =
+            image::RgbImage::from_fn(32, 32, |x, _| image::Rgb([100 + 2 * x as u8, 100, 100]));
+        let edge = image::RgbImage::from_fn(32, 32, |x, _| {
+            image::Rgb([if x < 16 { 100 } else { 160 }, 100, 100])
+        });
+        // a linear ramp is all low frequency (but at the clamped border)
+        assert!(high_pass_distance(&flat, &ramp).unwrap() < 0.002);
+        assert!(high_pass_distance(&flat, &edge).unwrap() > 0.005);
+        assert_eq!(high_pass_distance(&edge, &edge).unwrap(), 0.0);
+        assert_eq!(quality_from_high_pass(0.0), 1.0);
+        assert!((quality_from_high_pass(DETAIL_HALF) - 0.5).abs() < 1e-12);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use rand_distr::{Distribution, Normal};
 
 use crate::WorldError;
 use crate::atlas::{Atlas, Sampling};
+use crate::rng::{Stream, stream};
 use crate::scene::Scene;
 
 /// A float RGB canvas in [0, 1], row-major, used while rendering and by the oracles.
@@ -130,6 +131,46 @@ pub struct Flaw {
     pub kind: FlawKind,
     /// How strong, in (0, 1].
     pub strength: f32,
+}
+
+/// How the images a base model is trained on vary in quality, as SD's training set does:
+/// a share of them carries one detail flaw of a uniformly drawn kind and strength.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QualityMix {
+    /// Share of images with a flaw, in [0, 1].
+    pub flawed_share: f64,
+    /// Flaw strengths are drawn uniformly in this range (within (0, 1]).
+    pub strength: (f32, f32),
+}
+
+impl QualityMix {
+    /// The flaw of training image `index` in a mix seeded with `seed` (the same every time).
+    pub fn flaw(&self, seed: u64, index: u64) -> Option<Flaw> {
+        let mut rng = stream(seed, Stream::Training, 2 * index);
+        let (lo, hi) = (
+            self.strength.0.clamp(0.0, 1.0),
+            self.strength.1.clamp(0.0, 1.0),
+        );
+        rng.random_bool(self.flawed_share.clamp(0.0, 1.0))
+            .then(|| Flaw {
+                kind: FlawKind::ALL[rng.random_range(0..FlawKind::ALL.len())],
+                strength: rng.random_range(lo.min(hi)..=hi.max(lo)),
+            })
+    }
+
+    /// Training image `index` of `scene`: its clean render or a flawed one, as [`Self::flaw`]
+    /// decides.
+    pub fn render(
+        &self,
+        atlas: &Atlas,
+        scene: &Scene,
+        seed: u64,
+        index: u64,
+    ) -> Result<(image::RgbImage, Option<Flaw>), WorldError> {
+        let flaw = self.flaw(seed, index);
+        let mut rng = stream(seed, Stream::Training, 2 * index + 1);
+        Ok((render_flawed(atlas, scene, flaw, &mut rng)?, flaw))
+    }
 }
 
 /// Renders `scene` with an optional detail flaw; `rng` drives the noise.
@@ -271,12 +312,15 @@ fn colour_bleed(c: &Canvas, s: f32) -> Canvas {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scene::Grammar;
     use rand::SeedableRng;
 
     fn world() -> (Atlas, Vec<Scene>) {
         let atlas = Atlas::sample(8, 11, 32).unwrap();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-        let scenes = (0..20).map(|_| Scene::sample(&atlas, &mut rng)).collect();
+        let scenes = (0..20)
+            .map(|_| Scene::sample(&atlas, &Grammar::default(), &mut rng))
+            .collect();
         (atlas, scenes)
     }
 
@@ -327,6 +371,41 @@ mod tests {
                 "{kind:?}: weak {weak} strong {strong}"
             );
         }
+    }
+
+    #[test]
+    fn a_quality_mix_flaws_its_share_of_images_the_same_way_every_time() {
+        let (atlas, scenes) = world();
+        let mix = QualityMix {
+            flawed_share: 0.5,
+            strength: (0.1, 1.0),
+        };
+        let flaws: Vec<Option<Flaw>> = (0..400).map(|i| mix.flaw(7, i)).collect();
+        let flawed = flaws.iter().filter(|f| f.is_some()).count();
+        assert!((160..240).contains(&flawed), "{flawed} of 400 flawed");
+        for kind in FlawKind::ALL {
+            assert!(
+                flaws.iter().flatten().any(|f| f.kind == kind),
+                "{kind:?} never drawn"
+            );
+        }
+        assert!(
+            flaws
+                .iter()
+                .flatten()
+                .all(|f| (0.1..=1.0).contains(&f.strength))
+        );
+        for (i, s) in scenes.iter().enumerate() {
+            let (a, fa) = mix.render(&atlas, s, 7, i as u64).unwrap();
+            let (b, fb) = mix.render(&atlas, s, 7, i as u64).unwrap();
+            assert_eq!((a.clone(), fa), (b, fb));
+            assert_eq!(fa.is_none(), a == render(&atlas, s).unwrap());
+        }
+        let none = QualityMix {
+            flawed_share: 0.0,
+            ..mix
+        };
+        assert!((0..100).all(|i| none.flaw(7, i).is_none()));
     }
 
     #[test]

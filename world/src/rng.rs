@@ -12,6 +12,7 @@ pub(crate) enum Stream {
     Prompts = 2,
     Render = 3,
     Annotate = 4,
+    Training = 5,
 }
 
 /// The stream for item `index` of kind `stream` in the world seeded with `seed`.

@@ -202,12 +202,59 @@ impl Geometry {
     }
 }
 
+/// What prompts a world draws: how many background colours, how often a pair, how often a
+/// tint. Smaller grammars are easier for a small base model to learn.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Grammar {
+    /// Prompts use the first this many of [`Colour::BACKGROUNDS`] (1 to 8).
+    pub backgrounds: usize,
+    /// Share of prompts that show a pair of different objects.
+    pub pair_share: f64,
+    /// Share of objects drawn tinted rather than in their own colours.
+    pub tint_share: f64,
+}
+
+impl Default for Grammar {
+    /// Every background; a pair 45% of the time; half the objects tinted.
+    fn default() -> Self {
+        Grammar {
+            backgrounds: Colour::BACKGROUNDS.len(),
+            pair_share: 0.45,
+            tint_share: 0.5,
+        }
+    }
+}
+
+impl Grammar {
+    /// Checks the ranges.
+    pub fn validate(&self) -> Result<(), WorldError> {
+        if !(1..=Colour::BACKGROUNDS.len()).contains(&self.backgrounds) {
+            return Err(WorldError::Config(format!(
+                "backgrounds {} is outside 1..={}",
+                self.backgrounds,
+                Colour::BACKGROUNDS.len()
+            )));
+        }
+        for (name, v) in [
+            ("pair_share", self.pair_share),
+            ("tint_share", self.tint_share),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(WorldError::Config(format!("{name} {v} is outside [0, 1]")));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Scene {
-    /// Draws a prompt scene: a pair 45% of the time, else one group (centred 40% of the
-    /// time, with one, two or three copies); each object tinted half the time, never with
-    /// the background's colour.
-    pub fn sample(atlas: &Atlas, rng: &mut impl Rng) -> Scene {
-        let background = Colour::BACKGROUNDS[rng.random_range(0..Colour::BACKGROUNDS.len())];
+    /// Draws a prompt scene from `grammar`: a pair `pair_share` of the time, else one group
+    /// (centred 40% of the time, with one, two or three copies); each object tinted
+    /// `tint_share` of the time, never with the background's colour.
+    pub fn sample(atlas: &Atlas, grammar: &Grammar, rng: &mut impl Rng) -> Scene {
+        let backgrounds =
+            &Colour::BACKGROUNDS[..grammar.backgrounds.clamp(1, Colour::BACKGROUNDS.len())];
+        let background = backgrounds[rng.random_range(0..backgrounds.len())];
         let classes = atlas.classes().len();
         let entity = |rng: &mut dyn rand::RngCore, not: Option<usize>| {
             let object = loop {
@@ -216,14 +263,14 @@ impl Scene {
                     break o;
                 }
             };
-            let tint = if rng.random_bool(0.5) {
+            let tint = if rng.random_bool(1.0 - grammar.tint_share.clamp(0.0, 1.0)) {
                 None
             } else {
                 Some(random_tint(rng, background))
             };
             Entity { object, tint }
         };
-        let layout = if rng.random_bool(0.45) {
+        let layout = if classes > 1 && rng.random_bool(grammar.pair_share.clamp(0.0, 1.0)) {
             let first = entity(rng, None);
             let second = entity(rng, Some(first.object));
             Layout::Pair {
@@ -510,7 +557,7 @@ mod tests {
         let atlas = Atlas::sample(10, 3, 32).unwrap();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
         for _ in 0..300 {
-            let s = Scene::sample(&atlas, &mut rng);
+            let s = Scene::sample(&atlas, &Grammar::default(), &mut rng);
             assert_eq!(Scene::from_code(&atlas, &s.code(&atlas)).unwrap(), s);
             let p = s.prompt(&atlas);
             assert!(
