@@ -1,6 +1,7 @@
 //! `base-pretrain`: the base text-to-image model of the emoji world — diffusers' UNet layout at a
-//! CPU size, trained with the standard ε-prediction loss on clean renders of the world's
-//! training prompts, conditioned on the frozen in-world CLIP text encoder (as SD-1.5 is on
+//! CPU size, trained with the standard ε-prediction loss on renders of the world's training
+//! prompts of mixed quality (a share carries one of the world's detail flaws, as SD's training
+//! images vary in quality, so that its samples do too), conditioned on the frozen in-world CLIP text encoder (as SD-1.5 is on
 //! OpenAI CLIP), with the prompt dropped 10% of the time so classifier-free guidance works.
 //!
 //! This plays SD-1.5's part in the paper: the model SPO fine-tunes. It works in pixel space on
@@ -11,7 +12,7 @@ use candle_nn::VarMap;
 use spo_core::{ParamSpec, StageContext, StageError, StageKind};
 use spo_diffusion::{NoiseSchedule, SchedulerConfig};
 use spo_nn::{AdamW, AdamWConfig, named_vars, sharded_backward};
-use spo_world::render;
+use spo_world::QualityMix;
 
 use crate::inworld::{InWorldClip, device, new_unet, save_varmap, unet_config};
 use crate::tensors::images_to_tensor;
@@ -26,13 +27,14 @@ impl StageKind for BasePretrain {
         "base-pretrain"
     }
     fn version(&self) -> u32 {
+        // 5: trained on renders of mixed quality (`flawed_share`).
         // 4: a ResNet block's GroupNorm–SiLU–conv is one fused op (last-bit changes).
         // 3: the fused CPU convolution, attention and linear ops change the last bits of
         // every forward and gradient (same model, same maths).
-        4
+        5
     }
     fn summary(&self) -> &'static str {
-        "train the base text-to-image UNet on the world's clean renders (needs world, clip-pretrain)"
+        "train the base text-to-image UNet on the world's renders of mixed quality (needs world, clip-pretrain)"
     }
     fn params(&self) -> Vec<ParamSpec> {
         vec![
@@ -52,6 +54,9 @@ impl StageKind for BasePretrain {
             ParamSpec::int_list("channels", &[32, 64, 64])
                 .range(8.0, 1024.0)
                 .doc("UNet block widths (multiples of 8), one per resolution"),
+            ParamSpec::float("flawed_share", 0.5)
+                .range(0.0, 1.0)
+                .doc("share of training images drawn with one detail flaw (kind uniform, strength uniform in [0.1, 1])"),
             ParamSpec::float("uncond_prob", 0.1)
                 .range(0.0, 1.0)
                 .doc("share of prompts dropped for classifier-free guidance"),
@@ -59,6 +64,8 @@ impl StageKind for BasePretrain {
                 .min(0.0)
                 .doc("seed of the initial weights, batches and noise"),
             ParamSpec::int("checkpoint_every", 100).range(1.0, 1e7),
+            ParamSpec::choice("weights", crate::embedded::WEIGHTS, "train")
+                .doc("train, or embedded: write the pretrained base compiled into spo-pipe (params, world and text encoder must be its recipe's)"),
             ParamSpec::int("shards", 2)
                 .range(1.0, 256.0)
                 .doc("the batch is back-propagated in this many shards, in parallel on the cores free at the time (results do not depend on the cores)"),
@@ -66,17 +73,27 @@ impl StageKind for BasePretrain {
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
         let p = cx.params().clone();
+        if p.str("weights")? == "embedded" {
+            let world = cx.input_of_kind("world")?.clone();
+            let text = cx.input_of_kind("clip-pretrain")?.clone();
+            return crate::embedded::BASE.write(cx, &world, Some(&text));
+        }
         let (steps, batch, seed) = (p.usize("steps")?, p.usize("batch")?, p.int("seed")? as u64);
         let dev = device();
         let world = WorldData::load(cx.input_of_kind("world")?)?;
         let clip = InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?;
 
-        // 1. data: clean renders and their text contexts, computed once
+        // 1. data: renders of mixed quality and their text contexts, computed once
+        let mix = QualityMix {
+            flawed_share: p.float("flawed_share")?,
+            strength: (0.1, 1.0),
+        };
         let images: Vec<image::RgbImage> = world
             .train
             .iter()
-            .map(|pr| render(&world.atlas, &pr.scene))
-            .collect::<Result<_, _>>()
+            .enumerate()
+            .map(|(i, pr)| Ok(mix.render(&world.atlas, &pr.scene, seed, i as u64)?.0))
+            .collect::<Result<_, spo_world::WorldError>>()
             .map_err(StageError::other)?;
         let refs: Vec<&image::RgbImage> = images.iter().collect();
         let x0_all = images_to_tensor(&refs, &dev)?;

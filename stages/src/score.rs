@@ -7,14 +7,16 @@
 //! | `pickscore` | the PickScore analogue (`pickscore-train`): `exp(logit_scale)·cos(img, txt)` |
 //! | `aesthetic` | the in-world LAION-style head (`aesthetic-train`) on the frozen CLIP's normalised image embedding: predicted detail quality |
 //! | `clipscore` | torchmetrics' CLIP score with the pretrained in-world CLIP: `max(100·cos, 0)` |
-//! | `detail` | the detail-quality oracle (spo-world): exp(−rmse/0.04) to the nearest clean render |
+//! | `detail` | the graded detail-quality oracle (spo-world): 1 / (1 + (d / 0.03)²), d the high-pass distance to the nearest clean render |
+//! | `grain` | the image's own high-frequency energy (RMS of its two finest Laplacian bands) |
+//! | `prompt_rmse` | RMS pixel distance to the clean render of the prompted scene (layout and detail together) |
 //! | `object`, `colour`, `position`, `count` | the GenEval-like alignment oracle: each part right or wrong |
 //! | `alignment` | the share of those four parts right |
 //!
 //! The models are trained in the world, so their numbers are not comparable with the paper's
 //! released-weights scores; the oracles are exact. The stage records the mean of each column
-//! as a metric, plus `geneval_overall`, the share of images with all four parts right
-//! (GenEval's per-image correctness).
+//! as a metric, plus `detail_sd` (the spread of detail over the images) and `geneval_overall`,
+//! the share of images with all four parts right (GenEval's per-image correctness).
 
 use std::sync::Arc;
 
@@ -110,8 +112,12 @@ impl InWorldScorers {
 /// What the oracles say about one image.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OracleScores {
-    /// Detail quality in [0, 1].
+    /// Graded detail quality in (0, 1].
     pub detail: f64,
+    /// High-frequency energy of the image.
+    pub grain: f64,
+    /// RMS distance to the clean render of the prompted scene.
+    pub prompt_rmse: f64,
     pub object: bool,
     pub colour: bool,
     pub position: bool,
@@ -181,8 +187,11 @@ pub fn oracle_scores(
     }
     let judge = |(scene, image): (&Scene, &&RgbImage)| -> Result<OracleScores, StageError> {
         let j = spo_world::judge(atlas, scene, image).map_err(StageError::other)?;
+        let prompted = spo_world::render(atlas, scene).map_err(StageError::other)?;
         Ok(OracleScores {
             detail: j.detail.quality,
+            grain: spo_world::grain(image).map_err(StageError::other)?,
+            prompt_rmse: spo_world::oracle::rmse(image, &prompted),
             object: j.alignment.object,
             colour: j.alignment.colour,
             position: j.alignment.position,
@@ -268,8 +277,9 @@ impl StageKind for Score {
         "score"
     }
     fn version(&self) -> u32 {
+        // 3: the graded detail oracle, `grain` and `prompt_rmse`.
         // 2: CLIP's linear layers and attention are spo-nn's fused CPU ops (last-bit changes).
-        2
+        3
     }
     fn summary(&self) -> &'static str {
         "Score generated images (an input with samples.parquet) with the in-world PickScore, aesthetic head and CLIP score, and the detail / GenEval-like alignment oracles"
@@ -350,6 +360,17 @@ pub fn means(scores: &[ImageScores]) -> Vec<(&'static str, f64)> {
         ("aesthetic", avg(&|s| s.aesthetic)),
         ("clipscore", avg(&|s| s.clipscore)),
         ("detail", avg(&|s| s.oracle.detail)),
+        ("detail_sd", {
+            let m = avg(&|s| s.oracle.detail);
+            (scores
+                .iter()
+                .map(|s| (s.oracle.detail - m).powi(2))
+                .sum::<f64>()
+                / (n - 1.0).max(1.0))
+            .sqrt()
+        }),
+        ("grain", avg(&|s| s.oracle.grain)),
+        ("prompt_rmse", avg(&|s| s.oracle.prompt_rmse)),
         ("alignment", avg(&|s| s.oracle.alignment())),
         ("geneval_object", share(&|o| o.object)),
         ("geneval_colour", share(&|o| o.colour)),
@@ -377,6 +398,8 @@ fn write_scores(
         f("aesthetic"),
         f("clipscore"),
         f("detail"),
+        f("grain"),
+        f("prompt_rmse"),
         b("object"),
         b("colour"),
         b("position"),
@@ -402,6 +425,8 @@ fn write_scores(
         floats(&|s| s.aesthetic),
         floats(&|s| s.clipscore),
         floats(&|s| s.oracle.detail),
+        floats(&|s| s.oracle.grain),
+        floats(&|s| s.oracle.prompt_rmse),
         bools(&|o| o.object),
         bools(&|o| o.colour),
         bools(&|o| o.position),

@@ -9,7 +9,7 @@ use arrow_array::{BooleanArray, Float64Array, Int32Array, Int64Array, StringArra
 use arrow_schema::{DataType, Field, Schema};
 use sha2::{Digest, Sha256};
 use spo_core::{ParamSpec, StageContext, StageError, StageKind};
-use spo_world::{Annotator, Layout, PairRecord, Position, Scene, World, WorldConfig};
+use spo_world::{Annotator, Grammar, Layout, PairRecord, Position, Scene, World, WorldConfig};
 
 use crate::pickapic::{PairRow, PairsWriter};
 use crate::prompts::{PromptRow, write_prompts};
@@ -23,14 +23,17 @@ impl StageKind for WorldKind {
         "world"
     }
     fn version(&self) -> u32 {
+        // 3: the graded (high-pass) detail quality changes the annotator's utilities and so
+        // the labels; prompts follow the grammar params.
         // 2: the refined oracle changes `oracle_alignment_agreement` (the files are unchanged).
-        2
+        3
     }
     fn summary(&self) -> &'static str {
         "Build the emoji world: prompts (train / validation), generic preference pairs in Pick-a-Pic's schema, ground truth, a sample grid"
     }
     fn params(&self) -> Vec<ParamSpec> {
         let a = Annotator::default();
+        let g = Grammar::default();
         vec![
             ParamSpec::int("seed", 0)
                 .min(0.0)
@@ -41,6 +44,17 @@ impl StageKind for WorldKind {
             ParamSpec::int("objects", 24)
                 .range(2.0, 400.0)
                 .doc("number of emoji object classes"),
+            ParamSpec::int("backgrounds", g.backgrounds as i64)
+                .range(1.0, 8.0)
+                .doc(
+                    "prompts use the first N of white, gray, black, red, green, blue, yellow, pink",
+                ),
+            ParamSpec::float("pair_share", g.pair_share)
+                .range(0.0, 1.0)
+                .doc("share of prompts showing a pair of different objects"),
+            ParamSpec::float("tint_share", g.tint_share)
+                .range(0.0, 1.0)
+                .doc("share of objects drawn tinted instead of in their own colours"),
             ParamSpec::int("train_prompts", 4000)
                 .min(1.0)
                 .doc("training prompts (SPO's 4k analogue)"),
@@ -80,6 +94,11 @@ impl StageKind for WorldKind {
             train_prompts: p.usize("train_prompts")?,
             validation_prompts: p.usize("validation_prompts")?,
             pairs_per_prompt: p.usize("pairs_per_prompt")?,
+            grammar: Grammar {
+                backgrounds: p.usize("backgrounds")?,
+                pair_share: p.float("pair_share")?,
+                tint_share: p.float("tint_share")?,
+            },
             annotator: Annotator {
                 alignment_weight: p.float("alignment_weight")?,
                 detail_weight: p.float("detail_weight")?,
