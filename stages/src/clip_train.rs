@@ -478,10 +478,16 @@ impl StageKind for ClipPretrain {
             ParamSpec::int("eval_prompts", 256)
                 .range(2.0, 100_000.0)
                 .doc("validation prompts in the retrieval evaluation"),
+            ParamSpec::choice("weights", crate::embedded::WEIGHTS, "train")
+                .doc("train, or embedded: write the pretrained text encoder compiled into spo-pipe (its params and world must be the recipe's)"),
         ]);
         p
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
+        if cx.params().str("weights")? == "embedded" {
+            let world = cx.input_of_kind("world")?.clone();
+            return crate::embedded::TEXT_ENCODER.write(cx, &world, None);
+        }
         crate::inworld::on_cores(cx.threads(), || {
             let metrics = self.train(cx)?;
             record(cx, &metrics);
@@ -677,6 +683,9 @@ pub fn retrieval_top1(
     Ok(hits as f64 / texts.len() as f64)
 }
 
+/// Held-out detail-only pairs (validation scenes) the PickScore analogue is also judged on.
+const DETAIL_PAIRS: usize = 256;
+
 /// The `pickscore-train` stage kind.
 pub struct PickScoreTrain;
 
@@ -757,12 +766,19 @@ impl PickScoreTrain {
         t.finish(cx, "pickscore")?;
         let after = pair_accuracy(&clip, &held)?;
         clip.write(cx)?;
-        Ok(vec![
+        let world = WorldData::load(cx.input_of_kind("world")?)?;
+        let detail = crate::calibrate::detail_pairs(&world, DETAIL_PAIRS, 0.8, seed)?;
+        let mut metrics: Metrics = vec![
             ("heldout_accuracy", after.accuracy),
             ("heldout_accuracy_pretrained", before.accuracy),
             ("heldout_pairs", after.decided as f64),
             ("logit_scale", clip.scale()?.ln()),
-        ])
+        ];
+        if !detail.is_empty() {
+            let overall = crate::calibrate::pickscore_detail_accuracy(&clip, &detail)?;
+            metrics.extend(overall.first().map(|a| ("detail_pair_accuracy", a.1)));
+        }
+        Ok(metrics)
     }
 }
 

@@ -2,9 +2,11 @@
 
 pub mod aesthetic;
 pub mod base;
+pub mod calibrate;
 pub mod clip_train;
 pub mod command;
 pub mod download;
+pub mod embedded;
 pub mod inworld;
 pub mod pickapic;
 pub mod prompts;
@@ -43,6 +45,7 @@ pub fn kinds() -> Vec<Box<dyn StageKind>> {
         Box::new(sample::Sample),
         Box::new(spm::TrainSpm),
         Box::new(spo::SpoTrain),
+        Box::new(calibrate::Calibrate),
         Box::new(world::WorldKind),
         Box::new(pickapic::PickAPic),
         Box::new(prompts::Prompts),
