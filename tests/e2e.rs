@@ -8,9 +8,12 @@ const TINY: &[&str] = &[
     "pipeline.seeds=[0,1]",
     "world.train_prompts=200",
     "world.validation_prompts=20",
+    "text-encoder.weights=\"train\"",
+    "text-encoder.steps=10",
     "clip.steps=10",
     "pickscore.steps=3",
     "aesthetic.steps=3",
+    "base.weights=\"train\"",
     "base.steps=2",
     "base.batch=8",
     "spm.steps=2",
@@ -24,6 +27,7 @@ const TINY: &[&str] = &[
     "sample-spo.prompts=2",
     "sample-spo.per_prompt=1",
     "sample-spo.steps=4",
+    "calibrate.pairs=16",
 ];
 
 fn spo_pipe(store: &std::path::Path, args: &[&str]) -> Output {
@@ -54,7 +58,16 @@ fn the_default_dag_fills_every_table_and_a_second_run_does_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
     for t in [
-        "Table 2", "Table 4", "Table 5", "Table 6", "Table 7", "Table 8", "Table 9",
+        "Table 2",
+        "Table 4",
+        "Table 5",
+        "Table 6",
+        "Table 7",
+        "Table 8",
+        "Table 9",
+        "Calibration: the base model",
+        "Calibration: the judges",
+        "Calibration: SPO",
     ] {
         assert!(tables.contains(t), "{t} not rendered:\n{tables}");
     }
