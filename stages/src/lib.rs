@@ -7,6 +7,7 @@ pub mod command;
 pub mod download;
 pub mod inworld;
 pub mod pickapic;
+mod process_group;
 pub mod prompts;
 pub mod sample;
 pub mod score;
