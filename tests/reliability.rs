@@ -151,13 +151,13 @@ params = {{ cmd = "touch {}; sleep 1; cat $SPO_INPUT_A/a > $SPO_OUT/b" }}
     // Another configuration of `a`: the cell `b` is reading is unreached from this target.
     let gc = p.run(&["gc", "a", "--set", "a.cmd=\"echo 2 > $SPO_OUT/a\""]);
     assert!(gc.status.success(), "{}", text(&gc.stderr));
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
         text(&gc.stdout).contains("in use by a live run"),
         "{}",
         text(&gc.stdout)
     );
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(p.committed().len(), 2);
     // Once the run is over, what it protected is fair game.
     let gc = p.run(&["gc", "a", "--set", "a.cmd=\"echo 2 > $SPO_OUT/a\""]);

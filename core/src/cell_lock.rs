@@ -59,6 +59,19 @@ impl CellLock {
             .map_err(|e| Error::io(&self.store.lock_path(&self.key), e))
     }
 
+    /// Starts the attempt over: moves the scratch directory (an unreadable checkpoint) into
+    /// `runs/quarantine/`, returning where, and empties both directories.
+    pub fn restart(&mut self) -> Result<PathBuf, Error> {
+        let to = self.store.quarantine(&self.scratch)?;
+        for d in [&self.scratch, &self.staging] {
+            if d.exists() {
+                fs::remove_dir_all(d).map_err(|e| Error::io(d, e))?;
+            }
+            fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+        }
+        Ok(to)
+    }
+
     /// Commits the cell: checks that the output holds only files and directories, hashes the
     /// files its writers did not, sets modes (0644 files, 0755 directories and executables),
     /// fsyncs every file and directory, writes the manifest, renames the staging directory to

@@ -17,7 +17,7 @@ use crate::live::LiveRun;
 use crate::manifest::{FileEntry, InputRef, Manifest};
 use crate::plan::{Node, Plan, bare};
 use crate::registry::Registry;
-use crate::stage::{Input, StageContext, StageError};
+use crate::stage::{Input, StageContext, StageError, StageKind};
 use crate::store::{Lookup, Pointer, Store};
 
 /// How to run.
@@ -305,7 +305,7 @@ impl Exec<'_> {
             });
         }
         let on_wait = || (self.on)(Event::Waiting(node));
-        let lock = match self
+        let mut lock = match self
             .store
             .lookup(&self.live, &key, on_wait)
             .map_err(damaged)?
@@ -348,18 +348,20 @@ impl Exec<'_> {
         (self.on)(Event::Started(node));
         let started = unix_now();
         let t0 = Instant::now();
-        let result = catch_unwind(AssertUnwindSafe(|| kind.run(&mut cx))).unwrap_or_else(|p| {
-            let msg = p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_default();
-            Err(StageError::Failed(format!("the stage panicked: {msg}")))
-        });
-        let result = result.and_then(|()| match cx.metrics.iter().find(|(_, v)| !v.is_finite()) {
-            Some((k, v)) => Err(StageError::Failed(format!("metric `{k}` is {v}"))),
-            None => Ok(()),
-        });
+        let mut result = run_stage(kind, &mut cx);
+        if let Err(StageError::Checkpoint { path, message }) = &result {
+            // A checkpoint that cannot be read would fail every rerun: set it aside, start over.
+            let to = lock.restart()?;
+            tracing::warn!(
+                "{}: {}: unreadable checkpoint ({message}); moved the scratch directory to {} and started over",
+                node.display(),
+                path.display(),
+                to.display()
+            );
+            cx.metrics.clear();
+            cx.written.clear();
+            result = run_stage(kind, &mut cx);
+        }
         // On failure, dropping the lock removes the staging directory and keeps the scratch.
         result?;
         let seconds = t0.elapsed().as_secs_f64();
@@ -464,6 +466,22 @@ impl Exec<'_> {
             tool_version: m.tool_version.clone(),
         }
     }
+}
+
+/// Runs one attempt of a stage: a panic is a failure, and so is a non-finite metric.
+fn run_stage(kind: &dyn StageKind, cx: &mut StageContext) -> Result<(), StageError> {
+    let result = catch_unwind(AssertUnwindSafe(|| kind.run(cx))).unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_default();
+        Err(StageError::Failed(format!("the stage panicked: {msg}")))
+    });
+    result.and_then(|()| match cx.metrics.iter().find(|(_, v)| !v.is_finite()) {
+        Some((k, v)) => Err(StageError::Failed(format!("metric `{k}` is {v}"))),
+        None => Ok(()),
+    })
 }
 
 /// The key parts of `node` given its inputs' manifests (in the order of its `needs`).

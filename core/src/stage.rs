@@ -59,6 +59,10 @@ pub enum StageError {
     },
     #[error(transparent)]
     Store(#[from] crate::Error),
+    /// A checkpoint in the scratch directory cannot be read: the executor moves the scratch
+    /// directory into `runs/quarantine/` and runs the cell once more from the start.
+    #[error("{}: unreadable checkpoint: {message}", path.display())]
+    Checkpoint { path: PathBuf, message: String },
     #[error("{0}")]
     Failed(String),
     #[error(transparent)]

@@ -172,7 +172,7 @@ impl Store {
     }
 
     /// Moves `path` to `runs/quarantine/<unix nanos>.<name>`.
-    fn quarantine(&self, path: &Path) -> Result<PathBuf, Error> {
+    pub(crate) fn quarantine(&self, path: &Path) -> Result<PathBuf, Error> {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());

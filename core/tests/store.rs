@@ -72,6 +72,29 @@ fn verify_catches_a_changed_byte() {
 }
 
 #[test]
+fn an_unreadable_checkpoint_is_quarantined_and_the_cell_starts_over() {
+    use std::sync::atomic::Ordering;
+    let (dir, store, pipe, reg) = setup("[stage.r]\nkind = \"resume\"\n");
+    let plan = Plan::build(&pipe, &reg, &["r".to_string()]).unwrap();
+    support::BREAK_CHECKPOINT.store(true, Ordering::SeqCst);
+    let s = run(&pipe, &reg, &store, &plan, &RunOptions::default(), &|_| {}).unwrap();
+    support::BREAK_CHECKPOINT.store(false, Ordering::SeqCst);
+    assert_eq!(s.failed.len(), 1);
+    let s = run(&pipe, &reg, &store, &plan, &RunOptions::default(), &|_| {}).unwrap();
+    assert!(s.failed.is_empty(), "{:?}", s.failed);
+    assert_eq!(s.ran, 1);
+    let quarantined: Vec<_> = std::fs::read_dir(dir.path().join("quarantine"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(quarantined.len(), 1);
+    assert!(
+        quarantined[0].join("ckpt").exists(),
+        "the checkpoint is kept aside"
+    );
+}
+
+#[test]
 fn stale_staging_is_swept_and_manifests_describe_files() {
     let (dir, store, pipe, reg) = setup(PIPE);
     // A leftover from a killed attempt: nobody holds its key's lock.
