@@ -314,7 +314,7 @@ impl Exec<'_> {
                 // A changed or deleted file is no cache hit.
                 self.store.check(&m)?;
                 self.record_reuse(id, &parts, &m)?;
-                return Ok(Outcome::Cached(Resolved { manifest: m }));
+                return Ok(Outcome::Cached(Resolved { manifest: *m }));
             }
             Lookup::Miss(lock) => lock,
         };

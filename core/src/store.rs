@@ -41,7 +41,7 @@ pub struct Store {
 #[derive(Debug)]
 pub enum Lookup {
     /// Committed: its manifest.
-    Hit(Manifest),
+    Hit(Box<Manifest>),
     /// Not committed, and this process now holds the key's lock: compute it and commit.
     Miss(CellLock),
 }
@@ -125,7 +125,7 @@ impl Store {
         on_wait: impl FnOnce(),
     ) -> Result<Lookup, Error> {
         if let Some(m) = run.protect(self, key)? {
-            return Ok(Lookup::Hit(m));
+            return Ok(Lookup::Hit(Box::new(m)));
         }
         let file = self.lock_file(key)?;
         match file.try_lock() {
@@ -139,7 +139,7 @@ impl Store {
         }
         // The holder may have committed it meanwhile.
         match self.committed(key)? {
-            Some(m) => Ok(Lookup::Hit(m)),
+            Some(m) => Ok(Lookup::Hit(Box::new(m))),
             None => Ok(Lookup::Miss(CellLock::new(self.clone(), key, file)?)),
         }
     }
