@@ -87,15 +87,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Remove committed cells and checkpoints that no target reaches.
+    /// Remove committed cells and checkpoints that no target reaches and no live run uses.
     Gc {
         /// Targets whose cells to keep (default: every stage, sweep, table and target).
         targets: Vec<String>,
         #[arg(long, short = 'n')]
         dry_run: bool,
     },
-    /// Re-hash every committed file and report any whose bytes changed.
-    Verify,
+    /// Re-hash every committed file and read every record; report anything damaged.
+    Verify {
+        /// Move damaged cells (with their index rows) and unreadable records into
+        /// runs/quarantine/, so the next run recomputes them; nothing else is touched.
+        #[arg(long)]
+        repair: bool,
+    },
     /// Render the pipeline's tables from the run index (runs nothing).
     Tables {
         /// Table names (default: all).

@@ -7,6 +7,7 @@ use anyhow::Context;
 use indicatif::{MultiProgress, ProgressDrawTarget};
 use spo_core::explain::{self, State};
 use spo_core::run::{self, RunOptions};
+use spo_core::verify::Place;
 use spo_core::{Event, Manifest, Plan, dag, diff, gc, index, tables};
 
 use crate::UsageError;
@@ -56,7 +57,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             json,
         } => cmd_show(&load(pipe_file, store, set)?, &what, seed, head, json),
         Command::Gc { targets, dry_run } => cmd_gc(&load(pipe_file, store, set)?, targets, dry_run),
-        Command::Verify => cmd_verify(&load(pipe_file, store, set)?),
+        Command::Verify { repair } => cmd_verify(&load(pipe_file, store, set)?, repair),
         Command::Tables { names, format } => {
             cmd_tables(&load(pipe_file, store, set)?, &names, format)
         }
@@ -245,6 +246,10 @@ fn cmd_status(l: &Loaded, targets: &[String], json: bool) -> anyhow::Result<Exit
         count(State::Stale),
         count(State::Missing)
     );
+    let damaged = count(State::Damaged);
+    if damaged > 0 {
+        println!("{damaged} damaged: run `spo-pipe verify --repair` to quarantine them");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -289,6 +294,10 @@ fn cmd_why(l: &Loaded, sel: &str, seed: Option<u64>, json: bool) -> anyhow::Resu
                 println!("{name}: cached as {}", w.key.as_deref().map_or("?", short))
             }
             (State::Missing, _) => println!("{name}: never run"),
+            (State::Damaged, _) => println!(
+                "{name}: damaged as {} (run `spo-pipe verify --repair`)",
+                w.key.as_deref().map_or("?", short)
+            ),
             (State::Stale, last) => {
                 println!(
                     "{name}: will rerun (last run {}):",
@@ -442,7 +451,10 @@ fn cmd_gc(l: &Loaded, targets: Vec<String>, dry_run: bool) -> anyhow::Result<Exi
         println!("{verb} checkpoints of {}", short(k));
     }
     for k in &r.busy {
-        println!("kept {} (in use by another process)", short(k));
+        println!(
+            "kept {} (in use by a live run or another process)",
+            short(k)
+        );
     }
     println!(
         "{verb} {} cells ({} B) and {} checkpoint dirs",
@@ -453,15 +465,37 @@ fn cmd_gc(l: &Loaded, targets: Vec<String>, dry_run: bool) -> anyhow::Result<Exi
     Ok(ExitCode::SUCCESS)
 }
 
-fn cmd_verify(l: &Loaded) -> anyhow::Result<ExitCode> {
+fn cmd_verify(l: &Loaded, repair: bool) -> anyhow::Result<ExitCode> {
     let store = l.store()?;
     let mut n = 0;
     let damage = store.verify(|_| n += 1)?;
     for d in &damage {
-        println!("DAMAGED {}  {}: {}", d.key, d.path, d.problem);
+        let place = match &d.place {
+            Place::Cell { key } => format!("cell {key}"),
+            Place::Index => "run index".into(),
+            Place::Pointer => "slot pointer".into(),
+        };
+        println!("DAMAGED {place}  {}: {}", d.path, d.problem);
     }
     println!("verified {n} cells: {} damaged files", damage.len());
-    Ok(if damage.is_empty() {
+    if damage.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !repair {
+        println!("run `spo-pipe verify --repair` to quarantine them; the next run recomputes them");
+        return Ok(ExitCode::from(1));
+    }
+    let r = store.repair(&damage)?;
+    for (what, to) in &r.quarantined {
+        println!("quarantined {what} -> {}", to.display());
+    }
+    for key in &r.busy {
+        println!(
+            "kept {} (in use by another process; repair again when it ends)",
+            short(key)
+        );
+    }
+    Ok(if r.busy.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

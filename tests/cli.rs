@@ -1,42 +1,12 @@
 //! The spo-pipe binary end to end: exit codes, messages, kill -9 and resume, concurrent runs,
 //! verification. Stages here are `command` cells running small shell scripts.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod support;
+
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_spo-pipe"));
-    c.env_remove("RUST_LOG");
-    c
-}
-
-struct Project {
-    dir: tempfile::TempDir,
-}
-
-impl Project {
-    fn new(pipeline: &str) -> Project {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("pipeline.toml"), pipeline).unwrap();
-        Project { dir }
-    }
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-    fn run(&self, args: &[&str]) -> Output {
-        bin().args(args).current_dir(self.path()).output().unwrap()
-    }
-    fn committed(&self) -> Vec<PathBuf> {
-        std::fs::read_dir(self.path().join("runs/store"))
-            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
-            .unwrap_or_default()
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use support::{Project, bin, text};
 
 const TWO: &str = r#"
 [stage.a]

@@ -1,4 +1,5 @@
-//! The orchestrator's error type.
+//! The orchestrator's error type: one for the store and everything around it, keeping the
+//! structure (which file, which cell) so callers can act on it and messages can name it.
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +14,20 @@ pub enum Error {
     },
     #[error("{}: corrupt: {message}", path.display())]
     Corrupt { path: PathBuf, message: String },
+    /// A committed cell no longer holds the bytes its manifest records.
+    #[error(
+        "cell {label} ({key}) is damaged: {}: {problem}; run `spo-pipe verify --repair` to quarantine it so the next run recomputes it",
+        path.display()
+    )]
+    Damaged {
+        key: String,
+        label: String,
+        path: PathBuf,
+        problem: String,
+    },
+    /// A stage wrote something the store cannot commit.
+    #[error("{}: {message}", path.display())]
+    BadOutput { path: PathBuf, message: String },
 }
 
 impl Error {
@@ -20,6 +35,12 @@ impl Error {
         Error::Io {
             path: path.to_owned(),
             source,
+        }
+    }
+    pub(crate) fn corrupt(path: &Path, message: impl ToString) -> Self {
+        Error::Corrupt {
+            path: path.to_owned(),
+            message: message.to_string(),
         }
     }
 }

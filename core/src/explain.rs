@@ -3,7 +3,7 @@
 use std::fmt;
 
 use crate::error::Error;
-use crate::key::KeyParts;
+use crate::key::CellKey;
 use crate::manifest::Manifest;
 use crate::param::Value;
 use crate::plan::Plan;
@@ -21,6 +21,9 @@ pub enum State {
     Stale,
     /// It never ran.
     Missing,
+    /// Its current key is in the store, but its manifest cannot be read
+    /// (`spo-pipe verify --repair` quarantines it).
+    Damaged,
 }
 
 impl fmt::Display for State {
@@ -29,6 +32,7 @@ impl fmt::Display for State {
             State::Cached => "cached",
             State::Stale => "stale",
             State::Missing => "missing",
+            State::Damaged => "damaged",
         })
     }
 }
@@ -113,10 +117,18 @@ pub struct CellStatus {
     pub changes: Vec<Change>,
 }
 
-/// A node's current key parts (when its inputs are all in the store) and its committed manifest.
-pub(crate) type Resolution = (Option<KeyParts>, Option<Manifest>);
+/// What the store says about one node of a plan.
+pub(crate) struct Resolution {
+    /// Its current key parts, when its inputs are all in the store.
+    pub parts: Option<CellKey>,
+    /// Its committed manifest.
+    pub manifest: Option<Manifest>,
+    /// Its key is committed but the manifest cannot be read.
+    pub damaged: bool,
+}
 
-/// The current key parts of every node whose inputs are all in the store (`None` elsewhere).
+/// The current key parts of every node whose inputs are all in the store. A manifest that
+/// cannot be read is reported (naming it) and counts as damaged, not as an error.
 pub(crate) fn resolve(
     registry: &Registry,
     store: &Store,
@@ -124,18 +136,39 @@ pub(crate) fn resolve(
 ) -> Result<Vec<Resolution>, Error> {
     let mut out: Vec<Resolution> = Vec::with_capacity(plan.nodes.len());
     for node in &plan.nodes {
-        let inputs: Option<Vec<&Manifest>> =
-            node.inputs.iter().map(|&i| out[i].1.as_ref()).collect();
+        let inputs: Option<Vec<&Manifest>> = node
+            .inputs
+            .iter()
+            .map(|&i| out[i].manifest.as_ref())
+            .collect();
         let entry = match inputs {
             Some(ms) => {
-                let parts = key_parts(registry, node, ms).map_err(|e| Error::Corrupt {
-                    path: store.root().to_owned(),
-                    message: e.to_string(),
-                })?;
-                let m = store.committed(&parts.key())?;
-                (Some(parts), m)
+                let parts =
+                    key_parts(registry, node, ms).map_err(|e| Error::corrupt(store.root(), e))?;
+                match store.committed(&parts.key()) {
+                    Ok(manifest) => Resolution {
+                        parts: Some(parts),
+                        manifest,
+                        damaged: false,
+                    },
+                    Err(e) => {
+                        tracing::warn!(
+                            "{}: {e}; `spo-pipe verify --repair` quarantines it",
+                            node.display()
+                        );
+                        Resolution {
+                            parts: Some(parts),
+                            manifest: None,
+                            damaged: true,
+                        }
+                    }
+                }
             }
-            None => (None, None),
+            None => Resolution {
+                parts: None,
+                manifest: None,
+                damaged: false,
+            },
         };
         out.push(entry);
     }
@@ -147,13 +180,21 @@ pub fn status(registry: &Registry, store: &Store, plan: &Plan) -> Result<Vec<Cel
     let resolved = resolve(registry, store, plan)?;
     let mut out = Vec::with_capacity(plan.nodes.len());
     for (i, node) in plan.nodes.iter().enumerate() {
-        let (parts, manifest) = &resolved[i];
-        let pointer = if manifest.is_some() {
+        let Resolution {
+            parts,
+            manifest,
+            damaged,
+        } = &resolved[i];
+        let pointer = if manifest.is_some() || *damaged {
             None
         } else {
-            store.pointer(&node.label, node.seed)?
+            store.pointer(&node.label, node.seed).unwrap_or_else(|e| {
+                tracing::warn!("{e}; `spo-pipe verify --repair` quarantines it");
+                None
+            })
         };
         let (state, changes) = match (manifest, &pointer) {
+            _ if *damaged => (State::Damaged, vec![]),
             (Some(_), _) => (State::Cached, vec![]),
             (None, Some(p)) => (
                 State::Stale,
@@ -162,7 +203,7 @@ pub fn status(registry: &Registry, store: &Store, plan: &Plan) -> Result<Vec<Cel
                     parts.as_ref(),
                     node.inputs
                         .iter()
-                        .filter(|&&j| resolved[j].1.is_none())
+                        .filter(|&&j| resolved[j].manifest.is_none())
                         .map(|&j| plan.nodes[j].stage_name.as_str()),
                 ),
             ),
@@ -173,7 +214,7 @@ pub fn status(registry: &Registry, store: &Store, plan: &Plan) -> Result<Vec<Cel
             label: node.label.clone(),
             seed: node.seed,
             state,
-            key: parts.as_ref().map(KeyParts::key),
+            key: parts.as_ref().map(CellKey::key),
             changes,
         });
     }
@@ -210,8 +251,8 @@ pub fn why(registry: &Registry, store: &Store, plan: &Plan, id: usize) -> Result
 /// What differs between the key parts of a cell's last run and its current ones (`None` when an
 /// input has no current output yet: then `pending` names those inputs).
 pub fn diff<'a>(
-    old: &KeyParts,
-    new: Option<&KeyParts>,
+    old: &CellKey,
+    new: Option<&CellKey>,
     pending: impl Iterator<Item = &'a str>,
 ) -> Vec<Change> {
     let mut changes = Vec::new();

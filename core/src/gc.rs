@@ -1,9 +1,10 @@
-//! Garbage collection: drop what no target reaches.
+//! Garbage collection: drop what no target reaches and no live run protects.
 
 use std::collections::BTreeSet;
 
 use crate::error::Error;
 use crate::explain::resolve;
+use crate::live::Gate;
 use crate::plan::Plan;
 use crate::registry::Registry;
 use crate::store::Store;
@@ -15,12 +16,14 @@ pub struct GcReport {
     pub cells: Vec<(String, String, u64)>,
     /// Scratch directories of keys no target reaches.
     pub scratch: Vec<String>,
-    /// Cells kept because another process held their lock.
+    /// Cells kept because a live run protects them (it reads them or committed them) or
+    /// another process holds their lock.
     pub busy: Vec<String>,
 }
 
 /// Removes (unless `dry_run`) every committed cell and scratch directory whose key is not the
-/// current key of some cell of `plan`.
+/// current key of some cell of `plan` and that no live run protects. While it removes, runs
+/// wait to resolve keys (the gate, `live.rs`).
 pub fn gc(
     registry: &Registry,
     store: &Store,
@@ -29,44 +32,40 @@ pub fn gc(
 ) -> Result<GcReport, Error> {
     let keep: BTreeSet<String> = resolve(registry, store, plan)?
         .into_iter()
-        .filter_map(|(p, _)| p.map(|p| p.key()))
+        .filter_map(|r| r.parts.map(|p| p.key()))
         .collect();
+    let (gate, protected) = Gate::close(store)?;
     let mut report = GcReport::default();
     for key in store.keys()? {
         if keep.contains(&key) {
+            continue;
+        }
+        if protected.contains(&key) {
+            report.busy.push(key);
             continue;
         }
         let label = crate::manifest::Manifest::read(&store.cell_dir(&key))
             .map(|m| m.label)
             .unwrap_or_else(|_| "?".into());
         let bytes = store.size(&key);
-        if dry_run || store.remove(&key)? {
+        if dry_run || store.remove(&gate, &key)? {
             report.cells.push((key, label, bytes));
         } else {
             report.busy.push(key);
         }
     }
     let scratch_root = store.root().join("scratch");
-    for e in std::fs::read_dir(&scratch_root).map_err(|e| Error::Io {
-        path: scratch_root.clone(),
-        source: e,
-    })? {
-        let e = e.map_err(|e| Error::Io {
-            path: scratch_root.clone(),
-            source: e,
-        })?;
+    for e in std::fs::read_dir(&scratch_root).map_err(|e| Error::io(&scratch_root, e))? {
+        let e = e.map_err(|e| Error::io(&scratch_root, e))?;
         let key = e.file_name().to_string_lossy().into_owned();
-        if keep.contains(&key) {
+        if keep.contains(&key) || protected.contains(&key) {
             continue;
         }
         if !dry_run {
             let Some(_lock) = store.try_lock(&key)? else {
                 continue;
             };
-            std::fs::remove_dir_all(e.path()).map_err(|err| Error::Io {
-                path: e.path(),
-                source: err,
-            })?;
+            std::fs::remove_dir_all(e.path()).map_err(|err| Error::io(&e.path(), err))?;
         }
         report.scratch.push(key);
     }

@@ -125,7 +125,13 @@ pub fn append(dir: &Path, row: &IndexRow) -> Result<(), Error> {
     write_atomic(&path, &buf)
 }
 
-/// Reads every row of the index in `dir`, oldest first.
+/// Reads the row file at `path`, for `verify`.
+pub fn check_file(path: &Path) -> Result<(), Error> {
+    read_file(path, &mut Vec::new())
+}
+
+/// Reads every row of the index in `dir`, oldest first. A file that cannot be read is skipped
+/// with a warning that names it (`spo-pipe verify --repair` quarantines it).
 pub fn read_all(dir: &Path) -> Result<Vec<IndexRow>, Error> {
     let mut rows = Vec::new();
     let entries = match fs::read_dir(dir) {
@@ -137,7 +143,13 @@ pub fn read_all(dir: &Path) -> Result<Vec<IndexRow>, Error> {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
         let path = entry.path();
         if path.extension().and_then(|e| e.to_str()) == Some("parquet") {
-            read_file(&path, &mut rows)?;
+            let mut file_rows = Vec::new();
+            match read_file(&path, &mut file_rows) {
+                Ok(()) => rows.append(&mut file_rows),
+                Err(e) => tracing::warn!(
+                    "skipping an unreadable run-index file ({e}); `spo-pipe verify --repair` quarantines it"
+                ),
+            }
         }
     }
     rows.sort_by(|a, b| (a.started + a.seconds).total_cmp(&(b.started + b.seconds)));

@@ -5,6 +5,7 @@
 //! cell committed atomically under its key. It knows nothing of diffusion: stage kinds plug in
 //! through [`StageKind`].
 
+pub mod cell_lock;
 pub mod config;
 pub mod config_error;
 pub mod cores;
@@ -14,6 +15,7 @@ pub mod explain;
 pub mod gc;
 pub mod index;
 pub mod key;
+pub mod live;
 pub mod manifest;
 pub mod param;
 pub mod plan;
@@ -23,17 +25,20 @@ pub mod stage;
 pub mod stats;
 pub mod store;
 pub mod tables;
+pub mod verify;
 
 mod error;
 mod fileinfo;
+mod memo;
 
 pub use config::{Pipeline, Rows, StageDef, SweepDef, TableDef};
 pub use config_error::ConfigError;
 pub use error::Error;
+pub use key::CellKey;
 pub use manifest::{FileEntry, FileInfo, InputRef, Manifest};
 pub use param::{ParamSpec, ParamType, Params, Value};
 pub use plan::{Node, Plan, PlanError};
 pub use registry::Registry;
 pub use run::{Event, RunOptions, RunSummary};
 pub use stage::{ArtifactWriter, Input, StageContext, StageError, StageKind};
-pub use store::Store;
+pub use store::{Lookup, Store};

@@ -9,10 +9,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use sha2::{Digest, Sha256};
-
 use crate::config::{Pipeline, Rows};
 use crate::config_error::unknown_hint;
+use crate::key::cell_id;
 use crate::param::{Params, Value};
 use crate::registry::Registry;
 
@@ -323,14 +322,12 @@ impl<'a> Builder<'a> {
                 params.0.insert(k.clone(), v.clone());
             }
         }
-        let mut enc = b"spo-pipe-cell-v1\0".to_vec();
-        Value::Str(def.name.clone()).encode(&mut enc);
-        Value::Str(def.kind.clone()).encode(&mut enc);
-        params.encode(&mut enc);
-        for &i in &inputs {
-            Value::Str(self.plan.nodes[i].cell.clone()).encode(&mut enc);
-        }
-        let cell = hex::encode(Sha256::digest(&enc));
+        let cell = cell_id(
+            &def.name,
+            &def.kind,
+            &params,
+            inputs.iter().map(|&i| self.plan.nodes[i].cell.as_str()),
+        );
         if let Some(&id) = self.plan.by_id.get(&(cell.clone(), own_seed)) {
             return id;
         }

@@ -12,12 +12,13 @@ use crate::config::Pipeline;
 use crate::cores::CoreBudget;
 use crate::error::Error;
 use crate::index::{self, IndexRow};
-use crate::key::KeyParts;
+use crate::key::CellKey;
+use crate::live::LiveRun;
 use crate::manifest::{FileEntry, InputRef, Manifest};
 use crate::plan::{Node, Plan, bare};
 use crate::registry::Registry;
-use crate::stage::{Input, StageContext, StageError};
-use crate::store::{Pointer, Store};
+use crate::stage::{Input, StageContext, StageError, StageKind};
+use crate::store::{Lookup, Pointer, Store};
 
 /// How to run.
 #[derive(Clone)]
@@ -129,6 +130,7 @@ pub fn run(
     let ex = Exec {
         registry,
         store,
+        live: LiveRun::start(store)?,
         plan,
         opts,
         on,
@@ -158,6 +160,8 @@ pub fn run(
 struct Exec<'a> {
     registry: &'a Registry,
     store: &'a Store,
+    /// Protects every key this run resolves from `gc` until the run ends.
+    live: LiveRun,
     plan: &'a Plan,
     opts: &'a RunOptions,
     on: &'a (dyn Fn(Event<'_>) + Sync),
@@ -169,7 +173,11 @@ enum Outcome {
     Cached(Resolved),
     Ran(Resolved, f64),
     WouldRun,
-    Failed(String),
+    /// The error; `fatal` stops the run even with `--keep-going` (damage in the store).
+    Failed {
+        message: String,
+        fatal: bool,
+    },
 }
 
 impl Exec<'_> {
@@ -249,11 +257,11 @@ impl Exec<'_> {
                     (self.on)(Event::WouldRun(node));
                     g.state[id] = St::Failed;
                 }
-                Outcome::Failed(msg) => {
-                    (self.on)(Event::Failed(node, &msg));
-                    g.summary.failed.push((node.display(), msg));
+                Outcome::Failed { message, fatal } => {
+                    (self.on)(Event::Failed(node, &message));
+                    g.summary.failed.push((node.display(), message));
                     g.state[id] = St::Failed;
-                    if !self.opts.keep_going {
+                    if fatal || !self.opts.keep_going {
                         g.stop = true;
                     }
                 }
@@ -266,7 +274,10 @@ impl Exec<'_> {
     fn process(&self, id: usize, inputs: &[Resolved]) -> Outcome {
         match self.try_process(id, inputs) {
             Ok(o) => o,
-            Err(e) => Outcome::Failed(e.to_string()),
+            Err(e) => Outcome::Failed {
+                fatal: matches!(e, StageError::Store(Error::Damaged { .. })),
+                message: e.to_string(),
+            },
         }
     }
 
@@ -278,29 +289,39 @@ impl Exec<'_> {
             .ok_or_else(|| StageError::Failed(format!("unknown kind `{}`", node.kind)))?;
         let parts = key_parts(self.registry, node, inputs.iter().map(|r| &r.manifest))?;
         let key = parts.key();
-        let store_err = |e: Error| StageError::Failed(e.to_string());
-        if let Some(m) = self.store.committed(&key).map_err(store_err)? {
-            self.record_reuse(id, &parts, &m).map_err(store_err)?;
-            return Ok(Outcome::Cached(Resolved { manifest: m }));
-        }
-        if self.opts.dry_run {
-            return Ok(Outcome::WouldRun);
-        }
-        let _lock = match self.store.try_lock(&key).map_err(store_err)? {
-            Some(l) => l,
-            None => {
-                (self.on)(Event::Waiting(node));
-                self.store.lock(&key).map_err(store_err)?
-            }
+        let damaged = |e: Error| match e {
+            Error::Corrupt { path, message } => Error::Damaged {
+                key: key.clone(),
+                label: node.label.clone(),
+                path,
+                problem: message,
+            },
+            e => e,
         };
-        // Another process may have committed it while we waited.
-        if let Some(m) = self.store.committed(&key).map_err(store_err)? {
-            self.record_reuse(id, &parts, &m).map_err(store_err)?;
-            return Ok(Outcome::Cached(Resolved { manifest: m }));
+        if self.opts.dry_run {
+            return Ok(match self.store.committed(&key).map_err(damaged)? {
+                Some(m) => Outcome::Cached(Resolved { manifest: m }),
+                None => Outcome::WouldRun,
+            });
         }
-        let staging = self.store.new_staging(&key).map_err(store_err)?;
-        let scratch = self.store.scratch_dir(&key);
-        std::fs::create_dir_all(&scratch).map_err(|e| StageError::io(&scratch, e))?;
+        let on_wait = || (self.on)(Event::Waiting(node));
+        let mut lock = match self
+            .store
+            .lookup(&self.live, &key, on_wait)
+            .map_err(damaged)?
+        {
+            Lookup::Hit(m) => {
+                // A changed or deleted file is no cache hit.
+                self.store.check(&m)?;
+                self.record_reuse(id, &parts, &m)?;
+                return Ok(Outcome::Cached(Resolved { manifest: *m }));
+            }
+            Lookup::Miss(lock) => lock,
+        };
+        // Checked right before use: a cell is never computed from damaged inputs.
+        for r in inputs {
+            self.store.check(&r.manifest)?;
+        }
         let mut cx = StageContext {
             stage: node.stage_name.clone(),
             params: node.params.clone(),
@@ -316,8 +337,9 @@ impl Exec<'_> {
                     manifest: r.manifest.clone(),
                 })
                 .collect(),
-            out_dir: staging.clone(),
-            scratch_dir: scratch.clone(),
+            out_dir: lock.staging().to_owned(),
+            scratch_dir: lock.scratch().to_owned(),
+            lock: Some(lock.holder()?),
             metrics: BTreeMap::new(),
             written: Vec::new(),
             progress: self.opts.progress.clone(),
@@ -326,22 +348,22 @@ impl Exec<'_> {
         (self.on)(Event::Started(node));
         let started = unix_now();
         let t0 = Instant::now();
-        let result = catch_unwind(AssertUnwindSafe(|| kind.run(&mut cx))).unwrap_or_else(|p| {
-            let msg = p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                .unwrap_or_default();
-            Err(StageError::Failed(format!("the stage panicked: {msg}")))
-        });
-        let result = result.and_then(|()| match cx.metrics.iter().find(|(_, v)| !v.is_finite()) {
-            Some((k, v)) => Err(StageError::Failed(format!("metric `{k}` is {v}"))),
-            None => Ok(()),
-        });
-        if let Err(e) = result {
-            let _ = std::fs::remove_dir_all(&staging);
-            return Err(e);
+        let mut result = run_stage(kind, &mut cx);
+        if let Err(StageError::Checkpoint { path, message }) = &result {
+            // A checkpoint that cannot be read would fail every rerun: set it aside, start over.
+            let to = lock.restart()?;
+            tracing::warn!(
+                "{}: {}: unreadable checkpoint ({message}); moved the scratch directory to {} and started over",
+                node.display(),
+                path.display(),
+                to.display()
+            );
+            cx.metrics.clear();
+            cx.written.clear();
+            result = run_stage(kind, &mut cx);
         }
+        // On failure, dropping the lock removes the staging directory and keeps the scratch.
+        result?;
         let seconds = t0.elapsed().as_secs_f64();
         let manifest = Manifest {
             key: key.clone(),
@@ -379,28 +401,24 @@ impl Exec<'_> {
             tool_version: env!("CARGO_PKG_VERSION").to_owned(),
             host: host(),
         };
-        let manifest = self.store.commit(&staging, manifest).map_err(store_err)?;
-        index::append(&self.store.index_dir(), &self.index_row(id, &manifest))
-            .map_err(store_err)?;
-        self.store
-            .write_pointer(
-                &node.label,
-                node.seed,
-                &Pointer {
-                    key: key.clone(),
-                    label: node.label.clone(),
-                    parts,
-                    committed: unix_now(),
-                },
-            )
-            .map_err(store_err)?;
-        let _ = std::fs::remove_dir_all(&scratch);
+        let manifest = lock.commit(manifest)?;
+        index::append(&self.store.index_dir(), &self.index_row(id, &manifest))?;
+        self.store.write_pointer(
+            &node.label,
+            node.seed,
+            &Pointer {
+                key: key.clone(),
+                label: node.label.clone(),
+                parts,
+                committed: unix_now(),
+            },
+        )?;
         Ok(Outcome::Ran(Resolved { manifest }, seconds))
     }
 
     /// A cell that found its key already committed (by another cell with identical inputs, or
     /// another process) still gets its index row and slot pointer, once.
-    fn record_reuse(&self, id: usize, parts: &KeyParts, m: &Manifest) -> Result<(), Error> {
+    fn record_reuse(&self, id: usize, parts: &CellKey, m: &Manifest) -> Result<(), Error> {
         let node = &self.plan.nodes[id];
         if index::row_path(&self.store.index_dir(), &m.key, &node.cell, node.seed).exists() {
             return Ok(());
@@ -450,16 +468,32 @@ impl Exec<'_> {
     }
 }
 
+/// Runs one attempt of a stage: a panic is a failure, and so is a non-finite metric.
+fn run_stage(kind: &dyn StageKind, cx: &mut StageContext) -> Result<(), StageError> {
+    let result = catch_unwind(AssertUnwindSafe(|| kind.run(cx))).unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_default();
+        Err(StageError::Failed(format!("the stage panicked: {msg}")))
+    });
+    result.and_then(|()| match cx.metrics.iter().find(|(_, v)| !v.is_finite()) {
+        Some((k, v)) => Err(StageError::Failed(format!("metric `{k}` is {v}"))),
+        None => Ok(()),
+    })
+}
+
 /// The key parts of `node` given its inputs' manifests (in the order of its `needs`).
 pub fn key_parts<'m>(
     registry: &Registry,
     node: &Node,
     inputs: impl IntoIterator<Item = &'m Manifest>,
-) -> Result<KeyParts, StageError> {
+) -> Result<CellKey, StageError> {
     let kind = registry
         .get(&node.kind)
         .ok_or_else(|| StageError::Failed(format!("unknown kind `{}`", node.kind)))?;
-    Ok(KeyParts {
+    Ok(CellKey {
         kind: node.kind.clone(),
         version: kind.version(),
         params: node.params.clone(),

@@ -57,6 +57,12 @@ pub enum StageError {
         #[source]
         source: io::Error,
     },
+    #[error(transparent)]
+    Store(#[from] crate::Error),
+    /// A checkpoint in the scratch directory cannot be read: the executor moves the scratch
+    /// directory into `runs/quarantine/` and runs the cell once more from the start.
+    #[error("{}: unreadable checkpoint: {message}", path.display())]
+    Checkpoint { path: PathBuf, message: String },
     #[error("{0}")]
     Failed(String),
     #[error(transparent)]
@@ -131,6 +137,8 @@ pub struct StageContext {
     pub(crate) inputs: Vec<Input>,
     pub(crate) out_dir: PathBuf,
     pub(crate) scratch_dir: PathBuf,
+    /// A handle on the cell's lock (none outside a store).
+    pub(crate) lock: Option<File>,
     pub(crate) metrics: std::collections::BTreeMap<String, f64>,
     pub(crate) written: Vec<Written>,
     pub(crate) progress: MultiProgress,
@@ -154,6 +162,7 @@ impl StageContext {
             inputs,
             out_dir,
             scratch_dir,
+            lock: None,
             metrics: Default::default(),
             written: Vec::new(),
             progress: MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden()),
@@ -220,6 +229,18 @@ impl StageContext {
     /// so a rerun resumes; it is removed once the cell commits.
     pub fn scratch_dir(&self) -> &Path {
         &self.scratch_dir
+    }
+    /// A new handle on this cell's lock, for a child process to inherit (as its stdin, say):
+    /// while any process holds one, no other run computes this key or touches its staging and
+    /// scratch directories. `None` outside a store.
+    pub fn lock_holder(&self) -> Result<Option<File>, StageError> {
+        self.lock
+            .as_ref()
+            .map(|f| {
+                f.try_clone()
+                    .map_err(|e| StageError::io(&self.scratch_dir, e))
+            })
+            .transpose()
     }
     /// Records a scalar metric (it goes into the manifest and the run index).
     pub fn metric(&mut self, name: &str, value: f64) {

@@ -5,24 +5,31 @@
 //! runs/staging/<key>.*   one private directory per attempt; swept when its owner is gone
 //! runs/scratch/<key>/    checkpoints of an unfinished cell, removed when it commits
 //! runs/locks/<key>.lock  OS file locks: one computation of a key at a time, across processes
+//! runs/locks/gc.lock     the gate between runs resolving keys and `gc` / `verify --repair`
+//! runs/live/<run>.keys   each live run's protected keys (its inputs and outputs), locked by it
+//! runs/memo/<key>.json   size, mtime, ctime and inode of each file when it last hashed right
+//! runs/quarantine/       damaged cells and unreadable records moved aside by `verify --repair`
 //! runs/cells/<slot>.json the key parts of the last committed run in each slot (for `why`)
 //! runs/index/<key>.parquet  the run index, one file per committed cell
 //! ```
-//! A cell is committed by writing its manifest into the staging directory, fsyncing it and
-//! renaming the directory into `store/` (atomic on one filesystem), so a killed or failed
-//! attempt commits nothing. Locks are released by the OS when their process dies.
+//! The contract is in the types: [`Store::lookup`] answers a key with a [`Lookup::Hit`] or a
+//! [`Lookup::Miss`] holding the key's [`CellLock`], and only a `CellLock` can commit (the
+//! commit fsyncs every file and directory, whatever wrote them, and sets their modes). A killed
+//! or failed attempt commits nothing; locks are released by the OS when their holders die.
 
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
+pub use crate::cell_lock::CellLock;
 use crate::error::Error;
-use crate::fileinfo;
-use crate::key::{KeyParts, output_digest};
-use crate::manifest::{FileEntry, MANIFEST, Manifest};
+use crate::key::CellKey;
+use crate::live::{Gate, LiveRun};
+use crate::manifest::{MANIFEST, Manifest};
 
 /// A store rooted at a `runs/` directory.
 #[derive(Debug, Clone)]
@@ -30,10 +37,13 @@ pub struct Store {
     root: PathBuf,
 }
 
-/// A held lock on one key; dropping it releases the lock.
+/// What the store holds for a key.
 #[derive(Debug)]
-pub struct KeyLock {
-    _file: File,
+pub enum Lookup {
+    /// Committed: its manifest.
+    Hit(Box<Manifest>),
+    /// Not committed, and this process now holds the key's lock: compute it and commit.
+    Miss(CellLock),
 }
 
 /// The last committed run of a cell: its key and the parts of that key.
@@ -41,7 +51,7 @@ pub struct KeyLock {
 pub struct Pointer {
     pub key: String,
     pub label: String,
-    pub parts: KeyParts,
+    pub parts: CellKey,
     /// Unix seconds at commit.
     pub committed: f64,
 }
@@ -54,7 +64,17 @@ pub struct Damage {
     pub problem: String,
 }
 
-const DIRS: [&str; 6] = ["store", "staging", "scratch", "locks", "cells", "index"];
+const DIRS: [&str; 9] = [
+    "store",
+    "staging",
+    "scratch",
+    "locks",
+    "live",
+    "memo",
+    "quarantine",
+    "cells",
+    "index",
+];
 
 impl Store {
     /// Opens (creating if needed) the store at `root`.
@@ -83,7 +103,8 @@ impl Store {
         self.root.join("index")
     }
 
-    /// The manifest of a committed key, or `None` if it is not committed.
+    /// The manifest of a committed key, or `None` if it is not committed. Reading only: a
+    /// run asks [`Store::lookup`], which also protects the key from `gc`.
     pub fn committed(&self, key: &str) -> Result<Option<Manifest>, Error> {
         let dir = self.cell_dir(key);
         match fs::metadata(dir.join(MANIFEST)) {
@@ -93,8 +114,42 @@ impl Store {
         }
     }
 
-    fn lock_file(&self, key: &str) -> Result<File, Error> {
-        let p = self.root.join("locks").join(format!("{key}.lock"));
+    /// Resolves `key` for `run`: protects it from `gc` until the run ends, then answers
+    /// [`Lookup::Hit`] if it is committed, else takes the key's lock ‒ calling `on_wait` first
+    /// if another process holds it (computing it, or a survivor of an earlier run still
+    /// holding it) ‒ and answers again: a `Hit` if the holder committed it, else a `Miss`.
+    pub fn lookup(
+        &self,
+        run: &LiveRun,
+        key: &str,
+        on_wait: impl FnOnce(),
+    ) -> Result<Lookup, Error> {
+        if let Some(m) = run.protect(self, key)? {
+            return Ok(Lookup::Hit(Box::new(m)));
+        }
+        let file = self.lock_file(key)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                on_wait();
+                file.lock()
+                    .map_err(|e| Error::io(&self.lock_path(key), e))?;
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(Error::io(&self.lock_path(key), e)),
+        }
+        // The holder may have committed it meanwhile.
+        match self.committed(key)? {
+            Some(m) => Ok(Lookup::Hit(Box::new(m))),
+            None => Ok(Lookup::Miss(CellLock::new(self.clone(), key, file)?)),
+        }
+    }
+
+    pub(crate) fn lock_path(&self, key: &str) -> PathBuf {
+        self.root.join("locks").join(format!("{key}.lock"))
+    }
+
+    pub(crate) fn lock_file(&self, key: &str) -> Result<File, Error> {
+        let p = self.lock_path(key);
         fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -103,26 +158,18 @@ impl Store {
             .map_err(|e| Error::io(&p, e))
     }
 
-    /// Takes the lock on `key` if no other process holds it.
-    pub fn try_lock(&self, key: &str) -> Result<Option<KeyLock>, Error> {
+    /// The lock on `key` if no process holds it.
+    pub(crate) fn try_lock(&self, key: &str) -> Result<Option<File>, Error> {
         let f = self.lock_file(key)?;
         match f.try_lock() {
-            Ok(()) => Ok(Some(KeyLock { _file: f })),
+            Ok(()) => Ok(Some(f)),
             Err(fs::TryLockError::WouldBlock) => Ok(None),
-            Err(fs::TryLockError::Error(e)) => Err(Error::io(&self.root.join("locks"), e)),
+            Err(fs::TryLockError::Error(e)) => Err(Error::io(&self.lock_path(key), e)),
         }
     }
 
-    /// Waits for the lock on `key`.
-    pub fn lock(&self, key: &str) -> Result<KeyLock, Error> {
-        let f = self.lock_file(key)?;
-        f.lock()
-            .map_err(|e| Error::io(&self.root.join("locks"), e))?;
-        Ok(KeyLock { _file: f })
-    }
-
     /// A fresh staging directory for one attempt at `key` (hold its lock).
-    pub fn new_staging(&self, key: &str) -> Result<PathBuf, Error> {
+    pub(crate) fn new_staging(&self, key: &str) -> Result<PathBuf, Error> {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -149,64 +196,6 @@ impl Store {
             }
         }
         Ok(removed)
-    }
-
-    /// Commits a finished attempt: hashes files not already hashed by their writers, writes the
-    /// manifest, fsyncs and renames the staging directory to `store/<key>`.
-    /// `manifest.files` holds the digests recorded while writing; it is completed here.
-    pub fn commit(&self, staging: &Path, mut manifest: Manifest) -> Result<Manifest, Error> {
-        let mut files = Vec::new();
-        for entry in walkdir::WalkDir::new(staging).sort_by_file_name() {
-            let entry = entry.map_err(|e| Error::Io {
-                path: staging.to_owned(),
-                source: e.into(),
-            })?;
-            if !entry.file_type().is_file() {
-                continue;
-            }
-            let rel = entry
-                .path()
-                .strip_prefix(staging)
-                .map_err(|_| Error::Corrupt {
-                    path: entry.path().to_owned(),
-                    message: "outside staging".into(),
-                })?;
-            let rel = rel.to_string_lossy().replace('\\', "/");
-            if rel == MANIFEST {
-                return Err(Error::Corrupt {
-                    path: entry.path().to_owned(),
-                    message: format!("a stage may not write `{MANIFEST}`; the store writes it"),
-                });
-            }
-            let (sha256, bytes) = match manifest.files.iter().find(|f| f.path == rel) {
-                Some(f) => (f.sha256.clone(), f.bytes),
-                None => hash_file(entry.path())?,
-            };
-            files.push(FileEntry {
-                info: fileinfo::inspect(entry.path()),
-                path: rel,
-                sha256,
-                bytes,
-            });
-        }
-        manifest.digest = output_digest(files.iter().map(|f| (f.path.as_str(), f.sha256.as_str())));
-        manifest.files = files;
-        let mpath = staging.join(MANIFEST);
-        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Corrupt {
-            path: mpath.clone(),
-            message: e.to_string(),
-        })?;
-        write_synced(&mpath, &json)?;
-        sync_dir(staging)?;
-        let dest = self.cell_dir(&manifest.key);
-        if dest.exists() {
-            // Another process committed the same key first (same inputs, same bytes): keep theirs.
-            fs::remove_dir_all(staging).map_err(|e| Error::io(staging, e))?;
-            return Manifest::read(&dest);
-        }
-        fs::rename(staging, &dest).map_err(|e| Error::io(&dest, e))?;
-        sync_dir(&self.root.join("store"))?;
-        Ok(manifest)
     }
 
     /// Records `pointer` as the last committed run in `slot` (a cell's place in the pipeline:
@@ -281,8 +270,9 @@ impl Store {
             .sum()
     }
 
-    /// Removes a committed cell (under its lock, so a reader that is computing it is not hurt).
-    pub fn remove(&self, key: &str) -> Result<bool, Error> {
+    /// Removes a committed cell (under its lock, so a process computing it is not hurt; and
+    /// under the closed gate, whose caller has checked that no live run protects it).
+    pub(crate) fn remove(&self, _gate: &Gate, key: &str) -> Result<bool, Error> {
         let Some(_lock) = self.try_lock(key)? else {
             return Ok(false);
         };
@@ -294,65 +284,12 @@ impl Store {
             .join(format!("{key}.gc.{}", std::process::id()));
         fs::rename(&dir, &trash).map_err(|e| Error::io(&dir, e))?;
         fs::remove_dir_all(&trash).map_err(|e| Error::io(&trash, e))?;
+        self.forget_memo(key);
         let scratch = self.scratch_dir(key);
         if scratch.exists() {
             fs::remove_dir_all(&scratch).map_err(|e| Error::io(&scratch, e))?;
         }
         Ok(true)
-    }
-
-    /// Re-hashes every committed file and reports those whose bytes changed or vanished.
-    pub fn verify(&self, mut on_cell: impl FnMut(&str)) -> Result<Vec<Damage>, Error> {
-        let mut damage = Vec::new();
-        for key in self.keys()? {
-            on_cell(&key);
-            let dir = self.cell_dir(&key);
-            let m = match Manifest::read(&dir) {
-                Ok(m) => m,
-                Err(e) => {
-                    damage.push(Damage {
-                        key: key.clone(),
-                        path: MANIFEST.into(),
-                        problem: e.to_string(),
-                    });
-                    continue;
-                }
-            };
-            if m.key != key {
-                damage.push(Damage {
-                    key: key.clone(),
-                    path: MANIFEST.into(),
-                    problem: format!("manifest is for key {}", m.key),
-                });
-            }
-            for f in &m.files {
-                let p = dir.join(&f.path);
-                match hash_file(&p) {
-                    Ok((sha, bytes)) if sha == f.sha256 && bytes == f.bytes => {}
-                    Ok((sha, bytes)) => damage.push(Damage { key: key.clone(), path: f.path.clone(), problem: format!("content changed: sha256 {sha} ({bytes} bytes), manifest says {} ({} bytes)", f.sha256, f.bytes) }),
-                    Err(e) => damage.push(Damage { key: key.clone(), path: f.path.clone(), problem: e.to_string() }),
-                }
-            }
-            for e in walkdir::WalkDir::new(&dir)
-                .into_iter()
-                .filter_map(Result::ok)
-                .filter(|e| e.file_type().is_file())
-            {
-                let rel = e
-                    .path()
-                    .strip_prefix(&dir)
-                    .map(|r| r.to_string_lossy().replace('\\', "/"))
-                    .unwrap_or_default();
-                if rel != MANIFEST && !m.files.iter().any(|f| f.path == rel) {
-                    damage.push(Damage {
-                        key: key.clone(),
-                        path: rel,
-                        problem: "file not in the manifest".into(),
-                    });
-                }
-            }
-        }
-        Ok(damage)
     }
 }
 
@@ -373,7 +310,7 @@ pub fn hash_file(path: &Path) -> Result<(String, u64), Error> {
     Ok((hex::encode(h.finalize()), n))
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     use std::io::Write;
     let mut f = File::create(path).map_err(|e| Error::io(path, e))?;
     f.write_all(bytes).map_err(|e| Error::io(path, e))?;
@@ -382,12 +319,15 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), Error> {
 
 /// Writes `bytes` to `path` through a temporary file and a rename.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    // Unique per process and call, so two threads writing one path never share a temp file.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
     write_synced(&tmp, bytes)?;
     fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
-fn sync_dir(dir: &Path) -> Result<(), Error> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), Error> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(dir, e))

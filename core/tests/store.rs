@@ -3,6 +3,7 @@
 mod support;
 
 use spo_core::tables::{Format, render};
+use spo_core::verify::Place;
 use spo_core::{Pipeline, Plan, RunOptions, Store, diff, gc, index, run::run};
 
 const PIPE: &str = r#"
@@ -60,8 +61,8 @@ fn verify_catches_a_changed_byte() {
     let damage = store.verify(|_| {}).unwrap();
     assert_eq!(damage.len(), 1);
     assert_eq!(
-        (damage[0].key.as_str(), damage[0].path.as_str()),
-        (key.as_str(), "out.txt")
+        (&damage[0].place, damage[0].path.as_str()),
+        (&Place::Cell { key: key.clone() }, "out.txt")
     );
     assert!(
         damage[0].problem.contains("content changed"),
@@ -71,10 +72,34 @@ fn verify_catches_a_changed_byte() {
 }
 
 #[test]
+fn an_unreadable_checkpoint_is_quarantined_and_the_cell_starts_over() {
+    use std::sync::atomic::Ordering;
+    let (dir, store, pipe, reg) = setup("[stage.r]\nkind = \"resume\"\n");
+    let plan = Plan::build(&pipe, &reg, &["r".to_string()]).unwrap();
+    support::BREAK_CHECKPOINT.store(true, Ordering::SeqCst);
+    let s = run(&pipe, &reg, &store, &plan, &RunOptions::default(), &|_| {}).unwrap();
+    support::BREAK_CHECKPOINT.store(false, Ordering::SeqCst);
+    assert_eq!(s.failed.len(), 1);
+    let s = run(&pipe, &reg, &store, &plan, &RunOptions::default(), &|_| {}).unwrap();
+    assert!(s.failed.is_empty(), "{:?}", s.failed);
+    assert_eq!(s.ran, 1);
+    let quarantined: Vec<_> = std::fs::read_dir(dir.path().join("quarantine"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(quarantined.len(), 1);
+    assert!(
+        quarantined[0].join("ckpt").exists(),
+        "the checkpoint is kept aside"
+    );
+}
+
+#[test]
 fn stale_staging_is_swept_and_manifests_describe_files() {
     let (dir, store, pipe, reg) = setup(PIPE);
     // A leftover from a killed attempt: nobody holds its key's lock.
-    let leftover = store.new_staging("deadbeef").unwrap();
+    let leftover = dir.path().join("staging/deadbeef.1.2");
+    std::fs::create_dir_all(&leftover).unwrap();
     std::fs::write(leftover.join("half.bin"), b"x").unwrap();
     run_targets(&pipe, &reg, &store, &["a"]);
     assert!(!leftover.exists());

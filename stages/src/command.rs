@@ -1,7 +1,10 @@
 //! `command`: run a shell command as a stage, for steps written in any language.
 //!
-//! The command runs under `sh -c` in its own process group, and dies with spo-pipe (Linux
-//! `PR_SET_PDEATHSIG`), so an interrupted run leaves no orphan behind. It sees:
+//! The command runs under `sh -c` in its own process group, which ends with it and with
+//! spo-pipe however spo-pipe ends ([`ProcessGroup`]): no process of a stage outlives it. Its
+//! stdin is a handle on the cell's lock (an empty file), so any process it starts that escapes
+//! the group still keeps the key ‒ its staging and scratch directories ‒ from every other run
+//! until it ends. It sees:
 //!
 //! | variable | meaning |
 //! |---|---|
@@ -16,12 +19,13 @@
 
 use std::fs;
 use std::io::Read;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use sha2::{Digest, Sha256};
 use spo_core::{ParamSpec, Params, StageContext, StageError, StageKind};
+
+use crate::process_group::ProcessGroup;
 
 /// The `command` stage kind.
 pub struct Shell;
@@ -63,13 +67,12 @@ impl StageKind for Shell {
         let log_path = cx.scratch_dir().join("command.log");
         let log = fs::File::create(&log_path).map_err(|e| StageError::io(&log_path, e))?;
         let log2 = log.try_clone().map_err(|e| StageError::io(&log_path, e))?;
+        let stdin = match cx.lock_holder()? {
+            Some(lock) => Stdio::from(lock),
+            None => Stdio::null(),
+        };
         let mut c = Command::new("sh");
-        c.arg("-c")
-            .arg(&cmd)
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .process_group(0);
+        c.arg("-c").arg(&cmd).stdin(stdin).stdout(log).stderr(log2);
         c.env("SPO_OUT", cx.out_dir())
             .env("SPO_SCRATCH", cx.scratch_dir())
             .env("SPO_STAGE", cx.stage());
@@ -89,19 +92,15 @@ impl StageKind for Shell {
                 &i.dir,
             );
         }
-        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill this child when
-        // its parent thread exits, so a killed spo-pipe leaves no orphaned command behind.
-        unsafe {
-            c.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let status = c
-            .status()
-            .map_err(|e| StageError::Failed(format!("cannot start `sh -c {cmd}`: {e}")))?;
+        let cannot_start =
+            |e: std::io::Error| StageError::Failed(format!("cannot start `sh -c {cmd}`: {e}"));
+        let group = ProcessGroup::new().map_err(cannot_start)?;
+        let mut child = group.spawn(&mut c).map_err(cannot_start)?;
+        drop(c); // our copies of the child's stdin and log handles
+        let status = child.wait().map_err(|e| StageError::io(&log_path, e));
+        // Ends whatever the command left running before its output is read or committed.
+        drop(group);
+        let status = status?;
         if !status.success() {
             return Err(StageError::Failed(format!(
                 "`{cmd}` exited with {status}; last output:\n{}",

@@ -9,6 +9,7 @@ pub mod download;
 pub mod embedded;
 pub mod inworld;
 pub mod pickapic;
+mod process_group;
 pub mod prompts;
 pub mod sample;
 pub mod score;

@@ -119,11 +119,48 @@ impl StageKind for Fail {
     }
 }
 
+/// While set, [`Resume`] leaves a garbage checkpoint behind and fails.
+pub static BREAK_CHECKPOINT: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Resumes from `scratch/ckpt` (a number) if there is one; writes `done`.
+pub struct Resume;
+
+impl StageKind for Resume {
+    fn name(&self) -> &'static str {
+        "resume"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn summary(&self) -> &'static str {
+        "reads its checkpoint"
+    }
+    fn params(&self) -> Vec<ParamSpec> {
+        vec![]
+    }
+    fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
+        let ckpt = cx.scratch_dir().join("ckpt");
+        if BREAK_CHECKPOINT.load(Ordering::SeqCst) {
+            std::fs::write(&ckpt, b"\x00garbage").map_err(|e| StageError::io(&ckpt, e))?;
+            return Err(StageError::Failed("killed mid-write".into()));
+        }
+        if let Ok(s) = std::fs::read_to_string(&ckpt) {
+            s.parse::<u32>().map_err(|e| StageError::Checkpoint {
+                path: ckpt.clone(),
+                message: e.to_string(),
+            })?;
+        }
+        cx.write_artifact("out.txt", b"done")
+    }
+}
+
 pub fn registry() -> spo_core::Registry {
     spo_core::Registry::new(vec![
         Box::new(Emit),
         Box::new(Sum),
         Box::new(Train),
         Box::new(Fail),
+        Box::new(Resume),
     ])
 }

@@ -1,0 +1,164 @@
+//! [`CellLock`]: the only way into the store. Held while a cell is computed; its commit makes
+//! the cell durable and readable by every user of the store.
+
+use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::Error;
+use crate::fileinfo;
+use crate::key::output_digest;
+use crate::manifest::{FileEntry, MANIFEST, Manifest};
+use crate::store::{Store, hash_file, sync_dir, write_synced};
+
+/// The held lock on one key whose cell is not committed, with the cell's private staging
+/// directory and its scratch (checkpoint) directory. Dropping it without committing removes the
+/// staging directory, keeps the scratch directory for a resume, and releases the lock.
+#[derive(Debug)]
+pub struct CellLock {
+    store: Store,
+    key: String,
+    file: File,
+    staging: PathBuf,
+    scratch: PathBuf,
+    committed: bool,
+}
+
+impl CellLock {
+    pub(crate) fn new(store: Store, key: &str, file: File) -> Result<CellLock, Error> {
+        let staging = store.new_staging(key)?;
+        let scratch = store.scratch_dir(key);
+        fs::create_dir_all(&scratch).map_err(|e| Error::io(&scratch, e))?;
+        Ok(CellLock {
+            store,
+            key: key.to_owned(),
+            file,
+            staging,
+            scratch,
+            committed: false,
+        })
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+    /// Where the cell's files are written; committed as a whole.
+    pub fn staging(&self) -> &Path {
+        &self.staging
+    }
+    /// Checkpoints that survive a failed or killed attempt.
+    pub fn scratch(&self) -> &Path {
+        &self.scratch
+    }
+    /// Another handle on the lock (the same open file), for a child process to inherit: the
+    /// key stays locked ‒ its staging and scratch directories untouched by any other run ‒
+    /// until every process holding a handle has ended.
+    pub fn holder(&self) -> Result<File, Error> {
+        self.file
+            .try_clone()
+            .map_err(|e| Error::io(&self.store.lock_path(&self.key), e))
+    }
+
+    /// Starts the attempt over: moves the scratch directory (an unreadable checkpoint) into
+    /// `runs/quarantine/`, returning where, and empties both directories.
+    pub fn restart(&mut self) -> Result<PathBuf, Error> {
+        let to = self.store.quarantine(&self.scratch)?;
+        for d in [&self.scratch, &self.staging] {
+            if d.exists() {
+                fs::remove_dir_all(d).map_err(|e| Error::io(d, e))?;
+            }
+            fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+        }
+        Ok(to)
+    }
+
+    /// Commits the cell: checks that the output holds only files and directories, hashes the
+    /// files its writers did not, sets modes (0644 files, 0755 directories and executables),
+    /// fsyncs every file and directory, writes the manifest, renames the staging directory to
+    /// `store/<key>` and fsyncs `store/`; then records each file's stat memo and removes the
+    /// scratch directory. `manifest.files` holds the digests recorded while writing.
+    pub fn commit(mut self, mut manifest: Manifest) -> Result<Manifest, Error> {
+        manifest.key.clone_from(&self.key);
+        let mut files = Vec::new();
+        let mut dirs = Vec::new();
+        for entry in walkdir::WalkDir::new(&self.staging).sort_by_file_name() {
+            let entry = entry.map_err(|e| Error::io(&self.staging, e.into()))?;
+            let path = entry.path();
+            let ft = entry.file_type();
+            if ft.is_dir() {
+                dirs.push(path.to_owned());
+                continue;
+            }
+            let rel = path
+                .strip_prefix(&self.staging)
+                .map_err(|_| Error::corrupt(path, "outside staging"))?
+                .to_string_lossy()
+                .replace('\\', "/");
+            if !ft.is_file() {
+                return Err(Error::BadOutput {
+                    path: path.to_owned(),
+                    message: "a cell's output may hold only regular files and directories".into(),
+                });
+            }
+            if rel == MANIFEST {
+                return Err(Error::BadOutput {
+                    path: path.to_owned(),
+                    message: format!("a stage may not write `{MANIFEST}`; the store writes it"),
+                });
+            }
+            let meta = entry.metadata().map_err(|e| Error::io(path, e.into()))?;
+            let exec = meta.permissions().mode() & 0o111 != 0;
+            set_mode(path, if exec { 0o755 } else { 0o644 })?;
+            let (sha256, bytes) = match manifest.files.iter().find(|f| f.path == rel) {
+                Some(f) => (f.sha256.clone(), f.bytes),
+                None => hash_file(path)?,
+            };
+            File::open(path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| Error::io(path, e))?;
+            files.push(FileEntry {
+                info: fileinfo::inspect(path),
+                path: rel,
+                sha256,
+                bytes,
+            });
+        }
+        // Children before parents, so each directory is synced after everything in it.
+        for d in dirs.iter().rev() {
+            set_mode(d, 0o755)?;
+            sync_dir(d)?;
+        }
+        manifest.digest = output_digest(files.iter().map(|f| (f.path.as_str(), f.sha256.as_str())));
+        manifest.files = files;
+        let mpath = self.staging.join(MANIFEST);
+        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::corrupt(&mpath, e))?;
+        write_synced(&mpath, &json)?;
+        set_mode(&mpath, 0o644)?;
+        sync_dir(&self.staging)?;
+        let dest = self.store.cell_dir(&self.key);
+        if dest.exists() {
+            // Committed by a process that ignored the lock: keep theirs, it has the same inputs.
+            return Manifest::read(&dest);
+        }
+        fs::rename(&self.staging, &dest).map_err(|e| Error::io(&dest, e))?;
+        self.committed = true;
+        sync_dir(&self.store.root().join("store"))?;
+        self.store.record_memo(&manifest)?;
+        if self.scratch.exists() {
+            fs::remove_dir_all(&self.scratch).map_err(|e| Error::io(&self.scratch, e))?;
+        }
+        Ok(manifest)
+    }
+}
+
+impl Drop for CellLock {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_dir_all(&self.staging);
+        }
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), Error> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| Error::io(path, e))
+}
