@@ -2,6 +2,7 @@
 
 pub mod aesthetic;
 pub mod base;
+pub mod checkpoint;
 pub mod clip_train;
 pub mod command;
 pub mod download;
