@@ -210,19 +210,25 @@ fn mutated_set_arguments_never_panic_and_point_into_the_argument() {
         let registry = Registry::new(spo_stages::kinds());
         let text = std::str::from_utf8(PIPELINE).unwrap();
         let pipe = Pipeline::parse("pipeline.toml", text, &registry).unwrap();
-        let parts: &[&str] = &[
+        let spaces: &[&str] = &["", "", " ", "  ", "\t"];
+        let names: &[&str] = &[
             "spo",
             "k",
-            "spo.k",
-            "pipeline.seeds",
-            "base.channels",
+            "pipeline",
+            "seeds",
+            "base",
+            "channels",
             "world",
+            "t_range",
             "é",
-            " ",
-            "  ",
-            ".",
+            "ü.ß",
+            "\u{1F600}",
+            "",
+            "x.y",
+            "continuation",
             "=",
-            "==",
+        ];
+        let values: &[&str] = &[
             "3",
             "-1",
             "[1, 2",
@@ -231,22 +237,37 @@ fn mutated_set_arguments_never_panic_and_point_into_the_argument() {
             "\"x\"",
             "win",
             "1e400",
+            "=",
             "9999999999999999999",
             "{a = 1}",
             "\u{1F600}",
-            "\t",
             "[",
             "]",
-            "spo.t_range",
             "[0, 1001]",
-            "spo.continuation",
             "\"lose\"",
-            "x.y.z",
-            "ü.ß",
+            "[\"é\", 1]",
+            "",
+            "[[1], [2]]",
         ];
         let mut c = Cases(0x5eed_0002);
         for case in 0..1000 {
-            let arg: String = (0..1 + c.below(6)).map(|_| *c.pick(parts)).collect();
+            // `stage.param=value` with spaces, non-ASCII and malformed parts; some cut short
+            let mut arg = String::new();
+            for part in [
+                *c.pick(spaces),
+                *c.pick(names),
+                ".",
+                *c.pick(names),
+                *c.pick(spaces),
+                "=",
+                *c.pick(spaces),
+                *c.pick(values),
+                *c.pick(spaces),
+            ] {
+                if c.below(12) > 0 {
+                    arg.push_str(part);
+                }
+            }
             let mut p = pipe.clone();
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 p.apply_set(&arg, &registry)
@@ -340,16 +361,20 @@ fn the_binary_exits_2_with_a_position_for_every_invalid_pipeline_and_never_panic
                 );
             }
         }
-        // `--jobs 0` is refused, not taken as 1
-        let args: Vec<String> = ["run", "--jobs", "0", "--dry-run"]
-            .map(String::from)
-            .to_vec();
-        let out = spo_pipe(dir.path(), &args);
-        assert_eq!(
-            out.status.code(),
-            Some(2),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        // `--jobs 0` is refused, not taken as 1; a non-ASCII `--set` is an error at its column
+        std::fs::write(&file, PIPELINE).unwrap();
+        for (args, says) in [
+            (&["run", "--jobs", "0", "--dry-run"][..], "0 is not in 1.."),
+            (
+                &["--set", " é.x=1", "status"][..],
+                "--set:1:2: no stage named `é`",
+            ),
+        ] {
+            let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+            let out = spo_pipe(dir.path(), &args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+            assert!(err.contains(says), "{args:?}: {err}");
+        }
     });
 }
