@@ -154,7 +154,7 @@ pub fn load<E: DeserializeOwned>(
         );
     }
     let mut found = checkpoints(dir)?;
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|c| std::cmp::Reverse(c.0));
     for (_, ckpt) in found {
         match read_state::<E>(&ckpt) {
             Ok(state) => {
