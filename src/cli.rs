@@ -43,8 +43,8 @@ pub enum Command {
         plan: PlanArgs,
         /// Cores to use: cells computed at once, and threads lent to a cell computing with
         /// cores to spare (its results do not depend on them) [default: this machine's cores]
-        #[arg(long, short)]
-        jobs: Option<usize>,
+        #[arg(long, short, value_parser = clap::value_parser!(u64).range(1..))]
+        jobs: Option<u64>,
         /// Say what would run, and why, without running it.
         #[arg(long, short = 'n')]
         dry_run: bool,
@@ -142,8 +142,8 @@ pub enum Command {
         #[arg(long, short, default_value = "scores.parquet")]
         out: PathBuf,
         /// Images per forward pass.
-        #[arg(long, default_value_t = 16)]
-        batch: usize,
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+        batch: u64,
     },
 }
 

@@ -28,7 +28,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => cmd_run(
             &load(pipe_file, store, set)?,
             &plan.targets,
-            jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            jobs.map_or_else(
+                || std::thread::available_parallelism().map_or(1, |n| n.get()),
+                |j| usize::try_from(j).unwrap_or(usize::MAX),
+            ),
             dry_run,
             keep_going,
             cli.quiet,
@@ -80,7 +83,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 image_column: &image_column,
                 prompt_column: &prompt_column,
                 out: &out,
-                batch,
+                batch: usize::try_from(batch).unwrap_or(usize::MAX),
             };
             let (n, mean) = crate::score::run(&args)?;
             eprintln!(

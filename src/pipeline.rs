@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use spo_core::config_error::utf8_text;
 use spo_core::{Pipeline, Registry, Store};
 
 use crate::UsageError;
@@ -27,20 +28,21 @@ impl Loaded {
 /// Loads `--pipeline`, else ./pipeline.toml, else the embedded default; applies `--set`.
 pub fn load(file: Option<&Path>, store: Option<&Path>, sets: &[String]) -> anyhow::Result<Loaded> {
     let registry = Registry::new(spo_stages::kinds());
+    let read = |f: &Path| -> anyhow::Result<String> {
+        let bytes = std::fs::read(f).map_err(|e| UsageError(format!("{}: {e}", f.display())))?;
+        Ok(utf8_text(&f.display().to_string(), bytes)?)
+    };
     let (name, text, dir) = match file {
-        Some(f) => {
-            let text = std::fs::read_to_string(f)
-                .map_err(|e| UsageError(format!("{}: {e}", f.display())))?;
-            (
-                f.display().to_string(),
-                text,
-                f.parent().map(Path::to_path_buf).unwrap_or_default(),
-            )
-        }
-        None if Path::new("pipeline.toml").is_file() => {
-            let text = std::fs::read_to_string("pipeline.toml").context("reading pipeline.toml")?;
-            ("pipeline.toml".to_owned(), text, PathBuf::new())
-        }
+        Some(f) => (
+            f.display().to_string(),
+            read(f)?,
+            f.parent().map(Path::to_path_buf).unwrap_or_default(),
+        ),
+        None if Path::new("pipeline.toml").is_file() => (
+            "pipeline.toml".to_owned(),
+            read(Path::new("pipeline.toml"))?,
+            PathBuf::new(),
+        ),
         None => (
             "<embedded pipeline.toml>".to_owned(),
             EMBEDDED.to_owned(),

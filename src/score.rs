@@ -30,11 +30,11 @@ pub struct ScoreArgs<'a> {
     pub batch: usize,
 }
 
-/// Images with where each came from, and their prompts (if any).
+/// Images with where each came from, and their prompts (if any; `None` for a null one).
 struct Inputs {
     sources: Vec<String>,
     images: Vec<RgbImage>,
-    prompts: Vec<String>,
+    prompts: Vec<Option<String>>,
 }
 
 /// Scores and writes `out`; returns the number of images and the mean score.
@@ -59,25 +59,100 @@ pub fn run(a: &ScoreArgs) -> anyhow::Result<(usize, f64)> {
         metric,
         a.weights,
         &ScoreOptions {
-            batch_size: a.batch.max(1),
+            batch_size: a.batch,
             ..Default::default()
         },
         &device,
     )
     .with_context(|| format!("loading {} from {}", a.metric, a.weights.display()))?;
-    let prompts: Vec<&str> = inputs.prompts.iter().map(String::as_str).collect();
+    let mut prompts: Vec<&str> = Vec::with_capacity(inputs.prompts.len());
+    for (p, source) in inputs.prompts.iter().zip(&inputs.sources) {
+        match p {
+            Some(p) => prompts.push(p),
+            None if metric.needs_prompts() => {
+                return Err(UsageError(format!(
+                    "{}: {source}: the prompt (column `{}`) is null",
+                    a.images.display(),
+                    a.prompt_column
+                ))
+                .into());
+            }
+            None => prompts.push(""),
+        }
+    }
     let scores = scorer
         .score(&inputs.images, &prompts)
         .with_context(|| format!("scoring {}", a.images.display()))?;
+    if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
+        let culprit = match non_finite_tensor(a.weights)? {
+            Some((file, tensor)) => {
+                format!("tensor `{tensor}` of {} is not finite", file.display())
+            }
+            None => format!("check the weights in {}", a.weights.display()),
+        };
+        anyhow::bail!(
+            "{}: the {} score of {} is {}: {culprit}; nothing was written",
+            a.images.display(),
+            a.metric,
+            inputs.sources[i],
+            scores[i]
+        );
+    }
     write(a.out, a.metric, &inputs, &scores)?;
     let mean = scores.iter().sum::<f64>() / scores.len() as f64;
     Ok((scores.len(), mean))
 }
 
+/// Decodes an image; a JPEG must also decode in zune-jpeg's strict mode, since the lenient mode
+/// the `image` crate uses fills a truncated or corrupt stream with grey without a word.
 fn decode(bytes: &[u8], what: &str) -> anyhow::Result<RgbImage> {
+    if image::guess_format(bytes).ok() == Some(image::ImageFormat::Jpeg) {
+        let options = zune_core::options::DecoderOptions::default().set_strict_mode(true);
+        zune_jpeg::JpegDecoder::new_with_options(
+            zune_core::bytestream::ZCursor::new(bytes),
+            options,
+        )
+        .decode()
+        .map_err(|e| anyhow::anyhow!("{what}: a truncated or corrupt JPEG: {e:?}"))?;
+    }
     Ok(image::load_from_memory(bytes)
         .with_context(|| format!("{what}: not a decodable image"))?
         .to_rgb8())
+}
+
+/// The first safetensors file (`weights` itself, or one in the folder `weights`) and tensor in it
+/// holding a NaN or an infinity.
+fn non_finite_tensor(weights: &Path) -> anyhow::Result<Option<(PathBuf, String)>> {
+    let files: Vec<PathBuf> = if weights.is_dir() {
+        let mut f: Vec<PathBuf> = std::fs::read_dir(weights)
+            .with_context(|| format!("reading {}", weights.display()))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+            .collect();
+        f.sort();
+        f
+    } else {
+        vec![weights.to_owned()]
+    };
+    for file in files {
+        let Ok(tensors) = candle_core::safetensors::load(&file, &Device::Cpu) else {
+            continue;
+        };
+        let mut names: Vec<&String> = tensors.keys().collect();
+        names.sort();
+        for name in names {
+            let finite = tensors[name]
+                .to_dtype(candle_core::DType::F32)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>())
+                .map(|v| v.iter().all(|x| x.is_finite()));
+            if finite.is_ok_and(|ok| !ok) {
+                return Ok(Some((file, name.clone())));
+            }
+        }
+    }
+    Ok(None)
 }
 
 fn folder(dir: &Path, prompts: Option<&Path>) -> anyhow::Result<Inputs> {
@@ -108,7 +183,7 @@ fn folder(dir: &Path, prompts: Option<&Path>) -> anyhow::Result<Inputs> {
         Some(p) => {
             let text =
                 std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+            let lines: Vec<Option<String>> = text.lines().map(|l| Some(l.to_owned())).collect();
             if lines.len() != files.len() {
                 return Err(UsageError(format!(
                     "{}: {} lines for {} images",
@@ -162,11 +237,8 @@ fn table(path: &Path, image_col: &str, prompt_col: &str) -> anyhow::Result<Input
             let what = format!("{}: row {row}, column `{image_col}`", path.display());
             out.images.push(decode(images.value(i), &what)?);
             if let Some(p) = &prompts {
-                out.prompts.push(if p.is_null(i) {
-                    String::new()
-                } else {
-                    p.value(i).to_owned()
-                });
+                out.prompts
+                    .push((!p.is_null(i)).then(|| p.value(i).to_owned()));
             }
             out.sources.push(format!("row {row}"));
         }
@@ -182,7 +254,7 @@ fn write(out: &Path, metric: &str, inputs: &Inputs, scores: &[f64]) -> anyhow::R
         Field::new(metric, DataType::Float64, false),
     ]));
     let prompts: Vec<Option<&str>> = (0..scores.len())
-        .map(|i| inputs.prompts.get(i).map(String::as_str))
+        .map(|i| inputs.prompts.get(i).and_then(Option::as_deref))
         .collect();
     let batch = RecordBatch::try_new(
         schema.clone(),

@@ -258,6 +258,7 @@ impl Pipeline {
     }
 
     /// Applies `--set stage.param=value` (or `pipeline.seeds=[..]`), validated like the file.
+    /// Every error points at its column in `arg`.
     pub fn apply_set(&mut self, arg: &str, registry: &Registry) -> Result<(), ConfigError> {
         let src = Source {
             name: "--set",
@@ -268,26 +269,31 @@ impl Pipeline {
                 .error(0..arg.len(), "expected `stage.param=value`")
                 .hint("for example `--set spo.k=4` or `--set pipeline.seeds=[0,1,2]`"));
         };
-        let Some((stage, param)) = path.trim().split_once('.') else {
+        let value_base = path.len() + 1;
+        let (path_at, path) = trimmed(path, 0);
+        let Some((stage, param)) = path.split_once('.') else {
             return Err(src
-                .error(0..path.len(), format!("`{path}` is not `stage.param`"))
+                .error(
+                    path_at..path_at + path.len(),
+                    format!("`{path}` is not `stage.param`"),
+                )
                 .hint("for example `--set spo.k=4`"));
         };
-        let vstart = path.len() + 1;
-        let vspan = vstart..arg.len();
-        let parsed = DeValue::parse(value.trim()).map_err(|e| {
+        let (value_at, value) = trimmed(value, value_base);
+        let vspan = value_at..value_at + value.len();
+        let parsed = DeValue::parse(value).map_err(|e| {
+            let span = e
+                .span()
+                .map_or(vspan.clone(), |s| s.start + value_at..s.end + value_at);
             src.error(
-                vspan.clone(),
-                format!(
-                    "`{}` is not a TOML value: {}",
-                    value.trim(),
-                    e.message().trim()
-                ),
+                span,
+                format!("`{value}` is not a TOML value: {}", e.message().trim()),
             )
             .hint("strings need quotes: --set 'stage.p=\"text\"'")
         })?;
         let p = Parser { src, registry };
-        let shifted = Spanned::new(vspan.clone(), parsed.into_inner());
+        let shifted = shift(parsed, value_at);
+        let stage_span = path_at..path_at + stage.len();
         if stage == "pipeline" && param == "seeds" {
             self.seeds = p.seeds(&shifted)?;
             return Ok(());
@@ -295,11 +301,11 @@ impl Pipeline {
         let Some(def) = self.stages.iter_mut().find(|s| s.name == stage) else {
             let names: Vec<&str> = self.stages.iter().map(|s| s.name.as_str()).collect();
             return Err(src
-                .error(0..stage.len(), format!("no stage named `{stage}`"))
+                .error(stage_span, format!("no stage named `{stage}`"))
                 .hint(unknown_hint(stage, &names, "pipeline")));
         };
         let specs = registry.params(&def.kind);
-        let pspan = stage.len() + 1..path.len();
+        let pspan = path_at + stage.len() + 1..path_at + path.len();
         let spec = p.spec(specs, param, pspan, &def.kind)?;
         let v = p.value(&shifted)?;
         let v = spec
@@ -882,6 +888,11 @@ impl Parser<'_> {
                             )
                             .hint(unknown_hint(base, &stage_names, "pipeline")));
                     }
+                    if let Err(e) = crate::plan::parse_selector(pipe, self.registry, &s) {
+                        return Err(self
+                            .src
+                            .error(sel.span(), format!("row `{}`: {e}", label.get_ref())));
+                    }
                     rows.push((label.get_ref().to_string(), s));
                 }
                 if rows.is_empty() {
@@ -961,6 +972,24 @@ impl Parser<'_> {
             digits,
         })
     }
+}
+
+/// `v` with its span, and its items' spans, moved `by` bytes on: a value parsed from a slice of
+/// a longer text, positioned in that text.
+fn shift(v: Val<'_>, by: usize) -> Val<'_> {
+    let span = v.span();
+    let inner = match v.into_inner() {
+        DeValue::Array(items) => DeValue::Array(items.into_iter().map(|i| shift(i, by)).collect()),
+        other => other,
+    };
+    Spanned::new(span.start + by..span.end + by, inner)
+}
+
+/// `text` without surrounding whitespace, and the byte offset where that starts, given that
+/// `text` starts at byte `at`.
+fn trimmed(text: &str, at: usize) -> (usize, &str) {
+    let start = text.len() - text.trim_start().len();
+    (at + start, text.trim())
 }
 
 /// Whether stage `a` is `b` or (transitively) needs it.

@@ -53,9 +53,9 @@ pub(crate) struct Source<'a> {
 }
 
 impl Source<'_> {
-    /// An error at byte span `span`.
+    /// An error at byte span `span` (a span that ends inside a character is widened to it).
     pub fn error(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
-        let start = span.start.min(self.text.len());
+        let start = boundary(self.text, span.start, false);
         let line_start = self.text[..start].rfind('\n').map_or(0, |i| i + 1);
         let line_end = self.text[start..]
             .find('\n')
@@ -63,7 +63,7 @@ impl Source<'_> {
         let line = self.text[..start].matches('\n').count() + 1;
         let src = &self.text[line_start..line_end];
         let col_chars = self.text[line_start..start].chars().count();
-        let end = span.end.clamp(start, line_end);
+        let end = boundary(self.text, span.end, true).clamp(start, line_end);
         let width = self.text[start..end].chars().count();
         ConfigError {
             file: self.name.to_owned(),
@@ -76,12 +76,39 @@ impl Source<'_> {
     }
 }
 
+/// The character boundary of `text` at or before (`up`: at or after) byte `i`, within `text`.
+fn boundary(text: &str, i: usize, up: bool) -> usize {
+    let mut i = i.min(text.len());
+    while !text.is_char_boundary(i) {
+        if up { i += 1 } else { i -= 1 }
+    }
+    i
+}
+
 impl ConfigError {
     /// Adds a hint on how to fix the problem.
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self
     }
+}
+/// `bytes` of file `file` as text, or an error at the line and column of the first byte that is
+/// not UTF-8.
+pub fn utf8_text(file: &str, bytes: Vec<u8>) -> Result<String, ConfigError> {
+    String::from_utf8(bytes).map_err(|e| {
+        let good = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        let text = std::str::from_utf8(&bytes[..good]).unwrap_or_default();
+        let line_start = text.rfind('\n').map_or(0, |i| i + 1);
+        ConfigError {
+            file: file.to_owned(),
+            line: text.matches('\n').count() + 1,
+            col: text[line_start..].chars().count() + 1,
+            message: format!("byte 0x{:02x} is not UTF-8", bytes[good]),
+            hint: Some("save the file as UTF-8".into()),
+            snippet: None,
+        }
+    })
 }
 
 /// The closest candidate within edit distance 2 (a "did you mean").
@@ -144,6 +171,27 @@ mod tests {
             e.to_string(),
             "p.toml:2:7: bad\n  |\n2 | key = 12\n  |       ^^"
         );
+    }
+
+    #[test]
+    fn a_span_inside_a_character_widens_to_it() {
+        let src = Source {
+            name: "--set",
+            text: " é.x=1",
+        };
+        let e = src.error(0..2, "bad");
+        assert_eq!((e.line, e.col), (1, 1));
+        assert_eq!(e.to_string(), "--set:1:1: bad\n  |\n1 |  é.x=1\n  | ^^");
+    }
+
+    #[test]
+    fn invalid_utf8_is_positioned() {
+        let e = utf8_text("p.toml", b"[a]\nk = \"x\xff\"\n".to_vec()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "p.toml:2:7: byte 0xff is not UTF-8\n  = hint: save the file as UTF-8"
+        );
+        assert_eq!(utf8_text("p.toml", b"ok".to_vec()).unwrap(), "ok");
     }
 
     #[test]

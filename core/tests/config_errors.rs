@@ -150,6 +150,18 @@ fn table_metric_and_names() {
         &["row `A` names `b`, which is not a stage"],
     );
     check(
+        "[stage.a]\nkind = \"emit\"\n[table.t]\nrows = { A = \"a@value=x\" }\nmetrics = [\"value\"]\n",
+        4,
+        14,
+        &["row `A`: `a@value=x`: param `value`"],
+    );
+    check(
+        "[stage.a]\nkind = \"emit\"\n[table.t]\nrows = { A = \"a@vlue=3\" }\nmetrics = [\"value\"]\n",
+        4,
+        14,
+        &["unknown param `vlue`", "did you mean `value`?"],
+    );
+    check(
         "[stage.a]\nkind = \"emit\"\n[target.a]\nincludes = [\"a\"]\n",
         3,
         9,
@@ -172,6 +184,30 @@ fn set_overrides_are_validated() {
     assert!(e.to_string().contains("no stage named `zz`"), "{e}");
     p.apply_set("pipeline.seeds=[3,4]", &reg).unwrap();
     assert_eq!(p.seeds, [3, 4]);
+}
+
+#[test]
+fn set_errors_point_at_their_column_in_the_argument() {
+    let reg = support::registry();
+    let mut p = Pipeline::parse("p.toml", "[stage.a]\nkind = \"emit\"\n", &reg).unwrap();
+    let at = |p: &mut Pipeline, arg: &str| {
+        let e = p.apply_set(arg, &reg).unwrap_err();
+        assert_eq!(e.file, "--set", "{e}");
+        (e.col, e.to_string())
+    };
+    // a non-ASCII stage name after a space: no panic, the caret under the name
+    let (col, shown) = at(&mut p, " é.x=1");
+    assert_eq!(col, 2, "{shown}");
+    assert!(shown.contains("no stage named `é`"), "{shown}");
+    // an item inside a list value, and values and params behind spaces
+    assert_eq!(at(&mut p, "pipeline.seeds=[0, -1]").0, 20);
+    assert_eq!(at(&mut p, "  a.value = 700").0, 13);
+    assert_eq!(at(&mut p, " a . value=1").0, 2);
+    assert_eq!(at(&mut p, "  a.vale=1").0, 5);
+    // a malformed value: where TOML stopped, past the comma, not the start of the value
+    assert_eq!(at(&mut p, "a.value=[1,").0, 12);
+    p.apply_set("  a.value = 7 ", &reg).unwrap();
+    assert_eq!(p.stage("a").unwrap().params.int("value").unwrap(), 7);
 }
 
 #[test]

@@ -276,7 +276,7 @@ impl AestheticTrain {
         };
         let mut head = AestheticHead::new(config, seed, &device)?;
         let mut opt = sched.optimiser(&head.varmap)?;
-        let mut t = Trainer::start(
+        let mut t: Trainer = Trainer::start(
             cx,
             "aesthetic",
             sched.steps,

@@ -135,7 +135,7 @@ impl StageKind for BasePretrain {
         .map_err(StageError::other)?;
         let schedule = NoiseSchedule::new(SchedulerConfig::sd15()).map_err(StageError::other)?;
         let train_steps = schedule.config().num_train_timesteps;
-        let mut tr = Trainer::start(
+        let mut tr: Trainer = Trainer::start(
             cx,
             "base",
             steps,

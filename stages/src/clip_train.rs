@@ -532,7 +532,7 @@ impl ClipPretrain {
         let mut clip = WorldClip::new(&arch, vocab, world.canvas as usize, seed, &device)?;
         let renders = render_all(&world, &world.train)?;
         let mut opt = sched.optimiser(&clip.varmap)?;
-        let mut t = Trainer::start(
+        let mut t: Trainer = Trainer::start(
             cx,
             "clip",
             sched.steps,
@@ -741,7 +741,7 @@ impl PickScoreTrain {
         let mut clip = WorldClip::load(cx.input_of_kind("clip-pretrain")?, &device)?;
         let before = pair_accuracy(&clip, &held)?;
         let mut opt = sched.optimiser(&clip.varmap)?;
-        let mut t = Trainer::start(
+        let mut t: Trainer = Trainer::start(
             cx,
             "pickscore",
             sched.steps,

@@ -3,6 +3,7 @@
 pub mod aesthetic;
 pub mod base;
 pub mod calibrate;
+pub mod checkpoint;
 pub mod clip_train;
 pub mod command;
 pub mod download;

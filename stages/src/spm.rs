@@ -235,7 +235,7 @@ fn train(
         },
     )
     .map_err(StageError::other)?;
-    let mut tr = Trainer::start(
+    let mut tr: Trainer = Trainer::start(
         cx,
         "spm",
         steps,

@@ -20,6 +20,7 @@ use spo_core::{ParamSpec, StageContext, StageError, StageKind};
 use spo_diffusion::{Ddim, LoraConfig, NoiseSchedule, SchedulerConfig, UNet2DConditionModel};
 use spo_nn::{AdamW, AdamWConfig, SeededRng, named_vars, seeded_var_builder};
 
+use crate::checkpoint::exact_f64;
 use crate::inworld::{Conditioning, InWorldClip, device, load_unet, on_cores};
 use crate::training::Trainer;
 use crate::vocab::Vocab;
@@ -119,7 +120,7 @@ impl StageKind for SpoTrain {
             dev: &dev,
         };
         let rounds = p.usize("rounds")?;
-        let mut tr = Trainer::start(
+        let mut tr: Trainer<Vec<RoundLog>> = Trainer::start(
             cx,
             "spo",
             rounds,
@@ -128,16 +129,6 @@ impl StageKind for SpoTrain {
             &mut lora_vars,
             &mut opt,
         )?;
-        let log_path = tr.dir().join("rounds.json");
-        let mut log: Vec<RoundLog> = if tr.step > 0 {
-            std::fs::read(&log_path)
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        log.truncate(tr.step);
         while tr.step < rounds {
             // ---- sampling ----
             let prompts: Vec<&Prompt> = tr
@@ -153,7 +144,7 @@ impl StageKind for SpoTrain {
                 let trained = train_round(&models, &cfg, &sampled.0, &mut opt, rng)?;
                 Ok((sampled, trained))
             })?;
-            log.push(RoundLog {
+            tr.extra.push(RoundLog {
                 round: tr.step as u64 + 1,
                 loss,
                 ratio_win: ratios.0,
@@ -162,11 +153,10 @@ impl StageKind for SpoTrain {
                 valid_rate: stats.valid_rate,
                 spm_mean: stats.mean_score,
             });
-            std::fs::write(&log_path, serde_json::to_vec(&log).unwrap_or_default())
-                .map_err(|e| StageError::io(&log_path, e))?;
             // Rounds without a valid pair record the reference loss ln 2.
             tr.record(loss.unwrap_or(std::f64::consts::LN_2), &lora_vars, &opt)?;
         }
+        let log = std::mem::take(&mut tr.extra);
         tr.finish(cx, "spo")?;
         write_rounds(cx, &log)?;
         if let Some(last) = log.last() {
@@ -236,11 +226,16 @@ struct Pair {
 #[derive(Default, Clone, serde::Serialize, serde::Deserialize)]
 struct RoundLog {
     round: u64,
+    #[serde(with = "exact_f64::option")]
     loss: Option<f64>,
+    #[serde(with = "exact_f64")]
     ratio_win: f64,
+    #[serde(with = "exact_f64")]
     ratio_lose: f64,
     pairs: u64,
+    #[serde(with = "exact_f64")]
     valid_rate: f64,
+    #[serde(with = "exact_f64")]
     spm_mean: f64,
 }
 

@@ -1,12 +1,12 @@
 //! What every training stage shares: resumable checkpoints in the cell's scratch directory,
 //! a loss log written as Parquet and as a PNG curve, and a progress bar with loss and rate.
 //!
-//! A checkpoint is the model's variables, the optimizer's moments (spo-nn's AdamW, whose state
-//! is saveable), the RNG state and the step, written atomically every `every` steps; a stage
-//! killed mid-training resumes from its last checkpoint with identical results to an
-//! uninterrupted run.
+//! A checkpoint (see [`crate::checkpoint`]) is the model's variables, the optimizer's moments
+//! (spo-nn's AdamW, whose state is saveable), the RNG state, the step, the loss log and the
+//! stage's own state, written as one atomic unit every `every` steps; a stage killed
+//! mid-training resumes from its last checkpoint and stores the same bytes as an uninterrupted
+//! run.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::{Float64Array, UInt64Array};
@@ -14,30 +14,28 @@ use arrow_schema::{DataType, Field, Schema};
 use candle_nn::VarMap;
 use image::{Rgb, RgbImage};
 use indicatif::ProgressBar;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use spo_core::{StageContext, StageError};
-use spo_nn::{AdamW, RngState, SeededRng};
+use spo_nn::{AdamW, SeededRng};
 
+use crate::checkpoint::{self, State};
 use crate::world_parquet::{col, write_table};
 
-/// Resumable training state.
-pub struct Trainer {
-    dir: PathBuf,
+/// Resumable training state; `E` is the stage's own state, checkpointed with the rest.
+pub struct Trainer<E = ()> {
+    dir: std::path::PathBuf,
     every: usize,
     pub step: usize,
     pub rng: SeededRng,
     /// (step, loss) so far, resumed with the checkpoint.
     pub losses: Vec<(u64, f64)>,
+    /// The stage's own state (e.g. a per-round log), resumed with the checkpoint.
+    pub extra: E,
     pb: ProgressBar,
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
-struct State {
-    step: usize,
-    rng: RngState,
-    losses: Vec<(u64, f64)>,
-}
-
-impl Trainer {
+impl<E: Serialize + DeserializeOwned + Default + Clone> Trainer<E> {
     /// Starts, or resumes from `cx`'s scratch directory, a run of `steps` steps. On resume the
     /// variables of `varmap` and the moments of `opt` are restored.
     pub fn start(
@@ -48,32 +46,24 @@ impl Trainer {
         seed: u64,
         varmap: &mut VarMap,
         opt: &mut AdamW,
-    ) -> Result<Trainer, StageError> {
+    ) -> Result<Trainer<E>, StageError> {
         let dir = cx.scratch_dir().join(name);
         std::fs::create_dir_all(&dir).map_err(|e| StageError::io(&dir, e))?;
         let pb = cx.progress(steps as u64, name);
-        let state_path = dir.join("state.json");
         let mut t = Trainer {
             dir: dir.clone(),
             every: every.max(1),
             step: 0,
             rng: SeededRng::new(seed),
             losses: Vec::new(),
+            extra: E::default(),
             pb,
         };
-        if state_path.exists() {
-            let bytes = std::fs::read(&state_path).map_err(|e| StageError::io(&state_path, e))?;
-            let s: State = serde_json::from_slice(&bytes).map_err(|e| {
-                StageError::Failed(format!("{}: corrupt checkpoint: {e}", state_path.display()))
-            })?;
-            varmap.load(dir.join("model.safetensors")).map_err(|e| {
-                StageError::Failed(format!("{}: {e}", dir.join("model.safetensors").display()))
-            })?;
-            opt.load(&dir.join("adamw.safetensors"))
-                .map_err(StageError::other)?;
+        if let Some(s) = checkpoint::load::<E>(&dir, varmap, opt)? {
             t.step = s.step;
             t.rng = SeededRng::from_state(s.rng);
-            t.losses = s.losses;
+            t.losses = s.losses();
+            t.extra = s.extra;
             tracing::info!("{}: resuming {name} at step {}", cx.stage(), t.step);
         }
         t.pb.set_position(t.step as u64);
@@ -94,32 +84,13 @@ impl Trainer {
         self.pb.set_position(self.step as u64);
         self.pb.set_message(format!("loss {loss:.4}"));
         if self.step.is_multiple_of(self.every) {
-            self.save(varmap, opt)?;
-        }
-        Ok(())
-    }
-
-    fn save(&self, varmap: &VarMap, opt: &AdamW) -> Result<(), StageError> {
-        let tmp = |n: &str| self.dir.join(format!("{n}.tmp"));
-        varmap
-            .save(tmp("model.safetensors"))
-            .map_err(StageError::other)?;
-        opt.save(&tmp("adamw.safetensors"))
-            .map_err(StageError::other)?;
-        let state = State {
-            step: self.step,
-            rng: self.rng.state(),
-            losses: self.losses.clone(),
-        };
-        std::fs::write(
-            tmp("state.json"),
-            serde_json::to_vec(&state).unwrap_or_default(),
-        )
-        .map_err(|e| StageError::io(tmp("state.json"), e))?;
-        // Model and moments first, the state last: a state file always has its tensors.
-        for n in ["model.safetensors", "adamw.safetensors", "state.json"] {
-            std::fs::rename(tmp(n), self.dir.join(n))
-                .map_err(|e| StageError::io(self.dir.join(n), e))?;
+            let state = State::new(
+                self.step,
+                self.rng.state(),
+                &self.losses,
+                self.extra.clone(),
+            );
+            checkpoint::save(&self.dir, state, varmap, opt)?;
         }
         Ok(())
     }
@@ -151,11 +122,6 @@ impl Trainer {
             );
         }
         Ok(())
-    }
-
-    /// The scratch directory of this run, for extra state a stage keeps.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 

@@ -12,7 +12,7 @@
 //! `LoraConfig`. [`load_lora`] also reads diffusers' `…lora.down.weight` / `…lora.up.weight`
 //! dialect (what `convert_state_dict_to_diffusers` writes, e.g. the released SPO LoRAs).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -187,12 +187,45 @@ pub fn save_lora(
     let mut info = HashMap::new();
     info.insert("format".to_string(), "pt".to_string());
     info.insert("lora_adapter_metadata".to_string(), metadata.to_string());
-    safetensors::serialize_to_file(data, Some(info), path).map_err(|e| {
-        DiffusionError::Safetensors {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        }
+    let failed = |message: String| DiffusionError::Safetensors {
+        path: path.to_path_buf(),
+        message,
+    };
+    let bytes = safetensors::serialize(data, Some(info)).map_err(|e| failed(e.to_string()))?;
+    let bytes = sorted_header(&bytes).map_err(failed)?;
+    std::fs::write(path, bytes).map_err(|source| DiffusionError::Io {
+        path: path.to_path_buf(),
+        source,
     })
+}
+
+/// `file` (safetensors bytes) with the keys of its JSON header, `__metadata__` included, in
+/// sorted order: safetensors writes `__metadata__` from a `HashMap`, whose order changes from
+/// process to process, so the same adapter would otherwise get different bytes.
+fn sorted_header(file: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    let len: [u8; 8] = file
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or("no header length")?;
+    let end = usize::try_from(u64::from_le_bytes(len))
+        .ok()
+        .and_then(|n| n.checked_add(8))
+        .filter(|&end| end <= file.len())
+        .ok_or("header length beyond the file")?;
+    let mut header: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&file[8..end]).map_err(|e| e.to_string())?;
+    if let Some(meta) = header.get_mut("__metadata__") {
+        let sorted: BTreeMap<String, String> =
+            serde_json::from_value(meta.take()).map_err(|e| e.to_string())?;
+        *meta = serde_json::to_value(sorted).map_err(|e| e.to_string())?;
+    }
+    let mut json = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + file.len() - end);
+    out.extend((json.len() as u64).to_le_bytes());
+    out.extend(json);
+    out.extend(&file[end..]);
+    Ok(out)
 }
 
 /// A LoRA file read back: tensors keyed `<module>.lora_A.weight` / `.lora_B.weight` relative
@@ -408,6 +441,19 @@ mod tests {
                 "mid.attn1.to_q.lora_B.weight"
             ]
         );
+        // The same adapter gives the same bytes every time, in this process and in any other.
+        let first = std::fs::read(&path).map_err(|source| DiffusionError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        for _ in 0..16 {
+            save_lora(&path, "unet", &tensors, &config)?;
+            let again = std::fs::read(&path).map_err(|source| DiffusionError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            assert!(again == first, "a second save wrote different bytes");
+        }
         std::fs::remove_dir_all(&dir).map_err(|source| DiffusionError::Io { path: dir, source })?;
         Ok(())
     }
