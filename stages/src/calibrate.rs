@@ -468,3 +468,79 @@ fn write_checks(cx: &mut StageContext, checks: &[Check]) -> Result<(), StageErro
     ];
     write_table(cx, "checks.parquet", schema, columns)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::worlddata::Prompt;
+    use spo_world::{World, WorldConfig};
+
+    fn world() -> WorldData {
+        let w = World::build(&WorldConfig {
+            train_prompts: 20,
+            validation_prompts: 12,
+            objects: 6,
+            ..WorldConfig::default()
+        })
+        .unwrap();
+        let prompts = |set: &[spo_world::PromptRecord]| {
+            set.iter()
+                .map(|r| Prompt {
+                    text: r.prompt.clone(),
+                    scene: r.scene,
+                })
+                .collect()
+        };
+        WorldData {
+            canvas: 32,
+            train: prompts(&w.train),
+            validation: prompts(&w.validation),
+            atlas: w.atlas,
+        }
+    }
+
+    #[test]
+    fn detail_pairs_name_the_better_image_by_the_graded_oracle_and_skip_near_ties() {
+        let w = world();
+        let pairs = detail_pairs(&w, 60, 0.8, 3).unwrap();
+        assert!(pairs.len() > 30 && pairs.len() <= 60, "{}", pairs.len());
+        for p in &pairs {
+            let clean = w
+                .validation
+                .iter()
+                .find(|v| v.text == p.prompt)
+                .map(|v| render(&w.atlas, &v.scene).unwrap())
+                .unwrap();
+            let q = p
+                .images
+                .each_ref()
+                .map(|im| quality_from_high_pass(high_pass_distance(im, &clean).unwrap()));
+            assert!(q[p.better] >= q[1 - p.better] + MIN_GAP, "{q:?}");
+        }
+        // the same seed gives the same pairs
+        let again = detail_pairs(&w, 60, 0.8, 3).unwrap();
+        assert!(pairs.iter().zip(&again).all(|(a, b)| a.images == b.images));
+    }
+
+    #[test]
+    fn accuracy_counts_the_better_image_scoring_higher_and_ties_as_half() {
+        let w = world();
+        let pairs = detail_pairs(&w, 40, 0.8, 5).unwrap();
+        let perfect = pairs.iter().map(|p| {
+            let mut s = [0.0, 0.0];
+            s[p.better] = 1.0;
+            (p, s)
+        });
+        assert_eq!(accuracy(perfect), 1.0);
+        let inverted = pairs.iter().map(|p| {
+            let mut s = [1.0, 1.0];
+            s[p.better] = 0.0;
+            (p, s)
+        });
+        assert_eq!(accuracy(inverted), 0.0);
+        assert_eq!(accuracy(pairs.iter().map(|p| (p, [2.0, 2.0]))), 0.5);
+        assert!(accuracy(std::iter::empty()).is_nan());
+        assert!(Bar::Within(0.3, 0.7).met(0.5) && !Bar::Within(0.3, 0.7).met(0.71));
+        assert!(Bar::AtLeast(0.8).met(0.8) && !Bar::AtLeast(0.8).met(0.79));
+    }
+}

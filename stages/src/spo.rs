@@ -167,18 +167,15 @@ impl StageKind for SpoTrain {
             cx.metric("spm_score_last_round", last.spm_mean);
             cx.metric("pairs", log.iter().map(|r| r.pairs as f64).sum());
             // how far the policy moved from the reference on its own pairs: mean |r̄ − 1| of
-            // the rounds' mean clamped ratios, winners and losers alike
-            let trained: Vec<&RoundLog> = log.iter().filter(|r| r.loss.is_some()).collect();
-            if !trained.is_empty() {
-                cx.metric(
-                    "ratio_deviation",
-                    trained
-                        .iter()
-                        .map(|r| ((r.ratio_win - 1.0).abs() + (r.ratio_lose - 1.0).abs()) / 2.0)
-                        .sum::<f64>()
-                        / trained.len() as f64,
-                );
-            }
+            // the rounds' mean clamped ratios, winners and losers alike (0 for a round
+            // without pairs, whose ratios are 1)
+            cx.metric(
+                "ratio_deviation",
+                log.iter()
+                    .map(|r| ((r.ratio_win - 1.0).abs() + (r.ratio_lose - 1.0).abs()) / 2.0)
+                    .sum::<f64>()
+                    / log.len() as f64,
+            );
         }
         let path = cx.out_dir().join("lora.safetensors");
         unet.save_lora(&path)
