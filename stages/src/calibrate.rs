@@ -279,7 +279,7 @@ fn pair_scores(flat: &[f64], n: usize) -> Vec<[f64; 2]> {
 }
 
 /// Both images of every pair, first images first, and their prompts likewise.
-fn flat<'a>(pairs: &'a [DetailPair]) -> (Vec<&'a RgbImage>, Vec<&'a str>) {
+fn flat(pairs: &[DetailPair]) -> (Vec<&RgbImage>, Vec<&str>) {
     let images = pairs
         .iter()
         .map(|p| &p.images[0])
