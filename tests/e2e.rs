@@ -27,7 +27,7 @@ const TINY: &[&str] = &[
     "sample-spo.prompts=2",
     "sample-spo.per_prompt=1",
     "sample-spo.steps=4",
-    "calibrate.pairs=16",
+    "calibrate-judges.pairs=16",
 ];
 
 fn spo_pipe(store: &std::path::Path, args: &[&str]) -> Output {

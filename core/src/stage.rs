@@ -202,16 +202,19 @@ impl StageContext {
     }
     /// The one input of kind `kind`; an error if there is none or several.
     pub fn input_of_kind(&self, kind: &str) -> Result<&Input, StageError> {
-        let mut it = self.inputs.iter().filter(|i| i.kind == kind);
-        match (it.next(), it.next()) {
-            (Some(i), None) => Ok(i),
-            (None, _) => Err(StageError::Input {
+        self.optional_input_of_kind(kind)?
+            .ok_or_else(|| StageError::Input {
                 need: kind.into(),
                 message: format!(
                     "stage `{}` needs a stage of kind `{kind}`; add one to its `needs`",
                     self.stage
                 ),
-            }),
+            })
+    }
+    /// The input of kind `kind` if the stage has one; an error only if it has several.
+    pub fn optional_input_of_kind(&self, kind: &str) -> Result<Option<&Input>, StageError> {
+        let mut it = self.inputs.iter().filter(|i| i.kind == kind);
+        match (it.next(), it.next()) {
             (Some(a), Some(b)) => Err(StageError::Input {
                 need: kind.into(),
                 message: format!(
@@ -219,6 +222,7 @@ impl StageContext {
                     a.stage, b.stage
                 ),
             }),
+            (first, _) => Ok(first),
         }
     }
     /// The private staging directory; everything here is committed on success.

@@ -8,11 +8,15 @@
 //!   detail (pairs closer than [`MIN_GAP`] are skipped). The PickScore analogue judges the
 //!   images themselves (overall and per kind of flaw of the worse image); at noisy timesteps the
 //!   SPM and the PickScore analogue both judge the base model's x₀-prediction from one shared
-//!   noise, as SPO uses them.
+//!   noise, as SPO uses them; the graded oracle on the same x₀-predictions says how much of the
+//!   detail gap they still carry (a judge of x₀-predictions can hardly do better).
 //! - **SPO**: the valid-pair rate, the pairs kept and how far the clamped ratios moved.
 //!
-//! Each check is a metric of the cell (so `spo-pipe tables` shows them) and a row of
-//! `checks.parquet` with the bar it is held to.
+//! Each group runs when its inputs are among the stage's needs (a `score` cell for the base,
+//! `pickscore-train` and `train-spm` for the judges, `spo` for SPO), so the judges, which do not
+//! depend on the seed or on SPO, can be one cell that a sweep over SPO does not repeat. Each check
+//! is a metric of the cell (so `spo-pipe tables` shows them) and a row of `checks.parquet` with
+//! the bar it is held to.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -76,10 +80,11 @@ impl StageKind for Calibrate {
         "calibrate"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: groups by the inputs present; the graded oracle on the x0-predictions.
+        2
     }
     fn summary(&self) -> &'static str {
-        "Check that the world carries signal: base alignment and detail spread, judges on held-out detail-only pairs (the PickScore analogue, the SPM at noisy t), SPO's pass rate (needs world, clip-pretrain, base-pretrain, pickscore-train, train-spm, score, spo)"
+        "Check that the world carries signal: base alignment and detail spread (needs score), judges on held-out detail-only pairs (needs world, pickscore-train; the SPM at noisy t also clip-pretrain, base-pretrain, train-spm), SPO's pass rate (needs spo)"
     }
     fn params(&self) -> Vec<ParamSpec> {
         vec![
@@ -98,34 +103,23 @@ impl StageKind for Calibrate {
         ]
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
-        let p = cx.params().clone();
-        let seed = p.int("seed")? as u64;
-        let dev = device();
-        let world = WorldData::load(cx.input_of_kind("world")?)?;
-        let mut checks = base_checks(cx.input_of_kind("score")?)?;
-        let pairs = detail_pairs(
-            &world,
-            p.usize("pairs")?,
-            1.0 - p.float("clean_share")?,
-            seed,
-        )?;
-        if pairs.is_empty() {
-            return Err(StageError::Failed(
-                "no detail-only pair has a detail gap to judge; raise `pairs`".into(),
-            ));
+        let mut checks = Vec::new();
+        if let Some(score) = cx.optional_input_of_kind("score")? {
+            checks.extend(base_checks(score)?);
         }
-        let pickscore = WorldClip::load(cx.input_of_kind("pickscore-train")?, &dev)?;
-        let models = JudgeModels {
-            pickscore: &pickscore,
-            text: InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?,
-            unet: load_unet(cx.input_of_kind("base-pretrain")?, &dev)?,
-            spm: crate::spm::load(cx.input_of_kind("train-spm")?, &dev)?,
-            cfg: p.float("cfg")?,
-            dev: &dev,
-        };
-        let threads = cx.threads();
-        checks.extend(on_cores(threads, || judge_checks(&models, &pairs, seed))?);
-        checks.extend(spo_checks(cx.input_of_kind("spo")?));
+        if let Some(pickscore) = cx.optional_input_of_kind("pickscore-train")? {
+            checks.extend(judges(cx, pickscore)?);
+        }
+        if let Some(spo) = cx.optional_input_of_kind("spo")? {
+            checks.extend(spo_checks(spo));
+        }
+        if checks.is_empty() {
+            return Err(StageError::Failed(format!(
+                "stage `{}` has nothing to check: it needs a `score` (base), a `pickscore-train` \
+                 (judges) or an `spo` cell",
+                cx.stage()
+            )));
+        }
         write_checks(cx, &checks)?;
         for c in &checks {
             cx.metric(&c.name, c.value);
@@ -137,6 +131,42 @@ impl StageKind for Calibrate {
         cx.metric("checks_failed", failed as f64);
         Ok(())
     }
+}
+
+/// The judges' checks: the PickScore analogue on detail-only pairs, and with a `train-spm`
+/// input the SPM and its parent on the base model's x₀-predictions.
+fn judges(cx: &StageContext, pickscore: &Input) -> Result<Vec<Check>, StageError> {
+    let p = cx.params();
+    let seed = p.int("seed")? as u64;
+    let dev = device();
+    let world = WorldData::load(cx.input_of_kind("world")?)?;
+    let pairs = detail_pairs(
+        &world,
+        p.usize("pairs")?,
+        1.0 - p.float("clean_share")?,
+        seed,
+    )?;
+    if pairs.is_empty() {
+        return Err(StageError::Failed(
+            "no detail-only pair has a detail gap to judge; raise `pairs`".into(),
+        ));
+    }
+    let pickscore = WorldClip::load(pickscore, &dev)?;
+    let mut checks = pickscore_checks(&pickscore, &pairs)?;
+    if let Some(spm) = cx.optional_input_of_kind("train-spm")? {
+        let models = JudgeModels {
+            pickscore: &pickscore,
+            text: InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?,
+            unet: load_unet(cx.input_of_kind("base-pretrain")?, &dev)?,
+            spm: crate::spm::load(spm, &dev)?,
+            cfg: p.float("cfg")?,
+            dev: &dev,
+        };
+        checks.extend(on_cores(cx.threads(), || {
+            noisy_judge_checks(&models, &pairs, seed)
+        })?);
+    }
+    Ok(checks)
 }
 
 fn check(group: &'static str, name: impl Into<String>, value: f64, bar: Option<Bar>) -> Check {
@@ -199,6 +229,8 @@ fn base_checks(score: &Input) -> Result<Vec<Check>, StageError> {
 pub struct DetailPair {
     prompt: String,
     images: [RgbImage; 2],
+    /// The scene's clean render, the oracle's reference.
+    clean: RgbImage,
     /// Index (0 or 1) of the image with the higher graded detail.
     better: usize,
     /// The flaw of the worse image.
@@ -241,6 +273,7 @@ pub fn detail_pairs(
         out.push(DetailPair {
             prompt: prompt.text.clone(),
             images: [a, b],
+            clean,
             better,
             worse_flaw,
         });
@@ -322,15 +355,9 @@ pub fn pickscore_detail_accuracy(
     Ok(out)
 }
 
-fn judge_checks(
-    m: &JudgeModels,
-    pairs: &[DetailPair],
-    seed: u64,
-) -> Result<Vec<Check>, StageError> {
-    let n = pairs.len();
-    let (images, prompts) = flat(pairs);
-    let mut checks = vec![check("judges", "detail_pairs", n as f64, None)];
-    for (name, acc) in pickscore_detail_accuracy(m.pickscore, pairs)? {
+fn pickscore_checks(pickscore: &WorldClip, pairs: &[DetailPair]) -> Result<Vec<Check>, StageError> {
+    let mut checks = vec![check("judges", "detail_pairs", pairs.len() as f64, None)];
+    for (name, acc) in pickscore_detail_accuracy(pickscore, pairs)? {
         let bar = if name == "pickscore_detail_acc" {
             0.8
         } else {
@@ -338,6 +365,19 @@ fn judge_checks(
         };
         checks.push(check("judges", name, acc, Some(Bar::AtLeast(bar))));
     }
+    Ok(checks)
+}
+
+/// The SPM and its parent on the base model's x₀-predictions in each timestep bin, and the
+/// graded oracle on the same predictions.
+fn noisy_judge_checks(
+    m: &JudgeModels,
+    pairs: &[DetailPair],
+    seed: u64,
+) -> Result<Vec<Check>, StageError> {
+    let n = pairs.len();
+    let (images, prompts) = flat(pairs);
+    let mut checks = Vec::new();
     let ddim = Ddim::new(
         NoiseSchedule::new(SchedulerConfig::sd15()).map_err(StageError::other)?,
         20,
@@ -396,8 +436,15 @@ fn judge_checks(
         let hat_images = tensor_to_images(&x0_hat)?;
         let hat_refs: Vec<&RgbImage> = hat_images.iter().collect();
         let pick_hat = pickscores(m.pickscore, &hat_refs, &prompts)?;
+        let oracle_hat = hat_images
+            .iter()
+            .zip(pairs.iter().chain(pairs))
+            .map(|(im, p)| Ok(quality_from_high_pass(high_pass_distance(im, &p.clean)?)))
+            .collect::<Result<Vec<f64>, spo_world::WorldError>>()
+            .map_err(StageError::other)?;
         let spm_acc = accuracy(pairs.iter().zip(pair_scores(&spm_scores, n)));
         let pick_acc = accuracy(pairs.iter().zip(pair_scores(&pick_hat, n)));
+        let oracle_acc = accuracy(pairs.iter().zip(pair_scores(&oracle_hat, n)));
         let (bar_spm, bar_gain) = match lo {
             250 => (Some(Bar::AtLeast(0.75)), Some(Bar::AtLeast(0.03))),
             500 => (Some(Bar::AtLeast(0.65)), Some(Bar::AtLeast(0.03))),
@@ -413,6 +460,12 @@ fn judge_checks(
             "judges",
             format!("pickscore_x0_acc_t{lo}_{hi}"),
             pick_acc,
+            None,
+        ));
+        checks.push(check(
+            "judges",
+            format!("oracle_x0_acc_t{lo}_{hi}"),
+            oracle_acc,
             None,
         ));
         checks.push(check(
