@@ -1,7 +1,9 @@
 //! The whole default DAG, shrunken to tiny steps, end to end: every table of pipeline.toml is
 //! filled, and a second run computes nothing.
 
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod support;
 
 /// Overrides that keep every stage of the default pipeline but make it take seconds.
 const TINY: &[&str] = &[
@@ -31,16 +33,9 @@ const TINY: &[&str] = &[
 ];
 
 fn spo_pipe(store: &std::path::Path, args: &[&str]) -> Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_spo-pipe"));
-    c.arg("--pipeline")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/pipeline.toml"))
-        .arg("--store")
-        .arg(store)
-        .args(args);
-    for s in TINY {
-        c.arg("--set").arg(s);
-    }
-    c.output().expect("spawn spo-pipe")
+    support::default_pipeline(store, TINY, args)
+        .output()
+        .expect("spawn spo-pipe")
 }
 
 #[test]

@@ -3,15 +3,12 @@
 //! not have trained them: other params, another world, another text encoder.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod support;
 
 fn spo_pipe(store: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_spo-pipe"))
-        .arg("--pipeline")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/pipeline.toml"))
-        .arg("--store")
-        .arg(store)
-        .args(args)
+    support::default_pipeline(store, &[], args)
         .output()
         .expect("spawn spo-pipe")
 }

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+mod support;
+
 /// Overrides that keep every in-world kind but make the DAG take seconds, with a checkpoint
 /// after every step or round so that a kill can land anywhere.
 const TINY: &[&str] = &[
@@ -65,17 +67,7 @@ const TRAINING: &[(&str, &str, usize)] = &[
 const TARGET: &str = "score-spo";
 
 fn spo_pipe(store: &Path, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_spo-pipe"));
-    c.env_remove("RUST_LOG")
-        .arg("--pipeline")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/pipeline.toml"))
-        .arg("--store")
-        .arg(store)
-        .args(args);
-    for s in TINY {
-        c.arg("--set").arg(s);
-    }
-    c
+    support::default_pipeline(store, TINY, args)
 }
 
 fn run_ok(store: &Path, args: &[&str]) -> Output {

@@ -12,6 +12,21 @@ pub fn bin() -> Command {
     c
 }
 
+/// spo-pipe on the repository's default pipeline.toml with its store at `store`, each of `sets`
+/// given as `--set`, then `args`.
+pub fn default_pipeline(store: &Path, sets: &[&str], args: &[&str]) -> Command {
+    let mut c = bin();
+    c.arg("--pipeline")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/pipeline.toml"))
+        .arg("--store")
+        .arg(store)
+        .args(args);
+    for s in sets {
+        c.arg("--set").arg(s);
+    }
+    c
+}
+
 pub struct Project {
     pub dir: tempfile::TempDir,
 }
