@@ -25,6 +25,7 @@ pub mod stage;
 pub mod stats;
 pub mod store;
 pub mod tables;
+pub mod typed_params;
 pub mod verify;
 
 mod error;
@@ -42,3 +43,7 @@ pub use registry::Registry;
 pub use run::{Event, RunOptions, RunSummary};
 pub use stage::{ArtifactWriter, Input, StageContext, StageError, StageKind};
 pub use store::{Lookup, Store};
+pub use typed_params::{Choice, FromParam};
+
+#[doc(hidden)]
+pub use serde as __serde;

@@ -187,6 +187,18 @@ pub fn detail_ratings(world: &Input, pairs: usize) -> Result<Vec<[f64; 2]>, Stag
     Ok(out)
 }
 
+spo_core::stage_params! {
+    /// The params of `aesthetic-train` besides [`optimiser_params`].
+    pub struct AestheticParams {
+        /// images per step
+        batch: usize = int(256).range(1.0, 65536.0),
+        /// hidden widths of the head (each followed by GELU)
+        hidden: Vec<usize> = int_list(&[128, 32]).range(1.0, 8192.0),
+        /// share of the training prompts whose images are held out for validation
+        holdout: f64 = float(0.1).range(0.01, 0.9),
+    }
+}
+
 /// The `aesthetic-train` stage kind.
 pub struct AestheticTrain;
 
@@ -203,17 +215,7 @@ impl StageKind for AestheticTrain {
     }
     fn params(&self) -> Vec<ParamSpec> {
         let mut p = optimiser_params(1500, 2e-3, 0.01, 50);
-        p.extend([
-            ParamSpec::int("batch", 256)
-                .range(1.0, 65536.0)
-                .doc("images per step"),
-            ParamSpec::int_list("hidden", &[128, 32])
-                .range(1.0, 8192.0)
-                .doc("hidden widths of the head (each followed by GELU)"),
-            ParamSpec::float("holdout", 0.1)
-                .range(0.01, 0.9)
-                .doc("share of the training prompts whose images are held out for validation"),
-        ]);
+        p.extend(AestheticParams::specs());
         p
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
@@ -243,15 +245,12 @@ fn dataset(
 impl AestheticTrain {
     /// Trains the head, writes it with its backbone, and returns the metrics.
     pub fn train(&self, cx: &mut StageContext) -> Result<Metrics, StageError> {
-        let p = cx.params();
-        let sched = Schedule::read(p)?;
-        let batch = p.usize("batch")?;
-        let hidden: Vec<usize> = p
-            .int_list("hidden")?
-            .into_iter()
-            .map(|w| w as usize)
-            .collect();
-        let holdout = p.float("holdout")?;
+        let sched = Schedule::read(cx.params())?;
+        let AestheticParams {
+            batch,
+            hidden,
+            holdout,
+        } = AestheticParams::from_params(cx.params())?;
         let seed = cell_seed(cx)?;
         let device = crate::inworld::device();
         let world = cx.input_of_kind("world")?;

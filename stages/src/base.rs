@@ -14,10 +14,42 @@ use spo_diffusion::{NoiseSchedule, SchedulerConfig};
 use spo_nn::{AdamW, AdamWConfig, named_vars, sharded_backward};
 use spo_world::QualityMix;
 
+use crate::embedded::Weights;
 use crate::inworld::{InWorldClip, device, new_unet, save_varmap, unet_config};
 use crate::tensors::images_to_tensor;
 use crate::training::{Trainer, warmup_cosine};
 use crate::worlddata::WorldData;
+
+spo_core::stage_params! {
+    /// The params of `base-pretrain`.
+    pub struct BaseParams {
+        /// optimizer steps
+        steps: usize = int(1500).range(1.0, 1e7),
+        batch: usize = int(32).range(1.0, 4096.0),
+        /// peak learning rate: linear warm-up, then cosine decay to zero
+        lr: f64 = float(1e-3).range(1e-7, 1.0),
+        /// learning-rate warm-up steps
+        warmup: usize = int(50).range(0.0, 1e7),
+        /// Min-SNR loss weighting min(SNR, γ)/SNR (Hang et al. 2023); 0 = plain MSE
+        min_snr_gamma: f64 = float(5.0).range(0.0, 1e3),
+        /// UNet block widths (multiples of 8), one per resolution
+        channels: Vec<usize> = int_list(&[32, 64, 64]).range(8.0, 1024.0),
+        /// share of training images drawn with one detail flaw (kind uniform, strength uniform
+        /// in [0.1, 1])
+        flawed_share: f64 = float(0.5).range(0.0, 1.0),
+        /// share of prompts dropped for classifier-free guidance
+        uncond_prob: f64 = float(0.1).range(0.0, 1.0),
+        /// seed of the initial weights, batches and noise
+        seed: u64 = int(0).min(0.0),
+        checkpoint_every: usize = int(100).range(1.0, 1e7),
+        /// train, or embedded: write the pretrained base compiled into spo-pipe (params, world
+        /// and text encoder must be its recipe's)
+        weights: Weights = choice_of(Weights::Train),
+        /// the batch is back-propagated in this many shards, in parallel on the cores free at
+        /// the time (results do not depend on the cores)
+        shards: usize = int(2).range(1.0, 256.0),
+    }
+}
 
 /// The `base-pretrain` stage kind.
 pub struct BasePretrain;
@@ -37,55 +69,23 @@ impl StageKind for BasePretrain {
         "train the base text-to-image UNet on the world's renders of mixed quality (needs world, clip-pretrain)"
     }
     fn params(&self) -> Vec<ParamSpec> {
-        vec![
-            ParamSpec::int("steps", 1500)
-                .range(1.0, 1e7)
-                .doc("optimizer steps"),
-            ParamSpec::int("batch", 32).range(1.0, 4096.0),
-            ParamSpec::float("lr", 1e-3)
-                .range(1e-7, 1.0)
-                .doc("peak learning rate: linear warm-up, then cosine decay to zero"),
-            ParamSpec::int("warmup", 50)
-                .range(0.0, 1e7)
-                .doc("learning-rate warm-up steps"),
-            ParamSpec::float("min_snr_gamma", 5.0)
-                .range(0.0, 1e3)
-                .doc("Min-SNR loss weighting min(SNR, γ)/SNR (Hang et al. 2023); 0 = plain MSE"),
-            ParamSpec::int_list("channels", &[32, 64, 64])
-                .range(8.0, 1024.0)
-                .doc("UNet block widths (multiples of 8), one per resolution"),
-            ParamSpec::float("flawed_share", 0.5)
-                .range(0.0, 1.0)
-                .doc("share of training images drawn with one detail flaw (kind uniform, strength uniform in [0.1, 1])"),
-            ParamSpec::float("uncond_prob", 0.1)
-                .range(0.0, 1.0)
-                .doc("share of prompts dropped for classifier-free guidance"),
-            ParamSpec::int("seed", 0)
-                .min(0.0)
-                .doc("seed of the initial weights, batches and noise"),
-            ParamSpec::int("checkpoint_every", 100).range(1.0, 1e7),
-            ParamSpec::choice("weights", crate::embedded::WEIGHTS, "train")
-                .doc("train, or embedded: write the pretrained base compiled into spo-pipe (params, world and text encoder must be its recipe's)"),
-            ParamSpec::int("shards", 2)
-                .range(1.0, 256.0)
-                .doc("the batch is back-propagated in this many shards, in parallel on the cores free at the time (results do not depend on the cores)"),
-        ]
+        BaseParams::specs()
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
-        let p = cx.params().clone();
-        if p.str("weights")? == "embedded" {
+        let p = BaseParams::from_params(cx.params())?;
+        if p.weights == Weights::Embedded {
             let world = cx.input_of_kind("world")?.clone();
             let text = cx.input_of_kind("clip-pretrain")?.clone();
             return crate::embedded::BASE.write(cx, &world, Some(&text));
         }
-        let (steps, batch, seed) = (p.usize("steps")?, p.usize("batch")?, p.int("seed")? as u64);
+        let (steps, batch, seed) = (p.steps, p.batch, p.seed);
         let dev = device();
         let world = WorldData::load(cx.input_of_kind("world")?)?;
         let clip = InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?;
 
         // 1. data: renders of mixed quality and their text contexts, computed once
         let mix = QualityMix {
-            flawed_share: p.float("flawed_share")?,
+            flawed_share: p.flawed_share,
             strength: (0.1, 1.0),
         };
         let images: Vec<image::RgbImage> = world
@@ -102,11 +102,7 @@ impl StageKind for BasePretrain {
         let uncond = clip.context(&[""], &dev)?;
 
         // 2. model and optimizer
-        let channels: Vec<usize> = p
-            .int_list("channels")?
-            .into_iter()
-            .map(|c| c as usize)
-            .collect();
+        let channels = &p.channels;
         if channels.is_empty()
             || channels.len() > 4
             || !(world.canvas as usize).is_multiple_of(1 << (channels.len() - 1))
@@ -119,7 +115,7 @@ impl StageKind for BasePretrain {
         }
         let config = unet_config(
             world.canvas as usize,
-            &channels,
+            channels,
             clip.config.text_config.hidden_size,
         );
         let mut varmap = VarMap::new();
@@ -127,7 +123,7 @@ impl StageKind for BasePretrain {
         let mut opt = AdamW::new(
             named_vars(&varmap).map_err(StageError::other)?,
             AdamWConfig {
-                lr: p.float("lr")?,
+                lr: p.lr,
                 weight_decay: 0.0,
                 ..Default::default()
             },
@@ -139,23 +135,19 @@ impl StageKind for BasePretrain {
             cx,
             "base",
             steps,
-            p.usize("checkpoint_every")?,
+            p.checkpoint_every,
             seed,
             &mut varmap,
             &mut opt,
         )?;
-        let uncond_prob = p.float("uncond_prob")?;
-        let shards = p.usize("shards")?.min(batch);
+        let uncond_prob = p.uncond_prob;
+        let shards = p.shards.min(batch);
         let vars: Vec<Var> = named_vars(&varmap)
             .map_err(StageError::other)?
             .into_iter()
             .map(|(_, v)| v)
             .collect();
-        let (lr, warmup, gamma) = (
-            p.float("lr")?,
-            p.usize("warmup")?,
-            p.float("min_snr_gamma")?,
-        );
+        let (lr, warmup, gamma) = (p.lr, p.warmup, p.min_snr_gamma);
         let snr_weight: Vec<f32> = schedule
             .alphas_cumprod()
             .iter()

@@ -72,6 +72,20 @@ impl Bar {
     }
 }
 
+spo_core::stage_params! {
+    /// The params of `calibrate`.
+    pub struct CalibrateParams {
+        /// detail-only pairs drawn from the validation scenes
+        pairs: usize = int(384).range(8.0, 1e6),
+        /// share of the pairs' images left clean (the rest carry one random flaw)
+        clean_share: f64 = float(0.2).range(0.0, 1.0),
+        /// guidance of the base model's x0-prediction, as train-spm uses it
+        cfg: f64 = float(5.0).range(1.0, 100.0),
+        /// seed of the pairs, timesteps and noise
+        seed: u64 = int(0).min(0.0),
+    }
+}
+
 /// The `calibrate` stage kind.
 pub struct Calibrate;
 
@@ -87,20 +101,7 @@ impl StageKind for Calibrate {
         "Check that the world carries signal: base alignment and detail spread (needs score), judges on held-out detail-only pairs (needs world, pickscore-train; the SPM at noisy t also clip-pretrain, base-pretrain, train-spm), SPO's pass rate (needs spo)"
     }
     fn params(&self) -> Vec<ParamSpec> {
-        vec![
-            ParamSpec::int("pairs", 384)
-                .range(8.0, 1e6)
-                .doc("detail-only pairs drawn from the validation scenes"),
-            ParamSpec::float("clean_share", 0.2)
-                .range(0.0, 1.0)
-                .doc("share of the pairs' images left clean (the rest carry one random flaw)"),
-            ParamSpec::float("cfg", 5.0)
-                .range(1.0, 100.0)
-                .doc("guidance of the base model's x0-prediction, as train-spm uses it"),
-            ParamSpec::int("seed", 0)
-                .min(0.0)
-                .doc("seed of the pairs, timesteps and noise"),
-        ]
+        CalibrateParams::specs()
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
         let mut checks = Vec::new();
@@ -136,16 +137,11 @@ impl StageKind for Calibrate {
 /// The judges' checks: the PickScore analogue on detail-only pairs, and with a `train-spm`
 /// input the SPM and its parent on the base model's x₀-predictions.
 fn judges(cx: &StageContext, pickscore: &Input) -> Result<Vec<Check>, StageError> {
-    let p = cx.params();
-    let seed = p.int("seed")? as u64;
+    let p = CalibrateParams::from_params(cx.params())?;
+    let seed = p.seed;
     let dev = device();
     let world = WorldData::load(cx.input_of_kind("world")?)?;
-    let pairs = detail_pairs(
-        &world,
-        p.usize("pairs")?,
-        1.0 - p.float("clean_share")?,
-        seed,
-    )?;
+    let pairs = detail_pairs(&world, p.pairs, 1.0 - p.clean_share, seed)?;
     if pairs.is_empty() {
         return Err(StageError::Failed(
             "no detail-only pair has a detail gap to judge; raise `pairs`".into(),
@@ -159,7 +155,7 @@ fn judges(cx: &StageContext, pickscore: &Input) -> Result<Vec<Check>, StageError
             text: InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?,
             unet: load_unet(cx.input_of_kind("base-pretrain")?, &dev)?,
             spm: crate::spm::load(spm, &dev)?,
-            cfg: p.float("cfg")?,
+            cfg: p.cfg,
             dev: &dev,
         };
         checks.extend(on_cores(cx.threads(), || {

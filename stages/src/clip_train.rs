@@ -32,10 +32,11 @@ use candle_core::{D, DType, Device, Tensor};
 use candle_nn::VarMap;
 use image::RgbImage;
 use spo_clip::{ClipConfig, ClipModel, ClipTextConfig, ClipVisionConfig, l2_normalize};
-use spo_core::{Input, ParamSpec, Params, StageContext, StageError, StageKind};
+use spo_core::{FromParam, Input, ParamSpec, Params, StageContext, StageError, StageKind};
 use spo_nn::{Activation, AdamW, AdamWConfig, named_vars, seeded_var_builder};
 use spo_world::{Flaw, FlawKind};
 
+use crate::embedded::Weights;
 use crate::tensors::images_to_tensor;
 use crate::training::Trainer;
 use crate::vocab::Vocab;
@@ -355,7 +356,7 @@ pub fn preference_loss(
 /// pipeline's seed axis: one set of scorers judges every seed's samples, so the spread over
 /// seeds measures the method, not the scorers (and they are trained once, not once per seed).
 pub(crate) fn cell_seed(cx: &StageContext) -> Result<u64, StageError> {
-    Ok(cx.params().int("seed")? as u64)
+    Ok(FromParam::from_param(cx.params(), "seed")?)
 }
 
 /// The optimiser params every training kind here shares.
@@ -399,11 +400,11 @@ pub(crate) struct Schedule {
 impl Schedule {
     pub(crate) fn read(p: &Params) -> Result<Schedule, StageError> {
         Ok(Schedule {
-            steps: p.usize("steps")?,
-            lr: p.float("lr")?,
-            weight_decay: p.float("weight_decay")?,
-            warmup: p.usize("warmup")?,
-            every: p.usize("checkpoint_every")?,
+            steps: FromParam::from_param(p, "steps")?,
+            lr: FromParam::from_param(p, "lr")?,
+            weight_decay: FromParam::from_param(p, "weight_decay")?,
+            warmup: FromParam::from_param(p, "warmup")?,
+            every: FromParam::from_param(p, "checkpoint_every")?,
         })
     }
     /// AdamW over every variable of `varmap`.
@@ -437,6 +438,34 @@ pub(crate) fn step(opt: &mut AdamW, loss: &Tensor) -> Result<f64, StageError> {
         .map_err(StageError::other)
 }
 
+spo_core::stage_params! {
+    /// The params of `clip-pretrain` besides [`optimiser_params`].
+    pub struct ClipPretrainParams {
+        /// (render, prompt) rows per contrastive batch
+        batch: usize = int(64).range(2.0, 4096.0),
+        /// width of both towers
+        width: usize = int(64).range(8.0, 1024.0),
+        /// transformer layers per tower
+        layers: usize = int(2).range(1.0, 24.0),
+        /// attention heads (must divide width)
+        heads: usize = int(4).range(1.0, 32.0),
+        /// vision patch side in pixels (must divide the canvas)
+        patch: usize = int(8).range(1.0, 64.0),
+        /// width of the shared embedding space
+        projection: usize = int(64).range(4.0, 1024.0),
+        /// share of the batch's scenes also drawn with a random detail flaw, captioned with the
+        /// flaw named ("…, very blurry") as web captions sometimes describe quality: hard
+        /// negatives that make the embedding encode detail quality, which the frozen-CLIP
+        /// aesthetic head reads
+        flawed_share: f64 = float(0.0).range(0.0, 1.0),
+        /// validation prompts in the retrieval evaluation
+        eval_prompts: usize = int(256).range(2.0, 100_000.0),
+        /// train, or embedded: write the pretrained text encoder compiled into spo-pipe (its
+        /// params and world must be the recipe's)
+        weights: Weights = choice_of(Weights::Train),
+    }
+}
+
 /// The `clip-pretrain` stage kind.
 pub struct ClipPretrain;
 
@@ -453,38 +482,11 @@ impl StageKind for ClipPretrain {
     }
     fn params(&self) -> Vec<ParamSpec> {
         let mut p = optimiser_params(300, 2e-3, 0.05, 30);
-        p.extend([
-            ParamSpec::int("batch", 64)
-                .range(2.0, 4096.0)
-                .doc("(render, prompt) rows per contrastive batch"),
-            ParamSpec::int("width", 64)
-                .range(8.0, 1024.0)
-                .doc("width of both towers"),
-            ParamSpec::int("layers", 2)
-                .range(1.0, 24.0)
-                .doc("transformer layers per tower"),
-            ParamSpec::int("heads", 4)
-                .range(1.0, 32.0)
-                .doc("attention heads (must divide width)"),
-            ParamSpec::int("patch", 8)
-                .range(1.0, 64.0)
-                .doc("vision patch side in pixels (must divide the canvas)"),
-            ParamSpec::int("projection", 64)
-                .range(4.0, 1024.0)
-                .doc("width of the shared embedding space"),
-            ParamSpec::float("flawed_share", 0.0)
-                .range(0.0, 1.0)
-                .doc("share of the batch's scenes also drawn with a random detail flaw, captioned with the flaw named (\"…, very blurry\") as web captions sometimes describe quality: hard negatives that make the embedding encode detail quality, which the frozen-CLIP aesthetic head reads"),
-            ParamSpec::int("eval_prompts", 256)
-                .range(2.0, 100_000.0)
-                .doc("validation prompts in the retrieval evaluation"),
-            ParamSpec::choice("weights", crate::embedded::WEIGHTS, "train")
-                .doc("train, or embedded: write the pretrained text encoder compiled into spo-pipe (its params and world must be the recipe's)"),
-        ]);
+        p.extend(ClipPretrainParams::specs());
         p
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
-        if cx.params().str("weights")? == "embedded" {
+        if ClipPretrainParams::from_params(cx.params())?.weights == Weights::Embedded {
             let world = cx.input_of_kind("world")?.clone();
             return crate::embedded::TEXT_ENCODER.write(cx, &world, None);
         }
@@ -499,18 +501,17 @@ impl StageKind for ClipPretrain {
 impl ClipPretrain {
     /// Trains, writes the model, and returns the metrics (`run` records them).
     pub fn train(&self, cx: &mut StageContext) -> Result<Metrics, StageError> {
-        let p = cx.params();
-        let sched = Schedule::read(p)?;
-        let batch = p.usize("batch")?;
+        let sched = Schedule::read(cx.params())?;
+        let p = ClipPretrainParams::from_params(cx.params())?;
+        let batch = p.batch;
         let arch = TinyClip {
-            width: p.usize("width")?,
-            layers: p.usize("layers")?,
-            heads: p.usize("heads")?,
-            patch: p.usize("patch")?,
-            projection: p.usize("projection")?,
+            width: p.width,
+            layers: p.layers,
+            heads: p.heads,
+            patch: p.patch,
+            projection: p.projection,
         };
-        let eval_prompts = p.usize("eval_prompts")?;
-        let flawed_share = p.float("flawed_share")?;
+        let (eval_prompts, flawed_share) = (p.eval_prompts, p.flawed_share);
         let seed = cell_seed(cx)?;
         let device = crate::inworld::device();
         let world = WorldData::load(cx.input_of_kind("world")?)?;
@@ -689,6 +690,16 @@ const DETAIL_PAIRS: usize = 256;
 /// The `pickscore-train` stage kind.
 pub struct PickScoreTrain;
 
+spo_core::stage_params! {
+    /// The params of `pickscore-train` besides [`optimiser_params`].
+    pub struct PickScoreParams {
+        /// pairs per step
+        batch: usize = int(32).range(1.0, 4096.0),
+        /// share of the training prompts whose pairs are held out for the accuracy
+        holdout: f64 = float(0.1).range(0.01, 0.9),
+    }
+}
+
 impl StageKind for PickScoreTrain {
     fn name(&self) -> &'static str {
         "pickscore-train"
@@ -702,14 +713,7 @@ impl StageKind for PickScoreTrain {
     }
     fn params(&self) -> Vec<ParamSpec> {
         let mut p = optimiser_params(300, 3e-4, 0.05, 30);
-        p.extend([
-            ParamSpec::int("batch", 32)
-                .range(1.0, 4096.0)
-                .doc("pairs per step"),
-            ParamSpec::float("holdout", 0.1)
-                .range(0.01, 0.9)
-                .doc("share of the training prompts whose pairs are held out for the accuracy"),
-        ]);
+        p.extend(PickScoreParams::specs());
         p
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
@@ -724,10 +728,8 @@ impl StageKind for PickScoreTrain {
 impl PickScoreTrain {
     /// Fine-tunes, writes the model, and returns the metrics (`run` records them).
     pub fn train(&self, cx: &mut StageContext) -> Result<Metrics, StageError> {
-        let p = cx.params();
-        let sched = Schedule::read(p)?;
-        let batch = p.usize("batch")?;
-        let holdout = p.float("holdout")?;
+        let sched = Schedule::read(cx.params())?;
+        let PickScoreParams { batch, holdout } = PickScoreParams::from_params(cx.params())?;
         let seed = cell_seed(cx)?;
         let device = crate::inworld::device();
         let pairs = load_pairs(cx.input_of_kind("world")?, 0)?;

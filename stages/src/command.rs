@@ -27,6 +27,16 @@ use spo_core::{ParamSpec, Params, StageContext, StageError, StageKind};
 
 use crate::process_group::ProcessGroup;
 
+spo_core::stage_params! {
+    /// The params of `command`.
+    pub struct CommandParams {
+        /// the command, run with `sh -c`
+        cmd: String = string("").required(),
+        /// files whose content is part of the key
+        deps: Vec<String> = str_list(&[]),
+    }
+}
+
 /// The `command` stage kind.
 pub struct Shell;
 
@@ -41,15 +51,10 @@ impl StageKind for Shell {
         "run a shell command with SPO_OUT / SPO_SCRATCH / SPO_INPUT_* set"
     }
     fn params(&self) -> Vec<ParamSpec> {
-        vec![
-            ParamSpec::string("cmd", "")
-                .required()
-                .doc("the command, run with `sh -c`"),
-            ParamSpec::str_list("deps", &[]).doc("files whose content is part of the key"),
-        ]
+        CommandParams::specs()
     }
     fn external_digest(&self, params: &Params) -> Result<Option<String>, StageError> {
-        let deps = params.str_list("deps")?;
+        let deps = CommandParams::from_params(params)?.deps;
         if deps.is_empty() {
             return Ok(None);
         }
@@ -63,7 +68,7 @@ impl StageKind for Shell {
         Ok(Some(hex::encode(h.finalize())))
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
-        let cmd = cx.params().str("cmd")?.to_owned();
+        let cmd = CommandParams::from_params(cx.params())?.cmd;
         let log_path = cx.scratch_dir().join("command.log");
         let log = fs::File::create(&log_path).map_err(|e| StageError::io(&log_path, e))?;
         let log2 = log.try_clone().map_err(|e| StageError::io(&log_path, e))?;

@@ -10,7 +10,19 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use spo_core::{ParamSpec, Params, StageContext, StageError, StageKind};
+use spo_core::{ParamSpec, StageContext, StageError, StageKind};
+
+spo_core::stage_params! {
+    /// The params of `download`.
+    pub struct DownloadParams {
+        /// http(s):// URL, file:// URL or local path
+        url: String = string("").required(),
+        /// the expected SHA-256 of the file, 64 hex digits
+        sha256: String = string("").required(),
+        /// name of the stored file (default: the URL's last path segment)
+        filename: String = string(""),
+    }
+}
 
 /// The `download` stage kind.
 pub struct Download;
@@ -26,21 +38,13 @@ impl StageKind for Download {
         "fetch a URL or local file, verified against a pinned sha256; resumable"
     }
     fn params(&self) -> Vec<ParamSpec> {
-        vec![
-            ParamSpec::string("url", "")
-                .required()
-                .doc("http(s):// URL, file:// URL or local path"),
-            ParamSpec::string("sha256", "")
-                .required()
-                .doc("the expected SHA-256 of the file, 64 hex digits"),
-            ParamSpec::string("filename", "")
-                .doc("name of the stored file (default: the URL's last path segment)"),
-        ]
+        DownloadParams::specs()
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
-        let url = cx.params().str("url")?.to_owned();
-        let want = expected_digest(cx.params())?;
-        let name = file_name(cx.params(), &url)?;
+        let p = DownloadParams::from_params(cx.params())?;
+        let want = expected_digest(&p.sha256)?;
+        let name = file_name(&p.filename, &p.url)?;
+        let url = p.url;
         let part = cx.scratch_dir().join(format!("{name}.part"));
         let (got, bytes) = match local_path(&url) {
             Some(path) => copy_hashing(&path, &part)?,
@@ -58,8 +62,8 @@ impl StageKind for Download {
     }
 }
 
-fn expected_digest(params: &Params) -> Result<String, StageError> {
-    let s = params.str("sha256")?.trim().to_ascii_lowercase();
+fn expected_digest(sha256: &str) -> Result<String, StageError> {
+    let s = sha256.trim().to_ascii_lowercase();
     if s.len() != 64 || !s.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(StageError::Param(spo_core::param::ParamError {
             name: "sha256".into(),
@@ -69,8 +73,7 @@ fn expected_digest(params: &Params) -> Result<String, StageError> {
     Ok(s)
 }
 
-fn file_name(params: &Params, url: &str) -> Result<String, StageError> {
-    let given = params.str("filename")?;
+fn file_name(given: &str, url: &str) -> Result<String, StageError> {
     let name = if given.is_empty() {
         url.split(['?', '#'])
             .next()

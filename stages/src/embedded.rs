@@ -12,8 +12,10 @@
 use sha2::{Digest, Sha256};
 use spo_core::{Input, Manifest, Params, StageContext, StageError};
 
-/// The `weights` param's values.
-pub const WEIGHTS: &[&str] = &["train", "embedded"];
+spo_core::param_choice! {
+    /// Where a pretraining stage's weights come from: its own training, or the binary.
+    pub enum Weights { Train = "train", Embedded = "embedded" }
+}
 
 /// The world files that fix what a model was trained on: the object list and the prompts.
 const WORLD_FILES: [&str; 2] = ["objects.parquet", "prompts_train.parquet"];

@@ -342,6 +342,19 @@ fn timestamp_ns_at(col: &dyn arrow_array::Array, i: usize) -> Result<Option<i64>
     }))
 }
 
+spo_core::stage_params! {
+    /// The params of `pickapic`.
+    pub struct PickAPicParams {
+        /// local shard files or directories of *.parquet; empty: the .parquet files of the
+        /// inputs
+        shards: Vec<String> = str_list(&[]),
+        /// keep at most this many rows (0: all)
+        limit: usize = int(0).min(0.0),
+        /// decode every jpg_0 / jpg_1 to check it
+        decode_images: bool = bool(true),
+    }
+}
+
 /// The `pickapic` stage kind.
 pub struct PickAPic;
 
@@ -349,7 +362,7 @@ impl PickAPic {
     /// The shard files to read: the `shards` param (files, or directories of `*.parquet`),
     /// else every `.parquet` file of the inputs (a `download` stage's).
     fn shards(cx: &StageContext) -> Result<Vec<PathBuf>, StageError> {
-        let listed = cx.params().str_list("shards")?;
+        let listed = PickAPicParams::from_params(cx.params())?.shards;
         let mut out = Vec::new();
         if listed.is_empty() {
             for input in cx.inputs() {
@@ -406,11 +419,7 @@ impl StageKind for PickAPic {
         "Ingest Pick-a-Pic v1 Parquet shards (local or downloaded), checking every row, into pairs.parquet"
     }
     fn params(&self) -> Vec<ParamSpec> {
-        vec![
-            ParamSpec::str_list("shards", &[]).doc("local shard files or directories of *.parquet; empty: the .parquet files of the inputs"),
-            ParamSpec::int("limit", 0).min(0.0).doc("keep at most this many rows (0: all)"),
-            ParamSpec::bool("decode_images", true).doc("decode every jpg_0 / jpg_1 to check it"),
-        ]
+        PickAPicParams::specs()
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
         let shards = Self::shards(cx)?;
@@ -418,8 +427,11 @@ impl StageKind for PickAPic {
         for s in &shards {
             open_shard(s)?;
         }
-        let limit = cx.params().usize("limit")?;
-        let decode = cx.params().bool("decode_images")?;
+        let PickAPicParams {
+            limit,
+            decode_images: decode,
+            ..
+        } = PickAPicParams::from_params(cx.params())?;
         let (mut rows, mut ties) = (0u64, 0u64);
         let mut captions: HashMap<String, u64> = HashMap::new();
         let staged = cx.out_dir().join("pairs.parquet");

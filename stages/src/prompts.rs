@@ -17,15 +17,29 @@ use spo_core::{ParamSpec, StageContext, StageError, StageKind};
 
 use crate::world_parquet::{col, write_table};
 
-/// The prompt-file formats the kind reads.
-pub const FORMATS: &[&str] = &[
-    "spo-4k",
-    "parti",
-    "geneval",
-    "imagereward",
-    "hpsv2",
-    "lines",
-];
+spo_core::param_choice! {
+    /// The prompt-file formats the kind reads.
+    pub enum PromptFormat {
+        Spo4k = "spo-4k",
+        Parti = "parti",
+        Geneval = "geneval",
+        ImageReward = "imagereward",
+        Hpsv2 = "hpsv2",
+        Lines = "lines",
+    }
+}
+
+spo_core::stage_params! {
+    /// The params of `prompts`.
+    pub struct PromptsParams {
+        /// the file's format
+        format: PromptFormat = choice_of(PromptFormat::Lines).required(),
+        /// which file of the input (empty: its only file)
+        file: String = string(""),
+        /// pinned SHA-256 of the file (empty: the input manifest's digest only)
+        sha256: String = string(""),
+    }
+}
 
 /// One normalised prompt.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,7 +52,11 @@ pub struct PromptRow {
 
 /// Parses a prompt file of `format`; `name` is the file's name (HPSv2 styles come from it).
 /// The error is a message naming the line or record at fault.
-pub fn parse_prompts(format: &str, bytes: &[u8], name: &str) -> Result<Vec<PromptRow>, String> {
+pub fn parse_prompts(
+    format: PromptFormat,
+    bytes: &[u8],
+    name: &str,
+) -> Result<Vec<PromptRow>, String> {
     let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 text: {e}"))?;
     let row =
         |index: usize, prompt: &str, category: Option<&str>, metadata: Option<Json>| PromptRow {
@@ -50,8 +68,8 @@ pub fn parse_prompts(format: &str, bytes: &[u8], name: &str) -> Result<Vec<Promp
     let json = || serde_json::from_str::<Json>(text).map_err(|e| format!("not JSON: {e}"));
     let rows = match format {
         // [{"caption": ..., "trainset_idx": ...}, ...]
-        "spo-4k" | "imagereward" => {
-            let key = if format == "spo-4k" {
+        PromptFormat::Spo4k | PromptFormat::ImageReward => {
+            let key = if format == PromptFormat::Spo4k {
                 "caption"
             } else {
                 "prompt"
@@ -79,7 +97,7 @@ pub fn parse_prompts(format: &str, bytes: &[u8], name: &str) -> Result<Vec<Promp
                 .collect::<Result<Vec<_>, _>>()?
         }
         // Prompt \t Category \t Challenge \t Note, with a header line.
-        "parti" => {
+        PromptFormat::Parti => {
             let mut lines = text.lines();
             let header: Vec<&str> = lines.next().unwrap_or_default().split('\t').collect();
             if header.first() != Some(&"Prompt") {
@@ -117,7 +135,7 @@ pub fn parse_prompts(format: &str, bytes: &[u8], name: &str) -> Result<Vec<Promp
                 .collect::<Result<Vec<_>, _>>()?
         }
         // One JSON object per line: {"tag", "include", "prompt", ...}.
-        "geneval" => text
+        PromptFormat::Geneval => text
             .lines()
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
@@ -137,7 +155,7 @@ pub fn parse_prompts(format: &str, bytes: &[u8], name: &str) -> Result<Vec<Promp
             })
             .collect::<Result<Vec<_>, String>>()?,
         // A JSON list of prompts (one style's file, e.g. anime.json), or {style: [prompts]}.
-        "hpsv2" => {
+        PromptFormat::Hpsv2 => {
             let stem = Path::new(name)
                 .file_stem()
                 .and_then(|s| s.to_str())
@@ -166,18 +184,12 @@ pub fn parse_prompts(format: &str, bytes: &[u8], name: &str) -> Result<Vec<Promp
             }
             out
         }
-        "lines" => text
+        PromptFormat::Lines => text
             .lines()
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
             .map(|(i, l)| row(i, l.trim(), None, None))
             .collect(),
-        other => {
-            return Err(format!(
-                "unknown format `{other}` (expected one of {})",
-                FORMATS.join(", ")
-            ));
-        }
     };
     if rows.is_empty() {
         return Err("holds no prompt".into());
@@ -242,19 +254,15 @@ impl StageKind for Prompts {
         "Normalise a downloaded prompt file (SPO 4k, PartiPrompts, GenEval, ImageReward, HPSv2, lines) into prompts.parquet"
     }
     fn params(&self) -> Vec<ParamSpec> {
-        vec![
-            ParamSpec::choice("format", FORMATS, "lines")
-                .required()
-                .doc("the file's format"),
-            ParamSpec::string("file", "").doc("which file of the input (empty: its only file)"),
-            ParamSpec::string("sha256", "")
-                .doc("pinned SHA-256 of the file (empty: the input manifest's digest only)"),
-        ]
+        PromptsParams::specs()
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
-        let format = cx.params().str("format")?.to_owned();
-        let want = cx.params().str("file")?.to_owned();
-        let pinned = cx.params().str("sha256")?.to_lowercase();
+        let PromptsParams {
+            format,
+            file: want,
+            sha256,
+        } = PromptsParams::from_params(cx.params())?;
+        let pinned = sha256.to_lowercase();
         let [input] = cx.inputs() else {
             return Err(StageError::Failed(format!(
                 "stage `{}` needs exactly one input holding the prompt file, has {}",
@@ -305,13 +313,13 @@ impl StageKind for Prompts {
                 )));
             }
         }
-        let rows = parse_prompts(&format, &bytes, &entry.path).map_err(|m| {
+        let rows = parse_prompts(format, &bytes, &entry.path).map_err(|m| {
             StageError::Failed(format!("prompt file {} ({format}): {m}", path.display()))
         })?;
         let categories: std::collections::HashSet<&str> =
             rows.iter().filter_map(|r| r.category.as_deref()).collect();
         let n_categories = categories.len();
-        write_prompts(cx, "prompts.parquet", &format, &rows, &[])?;
+        write_prompts(cx, "prompts.parquet", format.as_str(), &rows, &[])?;
         cx.metric("prompts", rows.len() as f64);
         cx.metric("categories", n_categories as f64);
         Ok(())

@@ -18,6 +18,23 @@ use crate::tensors::{png_bytes, tensor_to_images};
 use crate::world_parquet::{col, write_table};
 use crate::worlddata::WorldData;
 
+spo_core::stage_params! {
+    /// The params of `sample`.
+    pub struct SampleParams {
+        /// DDIM steps
+        steps: usize = int(20).range(1.0, 1000.0),
+        /// classifier-free guidance scale
+        cfg: f64 = float(5.0).range(1.0, 100.0),
+        /// DDIM stochasticity
+        eta: f64 = float(0.0).range(0.0, 1.0),
+        /// how many validation prompts (from the start of the set)
+        prompts: usize = int(64).range(1.0, 1e6),
+        /// images per prompt
+        per_prompt: usize = int(2).range(1.0, 1000.0),
+        batch: usize = int(32).range(1.0, 4096.0),
+    }
+}
+
 /// The `sample` stage kind.
 pub struct Sample;
 
@@ -34,30 +51,13 @@ impl StageKind for Sample {
         "DDIM samples for the validation prompts (needs world, clip-pretrain, base-pretrain; optional spo)"
     }
     fn params(&self) -> Vec<ParamSpec> {
-        vec![
-            ParamSpec::int("steps", 20)
-                .range(1.0, 1000.0)
-                .doc("DDIM steps"),
-            ParamSpec::float("cfg", 5.0)
-                .range(1.0, 100.0)
-                .doc("classifier-free guidance scale"),
-            ParamSpec::float("eta", 0.0)
-                .range(0.0, 1.0)
-                .doc("DDIM stochasticity"),
-            ParamSpec::int("prompts", 64)
-                .range(1.0, 1e6)
-                .doc("how many validation prompts (from the start of the set)"),
-            ParamSpec::int("per_prompt", 2)
-                .range(1.0, 1000.0)
-                .doc("images per prompt"),
-            ParamSpec::int("batch", 32).range(1.0, 4096.0),
-        ]
+        SampleParams::specs()
     }
     fn seeded(&self) -> bool {
         true
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
-        let p = cx.params().clone();
+        let p = SampleParams::from_params(cx.params())?;
         let dev = device();
         let world = WorldData::load(cx.input_of_kind("world")?)?;
         let clip = InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?;
@@ -72,8 +72,8 @@ impl StageKind for Sample {
         }
         let ddim = Ddim::new(
             NoiseSchedule::new(SchedulerConfig::sd15()).map_err(StageError::other)?,
-            p.usize("steps")?,
-            p.float("eta")?,
+            p.steps,
+            p.eta,
         )
         .map_err(StageError::other)?;
         let seed = cx.seed().unwrap_or(0);
@@ -81,9 +81,9 @@ impl StageKind for Sample {
             .validation
             .iter()
             .enumerate()
-            .take(p.usize("prompts")?)
+            .take(p.prompts)
             .collect();
-        let per = p.usize("per_prompt")?;
+        let per = p.per_prompt;
         let jobs: Vec<(usize, u64)> = prompts
             .iter()
             .flat_map(|(i, _)| (0..per).map(move |k| (*i, image_seed(seed, *i, k))))
@@ -91,7 +91,7 @@ impl StageKind for Sample {
         let size = world.canvas as usize;
         let pb = cx.progress(jobs.len() as u64, "sample");
         let mut images: Vec<RgbImage> = Vec::with_capacity(jobs.len());
-        for chunk in jobs.chunks(p.usize("batch")?) {
+        for chunk in jobs.chunks(p.batch) {
             let texts: Vec<&str> = chunk
                 .iter()
                 .map(|(i, _)| world.validation[*i].text.as_str())
@@ -106,7 +106,7 @@ impl StageKind for Sample {
                 .map_err(StageError::other)?;
             let mut x = Tensor::cat(&noise, 0).map_err(StageError::other)?;
             let mut step_rng = SeededRng::new(chunk[0].1 ^ 0x5a17);
-            let cfg = p.float("cfg")?;
+            let cfg = p.cfg;
             x = on_cores(cx.threads(), || {
                 for &t in ddim.timesteps() {
                     let ts = vec![t; chunk.len()];

@@ -25,17 +25,40 @@ use crate::worlddata::load_pairs;
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SpmMeta {
     pub config: ClipConfig,
-    /// `spm`, `no-step` or `pickscore`.
-    pub variant: String,
+    pub variant: Variant,
 }
 
-const VARIANTS: &[&str] = &["spm", "no-step", "pickscore"];
+spo_core::param_choice! {
+    /// What `train-spm` trains: the SPM, its ablation without a time condition (Table 5), or
+    /// nothing (the untrained parent, PickScore applied to x̂₀).
+    pub enum Variant { Spm = "spm", NoStep = "no-step", PickScore = "pickscore" }
+}
 
-fn variant(name: &str) -> SpmVariant {
-    match name {
-        "no-step" => SpmVariant::NoTimeCondition,
-        "pickscore" => SpmVariant::PickScore,
-        _ => SpmVariant::TimeConditioned,
+impl Variant {
+    fn model(self) -> SpmVariant {
+        match self {
+            Variant::Spm => SpmVariant::TimeConditioned,
+            Variant::NoStep => SpmVariant::NoTimeCondition,
+            Variant::PickScore => SpmVariant::PickScore,
+        }
+    }
+}
+
+spo_core::stage_params! {
+    /// The params of `train-spm`.
+    pub struct SpmParams {
+        /// spm, no-step (Table 5: no time condition) or pickscore (untrained parent)
+        variant: Variant = choice_of(Variant::Spm),
+        steps: usize = int(400).range(0.0, 1e7),
+        /// pairs per step
+        batch: usize = int(16).range(1.0, 4096.0),
+        lr: f64 = float(1e-4).range(1e-8, 1.0),
+        /// guidance of the base model's x0-prediction
+        cfg: f64 = float(5.0).range(1.0, 100.0),
+        /// use at most this many pairs (0: all)
+        pairs: usize = int(0).min(0.0),
+        seed: u64 = int(0).min(0.0),
+        checkpoint_every: usize = int(100).range(1.0, 1e7),
     }
 }
 
@@ -54,32 +77,15 @@ impl StageKind for TrainSpm {
         "the step-aware preference model from the PickScore analogue (needs world, clip-pretrain, base-pretrain, pickscore-train)"
     }
     fn params(&self) -> Vec<ParamSpec> {
-        vec![
-            ParamSpec::choice("variant", VARIANTS, "spm")
-                .doc("spm, no-step (Table 5: no time condition) or pickscore (untrained parent)"),
-            ParamSpec::int("steps", 400).range(0.0, 1e7),
-            ParamSpec::int("batch", 16)
-                .range(1.0, 4096.0)
-                .doc("pairs per step"),
-            ParamSpec::float("lr", 1e-4).range(1e-8, 1.0),
-            ParamSpec::float("cfg", 5.0)
-                .range(1.0, 100.0)
-                .doc("guidance of the base model's x0-prediction"),
-            ParamSpec::int("pairs", 0)
-                .min(0.0)
-                .doc("use at most this many pairs (0: all)"),
-            ParamSpec::int("seed", 0).min(0.0),
-            ParamSpec::int("checkpoint_every", 100).range(1.0, 1e7),
-        ]
+        SpmParams::specs()
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
-        let p = cx.params().clone();
+        let p = SpmParams::from_params(cx.params())?;
         let dev = device();
-        let name = p.str("variant")?.to_owned();
         let parent = cx.input_of_kind("pickscore-train")?.clone();
-        let (varmap, meta, vocab) = init_from_parent(&parent, &name, p.int("seed")? as u64, &dev)?;
-        if name != "pickscore" {
-            train(cx, &varmap, &meta, &vocab, &dev)?;
+        let (varmap, meta, vocab) = init_from_parent(&parent, p.variant, p.seed, &dev)?;
+        if p.variant != Variant::PickScore {
+            train(cx, &p, &varmap, &meta, &vocab, &dev)?;
         }
         save_varmap(cx, &varmap, "spm.safetensors")?;
         cx.write_artifact(
@@ -95,7 +101,7 @@ impl StageKind for TrainSpm {
 /// time modules (so that the SPM equals its parent at initialisation).
 fn init_from_parent(
     parent: &Input,
-    name: &str,
+    variant: Variant,
     seed: u64,
     dev: &Device,
 ) -> Result<(VarMap, SpmMeta, Vocab), StageError> {
@@ -120,14 +126,14 @@ fn init_from_parent(
                 .map_err(|e| StageError::Failed(format!("{}: `{k}`: {e}", weights.display())))?;
         }
     }
-    if name == "spm" {
+    if variant == Variant::Spm {
         init_spm_from_pickscore(&varmap, &cfg, seed, dev).map_err(StageError::other)?;
     }
     Ok((
         varmap,
         SpmMeta {
             config: cfg,
-            variant: name.to_owned(),
+            variant,
         },
         parent_clip.vocab,
     ))
@@ -137,7 +143,7 @@ fn init_from_parent(
 pub fn build(varmap: &VarMap, meta: &SpmMeta, dev: &Device) -> Result<Spm, StageError> {
     Spm::new(
         &meta.config,
-        variant(&meta.variant),
+        meta.variant.model(),
         seeded_var_builder(varmap, 0, DType::F32, dev),
     )
     .map_err(StageError::other)
@@ -150,7 +156,7 @@ pub fn load(input: &Input, dev: &Device) -> Result<(Spm, Vocab), StageError> {
     let weights = input.file("spm.safetensors")?;
     let spm = Spm::new(
         &meta.config,
-        variant(&meta.variant),
+        meta.variant.model(),
         frozen_vb(&weights, dev)?,
     )
     .map_err(|e| StageError::Failed(format!("{}: {e}", weights.display())))?;
@@ -204,14 +210,14 @@ pub fn pair_loss(
 
 fn train(
     cx: &mut StageContext,
+    p: &SpmParams,
     varmap: &VarMap,
     meta: &SpmMeta,
     vocab: &Vocab,
     dev: &Device,
 ) -> Result<(), StageError> {
-    let p = cx.params().clone();
-    let (steps, batch) = (p.usize("steps")?, p.usize("batch")?);
-    let pairs = load_pairs(cx.input_of_kind("world")?, p.usize("pairs")?)?;
+    let (steps, batch) = (p.steps, p.batch);
+    let pairs = load_pairs(cx.input_of_kind("world")?, p.pairs)?;
     if pairs.is_empty() {
         return Err(StageError::Failed(
             "the world has no preference pairs".into(),
@@ -230,7 +236,7 @@ fn train(
     let mut opt = AdamW::new(
         named_vars(varmap).map_err(StageError::other)?,
         AdamWConfig {
-            lr: p.float("lr")?,
+            lr: p.lr,
             ..Default::default()
         },
     )
@@ -239,12 +245,12 @@ fn train(
         cx,
         "spm",
         steps,
-        p.usize("checkpoint_every")?,
-        p.int("seed")? as u64,
+        p.checkpoint_every,
+        p.seed,
         &mut vm,
         &mut opt,
     )?;
-    let cfg = p.float("cfg")?;
+    let cfg = p.cfg;
     while tr.step < steps {
         let rng = &mut tr.rng;
         let loss = on_cores(cx.threads(), || {

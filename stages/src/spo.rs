@@ -27,6 +27,55 @@ use crate::vocab::Vocab;
 use crate::world_parquet::{col, write_table};
 use crate::worlddata::{Prompt, WorldData};
 
+spo_core::param_choice! {
+    /// Which candidate of a pool the chain continues from (Table 4).
+    pub enum Continuation { Random = "random", Win = "win", Lose = "lose" }
+}
+
+spo_core::param_choice! {
+    /// Which two candidates of a pool form the training pair (Table 9).
+    pub enum PairChoice { BestWorst = "best-worst", Random = "random" }
+}
+
+spo_core::stage_params! {
+    /// The params of `spo`.
+    pub struct SpoParams {
+        /// candidates per pool (Table 6)
+        k: usize = int(4).range(2.0, 16.0),
+        /// steps per pool before scoring; > 1 is MSPO (Table 7)
+        j: usize = int(1).range(1.0, 20.0),
+        /// transitions from t in [lo, hi] branch and train (Table 8); [0, 751] = plain DDIM for
+        /// the first 4 of 20 steps
+        t_range: Vec<usize> = int_list(&[0, 751]).len(2).range(0.0, 1000.0),
+        /// which candidate the chain continues from (Table 4)
+        continuation: Continuation = choice_of(Continuation::Random),
+        /// which two candidates form the pair (Table 9)
+        pair: PairChoice = choice_of(PairChoice::BestWorst),
+        /// keep a pair when p_win − p_lose exceeds this
+        threshold: f64 = float(0.3).range(0.0, 1.0),
+        beta: f64 = float(10.0).range(0.0, 1e4),
+        /// ratio clamp [1 − ε, 1 + ε]
+        clip_eps: f64 = float(0.1).range(0.0, 1.0),
+        /// sampling + training rounds
+        rounds: usize = int(12).range(0.0, 1e6),
+        /// prompts per round
+        prompts: usize = int(6).range(1.0, 4096.0),
+        /// pairs per optimizer step
+        train_batch: usize = int(16).range(1.0, 4096.0),
+        /// passes over each round's pairs (the paper: 1, each pair used once)
+        epochs: usize = int(1).range(1.0, 100.0),
+        lr: f64 = float(5e-4).range(1e-8, 1.0),
+        /// LoRA rank (alpha = rank)
+        rank: usize = int(4).range(1.0, 256.0),
+        /// DDIM steps
+        steps: usize = int(20).range(2.0, 1000.0),
+        eta: f64 = float(1.0).range(0.01, 1.0),
+        cfg: f64 = float(5.0).range(1.0, 100.0),
+        /// rounds between checkpoints
+        checkpoint_every: usize = int(2).range(1.0, 1e6),
+    }
+}
+
 /// The `spo` stage kind.
 pub struct SpoTrain;
 
@@ -43,32 +92,13 @@ impl StageKind for SpoTrain {
         "SPO / MSPO fine-tuning with LoRA (needs world, clip-pretrain, base-pretrain, train-spm)"
     }
     fn params(&self) -> Vec<ParamSpec> {
-        vec![
-            ParamSpec::int("k", 4).range(2.0, 16.0).doc("candidates per pool (Table 6)"),
-            ParamSpec::int("j", 1).range(1.0, 20.0).doc("steps per pool before scoring; > 1 is MSPO (Table 7)"),
-            ParamSpec::int_list("t_range", &[0, 751]).len(2).range(0.0, 1000.0).doc("transitions from t in [lo, hi] branch and train (Table 8); [0, 751] = plain DDIM for the first 4 of 20 steps"),
-            ParamSpec::choice("continuation", &["random", "win", "lose"], "random").doc("which candidate the chain continues from (Table 4)"),
-            ParamSpec::choice("pair", &["best-worst", "random"], "best-worst").doc("which two candidates form the pair (Table 9)"),
-            ParamSpec::float("threshold", 0.3).range(0.0, 1.0).doc("keep a pair when p_win − p_lose exceeds this"),
-            ParamSpec::float("beta", 10.0).range(0.0, 1e4),
-            ParamSpec::float("clip_eps", 0.1).range(0.0, 1.0).doc("ratio clamp [1 − ε, 1 + ε]"),
-            ParamSpec::int("rounds", 12).range(0.0, 1e6).doc("sampling + training rounds"),
-            ParamSpec::int("prompts", 6).range(1.0, 4096.0).doc("prompts per round"),
-            ParamSpec::int("train_batch", 16).range(1.0, 4096.0).doc("pairs per optimizer step"),
-            ParamSpec::int("epochs", 1).range(1.0, 100.0).doc("passes over each round's pairs (the paper: 1, each pair used once)"),
-            ParamSpec::float("lr", 5e-4).range(1e-8, 1.0),
-            ParamSpec::int("rank", 4).range(1.0, 256.0).doc("LoRA rank (alpha = rank)"),
-            ParamSpec::int("steps", 20).range(2.0, 1000.0).doc("DDIM steps"),
-            ParamSpec::float("eta", 1.0).range(0.01, 1.0),
-            ParamSpec::float("cfg", 5.0).range(1.0, 100.0),
-            ParamSpec::int("checkpoint_every", 2).range(1.0, 1e6).doc("rounds between checkpoints"),
-        ]
+        SpoParams::specs()
     }
     fn seeded(&self) -> bool {
         true
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
-        let p = cx.params().clone();
+        let p = SpoParams::from_params(cx.params())?;
         let dev = device();
         let seed = cx.seed().unwrap_or(0);
         let world = WorldData::load(cx.input_of_kind("world")?)?;
@@ -77,14 +107,14 @@ impl StageKind for SpoTrain {
         let mut unet = load_unet(cx.input_of_kind("base-pretrain")?, &dev)?;
         let mut lora_vars = VarMap::new();
         unet.add_lora(
-            &LoraConfig::spo(p.usize("rank")?),
+            &LoraConfig::spo(p.rank),
             &seeded_var_builder(&lora_vars, seed, DType::F32, &dev),
         )
         .map_err(StageError::other)?;
         let mut opt = AdamW::new(
             named_vars(&lora_vars).map_err(StageError::other)?,
             AdamWConfig {
-                lr: p.float("lr")?,
+                lr: p.lr,
                 weight_decay: 1e-4,
                 ..Default::default()
             },
@@ -92,24 +122,23 @@ impl StageKind for SpoTrain {
         .map_err(StageError::other)?;
         let ddim = Ddim::new(
             NoiseSchedule::new(SchedulerConfig::sd15()).map_err(StageError::other)?,
-            p.usize("steps")?,
-            p.float("eta")?,
+            p.steps,
+            p.eta,
         )
         .map_err(StageError::other)?;
-        let t_range = p.int_list("t_range")?;
         let cfg = Settings {
-            k: p.usize("k")?,
-            j: p.usize("j")?,
-            lo: t_range[0] as usize,
-            hi: t_range[1] as usize,
-            continuation: p.str("continuation")?.to_owned(),
-            random_pair: p.str("pair")? == "random",
-            margin: 2.0 * p.float("threshold")?.atanh(),
-            beta: p.float("beta")?,
-            clip_eps: p.float("clip_eps")?,
-            cfg: p.float("cfg")?,
-            train_batch: p.usize("train_batch")?,
-            epochs: p.usize("epochs")?,
+            k: p.k,
+            j: p.j,
+            lo: p.t_range[0],
+            hi: p.t_range[1],
+            continuation: p.continuation,
+            pair: p.pair,
+            margin: 2.0 * p.threshold.atanh(),
+            beta: p.beta,
+            clip_eps: p.clip_eps,
+            cfg: p.cfg,
+            train_batch: p.train_batch,
+            epochs: p.epochs,
         };
         let models = Models {
             unet: &unet,
@@ -119,12 +148,12 @@ impl StageKind for SpoTrain {
             spm_vocab: &spm_vocab,
             dev: &dev,
         };
-        let rounds = p.usize("rounds")?;
+        let rounds = p.rounds;
         let mut tr: Trainer<Vec<RoundLog>> = Trainer::start(
             cx,
             "spo",
             rounds,
-            p.usize("checkpoint_every")?,
+            p.checkpoint_every,
             seed,
             &mut lora_vars,
             &mut opt,
@@ -133,7 +162,7 @@ impl StageKind for SpoTrain {
             // ---- sampling ----
             let prompts: Vec<&Prompt> = tr
                 .rng
-                .indices(p.usize("prompts")?, world.train.len())
+                .indices(p.prompts, world.train.len())
                 .into_iter()
                 .map(|i| &world.train[i])
                 .collect();
@@ -189,8 +218,8 @@ struct Settings {
     j: usize,
     lo: usize,
     hi: usize,
-    continuation: String,
-    random_pair: bool,
+    continuation: Continuation,
+    pair: PairChoice,
     /// s_win − s_lose must exceed 2·atanh(threshold).
     margin: f64,
     beta: f64,
@@ -427,7 +456,7 @@ fn judge(
         let worst = (0..s.k)
             .reduce(|a, c| if sc[c] < sc[a] { c } else { a })
             .unwrap_or(0);
-        let (win, lose) = if s.random_pair {
+        let (win, lose) = if s.pair == PairChoice::Random {
             let a = rng.indices(1, s.k)[0];
             let c = (a + 1 + rng.indices(1, s.k - 1)[0]) % s.k;
             if sc[a] >= sc[c] { (a, c) } else { (c, a) }
@@ -453,10 +482,10 @@ fn judge(
                 });
             }
         }
-        chosen.push(match s.continuation.as_str() {
-            "win" => win,
-            "lose" => lose,
-            _ => rng.indices(1, s.k)[0],
+        chosen.push(match s.continuation {
+            Continuation::Win => win,
+            Continuation::Lose => lose,
+            Continuation::Random => rng.indices(1, s.k)[0],
         });
     }
     Ok(chosen)

@@ -15,6 +15,42 @@ use crate::pickapic::{PairRow, PairsWriter};
 use crate::prompts::{PromptRow, write_prompts};
 use crate::world_parquet::{col, write_table};
 
+spo_core::stage_params! {
+    /// The params of `world`.
+    pub struct WorldParams {
+        /// the world's seed: objects, prompts, renders, labels
+        seed: u64 = int(0).min(0.0),
+        /// canvas side in pixels
+        canvas: u32 = int(32).range(16.0, 256.0),
+        /// number of emoji object classes
+        objects: usize = int(24).range(2.0, 400.0),
+        /// prompts use the first N of white, gray, black, red, green, blue, yellow, pink
+        backgrounds: usize = int(Grammar::default().backgrounds as i64).range(1.0, 8.0),
+        /// share of prompts showing a pair of different objects
+        pair_share: f64 = float(Grammar::default().pair_share).range(0.0, 1.0),
+        /// share of objects drawn tinted instead of in their own colours
+        tint_share: f64 = float(Grammar::default().tint_share).range(0.0, 1.0),
+        /// training prompts (SPO's 4k analogue)
+        train_prompts: usize = int(4000).min(1.0),
+        /// validation prompts, disjoint from training (validation_unique analogue)
+        validation_prompts: usize = int(500).min(1.0),
+        /// preference pairs per training prompt
+        pairs_per_prompt: usize = int(1).range(1.0, 16.0),
+        /// annotator: weight of prompt alignment
+        alignment_weight: f64 = float(Annotator::default().alignment_weight).min(0.0),
+        /// annotator: weight of detail quality
+        detail_weight: f64 = float(Annotator::default().detail_weight).min(0.0),
+        /// annotator: std of the noise on each image's utility
+        annotator_noise: f64 = float(Annotator::default().noise).min(0.0),
+        /// annotator: utilities closer than this are a tie
+        tie_margin: f64 = float(Annotator::default().tie_margin).min(0.0),
+        /// pairs drawn in grid.png
+        grid_pairs: usize = int(8).range(1.0, 64.0),
+        /// images re-judged by the oracles to report their agreement with the truth
+        oracle_check: usize = int(256).min(0.0),
+    }
+}
+
 /// The `world` stage kind.
 pub struct WorldKind;
 
@@ -32,82 +68,30 @@ impl StageKind for WorldKind {
         "Build the emoji world: prompts (train / validation), generic preference pairs in Pick-a-Pic's schema, ground truth, a sample grid"
     }
     fn params(&self) -> Vec<ParamSpec> {
-        let a = Annotator::default();
-        let g = Grammar::default();
-        vec![
-            ParamSpec::int("seed", 0)
-                .min(0.0)
-                .doc("the world's seed: objects, prompts, renders, labels"),
-            ParamSpec::int("canvas", 32)
-                .range(16.0, 256.0)
-                .doc("canvas side in pixels"),
-            ParamSpec::int("objects", 24)
-                .range(2.0, 400.0)
-                .doc("number of emoji object classes"),
-            ParamSpec::int("backgrounds", g.backgrounds as i64)
-                .range(1.0, 8.0)
-                .doc(
-                    "prompts use the first N of white, gray, black, red, green, blue, yellow, pink",
-                ),
-            ParamSpec::float("pair_share", g.pair_share)
-                .range(0.0, 1.0)
-                .doc("share of prompts showing a pair of different objects"),
-            ParamSpec::float("tint_share", g.tint_share)
-                .range(0.0, 1.0)
-                .doc("share of objects drawn tinted instead of in their own colours"),
-            ParamSpec::int("train_prompts", 4000)
-                .min(1.0)
-                .doc("training prompts (SPO's 4k analogue)"),
-            ParamSpec::int("validation_prompts", 500)
-                .min(1.0)
-                .doc("validation prompts, disjoint from training (validation_unique analogue)"),
-            ParamSpec::int("pairs_per_prompt", 1)
-                .range(1.0, 16.0)
-                .doc("preference pairs per training prompt"),
-            ParamSpec::float("alignment_weight", a.alignment_weight)
-                .min(0.0)
-                .doc("annotator: weight of prompt alignment"),
-            ParamSpec::float("detail_weight", a.detail_weight)
-                .min(0.0)
-                .doc("annotator: weight of detail quality"),
-            ParamSpec::float("annotator_noise", a.noise)
-                .min(0.0)
-                .doc("annotator: std of the noise on each image's utility"),
-            ParamSpec::float("tie_margin", a.tie_margin)
-                .min(0.0)
-                .doc("annotator: utilities closer than this are a tie"),
-            ParamSpec::int("grid_pairs", 8)
-                .range(1.0, 64.0)
-                .doc("pairs drawn in grid.png"),
-            ParamSpec::int("oracle_check", 256)
-                .min(0.0)
-                .doc("images re-judged by the oracles to report their agreement with the truth"),
-        ]
+        WorldParams::specs()
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
-        let p = cx.params();
-        let int = |n: &str| p.int(n).map(|v| v as u64);
+        let p = WorldParams::from_params(cx.params())?;
         let config = WorldConfig {
-            seed: int("seed")?,
-            canvas: p.usize("canvas")? as u32,
-            objects: p.usize("objects")?,
-            train_prompts: p.usize("train_prompts")?,
-            validation_prompts: p.usize("validation_prompts")?,
-            pairs_per_prompt: p.usize("pairs_per_prompt")?,
+            seed: p.seed,
+            canvas: p.canvas,
+            objects: p.objects,
+            train_prompts: p.train_prompts,
+            validation_prompts: p.validation_prompts,
+            pairs_per_prompt: p.pairs_per_prompt,
             grammar: Grammar {
-                backgrounds: p.usize("backgrounds")?,
-                pair_share: p.float("pair_share")?,
-                tint_share: p.float("tint_share")?,
+                backgrounds: p.backgrounds,
+                pair_share: p.pair_share,
+                tint_share: p.tint_share,
             },
             annotator: Annotator {
-                alignment_weight: p.float("alignment_weight")?,
-                detail_weight: p.float("detail_weight")?,
-                noise: p.float("annotator_noise")?,
-                tie_margin: p.float("tie_margin")?,
+                alignment_weight: p.alignment_weight,
+                detail_weight: p.detail_weight,
+                noise: p.annotator_noise,
+                tie_margin: p.tie_margin,
             },
         };
-        let grid_pairs = p.usize("grid_pairs")?;
-        let oracle_check = p.usize("oracle_check")?;
+        let (grid_pairs, oracle_check) = (p.grid_pairs, p.oracle_check);
         let world = World::build(&config).map_err(StageError::other)?;
 
         write_objects(cx, &world)?;

@@ -9,7 +9,7 @@ use std::path::Path;
 use arrow_array::cast::AsArray;
 use data_common::{columns, input, read, rows, run, shared_data};
 use spo_core::Value;
-use spo_stages::prompts::{Prompts, parse_prompts};
+use spo_stages::prompts::{PromptFormat, Prompts, parse_prompts};
 
 /// Runs the kind on `file` (copied nowhere: the input's dir is the file's own directory).
 fn normalise(
@@ -164,7 +164,7 @@ fn hpsv2_benchmark_files_keep_their_style_as_category() {
         "anime"
     );
     let all = parse_prompts(
-        "hpsv2",
+        PromptFormat::Hpsv2,
         br#"{"photo": ["a dog"], "paintings": ["a meadow", "an owl"]}"#,
         "all.json",
     )
@@ -179,28 +179,28 @@ fn hpsv2_benchmark_files_keep_their_style_as_category() {
 #[test]
 fn malformed_prompt_files_name_the_line() {
     let e = parse_prompts(
-        "geneval",
+        PromptFormat::Geneval,
         b"{\"tag\": \"x\", \"prompt\": \"ok\"}\n{broken\n",
         "m.jsonl",
     )
     .unwrap_err();
     assert!(e.starts_with("line 2: not JSON"), "{e}");
     let e = parse_prompts(
-        "parti",
+        PromptFormat::Parti,
         b"Prompt\tCategory\tChallenge\tNote\nbond\tAbstract\n",
         "p.tsv",
     )
     .unwrap_err();
     assert!(e.starts_with("line 2: 2 tab-separated fields"), "{e}");
     let e = parse_prompts(
-        "spo-4k",
+        PromptFormat::Spo4k,
         br#"[{"caption": "a"}, {"trainset_idx": 3}]"#,
         "s.json",
     )
     .unwrap_err();
     assert!(e.contains("record 1: no string `caption`"), "{e}");
     assert!(
-        parse_prompts("lines", b"\n\n", "empty.txt")
+        parse_prompts(PromptFormat::Lines, b"\n\n", "empty.txt")
             .unwrap_err()
             .contains("no prompt")
     );

@@ -3,7 +3,6 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -14,16 +13,7 @@ use spo_core::{FileEntry, Input, Manifest, Params, StageContext, StageError, Sta
 
 /// The resolved params of `kind` with `set` overriding defaults.
 pub fn params(kind: &dyn StageKind, set: &[(&str, Value)]) -> Params {
-    let mut map = BTreeMap::new();
-    for spec in kind.params() {
-        if let Some(d) = spec.default {
-            map.insert(spec.name.to_owned(), d);
-        }
-    }
-    for (k, v) in set {
-        map.insert((*k).to_owned(), v.clone());
-    }
-    Params(map)
+    Params::resolve(&kind.params(), set).unwrap_or_else(|e| panic!("{}: {e}", kind.name()))
 }
 
 /// Runs `kind` detached, writing into `dir/out`; returns the result and the context.
