@@ -25,6 +25,7 @@ use crate::clip_train::{
     CLIP_CONFIG, CLIP_VOCAB, CLIP_WEIGHTS, Metrics, Schedule, WorldClip, cell_seed,
     optimiser_params, record, split_indices_by_caption, step,
 };
+use crate::error::{At, Result};
 use crate::training::Trainer;
 use crate::world_parquet::{f64_at, i64_at};
 use crate::worlddata::{Pair, each_row, load_pairs};
@@ -52,7 +53,7 @@ pub struct AestheticHead {
 
 impl AestheticHead {
     /// A new head with weights drawn from `seed`.
-    pub fn new(config: HeadConfig, seed: u64, device: &Device) -> Result<Self, StageError> {
+    pub fn new(config: HeadConfig, seed: u64, device: &Device) -> Result<Self> {
         let varmap = VarMap::new();
         let vb = seeded_var_builder(&varmap, seed, DType::F32, device);
         let layers = Self::build(&config, vb)?;
@@ -63,29 +64,25 @@ impl AestheticHead {
         })
     }
 
-    fn build(
-        config: &HeadConfig,
-        vb: candle_nn::VarBuilder<'static>,
-    ) -> Result<Vec<Linear>, StageError> {
+    fn build(config: &HeadConfig, vb: candle_nn::VarBuilder<'static>) -> Result<Vec<Linear>> {
         let widths: Vec<usize> = std::iter::once(config.input)
             .chain(config.hidden.iter().copied())
             .chain(std::iter::once(1))
             .collect();
-        widths
+        Ok(widths
             .windows(2)
             .enumerate()
             .map(|(i, w)| spo_nn::linear::linear(w[0], w[1], vb.pp("layers").pp(2 * i)))
-            .collect::<Result<_, _>>()
-            .map_err(StageError::other)
+            .collect::<Result<_, _>>()?)
     }
 
     /// Loads [`HEAD_CONFIG`] and [`HEAD_WEIGHTS`] from `dir`.
-    pub fn load_dir(dir: &Path, device: &Device) -> Result<Self, StageError> {
+    pub fn load_dir(dir: &Path, device: &Device) -> Result<Self> {
         Self::load_files(&dir.join(HEAD_CONFIG), &dir.join(HEAD_WEIGHTS), device)
     }
 
     /// Loads the head of an `aesthetic-train` input.
-    pub fn load(input: &Input, device: &Device) -> Result<Self, StageError> {
+    pub fn load(input: &Input, device: &Device) -> Result<Self> {
         Self::load_files(
             &input.file(HEAD_CONFIG)?,
             &input.file(HEAD_WEIGHTS)?,
@@ -93,7 +90,7 @@ impl AestheticHead {
         )
     }
 
-    fn load_files(config: &Path, weights: &Path, device: &Device) -> Result<Self, StageError> {
+    fn load_files(config: &Path, weights: &Path, device: &Device) -> Result<Self> {
         let bytes = std::fs::read(config).map_err(|e| StageError::io(config, e))?;
         let cfg: HeadConfig = serde_json::from_slice(&bytes).map_err(|e| {
             StageError::Failed(format!(
@@ -106,11 +103,10 @@ impl AestheticHead {
             return Err(StageError::io(
                 weights,
                 std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-            ));
+            )
+            .into());
         }
-        head.varmap
-            .load(weights)
-            .map_err(|e| StageError::Failed(format!("{}: {e}", weights.display())))?;
+        head.varmap.load(weights).at(weights)?;
         Ok(head)
     }
 
@@ -127,7 +123,7 @@ impl AestheticHead {
     }
 
     /// Ratings of `images` with the backbone `clip` (f64).
-    pub fn rate(&self, clip: &WorldClip, images: &[&RgbImage]) -> Result<Vec<f64>, StageError> {
+    pub fn rate(&self, clip: &WorldClip, images: &[&RgbImage]) -> Result<Vec<f64>> {
         if images.is_empty() {
             return Ok(Vec::new());
         }
@@ -135,28 +131,26 @@ impl AestheticHead {
         let out = self
             .forward(&emb)
             .and_then(|t| t.to_dtype(DType::F64))
-            .and_then(|t| t.to_vec1::<f64>())
-            .map_err(StageError::other)?;
+            .and_then(|t| t.to_vec1::<f64>())?;
         Ok(out)
     }
 
     /// Writes [`HEAD_CONFIG`] and [`HEAD_WEIGHTS`] into the output.
-    pub fn write(&self, cx: &mut StageContext) -> Result<(), StageError> {
+    pub fn write(&self, cx: &mut StageContext) -> Result<()> {
         let tmp = cx.scratch_dir().join("export");
         std::fs::create_dir_all(&tmp).map_err(|e| StageError::io(&tmp, e))?;
         let path = tmp.join(HEAD_WEIGHTS);
-        self.varmap.save(&path).map_err(StageError::other)?;
+        self.varmap.save(&path)?;
         let bytes = std::fs::read(&path).map_err(|e| StageError::io(&path, e))?;
         cx.write_artifact(HEAD_WEIGHTS, &bytes)?;
-        let config = serde_json::to_vec_pretty(&self.config)
-            .map_err(|e| StageError::Failed(format!("serialising the head config: {e}")))?;
-        cx.write_artifact(HEAD_CONFIG, &config)
+        let config = serde_json::to_vec_pretty(&self.config)?;
+        Ok(cx.write_artifact(HEAD_CONFIG, &config)?)
     }
 }
 
 /// The detail-quality rating of both images of every pair, from a `world` input's
 /// `truth.parquet` (rows in pair order: `ranking_id`, `side`).
-pub fn detail_ratings(world: &Input, pairs: usize) -> Result<Vec<[f64; 2]>, StageError> {
+pub fn detail_ratings(world: &Input, pairs: usize) -> Result<Vec<[f64; 2]>> {
     let path = world.file("truth.parquet")?;
     let mut out = vec![[f64::NAN; 2]; pairs];
     each_row(&path, &["ranking_id", "side", "detail"], |c, i| {
@@ -182,7 +176,8 @@ pub fn detail_ratings(world: &Input, pairs: usize) -> Result<Vec<[f64; 2]>, Stag
         return Err(StageError::Failed(format!(
             "{}: no finite detail rating for both images of pair {r}",
             path.display()
-        )));
+        ))
+        .into());
     }
     Ok(out)
 }
@@ -219,11 +214,11 @@ impl StageKind for AestheticTrain {
         p
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
-        crate::inworld::on_cores(cx.threads(), || {
+        Ok(crate::inworld::on_cores(cx.threads(), || {
             let metrics = self.train(cx)?;
             record(cx, &metrics);
             Ok(())
-        })
+        })?)
     }
 }
 
@@ -233,7 +228,7 @@ fn dataset(
     pairs: &[Pair],
     ratings: &[[f64; 2]],
     rows: &[usize],
-) -> Result<(Tensor, Vec<f32>), StageError> {
+) -> Result<(Tensor, Vec<f32>)> {
     let images: Vec<&RgbImage> = rows.iter().flat_map(|&i| pairs[i].images.iter()).collect();
     let ys: Vec<f32> = rows
         .iter()
@@ -244,7 +239,7 @@ fn dataset(
 
 impl AestheticTrain {
     /// Trains the head, writes it with its backbone, and returns the metrics.
-    pub fn train(&self, cx: &mut StageContext) -> Result<Metrics, StageError> {
+    pub fn train(&self, cx: &mut StageContext) -> Result<Metrics> {
         let sched = Schedule::read(cx.params())?;
         let AestheticParams {
             batch,
@@ -263,11 +258,12 @@ impl AestheticTrain {
             return Err(StageError::Failed(format!(
                 "{} pairs are too few to hold out {holdout} of their prompts",
                 pairs.len()
-            )));
+            ))
+            .into());
         }
         let (xs, ys) = dataset(&clip, &pairs, &ratings, &train)?;
         let (vx, vy) = dataset(&clip, &pairs, &ratings, &held)?;
-        let ys_t = Tensor::new(ys.as_slice(), &device).map_err(StageError::other)?;
+        let ys_t = Tensor::new(ys.as_slice(), &device)?;
 
         let config = HeadConfig {
             input: clip.model.config().projection_dim,
@@ -294,13 +290,12 @@ impl AestheticTrain {
                 .into_iter()
                 .map(|i| i as u32)
                 .collect();
-            let idx = Tensor::new(rows.as_slice(), &device).map_err(StageError::other)?;
+            let idx = Tensor::new(rows.as_slice(), &device)?;
             let loss = xs
                 .index_select(&idx, 0)
                 .and_then(|x| head.forward(&x))
                 .and_then(|pred| pred.sub(&ys_t.index_select(&idx, 0)?))
-                .and_then(|d| d.sqr()?.mean_all())
-                .map_err(StageError::other)?;
+                .and_then(|d| d.sqr()?.mean_all())?;
             let value = step(&mut opt, &loss)?;
             t.record(value, &head.varmap, &opt)?;
         }
@@ -309,8 +304,7 @@ impl AestheticTrain {
         let pred: Vec<f64> = head
             .forward(&vx)
             .and_then(|t| t.to_dtype(DType::F64))
-            .and_then(|t| t.to_vec1::<f64>())
-            .map_err(StageError::other)?;
+            .and_then(|t| t.to_vec1::<f64>())?;
         let truth: Vec<f64> = vy.iter().map(|&y| f64::from(y)).collect();
         let mean_train = ys.iter().map(|&y| f64::from(y)).sum::<f64>() / n as f64;
         let mse = mean(pred.iter().zip(&truth).map(|(a, b)| (a - b).powi(2)));

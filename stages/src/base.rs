@@ -15,6 +15,7 @@ use spo_nn::{AdamW, AdamWConfig, named_vars, sharded_backward};
 use spo_world::QualityMix;
 
 use crate::embedded::Weights;
+use crate::error::Result;
 use crate::inworld::{InWorldClip, device, new_unet, save_varmap, unet_config};
 use crate::tensors::images_to_tensor;
 use crate::training::{Trainer, warmup_cosine};
@@ -72,156 +73,146 @@ impl StageKind for BasePretrain {
         BaseParams::specs()
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
-        let p = BaseParams::from_params(cx.params())?;
-        if p.weights == Weights::Embedded {
-            let world = cx.input_of_kind("world")?.clone();
-            let text = cx.input_of_kind("clip-pretrain")?.clone();
-            return crate::embedded::BASE.write(cx, &world, Some(&text));
-        }
-        let (steps, batch, seed) = (p.steps, p.batch, p.seed);
-        let dev = device();
-        let world = WorldData::load(cx.input_of_kind("world")?)?;
-        let clip = InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?;
-
-        // 1. data: renders of mixed quality and their text contexts, computed once
-        let mix = QualityMix {
-            flawed_share: p.flawed_share,
-            strength: (0.1, 1.0),
-        };
-        let images: Vec<image::RgbImage> = world
-            .train
-            .iter()
-            .enumerate()
-            .map(|(i, pr)| Ok(mix.render(&world.atlas, &pr.scene, seed, i as u64)?.0))
-            .collect::<Result<_, spo_world::WorldError>>()
-            .map_err(StageError::other)?;
-        let refs: Vec<&image::RgbImage> = images.iter().collect();
-        let x0_all = images_to_tensor(&refs, &dev)?;
-        let texts: Vec<&str> = world.train.iter().map(|pr| pr.text.as_str()).collect();
-        let ctx_all = clip.context(&texts, &dev)?;
-        let uncond = clip.context(&[""], &dev)?;
-
-        // 2. model and optimizer
-        let channels = &p.channels;
-        if channels.is_empty()
-            || channels.len() > 4
-            || !(world.canvas as usize).is_multiple_of(1 << (channels.len() - 1))
-        {
-            return Err(StageError::Failed(format!(
-                "param `channels`: {} blocks do not fit a {}-pixel canvas (1 to 4 blocks, canvas divisible by 2^(blocks-1))",
-                channels.len(),
-                world.canvas
-            )));
-        }
-        let config = unet_config(
-            world.canvas as usize,
-            channels,
-            clip.config.text_config.hidden_size,
-        );
-        let mut varmap = VarMap::new();
-        let unet = new_unet(&config, &varmap, seed, &dev)?;
-        let mut opt = AdamW::new(
-            named_vars(&varmap).map_err(StageError::other)?,
-            AdamWConfig {
-                lr: p.lr,
-                weight_decay: 0.0,
-                ..Default::default()
-            },
-        )
-        .map_err(StageError::other)?;
-        let schedule = NoiseSchedule::new(SchedulerConfig::sd15()).map_err(StageError::other)?;
-        let train_steps = schedule.config().num_train_timesteps;
-        let mut tr: Trainer = Trainer::start(
-            cx,
-            "base",
-            steps,
-            p.checkpoint_every,
-            seed,
-            &mut varmap,
-            &mut opt,
-        )?;
-        let uncond_prob = p.uncond_prob;
-        let shards = p.shards.min(batch);
-        let vars: Vec<Var> = named_vars(&varmap)
-            .map_err(StageError::other)?
-            .into_iter()
-            .map(|(_, v)| v)
-            .collect();
-        let (lr, warmup, gamma) = (p.lr, p.warmup, p.min_snr_gamma);
-        let snr_weight: Vec<f32> = schedule
-            .alphas_cumprod()
-            .iter()
-            .map(|&a| {
-                let snr = a / (1.0 - a);
-                if gamma > 0.0 {
-                    (snr.min(gamma) / snr) as f32
-                } else {
-                    1.0
-                }
-            })
-            .collect();
-
-        // 3. ε-prediction training
-        while tr.step < steps {
-            opt.set_learning_rate(lr * warmup_cosine(tr.step, steps, warmup));
-            let idx: Vec<u32> = tr
-                .rng
-                .indices(batch, images.len())
-                .into_iter()
-                .map(|i| i as u32)
-                .collect();
-            let idx_t = Tensor::from_vec(idx.clone(), batch, &dev).map_err(StageError::other)?;
-            let x0 = x0_all.index_select(&idx_t, 0).map_err(StageError::other)?;
-            let mut ctx_rows = Vec::with_capacity(batch);
-            let drops: Vec<usize> = tr.rng.indices(batch, 1_000_000);
-            for (k, &i) in idx.iter().enumerate() {
-                let row = if (drops[k] as f64) < uncond_prob * 1e6 {
-                    uncond.clone()
-                } else {
-                    ctx_all
-                        .narrow(0, i as usize, 1)
-                        .map_err(StageError::other)?
-                };
-                ctx_rows.push(row);
-            }
-            let ctx = Tensor::cat(&ctx_rows, 0).map_err(StageError::other)?;
-            let ts: Vec<usize> = tr.rng.indices(batch, train_steps);
-            let weights: Vec<f32> = ts.iter().map(|&t| snr_weight[t]).collect();
-            let weights =
-                Tensor::from_vec(weights, (batch, 1, 1, 1), &dev).map_err(StageError::other)?;
-            let ts: Vec<i64> = ts.into_iter().map(|t| t as i64).collect();
-            let ts = Tensor::from_vec(ts, batch, &dev).map_err(StageError::other)?;
-            let noise = tr
-                .rng
-                .normal(x0.shape(), 0.0, 1.0, DType::F32, &dev)
-                .map_err(StageError::other)?;
-            let xt = schedule
-                .add_noise(&x0, &noise, &ts)
-                .map_err(StageError::other)?;
-            let denom = noise.elem_count() as f64;
-            let shard_loss = |s: usize| -> Result<Tensor, spo_diffusion::DiffusionError> {
-                let (lo, hi) = (s * batch / shards, (s + 1) * batch / shards);
-                let rows = |t: &Tensor| t.narrow(0, lo, hi - lo);
-                let pred = unet.forward(&rows(&xt)?, &rows(&ts)?, &rows(&ctx)?, None)?;
-                Ok(((pred - rows(&noise)?)?
-                    .sqr()?
-                    .broadcast_mul(&rows(&weights)?)?
-                    .sum_all()?
-                    / denom)?)
-            };
-            let (l, grads) = sharded_backward(shards, cx.threads(), &vars, shard_loss)
-                .map_err(StageError::other)?;
-            opt.step(&grads).map_err(StageError::other)?;
-            tr.record(l, &varmap, &opt)?;
-        }
-        tr.finish(cx, "base")?;
-
-        // 4. outputs
-        save_varmap(cx, &varmap, "unet.safetensors")?;
-        cx.write_artifact(
-            "unet_config.json",
-            &serde_json::to_vec_pretty(&config).unwrap_or_default(),
-        )?;
-        Ok(())
+        Ok(run(cx)?)
     }
+}
+
+/// Computes one cell of this kind.
+fn run(cx: &mut StageContext) -> Result<()> {
+    let p = BaseParams::from_params(cx.params())?;
+    if p.weights == Weights::Embedded {
+        let world = cx.input_of_kind("world")?.clone();
+        let text = cx.input_of_kind("clip-pretrain")?.clone();
+        return crate::embedded::BASE.write(cx, &world, Some(&text));
+    }
+    let (steps, batch, seed) = (p.steps, p.batch, p.seed);
+    let dev = device();
+    let world = WorldData::load(cx.input_of_kind("world")?)?;
+    let clip = InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?;
+
+    // 1. data: renders of mixed quality and their text contexts, computed once
+    let mix = QualityMix {
+        flawed_share: p.flawed_share,
+        strength: (0.1, 1.0),
+    };
+    let images: Vec<image::RgbImage> = world
+        .train
+        .iter()
+        .enumerate()
+        .map(|(i, pr)| Ok(mix.render(&world.atlas, &pr.scene, seed, i as u64)?.0))
+        .collect::<Result<_, spo_world::WorldError>>()?;
+    let refs: Vec<&image::RgbImage> = images.iter().collect();
+    let x0_all = images_to_tensor(&refs, &dev)?;
+    let texts: Vec<&str> = world.train.iter().map(|pr| pr.text.as_str()).collect();
+    let ctx_all = clip.context(&texts, &dev)?;
+    let uncond = clip.context(&[""], &dev)?;
+
+    // 2. model and optimizer
+    let channels = &p.channels;
+    if channels.is_empty()
+        || channels.len() > 4
+        || !(world.canvas as usize).is_multiple_of(1 << (channels.len() - 1))
+    {
+        return Err(StageError::Failed(format!(
+            "param `channels`: {} blocks do not fit a {}-pixel canvas (1 to 4 blocks, canvas divisible by 2^(blocks-1))",
+            channels.len(),
+            world.canvas
+        )).into());
+    }
+    let config = unet_config(
+        world.canvas as usize,
+        channels,
+        clip.config.text_config.hidden_size,
+    );
+    let mut varmap = VarMap::new();
+    let unet = new_unet(&config, &varmap, seed, &dev)?;
+    let mut opt = AdamW::new(
+        named_vars(&varmap)?,
+        AdamWConfig {
+            lr: p.lr,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )?;
+    let schedule = NoiseSchedule::new(SchedulerConfig::sd15())?;
+    let train_steps = schedule.config().num_train_timesteps;
+    let mut tr: Trainer = Trainer::start(
+        cx,
+        "base",
+        steps,
+        p.checkpoint_every,
+        seed,
+        &mut varmap,
+        &mut opt,
+    )?;
+    let uncond_prob = p.uncond_prob;
+    let shards = p.shards.min(batch);
+    let vars: Vec<Var> = named_vars(&varmap)?.into_iter().map(|(_, v)| v).collect();
+    let (lr, warmup, gamma) = (p.lr, p.warmup, p.min_snr_gamma);
+    let snr_weight: Vec<f32> = schedule
+        .alphas_cumprod()
+        .iter()
+        .map(|&a| {
+            let snr = a / (1.0 - a);
+            if gamma > 0.0 {
+                (snr.min(gamma) / snr) as f32
+            } else {
+                1.0
+            }
+        })
+        .collect();
+
+    // 3. ε-prediction training
+    while tr.step < steps {
+        opt.set_learning_rate(lr * warmup_cosine(tr.step, steps, warmup));
+        let idx: Vec<u32> = tr
+            .rng
+            .indices(batch, images.len())
+            .into_iter()
+            .map(|i| i as u32)
+            .collect();
+        let idx_t = Tensor::from_vec(idx.clone(), batch, &dev)?;
+        let x0 = x0_all.index_select(&idx_t, 0)?;
+        let mut ctx_rows = Vec::with_capacity(batch);
+        let drops: Vec<usize> = tr.rng.indices(batch, 1_000_000);
+        for (k, &i) in idx.iter().enumerate() {
+            let row = if (drops[k] as f64) < uncond_prob * 1e6 {
+                uncond.clone()
+            } else {
+                ctx_all.narrow(0, i as usize, 1)?
+            };
+            ctx_rows.push(row);
+        }
+        let ctx = Tensor::cat(&ctx_rows, 0)?;
+        let ts: Vec<usize> = tr.rng.indices(batch, train_steps);
+        let weights: Vec<f32> = ts.iter().map(|&t| snr_weight[t]).collect();
+        let weights = Tensor::from_vec(weights, (batch, 1, 1, 1), &dev)?;
+        let ts: Vec<i64> = ts.into_iter().map(|t| t as i64).collect();
+        let ts = Tensor::from_vec(ts, batch, &dev)?;
+        let noise = tr.rng.normal(x0.shape(), 0.0, 1.0, DType::F32, &dev)?;
+        let xt = schedule.add_noise(&x0, &noise, &ts)?;
+        let denom = noise.elem_count() as f64;
+        let shard_loss = |s: usize| -> Result<Tensor, spo_diffusion::DiffusionError> {
+            let (lo, hi) = (s * batch / shards, (s + 1) * batch / shards);
+            let rows = |t: &Tensor| t.narrow(0, lo, hi - lo);
+            let pred = unet.forward(&rows(&xt)?, &rows(&ts)?, &rows(&ctx)?, None)?;
+            Ok(((pred - rows(&noise)?)?
+                .sqr()?
+                .broadcast_mul(&rows(&weights)?)?
+                .sum_all()?
+                / denom)?)
+        };
+        let (l, grads) = sharded_backward(shards, cx.threads(), &vars, shard_loss)?;
+        opt.step(&grads)?;
+        tr.record(l, &varmap, &opt)?;
+    }
+    tr.finish(cx, "base")?;
+
+    // 4. outputs
+    save_varmap(cx, &varmap, "unet.safetensors")?;
+    cx.write_artifact(
+        "unet_config.json",
+        &serde_json::to_vec_pretty(&config).unwrap_or_default(),
+    )?;
+    Ok(())
 }

@@ -31,6 +31,7 @@ use spo_nn::SeededRng;
 use spo_world::{FlawKind, QualityMix, high_pass_distance, quality_from_high_pass, render};
 
 use crate::clip_train::WorldClip;
+use crate::error::Result;
 use crate::inworld::{InWorldClip, device, load_unet, on_cores};
 use crate::score::pickscores;
 use crate::tensors::{images_to_tensor, tensor_to_images};
@@ -136,7 +137,7 @@ impl StageKind for Calibrate {
 
 /// The judges' checks: the PickScore analogue on detail-only pairs, and with a `train-spm`
 /// input the SPM and its parent on the base model's x₀-predictions.
-fn judges(cx: &StageContext, pickscore: &Input) -> Result<Vec<Check>, StageError> {
+fn judges(cx: &StageContext, pickscore: &Input) -> Result<Vec<Check>> {
     let p = CalibrateParams::from_params(cx.params())?;
     let seed = p.seed;
     let dev = device();
@@ -145,7 +146,8 @@ fn judges(cx: &StageContext, pickscore: &Input) -> Result<Vec<Check>, StageError
     if pairs.is_empty() {
         return Err(StageError::Failed(
             "no detail-only pair has a detail gap to judge; raise `pairs`".into(),
-        ));
+        )
+        .into());
     }
     let pickscore = WorldClip::load(pickscore, &dev)?;
     let mut checks = pickscore_checks(&pickscore, &pairs)?;
@@ -174,16 +176,16 @@ fn check(group: &'static str, name: impl Into<String>, value: f64, bar: Option<B
     }
 }
 
-fn metric_of(input: &Input, name: &str) -> Result<f64, StageError> {
-    input.metric(name).ok_or_else(|| StageError::Input {
+fn metric_of(input: &Input, name: &str) -> Result<f64> {
+    Ok(input.metric(name).ok_or_else(|| StageError::Input {
         need: input.stage.clone(),
         message: format!("it records no metric `{name}`"),
-    })
+    })?)
 }
 
 /// Alignment and detail of the base model's samples (a `score` cell of them), and the AUC of
 /// the detail metric between clean renders (detail 1) and those samples.
-fn base_checks(score: &Input) -> Result<Vec<Check>, StageError> {
+fn base_checks(score: &Input) -> Result<Vec<Check>> {
     let path = score.file("scores.parquet")?;
     let mut detail = Vec::new();
     each_row(&path, &["detail"], |c, i| {
@@ -240,7 +242,7 @@ pub fn detail_pairs(
     n: usize,
     flawed_share: f64,
     seed: u64,
-) -> Result<Vec<DetailPair>, StageError> {
+) -> Result<Vec<DetailPair>> {
     let mix = QualityMix {
         flawed_share,
         strength: (0.1, 1.0),
@@ -248,13 +250,10 @@ pub fn detail_pairs(
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let prompt = &world.validation[i % world.validation.len().max(1)];
-        let clean = render(&world.atlas, &prompt.scene).map_err(StageError::other)?;
-        let draw = |k: u64| -> Result<(RgbImage, Option<FlawKind>, f64), StageError> {
-            let (im, flaw) = mix
-                .render(&world.atlas, &prompt.scene, seed, 2 * i as u64 + k)
-                .map_err(StageError::other)?;
-            let q =
-                quality_from_high_pass(high_pass_distance(&im, &clean).map_err(StageError::other)?);
+        let clean = render(&world.atlas, &prompt.scene)?;
+        let draw = |k: u64| -> Result<(RgbImage, Option<FlawKind>, f64)> {
+            let (im, flaw) = mix.render(&world.atlas, &prompt.scene, seed, 2 * i as u64 + k)?;
+            let q = quality_from_high_pass(high_pass_distance(&im, &clean)?);
             Ok((im, flaw.map(|f| f.kind), q))
         };
         let (a, fa, qa) = draw(0)?;
@@ -327,7 +326,7 @@ fn flat(pairs: &[DetailPair]) -> (Vec<&RgbImage>, Vec<&str>) {
 pub fn pickscore_detail_accuracy(
     pickscore: &WorldClip,
     pairs: &[DetailPair],
-) -> Result<Vec<(String, f64)>, StageError> {
+) -> Result<Vec<(String, f64)>> {
     let (images, prompts) = flat(pairs);
     let scores = pair_scores(&pickscores(pickscore, &images, &prompts)?, pairs.len());
     let mut out = vec![(
@@ -351,7 +350,7 @@ pub fn pickscore_detail_accuracy(
     Ok(out)
 }
 
-fn pickscore_checks(pickscore: &WorldClip, pairs: &[DetailPair]) -> Result<Vec<Check>, StageError> {
+fn pickscore_checks(pickscore: &WorldClip, pairs: &[DetailPair]) -> Result<Vec<Check>> {
     let mut checks = vec![check("judges", "detail_pairs", pairs.len() as f64, None)];
     for (name, acc) in pickscore_detail_accuracy(pickscore, pairs)? {
         let bar = if name == "pickscore_detail_acc" {
@@ -366,20 +365,11 @@ fn pickscore_checks(pickscore: &WorldClip, pairs: &[DetailPair]) -> Result<Vec<C
 
 /// The SPM and its parent on the base model's x₀-predictions in each timestep bin, and the
 /// graded oracle on the same predictions.
-fn noisy_judge_checks(
-    m: &JudgeModels,
-    pairs: &[DetailPair],
-    seed: u64,
-) -> Result<Vec<Check>, StageError> {
+fn noisy_judge_checks(m: &JudgeModels, pairs: &[DetailPair], seed: u64) -> Result<Vec<Check>> {
     let n = pairs.len();
     let (images, prompts) = flat(pairs);
     let mut checks = Vec::new();
-    let ddim = Ddim::new(
-        NoiseSchedule::new(SchedulerConfig::sd15()).map_err(StageError::other)?,
-        20,
-        1.0,
-    )
-    .map_err(StageError::other)?;
+    let ddim = Ddim::new(NoiseSchedule::new(SchedulerConfig::sd15())?, 20, 1.0)?;
     let mut rng = SeededRng::new(seed ^ 0xCA11_B8A7E);
     let x0 = images_to_tensor(&images, m.dev)?;
     let (spm, vocab) = &m.spm;
@@ -392,25 +382,20 @@ fn noisy_judge_checks(
             .map(|t| lo + t)
             .collect();
         let ts2: Vec<usize> = ts.iter().chain(&ts).copied().collect();
-        let (_, c, h, w) = x0.dims4().map_err(StageError::other)?;
+        let (_, c, h, w) = x0.dims4()?;
         let noise = rng
             .normal((n, c, h, w), 0.0, 1.0, DType::F32, m.dev)
-            .and_then(|e| Tensor::cat(&[&e, &e], 0))
-            .map_err(StageError::other)?;
+            .and_then(|e| Tensor::cat(&[&e, &e], 0))?;
         let t_tensor = Tensor::from_vec(
             ts2.iter().map(|&t| t as i64).collect::<Vec<_>>(),
             2 * n,
             m.dev,
-        )
-        .map_err(StageError::other)?;
-        let xt = ddim
-            .schedule()
-            .add_noise(&x0, &noise, &t_tensor)
-            .map_err(StageError::other)?;
+        )?;
+        let xt = ddim.schedule().add_noise(&x0, &noise, &t_tensor)?;
         let mut x0_hat = Vec::new();
         for chunk in (0..2 * n).collect::<Vec<_>>().chunks(64) {
             let (a, len) = (chunk[0], chunk.len());
-            let x = xt.narrow(0, a, len).map_err(StageError::other)?;
+            let x = xt.narrow(0, a, len)?;
             let eps = m.text.guided_eps(
                 &m.unet,
                 &x,
@@ -419,16 +404,12 @@ fn noisy_judge_checks(
                 m.cfg,
                 m.dev,
             )?;
-            let (pred, _) = ddim
-                .predict_x0_and_eps(&eps, &ts2[a..a + len], &x)
-                .map_err(StageError::other)?;
-            x0_hat.push(pred.clamp(-1f32, 1f32).map_err(StageError::other)?);
+            let (pred, _) = ddim.predict_x0_and_eps(&eps, &ts2[a..a + len], &x)?;
+            x0_hat.push(pred.clamp(-1f32, 1f32)?);
         }
-        let x0_hat = Tensor::cat(&x0_hat, 0)
-            .and_then(|t| t.contiguous())
-            .map_err(StageError::other)?;
+        let x0_hat = Tensor::cat(&x0_hat, 0).and_then(|t| t.contiguous())?;
         let tf: Vec<f32> = ts2.iter().map(|&t| t as f32).collect();
-        let spm_scores = spm.score(&x0_hat, &ids, &tf).map_err(StageError::other)?;
+        let spm_scores = spm.score(&x0_hat, &ids, &tf)?;
         let hat_images = tensor_to_images(&x0_hat)?;
         let hat_refs: Vec<&RgbImage> = hat_images.iter().collect();
         let pick_hat = pickscores(m.pickscore, &hat_refs, &prompts)?;
@@ -436,8 +417,7 @@ fn noisy_judge_checks(
             .iter()
             .zip(pairs.iter().chain(pairs))
             .map(|(im, p)| Ok(quality_from_high_pass(high_pass_distance(im, &p.clean)?)))
-            .collect::<Result<Vec<f64>, spo_world::WorldError>>()
-            .map_err(StageError::other)?;
+            .collect::<Result<Vec<f64>, spo_world::WorldError>>()?;
         let spm_acc = accuracy(pairs.iter().zip(pair_scores(&spm_scores, n)));
         let pick_acc = accuracy(pairs.iter().zip(pair_scores(&pick_hat, n)));
         let oracle_acc = accuracy(pairs.iter().zip(pair_scores(&oracle_hat, n)));
@@ -490,7 +470,7 @@ fn spo_checks(spo: &Input) -> Vec<Check> {
         .collect()
 }
 
-fn write_checks(cx: &mut StageContext, checks: &[Check]) -> Result<(), StageError> {
+fn write_checks(cx: &mut StageContext, checks: &[Check]) -> Result<()> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("group", DataType::Utf8, false),
         Field::new("check", DataType::Utf8, false),

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use crate::error::{At, Result};
 use candle_nn::VarMap;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -106,16 +107,13 @@ pub fn save<E: Serialize>(
     mut state: State<E>,
     varmap: &VarMap,
     opt: &AdamW,
-) -> Result<(), StageError> {
+) -> Result<()> {
     let partial = dir.join(PARTIAL);
     remove_dir(&partial)?;
     std::fs::create_dir_all(&partial).map_err(|e| StageError::io(&partial, e))?;
     let model = partial.join(MODEL);
-    varmap
-        .save(&model)
-        .map_err(|e| StageError::Failed(format!("{}: {e}", model.display())))?;
-    opt.save(&partial.join(MOMENTS))
-        .map_err(StageError::other)?;
+    varmap.save(&model).at(&model)?;
+    opt.save(&partial.join(MOMENTS))?;
     for name in [MODEL, MOMENTS] {
         state
             .files
@@ -146,7 +144,7 @@ pub fn load<E: DeserializeOwned>(
     dir: &Path,
     varmap: &mut VarMap,
     opt: &mut AdamW,
-) -> Result<Option<State<E>>, StageError> {
+) -> Result<Option<State<E>>> {
     if dir.join(STATE).exists() {
         tracing::warn!(
             "{}: ignoring a checkpoint in an older format (training starts over)",
@@ -161,7 +159,7 @@ pub fn load<E: DeserializeOwned>(
                 varmap.load(ckpt.join(MODEL)).map_err(|e| {
                     StageError::Failed(format!("{}: {e}", ckpt.join(MODEL).display()))
                 })?;
-                opt.load(&ckpt.join(MOMENTS)).map_err(StageError::other)?;
+                opt.load(&ckpt.join(MOMENTS))?;
                 return Ok(Some(state));
             }
             Err(why) => {
@@ -193,7 +191,7 @@ fn read_state<E: DeserializeOwned>(ckpt: &Path) -> Result<State<E>, String> {
 }
 
 /// The checkpoint directories in `dir` with their steps.
-fn checkpoints(dir: &Path) -> Result<Vec<(usize, PathBuf)>, StageError> {
+fn checkpoints(dir: &Path) -> Result<Vec<(usize, PathBuf)>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| StageError::io(dir, e))? {
         let entry = entry.map_err(|e| StageError::io(dir, e))?;
@@ -210,22 +208,22 @@ fn checkpoints(dir: &Path) -> Result<Vec<(usize, PathBuf)>, StageError> {
 }
 
 /// fsyncs `path` and returns its SHA-256.
-fn sync_and_digest(path: &Path) -> Result<String, StageError> {
+fn sync_and_digest(path: &Path) -> Result<String> {
     let bytes = std::fs::read(path).map_err(|e| StageError::io(path, e))?;
     sync(path)?;
     Ok(hex::encode(Sha256::digest(&bytes)))
 }
 
 /// fsyncs a file or directory.
-fn sync(path: &Path) -> Result<(), StageError> {
-    File::open(path)
+fn sync(path: &Path) -> Result<()> {
+    Ok(File::open(path)
         .and_then(|f| f.sync_all())
-        .map_err(|e| StageError::io(path, e))
+        .map_err(|e| StageError::io(path, e))?)
 }
 
-fn remove_dir(path: &Path) -> Result<(), StageError> {
+fn remove_dir(path: &Path) -> Result<()> {
     match std::fs::remove_dir_all(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StageError::io(path, e)),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StageError::io(path, e).into()),
         _ => Ok(()),
     }
 }

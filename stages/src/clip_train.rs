@@ -37,6 +37,7 @@ use spo_nn::{Activation, AdamW, AdamWConfig, named_vars, seeded_var_builder};
 use spo_world::{Flaw, FlawKind};
 
 use crate::embedded::Weights;
+use crate::error::{At, Result};
 use crate::tensors::images_to_tensor;
 use crate::training::Trainer;
 use crate::vocab::Vocab;
@@ -68,14 +69,14 @@ impl WorldClip {
         canvas: usize,
         seed: u64,
         device: &Device,
-    ) -> Result<WorldClip, StageError> {
+    ) -> Result<WorldClip> {
         let config = arch.config(&vocab, canvas);
         config.validate().map_err(|m| {
             StageError::Failed(format!("the CLIP architecture is not buildable: {m}"))
         })?;
         let varmap = VarMap::new();
         let vb = seeded_var_builder(&varmap, seed, DType::F32, device);
-        let model = ClipModel::new(&config, vb).map_err(StageError::other)?;
+        let model = ClipModel::new(&config, vb)?;
         Ok(WorldClip {
             model,
             vocab,
@@ -85,7 +86,7 @@ impl WorldClip {
 
     /// Loads the three files ([`CLIP_WEIGHTS`], [`CLIP_CONFIG`], [`CLIP_VOCAB`]) of an input
     /// (a `clip-pretrain`, `pickscore-train` or `aesthetic-train` cell).
-    pub fn load(input: &Input, device: &Device) -> Result<WorldClip, StageError> {
+    pub fn load(input: &Input, device: &Device) -> Result<WorldClip> {
         Self::load_files(
             &input.file(CLIP_CONFIG)?,
             &input.file(CLIP_VOCAB)?,
@@ -95,7 +96,7 @@ impl WorldClip {
     }
 
     /// Loads the three files from a directory (a committed cell's, for `spo-pipe score`).
-    pub fn load_dir(dir: &Path, device: &Device) -> Result<WorldClip, StageError> {
+    pub fn load_dir(dir: &Path, device: &Device) -> Result<WorldClip> {
         Self::load_files(
             &dir.join(CLIP_CONFIG),
             &dir.join(CLIP_VOCAB),
@@ -109,8 +110,8 @@ impl WorldClip {
         vocab: &Path,
         weights: &Path,
         device: &Device,
-    ) -> Result<WorldClip, StageError> {
-        let config = ClipConfig::from_file(config).map_err(StageError::other)?;
+    ) -> Result<WorldClip> {
+        let config = ClipConfig::from_file(config)?;
         let bytes = std::fs::read(vocab).map_err(|e| StageError::io(vocab, e))?;
         let vocab_data = Vocab::from_json(&bytes, vocab)?;
         if config.text_config.vocab_size != vocab_data.size()
@@ -123,21 +124,20 @@ impl WorldClip {
                 vocab_data.eos(),
                 config.text_config.vocab_size,
                 config.text_config.eos_token_id
-            )));
+            )).into());
         }
         let mut varmap = VarMap::new();
         // Every variable is overwritten by the file; the seed only avoids candle's thread RNG.
         let vb = seeded_var_builder(&varmap, 0, DType::F32, device);
-        let model = ClipModel::new(&config, vb).map_err(StageError::other)?;
+        let model = ClipModel::new(&config, vb)?;
         if !weights.is_file() {
             return Err(StageError::io(
                 weights,
                 std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
-            ));
+            )
+            .into());
         }
-        varmap
-            .load(weights)
-            .map_err(|e| StageError::Failed(format!("{}: {e}", weights.display())))?;
+        varmap.load(weights).at(weights)?;
         Ok(WorldClip {
             model,
             vocab: vocab_data,
@@ -146,17 +146,16 @@ impl WorldClip {
     }
 
     /// Writes the three files into the cell's output.
-    pub fn write(&self, cx: &mut StageContext) -> Result<(), StageError> {
+    pub fn write(&self, cx: &mut StageContext) -> Result<()> {
         let tmp = cx.scratch_dir().join("export");
         std::fs::create_dir_all(&tmp).map_err(|e| StageError::io(&tmp, e))?;
         let path = tmp.join(CLIP_WEIGHTS);
-        self.varmap.save(&path).map_err(StageError::other)?;
+        self.varmap.save(&path)?;
         let bytes = std::fs::read(&path).map_err(|e| StageError::io(&path, e))?;
         cx.write_artifact(CLIP_WEIGHTS, &bytes)?;
-        let config = serde_json::to_vec_pretty(self.model.config())
-            .map_err(|e| StageError::Failed(format!("serialising the CLIP config: {e}")))?;
+        let config = serde_json::to_vec_pretty(self.model.config())?;
         cx.write_artifact(CLIP_CONFIG, &config)?;
-        cx.write_artifact(CLIP_VOCAB, &self.vocab.to_json())
+        Ok(cx.write_artifact(CLIP_VOCAB, &self.vocab.to_json())?)
     }
 
     /// Side of the square images the vision tower takes.
@@ -166,7 +165,7 @@ impl WorldClip {
 
     /// `(b, projection_dim)` L2-normalised image embeddings, `EVAL_BATCH` images at a time,
     /// detached (for evaluation and frozen-backbone features: no gradient flows back).
-    pub fn image_embeddings(&self, images: &[&RgbImage]) -> Result<Tensor, StageError> {
+    pub fn image_embeddings(&self, images: &[&RgbImage]) -> Result<Tensor> {
         let side = self.image_size() as u32;
         if let Some((i, im)) = images
             .iter()
@@ -177,7 +176,8 @@ impl WorldClip {
                 "image {i} is {}x{}, but this CLIP takes {side}x{side} images (the world's canvas)",
                 im.width(),
                 im.height()
-            )));
+            ))
+            .into());
         }
         let device = self.model.logit_scale().device();
         let mut parts = Vec::new();
@@ -186,8 +186,7 @@ impl WorldClip {
             let f = self
                 .model
                 .get_image_features(&pixels)
-                .and_then(|f| l2_normalize(&f))
-                .map_err(StageError::other)?;
+                .and_then(|f| l2_normalize(&f))?;
             parts.push(f.detach());
         }
         cat_rows(&parts)
@@ -195,7 +194,7 @@ impl WorldClip {
 
     /// `(b, projection_dim)` L2-normalised text embeddings, `EVAL_BATCH` prompts at a time,
     /// detached.
-    pub fn text_embeddings(&self, prompts: &[&str]) -> Result<Tensor, StageError> {
+    pub fn text_embeddings(&self, prompts: &[&str]) -> Result<Tensor> {
         let device = self.model.logit_scale().device();
         let mut parts = Vec::new();
         for chunk in prompts.chunks(EVAL_BATCH) {
@@ -203,21 +202,21 @@ impl WorldClip {
             let f = self
                 .model
                 .get_text_features(&ids)
-                .and_then(|f| l2_normalize(&f))
-                .map_err(StageError::other)?;
+                .and_then(|f| l2_normalize(&f))?;
             parts.push(f.detach());
         }
         cat_rows(&parts)
     }
 
     /// `cos(img_i, txt_i)` for each image and its prompt, in f64.
-    pub fn cosines(&self, images: &[&RgbImage], prompts: &[&str]) -> Result<Vec<f64>, StageError> {
+    pub fn cosines(&self, images: &[&RgbImage], prompts: &[&str]) -> Result<Vec<f64>> {
         if images.len() != prompts.len() {
             return Err(StageError::Failed(format!(
                 "{} images but {} prompts",
                 images.len(),
                 prompts.len()
-            )));
+            ))
+            .into());
         }
         if images.is_empty() {
             return Ok(Vec::new());
@@ -228,29 +227,26 @@ impl WorldClip {
     }
 
     /// `exp(logit_scale)`, the factor that turns a cosine into a PickScore.
-    pub fn scale(&self) -> Result<f64, StageError> {
+    pub fn scale(&self) -> Result<f64> {
         let s = self
             .model
             .logit_scale()
             .to_dtype(DType::F64)
-            .and_then(|t| t.to_scalar::<f64>())
-            .map_err(StageError::other)?;
+            .and_then(|t| t.to_scalar::<f64>())?;
         Ok(s.exp())
     }
 }
 
-fn cat_rows(parts: &[Tensor]) -> Result<Tensor, StageError> {
+fn cat_rows(parts: &[Tensor]) -> Result<Tensor> {
     if parts.is_empty() {
-        return Err(StageError::Failed("nothing to embed".into()));
+        return Err(StageError::Failed("nothing to embed".into()).into());
     }
-    Tensor::cat(parts, 0).map_err(StageError::other)
+    Ok(Tensor::cat(parts, 0)?)
 }
 
 /// `(b, d)` tensor → rows of f64.
-pub(crate) fn rows_f64(t: &Tensor) -> Result<Vec<Vec<f64>>, StageError> {
-    t.to_dtype(DType::F64)
-        .and_then(|t| t.to_vec2::<f64>())
-        .map_err(StageError::other)
+pub(crate) fn rows_f64(t: &Tensor) -> Result<Vec<Vec<f64>>> {
+    Ok(t.to_dtype(DType::F64).and_then(|t| t.to_vec2::<f64>())?)
 }
 
 /// Cosine similarity in f64.
@@ -355,7 +351,7 @@ pub fn preference_loss(
 /// The training seed of a scorer cell: its `seed` param. The in-world scorers are not on the
 /// pipeline's seed axis: one set of scorers judges every seed's samples, so the spread over
 /// seeds measures the method, not the scorers (and they are trained once, not once per seed).
-pub(crate) fn cell_seed(cx: &StageContext) -> Result<u64, StageError> {
+pub(crate) fn cell_seed(cx: &StageContext) -> Result<u64> {
     Ok(FromParam::from_param(cx.params(), "seed")?)
 }
 
@@ -398,7 +394,7 @@ pub(crate) struct Schedule {
 }
 
 impl Schedule {
-    pub(crate) fn read(p: &Params) -> Result<Schedule, StageError> {
+    pub(crate) fn read(p: &Params) -> Result<Schedule> {
         Ok(Schedule {
             steps: FromParam::from_param(p, "steps")?,
             lr: FromParam::from_param(p, "lr")?,
@@ -408,15 +404,13 @@ impl Schedule {
         })
     }
     /// AdamW over every variable of `varmap`.
-    pub(crate) fn optimiser(&self, varmap: &VarMap) -> Result<AdamW, StageError> {
+    pub(crate) fn optimiser(&self, varmap: &VarMap) -> Result<AdamW> {
         let config = AdamWConfig {
             lr: self.lr,
             weight_decay: self.weight_decay,
             ..AdamWConfig::default()
         };
-        named_vars(varmap)
-            .and_then(|v| AdamW::new(v, config))
-            .map_err(StageError::other)
+        Ok(named_vars(varmap).and_then(|v| AdamW::new(v, config))?)
     }
     /// The learning rate of step `step` (0-based): linear warm-up, then constant, so that a
     /// run's first steps do not depend on its length.
@@ -430,12 +424,12 @@ impl Schedule {
 }
 
 /// One optimiser step on `loss`; returns its value.
-pub(crate) fn step(opt: &mut AdamW, loss: &Tensor) -> Result<f64, StageError> {
-    let grads = loss.backward().map_err(StageError::other)?;
-    opt.step(&grads).map_err(StageError::other)?;
-    loss.to_dtype(DType::F64)
-        .and_then(|l| l.to_scalar::<f64>())
-        .map_err(StageError::other)
+pub(crate) fn step(opt: &mut AdamW, loss: &Tensor) -> Result<f64> {
+    let grads = loss.backward()?;
+    opt.step(&grads)?;
+    Ok(loss
+        .to_dtype(DType::F64)
+        .and_then(|l| l.to_scalar::<f64>())?)
 }
 
 spo_core::stage_params! {
@@ -488,19 +482,19 @@ impl StageKind for ClipPretrain {
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
         if ClipPretrainParams::from_params(cx.params())?.weights == Weights::Embedded {
             let world = cx.input_of_kind("world")?.clone();
-            return crate::embedded::TEXT_ENCODER.write(cx, &world, None);
+            return Ok(crate::embedded::TEXT_ENCODER.write(cx, &world, None)?);
         }
-        crate::inworld::on_cores(cx.threads(), || {
+        Ok(crate::inworld::on_cores(cx.threads(), || {
             let metrics = self.train(cx)?;
             record(cx, &metrics);
             Ok(())
-        })
+        })?)
     }
 }
 
 impl ClipPretrain {
     /// Trains, writes the model, and returns the metrics (`run` records them).
-    pub fn train(&self, cx: &mut StageContext) -> Result<Metrics, StageError> {
+    pub fn train(&self, cx: &mut StageContext) -> Result<Metrics> {
         let sched = Schedule::read(cx.params())?;
         let p = ClipPretrainParams::from_params(cx.params())?;
         let batch = p.batch;
@@ -528,7 +522,8 @@ impl ClipPretrain {
         if n < 2 {
             return Err(StageError::Failed(
                 "contrastive training needs at least 2 training prompts".into(),
-            ));
+            )
+            .into());
         }
         let mut clip = WorldClip::new(&arch, vocab, world.canvas as usize, seed, &device)?;
         let renders = render_all(&world, &world.train)?;
@@ -553,11 +548,8 @@ impl ClipPretrain {
             let mut flawed: Vec<(RgbImage, String)> = Vec::new();
             for &i in &rows {
                 let draw = t.rng.uniform(3, 0.0, 1.0, DType::F32, &Device::Cpu);
-                let [u, k, strength] = draw
-                    .and_then(|d| d.to_vec1::<f32>())
-                    .map_err(StageError::other)?[..]
-                else {
-                    return Err(StageError::Failed("three uniform draws expected".into()));
+                let [u, k, strength] = draw.and_then(|d| d.to_vec1::<f32>())?[..] else {
+                    return Err(StageError::Failed("three uniform draws expected".into()).into());
                 };
                 if f64::from(u) < flawed_share {
                     let kinds = FlawKind::ALL.len();
@@ -572,8 +564,7 @@ impl ClipPretrain {
                         &prompt.scene,
                         Some(flaw),
                         t.rng.generator(),
-                    )
-                    .map_err(StageError::other)?;
+                    )?;
                     flawed.push((image, format!("{}, {}", prompt.text, quality_phrase(flaw))));
                 }
             }
@@ -589,7 +580,7 @@ impl ClipPretrain {
                 .collect();
             let pixels = images_to_tensor(&images, &device)?;
             let ids = clip.vocab.batch(&texts, &device)?;
-            let loss = contrastive_loss(&clip.model, &pixels, &ids).map_err(StageError::other)?;
+            let loss = contrastive_loss(&clip.model, &pixels, &ids)?;
             let value = step(&mut opt, &loss)?;
             t.record(value, &clip.varmap, &opt)?;
         }
@@ -648,34 +639,30 @@ fn quality_vocabulary() -> Vec<String> {
 pub(crate) fn render_all(
     world: &WorldData,
     prompts: &[crate::worlddata::Prompt],
-) -> Result<Vec<RgbImage>, StageError> {
-    prompts
+) -> Result<Vec<RgbImage>> {
+    Ok(prompts
         .iter()
-        .map(|p| spo_world::render(&world.atlas, &p.scene).map_err(StageError::other))
-        .collect()
+        .map(|p| spo_world::render(&world.atlas, &p.scene))
+        .collect::<Result<_, _>>()?)
 }
 
 /// Image → text top-1 retrieval accuracy among `texts` (a hit when the nearest prompt's text
 /// equals the image's own, so duplicate prompts do not count against the model).
-pub fn retrieval_top1(
-    clip: &WorldClip,
-    images: &[&RgbImage],
-    texts: &[&str],
-) -> Result<f64, StageError> {
+pub fn retrieval_top1(clip: &WorldClip, images: &[&RgbImage], texts: &[&str]) -> Result<f64> {
     if images.is_empty() || images.len() != texts.len() {
         return Err(StageError::Failed(format!(
             "retrieval needs as many images as prompts, at least one ({} and {})",
             images.len(),
             texts.len()
-        )));
+        ))
+        .into());
     }
     let img = clip.image_embeddings(images)?;
     let txt = clip.text_embeddings(texts)?;
     let best: Vec<u32> = img
-        .matmul(&txt.t().map_err(StageError::other)?)
+        .matmul(&txt.t()?)
         .and_then(|s| s.argmax(1))
-        .and_then(|a| a.to_vec1::<u32>())
-        .map_err(StageError::other)?;
+        .and_then(|a| a.to_vec1::<u32>())?;
     let hits = best
         .iter()
         .enumerate()
@@ -717,17 +704,17 @@ impl StageKind for PickScoreTrain {
         p
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
-        crate::inworld::on_cores(cx.threads(), || {
+        Ok(crate::inworld::on_cores(cx.threads(), || {
             let metrics = self.train(cx)?;
             record(cx, &metrics);
             Ok(())
-        })
+        })?)
     }
 }
 
 impl PickScoreTrain {
     /// Fine-tunes, writes the model, and returns the metrics (`run` records them).
-    pub fn train(&self, cx: &mut StageContext) -> Result<Metrics, StageError> {
+    pub fn train(&self, cx: &mut StageContext) -> Result<Metrics> {
         let sched = Schedule::read(cx.params())?;
         let PickScoreParams { batch, holdout } = PickScoreParams::from_params(cx.params())?;
         let seed = cell_seed(cx)?;
@@ -738,7 +725,8 @@ impl PickScoreTrain {
             return Err(StageError::Failed(format!(
                 "{} pairs are too few to hold out {holdout} of their prompts",
                 pairs.len()
-            )));
+            ))
+            .into());
         }
         let mut clip = WorldClip::load(cx.input_of_kind("clip-pretrain")?, &device)?;
         let before = pair_accuracy(&clip, &held)?;
@@ -785,11 +773,7 @@ impl PickScoreTrain {
 }
 
 /// [`preference_loss`] on `pairs` (their images, captions, labels and weights).
-pub fn pair_batch_loss(
-    clip: &WorldClip,
-    pairs: &[&Pair],
-    device: &Device,
-) -> Result<Tensor, StageError> {
+pub fn pair_batch_loss(clip: &WorldClip, pairs: &[&Pair], device: &Device) -> Result<Tensor> {
     let side = |k: usize| -> Vec<&RgbImage> { pairs.iter().map(|p| &p.images[k]).collect() };
     let pixels0 = images_to_tensor(&side(0), device)?;
     let pixels1 = images_to_tensor(&side(1), device)?;
@@ -805,10 +789,16 @@ pub fn pair_batch_loss(
         .collect();
     let total: f64 = inv.iter().sum();
     let weights: Vec<f32> = inv.iter().map(|w| (w / total) as f32).collect();
-    let labels = Tensor::from_vec(labels, (pairs.len(), 2), device).map_err(StageError::other)?;
-    let weights = Tensor::from_vec(weights, pairs.len(), device).map_err(StageError::other)?;
-    preference_loss(&clip.model, &pixels0, &pixels1, &ids, &labels, &weights)
-        .map_err(StageError::other)
+    let labels = Tensor::from_vec(labels, (pairs.len(), 2), device)?;
+    let weights = Tensor::from_vec(weights, pairs.len(), device)?;
+    Ok(preference_loss(
+        &clip.model,
+        &pixels0,
+        &pixels1,
+        &ids,
+        &labels,
+        &weights,
+    )?)
 }
 
 /// Splits pairs into training and held-out ones by prompt: the last `share` of the distinct
@@ -846,7 +836,7 @@ pub struct PairAccuracy {
 
 /// How often the model scores the preferred image of a non-tie pair higher (equal scores count
 /// half).
-pub fn pair_accuracy(clip: &WorldClip, pairs: &[&Pair]) -> Result<PairAccuracy, StageError> {
+pub fn pair_accuracy(clip: &WorldClip, pairs: &[&Pair]) -> Result<PairAccuracy> {
     let decided: Vec<&Pair> = pairs
         .iter()
         .copied()
@@ -855,7 +845,8 @@ pub fn pair_accuracy(clip: &WorldClip, pairs: &[&Pair]) -> Result<PairAccuracy, 
     if decided.is_empty() {
         return Err(StageError::Failed(
             "no pair with a preference (all ties) to measure accuracy on".into(),
-        ));
+        )
+        .into());
     }
     let captions: Vec<&str> = decided.iter().map(|p| p.caption.as_str()).collect();
     let s0 = clip.cosines(

@@ -25,6 +25,7 @@ use std::process::{Command, Stdio};
 use sha2::{Digest, Sha256};
 use spo_core::{ParamSpec, Params, StageContext, StageError, StageKind};
 
+use crate::error::Result;
 use crate::process_group::ProcessGroup;
 
 spo_core::stage_params! {

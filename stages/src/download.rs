@@ -9,6 +9,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::error::Result;
 use sha2::{Digest, Sha256};
 use spo_core::{ParamSpec, StageContext, StageError, StageKind};
 
@@ -62,18 +63,19 @@ impl StageKind for Download {
     }
 }
 
-fn expected_digest(sha256: &str) -> Result<String, StageError> {
+fn expected_digest(sha256: &str) -> Result<String> {
     let s = sha256.trim().to_ascii_lowercase();
     if s.len() != 64 || !s.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(StageError::Param(spo_core::param::ParamError {
             name: "sha256".into(),
             message: format!("`{s}` is not 64 hex digits"),
-        }));
+        })
+        .into());
     }
     Ok(s)
 }
 
-fn file_name(given: &str, url: &str) -> Result<String, StageError> {
+fn file_name(given: &str, url: &str) -> Result<String> {
     let name = if given.is_empty() {
         url.split(['?', '#'])
             .next()
@@ -89,7 +91,8 @@ fn file_name(given: &str, url: &str) -> Result<String, StageError> {
         return Err(StageError::Param(spo_core::param::ParamError {
             name: "filename".into(),
             message: format!("cannot store `{url}` under the name `{name}`; set `filename`"),
-        }));
+        })
+        .into());
     }
     Ok(name.to_owned())
 }
@@ -101,7 +104,7 @@ fn local_path(url: &str) -> Option<PathBuf> {
     (!url.starts_with("http://") && !url.starts_with("https://")).then(|| PathBuf::from(url))
 }
 
-fn copy_hashing(src: &Path, dst: &Path) -> Result<(String, u64), StageError> {
+fn copy_hashing(src: &Path, dst: &Path) -> Result<(String, u64)> {
     let mut input = File::open(src).map_err(|e| StageError::io(src, e))?;
     let mut out = File::create(dst).map_err(|e| StageError::io(dst, e))?;
     let mut h = Sha256::new();
@@ -116,7 +119,7 @@ fn pump(
     h: &mut Sha256,
     dst: &Path,
     progress: &dyn Fn(u64),
-) -> Result<u64, StageError> {
+) -> Result<u64> {
     let mut buf = vec![0u8; 1 << 20];
     let mut n = 0u64;
     loop {
@@ -124,7 +127,7 @@ fn pump(
             Ok(0) => break,
             Ok(r) => r,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(StageError::io(dst, e)),
+            Err(e) => return Err(StageError::io(dst, e).into()),
         };
         out.write_all(&buf[..r])
             .map_err(|e| StageError::io(dst, e))?;
@@ -135,7 +138,7 @@ fn pump(
     Ok(n)
 }
 
-fn fetch_resumable(url: &str, part: &Path, cx: &StageContext) -> Result<(String, u64), StageError> {
+fn fetch_resumable(url: &str, part: &Path, cx: &StageContext) -> Result<(String, u64)> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(30)))
         .timeout_recv_body(Some(Duration::from_secs(120)))
@@ -162,7 +165,7 @@ fn fetch_resumable(url: &str, part: &Path, cx: &StageContext) -> Result<(String,
         200 => false,
         // The part is already the whole file.
         416 if have > 0 => return Ok((hex::encode(h.finalize()), have)),
-        s => return Err(StageError::Failed(format!("GET {url}: HTTP {s}"))),
+        s => return Err(StageError::Failed(format!("GET {url}: HTTP {s}")).into()),
     };
     if !append {
         h = Sha256::new();
@@ -202,7 +205,8 @@ fn fetch_resumable(url: &str, part: &Path, cx: &StageContext) -> Result<(String,
         return Err(StageError::Failed(format!(
             "GET {url}: got {} of {t} bytes; rerun to resume",
             have + got
-        )));
+        ))
+        .into());
     }
     Ok((hex::encode(h.finalize()), have + got))
 }

@@ -9,6 +9,7 @@
 //! the base) its text encoder is the one the base was trained with. Anything else is an error
 //! that says which, so a key never names weights that its inputs did not make.
 
+use crate::error::{Error, Result};
 use sha2::{Digest, Sha256};
 use spo_core::{Input, Manifest, Params, StageContext, StageError};
 
@@ -61,10 +62,10 @@ pub const BASE: Embedded = Embedded {
     world_manifest: include_str!("../assets/pretrained/world.json"),
 };
 
-fn parse(text: &str, what: &str) -> Result<Manifest, StageError> {
-    serde_json::from_str(text).map_err(|e| {
+fn parse(text: &str, what: &str) -> Result<Manifest> {
+    Ok(serde_json::from_str(text).map_err(|e| {
         StageError::Failed(format!("the embedded {what} manifest does not parse: {e}"))
-    })
+    })?)
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -87,7 +88,7 @@ fn file_digest<'a>(m: &'a Manifest, rel: &str) -> Option<&'a str> {
 
 impl Embedded {
     /// The manifest of the cell that made these weights.
-    pub fn recipe(&self) -> Result<Manifest, StageError> {
+    pub fn recipe(&self) -> Result<Manifest> {
         parse(self.manifest, self.kind)
     }
 
@@ -98,11 +99,11 @@ impl Embedded {
         cx: &mut StageContext,
         world: &Input,
         text_encoder: Option<&Input>,
-    ) -> Result<(), StageError> {
+    ) -> Result<()> {
         let recipe = self.recipe()?;
         let stage = cx.stage().to_owned();
         let mismatch = |what: String| {
-            StageError::Failed(format!(
+            Error::failed(format!(
                 "stage `{stage}`: weights = \"embedded\" holds the weights of `{}` trained with {what}; set weights = \"train\" to train instead",
                 recipe.label
             ))
@@ -148,7 +149,7 @@ impl Embedded {
                 return Err(StageError::Failed(format!(
                     "the embedded `{rel}` of {} does not match its manifest's digest: the binary is damaged",
                     self.kind
-                )));
+                )).into());
             }
             cx.write_artifact(rel, bytes)?;
         }

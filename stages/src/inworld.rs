@@ -11,6 +11,7 @@ use spo_diffusion::{
     GuidanceInputs, UNet2DConditionConfig, UNet2DConditionModel, guided_prediction,
 };
 
+use crate::error::{At, Result};
 use crate::vocab::Vocab;
 
 /// A CLIP-style model with its config and vocabulary, as `clip-pretrain` / `pickscore-train` write it.
@@ -20,37 +21,34 @@ pub struct InWorldClip {
     pub vocab: Vocab,
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, StageError> {
-    std::fs::read(path).map_err(|e| StageError::io(path, e))
+fn read(path: &Path) -> Result<Vec<u8>> {
+    Ok(std::fs::read(path).map_err(|e| StageError::io(path, e))?)
 }
 
 /// A JSON artifact, the error naming its file.
-pub fn json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, StageError> {
-    serde_json::from_slice(&read(path)?)
-        .map_err(|e| StageError::Failed(format!("{}: {e}", path.display())))
+pub fn json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    serde_json::from_slice(&read(path)?).at(path)
 }
 
 /// The `vocab.json` of an input.
-pub fn load_vocab(input: &Input) -> Result<Vocab, StageError> {
+pub fn load_vocab(input: &Input) -> Result<Vocab> {
     let path = input.file("vocab.json")?;
     Vocab::from_json(&read(&path)?, &path)
 }
 
 /// Frozen weights from a safetensors file.
-pub fn frozen_vb(path: &Path, device: &Device) -> Result<VarBuilder<'static>, StageError> {
+pub fn frozen_vb(path: &Path, device: &Device) -> Result<VarBuilder<'static>> {
     // SAFETY: the store never modifies a committed file; the mapping is read-only.
-    unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, device) }
-        .map_err(|e| StageError::Failed(format!("{}: {e}", path.display())))
+    unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, device) }.at(path)
 }
 
 impl InWorldClip {
     /// Loads `clip.safetensors`, `clip_config.json` and `vocab.json` from an input, frozen.
-    pub fn load(input: &Input, device: &Device) -> Result<InWorldClip, StageError> {
+    pub fn load(input: &Input, device: &Device) -> Result<InWorldClip> {
         let config: ClipConfig = json(&input.file("clip_config.json")?)?;
         let vocab = load_vocab(input)?;
         let weights = input.file("clip.safetensors")?;
-        let model = ClipModel::new(&config, frozen_vb(&weights, device)?)
-            .map_err(|e| StageError::Failed(format!("{}: {e}", weights.display())))?;
+        let model = ClipModel::new(&config, frozen_vb(&weights, device)?).at(&weights)?;
         Ok(InWorldClip {
             model,
             config,
@@ -67,33 +65,23 @@ impl InWorldClip {
         texts: &[&str],
         scale: f64,
         device: &Device,
-    ) -> Result<Tensor, StageError> {
+    ) -> Result<Tensor> {
         self.conditioning(texts, device)?
             .guided_eps(unet, x, timesteps, scale)
     }
 
     /// The guidance contexts of `texts`, to encode once and reuse across denoising steps; the
     /// unconditional branch is the empty prompt (encoded once, repeated per row), as in SD.
-    pub fn conditioning(
-        &self,
-        texts: &[&str],
-        device: &Device,
-    ) -> Result<Conditioning, StageError> {
+    pub fn conditioning(&self, texts: &[&str], device: &Device) -> Result<Conditioning> {
         let cond = self.context(texts, device)?;
-        let uncond = self
-            .context(&[""], device)?
-            .repeat((texts.len(), 1, 1))
-            .map_err(StageError::other)?;
+        let uncond = self.context(&[""], device)?.repeat((texts.len(), 1, 1))?;
         Ok(Conditioning { cond, uncond })
     }
 
     /// The text tower's last hidden states for `texts`: `(n, max_len, width)`, the UNet's context.
-    pub fn context(&self, texts: &[&str], device: &Device) -> Result<Tensor, StageError> {
+    pub fn context(&self, texts: &[&str], device: &Device) -> Result<Tensor> {
         let ids = self.vocab.batch(texts, device)?;
-        self.model
-            .text_model()
-            .last_hidden_state(&ids)
-            .map_err(StageError::other)
+        Ok(self.model.text_model().last_hidden_state(&ids)?)
     }
 }
 
@@ -111,7 +99,7 @@ impl Conditioning {
         x: &Tensor,
         timesteps: &[usize],
         scale: f64,
-    ) -> Result<Tensor, StageError> {
+    ) -> Result<Tensor> {
         let inputs = GuidanceInputs {
             cond: &self.cond,
             uncond: &self.uncond,
@@ -119,7 +107,7 @@ impl Conditioning {
             added_uncond: None,
             scale,
         };
-        guided_prediction(unet, x, timesteps, &inputs).map_err(StageError::other)
+        Ok(guided_prediction(unet, x, timesteps, &inputs)?)
     }
 }
 
@@ -165,28 +153,24 @@ pub fn new_unet(
     varmap: &VarMap,
     seed: u64,
     device: &Device,
-) -> Result<UNet2DConditionModel, StageError> {
-    UNet2DConditionModel::new(
+) -> Result<UNet2DConditionModel> {
+    Ok(UNet2DConditionModel::new(
         config,
         spo_nn::seeded_var_builder(varmap, seed, DType::F32, device),
-    )
-    .map_err(StageError::other)
+    )?)
 }
 
 /// The frozen base UNet of a `base-pretrain` input.
-pub fn load_unet(input: &Input, device: &Device) -> Result<UNet2DConditionModel, StageError> {
+pub fn load_unet(input: &Input, device: &Device) -> Result<UNet2DConditionModel> {
     let config: UNet2DConditionConfig = json(&input.file("unet_config.json")?)?;
     let weights = input.file("unet.safetensors")?;
-    UNet2DConditionModel::new(&config, frozen_vb(&weights, device)?)
-        .map_err(|e| StageError::Failed(format!("{}: {e}", weights.display())))
+    UNet2DConditionModel::new(&config, frozen_vb(&weights, device)?).at(&weights)
 }
 
 /// Saves a var map as a committed safetensors artifact.
-pub fn save_varmap(cx: &mut StageContext, varmap: &VarMap, rel: &str) -> Result<(), StageError> {
+pub fn save_varmap(cx: &mut StageContext, varmap: &VarMap, rel: &str) -> Result<()> {
     let path = cx.out_dir().join(rel);
-    varmap
-        .save(&path)
-        .map_err(|e| StageError::Failed(format!("{}: {e}", path.display())))
+    varmap.save(&path).at(&path)
 }
 
 /// The compute device: CUDA when built with it and present, else the CPU.
@@ -202,7 +186,7 @@ pub fn device() -> Device {
 /// threads, so neither do the stored bytes.
 pub(crate) fn on_cores<R: Send>(
     threads: usize,
-    work: impl FnOnce() -> Result<R, StageError> + Send,
-) -> Result<R, StageError> {
-    spo_nn::threads::install(threads, work).map_err(StageError::other)?
+    work: impl FnOnce() -> Result<R> + Send,
+) -> Result<R> {
+    spo_nn::threads::install(threads, work)?
 }

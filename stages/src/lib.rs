@@ -8,6 +8,7 @@ pub mod clip_train;
 pub mod command;
 pub mod download;
 pub mod embedded;
+pub mod error;
 pub mod inworld;
 pub mod pickapic;
 mod process_group;

@@ -17,6 +17,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use spo_core::{ParamSpec, StageContext, StageError, StageKind};
 
+use crate::error::{Error, Result};
 use crate::world_parquet::{TableWriter, bool_at, bytes_at, col, f64_at, i64_at, str_at};
 
 /// The columns of Pick-a-Pic v1 (`yuvalkirstain/pickapic_v1`), in its order.
@@ -106,14 +107,14 @@ pub(crate) struct PairsWriter<'a> {
 impl<'a> PairsWriter<'a> {
     const BATCH: usize = 256;
 
-    pub(crate) fn create(cx: &'a mut StageContext, rel: &str) -> Result<Self, StageError> {
+    pub(crate) fn create(cx: &'a mut StageContext, rel: &str) -> Result<Self> {
         Ok(PairsWriter {
             table: TableWriter::create(cx, rel, schema())?,
             pending: Vec::new(),
         })
     }
 
-    pub(crate) fn push(&mut self, row: PairRow) -> Result<(), StageError> {
+    pub(crate) fn push(&mut self, row: PairRow) -> Result<()> {
         self.pending.push(row);
         if self.pending.len() >= Self::BATCH {
             self.flush()
@@ -122,7 +123,7 @@ impl<'a> PairsWriter<'a> {
         }
     }
 
-    fn flush(&mut self) -> Result<(), StageError> {
+    fn flush(&mut self) -> Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -179,19 +180,19 @@ impl<'a> PairsWriter<'a> {
         self.table.write(columns)
     }
 
-    pub(crate) fn finish(mut self) -> Result<(), StageError> {
+    pub(crate) fn finish(mut self) -> Result<()> {
         self.flush()?;
         self.table.finish()
     }
 }
 
 /// Why a shard was refused.
-fn shard_error(path: &Path, message: impl std::fmt::Display) -> StageError {
-    StageError::Failed(format!("pick-a-pic shard {}: {message}", path.display()))
+fn shard_error(path: &Path, message: impl std::fmt::Display) -> Error {
+    Error::failed(format!("pick-a-pic shard {}: {message}", path.display()))
 }
 
 /// Opens a shard and checks that it has every Pick-a-Pic column but the pandas index.
-fn open_shard(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>, StageError> {
+fn open_shard(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>> {
     let file = File::open(path).map_err(|e| shard_error(path, e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| shard_error(path, format!("not a readable Parquet file: {e}")))?;
@@ -229,8 +230,8 @@ fn open_shard(path: &Path) -> Result<ParquetRecordBatchReaderBuilder<File>, Stag
 pub(crate) fn read_shard(
     path: &Path,
     decode_images: bool,
-    mut each: impl FnMut(PairRow) -> Result<bool, StageError>,
-) -> Result<u64, StageError> {
+    mut each: impl FnMut(PairRow) -> Result<bool>,
+) -> Result<u64> {
     let reader = open_shard(path)?
         .with_batch_size(64)
         .build()
@@ -243,13 +244,13 @@ pub(crate) fn read_shard(
         for i in 0..batch.num_rows() {
             let at = |what: &str| shard_error(path, format!("row {row}: {what}"));
             let get = |name: &str| c(name).ok_or_else(|| at(&format!("missing column `{name}`")));
-            let string = |name: &str| -> Result<Option<String>, StageError> {
+            let string = |name: &str| -> Result<Option<String>> {
                 Ok(str_at(get(name)?, i).map(str::to_owned))
             };
             let need_str = |name: &str| {
                 string(name)?.ok_or_else(|| at(&format!("`{name}` is null or not a string")))
             };
-            let image = |name: &str| -> Result<Vec<u8>, StageError> {
+            let image = |name: &str| -> Result<Vec<u8>> {
                 let bytes = bytes_at(get(name)?, i)
                     .ok_or_else(|| at(&format!("`{name}` is null or not binary")))?;
                 if decode_images {
@@ -262,7 +263,7 @@ pub(crate) fn read_shard(
                 }
                 Ok(bytes.to_vec())
             };
-            let label = |name: &str| -> Result<f64, StageError> {
+            let label = |name: &str| -> Result<f64> {
                 let v = f64_at(get(name)?, i)
                     .ok_or_else(|| at(&format!("`{name}` is null or not float64")))?;
                 if (0.0..=1.0).contains(&v) {
@@ -271,7 +272,7 @@ pub(crate) fn read_shard(
                     Err(at(&format!("`{name}` = {v} is outside [0, 1]")))
                 }
             };
-            let int = |name: &str| -> Result<i64, StageError> {
+            let int = |name: &str| -> Result<i64> {
                 i64_at(get(name)?, i).ok_or_else(|| at(&format!("`{name}` is null or not int64")))
             };
             let created_at = timestamp_ns_at(get("created_at")?, i)
@@ -361,7 +362,7 @@ pub struct PickAPic;
 impl PickAPic {
     /// The shard files to read: the `shards` param (files, or directories of `*.parquet`),
     /// else every `.parquet` file of the inputs (a `download` stage's).
-    fn shards(cx: &StageContext) -> Result<Vec<PathBuf>, StageError> {
+    fn shards(cx: &StageContext) -> Result<Vec<PathBuf>> {
         let listed = PickAPicParams::from_params(cx.params())?.shards;
         let mut out = Vec::new();
         if listed.is_empty() {
@@ -376,7 +377,7 @@ impl PickAPic {
                 }
             }
             if out.is_empty() {
-                return Err(StageError::Failed("no shards: set `shards` or add a stage that downloads Pick-a-Pic Parquet files to `needs`".into()));
+                return Err(StageError::Failed("no shards: set `shards` or add a stage that downloads Pick-a-Pic Parquet files to `needs`".into()).into());
             }
         }
         for s in listed {
@@ -392,7 +393,8 @@ impl PickAPic {
                     return Err(StageError::Failed(format!(
                         "shard directory {} holds no .parquet file",
                         p.display()
-                    )));
+                    ))
+                    .into());
                 }
                 out.extend(files);
             } else if p.is_file() {
@@ -401,7 +403,8 @@ impl PickAPic {
                 return Err(StageError::Failed(format!(
                     "pick-a-pic shard {}: no such file or directory",
                     p.display()
-                )));
+                ))
+                .into());
             }
         }
         Ok(out)
@@ -455,7 +458,7 @@ impl StageKind for PickAPic {
             // The orchestrator commits nothing of a failed cell; leave no half table either.
             drop(out);
             let _ = std::fs::remove_file(&staged);
-            return Err(e);
+            return Err(e.into());
         }
         bar.finish_and_clear();
         out.finish()?;

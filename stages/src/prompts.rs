@@ -15,6 +15,7 @@ use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 use spo_core::{ParamSpec, StageContext, StageError, StageKind};
 
+use crate::error::Result;
 use crate::world_parquet::{col, write_table};
 
 spo_core::param_choice! {
@@ -217,7 +218,7 @@ pub(crate) fn write_prompts(
     source: &str,
     rows: &[PromptRow],
     extra: &[(&str, Vec<String>)],
-) -> Result<(), StageError> {
+) -> Result<()> {
     let names: Vec<&str> = extra.iter().map(|(n, _)| *n).collect();
     let mut columns = vec![
         col(Int64Array::from_iter_values(rows.iter().map(|r| r.index))),

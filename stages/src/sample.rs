@@ -13,6 +13,7 @@ use spo_core::{ParamSpec, StageContext, StageError, StageKind};
 use spo_diffusion::{Ddim, NoiseSchedule, SchedulerConfig};
 use spo_nn::SeededRng;
 
+use crate::error::{At, Result};
 use crate::inworld::{InWorldClip, device, load_unet, on_cores};
 use crate::tensors::{png_bytes, tensor_to_images};
 use crate::world_parquet::{col, write_table};
@@ -57,109 +58,100 @@ impl StageKind for Sample {
         true
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
-        let p = SampleParams::from_params(cx.params())?;
-        let dev = device();
-        let world = WorldData::load(cx.input_of_kind("world")?)?;
-        let clip = InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?;
-        let mut unet = load_unet(cx.input_of_kind("base-pretrain")?, &dev)?;
-        if let Some(lora) = cx
-            .inputs()
-            .iter()
-            .find_map(|i| i.file("lora.safetensors").ok())
-        {
-            unet.load_lora(&lora)
-                .map_err(|e| StageError::Failed(format!("{}: {e}", lora.display())))?;
-        }
-        let ddim = Ddim::new(
-            NoiseSchedule::new(SchedulerConfig::sd15()).map_err(StageError::other)?,
-            p.steps,
-            p.eta,
-        )
-        .map_err(StageError::other)?;
-        let seed = cx.seed().unwrap_or(0);
-        let prompts: Vec<(usize, &crate::worlddata::Prompt)> = world
-            .validation
-            .iter()
-            .enumerate()
-            .take(p.prompts)
-            .collect();
-        let per = p.per_prompt;
-        let jobs: Vec<(usize, u64)> = prompts
-            .iter()
-            .flat_map(|(i, _)| (0..per).map(move |k| (*i, image_seed(seed, *i, k))))
-            .collect();
-        let size = world.canvas as usize;
-        let pb = cx.progress(jobs.len() as u64, "sample");
-        let mut images: Vec<RgbImage> = Vec::with_capacity(jobs.len());
-        for chunk in jobs.chunks(p.batch) {
-            let texts: Vec<&str> = chunk
-                .iter()
-                .map(|(i, _)| world.validation[*i].text.as_str())
-                .collect();
-            let prompts = clip.conditioning(&texts, &dev)?;
-            let noise: Vec<Tensor> = chunk
-                .iter()
-                .map(|(_, s)| {
-                    SeededRng::new(*s).normal((1, 3, size, size), 0.0, 1.0, DType::F32, &dev)
-                })
-                .collect::<Result<_, _>>()
-                .map_err(StageError::other)?;
-            let mut x = Tensor::cat(&noise, 0).map_err(StageError::other)?;
-            let mut step_rng = SeededRng::new(chunk[0].1 ^ 0x5a17);
-            let cfg = p.cfg;
-            x = on_cores(cx.threads(), || {
-                for &t in ddim.timesteps() {
-                    let ts = vec![t; chunk.len()];
-                    let eps = prompts.guided_eps(&unet, &x, &ts, cfg)?;
-                    let z = step_rng
-                        .normal(x.shape(), 0.0, 1.0, DType::F32, &dev)
-                        .map_err(StageError::other)?;
-                    x = ddim
-                        .step(&eps, &ts, &x, Some(&z))
-                        .map_err(StageError::other)?
-                        .0;
-                }
-                Ok(x)
-            })?;
-            images.extend(tensor_to_images(&x)?);
-            pb.inc(chunk.len() as u64);
-        }
-        pb.finish_and_clear();
-
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("prompt_index", DataType::Int64, false),
-            Field::new("prompt", DataType::Utf8, false),
-            Field::new("scene", DataType::Utf8, false),
-            Field::new("seed", DataType::Int64, false),
-            Field::new("image", DataType::Binary, false),
-        ]));
-        let pngs: Vec<Vec<u8>> = images.iter().map(png_bytes).collect::<Result<_, _>>()?;
-        let cols = vec![
-            col(Int64Array::from(
-                jobs.iter().map(|(i, _)| *i as i64).collect::<Vec<_>>(),
-            )),
-            col(StringArray::from(
-                jobs.iter()
-                    .map(|(i, _)| world.validation[*i].text.clone())
-                    .collect::<Vec<_>>(),
-            )),
-            col(StringArray::from(
-                jobs.iter()
-                    .map(|(i, _)| world.validation[*i].scene.code(&world.atlas))
-                    .collect::<Vec<_>>(),
-            )),
-            col(Int64Array::from(
-                jobs.iter().map(|(_, s)| *s as i64).collect::<Vec<_>>(),
-            )),
-            col(BinaryArray::from(
-                pngs.iter().map(Vec::as_slice).collect::<Vec<_>>(),
-            )),
-        ];
-        write_table(cx, "samples.parquet", schema, cols)?;
-        cx.write_artifact("grid.png", &png_bytes(&grid(&images, 8, 8))?)?;
-        cx.metric("images", images.len() as f64);
-        Ok(())
+        Ok(run(cx)?)
     }
+}
+
+/// Computes one cell of this kind.
+fn run(cx: &mut StageContext) -> Result<()> {
+    let p = SampleParams::from_params(cx.params())?;
+    let dev = device();
+    let world = WorldData::load(cx.input_of_kind("world")?)?;
+    let clip = InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?;
+    let mut unet = load_unet(cx.input_of_kind("base-pretrain")?, &dev)?;
+    if let Some(lora) = cx
+        .inputs()
+        .iter()
+        .find_map(|i| i.file("lora.safetensors").ok())
+    {
+        unet.load_lora(&lora).at(&lora)?;
+    }
+    let ddim = Ddim::new(NoiseSchedule::new(SchedulerConfig::sd15())?, p.steps, p.eta)?;
+    let seed = cx.seed().unwrap_or(0);
+    let prompts: Vec<(usize, &crate::worlddata::Prompt)> = world
+        .validation
+        .iter()
+        .enumerate()
+        .take(p.prompts)
+        .collect();
+    let per = p.per_prompt;
+    let jobs: Vec<(usize, u64)> = prompts
+        .iter()
+        .flat_map(|(i, _)| (0..per).map(move |k| (*i, image_seed(seed, *i, k))))
+        .collect();
+    let size = world.canvas as usize;
+    let pb = cx.progress(jobs.len() as u64, "sample");
+    let mut images: Vec<RgbImage> = Vec::with_capacity(jobs.len());
+    for chunk in jobs.chunks(p.batch) {
+        let texts: Vec<&str> = chunk
+            .iter()
+            .map(|(i, _)| world.validation[*i].text.as_str())
+            .collect();
+        let prompts = clip.conditioning(&texts, &dev)?;
+        let noise: Vec<Tensor> = chunk
+            .iter()
+            .map(|(_, s)| SeededRng::new(*s).normal((1, 3, size, size), 0.0, 1.0, DType::F32, &dev))
+            .collect::<Result<_, _>>()?;
+        let mut x = Tensor::cat(&noise, 0)?;
+        let mut step_rng = SeededRng::new(chunk[0].1 ^ 0x5a17);
+        let cfg = p.cfg;
+        x = on_cores(cx.threads(), || {
+            for &t in ddim.timesteps() {
+                let ts = vec![t; chunk.len()];
+                let eps = prompts.guided_eps(&unet, &x, &ts, cfg)?;
+                let z = step_rng.normal(x.shape(), 0.0, 1.0, DType::F32, &dev)?;
+                x = ddim.step(&eps, &ts, &x, Some(&z))?.0;
+            }
+            Ok(x)
+        })?;
+        images.extend(tensor_to_images(&x)?);
+        pb.inc(chunk.len() as u64);
+    }
+    pb.finish_and_clear();
+
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("prompt_index", DataType::Int64, false),
+        Field::new("prompt", DataType::Utf8, false),
+        Field::new("scene", DataType::Utf8, false),
+        Field::new("seed", DataType::Int64, false),
+        Field::new("image", DataType::Binary, false),
+    ]));
+    let pngs: Vec<Vec<u8>> = images.iter().map(png_bytes).collect::<Result<_, _>>()?;
+    let cols = vec![
+        col(Int64Array::from(
+            jobs.iter().map(|(i, _)| *i as i64).collect::<Vec<_>>(),
+        )),
+        col(StringArray::from(
+            jobs.iter()
+                .map(|(i, _)| world.validation[*i].text.clone())
+                .collect::<Vec<_>>(),
+        )),
+        col(StringArray::from(
+            jobs.iter()
+                .map(|(i, _)| world.validation[*i].scene.code(&world.atlas))
+                .collect::<Vec<_>>(),
+        )),
+        col(Int64Array::from(
+            jobs.iter().map(|(_, s)| *s as i64).collect::<Vec<_>>(),
+        )),
+        col(BinaryArray::from(
+            pngs.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+        )),
+    ];
+    write_table(cx, "samples.parquet", schema, cols)?;
+    cx.write_artifact("grid.png", &png_bytes(&grid(&images, 8, 8))?)?;
+    cx.metric("images", images.len() as f64);
+    Ok(())
 }
 
 /// The seed of image `k` of prompt `i` in a run with seed `seed` (recorded per image).

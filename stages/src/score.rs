@@ -29,6 +29,7 @@ use spo_world::{Atlas, Scene};
 
 use crate::aesthetic::AestheticHead;
 use crate::clip_train::WorldClip;
+use crate::error::Result;
 use crate::world_parquet::{bytes_at, col, i64_at, str_at, write_table};
 use crate::worlddata::{WorldData, each_row};
 
@@ -55,7 +56,7 @@ impl InWorldScorers {
         pickscore: &Input,
         aesthetic: &Input,
         device: &Device,
-    ) -> Result<InWorldScorers, StageError> {
+    ) -> Result<InWorldScorers> {
         let clip = WorldClip::load(aesthetic, device)?;
         let head = AestheticHead::load(aesthetic, device)?;
         if head.config.input != clip.model.config().projection_dim {
@@ -66,7 +67,8 @@ impl InWorldScorers {
                     head.config.input,
                     clip.model.config().projection_dim
                 ),
-            });
+            }
+            .into());
         }
         Ok(InWorldScorers {
             atlas: WorldData::load(world)?.atlas,
@@ -82,14 +84,15 @@ impl InWorldScorers {
         images: &[RgbImage],
         prompts: &[&str],
         scenes: &[Scene],
-    ) -> Result<Vec<ImageScores>, StageError> {
+    ) -> Result<Vec<ImageScores>> {
         if images.len() != prompts.len() || images.len() != scenes.len() {
             return Err(StageError::Failed(format!(
                 "{} images, {} prompts and {} scenes: each image needs its prompt and scene",
                 images.len(),
                 prompts.len(),
                 scenes.len()
-            )));
+            ))
+            .into());
         }
         let refs: Vec<&RgbImage> = images.iter().collect();
         let pick = pickscores(&self.pickscore, &refs, prompts)?;
@@ -145,11 +148,7 @@ pub struct ImageScores {
 }
 
 /// The PickScore analogue of each image with its prompt: `exp(logit_scale)·cos(img, txt)`.
-pub fn pickscores(
-    model: &WorldClip,
-    images: &[&RgbImage],
-    prompts: &[&str],
-) -> Result<Vec<f64>, StageError> {
+pub fn pickscores(model: &WorldClip, images: &[&RgbImage], prompts: &[&str]) -> Result<Vec<f64>> {
     let scale = model.scale()?;
     Ok(model
         .cosines(images, prompts)?
@@ -159,11 +158,7 @@ pub fn pickscores(
 }
 
 /// torchmetrics' CLIP score of each image with its prompt: `max(100·cos(img, txt), 0)`.
-pub fn clipscores(
-    model: &WorldClip,
-    images: &[&RgbImage],
-    prompts: &[&str],
-) -> Result<Vec<f64>, StageError> {
+pub fn clipscores(model: &WorldClip, images: &[&RgbImage], prompts: &[&str]) -> Result<Vec<f64>> {
     Ok(model
         .cosines(images, prompts)?
         .into_iter()
@@ -177,20 +172,21 @@ pub fn oracle_scores(
     atlas: &Atlas,
     scenes: &[Scene],
     images: &[&RgbImage],
-) -> Result<Vec<OracleScores>, StageError> {
+) -> Result<Vec<OracleScores>> {
     if scenes.len() != images.len() {
         return Err(StageError::Failed(format!(
             "{} scenes for {} images",
             scenes.len(),
             images.len()
-        )));
+        ))
+        .into());
     }
-    let judge = |(scene, image): (&Scene, &&RgbImage)| -> Result<OracleScores, StageError> {
-        let j = spo_world::judge(atlas, scene, image).map_err(StageError::other)?;
-        let prompted = spo_world::render(atlas, scene).map_err(StageError::other)?;
+    let judge = |(scene, image): (&Scene, &&RgbImage)| -> Result<OracleScores> {
+        let j = spo_world::judge(atlas, scene, image)?;
+        let prompted = spo_world::render(atlas, scene)?;
         Ok(OracleScores {
             detail: j.detail.quality,
-            grain: spo_world::grain(image).map_err(StageError::other)?,
+            grain: spo_world::grain(image)?,
             prompt_rmse: spo_world::oracle::rmse(image, &prompted),
             object: j.alignment.object,
             colour: j.alignment.colour,
@@ -200,7 +196,7 @@ pub fn oracle_scores(
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let per = images.len().div_ceil(threads).max(1);
-    let parts: Vec<Result<Vec<OracleScores>, StageError>> = std::thread::scope(|s| {
+    let parts: Vec<Result<Vec<OracleScores>>> = std::thread::scope(|s| {
         let handles: Vec<_> = scenes
             .chunks(per)
             .zip(images.chunks(per))
@@ -209,8 +205,9 @@ pub fn oracle_scores(
         handles
             .into_iter()
             .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(StageError::Failed("an oracle thread panicked".into())))
+                h.join().unwrap_or_else(|_| {
+                    Err(StageError::Failed("an oracle thread panicked".into()).into())
+                })
             })
             .collect()
     });
@@ -233,7 +230,7 @@ pub struct SampleRow {
 
 /// Reads a `samples.parquet` (prompt_index, prompt, scene, seed, image as PNG bytes); errors
 /// name the file, the row and the column.
-pub fn read_samples(path: &std::path::Path, atlas: &Atlas) -> Result<Vec<SampleRow>, StageError> {
+pub fn read_samples(path: &std::path::Path, atlas: &Atlas) -> Result<Vec<SampleRow>> {
     let mut rows = Vec::new();
     let names = ["prompt_index", "prompt", "scene", "seed", "image"];
     each_row(path, &names, |c, i| {
@@ -324,7 +321,7 @@ impl StageKind for Score {
 }
 
 /// The one input with a `samples.parquet`.
-fn samples_input(cx: &StageContext) -> Result<Input, StageError> {
+fn samples_input(cx: &StageContext) -> Result<Input> {
     let mut with = cx
         .inputs()
         .iter()
@@ -337,14 +334,14 @@ fn samples_input(cx: &StageContext) -> Result<Input, StageError> {
                 "stage `{}` needs a stage that writes {SAMPLES} (a `sample` stage) among its `needs`",
                 cx.stage()
             ),
-        }),
+        }.into()),
         (Some(a), Some(b)) => Err(StageError::Input {
             need: SAMPLES.into(),
             message: format!(
                 "ambiguous: both `{}` and `{}` write {SAMPLES}; score each in its own stage",
                 a.stage, b.stage
             ),
-        }),
+        }.into()),
     }
 }
 
@@ -383,11 +380,7 @@ pub fn means(scores: &[ImageScores]) -> Vec<(&'static str, f64)> {
     ]
 }
 
-fn write_scores(
-    cx: &mut StageContext,
-    rows: &[SampleRow],
-    scores: &[ImageScores],
-) -> Result<(), StageError> {
+fn write_scores(cx: &mut StageContext, rows: &[SampleRow], scores: &[ImageScores]) -> Result<()> {
     let f = |name: &str| Field::new(name, DataType::Float64, false);
     let b = |name: &str| Field::new(name, DataType::Boolean, false);
     let schema = Arc::new(Schema::new(vec![

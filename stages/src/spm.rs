@@ -13,6 +13,7 @@ use spo_core::{Input, ParamSpec, StageContext, StageError, StageKind};
 use spo_diffusion::{Ddim, NoiseSchedule, SchedulerConfig};
 use spo_nn::{AdamW, AdamWConfig, named_vars, seeded_var_builder};
 
+use crate::error::{At, Result};
 use crate::inworld::{
     InWorldClip, device, frozen_vb, json, load_unet, load_vocab, on_cores, save_varmap,
 };
@@ -104,15 +105,13 @@ fn init_from_parent(
     variant: Variant,
     seed: u64,
     dev: &Device,
-) -> Result<(VarMap, SpmMeta, Vocab), StageError> {
+) -> Result<(VarMap, SpmMeta, Vocab)> {
     let parent_clip = InWorldClip::load(parent, dev)?;
     let cfg = parent_clip.config.clone();
     let varmap = VarMap::new();
-    ClipModel::new(&cfg, seeded_var_builder(&varmap, seed, DType::F32, dev))
-        .map_err(StageError::other)?;
+    ClipModel::new(&cfg, seeded_var_builder(&varmap, seed, DType::F32, dev))?;
     let weights = parent.file("clip.safetensors")?;
-    let tensors = candle_core::safetensors::load(&weights, dev)
-        .map_err(|e| StageError::Failed(format!("{}: {e}", weights.display())))?;
+    let tensors = candle_core::safetensors::load(&weights, dev).at(&weights)?;
     {
         let data = varmap
             .data()
@@ -127,7 +126,7 @@ fn init_from_parent(
         }
     }
     if variant == Variant::Spm {
-        init_spm_from_pickscore(&varmap, &cfg, seed, dev).map_err(StageError::other)?;
+        init_spm_from_pickscore(&varmap, &cfg, seed, dev)?;
     }
     Ok((
         varmap,
@@ -140,17 +139,16 @@ fn init_from_parent(
 }
 
 /// Builds the SPM (or variant) over trainable `varmap`.
-pub fn build(varmap: &VarMap, meta: &SpmMeta, dev: &Device) -> Result<Spm, StageError> {
-    Spm::new(
+pub fn build(varmap: &VarMap, meta: &SpmMeta, dev: &Device) -> Result<Spm> {
+    Ok(Spm::new(
         &meta.config,
         meta.variant.model(),
         seeded_var_builder(varmap, 0, DType::F32, dev),
-    )
-    .map_err(StageError::other)
+    )?)
 }
 
 /// Loads a trained SPM (frozen) with its vocabulary.
-pub fn load(input: &Input, dev: &Device) -> Result<(Spm, Vocab), StageError> {
+pub fn load(input: &Input, dev: &Device) -> Result<(Spm, Vocab)> {
     let meta: SpmMeta = json(&input.file("spm_config.json")?)?;
     let vocab = load_vocab(input)?;
     let weights = input.file("spm.safetensors")?;
@@ -159,7 +157,7 @@ pub fn load(input: &Input, dev: &Device) -> Result<(Spm, Vocab), StageError> {
         meta.variant.model(),
         frozen_vb(&weights, dev)?,
     )
-    .map_err(|e| StageError::Failed(format!("{}: {e}", weights.display())))?;
+    .at(&weights)?;
     Ok((spm, vocab))
 }
 
@@ -215,32 +213,24 @@ fn train(
     meta: &SpmMeta,
     vocab: &Vocab,
     dev: &Device,
-) -> Result<(), StageError> {
+) -> Result<()> {
     let (steps, batch) = (p.steps, p.batch);
     let pairs = load_pairs(cx.input_of_kind("world")?, p.pairs)?;
     if pairs.is_empty() {
-        return Err(StageError::Failed(
-            "the world has no preference pairs".into(),
-        ));
+        return Err(StageError::Failed("the world has no preference pairs".into()).into());
     }
     let text = InWorldClip::load(cx.input_of_kind("clip-pretrain")?, dev)?;
     let unet = load_unet(cx.input_of_kind("base-pretrain")?, dev)?;
-    let ddim = Ddim::new(
-        NoiseSchedule::new(SchedulerConfig::sd15()).map_err(StageError::other)?,
-        20,
-        1.0,
-    )
-    .map_err(StageError::other)?;
+    let ddim = Ddim::new(NoiseSchedule::new(SchedulerConfig::sd15())?, 20, 1.0)?;
     let spm = build(varmap, meta, dev)?;
     let mut vm = varmap.clone();
     let mut opt = AdamW::new(
-        named_vars(varmap).map_err(StageError::other)?,
+        named_vars(varmap)?,
         AdamWConfig {
             lr: p.lr,
             ..Default::default()
         },
-    )
-    .map_err(StageError::other)?;
+    )?;
     let mut tr: Trainer = Trainer::start(
         cx,
         "spm",
@@ -264,60 +254,40 @@ fn train(
                 .chain(idx.iter().map(|&i| &pairs[i].images[1]))
                 .collect();
             let x0 = images_to_tensor(&imgs, dev)?;
-            let noise = rng
-                .normal(
-                    (
-                        b,
-                        3,
-                        x0.dim(2).map_err(StageError::other)?,
-                        x0.dim(3).map_err(StageError::other)?,
-                    ),
-                    0.0,
-                    1.0,
-                    DType::F32,
-                    dev,
-                )
-                .map_err(StageError::other)?;
-            let noise = Tensor::cat(&[&noise, &noise], 0).map_err(StageError::other)?;
+            let noise = rng.normal((b, 3, x0.dim(2)?, x0.dim(3)?), 0.0, 1.0, DType::F32, dev)?;
+            let noise = Tensor::cat(&[&noise, &noise], 0)?;
             let ts2: Vec<usize> = ts.iter().chain(ts.iter()).copied().collect();
             let t_tensor = Tensor::from_vec(
                 ts2.iter().map(|&t| t as i64).collect::<Vec<_>>(),
                 2 * b,
                 dev,
-            )
-            .map_err(StageError::other)?;
-            let xt = ddim
-                .schedule()
-                .add_noise(&x0, &noise, &t_tensor)
-                .map_err(StageError::other)?;
+            )?;
+            let xt = ddim.schedule().add_noise(&x0, &noise, &t_tensor)?;
             // 2. the frozen base model's one-step x0-prediction with CFG
             let captions: Vec<&str> = idx.iter().map(|&i| pairs[i].caption.as_str()).collect();
             let captions2: Vec<&str> = captions.iter().chain(captions.iter()).copied().collect();
             let eps = text.guided_eps(&unet, &xt, &ts2, &captions2, cfg, dev)?;
-            let (x0_hat, _) = ddim
-                .predict_x0_and_eps(&eps, &ts2, &xt)
-                .map_err(StageError::other)?;
+            let (x0_hat, _) = ddim.predict_x0_and_eps(&eps, &ts2, &xt)?;
             let pixels = x0_hat
                 .clamp(-1f32, 1f32)
-                .and_then(|x| x.detach().contiguous())
-                .map_err(StageError::other)?;
+                .and_then(|x| x.detach().contiguous())?;
             // 3. the SPM's logits at t and the loss
             let ids = vocab.batch(&captions2, dev)?;
             let tf: Vec<f32> = ts2.iter().map(|&t| t as f32).collect();
-            let logits = spm.logits(&pixels, &ids, &tf).map_err(StageError::other)?;
+            let logits = spm.logits(&pixels, &ids, &tf)?;
             let (l0, l1) = (
-                logits.narrow(D::Minus1, 0, b).map_err(StageError::other)?,
-                logits.narrow(D::Minus1, b, b).map_err(StageError::other)?,
+                logits.narrow(D::Minus1, 0, b)?,
+                logits.narrow(D::Minus1, b, b)?,
             );
             let labels: Vec<[f64; 2]> = idx.iter().map(|&i| pairs[i].labels).collect();
             let weights: Vec<f64> = idx
                 .iter()
                 .map(|&i| 1.0 / pairs[i].num_example_per_prompt)
                 .collect();
-            let loss = pair_loss(&l0, &l1, &labels, &weights).map_err(StageError::other)?;
-            let grads = loss.backward().map_err(StageError::other)?;
-            opt.step(&grads).map_err(StageError::other)?;
-            Ok(loss.to_scalar::<f32>().map_err(StageError::other)? as f64)
+            let loss = pair_loss(&l0, &l1, &labels, &weights)?;
+            let grads = loss.backward()?;
+            opt.step(&grads)?;
+            Ok(loss.to_scalar::<f32>()? as f64)
         })?;
         tr.record(loss, varmap, &opt)?;
     }

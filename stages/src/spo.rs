@@ -21,6 +21,7 @@ use spo_diffusion::{Ddim, LoraConfig, NoiseSchedule, SchedulerConfig, UNet2DCond
 use spo_nn::{AdamW, AdamWConfig, SeededRng, named_vars, seeded_var_builder};
 
 use crate::checkpoint::exact_f64;
+use crate::error::{At, Result};
 use crate::inworld::{Conditioning, InWorldClip, device, load_unet, on_cores};
 use crate::training::Trainer;
 use crate::vocab::Vocab;
@@ -98,119 +99,116 @@ impl StageKind for SpoTrain {
         true
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
-        let p = SpoParams::from_params(cx.params())?;
-        let dev = device();
-        let seed = cx.seed().unwrap_or(0);
-        let world = WorldData::load(cx.input_of_kind("world")?)?;
-        let text = InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?;
-        let (spm, spm_vocab) = crate::spm::load(cx.input_of_kind("train-spm")?, &dev)?;
-        let mut unet = load_unet(cx.input_of_kind("base-pretrain")?, &dev)?;
-        let mut lora_vars = VarMap::new();
-        unet.add_lora(
-            &LoraConfig::spo(p.rank),
-            &seeded_var_builder(&lora_vars, seed, DType::F32, &dev),
-        )
-        .map_err(StageError::other)?;
-        let mut opt = AdamW::new(
-            named_vars(&lora_vars).map_err(StageError::other)?,
-            AdamWConfig {
-                lr: p.lr,
-                weight_decay: 1e-4,
-                ..Default::default()
-            },
-        )
-        .map_err(StageError::other)?;
-        let ddim = Ddim::new(
-            NoiseSchedule::new(SchedulerConfig::sd15()).map_err(StageError::other)?,
-            p.steps,
-            p.eta,
-        )
-        .map_err(StageError::other)?;
-        let cfg = Settings {
-            k: p.k,
-            j: p.j,
-            lo: p.t_range[0],
-            hi: p.t_range[1],
-            continuation: p.continuation,
-            pair: p.pair,
-            margin: 2.0 * p.threshold.atanh(),
-            beta: p.beta,
-            clip_eps: p.clip_eps,
-            cfg: p.cfg,
-            train_batch: p.train_batch,
-            epochs: p.epochs,
-        };
-        let models = Models {
-            unet: &unet,
-            ddim: &ddim,
-            text: &text,
-            spm: &spm,
-            spm_vocab: &spm_vocab,
-            dev: &dev,
-        };
-        let rounds = p.rounds;
-        let mut tr: Trainer<Vec<RoundLog>> = Trainer::start(
-            cx,
-            "spo",
-            rounds,
-            p.checkpoint_every,
-            seed,
-            &mut lora_vars,
-            &mut opt,
-        )?;
-        while tr.step < rounds {
-            // ---- sampling ----
-            let prompts: Vec<&Prompt> = tr
-                .rng
-                .indices(p.prompts, world.train.len())
-                .into_iter()
-                .map(|i| &world.train[i])
-                .collect();
-            let rng = &mut tr.rng;
-            let ((pairs, stats), (loss, ratios)) = on_cores(cx.threads(), || {
-                let sampled = rollout(&models, &cfg, &prompts, rng)?;
-                // ---- training ----
-                let trained = train_round(&models, &cfg, &sampled.0, &mut opt, rng)?;
-                Ok((sampled, trained))
-            })?;
-            tr.extra.push(RoundLog {
-                round: tr.step as u64 + 1,
-                loss,
-                ratio_win: ratios.0,
-                ratio_lose: ratios.1,
-                pairs: pairs.len() as u64,
-                valid_rate: stats.valid_rate,
-                spm_mean: stats.mean_score,
-            });
-            // Rounds without a valid pair record the reference loss ln 2.
-            tr.record(loss.unwrap_or(std::f64::consts::LN_2), &lora_vars, &opt)?;
-        }
-        let log = std::mem::take(&mut tr.extra);
-        tr.finish(cx, "spo")?;
-        write_rounds(cx, &log)?;
-        if let Some(last) = log.last() {
-            cx.metric(
-                "valid_pair_rate",
-                log.iter().map(|r| r.valid_rate).sum::<f64>() / log.len() as f64,
-            );
-            cx.metric("spm_score_last_round", last.spm_mean);
-            cx.metric("pairs", log.iter().map(|r| r.pairs as f64).sum());
-            // how far the policy moved from the reference on its own pairs: mean |r̄ − 1| of
-            // the rounds' mean clamped ratios, winners and losers alike (0 for a round
-            // without pairs, whose ratios are 1)
-            cx.metric(
-                "ratio_deviation",
-                log.iter()
-                    .map(|r| ((r.ratio_win - 1.0).abs() + (r.ratio_lose - 1.0).abs()) / 2.0)
-                    .sum::<f64>()
-                    / log.len() as f64,
-            );
-        }
-        let path = cx.out_dir().join("lora.safetensors");
-        unet.save_lora(&path)
-            .map_err(|e| StageError::Failed(format!("{}: {e}", path.display())))?;
-        Ok(())
+        Ok(run(cx)?)
     }
+}
+
+/// Computes one cell of this kind.
+fn run(cx: &mut StageContext) -> Result<()> {
+    let p = SpoParams::from_params(cx.params())?;
+    let dev = device();
+    let seed = cx.seed().unwrap_or(0);
+    let world = WorldData::load(cx.input_of_kind("world")?)?;
+    let text = InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?;
+    let (spm, spm_vocab) = crate::spm::load(cx.input_of_kind("train-spm")?, &dev)?;
+    let mut unet = load_unet(cx.input_of_kind("base-pretrain")?, &dev)?;
+    let mut lora_vars = VarMap::new();
+    unet.add_lora(
+        &LoraConfig::spo(p.rank),
+        &seeded_var_builder(&lora_vars, seed, DType::F32, &dev),
+    )?;
+    let mut opt = AdamW::new(
+        named_vars(&lora_vars)?,
+        AdamWConfig {
+            lr: p.lr,
+            weight_decay: 1e-4,
+            ..Default::default()
+        },
+    )?;
+    let ddim = Ddim::new(NoiseSchedule::new(SchedulerConfig::sd15())?, p.steps, p.eta)?;
+    let cfg = Settings {
+        k: p.k,
+        j: p.j,
+        lo: p.t_range[0],
+        hi: p.t_range[1],
+        continuation: p.continuation,
+        pair: p.pair,
+        margin: 2.0 * p.threshold.atanh(),
+        beta: p.beta,
+        clip_eps: p.clip_eps,
+        cfg: p.cfg,
+        train_batch: p.train_batch,
+        epochs: p.epochs,
+    };
+    let models = Models {
+        unet: &unet,
+        ddim: &ddim,
+        text: &text,
+        spm: &spm,
+        spm_vocab: &spm_vocab,
+        dev: &dev,
+    };
+    let rounds = p.rounds;
+    let mut tr: Trainer<Vec<RoundLog>> = Trainer::start(
+        cx,
+        "spo",
+        rounds,
+        p.checkpoint_every,
+        seed,
+        &mut lora_vars,
+        &mut opt,
+    )?;
+    while tr.step < rounds {
+        // ---- sampling ----
+        let prompts: Vec<&Prompt> = tr
+            .rng
+            .indices(p.prompts, world.train.len())
+            .into_iter()
+            .map(|i| &world.train[i])
+            .collect();
+        let rng = &mut tr.rng;
+        let ((pairs, stats), (loss, ratios)) = on_cores(cx.threads(), || {
+            let sampled = rollout(&models, &cfg, &prompts, rng)?;
+            // ---- training ----
+            let trained = train_round(&models, &cfg, &sampled.0, &mut opt, rng)?;
+            Ok((sampled, trained))
+        })?;
+        tr.extra.push(RoundLog {
+            round: tr.step as u64 + 1,
+            loss,
+            ratio_win: ratios.0,
+            ratio_lose: ratios.1,
+            pairs: pairs.len() as u64,
+            valid_rate: stats.valid_rate,
+            spm_mean: stats.mean_score,
+        });
+        // Rounds without a valid pair record the reference loss ln 2.
+        tr.record(loss.unwrap_or(std::f64::consts::LN_2), &lora_vars, &opt)?;
+    }
+    let log = std::mem::take(&mut tr.extra);
+    tr.finish(cx, "spo")?;
+    write_rounds(cx, &log)?;
+    if let Some(last) = log.last() {
+        cx.metric(
+            "valid_pair_rate",
+            log.iter().map(|r| r.valid_rate).sum::<f64>() / log.len() as f64,
+        );
+        cx.metric("spm_score_last_round", last.spm_mean);
+        cx.metric("pairs", log.iter().map(|r| r.pairs as f64).sum());
+        // how far the policy moved from the reference on its own pairs: mean |r̄ − 1| of
+        // the rounds' mean clamped ratios, winners and losers alike (0 for a round
+        // without pairs, whose ratios are 1)
+        cx.metric(
+            "ratio_deviation",
+            log.iter()
+                .map(|r| ((r.ratio_win - 1.0).abs() + (r.ratio_lose - 1.0).abs()) / 2.0)
+                .sum::<f64>()
+                / log.len() as f64,
+        );
+    }
+    let path = cx.out_dir().join("lora.safetensors");
+    unet.save_lora(&path).at(&path)?;
+    Ok(())
 }
 
 struct Settings {
@@ -279,24 +277,16 @@ struct Pool {
 
 impl Models<'_> {
     /// The policy's guided ε during the rollout, detached: sampling records no graph.
-    fn eps(
-        &self,
-        x: &Tensor,
-        t: usize,
-        prompts: &Conditioning,
-        cfg: f64,
-    ) -> Result<Tensor, StageError> {
-        let ts = vec![t; x.dim(0).map_err(StageError::other)?];
+    fn eps(&self, x: &Tensor, t: usize, prompts: &Conditioning, cfg: f64) -> Result<Tensor> {
+        let ts = vec![t; x.dim(0)?];
         prompts
             .guided_eps(self.unet, x, &ts, cfg)
             .map(|e| e.detach())
     }
-    fn scores(&self, pixels: &Tensor, prompts: &[&str], t: usize) -> Result<Vec<f64>, StageError> {
+    fn scores(&self, pixels: &Tensor, prompts: &[&str], t: usize) -> Result<Vec<f64>> {
         let ids = self.spm_vocab.batch(prompts, self.dev)?;
-        let px = pixels.clamp(-1f32, 1f32).map_err(StageError::other)?;
-        self.spm
-            .score(&px, &ids, &vec![t as f32; prompts.len()])
-            .map_err(StageError::other)
+        let px = pixels.clamp(-1f32, 1f32)?;
+        Ok(self.spm.score(&px, &ids, &vec![t as f32; prompts.len()])?)
     }
 }
 
@@ -305,7 +295,7 @@ fn rollout(
     s: &Settings,
     prompts: &[&Prompt],
     rng: &mut SeededRng,
-) -> Result<(Vec<Pair>, RolloutStats), StageError> {
+) -> Result<(Vec<Pair>, RolloutStats)> {
     let b = prompts.len();
     let texts: Vec<&str> = prompts.iter().map(|p| p.text.as_str()).collect();
     let texts_k: Vec<&str> = (0..s.k).flat_map(|_| texts.iter().copied()).collect();
@@ -315,9 +305,7 @@ fn rollout(
         m.text.conditioning(&texts_k, m.dev)?,
     );
     let size = m.unet.config().sample_size.unwrap_or(32);
-    let mut x = rng
-        .normal((b, 3, size, size), 0.0, 1.0, DType::F32, m.dev)
-        .map_err(StageError::other)?;
+    let mut x = rng.normal((b, 3, size, size), 0.0, 1.0, DType::F32, m.dev)?;
     let mut pool: Option<Pool> = None;
     let mut pairs = Vec::new();
     let mut tally = Tally::default();
@@ -329,23 +317,19 @@ fn rollout(
                 let eps_c = m.eps(&pl.cands, t, &cond_k, s.cfg)?;
                 if pl.history.len() < s.j {
                     // MSPO: every candidate takes another plain step before it is judged.
-                    let z = rng
-                        .normal(pl.cands.shape(), 0.0, 1.0, DType::F32, m.dev)
-                        .map_err(StageError::other)?;
+                    let z = rng.normal(pl.cands.shape(), 0.0, 1.0, DType::F32, m.dev)?;
                     let next = m
                         .ddim
-                        .step(&eps_c, &vec![t; s.k * b], &pl.cands, Some(&z))
-                        .map_err(StageError::other)?
+                        .step(&eps_c, &vec![t; s.k * b], &pl.cands, Some(&z))?
                         .0;
                     pl.history.push((pl.cands.clone(), t, next.clone()));
                     pl.cands = next;
                     pool = Some(pl);
                     continue;
                 }
-                let (x0_hat, _) = m
-                    .ddim
-                    .predict_x0_and_eps(&eps_c, &vec![t; s.k * b], &pl.cands)
-                    .map_err(StageError::other)?;
+                let (x0_hat, _) =
+                    m.ddim
+                        .predict_x0_and_eps(&eps_c, &vec![t; s.k * b], &pl.cands)?;
                 let chosen = judge(m, s, &texts, &pl, &x0_hat, t, rng, &mut pairs, &mut tally)?;
                 let cands = pl.cands;
                 let idx = Tensor::from_vec(
@@ -356,12 +340,8 @@ fn rollout(
                         .collect::<Vec<_>>(),
                     b,
                     m.dev,
-                )
-                .map_err(StageError::other)?;
-                (
-                    cands.index_select(&idx, 0).map_err(StageError::other)?,
-                    eps_c.index_select(&idx, 0).map_err(StageError::other)?,
-                )
+                )?;
+                (cands.index_select(&idx, 0)?, eps_c.index_select(&idx, 0)?)
             }
             None => {
                 let eps = m.eps(&x, t, &cond, s.cfg)?;
@@ -371,32 +351,22 @@ fn rollout(
         // 2. branch into a pool inside the trained range, else one plain step
         let ts = vec![t; b];
         if (s.lo..=s.hi).contains(&t) {
-            let tr = m
-                .ddim
-                .transition(&eps, &ts, &xb)
-                .map_err(StageError::other)?;
+            let tr = m.ddim.transition(&eps, &ts, &xb)?;
             let children: Vec<Tensor> = (0..s.k)
-                .map(|_| {
-                    rng.normal(xb.shape(), 0.0, 1.0, DType::F32, m.dev)
-                        .map_err(StageError::other)
-                        .and_then(|z| tr.sample(&z).map_err(StageError::other))
+                .map(|_| -> Result<Tensor> {
+                    let z = rng.normal(xb.shape(), 0.0, 1.0, DType::F32, m.dev)?;
+                    Ok(tr.sample(&z)?)
                 })
                 .collect::<Result<_, _>>()?;
-            let cands = Tensor::cat(&children, 0).map_err(StageError::other)?;
-            let parents = Tensor::cat(&vec![xb.clone(); s.k], 0).map_err(StageError::other)?;
+            let cands = Tensor::cat(&children, 0)?;
+            let parents = Tensor::cat(&vec![xb.clone(); s.k], 0)?;
             pool = Some(Pool {
                 cands: cands.clone(),
                 history: vec![(parents, t, cands)],
             });
         } else {
-            let z = rng
-                .normal(xb.shape(), 0.0, 1.0, DType::F32, m.dev)
-                .map_err(StageError::other)?;
-            x = m
-                .ddim
-                .step(&eps, &ts, &xb, Some(&z))
-                .map_err(StageError::other)?
-                .0;
+            let z = rng.normal(xb.shape(), 0.0, 1.0, DType::F32, m.dev)?;
+            x = m.ddim.step(&eps, &ts, &xb, Some(&z))?.0;
         }
     }
     // 3. a pool left at the end holds clean candidates: judge them at t = 0
@@ -440,7 +410,7 @@ fn judge(
     rng: &mut SeededRng,
     pairs: &mut Vec<Pair>,
     tally: &mut Tally,
-) -> Result<Vec<usize>, StageError> {
+) -> Result<Vec<usize>> {
     let b = texts.len();
     let texts_k: Vec<&str> = (0..s.k).flat_map(|_| texts.iter().copied()).collect();
     let scores = m.scores(pixels, &texts_k, t_score)?;
@@ -466,12 +436,8 @@ fn judge(
         if sc[win] - sc[lose] > s.margin {
             tally.valid += 1;
             for (xt, t, xn) in &pool.history {
-                let row = |c: usize, tensor: &Tensor| {
-                    tensor
-                        .i(c * b + i)
-                        .and_then(|r| r.unsqueeze(0))
-                        .map_err(StageError::other)
-                };
+                let row =
+                    |c: usize, tensor: &Tensor| tensor.i(c * b + i).and_then(|r| r.unsqueeze(0));
                 pairs.push(Pair {
                     xt_w: row(win, xt)?,
                     xt_l: row(lose, xt)?,
@@ -499,7 +465,7 @@ fn train_round(
     pairs: &[Pair],
     opt: &mut AdamW,
     rng: &mut SeededRng,
-) -> Result<(Option<f64>, (f64, f64)), StageError> {
+) -> Result<(Option<f64>, (f64, f64))> {
     if pairs.is_empty() {
         return Ok((None, (1.0, 1.0)));
     }
@@ -515,12 +481,9 @@ fn train_round(
         let c = chunk.len();
         let cat = |f: &dyn Fn(&Pair) -> &Tensor| {
             Tensor::cat(&chunk.iter().map(|&i| f(&pairs[i])).collect::<Vec<_>>(), 0)
-                .map_err(StageError::other)
         };
-        let xt =
-            Tensor::cat(&[cat(&|p| &p.xt_w)?, cat(&|p| &p.xt_l)?], 0).map_err(StageError::other)?;
-        let xn =
-            Tensor::cat(&[cat(&|p| &p.x_w)?, cat(&|p| &p.x_l)?], 0).map_err(StageError::other)?;
+        let xt = Tensor::cat(&[cat(&|p| &p.xt_w)?, cat(&|p| &p.xt_l)?], 0)?;
+        let xn = Tensor::cat(&[cat(&|p| &p.x_w)?, cat(&|p| &p.x_l)?], 0)?;
         let ts: Vec<usize> = chunk
             .iter()
             .chain(chunk.iter())
@@ -533,46 +496,36 @@ fn train_round(
             .collect();
         // log-probabilities of the stored x_{t−1} under the policy and the frozen reference
         let prompts = m.text.conditioning(&texts, m.dev)?;
-        let logp = |lora: bool| -> Result<Tensor, StageError> {
+        let logp = |lora: bool| -> Result<Tensor> {
             m.unet.set_lora_enabled(lora);
             let eps = prompts.guided_eps(m.unet, &xt, &ts, s.cfg)?;
             let eps = if lora { eps } else { eps.detach() };
-            m.ddim
+            Ok(m.ddim
                 .transition(&eps, &ts, &xt)
-                .and_then(|tr| tr.log_prob(&xn))
-                .map_err(StageError::other)
+                .and_then(|tr| tr.log_prob(&xn))?)
         };
         let lp_ref = logp(false)?;
         let lp = logp(true)?;
         let ratio = (lp - lp_ref)
             .and_then(|d| d.exp())
-            .and_then(|r| r.clamp(1.0 - s.clip_eps, 1.0 + s.clip_eps))
-            .map_err(StageError::other)?;
-        let (rw, rl) = (
-            ratio.narrow(0, 0, c).map_err(StageError::other)?,
-            ratio.narrow(0, c, c).map_err(StageError::other)?,
-        );
-        let z = ((rw.log().map_err(StageError::other)? - rl.log().map_err(StageError::other)?)
-            .map_err(StageError::other)?
-            * s.beta)
-            .map_err(StageError::other)?;
+            .and_then(|r| r.clamp(1.0 - s.clip_eps, 1.0 + s.clip_eps))?;
+        let (rw, rl) = (ratio.narrow(0, 0, c)?, ratio.narrow(0, c, c)?);
+        let z = ((rw.log()? - rl.log()?)? * s.beta)?;
         // −log σ(z) = log(1 + e^{−z})
         let loss = z
             .neg()
             .and_then(|v| v.exp())
             .and_then(|v| v + 1.0)
             .and_then(|v| v.log())
-            .and_then(|v| v.mean_all())
-            .map_err(StageError::other)?;
-        let grads = loss.backward().map_err(StageError::other)?;
-        opt.step(&grads).map_err(StageError::other)?;
+            .and_then(|v| v.mean_all())?;
+        let grads = loss.backward()?;
+        opt.step(&grads)?;
         let mean = |t: &Tensor| {
             t.mean_all()
                 .and_then(|v| v.to_scalar::<f32>())
                 .map(f64::from)
-                .map_err(StageError::other)
         };
-        loss_sum += loss.to_scalar::<f32>().map_err(StageError::other)? as f64 * c as f64;
+        loss_sum += loss.to_scalar::<f32>()? as f64 * c as f64;
         rw_sum += mean(&rw)? * c as f64;
         rl_sum += mean(&rl)? * c as f64;
         n += c;
@@ -584,7 +537,7 @@ fn train_round(
     ))
 }
 
-fn write_rounds(cx: &mut StageContext, log: &[RoundLog]) -> Result<(), StageError> {
+fn write_rounds(cx: &mut StageContext, log: &[RoundLog]) -> Result<()> {
     let f = |name: &str| Field::new(name, DataType::Float64, true);
     let schema = Arc::new(Schema::new(vec![
         Field::new("round", DataType::UInt64, false),

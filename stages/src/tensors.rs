@@ -1,13 +1,14 @@
 //! Images ↔ tensors for the in-world models: `(b, 3, h, w)` f32 in [-1, 1].
 
+use crate::error::Result;
 use candle_core::{Device, Tensor};
 use image::RgbImage;
 use spo_core::StageError;
 
 /// Stacks same-sized images into `(b, 3, h, w)` in [-1, 1].
-pub fn images_to_tensor(images: &[&RgbImage], device: &Device) -> Result<Tensor, StageError> {
+pub fn images_to_tensor(images: &[&RgbImage], device: &Device) -> Result<Tensor> {
     let Some(first) = images.first() else {
-        return Err(StageError::Failed("no images to stack".into()));
+        return Err(StageError::Failed("no images to stack".into()).into());
     };
     let (w, h) = first.dimensions();
     let (w, h) = (w as usize, h as usize);
@@ -17,7 +18,8 @@ pub fn images_to_tensor(images: &[&RgbImage], device: &Device) -> Result<Tensor,
             return Err(StageError::Failed(format!(
                 "image {b} is {:?}, expected {w}x{h}",
                 im.dimensions()
-            )));
+            ))
+            .into());
         }
         for (x, y, px) in im.enumerate_pixels() {
             for c in 0..3 {
@@ -25,20 +27,19 @@ pub fn images_to_tensor(images: &[&RgbImage], device: &Device) -> Result<Tensor,
             }
         }
     }
-    Tensor::from_vec(data, (images.len(), 3, h, w), device).map_err(StageError::other)
+    Ok(Tensor::from_vec(data, (images.len(), 3, h, w), device)?)
 }
 
 /// Splits `(b, 3, h, w)` in [-1, 1] back into 8-bit images (clamped).
-pub fn tensor_to_images(t: &Tensor) -> Result<Vec<RgbImage>, StageError> {
-    let (b, c, h, w) = t.dims4().map_err(StageError::other)?;
+pub fn tensor_to_images(t: &Tensor) -> Result<Vec<RgbImage>> {
+    let (b, c, h, w) = t.dims4()?;
     if c != 3 {
-        return Err(StageError::Failed(format!("expected 3 channels, got {c}")));
+        return Err(StageError::Failed(format!("expected 3 channels, got {c}")).into());
     }
     let v: Vec<f32> = t
         .to_dtype(candle_core::DType::F32)
         .and_then(|t| t.flatten_all())
-        .and_then(|t| t.to_vec1())
-        .map_err(StageError::other)?;
+        .and_then(|t| t.to_vec1())?;
     Ok((0..b)
         .map(|i| {
             RgbImage::from_fn(w as u32, h as u32, |x, y| {
@@ -54,10 +55,9 @@ pub fn tensor_to_images(t: &Tensor) -> Result<Vec<RgbImage>, StageError> {
 }
 
 /// PNG bytes of an image.
-pub fn png_bytes(im: &RgbImage) -> Result<Vec<u8>, StageError> {
+pub fn png_bytes(im: &RgbImage) -> Result<Vec<u8>> {
     let mut buf = std::io::Cursor::new(Vec::new());
-    im.write_to(&mut buf, image::ImageFormat::Png)
-        .map_err(StageError::other)?;
+    im.write_to(&mut buf, image::ImageFormat::Png)?;
     Ok(buf.into_inner())
 }
 

@@ -20,6 +20,7 @@ use spo_core::{StageContext, StageError};
 use spo_nn::{AdamW, SeededRng};
 
 use crate::checkpoint::{self, State};
+use crate::error::Result;
 use crate::world_parquet::{col, write_table};
 
 /// Resumable training state; `E` is the stage's own state, checkpointed with the rest.
@@ -46,7 +47,7 @@ impl<E: Serialize + DeserializeOwned + Default + Clone> Trainer<E> {
         seed: u64,
         varmap: &mut VarMap,
         opt: &mut AdamW,
-    ) -> Result<Trainer<E>, StageError> {
+    ) -> Result<Trainer<E>> {
         let dir = cx.scratch_dir().join(name);
         std::fs::create_dir_all(&dir).map_err(|e| StageError::io(&dir, e))?;
         let pb = cx.progress(steps as u64, name);
@@ -72,12 +73,13 @@ impl<E: Serialize + DeserializeOwned + Default + Clone> Trainer<E> {
 
     /// Records the loss of the step just taken (failing on a non-finite loss) and checkpoints
     /// when due.
-    pub fn record(&mut self, loss: f64, varmap: &VarMap, opt: &AdamW) -> Result<(), StageError> {
+    pub fn record(&mut self, loss: f64, varmap: &VarMap, opt: &AdamW) -> Result<()> {
         if !loss.is_finite() {
             return Err(StageError::Failed(format!(
                 "loss is {loss} at step {}; nothing was stored (lower the learning rate?)",
                 self.step
-            )));
+            ))
+            .into());
         }
         self.step += 1;
         self.losses.push((self.step as u64, loss));
@@ -96,7 +98,7 @@ impl<E: Serialize + DeserializeOwned + Default + Clone> Trainer<E> {
     }
 
     /// Writes `<name>_loss.parquet` and `<name>_loss.png` into the output and closes the bar.
-    pub fn finish(self, cx: &mut StageContext, name: &str) -> Result<(), StageError> {
+    pub fn finish(self, cx: &mut StageContext, name: &str) -> Result<()> {
         self.pb.finish_and_clear();
         let schema = Arc::new(Schema::new(vec![
             Field::new("step", DataType::UInt64, false),

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeSet;
 
+use crate::error::Result;
 use spo_core::StageError;
 
 /// The vocabulary.
@@ -69,17 +70,21 @@ impl Vocab {
         &self,
         texts: &[&str],
         device: &candle_core::Device,
-    ) -> Result<candle_core::Tensor, StageError> {
+    ) -> Result<candle_core::Tensor> {
         let ids: Vec<u32> = texts.iter().flat_map(|t| self.encode(t)).collect();
-        candle_core::Tensor::from_vec(ids, (texts.len(), self.max_len), device)
-            .map_err(StageError::other)
+        Ok(candle_core::Tensor::from_vec(
+            ids,
+            (texts.len(), self.max_len),
+            device,
+        )?)
     }
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec_pretty(self).unwrap_or_default()
     }
-    pub fn from_json(bytes: &[u8], path: &std::path::Path) -> Result<Vocab, StageError> {
-        serde_json::from_slice(bytes)
-            .map_err(|e| StageError::Failed(format!("{}: not a vocabulary: {e}", path.display())))
+    pub fn from_json(bytes: &[u8], path: &std::path::Path) -> Result<Vocab> {
+        Ok(serde_json::from_slice(bytes).map_err(|e| {
+            StageError::Failed(format!("{}: not a vocabulary: {e}", path.display()))
+        })?)
     }
 }
 

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use spo_core::{ParamSpec, StageContext, StageError, StageKind};
 use spo_world::{Annotator, Grammar, Layout, PairRecord, Position, Scene, World, WorldConfig};
 
+use crate::error::Result;
 use crate::pickapic::{PairRow, PairsWriter};
 use crate::prompts::{PromptRow, write_prompts};
 use crate::world_parquet::{col, write_table};
@@ -71,66 +72,71 @@ impl StageKind for WorldKind {
         WorldParams::specs()
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
-        let p = WorldParams::from_params(cx.params())?;
-        let config = WorldConfig {
-            seed: p.seed,
-            canvas: p.canvas,
-            objects: p.objects,
-            train_prompts: p.train_prompts,
-            validation_prompts: p.validation_prompts,
-            pairs_per_prompt: p.pairs_per_prompt,
-            grammar: Grammar {
-                backgrounds: p.backgrounds,
-                pair_share: p.pair_share,
-                tint_share: p.tint_share,
-            },
-            annotator: Annotator {
-                alignment_weight: p.alignment_weight,
-                detail_weight: p.detail_weight,
-                noise: p.annotator_noise,
-                tie_margin: p.tie_margin,
-            },
-        };
-        let (grid_pairs, oracle_check) = (p.grid_pairs, p.oracle_check);
-        let world = World::build(&config).map_err(StageError::other)?;
-
-        write_objects(cx, &world)?;
-        for (rel, set) in [
-            ("prompts_train.parquet", &world.train),
-            ("prompts_validation.parquet", &world.validation),
-        ] {
-            let rows: Vec<PromptRow> = set
-                .iter()
-                .enumerate()
-                .map(|(i, r)| PromptRow {
-                    index: i as i64,
-                    prompt: r.prompt.clone(),
-                    category: Some(category(&r.scene).to_owned()),
-                    metadata: None,
-                })
-                .collect();
-            let scenes = set.iter().map(|r| r.scene.code(&world.atlas)).collect();
-            write_prompts(cx, rel, "world", &rows, &[("scene", scenes)])?;
-        }
-        let uids = write_pairs(cx, &world)?;
-        write_truth(cx, &world, &uids)?;
-        let grid = grid_png(&world, grid_pairs)?;
-        cx.write_artifact("grid.png", &grid)?;
-
-        let d = world.disagreement();
-        let ties = world.pairs.iter().filter(|p| p.labels[0] == 0.5).count();
-        cx.metric("train_prompts", world.train.len() as f64);
-        cx.metric("validation_prompts", world.validation.len() as f64);
-        cx.metric("pairs", world.pairs.len() as f64);
-        cx.metric("tie_share", ties as f64 / world.pairs.len().max(1) as f64);
-        cx.metric("generic_vs_detail_disagreement", d.share());
-        cx.metric("generic_vs_detail_compared", d.compared as f64);
-        let (agree, checked) = oracle_agreement(&world, oracle_check)?;
-        if checked > 0 {
-            cx.metric("oracle_alignment_agreement", agree as f64 / checked as f64);
-        }
-        Ok(())
+        Ok(run(cx)?)
     }
+}
+
+/// Computes one cell of this kind.
+fn run(cx: &mut StageContext) -> Result<()> {
+    let p = WorldParams::from_params(cx.params())?;
+    let config = WorldConfig {
+        seed: p.seed,
+        canvas: p.canvas,
+        objects: p.objects,
+        train_prompts: p.train_prompts,
+        validation_prompts: p.validation_prompts,
+        pairs_per_prompt: p.pairs_per_prompt,
+        grammar: Grammar {
+            backgrounds: p.backgrounds,
+            pair_share: p.pair_share,
+            tint_share: p.tint_share,
+        },
+        annotator: Annotator {
+            alignment_weight: p.alignment_weight,
+            detail_weight: p.detail_weight,
+            noise: p.annotator_noise,
+            tie_margin: p.tie_margin,
+        },
+    };
+    let (grid_pairs, oracle_check) = (p.grid_pairs, p.oracle_check);
+    let world = World::build(&config)?;
+
+    write_objects(cx, &world)?;
+    for (rel, set) in [
+        ("prompts_train.parquet", &world.train),
+        ("prompts_validation.parquet", &world.validation),
+    ] {
+        let rows: Vec<PromptRow> = set
+            .iter()
+            .enumerate()
+            .map(|(i, r)| PromptRow {
+                index: i as i64,
+                prompt: r.prompt.clone(),
+                category: Some(category(&r.scene).to_owned()),
+                metadata: None,
+            })
+            .collect();
+        let scenes = set.iter().map(|r| r.scene.code(&world.atlas)).collect();
+        write_prompts(cx, rel, "world", &rows, &[("scene", scenes)])?;
+    }
+    let uids = write_pairs(cx, &world)?;
+    write_truth(cx, &world, &uids)?;
+    let grid = grid_png(&world, grid_pairs)?;
+    cx.write_artifact("grid.png", &grid)?;
+
+    let d = world.disagreement();
+    let ties = world.pairs.iter().filter(|p| p.labels[0] == 0.5).count();
+    cx.metric("train_prompts", world.train.len() as f64);
+    cx.metric("validation_prompts", world.validation.len() as f64);
+    cx.metric("pairs", world.pairs.len() as f64);
+    cx.metric("tie_share", ties as f64 / world.pairs.len().max(1) as f64);
+    cx.metric("generic_vs_detail_disagreement", d.share());
+    cx.metric("generic_vs_detail_compared", d.compared as f64);
+    let (agree, checked) = oracle_agreement(&world, oracle_check)?;
+    if checked > 0 {
+        cx.metric("oracle_alignment_agreement", agree as f64 / checked as f64);
+    }
+    Ok(())
 }
 
 /// GenEval-style category of a world prompt.
@@ -145,7 +151,7 @@ fn category(scene: &Scene) -> &'static str {
     }
 }
 
-fn write_objects(cx: &mut StageContext, world: &World) -> Result<(), StageError> {
+fn write_objects(cx: &mut StageContext, world: &World) -> Result<()> {
     let classes = world.atlas.classes();
     let schema = Arc::new(Schema::new(vec![
         Field::new("class", DataType::Int32, false),
@@ -164,16 +170,14 @@ fn write_objects(cx: &mut StageContext, world: &World) -> Result<(), StageError>
     write_table(cx, "objects.parquet", schema, columns)
 }
 
-fn png(image: &image::RgbImage) -> Result<Vec<u8>, StageError> {
+fn png(image: &image::RgbImage) -> Result<Vec<u8>> {
     let mut out = std::io::Cursor::new(Vec::new());
-    image
-        .write_to(&mut out, image::ImageFormat::Png)
-        .map_err(StageError::other)?;
+    image.write_to(&mut out, image::ImageFormat::Png)?;
     Ok(out.into_inner())
 }
 
 /// Writes pairs.parquet; returns each pair's two image uids (hex SHA-256 of the PNG, 32 digits).
-fn write_pairs(cx: &mut StageContext, world: &World) -> Result<Vec<[String; 2]>, StageError> {
+fn write_pairs(cx: &mut StageContext, world: &World) -> Result<Vec<[String; 2]>> {
     let per = world.config.pairs_per_prompt as i64;
     let mut uids = Vec::with_capacity(world.pairs.len());
     let bar = cx.progress(world.pairs.len() as u64, "pairs");
@@ -220,11 +224,7 @@ fn write_pairs(cx: &mut StageContext, world: &World) -> Result<Vec<[String; 2]>,
 type TruthRow<'p> = (usize, usize, &'p PairRecord);
 
 /// Writes truth.parquet: one row per image of every pair.
-fn write_truth(
-    cx: &mut StageContext,
-    world: &World,
-    uids: &[[String; 2]],
-) -> Result<(), StageError> {
+fn write_truth(cx: &mut StageContext, world: &World, uids: &[[String; 2]]) -> Result<()> {
     let rows: Vec<(usize, usize, &PairRecord)> = world
         .pairs
         .iter()
@@ -290,7 +290,7 @@ fn write_truth(
 }
 
 /// Re-judges the first `n` images with the oracles; returns (alignment agreements, images).
-fn oracle_agreement(world: &World, n: usize) -> Result<(usize, usize), StageError> {
+fn oracle_agreement(world: &World, n: usize) -> Result<(usize, usize)> {
     let mut agree = 0;
     let images = world
         .pairs
@@ -299,8 +299,7 @@ fn oracle_agreement(world: &World, n: usize) -> Result<(usize, usize), StageErro
         .take(n);
     let mut checked = 0;
     for (prompt, im) in images {
-        let a = spo_world::alignment(&world.atlas, &world.train[prompt].scene, &im.image)
-            .map_err(StageError::other)?;
+        let a = spo_world::alignment(&world.atlas, &world.train[prompt].scene, &im.image)?;
         agree += usize::from(a == im.alignment);
         checked += 1;
     }
@@ -310,7 +309,7 @@ fn oracle_agreement(world: &World, n: usize) -> Result<(usize, usize), StageErro
 /// Sample pairs side by side, each image magnified, with three bars under it: the label
 /// (green preferred, red rejected, amber tie), then alignment (blue) and detail quality
 /// (violet) as lengths.
-fn grid_png(world: &World, pairs: usize) -> Result<Vec<u8>, StageError> {
+fn grid_png(world: &World, pairs: usize) -> Result<Vec<u8>> {
     const ZOOM: u32 = 4;
     const GAP: u32 = 6;
     const BAR: u32 = 5;

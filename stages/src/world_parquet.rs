@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use crate::error::Result;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, Int64Type};
 use arrow_array::{Array, ArrayRef, RecordBatch};
@@ -23,11 +24,7 @@ pub(crate) struct TableWriter<'a> {
 
 impl<'a> TableWriter<'a> {
     /// Starts artifact `rel` with `schema` (Snappy-compressed).
-    pub(crate) fn create(
-        cx: &'a mut StageContext,
-        rel: &str,
-        schema: SchemaRef,
-    ) -> Result<Self, StageError> {
+    pub(crate) fn create(cx: &'a mut StageContext, rel: &str, schema: SchemaRef) -> Result<Self> {
         let sink = cx.create(rel)?;
         let props = WriterProperties::builder()
             .set_compression(Compression::SNAPPY)
@@ -42,16 +39,19 @@ impl<'a> TableWriter<'a> {
     }
 
     /// Appends a batch of rows.
-    pub(crate) fn write(&mut self, columns: Vec<ArrayRef>) -> Result<(), StageError> {
+    pub(crate) fn write(&mut self, columns: Vec<ArrayRef>) -> Result<()> {
         let batch =
             RecordBatch::try_new(self.schema.clone(), columns).map_err(|e| failed(&self.rel, e))?;
-        self.writer.write(&batch).map_err(|e| failed(&self.rel, e))
+        Ok(self
+            .writer
+            .write(&batch)
+            .map_err(|e| failed(&self.rel, e))?)
     }
 
     /// Writes the footer and records the artifact's digest.
-    pub(crate) fn finish(self) -> Result<(), StageError> {
+    pub(crate) fn finish(self) -> Result<()> {
         let sink = self.writer.into_inner().map_err(|e| failed(&self.rel, e))?;
-        sink.finish()
+        Ok(sink.finish()?)
     }
 }
 
@@ -61,7 +61,7 @@ pub(crate) fn write_table(
     rel: &str,
     schema: SchemaRef,
     columns: Vec<ArrayRef>,
-) -> Result<(), StageError> {
+) -> Result<()> {
     let mut w = TableWriter::create(cx, rel, schema)?;
     w.write(columns)?;
     w.finish()

@@ -9,6 +9,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use spo_core::{Input, StageError};
 use spo_world::{Atlas, Scene};
 
+use crate::error::{At, Result};
 use crate::world_parquet::{bytes_at, f64_at, i64_at, str_at};
 
 /// A prompt with the scene it describes.
@@ -38,12 +39,8 @@ pub struct WorldData {
 
 impl WorldData {
     /// Loads the atlas and prompt sets from a `world` input.
-    pub fn load(world: &Input) -> Result<WorldData, StageError> {
-        let canvas = world
-            .manifest
-            .params
-            .int("canvas")
-            .map_err(StageError::from)? as u32;
+    pub fn load(world: &Input) -> Result<WorldData> {
+        let canvas = world.manifest.params.int("canvas")? as u32;
         let objects = world.file("objects.parquet")?;
         let mut emojis = Vec::new();
         each_row(&objects, &["emoji"], |cols, i| {
@@ -55,7 +52,7 @@ impl WorldData {
             Ok(())
         })?;
         let refs: Vec<&str> = emojis.iter().map(String::as_str).collect();
-        let atlas = Atlas::from_emojis(&refs, canvas).map_err(StageError::other)?;
+        let atlas = Atlas::from_emojis(&refs, canvas)?;
         let train = prompts(&world.file("prompts_train.parquet")?, &atlas)?;
         let validation = prompts(&world.file("prompts_validation.parquet")?, &atlas)?;
         Ok(WorldData {
@@ -68,7 +65,7 @@ impl WorldData {
 }
 
 /// Loads the generic preference pairs of a `world` (or Pick-a-Pic-shaped) input, at most `limit` (0: all).
-pub fn load_pairs(world: &Input, limit: usize) -> Result<Vec<Pair>, StageError> {
+pub fn load_pairs(world: &Input, limit: usize) -> Result<Vec<Pair>> {
     let path = world.file("pairs.parquet")?;
     let mut pairs = Vec::new();
     let names = [
@@ -83,9 +80,9 @@ pub fn load_pairs(world: &Input, limit: usize) -> Result<Vec<Pair>, StageError> 
         if limit > 0 && pairs.len() >= limit {
             return Ok(());
         }
-        let decode = |col: usize| -> Result<RgbImage, StageError> {
+        let decode = |col: usize| -> Result<RgbImage> {
             let b = bytes_at(c[col], i).ok_or_else(|| bad(&path, i, names[col]))?;
-            image::load_from_memory(b)
+            Ok(image::load_from_memory(b)
                 .map(|im| im.to_rgb8())
                 .map_err(|e| {
                     StageError::Failed(format!(
@@ -93,7 +90,7 @@ pub fn load_pairs(world: &Input, limit: usize) -> Result<Vec<Pair>, StageError> 
                         path.display(),
                         names[col]
                     ))
-                })
+                })?)
         };
         pairs.push(Pair {
             caption: str_at(c[0], i)
@@ -113,7 +110,7 @@ pub fn load_pairs(world: &Input, limit: usize) -> Result<Vec<Pair>, StageError> 
     Ok(pairs)
 }
 
-fn prompts(path: &Path, atlas: &Atlas) -> Result<Vec<Prompt>, StageError> {
+fn prompts(path: &Path, atlas: &Atlas) -> Result<Vec<Prompt>> {
     let mut out = Vec::new();
     each_row(path, &["prompt", "scene"], |c, i| {
         let text = str_at(c[0], i)
@@ -139,8 +136,8 @@ fn bad(path: &Path, row: usize, col: &str) -> StageError {
 pub(crate) fn each_row(
     path: &Path,
     names: &[&str],
-    mut f: impl FnMut(&[&dyn arrow_array::Array], usize) -> Result<(), StageError>,
-) -> Result<(), StageError> {
+    mut f: impl FnMut(&[&dyn arrow_array::Array], usize) -> Result<()>,
+) -> Result<()> {
     let file = File::open(path).map_err(|e| StageError::io(path, e))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
         .and_then(|b| b.build())
@@ -151,7 +148,7 @@ pub(crate) fn each_row(
             ))
         })?;
     for batch in reader {
-        let batch = batch.map_err(|e| StageError::Failed(format!("{}: {e}", path.display())))?;
+        let batch = batch.at(path)?;
         let cols: Vec<&dyn arrow_array::Array> = names
             .iter()
             .map(|n| {
