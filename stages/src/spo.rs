@@ -18,6 +18,8 @@ use candle_nn::VarMap;
 use spo_clip::Spm;
 use spo_core::{ParamSpec, StageContext, StageError, StageKind};
 use spo_diffusion::{Ddim, LoraConfig, NoiseSchedule, SchedulerConfig, UNet2DConditionModel};
+use spo_methods::pairs::{self, PairSelection};
+use spo_methods::ratio::{ClampedRatio, RatioLoss};
 use spo_nn::{AdamW, AdamWConfig, SeededRng, named_vars, seeded_var_builder};
 
 use crate::checkpoint::exact_f64;
@@ -29,13 +31,32 @@ use crate::world_parquet::{col, write_table};
 use crate::worlddata::{Prompt, WorldData};
 
 spo_core::param_choice! {
-    /// Which candidate of a pool the chain continues from (Table 4).
+    /// The `continuation` param: [`pairs::Continuation`]'s names.
     pub enum Continuation { Random = "random", Win = "win", Lose = "lose" }
 }
 
 spo_core::param_choice! {
-    /// Which two candidates of a pool form the training pair (Table 9).
+    /// The `pair` param: [`pairs::PairChoice`]'s names.
     pub enum PairChoice { BestWorst = "best-worst", Random = "random" }
+}
+
+impl From<Continuation> for pairs::Continuation {
+    fn from(c: Continuation) -> Self {
+        match c {
+            Continuation::Random => pairs::Continuation::Random,
+            Continuation::Win => pairs::Continuation::Win,
+            Continuation::Lose => pairs::Continuation::Lose,
+        }
+    }
+}
+
+impl From<PairChoice> for pairs::PairChoice {
+    fn from(c: PairChoice) -> Self {
+        match c {
+            PairChoice::BestWorst => pairs::PairChoice::BestWorst,
+            PairChoice::Random => pairs::PairChoice::Random,
+        }
+    }
 }
 
 spo_core::stage_params! {
@@ -131,11 +152,15 @@ fn run(cx: &mut StageContext) -> Result<()> {
         j: p.j,
         lo: p.t_range[0],
         hi: p.t_range[1],
-        continuation: p.continuation,
-        pair: p.pair,
-        margin: 2.0 * p.threshold.atanh(),
-        beta: p.beta,
-        clip_eps: p.clip_eps,
+        selection: PairSelection {
+            pair: p.pair.into(),
+            continuation: p.continuation.into(),
+            threshold: p.threshold,
+        },
+        loss: ClampedRatio {
+            beta: p.beta,
+            clip_eps: p.clip_eps,
+        },
         cfg: p.cfg,
         train_batch: p.train_batch,
         epochs: p.epochs,
@@ -216,12 +241,8 @@ struct Settings {
     j: usize,
     lo: usize,
     hi: usize,
-    continuation: Continuation,
-    pair: PairChoice,
-    /// s_win − s_lose must exceed 2·atanh(threshold).
-    margin: f64,
-    beta: f64,
-    clip_eps: f64,
+    selection: PairSelection,
+    loss: ClampedRatio,
     cfg: f64,
     train_batch: usize,
     epochs: usize,
@@ -420,20 +441,8 @@ fn judge(
     let mut chosen = Vec::with_capacity(b);
     for i in 0..b {
         let sc: Vec<f64> = (0..s.k).map(|c| scores[c * b + i]).collect();
-        let best = (0..s.k)
-            .reduce(|a, c| if sc[c] > sc[a] { c } else { a })
-            .unwrap_or(0);
-        let worst = (0..s.k)
-            .reduce(|a, c| if sc[c] < sc[a] { c } else { a })
-            .unwrap_or(0);
-        let (win, lose) = if s.pair == PairChoice::Random {
-            let a = rng.indices(1, s.k)[0];
-            let c = (a + 1 + rng.indices(1, s.k - 1)[0]) % s.k;
-            if sc[a] >= sc[c] { (a, c) } else { (c, a) }
-        } else {
-            (best, worst)
-        };
-        if sc[win] - sc[lose] > s.margin {
+        let picked = s.selection.pick(&sc, rng);
+        if let Some((win, lose)) = picked.pair {
             tally.valid += 1;
             for (xt, t, xn) in &pool.history {
                 let row =
@@ -448,11 +457,7 @@ fn judge(
                 });
             }
         }
-        chosen.push(match s.continuation {
-            Continuation::Win => win,
-            Continuation::Lose => lose,
-            Continuation::Random => rng.indices(1, s.k)[0],
-        });
+        chosen.push(picked.next);
     }
     Ok(chosen)
 }
@@ -506,18 +511,12 @@ fn train_round(
         };
         let lp_ref = logp(false)?;
         let lp = logp(true)?;
-        let ratio = (lp - lp_ref)
-            .and_then(|d| d.exp())
-            .and_then(|r| r.clamp(1.0 - s.clip_eps, 1.0 + s.clip_eps))?;
-        let (rw, rl) = (ratio.narrow(0, 0, c)?, ratio.narrow(0, c, c)?);
-        let z = ((rw.log()? - rl.log()?)? * s.beta)?;
-        // −log σ(z) = log(1 + e^{−z})
-        let loss = z
-            .neg()
-            .and_then(|v| v.exp())
-            .and_then(|v| v + 1.0)
-            .and_then(|v| v.log())
-            .and_then(|v| v.mean_all())?;
+        // SPO's clamped-ratio loss over the winners' and the losers' transitions
+        let RatioLoss {
+            loss,
+            ratio_win: rw,
+            ratio_lose: rl,
+        } = s.loss.ordered_pairs(&lp, &lp_ref)?;
         let grads = loss.backward()?;
         opt.step(&grads)?;
         let mean = |t: &Tensor| {

@@ -8,6 +8,7 @@ use spo_diffusion::{
     Ddim, GuidanceInputs, LoraConfig, NoiseSchedule, SchedulerConfig, UNet2DConditionConfig,
     UNet2DConditionModel, guided_prediction,
 };
+use spo_methods::ratio::ClampedRatio;
 use spo_nn::{
     AdamW, AdamWConfig, SeededRng, named_vars, seeded_var_builder, vars_without_gradient,
 };
@@ -67,14 +68,17 @@ fn spo_loss(
     unet.set_lora_enabled(false);
     let reference = ddim.transition(&guided_prediction(unet, xt, t, &inputs)?.detach(), t, xt)?;
     unet.set_lora_enabled(true);
-    // log r = log p_θ(x) − log p_ref(x), clamped to [log(1−ε), log(1+ε)]
-    let log_ratio = |x: &Tensor| -> Result<Tensor, Box<dyn std::error::Error>> {
-        let lr = (policy.log_prob(x)? - reference.log_prob(x)?)?;
-        Ok(lr.clamp((1.0 - eps as f32).ln(), (1.0 + eps as f32).ln())?)
+    // SPO's loss, as the spo stage computes it: winners' transitions first, then the losers'
+    let logp = Tensor::cat(&[policy.log_prob(x_win)?, policy.log_prob(x_lose)?], 0)?;
+    let logp_ref = Tensor::cat(
+        &[reference.log_prob(x_win)?, reference.log_prob(x_lose)?],
+        0,
+    )?;
+    let loss = ClampedRatio {
+        beta,
+        clip_eps: eps,
     };
-    // L = −mean log σ(β·log r_w − β·log r_l)
-    let margin = ((log_ratio(x_win)? - log_ratio(x_lose)?)? * beta)?;
-    Ok(candle_nn::ops::sigmoid(&margin)?.log()?.neg()?.mean_all()?)
+    Ok(loss.ordered_pairs(&logp, &logp_ref)?.loss)
 }
 
 #[test]
