@@ -30,6 +30,11 @@ const TINY: &[&str] = &[
     "sample-spo.per_prompt=1",
     "sample-spo.steps=4",
     "calibrate-judges.pairs=16",
+    "dpo.steps=2",
+    "dpo.batch=2",
+    "sample-dpo.prompts=2",
+    "sample-dpo.per_prompt=1",
+    "sample-dpo.steps=4",
 ];
 
 fn spo_pipe(store: &std::path::Path, args: &[&str]) -> Output {

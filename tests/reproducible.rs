@@ -1,7 +1,7 @@
 //! Every artifact is byte-reproducible across processes and across kill -9 + resume.
 //!
 //! The default DAG at tiny sizes (every in-world kind: world, the five training kinds, spo,
-//! sample, score) runs into fresh stores three times, each in its own processes: straight
+//! diffusion-dpo, sample, score) runs into fresh stores three times, each in its own processes: straight
 //! through, straight through again, and with every training stage killed (SIGKILL) in the middle
 //! of its training at a different step, then rerun until it resumes and commits. All three
 //! stores must hold the same files with the same bytes.
@@ -51,6 +51,12 @@ const TINY: &[&str] = &[
     "sample-spo.prompts=2",
     "sample-spo.per_prompt=1",
     "sample-spo.steps=4",
+    "dpo.steps=6",
+    "dpo.batch=2",
+    "dpo.checkpoint_every=1",
+    "sample-dpo.prompts=2",
+    "sample-dpo.per_prompt=1",
+    "sample-dpo.steps=4",
 ];
 
 /// The training stages in DAG order, their checkpoint name, and the checkpoint after which each
@@ -62,9 +68,10 @@ const TRAINING: &[(&str, &str, usize)] = &[
     ("base", "base", 4),
     ("spm", "spm", 2),
     ("spo", "spo", 3),
+    ("dpo", "dpo", 4),
 ];
 
-const TARGET: &str = "score-spo";
+const TARGETS: &[&str] = &["run", "score-spo", "score-dpo"];
 
 fn spo_pipe(store: &Path, args: &[&str]) -> Command {
     support::default_pipeline(store, TINY, args)
@@ -162,8 +169,8 @@ fn every_kind_stores_the_same_bytes_in_other_processes_and_after_kill_9_and_resu
     let straight = tempfile::tempdir().unwrap();
     let again = tempfile::tempdir().unwrap();
     let killed = tempfile::tempdir().unwrap();
-    run_ok(straight.path(), &["run", TARGET]);
-    run_ok(again.path(), &["run", TARGET]);
+    run_ok(straight.path(), TARGETS);
+    run_ok(again.path(), TARGETS);
     let want = digests(straight.path());
     assert!(want.len() > 20, "the DAG committed too little: {want:?}");
     assert_eq!(
@@ -181,7 +188,7 @@ fn every_kind_stores_the_same_bytes_in_other_processes_and_after_kill_9_and_resu
             "`{stage}` did not resume after the kill:\n{log}"
         );
     }
-    run_ok(killed.path(), &["run", TARGET]);
+    run_ok(killed.path(), TARGETS);
     let got = digests(killed.path());
     let differ: Vec<&String> = want
         .keys()

@@ -6,6 +6,7 @@ pub mod calibrate;
 pub mod checkpoint;
 pub mod clip_train;
 pub mod command;
+pub mod diffusion_dpo;
 pub mod download;
 pub mod embedded;
 pub mod error;
@@ -48,6 +49,7 @@ pub fn kinds() -> Vec<Box<dyn StageKind>> {
         Box::new(sample::Sample),
         Box::new(spm::TrainSpm),
         Box::new(spo::SpoTrain),
+        Box::new(diffusion_dpo::DiffusionDpo),
         Box::new(calibrate::Calibrate),
         Box::new(world::WorldKind),
         Box::new(pickapic::PickAPic),

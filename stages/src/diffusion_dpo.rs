@@ -1,0 +1,235 @@
+//! `diffusion-dpo`: Diffusion-DPO (Wallace et al. 2023; next-wave A.1) on the world's generic
+//! preference pairs, the offline counterpart of SPO in Table 2.
+//!
+//! Each step draws pairs (ties dropped, the preferred image first), empties a share of their
+//! captions, noises both images of a pair with one shared t ~ U{0..999} and one shared ε, and
+//! trains the policy (LoRA on the base model, as the in-world SPO does) to lower its denoising
+//! error on the winner relative to the frozen reference (the LoRA switched off) more than on
+//! the loser: `spo_methods::diffusion_dpo::loss`. No guidance in training, as the reference.
+
+use candle_core::{DType, Tensor};
+use candle_nn::VarMap;
+use spo_core::{ParamSpec, StageContext, StageError, StageKind};
+use spo_diffusion::{LoraConfig, NoiseSchedule, SchedulerConfig};
+use spo_methods::{diffusion_dpo, per_sample_mse};
+use spo_nn::{AdamW, AdamWConfig, named_vars, seeded_var_builder};
+
+use crate::error::{At, Result};
+use crate::inworld::{InWorldClip, device, load_unet, on_cores};
+use crate::tensors::images_to_tensor;
+use crate::training::{Trainer, warmup_cosine};
+use crate::worlddata::{Pair, load_pairs};
+
+spo_core::stage_params! {
+    /// The params of `diffusion-dpo`.
+    pub struct DpoParams {
+        /// β of the loss (the reference launchers' 5000)
+        beta: f64 = float(5000.0).range(0.0, 1e7),
+        /// share of captions replaced by the empty prompt (the reference's 0.2)
+        empty_prompt_share: f64 = float(0.2).range(0.0, 1.0),
+        /// optimizer steps
+        steps: usize = int(300).range(1.0, 1e7),
+        /// pairs per step (the reference: 2048 on 16 GPUs)
+        batch: usize = int(8).range(1.0, 4096.0),
+        /// peak learning rate: linear warm-up, then cosine decay to zero (5e-4, SPO's, left the
+        /// loss above ln 2 at the end)
+        lr: f64 = float(1e-4).range(1e-8, 1.0),
+        /// learning-rate warm-up steps
+        warmup: usize = int(20).range(0.0, 1e7),
+        /// LoRA rank (alpha = rank)
+        rank: usize = int(4).range(1.0, 256.0),
+        /// use at most this many of the world's pairs (0: all)
+        pairs: usize = int(0).min(0.0),
+        checkpoint_every: usize = int(50).range(1.0, 1e7),
+    }
+}
+
+/// The `diffusion-dpo` stage kind.
+pub struct DiffusionDpo;
+
+impl StageKind for DiffusionDpo {
+    fn name(&self) -> &'static str {
+        "diffusion-dpo"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn summary(&self) -> &'static str {
+        "Diffusion-DPO fine-tuning with LoRA on the world's generic preference pairs (needs world, clip-pretrain, base-pretrain)"
+    }
+    fn params(&self) -> Vec<ParamSpec> {
+        DpoParams::specs()
+    }
+    fn seeded(&self) -> bool {
+        true
+    }
+    fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
+        Ok(run(cx)?)
+    }
+}
+
+/// The pairs with a preference, the preferred image first.
+fn ordered(pairs: Vec<Pair>) -> Vec<Pair> {
+    pairs
+        .into_iter()
+        .filter(|p| p.labels[0] != p.labels[1])
+        .map(|mut p| {
+            if p.labels[1] > p.labels[0] {
+                p.images.swap(0, 1);
+                p.labels.swap(0, 1);
+            }
+            p
+        })
+        .collect()
+}
+
+/// Computes one cell of this kind.
+fn run(cx: &mut StageContext) -> Result<()> {
+    let p = DpoParams::from_params(cx.params())?;
+    let dev = device();
+    let seed = cx.seed().unwrap_or(0);
+    let pairs = ordered(load_pairs(cx.input_of_kind("world")?, p.pairs)?);
+    if pairs.is_empty() {
+        return Err(StageError::Failed("the world has no pair with a preference".into()).into());
+    }
+    let text = InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?;
+    let mut unet = load_unet(cx.input_of_kind("base-pretrain")?, &dev)?;
+    let mut lora_vars = VarMap::new();
+    unet.add_lora(
+        &LoraConfig::spo(p.rank),
+        &seeded_var_builder(&lora_vars, seed, DType::F32, &dev),
+    )?;
+    let mut opt = AdamW::new(
+        named_vars(&lora_vars)?,
+        AdamWConfig {
+            lr: p.lr,
+            weight_decay: 1e-2,
+            ..Default::default()
+        },
+    )?;
+    let schedule = NoiseSchedule::new(SchedulerConfig::sd15())?;
+    let train_steps = schedule.config().num_train_timesteps;
+    let mut tr: Trainer<Vec<f64>> = Trainer::start(
+        cx,
+        "dpo",
+        p.steps,
+        p.checkpoint_every,
+        seed,
+        &mut lora_vars,
+        &mut opt,
+    )?;
+    let b = p.batch;
+    while tr.step < p.steps {
+        opt.set_learning_rate(p.lr * warmup_cosine(tr.step, p.steps, p.warmup));
+        let rng = &mut tr.rng;
+        let chosen: Vec<&Pair> = rng
+            .indices(b, pairs.len())
+            .into_iter()
+            .map(|i| &pairs[i])
+            .collect();
+        let empty: Vec<usize> = rng.indices(b, 1_000_000);
+        let texts: Vec<&str> = chosen
+            .iter()
+            .zip(&empty)
+            .map(|(pair, &u)| {
+                if (u as f64) < p.empty_prompt_share * 1e6 {
+                    ""
+                } else {
+                    pair.caption.as_str()
+                }
+            })
+            .collect();
+        let ts: Vec<i64> = rng
+            .indices(b, train_steps)
+            .into_iter()
+            .map(|t| t as i64)
+            .collect();
+        let images: Vec<_> = (0..2)
+            .flat_map(|side| chosen.iter().map(move |pair| &pair.images[side]))
+            .collect();
+        let x0 = images_to_tensor(&images, &dev)?;
+        let noise = rng.normal(
+            (b, x0.dim(1)?, x0.dim(2)?, x0.dim(3)?),
+            0.0,
+            1.0,
+            DType::F32,
+            &dev,
+        )?;
+        // one t and one ε per pair, shared by its winner and loser
+        let noise = Tensor::cat(&[&noise, &noise], 0)?;
+        let ts = Tensor::from_vec([ts.clone(), ts].concat(), 2 * b, &dev)?;
+        let xt = schedule.add_noise(&x0, &noise, &ts)?;
+        let (loss, accuracy) = on_cores(cx.threads(), || {
+            let ctx = text.context(&texts, &dev)?;
+            let ctx = Tensor::cat(&[&ctx, &ctx], 0)?;
+            let error = |lora: bool| -> Result<Tensor> {
+                unet.set_lora_enabled(lora);
+                let pred = unet.forward(&xt, &ts, &ctx, None)?;
+                let pred = if lora { pred } else { pred.detach() };
+                Ok(per_sample_mse(&pred, &noise)?)
+            };
+            let reference = error(false)?;
+            let model = error(true)?;
+            let out = diffusion_dpo::loss(
+                &model.narrow(0, 0, b)?,
+                &model.narrow(0, b, b)?,
+                &reference.narrow(0, 0, b)?,
+                &reference.narrow(0, b, b)?,
+                p.beta,
+            )?;
+            let grads = out.loss.backward()?;
+            opt.step(&grads)?;
+            Ok((out.loss.to_scalar::<f32>()? as f64, out.implicit_accuracy))
+        })?;
+        tr.extra.push(accuracy);
+        tr.record(loss, &lora_vars, &opt)?;
+    }
+    let accuracies = std::mem::take(&mut tr.extra);
+    tr.finish(cx, "dpo")?;
+    let last: Vec<f64> = accuracies.iter().rev().take(20).copied().collect();
+    if !last.is_empty() {
+        cx.metric(
+            "implicit_accuracy",
+            last.iter().sum::<f64>() / last.len() as f64,
+        );
+    }
+    let path = cx.out_dir().join("lora.safetensors");
+    unet.save_lora(&path).at(&path)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{Rgb, RgbImage};
+
+    fn pair(a: u8, b: u8, labels: [f64; 2]) -> Pair {
+        let px = |v| RgbImage::from_pixel(1, 1, Rgb([v, v, v]));
+        Pair {
+            caption: format!("{a}-{b}"),
+            images: [px(a), px(b)],
+            labels,
+            num_example_per_prompt: 1.0,
+        }
+    }
+
+    #[test]
+    fn ties_are_dropped_and_the_preferred_image_comes_first() {
+        let out = ordered(vec![
+            pair(1, 2, [1.0, 0.0]),
+            pair(3, 4, [0.5, 0.5]),
+            pair(5, 6, [0.0, 1.0]),
+        ]);
+        let firsts: Vec<(String, u8, [f64; 2])> = out
+            .iter()
+            .map(|p| (p.caption.clone(), p.images[0].get_pixel(0, 0)[0], p.labels))
+            .collect();
+        assert_eq!(
+            firsts,
+            [
+                ("1-2".to_string(), 1, [1.0, 0.0]),
+                ("5-6".to_string(), 6, [1.0, 0.0])
+            ]
+        );
+    }
+}
