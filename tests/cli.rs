@@ -300,6 +300,8 @@ metrics = ["acc"]
         s.contains("| Base | 0.500 |") && s.contains("| Trained | **0.600** |"),
         "{s}"
     );
+    // unseeded stages: one run behind each cell, whatever the pipeline's seeds
+    assert!(s.contains("one run per cell; best in bold"), "{s}");
     let out = p.run(&["diff", "base", "train", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let delta = v["metrics"][0]["delta"].as_f64().unwrap();

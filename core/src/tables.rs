@@ -113,10 +113,10 @@ pub fn render(
             b.map(|b| (m.as_str(), b))
         })
         .collect();
-    let seeds = pipe.seeds.len();
+    let runs = runs_note(&out_rows);
     let text = match format {
-        Format::Md => markdown(table, &out_rows, &best, seeds),
-        Format::Latex => latex(table, &out_rows, &best, seeds),
+        Format::Md => markdown(table, &out_rows, &best, &runs),
+        Format::Latex => latex(table, &out_rows, &best, &runs),
         Format::Csv => csv(table, &out_rows),
     };
     Ok(Rendered {
@@ -138,7 +138,23 @@ fn is_best(best: &BTreeMap<&str, f64>, m: &str, s: Option<&Summary>) -> bool {
     matches!((best.get(m), s), (Some(b), Some(s)) if *b == s.mean)
 }
 
-fn markdown(t: &TableDef, rows: &[Row], best: &BTreeMap<&str, f64>, seeds: usize) -> String {
+/// What a cell's value summarises, from the runs behind the cells: an unseeded stage's row is
+/// one run, not a mean over the pipeline's seeds.
+fn runs_note(rows: &[Row]) -> String {
+    let ns: std::collections::BTreeSet<usize> = rows
+        .iter()
+        .flat_map(|r| r.values.values().map(|s| s.n))
+        .collect();
+    match (ns.first(), ns.last()) {
+        (Some(&lo), Some(&hi)) if hi > 1 && lo == hi => format!("mean ± std over {hi} seeds"),
+        (Some(&lo), Some(&hi)) if hi > 1 => {
+            format!("mean ± std over {lo} to {hi} seeds per cell (one run: no ±)")
+        }
+        _ => "one run per cell".into(),
+    }
+}
+
+fn markdown(t: &TableDef, rows: &[Row], best: &BTreeMap<&str, f64>, runs: &str) -> String {
     let mut s = format!(
         "**{}**\n\n| | {} |\n|---|{}\n",
         t.title,
@@ -161,11 +177,7 @@ fn markdown(t: &TableDef, rows: &[Row], best: &BTreeMap<&str, f64>, seeds: usize
             .collect();
         let _ = writeln!(s, "| {} | {} |", r.label, cells.join(" | "));
     }
-    let _ = write!(
-        s,
-        "\nmean ± std over {seeds} seed(s); best in bold{}.\n",
-        lower_note(t)
-    );
+    let _ = write!(s, "\n{runs}; best in bold{}.\n", lower_note(t));
     s
 }
 
@@ -193,10 +205,11 @@ fn latex_escape(s: &str) -> String {
         .replace('$', "\\$")
 }
 
-fn latex(t: &TableDef, rows: &[Row], best: &BTreeMap<&str, f64>, seeds: usize) -> String {
+fn latex(t: &TableDef, rows: &[Row], best: &BTreeMap<&str, f64>, runs: &str) -> String {
     let mut s = format!(
-        "% {}: mean $\\pm$ std over {seeds} seed(s){}\n\\begin{{tabular}}{{l{}}}\n\\toprule\n & {} \\\\\n\\midrule\n",
+        "% {}: {}{}\n\\begin{{tabular}}{{l{}}}\n\\toprule\n & {} \\\\\n\\midrule\n",
         latex_escape(&t.title),
+        runs,
         lower_note(t),
         "r".repeat(t.metrics.len()),
         t.metrics
@@ -252,4 +265,37 @@ fn csv(t: &TableDef, rows: &[Row]) -> String {
         s.push('\n');
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(ns: &[usize]) -> Row {
+        Row {
+            label: "r".into(),
+            values: ns
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| {
+                    let xs: Vec<f64> = (0..n).map(|k| k as f64).collect();
+                    (format!("m{i}"), summarize(&xs).expect("n > 0"))
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_footnote_counts_the_runs_behind_the_cells_not_the_pipelines_seeds() {
+        assert_eq!(runs_note(&[row(&[1]), row(&[1, 1])]), "one run per cell");
+        assert_eq!(
+            runs_note(&[row(&[3]), row(&[3])]),
+            "mean ± std over 3 seeds"
+        );
+        assert_eq!(
+            runs_note(&[row(&[3]), row(&[1])]),
+            "mean ± std over 1 to 3 seeds per cell (one run: no ±)"
+        );
+        assert_eq!(runs_note(&[]), "one run per cell");
+    }
 }
