@@ -35,6 +35,12 @@ const TINY: &[&str] = &[
     "sample-dpo.prompts=2",
     "sample-dpo.per_prompt=1",
     "sample-dpo.steps=4",
+    "d3po.rounds=1",
+    "d3po.prompts=2",
+    "d3po.steps=4",
+    "sample-d3po.prompts=2",
+    "sample-d3po.per_prompt=1",
+    "sample-d3po.steps=4",
 ];
 
 fn spo_pipe(store: &std::path::Path, args: &[&str]) -> Output {

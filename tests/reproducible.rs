@@ -1,10 +1,10 @@
 //! Every artifact is byte-reproducible across processes and across kill -9 + resume.
 //!
 //! The default DAG at tiny sizes (every in-world kind: world, the five training kinds, spo,
-//! diffusion-dpo, sample, score) runs into fresh stores three times, each in its own processes: straight
-//! through, straight through again, and with every training stage killed (SIGKILL) in the middle
-//! of its training at a different step, then rerun until it resumes and commits. All three
-//! stores must hold the same files with the same bytes.
+//! diffusion-dpo, d3po, sample, score) runs into fresh stores three times, each in its own
+//! processes: straight through, straight through again, and with every training stage killed
+//! (SIGKILL) in the middle of its training at a different step, then rerun until it resumes and
+//! commits. All three stores must hold the same files with the same bytes.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -57,6 +57,14 @@ const TINY: &[&str] = &[
     "sample-dpo.prompts=2",
     "sample-dpo.per_prompt=1",
     "sample-dpo.steps=4",
+    "d3po.rounds=4",
+    "d3po.prompts=2",
+    "d3po.steps=4",
+    "d3po.train_batch=4",
+    "d3po.checkpoint_every=1",
+    "sample-d3po.prompts=2",
+    "sample-d3po.per_prompt=1",
+    "sample-d3po.steps=4",
 ];
 
 /// The training stages in DAG order, their checkpoint name, and the checkpoint after which each
@@ -69,9 +77,10 @@ const TRAINING: &[(&str, &str, usize)] = &[
     ("spm", "spm", 2),
     ("spo", "spo", 3),
     ("dpo", "dpo", 4),
+    ("d3po", "d3po", 2),
 ];
 
-const TARGETS: &[&str] = &["run", "score-spo", "score-dpo"];
+const TARGETS: &[&str] = &["run", "score-spo", "score-dpo", "score-d3po"];
 
 fn spo_pipe(store: &Path, args: &[&str]) -> Command {
     support::default_pipeline(store, TINY, args)

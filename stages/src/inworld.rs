@@ -92,6 +92,14 @@ pub struct Conditioning {
 }
 
 impl Conditioning {
+    /// The rows `idx` (a `u32` tensor) of both branches, in that order.
+    pub fn select(&self, idx: &Tensor) -> Result<Conditioning> {
+        Ok(Conditioning {
+            cond: self.cond.index_select(idx, 0)?,
+            uncond: self.uncond.index_select(idx, 0)?,
+        })
+    }
+
     /// The UNet's classifier-free-guided ε for `x` at `timesteps`.
     pub fn guided_eps(
         &self,

@@ -6,6 +6,7 @@ pub mod calibrate;
 pub mod checkpoint;
 pub mod clip_train;
 pub mod command;
+pub mod d3po;
 pub mod diffusion_dpo;
 pub mod download;
 pub mod embedded;
@@ -50,6 +51,7 @@ pub fn kinds() -> Vec<Box<dyn StageKind>> {
         Box::new(spm::TrainSpm),
         Box::new(spo::SpoTrain),
         Box::new(diffusion_dpo::DiffusionDpo),
+        Box::new(d3po::D3po),
         Box::new(calibrate::Calibrate),
         Box::new(world::WorldKind),
         Box::new(pickapic::PickAPic),

@@ -1,0 +1,287 @@
+//! `d3po`: D3PO (Yang et al. 2024; next-wave A.2), the online pairwise baseline of Table 2.
+//!
+//! Each round rolls every prompt out twice from the same x_T (independent step noise, DDIM η,
+//! CFG), ranks the two final images with the in-world PickScore analogue (the reward model SPO's
+//! authors gave D3PO; a tie gives no gradient), and trains every transition of both chains with
+//! the clamped-ratio loss against the frozen reference (the LoRA switched off):
+//! `spo_methods::ratio::ClampedRatio::labelled_pairs`.
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use spo_core::{ParamSpec, StageContext, StageError, StageKind};
+use spo_diffusion::{Ddim, LoraConfig, NoiseSchedule, SchedulerConfig, UNet2DConditionModel};
+use spo_methods::ratio::ClampedRatio;
+use spo_nn::{AdamW, AdamWConfig, SeededRng, named_vars, seeded_var_builder};
+
+use crate::clip_train::WorldClip;
+use crate::error::{At, Result};
+use crate::inworld::{Conditioning, InWorldClip, device, load_unet, on_cores};
+use crate::score::pickscores;
+use crate::tensors::tensor_to_images;
+use crate::training::Trainer;
+use crate::worlddata::{Prompt, WorldData};
+
+spo_core::stage_params! {
+    /// The params of `d3po`.
+    pub struct D3poParams {
+        /// sampling + training rounds
+        rounds: usize = int(12).range(0.0, 1e6),
+        /// prompts per round, each rolled out twice
+        prompts: usize = int(4).range(1.0, 4096.0),
+        /// DDIM steps (D3PO's 20)
+        steps: usize = int(20).range(2.0, 1000.0),
+        eta: f64 = float(1.0).range(0.01, 1.0),
+        cfg: f64 = float(5.0).range(1.0, 100.0),
+        /// β of the loss (D3PO's 0.1)
+        beta: f64 = float(0.1).range(0.0, 1e4),
+        /// ratio clamp [1 − ε, 1 + ε]
+        clip_eps: f64 = float(0.1).range(0.0, 1.0),
+        /// transition pairs per optimizer step
+        train_batch: usize = int(16).range(1.0, 4096.0),
+        /// the in-world SPO's, for LoRA (D3PO's 3e-5 is for its 10 × 2 samples per GPU and 400
+        /// epochs)
+        lr: f64 = float(5e-4).range(1e-8, 1.0),
+        /// LoRA rank (alpha = rank)
+        rank: usize = int(4).range(1.0, 256.0),
+        /// rounds between checkpoints
+        checkpoint_every: usize = int(2).range(1.0, 1e6),
+    }
+}
+
+/// The `d3po` stage kind.
+pub struct D3po;
+
+impl StageKind for D3po {
+    fn name(&self) -> &'static str {
+        "d3po"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn summary(&self) -> &'static str {
+        "D3PO fine-tuning with LoRA: two rollouts per prompt from one x_T, ranked by the PickScore analogue (needs world, clip-pretrain, base-pretrain, pickscore-train)"
+    }
+    fn params(&self) -> Vec<ParamSpec> {
+        D3poParams::specs()
+    }
+    fn seeded(&self) -> bool {
+        true
+    }
+    fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
+        Ok(run(cx)?)
+    }
+}
+
+/// One round's rollouts: per step, both chains' (x_t, t, x_{t−1}), chain a's rows first.
+struct Rollout {
+    transitions: Vec<(Tensor, usize, Tensor)>,
+    /// `(h_a, h_b)` per prompt.
+    labels: Vec<(f64, f64)>,
+    reward_mean: f64,
+}
+
+struct Models<'a> {
+    unet: &'a UNet2DConditionModel,
+    ddim: &'a Ddim,
+    text: &'a InWorldClip,
+    reward: &'a WorldClip,
+    dev: &'a Device,
+}
+
+/// The label of a pair from its two rewards: the higher is preferred, a tie teaches nothing.
+fn label(a: f64, b: f64) -> (f64, f64) {
+    match a.total_cmp(&b) {
+        std::cmp::Ordering::Greater => (1.0, -1.0),
+        std::cmp::Ordering::Less => (-1.0, 1.0),
+        std::cmp::Ordering::Equal => (0.0, 0.0),
+    }
+}
+
+fn rollout(
+    m: &Models,
+    p: &D3poParams,
+    prompts: &[&Prompt],
+    rng: &mut SeededRng,
+) -> Result<Rollout> {
+    let b = prompts.len();
+    let texts: Vec<&str> = prompts.iter().map(|p| p.text.as_str()).collect();
+    let both: Vec<&str> = [texts.as_slice(), texts.as_slice()].concat();
+    let cond = m.text.conditioning(&both, m.dev)?;
+    let size = m.unet.config().sample_size.unwrap_or(32);
+    let x_t = rng.normal((b, 3, size, size), 0.0, 1.0, DType::F32, m.dev)?;
+    let mut x = Tensor::cat(&[&x_t, &x_t], 0)?;
+    let mut transitions = Vec::with_capacity(m.ddim.timesteps().len());
+    for &t in m.ddim.timesteps() {
+        let ts = vec![t; 2 * b];
+        let eps = cond.guided_eps(m.unet, &x, &ts, p.cfg)?.detach();
+        let z = rng.normal(x.shape(), 0.0, 1.0, DType::F32, m.dev)?;
+        let next = m.ddim.step(&eps, &ts, &x, Some(&z))?.0;
+        transitions.push((x, t, next.clone()));
+        x = next;
+    }
+    let images = tensor_to_images(&x.clamp(-1f32, 1f32)?)?;
+    let rewards = pickscores(m.reward, &images.iter().collect::<Vec<_>>(), &both)?;
+    let labels = (0..b).map(|i| label(rewards[i], rewards[b + i])).collect();
+    Ok(Rollout {
+        transitions,
+        labels,
+        reward_mean: rewards.iter().sum::<f64>() / rewards.len() as f64,
+    })
+}
+
+/// Trains every transition of the round's pairs once, in a random order, `train_batch` at a
+/// time; returns the mean loss.
+fn train_round(
+    m: &Models,
+    p: &D3poParams,
+    cond: &Conditioning,
+    r: &Rollout,
+    opt: &mut AdamW,
+    rng: &mut SeededRng,
+) -> Result<f64> {
+    let b = r.labels.len();
+    let loss_fn = ClampedRatio {
+        beta: p.beta,
+        clip_eps: p.clip_eps,
+    };
+    // (step index, prompt index) of every transition pair
+    let all: Vec<(usize, usize)> = (0..r.transitions.len())
+        .flat_map(|s| (0..b).map(move |i| (s, i)))
+        .collect();
+    let order: Vec<(usize, usize)> = rng
+        .permutation(all.len())
+        .into_iter()
+        .map(|k| all[k])
+        .collect();
+    let (mut sum, mut n) = (0.0, 0usize);
+    for chunk in order.chunks(p.train_batch) {
+        let c = chunk.len();
+        let rows = |side: usize, which: fn(&(Tensor, usize, Tensor)) -> &Tensor| {
+            let parts: Vec<Tensor> = chunk
+                .iter()
+                .map(|&(s, i)| which(&r.transitions[s]).narrow(0, side * b + i, 1))
+                .collect::<candle_core::Result<_>>()?;
+            Tensor::cat(&parts, 0)
+        };
+        let xt = Tensor::cat(&[rows(0, |t| &t.0)?, rows(1, |t| &t.0)?], 0)?;
+        let xn = Tensor::cat(&[rows(0, |t| &t.2)?, rows(1, |t| &t.2)?], 0)?;
+        let ts: Vec<usize> = chunk
+            .iter()
+            .chain(chunk)
+            .map(|&(s, _)| r.transitions[s].1)
+            .collect();
+        let idx: Vec<u32> = chunk
+            .iter()
+            .map(|&(_, i)| i as u32)
+            .chain(chunk.iter().map(|&(_, i)| (b + i) as u32))
+            .collect();
+        let ctx = cond.select(&Tensor::from_vec(idx, 2 * c, m.dev)?)?;
+        let logp = |lora: bool| -> Result<Tensor> {
+            m.unet.set_lora_enabled(lora);
+            let eps = ctx.guided_eps(m.unet, &xt, &ts, p.cfg)?;
+            let eps = if lora { eps } else { eps.detach() };
+            Ok(m.ddim.transition(&eps, &ts, &xt)?.log_prob(&xn)?)
+        };
+        let lp_ref = logp(false)?;
+        let lp = logp(true)?;
+        let labels: Vec<(f64, f64)> = chunk.iter().map(|&(_, i)| r.labels[i]).collect();
+        let loss = loss_fn.labelled_pairs(
+            &lp.narrow(0, 0, c)?,
+            &lp.narrow(0, c, c)?,
+            &lp_ref.narrow(0, 0, c)?,
+            &lp_ref.narrow(0, c, c)?,
+            &labels,
+        )?;
+        opt.step(&loss.backward()?)?;
+        sum += loss.to_scalar::<f32>()? as f64 * c as f64;
+        n += c;
+    }
+    m.unet.set_lora_enabled(true);
+    Ok(sum / n.max(1) as f64)
+}
+
+/// Computes one cell of this kind.
+fn run(cx: &mut StageContext) -> Result<()> {
+    let p = D3poParams::from_params(cx.params())?;
+    let dev = device();
+    let seed = cx.seed().unwrap_or(0);
+    let world = WorldData::load(cx.input_of_kind("world")?)?;
+    let text = InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?;
+    let reward = WorldClip::load(cx.input_of_kind("pickscore-train")?, &dev)?;
+    let mut unet = load_unet(cx.input_of_kind("base-pretrain")?, &dev)?;
+    let mut lora_vars = VarMap::new();
+    unet.add_lora(
+        &LoraConfig::spo(p.rank),
+        &seeded_var_builder(&lora_vars, seed, DType::F32, &dev),
+    )?;
+    let mut opt = AdamW::new(
+        named_vars(&lora_vars)?,
+        AdamWConfig {
+            lr: p.lr,
+            weight_decay: 1e-4,
+            ..Default::default()
+        },
+    )?;
+    let ddim = Ddim::new(NoiseSchedule::new(SchedulerConfig::sd15())?, p.steps, p.eta)?;
+    let models = Models {
+        unet: &unet,
+        ddim: &ddim,
+        text: &text,
+        reward: &reward,
+        dev: &dev,
+    };
+    // per round: (reward mean, tie share)
+    let mut tr: Trainer<Vec<(f64, f64)>> = Trainer::start(
+        cx,
+        "d3po",
+        p.rounds,
+        p.checkpoint_every,
+        seed,
+        &mut lora_vars,
+        &mut opt,
+    )?;
+    while tr.step < p.rounds {
+        let prompts: Vec<&Prompt> = tr
+            .rng
+            .indices(p.prompts, world.train.len())
+            .into_iter()
+            .map(|i| &world.train[i])
+            .collect();
+        let rng = &mut tr.rng;
+        let (loss, reward_mean, ties) = on_cores(cx.threads(), || {
+            let r = rollout(&models, &p, &prompts, rng)?;
+            let texts: Vec<&str> = prompts.iter().map(|p| p.text.as_str()).collect();
+            let cond = text.conditioning(&[texts.as_slice(), texts.as_slice()].concat(), &dev)?;
+            let loss = train_round(&models, &p, &cond, &r, &mut opt, rng)?;
+            let ties = r.labels.iter().filter(|l| l.0 == 0.0).count() as f64;
+            Ok((loss, r.reward_mean, ties / r.labels.len() as f64))
+        })?;
+        tr.extra.push((reward_mean, ties));
+        tr.record(loss, &lora_vars, &opt)?;
+    }
+    let log = std::mem::take(&mut tr.extra);
+    tr.finish(cx, "d3po")?;
+    if let (Some(first), Some(last)) = (log.first(), log.last()) {
+        cx.metric("reward_first_round", first.0);
+        cx.metric("reward_last_round", last.0);
+        cx.metric(
+            "tie_rate",
+            log.iter().map(|l| l.1).sum::<f64>() / log.len() as f64,
+        );
+    }
+    let path = cx.out_dir().join("lora.safetensors");
+    unet.save_lora(&path).at(&path)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::label;
+
+    #[test]
+    fn the_higher_reward_is_preferred_and_a_tie_teaches_nothing() {
+        assert_eq!(label(2.0, 1.0), (1.0, -1.0));
+        assert_eq!(label(1.0, 2.0), (-1.0, 1.0));
+        assert_eq!(label(1.5, 1.5), (0.0, 0.0));
+    }
+}
