@@ -41,6 +41,12 @@ const TINY: &[&str] = &[
     "sample-d3po.prompts=2",
     "sample-d3po.per_prompt=1",
     "sample-d3po.steps=4",
+    "ddpo.rounds=1",
+    "ddpo.prompts=2",
+    "ddpo.steps=4",
+    "sample-ddpo.prompts=2",
+    "sample-ddpo.per_prompt=1",
+    "sample-ddpo.steps=4",
 ];
 
 fn spo_pipe(store: &std::path::Path, args: &[&str]) -> Output {

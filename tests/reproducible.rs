@@ -1,7 +1,7 @@
 //! Every artifact is byte-reproducible across processes and across kill -9 + resume.
 //!
 //! The default DAG at tiny sizes (every in-world kind: world, the five training kinds, spo,
-//! diffusion-dpo, d3po, sample, score) runs into fresh stores three times, each in its own
+//! diffusion-dpo, d3po, ddpo, sample, score) runs into fresh stores three times, each in its own
 //! processes: straight through, straight through again, and with every training stage killed
 //! (SIGKILL) in the middle of its training at a different step, then rerun until it resumes and
 //! commits. All three stores must hold the same files with the same bytes.
@@ -65,6 +65,15 @@ const TINY: &[&str] = &[
     "sample-d3po.prompts=2",
     "sample-d3po.per_prompt=1",
     "sample-d3po.steps=4",
+    "ddpo.rounds=4",
+    "ddpo.prompts=2",
+    "ddpo.steps=4",
+    "ddpo.train_batch=4",
+    "ddpo.min_count=3",
+    "ddpo.checkpoint_every=1",
+    "sample-ddpo.prompts=2",
+    "sample-ddpo.per_prompt=1",
+    "sample-ddpo.steps=4",
 ];
 
 /// The training stages in DAG order, their checkpoint name, and the checkpoint after which each
@@ -78,9 +87,10 @@ const TRAINING: &[(&str, &str, usize)] = &[
     ("spo", "spo", 3),
     ("dpo", "dpo", 4),
     ("d3po", "d3po", 2),
+    ("ddpo", "ddpo", 2),
 ];
 
-const TARGETS: &[&str] = &["run", "score-spo", "score-dpo", "score-d3po"];
+const TARGETS: &[&str] = &["run", "score-spo", "score-dpo", "score-d3po", "score-ddpo"];
 
 fn spo_pipe(store: &Path, args: &[&str]) -> Command {
     support::default_pipeline(store, TINY, args)

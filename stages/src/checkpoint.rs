@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{At, Result};
 use candle_nn::VarMap;
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use spo_core::StageError;
 use spo_nn::{AdamW, RngState};
@@ -69,6 +69,10 @@ impl<E> State<E> {
         self.losses.iter().map(|l| (l.step, l.loss)).collect()
     }
 }
+
+/// An `f64` a checkpoint keeps exactly (as its bit pattern), for a stage's own state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExactF64(#[serde(with = "exact_f64")] pub f64);
 
 /// serde for an `f64` as its bit pattern (a `u64`, which JSON keeps exactly), for
 /// `#[serde(with = "exact_f64")]`; [`exact_f64::option`] does the same for `Option<f64>`.

@@ -6,18 +6,18 @@
 //! the clamped-ratio loss against the frozen reference (the LoRA switched off):
 //! `spo_methods::ratio::ClampedRatio::labelled_pairs`.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::VarMap;
 use spo_core::{ParamSpec, StageContext, StageError, StageKind};
-use spo_diffusion::{Ddim, LoraConfig, NoiseSchedule, SchedulerConfig, UNet2DConditionModel};
+use spo_diffusion::{Ddim, LoraConfig, NoiseSchedule, SchedulerConfig};
 use spo_methods::ratio::ClampedRatio;
 use spo_nn::{AdamW, AdamWConfig, SeededRng, named_vars, seeded_var_builder};
 
+use crate::checkpoint::ExactF64;
 use crate::clip_train::WorldClip;
 use crate::error::{At, Result};
 use crate::inworld::{Conditioning, InWorldClip, device, load_unet, on_cores};
-use crate::score::pickscores;
-use crate::tensors::tensor_to_images;
+use crate::online::{Chains, Policy};
 use crate::training::Trainer;
 use crate::worlddata::{Prompt, WorldData};
 
@@ -72,20 +72,12 @@ impl StageKind for D3po {
     }
 }
 
-/// One round's rollouts: per step, both chains' (x_t, t, x_{t−1}), chain a's rows first.
-struct Rollout {
-    transitions: Vec<(Tensor, usize, Tensor)>,
+/// One round: both chains of every prompt (chain a's rows first) and their labels.
+struct Round {
+    chains: Chains,
     /// `(h_a, h_b)` per prompt.
     labels: Vec<(f64, f64)>,
     reward_mean: f64,
-}
-
-struct Models<'a> {
-    unet: &'a UNet2DConditionModel,
-    ddim: &'a Ddim,
-    text: &'a InWorldClip,
-    reward: &'a WorldClip,
-    dev: &'a Device,
 }
 
 /// The label of a pair from its two rewards: the higher is preferred, a tie teaches nothing.
@@ -97,33 +89,22 @@ fn label(a: f64, b: f64) -> (f64, f64) {
     }
 }
 
+/// Rolls each of the `b` prompts out twice from one x_T and labels the pairs.
 fn rollout(
-    m: &Models,
+    m: &Policy,
     p: &D3poParams,
-    prompts: &[&Prompt],
+    cond: &Conditioning,
+    texts: &[&str],
     rng: &mut SeededRng,
-) -> Result<Rollout> {
-    let b = prompts.len();
-    let texts: Vec<&str> = prompts.iter().map(|p| p.text.as_str()).collect();
-    let both: Vec<&str> = [texts.as_slice(), texts.as_slice()].concat();
-    let cond = m.text.conditioning(&both, m.dev)?;
+) -> Result<Round> {
+    let b = texts.len() / 2;
     let size = m.unet.config().sample_size.unwrap_or(32);
     let x_t = rng.normal((b, 3, size, size), 0.0, 1.0, DType::F32, m.dev)?;
-    let mut x = Tensor::cat(&[&x_t, &x_t], 0)?;
-    let mut transitions = Vec::with_capacity(m.ddim.timesteps().len());
-    for &t in m.ddim.timesteps() {
-        let ts = vec![t; 2 * b];
-        let eps = cond.guided_eps(m.unet, &x, &ts, p.cfg)?.detach();
-        let z = rng.normal(x.shape(), 0.0, 1.0, DType::F32, m.dev)?;
-        let next = m.ddim.step(&eps, &ts, &x, Some(&z))?.0;
-        transitions.push((x, t, next.clone()));
-        x = next;
-    }
-    let images = tensor_to_images(&x.clamp(-1f32, 1f32)?)?;
-    let rewards = pickscores(m.reward, &images.iter().collect::<Vec<_>>(), &both)?;
+    let chains = m.roll_out(cond, Tensor::cat(&[&x_t, &x_t], 0)?, p.cfg, rng)?;
+    let rewards = m.rewards(&chains.images, texts)?;
     let labels = (0..b).map(|i| label(rewards[i], rewards[b + i])).collect();
-    Ok(Rollout {
-        transitions,
+    Ok(Round {
+        chains,
         labels,
         reward_mean: rewards.iter().sum::<f64>() / rewards.len() as f64,
     })
@@ -132,10 +113,10 @@ fn rollout(
 /// Trains every transition of the round's pairs once, in a random order, `train_batch` at a
 /// time; returns the mean loss.
 fn train_round(
-    m: &Models,
+    m: &Policy,
     p: &D3poParams,
     cond: &Conditioning,
-    r: &Rollout,
+    r: &Round,
     opt: &mut AdamW,
     rng: &mut SeededRng,
 ) -> Result<f64> {
@@ -145,7 +126,7 @@ fn train_round(
         clip_eps: p.clip_eps,
     };
     // (step index, prompt index) of every transition pair
-    let all: Vec<(usize, usize)> = (0..r.transitions.len())
+    let all: Vec<(usize, usize)> = (0..r.chains.steps.len())
         .flat_map(|s| (0..b).map(move |i| (s, i)))
         .collect();
     let order: Vec<(usize, usize)> = rng
@@ -156,34 +137,14 @@ fn train_round(
     let (mut sum, mut n) = (0.0, 0usize);
     for chunk in order.chunks(p.train_batch) {
         let c = chunk.len();
-        let rows = |side: usize, which: fn(&(Tensor, usize, Tensor)) -> &Tensor| {
-            let parts: Vec<Tensor> = chunk
-                .iter()
-                .map(|&(s, i)| which(&r.transitions[s]).narrow(0, side * b + i, 1))
-                .collect::<candle_core::Result<_>>()?;
-            Tensor::cat(&parts, 0)
-        };
-        let xt = Tensor::cat(&[rows(0, |t| &t.0)?, rows(1, |t| &t.0)?], 0)?;
-        let xn = Tensor::cat(&[rows(0, |t| &t.2)?, rows(1, |t| &t.2)?], 0)?;
-        let ts: Vec<usize> = chunk
+        // chain a's transitions, then chain b's
+        let rows: Vec<(usize, usize)> = chunk
             .iter()
-            .chain(chunk)
-            .map(|&(s, _)| r.transitions[s].1)
+            .copied()
+            .chain(chunk.iter().map(|&(s, i)| (s, b + i)))
             .collect();
-        let idx: Vec<u32> = chunk
-            .iter()
-            .map(|&(_, i)| i as u32)
-            .chain(chunk.iter().map(|&(_, i)| (b + i) as u32))
-            .collect();
-        let ctx = cond.select(&Tensor::from_vec(idx, 2 * c, m.dev)?)?;
-        let logp = |lora: bool| -> Result<Tensor> {
-            m.unet.set_lora_enabled(lora);
-            let eps = ctx.guided_eps(m.unet, &xt, &ts, p.cfg)?;
-            let eps = if lora { eps } else { eps.detach() };
-            Ok(m.ddim.transition(&eps, &ts, &xt)?.log_prob(&xn)?)
-        };
-        let lp_ref = logp(false)?;
-        let lp = logp(true)?;
+        let lp_ref = m.log_probs(cond, &r.chains, &rows, p.cfg, false)?;
+        let lp = m.log_probs(cond, &r.chains, &rows, p.cfg, true)?;
         let labels: Vec<(f64, f64)> = chunk.iter().map(|&(_, i)| r.labels[i]).collect();
         let loss = loss_fn.labelled_pairs(
             &lp.narrow(0, 0, c)?,
@@ -196,7 +157,6 @@ fn train_round(
         sum += loss.to_scalar::<f32>()? as f64 * c as f64;
         n += c;
     }
-    m.unet.set_lora_enabled(true);
     Ok(sum / n.max(1) as f64)
 }
 
@@ -223,15 +183,14 @@ fn run(cx: &mut StageContext) -> Result<()> {
         },
     )?;
     let ddim = Ddim::new(NoiseSchedule::new(SchedulerConfig::sd15())?, p.steps, p.eta)?;
-    let models = Models {
+    let models = Policy {
         unet: &unet,
         ddim: &ddim,
-        text: &text,
         reward: &reward,
         dev: &dev,
     };
-    // per round: (reward mean, tie share)
-    let mut tr: Trainer<Vec<(f64, f64)>> = Trainer::start(
+    // per round: (reward mean, tie share), kept exactly across a resume
+    let mut tr: Trainer<Vec<(ExactF64, ExactF64)>> = Trainer::start(
         cx,
         "d3po",
         p.rounds,
@@ -249,24 +208,25 @@ fn run(cx: &mut StageContext) -> Result<()> {
             .collect();
         let rng = &mut tr.rng;
         let (loss, reward_mean, ties) = on_cores(cx.threads(), || {
-            let r = rollout(&models, &p, &prompts, rng)?;
             let texts: Vec<&str> = prompts.iter().map(|p| p.text.as_str()).collect();
-            let cond = text.conditioning(&[texts.as_slice(), texts.as_slice()].concat(), &dev)?;
+            let both = [texts.as_slice(), texts.as_slice()].concat();
+            let cond = text.conditioning(&both, &dev)?;
+            let r = rollout(&models, &p, &cond, &both, rng)?;
             let loss = train_round(&models, &p, &cond, &r, &mut opt, rng)?;
             let ties = r.labels.iter().filter(|l| l.0 == 0.0).count() as f64;
             Ok((loss, r.reward_mean, ties / r.labels.len() as f64))
         })?;
-        tr.extra.push((reward_mean, ties));
+        tr.extra.push((ExactF64(reward_mean), ExactF64(ties)));
         tr.record(loss, &lora_vars, &opt)?;
     }
     let log = std::mem::take(&mut tr.extra);
     tr.finish(cx, "d3po")?;
     if let (Some(first), Some(last)) = (log.first(), log.last()) {
-        cx.metric("reward_first_round", first.0);
-        cx.metric("reward_last_round", last.0);
+        cx.metric("reward_first_round", first.0.0);
+        cx.metric("reward_last_round", last.0.0);
         cx.metric(
             "tie_rate",
-            log.iter().map(|l| l.1).sum::<f64>() / log.len() as f64,
+            log.iter().map(|l| l.1.0).sum::<f64>() / log.len() as f64,
         );
     }
     let path = cx.out_dir().join("lora.safetensors");

@@ -14,6 +14,7 @@ use spo_diffusion::{LoraConfig, NoiseSchedule, SchedulerConfig};
 use spo_methods::{diffusion_dpo, per_sample_mse};
 use spo_nn::{AdamW, AdamWConfig, named_vars, seeded_var_builder};
 
+use crate::checkpoint::ExactF64;
 use crate::error::{At, Result};
 use crate::inworld::{InWorldClip, device, load_unet, on_cores};
 use crate::tensors::images_to_tensor;
@@ -109,7 +110,7 @@ fn run(cx: &mut StageContext) -> Result<()> {
     )?;
     let schedule = NoiseSchedule::new(SchedulerConfig::sd15())?;
     let train_steps = schedule.config().num_train_timesteps;
-    let mut tr: Trainer<Vec<f64>> = Trainer::start(
+    let mut tr: Trainer<Vec<ExactF64>> = Trainer::start(
         cx,
         "dpo",
         p.steps,
@@ -181,12 +182,12 @@ fn run(cx: &mut StageContext) -> Result<()> {
             opt.step(&grads)?;
             Ok((out.loss.to_scalar::<f32>()? as f64, out.implicit_accuracy))
         })?;
-        tr.extra.push(accuracy);
+        tr.extra.push(ExactF64(accuracy));
         tr.record(loss, &lora_vars, &opt)?;
     }
     let accuracies = std::mem::take(&mut tr.extra);
     tr.finish(cx, "dpo")?;
-    let last: Vec<f64> = accuracies.iter().rev().take(20).copied().collect();
+    let last: Vec<f64> = accuracies.iter().rev().take(20).map(|a| a.0).collect();
     if !last.is_empty() {
         cx.metric(
             "implicit_accuracy",

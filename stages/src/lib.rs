@@ -7,11 +7,13 @@ pub mod checkpoint;
 pub mod clip_train;
 pub mod command;
 pub mod d3po;
+pub mod ddpo;
 pub mod diffusion_dpo;
 pub mod download;
 pub mod embedded;
 pub mod error;
 pub mod inworld;
+mod online;
 pub mod pickapic;
 mod process_group;
 pub mod prompts;
@@ -52,6 +54,7 @@ pub fn kinds() -> Vec<Box<dyn StageKind>> {
         Box::new(spo::SpoTrain),
         Box::new(diffusion_dpo::DiffusionDpo),
         Box::new(d3po::D3po),
+        Box::new(ddpo::Ddpo),
         Box::new(calibrate::Calibrate),
         Box::new(world::WorldKind),
         Box::new(pickapic::PickAPic),

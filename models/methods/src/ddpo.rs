@@ -57,6 +57,30 @@ impl PerPromptStats {
         }
     }
 
+    /// The tracker with the buffers of an earlier one (as [`PerPromptStats::buffers`] gave
+    /// them), for a resumed run.
+    pub fn with_buffers(
+        buffer_size: usize,
+        min_count: usize,
+        buffers: impl IntoIterator<Item = (String, Vec<f64>)>,
+    ) -> Self {
+        let mut stats = PerPromptStats::new(buffer_size, min_count);
+        for (prompt, rewards) in buffers {
+            let keep = rewards.len().saturating_sub(buffer_size);
+            stats
+                .seen
+                .insert(prompt, rewards[keep..].iter().copied().collect());
+        }
+        stats
+    }
+
+    /// Each prompt's buffered rewards, oldest first, in prompt order.
+    pub fn buffers(&self) -> impl Iterator<Item = (&str, Vec<f64>)> {
+        self.seen
+            .iter()
+            .map(|(p, b)| (p.as_str(), b.iter().copied().collect()))
+    }
+
     /// Records a batch's rewards and returns their advantages `(r − mean) / (std + 1e-6)`: over
     /// the prompt's buffer once it holds `min_count` rewards, over the whole batch before.
     pub fn advantages(&mut self, prompts: &[&str], rewards: &[f64]) -> Vec<f64> {
@@ -95,4 +119,25 @@ fn mean_std(xs: &[f64]) -> (f64, f64) {
     let mean = xs.iter().sum::<f64>() / n;
     let var = xs.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / n;
     (mean, var.sqrt())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tracker_rebuilt_from_its_buffers_continues_identically() {
+        let mut a = PerPromptStats::new(3, 2);
+        a.advantages(&["x", "y", "x"], &[1.0, 2.0, 3.0]);
+        a.advantages(&["x", "x"], &[4.0, 5.0]);
+        let buffers: Vec<(String, Vec<f64>)> =
+            a.buffers().map(|(p, b)| (p.to_owned(), b)).collect();
+        assert_eq!(buffers[0], ("x".into(), vec![3.0, 4.0, 5.0]), "capped at 3");
+        let mut b = PerPromptStats::with_buffers(3, 2, buffers);
+        let next = (["x", "y", "y"], [0.5, 1.5, 2.5]);
+        assert_eq!(
+            a.advantages(&next.0, &next.1),
+            b.advantages(&next.0, &next.1)
+        );
+    }
 }

@@ -1,0 +1,214 @@
+//! `ddpo`: DDPO (Black et al. 2024; next-wave A.3), the policy-gradient baseline of Table 2.
+//!
+//! Each round rolls `per_prompt` chains out for each of its prompts (DDIM η, CFG), rewards the
+//! final images with the in-world PickScore analogue (the reward of D3PO's runs), turns the
+//! rewards into advantages per prompt (DDPO's tracker: the prompt's last `buffer` rewards once
+//! it has `min_count`, the whole batch before), and trains every transition with the PPO-clipped
+//! ratio against the policy that sampled it: `spo_methods::ddpo`.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Tensor};
+use candle_nn::VarMap;
+use spo_core::{ParamSpec, StageContext, StageError, StageKind};
+use spo_diffusion::{Ddim, LoraConfig, NoiseSchedule, SchedulerConfig};
+use spo_methods::ddpo::{PerPromptStats, Ppo};
+use spo_nn::{AdamW, AdamWConfig, SeededRng, named_vars, seeded_var_builder};
+
+use crate::checkpoint::ExactF64;
+use crate::clip_train::WorldClip;
+use crate::error::{At, Result};
+use crate::inworld::{Conditioning, InWorldClip, device, load_unet, on_cores};
+use crate::online::{Chains, Policy};
+use crate::training::Trainer;
+use crate::worlddata::WorldData;
+
+spo_core::stage_params! {
+    /// The params of `ddpo`.
+    pub struct DdpoParams {
+        /// sampling + training rounds
+        rounds: usize = int(12).range(0.0, 1e6),
+        /// prompts per round
+        prompts: usize = int(4).range(1.0, 4096.0),
+        /// chains per prompt and round
+        per_prompt: usize = int(2).range(1.0, 256.0),
+        /// DDIM steps (the d3po repository's DDPO setting: 20)
+        steps: usize = int(20).range(2.0, 1000.0),
+        eta: f64 = float(1.0).range(0.01, 1.0),
+        cfg: f64 = float(5.0).range(1.0, 100.0),
+        /// PPO's ratio clip (DDPO's 1e-4)
+        clip_range: f64 = float(1e-4).range(0.0, 1.0),
+        /// advantages are clipped to ± this (DDPO's 5)
+        adv_clip_max: f64 = float(5.0).range(0.0, 1e6),
+        /// rewards kept per prompt for its statistics (DDPO's 16)
+        buffer: usize = int(16).range(1.0, 1e6),
+        /// rewards a prompt needs before its own statistics replace the batch's (DDPO's 16)
+        min_count: usize = int(16).range(1.0, 1e6),
+        /// transitions per optimizer step
+        train_batch: usize = int(16).range(1.0, 4096.0),
+        /// the in-world SPO's, for LoRA (DDPO's 3e-4 is for full batches of 256 samples)
+        lr: f64 = float(5e-4).range(1e-8, 1.0),
+        /// LoRA rank (alpha = rank)
+        rank: usize = int(4).range(1.0, 256.0),
+        /// rounds between checkpoints
+        checkpoint_every: usize = int(2).range(1.0, 1e6),
+    }
+}
+
+/// The `ddpo` stage kind.
+pub struct Ddpo;
+
+impl StageKind for Ddpo {
+    fn name(&self) -> &'static str {
+        "ddpo"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn summary(&self) -> &'static str {
+        "DDPO fine-tuning with LoRA: PPO-clipped policy gradient on the PickScore analogue's reward, advantages per prompt (needs world, clip-pretrain, base-pretrain, pickscore-train)"
+    }
+    fn params(&self) -> Vec<ParamSpec> {
+        DdpoParams::specs()
+    }
+    fn seeded(&self) -> bool {
+        true
+    }
+    fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
+        Ok(run(cx)?)
+    }
+}
+
+/// What a checkpoint keeps besides the weights: the tracker's buffers and each round's mean
+/// reward, exactly.
+#[derive(Default, Clone, serde::Serialize, serde::Deserialize)]
+struct DdpoState {
+    buffers: BTreeMap<String, Vec<ExactF64>>,
+    rewards: Vec<ExactF64>,
+}
+
+/// Trains every recorded transition once, in a random order, `train_batch` at a time; returns
+/// the mean loss.
+#[allow(clippy::too_many_arguments)]
+fn train_round(
+    m: &Policy,
+    p: &DdpoParams,
+    cond: &Conditioning,
+    chains: &Chains,
+    advantages: &[f64],
+    opt: &mut AdamW,
+    rng: &mut SeededRng,
+) -> Result<f64> {
+    let ppo = Ppo {
+        clip_range: p.clip_range,
+        adv_clip_max: p.adv_clip_max,
+    };
+    let n = advantages.len();
+    let all: Vec<(usize, usize)> = (0..chains.steps.len())
+        .flat_map(|s| (0..n).map(move |i| (s, i)))
+        .collect();
+    let order: Vec<(usize, usize)> = rng
+        .permutation(all.len())
+        .into_iter()
+        .map(|k| all[k])
+        .collect();
+    let (mut sum, mut count) = (0.0, 0usize);
+    for chunk in order.chunks(p.train_batch) {
+        let c = chunk.len();
+        let lp = m.log_probs(cond, chains, chunk, p.cfg, true)?;
+        let sampled: Vec<Tensor> = chunk
+            .iter()
+            .map(|&(s, i)| chains.steps[s].logp.narrow(0, i, 1))
+            .collect::<candle_core::Result<_>>()?;
+        let sampled = Tensor::cat(&sampled, 0)?;
+        let adv: Vec<f32> = chunk.iter().map(|&(_, i)| advantages[i] as f32).collect();
+        let adv = Tensor::from_vec(adv, c, m.dev)?;
+        let loss = ppo.loss(&lp, &sampled, &adv)?;
+        opt.step(&loss.backward()?)?;
+        sum += loss.to_scalar::<f32>()? as f64 * c as f64;
+        count += c;
+    }
+    Ok(sum / count.max(1) as f64)
+}
+
+/// Computes one cell of this kind.
+fn run(cx: &mut StageContext) -> Result<()> {
+    let p = DdpoParams::from_params(cx.params())?;
+    let dev = device();
+    let seed = cx.seed().unwrap_or(0);
+    let world = WorldData::load(cx.input_of_kind("world")?)?;
+    let text = InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?;
+    let reward = WorldClip::load(cx.input_of_kind("pickscore-train")?, &dev)?;
+    let mut unet = load_unet(cx.input_of_kind("base-pretrain")?, &dev)?;
+    let mut lora_vars = VarMap::new();
+    unet.add_lora(
+        &LoraConfig::spo(p.rank),
+        &seeded_var_builder(&lora_vars, seed, DType::F32, &dev),
+    )?;
+    let mut opt = AdamW::new(
+        named_vars(&lora_vars)?,
+        AdamWConfig {
+            lr: p.lr,
+            weight_decay: 1e-4,
+            ..Default::default()
+        },
+    )?;
+    let ddim = Ddim::new(NoiseSchedule::new(SchedulerConfig::sd15())?, p.steps, p.eta)?;
+    let policy = Policy {
+        unet: &unet,
+        ddim: &ddim,
+        reward: &reward,
+        dev: &dev,
+    };
+    let mut tr: Trainer<DdpoState> = Trainer::start(
+        cx,
+        "ddpo",
+        p.rounds,
+        p.checkpoint_every,
+        seed,
+        &mut lora_vars,
+        &mut opt,
+    )?;
+    let mut stats = PerPromptStats::with_buffers(
+        p.buffer,
+        p.min_count,
+        tr.extra
+            .buffers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.iter().map(|x| x.0).collect())),
+    );
+    while tr.step < p.rounds {
+        let texts: Vec<&str> = tr
+            .rng
+            .indices(p.prompts, world.train.len())
+            .into_iter()
+            .flat_map(|i| std::iter::repeat_n(world.train[i].text.as_str(), p.per_prompt))
+            .collect();
+        let rng = &mut tr.rng;
+        let (loss, reward_mean) = on_cores(cx.threads(), || {
+            let cond = text.conditioning(&texts, &dev)?;
+            let size = unet.config().sample_size.unwrap_or(32);
+            let x_t = rng.normal((texts.len(), 3, size, size), 0.0, 1.0, DType::F32, &dev)?;
+            let chains = policy.roll_out(&cond, x_t, p.cfg, rng)?;
+            let rewards = policy.rewards(&chains.images, &texts)?;
+            let advantages = stats.advantages(&texts, &rewards);
+            let loss = train_round(&policy, &p, &cond, &chains, &advantages, &mut opt, rng)?;
+            Ok((loss, rewards.iter().sum::<f64>() / rewards.len() as f64))
+        })?;
+        tr.extra.rewards.push(ExactF64(reward_mean));
+        tr.extra.buffers = stats
+            .buffers()
+            .map(|(k, v)| (k.to_owned(), v.into_iter().map(ExactF64).collect()))
+            .collect();
+        tr.record(loss, &lora_vars, &opt)?;
+    }
+    let rewards = std::mem::take(&mut tr.extra.rewards);
+    tr.finish(cx, "ddpo")?;
+    if let (Some(first), Some(last)) = (rewards.first(), rewards.last()) {
+        cx.metric("reward_first_round", first.0);
+        cx.metric("reward_last_round", last.0);
+    }
+    let path = cx.out_dir().join("lora.safetensors");
+    unet.save_lora(&path).at(&path)?;
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! What the online methods share (D3PO, DDPO): rolling the LoRA policy out with DDIM(η) and CFG
+//! while recording every transition and its log-probability under the sampling policy,
+//! rewarding the final images with the in-world PickScore analogue, and re-scoring recorded
+//! transitions under the policy or the frozen reference (the LoRA switched off).
+
+use candle_core::{DType, Device, Tensor};
+use image::RgbImage;
+use spo_diffusion::{Ddim, UNet2DConditionModel};
+use spo_nn::SeededRng;
+
+use crate::clip_train::WorldClip;
+use crate::error::Result;
+use crate::inworld::Conditioning;
+use crate::score::pickscores;
+use crate::tensors::tensor_to_images;
+
+/// The models an online method samples, rewards and trains with.
+pub(crate) struct Policy<'a> {
+    pub unet: &'a UNet2DConditionModel,
+    pub ddim: &'a Ddim,
+    pub reward: &'a WorldClip,
+    pub dev: &'a Device,
+}
+
+/// One denoising step of every chain: `(n, …)` states before and after, and the log-probability
+/// `(n,)` of the step under the policy that sampled it.
+pub(crate) struct Step {
+    pub x: Tensor,
+    pub t: usize,
+    pub next: Tensor,
+    pub logp: Tensor,
+}
+
+/// A batch of chains rolled out to the end.
+pub(crate) struct Chains {
+    pub steps: Vec<Step>,
+    pub images: Vec<RgbImage>,
+}
+
+impl Policy<'_> {
+    /// Rolls the chains starting at `x_t` (one row per entry of `cond`) out to clean images,
+    /// drawing each step's noise from `rng`.
+    pub fn roll_out(
+        &self,
+        cond: &Conditioning,
+        mut x: Tensor,
+        cfg: f64,
+        rng: &mut SeededRng,
+    ) -> Result<Chains> {
+        let n = x.dim(0)?;
+        let mut steps = Vec::with_capacity(self.ddim.timesteps().len());
+        for &t in self.ddim.timesteps() {
+            let ts = vec![t; n];
+            let eps = cond.guided_eps(self.unet, &x, &ts, cfg)?.detach();
+            let z = rng.normal(x.shape(), 0.0, 1.0, DType::F32, self.dev)?;
+            let transition = self.ddim.transition(&eps, &ts, &x)?;
+            let next = transition.sample(&z)?;
+            let logp = transition.log_prob(&next)?.detach();
+            steps.push(Step {
+                x,
+                t,
+                next: next.clone(),
+                logp,
+            });
+            x = next;
+        }
+        let images = tensor_to_images(&x.clamp(-1f32, 1f32)?)?;
+        Ok(Chains { steps, images })
+    }
+
+    /// The PickScore analogue of each image with its prompt: the online methods' reward.
+    pub fn rewards(&self, images: &[RgbImage], texts: &[&str]) -> Result<Vec<f64>> {
+        pickscores(self.reward, &images.iter().collect::<Vec<_>>(), texts)
+    }
+
+    /// The log-probabilities `(m,)` of the recorded transitions `rows` (step index, chain index)
+    /// under the policy (`lora`) or the frozen reference, guided as in sampling.
+    pub fn log_probs(
+        &self,
+        cond: &Conditioning,
+        chains: &Chains,
+        rows: &[(usize, usize)],
+        cfg: f64,
+        lora: bool,
+    ) -> Result<Tensor> {
+        let pick = |which: fn(&Step) -> &Tensor| -> Result<Tensor> {
+            let parts: Vec<Tensor> = rows
+                .iter()
+                .map(|&(s, i)| which(&chains.steps[s]).narrow(0, i, 1))
+                .collect::<candle_core::Result<_>>()?;
+            Ok(Tensor::cat(&parts, 0)?)
+        };
+        let (x, next) = (pick(|s| &s.x)?, pick(|s| &s.next)?);
+        let ts: Vec<usize> = rows.iter().map(|&(s, _)| chains.steps[s].t).collect();
+        let idx: Vec<u32> = rows.iter().map(|&(_, i)| i as u32).collect();
+        let ctx = cond.select(&Tensor::from_vec(idx, rows.len(), self.dev)?)?;
+        self.unet.set_lora_enabled(lora);
+        let eps = ctx.guided_eps(self.unet, &x, &ts, cfg)?;
+        let eps = if lora { eps } else { eps.detach() };
+        let logp = self.ddim.transition(&eps, &ts, &x)?.log_prob(&next);
+        self.unet.set_lora_enabled(true);
+        Ok(logp?)
+    }
+}
