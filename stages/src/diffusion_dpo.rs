@@ -8,15 +8,13 @@
 //! the loser: `spo_methods::diffusion_dpo::loss`. No guidance in training, as the reference.
 
 use candle_core::{DType, Tensor};
-use candle_nn::VarMap;
 use spo_core::{ParamSpec, StageContext, StageError, StageKind};
-use spo_diffusion::{LoraConfig, NoiseSchedule, SchedulerConfig};
+use spo_diffusion::{NoiseSchedule, SchedulerConfig};
 use spo_methods::{diffusion_dpo, per_sample_mse};
-use spo_nn::{AdamW, AdamWConfig, named_vars, seeded_var_builder};
 
 use crate::checkpoint::ExactF64;
 use crate::error::{At, Result};
-use crate::inworld::{InWorldClip, device, load_unet, on_cores};
+use crate::inworld::{InWorldClip, device, lora_policy, on_cores};
 use crate::tensors::images_to_tensor;
 use crate::training::{Trainer, warmup_cosine};
 use crate::worlddata::{Pair, load_pairs};
@@ -94,19 +92,13 @@ fn run(cx: &mut StageContext) -> Result<()> {
         return Err(StageError::Failed("the world has no pair with a preference".into()).into());
     }
     let text = InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?;
-    let mut unet = load_unet(cx.input_of_kind("base-pretrain")?, &dev)?;
-    let mut lora_vars = VarMap::new();
-    unet.add_lora(
-        &LoraConfig::spo(p.rank),
-        &seeded_var_builder(&lora_vars, seed, DType::F32, &dev),
-    )?;
-    let mut opt = AdamW::new(
-        named_vars(&lora_vars)?,
-        AdamWConfig {
-            lr: p.lr,
-            weight_decay: 1e-2,
-            ..Default::default()
-        },
+    let (unet, mut lora_vars, mut opt) = lora_policy(
+        cx.input_of_kind("base-pretrain")?,
+        p.rank,
+        seed,
+        p.lr,
+        1e-2,
+        &dev,
     )?;
     let schedule = NoiseSchedule::new(SchedulerConfig::sd15())?;
     let train_steps = schedule.config().num_train_timesteps;

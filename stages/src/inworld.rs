@@ -8,8 +8,9 @@ use candle_nn::{VarBuilder, VarMap};
 use spo_clip::{ClipConfig, ClipModel};
 use spo_core::{Input, StageContext, StageError};
 use spo_diffusion::{
-    GuidanceInputs, UNet2DConditionConfig, UNet2DConditionModel, guided_prediction,
+    GuidanceInputs, LoraConfig, UNet2DConditionConfig, UNet2DConditionModel, guided_prediction,
 };
+use spo_nn::{AdamW, AdamWConfig, named_vars, seeded_var_builder};
 
 use crate::error::{At, Result};
 use crate::vocab::Vocab;
@@ -173,6 +174,34 @@ pub fn load_unet(input: &Input, device: &Device) -> Result<UNet2DConditionModel>
     let config: UNet2DConditionConfig = json(&input.file("unet_config.json")?)?;
     let weights = input.file("unet.safetensors")?;
     UNet2DConditionModel::new(&config, frozen_vb(&weights, device)?).at(&weights)
+}
+
+/// A LoRA policy on a frozen base model: the base (a `base-pretrain` input) with fresh rank-`rank`
+/// adapters on SPO's targets, drawn from `seed`, and AdamW (learning rate `lr`, decoupled weight
+/// decay `weight_decay`) over the adapters alone: what every fine-tuning method here trains.
+pub fn lora_policy(
+    base: &Input,
+    rank: usize,
+    seed: u64,
+    lr: f64,
+    weight_decay: f64,
+    device: &Device,
+) -> Result<(UNet2DConditionModel, VarMap, AdamW)> {
+    let mut unet = load_unet(base, device)?;
+    let lora_vars = VarMap::new();
+    unet.add_lora(
+        &LoraConfig::spo(rank),
+        &seeded_var_builder(&lora_vars, seed, DType::F32, device),
+    )?;
+    let opt = AdamW::new(
+        named_vars(&lora_vars)?,
+        AdamWConfig {
+            lr,
+            weight_decay,
+            ..Default::default()
+        },
+    )?;
+    Ok((unet, lora_vars, opt))
 }
 
 /// Saves a var map as a committed safetensors artifact.

@@ -14,17 +14,16 @@ use std::sync::Arc;
 use arrow_array::{Float64Array, UInt64Array};
 use arrow_schema::{DataType, Field, Schema};
 use candle_core::{DType, Device, IndexOp, Tensor};
-use candle_nn::VarMap;
 use spo_clip::Spm;
 use spo_core::{ParamSpec, StageContext, StageError, StageKind};
-use spo_diffusion::{Ddim, LoraConfig, NoiseSchedule, SchedulerConfig, UNet2DConditionModel};
+use spo_diffusion::{Ddim, NoiseSchedule, SchedulerConfig, UNet2DConditionModel};
 use spo_methods::pairs::{self, PairSelection};
 use spo_methods::ratio::{ClampedRatio, RatioLoss};
-use spo_nn::{AdamW, AdamWConfig, SeededRng, named_vars, seeded_var_builder};
+use spo_nn::{AdamW, SeededRng};
 
 use crate::checkpoint::exact_f64;
 use crate::error::{At, Result};
-use crate::inworld::{Conditioning, InWorldClip, device, load_unet, on_cores};
+use crate::inworld::{Conditioning, InWorldClip, device, lora_policy, on_cores};
 use crate::training::Trainer;
 use crate::vocab::Vocab;
 use crate::world_parquet::{col, write_table};
@@ -132,19 +131,13 @@ fn run(cx: &mut StageContext) -> Result<()> {
     let world = WorldData::load(cx.input_of_kind("world")?)?;
     let text = InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?;
     let (spm, spm_vocab) = crate::spm::load(cx.input_of_kind("train-spm")?, &dev)?;
-    let mut unet = load_unet(cx.input_of_kind("base-pretrain")?, &dev)?;
-    let mut lora_vars = VarMap::new();
-    unet.add_lora(
-        &LoraConfig::spo(p.rank),
-        &seeded_var_builder(&lora_vars, seed, DType::F32, &dev),
-    )?;
-    let mut opt = AdamW::new(
-        named_vars(&lora_vars)?,
-        AdamWConfig {
-            lr: p.lr,
-            weight_decay: 1e-4,
-            ..Default::default()
-        },
+    let (unet, mut lora_vars, mut opt) = lora_policy(
+        cx.input_of_kind("base-pretrain")?,
+        p.rank,
+        seed,
+        p.lr,
+        1e-4,
+        &dev,
     )?;
     let ddim = Ddim::new(NoiseSchedule::new(SchedulerConfig::sd15())?, p.steps, p.eta)?;
     let cfg = Settings {
