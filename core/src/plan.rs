@@ -61,8 +61,10 @@ pub struct Plan {
     pub nodes: Vec<Node>,
     by_id: HashMap<(String, Option<u64>), usize>,
     /// Node ids by stage and canonical variant, built on the first [`Plan::find`].
-    by_variant: OnceLock<HashMap<(usize, Vec<u8>), Vec<usize>>>,
+    by_variant: OnceLock<ByVariant>,
 }
+
+type ByVariant = HashMap<(usize, Vec<u8>), Vec<usize>>;
 
 impl Plan {
     /// Expands `targets` (stage, sweep, table or target names, or selectors like
@@ -94,7 +96,7 @@ impl Plan {
             return vec![];
         };
         let index = self.by_variant.get_or_init(|| {
-            let mut m: HashMap<(usize, Vec<u8>), Vec<usize>> = HashMap::new();
+            let mut m = ByVariant::new();
             for (i, n) in self.nodes.iter().enumerate() {
                 m.entry((n.stage, encode_variant(&n.variant)))
                     .or_default()
