@@ -13,9 +13,10 @@
 //! row ids (keeping the latest), so both states read the same. The directory stays a Parquet
 //! dataset that polars, pandas and DuckDB read as one table
 //! (`SELECT * FROM 'runs/index/*.parquet'`; right after a merge is interrupted such a reader
-//! may see a row twice). `tables` and `diff` read only this.
+//! may see a row twice). `tables` and `diff` read only this; `verify --repair` takes a damaged
+//! cell's rows out of merged files ([`take_merged_rows`]).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -299,13 +300,9 @@ pub fn compact_if_due(dir: &Path) -> Result<usize, Error> {
 /// for why this is safe under concurrent runs and kills); returns how many files it replaced.
 /// Unreadable files are left in place, with a warning. Another process merging already: 0.
 pub fn compact(dir: &Path) -> Result<usize, Error> {
-    let lock_path = dir.join(".merge.lock");
-    let lock = File::create(&lock_path).map_err(|e| Error::io(&lock_path, e))?;
-    match lock.try_lock() {
-        Ok(()) => {}
-        Err(fs::TryLockError::WouldBlock) => return Ok(0),
-        Err(fs::TryLockError::Error(e)) => return Err(Error::io(&lock_path, e)),
-    }
+    let Some(_lock) = merge_lock(dir, false)? else {
+        return Ok(0);
+    };
     let mut merged = Vec::new();
     let mut rows = Vec::new();
     for path in files(dir)? {
@@ -321,22 +318,74 @@ pub fn compact(dir: &Path) -> Result<usize, Error> {
     if merged.len() < 2 {
         return Ok(0);
     }
+    replace(dir, &latest_only(rows), &merged)?;
+    Ok(merged.len())
+}
+
+/// Takes the rows of `keys` out of the index's merged files in `dir` (rewriting each merged
+/// file that holds some, as [`compact`] does) and returns them, for `verify --repair`. Small
+/// row files are named by key; the caller moves those.
+pub fn take_merged_rows(dir: &Path, keys: &BTreeSet<&str>) -> Result<Vec<IndexRow>, Error> {
+    if keys.is_empty() {
+        return Ok(vec![]);
+    }
+    let _lock = merge_lock(dir, true)?;
+    let mut taken = Vec::new();
+    for path in files(dir)?.into_iter().filter(|p| is_merged(p)) {
+        let mut rows = Vec::new();
+        // An unreadable file is damage of its own, which `verify` reports.
+        if read_file(&path, &mut rows).is_err() {
+            continue;
+        }
+        let (gone, kept): (Vec<_>, Vec<_>) = rows
+            .into_iter()
+            .partition(|r| keys.contains(r.key.as_str()));
+        if !gone.is_empty() {
+            replace(dir, &kept, std::slice::from_ref(&path))?;
+            taken.extend(gone);
+        }
+    }
+    Ok(taken)
+}
+
+/// Writes `rows` to `path` as one Parquet file (atomically).
+pub fn write_rows(path: &Path, rows: &[IndexRow]) -> Result<(), Error> {
+    let buf = encode(rows).map_err(|m| Error::corrupt(path, m))?;
+    write_atomic(path, &buf)
+}
+
+/// The index's merge lock: waiting for it, or `None` if another process holds it.
+fn merge_lock(dir: &Path, wait: bool) -> Result<Option<File>, Error> {
+    let path = dir.join(".merge.lock");
+    let lock = File::create(&path).map_err(|e| Error::io(&path, e))?;
+    if wait {
+        lock.lock().map_err(|e| Error::io(&path, e))?;
+        return Ok(Some(lock));
+    }
+    match lock.try_lock() {
+        Ok(()) => Ok(Some(lock)),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
+    }
+}
+
+/// Writes `rows` as a new merged file in `dir`, durably, then removes the files `old`.
+fn replace(dir: &Path, rows: &[IndexRow], old: &[PathBuf]) -> Result<(), Error> {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     let path = dir.join(format!("{MERGED}{nanos}-{}.parquet", std::process::id()));
-    let buf = encode(&latest_only(rows)).map_err(|m| Error::corrupt(&path, m))?;
-    write_atomic(&path, &buf)?;
+    write_rows(&path, rows)?;
     // The merged file is durable before any file it replaces goes.
     sync_dir(dir)?;
-    for p in &merged {
+    for p in old {
         match fs::remove_file(p) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(p, e)),
         }
     }
-    Ok(merged.len())
+    Ok(())
 }
 
 fn read_file(path: &Path, rows: &mut Vec<IndexRow>) -> Result<(), Error> {
@@ -547,6 +596,19 @@ mod tests {
         assert_eq!(row_ids(dir.path()).unwrap().len(), 5);
         assert_eq!(compact(dir.path()).unwrap(), 6);
         assert_eq!(read_all(dir.path()).unwrap(), all);
+    }
+
+    #[test]
+    fn repair_takes_a_cells_rows_out_of_merged_files() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..4 {
+            append(dir.path(), &row(i)).unwrap();
+        }
+        compact(dir.path()).unwrap();
+        let taken = take_merged_rows(dir.path(), &["k1", "k3"].into()).unwrap();
+        assert_eq!(taken, vec![row(1), row(3)]);
+        assert_eq!(read_all(dir.path()).unwrap(), vec![row(0), row(2)]);
+        assert_eq!(parquet_files(dir.path()).len(), 1);
     }
 
     #[test]
