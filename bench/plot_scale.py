@@ -34,7 +34,8 @@ with open(src) as f:
         if len(p) < 4 or p[0] == "tool":
             continue
         try:
-            raw[(p[0], p[2])][int(p[1])] = max(float(p[3]), FLOOR)
+            # The first sitting in the file wins where sittings overlap.
+            raw[(p[0], p[2])].setdefault(int(p[1]), max(float(p[3]), FLOOR))
         except ValueError:
             continue
 
