@@ -459,6 +459,9 @@ fn cmd_gc(l: &Loaded, targets: Vec<String>, dry_run: bool) -> anyhow::Result<Exi
             short(k)
         );
     }
+    if r.index_files_merged > 0 {
+        println!("merged {} run-index files into one", r.index_files_merged);
+    }
     println!(
         "{verb} {} cells ({} B) and {} checkpoint dirs",
         r.cells.len(),

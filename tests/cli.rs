@@ -421,3 +421,63 @@ fn score_a_folder_of_images_into_parquet() {
         text(&res.stderr)
     );
 }
+
+/// A sweep past the merge threshold leaves one run-index file; a no-op run adds no row; a copy
+/// of the merged file (a merge killed before removing its sources) changes no table, and `gc`
+/// merges it away.
+#[test]
+fn the_run_index_is_merged_and_reads_the_same_with_duplicates() {
+    let values: Vec<String> = (0..150)
+        .map(|i| format!("\"echo {i} > $SPO_OUT/o\""))
+        .collect();
+    let p = Project::new(&format!(
+        r#"
+[stage.gen]
+kind = "command"
+params = {{ cmd = "echo 0 > $SPO_OUT/o" }}
+[stage.post]
+kind = "command"
+needs = ["gen"]
+params = {{ cmd = "echo '{{\"v\": 1}}' > $SPO_OUT/metrics.json" }}
+[sweep.many]
+stage = "gen"
+grid = {{ cmd = [{}] }}
+[table.t]
+sweep = "many"
+stage = "post"
+metrics = ["v"]
+"#,
+        values.join(", ")
+    ));
+    let index = p.path().join("runs/index");
+    let files = || {
+        let mut f: Vec<_> = std::fs::read_dir(&index)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .collect();
+        f.sort();
+        f
+    };
+    let out = p.run(&["run", "many"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(files().len(), 1, "300 rows merged into one file");
+    let table = p.run(&["tables", "t"]);
+    assert!(table.status.success(), "{}", text(&table.stderr));
+
+    let out = p.run(&["run", "many"]);
+    assert!(text(&out.stderr).contains("300 cells: 0 ran, 300 cached"));
+    assert_eq!(files().len(), 1, "a no-op run adds no row");
+
+    std::fs::copy(&files()[0], index.join("copy.parquet")).unwrap();
+    let again = p.run(&["tables", "t"]);
+    assert_eq!(text(&again.stdout), text(&table.stdout));
+    let out = p.run(&["gc"]);
+    assert!(
+        text(&out.stdout).contains("merged 2 run-index files into one"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(files().len(), 1);
+    assert_eq!(text(&p.run(&["tables", "t"]).stdout), text(&table.stdout));
+}

@@ -4,7 +4,7 @@
 //! out-of-range param, a `needs` that names nothing, a cycle) is reported at its file, line and
 //! column with a hint on how to fix it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ops::Range;
 
 use toml::Spanned;
@@ -407,9 +407,10 @@ impl Parser<'_> {
             return Err(bad());
         };
         let mut out = Vec::new();
+        let mut seen = HashSet::new();
         for it in items.iter() {
             match self.value(it)? {
-                Value::Int(i) if i >= 0 && !out.contains(&(i as u64)) => out.push(i as u64),
+                Value::Int(i) if i >= 0 && seen.insert(i) => out.push(i as u64),
                 _ => {
                     return Err(self.src.error(
                         it.span(),
@@ -789,16 +790,13 @@ impl Parser<'_> {
                     .collect();
             }
         }
-        let mut dedup: Vec<BTreeMap<String, Value>> = Vec::new();
-        for c in cells {
-            if !dedup.contains(&c) {
-                dedup.push(c);
-            }
-        }
+        // First occurrence kept, by canonical encoding (as cell ids see the values).
+        let mut seen = HashSet::new();
+        cells.retain(|c| seen.insert(encode_overrides(c)));
         Ok(SweepDef {
             name: sname,
             stage,
-            cells: dedup,
+            cells,
         })
     }
 
@@ -990,6 +988,17 @@ fn shift(v: Val<'_>, by: usize) -> Val<'_> {
 fn trimmed(text: &str, at: usize) -> (usize, &str) {
     let start = text.len() - text.trim_start().len();
     (at + start, text.trim())
+}
+
+/// The canonical bytes of a set of param overrides (a sweep cell).
+pub(crate) fn encode_overrides(ov: &BTreeMap<String, Value>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (k, v) in ov {
+        out.extend_from_slice(&(k.len() as u64).to_le_bytes());
+        out.extend_from_slice(k.as_bytes());
+        v.encode(&mut out);
+    }
+    out
 }
 
 /// Whether stage `a` is `b` or (transitively) needs it.

@@ -19,11 +19,13 @@ pub struct GcReport {
     /// Cells kept because a live run protects them (it reads them or committed them) or
     /// another process holds their lock.
     pub busy: Vec<String>,
+    /// Run-index files merged into one (none in a dry run).
+    pub index_files_merged: usize,
 }
 
 /// Removes (unless `dry_run`) every committed cell and scratch directory whose key is not the
-/// current key of some cell of `plan` and that no live run protects. While it removes, runs
-/// wait to resolve keys (the gate, `live.rs`).
+/// current key of some cell of `plan` and that no live run protects, then merges the run
+/// index. While it removes, runs wait to resolve keys (the gate, `live.rs`).
 pub fn gc(
     registry: &Registry,
     store: &Store,
@@ -68,6 +70,11 @@ pub fn gc(
             std::fs::remove_dir_all(e.path()).map_err(|err| Error::io(&e.path(), err))?;
         }
         report.scratch.push(key);
+    }
+    // Runs need not wait for the merge.
+    drop(gate);
+    if !dry_run {
+        report.index_files_merged = crate::index::compact(&store.index_dir())?;
     }
     Ok(report)
 }

@@ -1,26 +1,46 @@
-//! The run index: one Parquet row per cell run, in `runs/index/<key>.<cell>[-s<seed>].parquet`.
+//! The run index: one Parquet row per cell run, under `runs/index/`.
 //!
 //! A cell whose key another cell already committed (identical inputs through early cutoff, say)
-//! gets its own row pointing at that key, so tables find every cell by its id.
-//! One small file per row keeps appends atomic and lock-free across processes; the directory
-//! is a Parquet dataset that polars, pandas and DuckDB read as one table
-//! (`SELECT * FROM 'runs/index/*.parquet'`). `tables` and `diff` read only this.
+//! gets its own row pointing at that key, so tables find every cell by its id. A row's id is
+//! (key, cell, seed).
+//!
+//! Each run appends a row as its own small file, `<key>.<cell>[-s<seed>].parquet`, which keeps
+//! appends atomic and lock-free across processes. Once a run ends with more than
+//! [`MERGE_AT`] small files, and at every `gc`, they are merged ([`compact`]) into one file
+//! `merged-<nanos>-<pid>.parquet`, sorted by completion time: written to a temporary name,
+//! fsynced, renamed into place, then only the files it read are removed. A kill at any point
+//! leaves either the old files, or the merged file beside some of them; readers drop duplicate
+//! row ids (keeping the latest), so both states read the same. The directory stays a Parquet
+//! dataset that polars, pandas and DuckDB read as one table
+//! (`SELECT * FROM 'runs/index/*.parquet'`; right after a merge is interrupted such a reader
+//! may see a row twice). `tables` and `diff` read only this; `verify --repair` takes a damaged
+//! cell's rows out of merged files ([`take_merged_rows`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::{self, File};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use arrow_array::builder::{Float64Builder, MapBuilder, StringBuilder};
 use arrow_array::{
     Array, ArrayRef, Float64Array, MapArray, RecordBatch, StringArray, UInt32Array, UInt64Array,
 };
 use arrow_schema::{DataType, Field, Schema};
-use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::{ArrowWriter, ProjectionMask};
 
 use crate::error::Error;
-use crate::store::write_atomic;
+use crate::store::{sync_dir, write_atomic};
+
+/// Small row files past which a run merges the index when it ends.
+pub const MERGE_AT: usize = 256;
+
+/// The name prefix of merged files.
+const MERGED: &str = "merged-";
+
+/// A row's identity: (key, cell id, seed).
+pub type RowId = (String, String, Option<u64>);
 
 /// One committed cell, as the index records it.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,43 +106,101 @@ pub fn row_path(dir: &Path, key: &str, cell: &str, seed: Option<u64>) -> std::pa
 /// Appends `row` to the index in `dir` (atomically, as its own file).
 pub fn append(dir: &Path, row: &IndexRow) -> Result<(), Error> {
     let path = row_path(dir, &row.key, &row.cell, row.seed);
-    let corrupt = |e: &dyn std::fmt::Display| Error::Corrupt {
-        path: path.clone(),
-        message: e.to_string(),
+    let buf = encode(std::slice::from_ref(row)).map_err(|m| Error::corrupt(&path, m))?;
+    write_atomic(&path, &buf)
+}
+
+/// `rows` as one Parquet file.
+fn encode(rows: &[IndexRow]) -> Result<Vec<u8>, String> {
+    let s = |f: fn(&IndexRow) -> &str| {
+        Arc::new(StringArray::from_iter_values(rows.iter().map(f))) as ArrayRef
     };
-    let s = |v: &str| Arc::new(StringArray::from(vec![v])) as ArrayRef;
+    let f64s = |f: fn(&IndexRow) -> f64| {
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(f))) as ArrayRef
+    };
     let mut metrics = MapBuilder::new(None, StringBuilder::new(), Float64Builder::new());
-    for (k, v) in &row.metrics {
-        metrics.keys().append_value(k);
-        metrics.values().append_value(*v);
+    for row in rows {
+        for (k, v) in &row.metrics {
+            metrics.keys().append_value(k);
+            metrics.values().append_value(*v);
+        }
+        metrics.append(true).map_err(|e| e.to_string())?;
     }
-    metrics.append(true).map_err(|e| corrupt(&e))?;
     let schema = Arc::new(schema());
     let batch = RecordBatch::try_new(
         schema.clone(),
         vec![
-            s(&row.key),
-            s(&row.stage),
-            s(&row.kind),
-            Arc::new(UInt32Array::from(vec![row.version])),
-            s(&row.cell),
-            s(&row.label),
-            Arc::new(UInt64Array::from(vec![row.seed])),
-            s(&row.variant),
-            s(&row.lineage),
+            s(|r| &r.key),
+            s(|r| &r.stage),
+            s(|r| &r.kind),
+            Arc::new(UInt32Array::from_iter_values(
+                rows.iter().map(|r| r.version),
+            )),
+            s(|r| &r.cell),
+            s(|r| &r.label),
+            Arc::new(UInt64Array::from_iter(rows.iter().map(|r| r.seed))),
+            s(|r| &r.variant),
+            s(|r| &r.lineage),
             Arc::new(metrics.finish()),
-            Arc::new(Float64Array::from(vec![row.started])),
-            Arc::new(Float64Array::from(vec![row.seconds])),
-            s(&row.host),
-            s(&row.tool_version),
+            f64s(|r| r.started),
+            f64s(|r| r.seconds),
+            s(|r| &r.host),
+            s(|r| &r.tool_version),
         ],
     )
-    .map_err(|e| corrupt(&e))?;
+    .map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
-    let mut w = ArrowWriter::try_new(&mut buf, schema, None).map_err(|e| corrupt(&e))?;
-    w.write(&batch).map_err(|e| corrupt(&e))?;
-    w.close().map_err(|e| corrupt(&e))?;
-    write_atomic(&path, &buf)
+    let mut w = ArrowWriter::try_new(&mut buf, schema, None).map_err(|e| e.to_string())?;
+    w.write(&batch).map_err(|e| e.to_string())?;
+    w.close().map_err(|e| e.to_string())?;
+    Ok(buf)
+}
+
+/// The index's Parquet files in `dir` (none if it does not exist).
+fn files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        if path.extension().and_then(|e| e.to_str()) == Some("parquet") {
+            out.push(path);
+        }
+    }
+    Ok(out)
+}
+
+fn is_merged(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(MERGED))
+}
+
+fn warn_unreadable(e: &Error) {
+    tracing::warn!(
+        "skipping an unreadable run-index file ({e}); `spo-pipe verify --repair` quarantines it"
+    );
+}
+
+/// Sorts `rows` by completion time and keeps the latest row of each id.
+fn latest_only(mut rows: Vec<IndexRow>) -> Vec<IndexRow> {
+    rows.sort_by(|a, b| (a.started + a.seconds).total_cmp(&(b.started + b.seconds)));
+    let keep: Vec<bool> = {
+        let mut seen = HashSet::with_capacity(rows.len());
+        let mut keep: Vec<bool> = rows
+            .iter()
+            .rev()
+            .map(|r| seen.insert((r.key.as_str(), r.cell.as_str(), r.seed)))
+            .collect();
+        keep.reverse();
+        keep
+    };
+    let mut keep = keep.into_iter();
+    rows.retain(|_| keep.next().unwrap_or(true));
+    rows
 }
 
 /// Reads the row file at `path`, for `verify`.
@@ -130,30 +208,184 @@ pub fn check_file(path: &Path) -> Result<(), Error> {
     read_file(path, &mut Vec::new())
 }
 
-/// Reads every row of the index in `dir`, oldest first. A file that cannot be read is skipped
-/// with a warning that names it (`spo-pipe verify --repair` quarantines it).
+/// Reads every row of the index in `dir`, oldest first, one per row id. A file that cannot
+/// be read is skipped with a warning that names it (`spo-pipe verify --repair` quarantines it).
 pub fn read_all(dir: &Path) -> Result<Vec<IndexRow>, Error> {
-    let mut rows = Vec::new();
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(rows),
-        Err(e) => return Err(Error::io(dir, e)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io(dir, e))?;
-        let path = entry.path();
-        if path.extension().and_then(|e| e.to_str()) == Some("parquet") {
-            let mut file_rows = Vec::new();
-            match read_file(&path, &mut file_rows) {
-                Ok(()) => rows.append(&mut file_rows),
-                Err(e) => tracing::warn!(
-                    "skipping an unreadable run-index file ({e}); `spo-pipe verify --repair` quarantines it"
-                ),
+    read_each(dir, read_file).map(latest_only)
+}
+
+/// The id of every row in the index in `dir` (reading only the id columns); unreadable files
+/// are skipped with a warning, as by [`read_all`].
+pub fn row_ids(dir: &Path) -> Result<HashSet<RowId>, Error> {
+    Ok(read_each(dir, read_ids)?.into_iter().collect())
+}
+
+/// What `read` makes of every file of the index in `dir`. An unreadable file is skipped with a
+/// warning; if a file vanished meanwhile (a merge replaced it), reading starts over.
+fn read_each<T>(
+    dir: &Path,
+    read: impl Fn(&Path, &mut Vec<T>) -> Result<(), Error>,
+) -> Result<Vec<T>, Error> {
+    const TRIES: usize = 8;
+    let mut attempt = 1;
+    loop {
+        let mut out = Vec::new();
+        let mut vanished = false;
+        for path in files(dir)? {
+            let mut part = Vec::new();
+            match read(&path, &mut part) {
+                Ok(()) => out.append(&mut part),
+                Err(Error::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound && attempt < TRIES =>
+                {
+                    vanished = true;
+                    break;
+                }
+                Err(e) => warn_unreadable(&e),
             }
         }
+        if !vanished {
+            return Ok(out);
+        }
+        attempt += 1;
     }
-    rows.sort_by(|a, b| (a.started + a.seconds).total_cmp(&(b.started + b.seconds)));
-    Ok(rows)
+}
+
+fn read_ids(path: &Path, ids: &mut Vec<RowId>) -> Result<(), Error> {
+    let corrupt = |m: &dyn std::fmt::Display| Error::corrupt(path, m);
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let b = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| corrupt(&e))?;
+    let mask = ProjectionMask::columns(b.parquet_schema(), ["key", "cell", "seed"]);
+    for batch in b.with_projection(mask).build().map_err(|e| corrupt(&e))? {
+        let batch = batch.map_err(|e| corrupt(&e))?;
+        let col = |name: &str| {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| corrupt(&format!("no column `{name}`")))
+        };
+        let str_col = |name: &str| -> Result<StringArray, Error> {
+            col(name)?
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .cloned()
+                .ok_or_else(|| corrupt(&format!("column `{name}` is not utf8")))
+        };
+        let (key, cell) = (str_col("key")?, str_col("cell")?);
+        let seed = col("seed")?
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .cloned()
+            .ok_or_else(|| corrupt(&"column `seed` is not uint64"))?;
+        for i in 0..batch.num_rows() {
+            ids.push((
+                key.value(i).to_owned(),
+                cell.value(i).to_owned(),
+                (!seed.is_null(i)).then(|| seed.value(i)),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Merges the index in `dir` when a run ends with more than [`MERGE_AT`] small files.
+pub fn compact_if_due(dir: &Path) -> Result<usize, Error> {
+    if files(dir)?.iter().filter(|p| !is_merged(p)).count() > MERGE_AT {
+        compact(dir)
+    } else {
+        Ok(0)
+    }
+}
+
+/// Merges every readable file of the index in `dir` into one sorted file (see the module doc
+/// for why this is safe under concurrent runs and kills); returns how many files it replaced.
+/// Unreadable files are left in place, with a warning. Another process merging already: 0.
+pub fn compact(dir: &Path) -> Result<usize, Error> {
+    let Some(_lock) = merge_lock(dir, false)? else {
+        return Ok(0);
+    };
+    let mut merged = Vec::new();
+    let mut rows = Vec::new();
+    for path in files(dir)? {
+        let mut file_rows = Vec::new();
+        match read_file(&path, &mut file_rows) {
+            Ok(()) => {
+                rows.append(&mut file_rows);
+                merged.push(path);
+            }
+            Err(e) => warn_unreadable(&e),
+        }
+    }
+    if merged.len() < 2 {
+        return Ok(0);
+    }
+    replace(dir, &latest_only(rows), &merged)?;
+    Ok(merged.len())
+}
+
+/// Takes the rows of `keys` out of the index's merged files in `dir` (rewriting each merged
+/// file that holds some, as [`compact`] does) and returns them, for `verify --repair`. Small
+/// row files are named by key; the caller moves those.
+pub fn take_merged_rows(dir: &Path, keys: &BTreeSet<&str>) -> Result<Vec<IndexRow>, Error> {
+    if keys.is_empty() {
+        return Ok(vec![]);
+    }
+    let _lock = merge_lock(dir, true)?;
+    let mut taken = Vec::new();
+    for path in files(dir)?.into_iter().filter(|p| is_merged(p)) {
+        let mut rows = Vec::new();
+        // An unreadable file is damage of its own, which `verify` reports.
+        if read_file(&path, &mut rows).is_err() {
+            continue;
+        }
+        let (gone, kept): (Vec<_>, Vec<_>) = rows
+            .into_iter()
+            .partition(|r| keys.contains(r.key.as_str()));
+        if !gone.is_empty() {
+            replace(dir, &kept, std::slice::from_ref(&path))?;
+            taken.extend(gone);
+        }
+    }
+    Ok(taken)
+}
+
+/// Writes `rows` to `path` as one Parquet file (atomically).
+pub fn write_rows(path: &Path, rows: &[IndexRow]) -> Result<(), Error> {
+    let buf = encode(rows).map_err(|m| Error::corrupt(path, m))?;
+    write_atomic(path, &buf)
+}
+
+/// The index's merge lock: waiting for it, or `None` if another process holds it.
+fn merge_lock(dir: &Path, wait: bool) -> Result<Option<File>, Error> {
+    let path = dir.join(".merge.lock");
+    let lock = File::create(&path).map_err(|e| Error::io(&path, e))?;
+    if wait {
+        lock.lock().map_err(|e| Error::io(&path, e))?;
+        return Ok(Some(lock));
+    }
+    match lock.try_lock() {
+        Ok(()) => Ok(Some(lock)),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
+    }
+}
+
+/// Writes `rows` as a new merged file in `dir`, durably, then removes the files `old`.
+fn replace(dir: &Path, rows: &[IndexRow], old: &[PathBuf]) -> Result<(), Error> {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let path = dir.join(format!("{MERGED}{nanos}-{}.parquet", std::process::id()));
+    write_rows(&path, rows)?;
+    // The merged file is durable before any file it replaces goes.
+    sync_dir(dir)?;
+    for p in old {
+        match fs::remove_file(p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(p, e)),
+        }
+    }
+    Ok(())
 }
 
 fn read_file(path: &Path, rows: &mut Vec<IndexRow>) -> Result<(), Error> {
@@ -285,5 +517,111 @@ mod tests {
         other.started = 5.0;
         append(dir.path(), &other).unwrap();
         assert_eq!(read_all(dir.path()).unwrap(), vec![other, row]);
+    }
+
+    fn row(i: u64) -> IndexRow {
+        IndexRow {
+            key: format!("k{i}"),
+            stage: "s".into(),
+            kind: "emit".into(),
+            version: 1,
+            cell: format!("c{i}"),
+            label: format!("s[v={i}]"),
+            seed: i.is_multiple_of(2).then_some(i),
+            variant: format!("s.v={i}"),
+            lineage: "{}".into(),
+            metrics: [("m".to_string(), i as f64)].into(),
+            started: i as f64,
+            seconds: 0.5,
+            host: "h".into(),
+            tool_version: "0.1.0".into(),
+        }
+    }
+
+    fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+        let mut f = files(dir).unwrap();
+        f.sort();
+        f
+    }
+
+    #[test]
+    fn compaction_merges_into_one_file_and_reads_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows: Vec<IndexRow> = (0..20).map(row).collect();
+        for r in rows.iter().rev() {
+            append(dir.path(), r).unwrap();
+        }
+        assert_eq!(
+            compact_if_due(dir.path()).unwrap(),
+            0,
+            "below the threshold"
+        );
+        assert_eq!(compact(dir.path()).unwrap(), 20);
+        let files = parquet_files(dir.path());
+        assert_eq!(files.len(), 1);
+        assert!(is_merged(&files[0]));
+        assert_eq!(read_all(dir.path()).unwrap(), rows);
+        // New rows go beside the merged file; the next merge takes both.
+        append(dir.path(), &row(20)).unwrap();
+        assert_eq!(read_all(dir.path()).unwrap().len(), 21);
+        assert_eq!(row_ids(dir.path()).unwrap().len(), 21);
+        assert_eq!(compact(dir.path()).unwrap(), 2);
+        assert_eq!(parquet_files(dir.path()).len(), 1);
+        assert_eq!(read_all(dir.path()).unwrap().len(), 21);
+    }
+
+    #[test]
+    fn a_merge_cut_short_reads_without_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..5 {
+            append(dir.path(), &row(i)).unwrap();
+        }
+        let copy = tempfile::tempdir().unwrap();
+        for p in parquet_files(dir.path()) {
+            fs::copy(&p, copy.path().join(p.file_name().unwrap())).unwrap();
+        }
+        compact(dir.path()).unwrap();
+        // Killed after the rename, before removing: the merged file beside its sources.
+        for p in parquet_files(copy.path()) {
+            fs::copy(&p, dir.path().join(p.file_name().unwrap())).unwrap();
+        }
+        // A row rewritten later (the cell recomputed under the same key) wins.
+        let mut newer = row(3);
+        newer.started = 100.0;
+        append(dir.path(), &newer).unwrap();
+        assert_eq!(parquet_files(dir.path()).len(), 6);
+        let all = read_all(dir.path()).unwrap();
+        assert_eq!(all.len(), 5);
+        assert_eq!(all.last(), Some(&newer));
+        assert_eq!(row_ids(dir.path()).unwrap().len(), 5);
+        assert_eq!(compact(dir.path()).unwrap(), 6);
+        assert_eq!(read_all(dir.path()).unwrap(), all);
+    }
+
+    #[test]
+    fn repair_takes_a_cells_rows_out_of_merged_files() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..4 {
+            append(dir.path(), &row(i)).unwrap();
+        }
+        compact(dir.path()).unwrap();
+        let taken = take_merged_rows(dir.path(), &["k1", "k3"].into()).unwrap();
+        assert_eq!(taken, vec![row(1), row(3)]);
+        assert_eq!(read_all(dir.path()).unwrap(), vec![row(0), row(2)]);
+        assert_eq!(parquet_files(dir.path()).len(), 1);
+    }
+
+    #[test]
+    fn an_unreadable_file_is_skipped_and_left_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..3 {
+            append(dir.path(), &row(i)).unwrap();
+        }
+        let bad = dir.path().join("bad.parquet");
+        fs::write(&bad, b"not parquet").unwrap();
+        assert_eq!(read_all(dir.path()).unwrap().len(), 3);
+        assert_eq!(compact(dir.path()).unwrap(), 3);
+        assert!(bad.exists());
+        assert_eq!(read_all(dir.path()).unwrap().len(), 3);
     }
 }

@@ -7,7 +7,8 @@
 //! version, so results group over seeds and `why` can find the last run of a cell after a
 //! version bump. Nodes come out in topological order.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::OnceLock;
 
 use crate::config::{Pipeline, Rows};
 use crate::config_error::unknown_hint;
@@ -59,7 +60,11 @@ pub struct PlanError {
 pub struct Plan {
     pub nodes: Vec<Node>,
     by_id: HashMap<(String, Option<u64>), usize>,
+    /// Node ids by stage and canonical variant, built on the first [`Plan::find`].
+    by_variant: OnceLock<ByVariant>,
 }
+
+type ByVariant = HashMap<(usize, Vec<u8>), Vec<usize>>;
 
 impl Plan {
     /// Expands `targets` (stage, sweep, table or target names, or selectors like
@@ -90,11 +95,19 @@ impl Plan {
         let Some(si) = pipe.stage_index(stage) else {
             return vec![];
         };
+        let index = self.by_variant.get_or_init(|| {
+            let mut m = ByVariant::new();
+            for (i, n) in self.nodes.iter().enumerate() {
+                m.entry((n.stage, encode_variant(&n.variant)))
+                    .or_default()
+                    .push(i);
+            }
+            m
+        });
         let restricted = restrict(pipe, si, variant);
-        self.nodes
-            .iter()
-            .filter(|n| n.stage == si && n.variant == restricted)
-            .collect()
+        index
+            .get(&(si, encode_variant(&restricted)))
+            .map_or(vec![], |ids| ids.iter().map(|&i| &self.nodes[i]).collect())
     }
 
     /// The node with this cell id and seed.
@@ -104,15 +117,17 @@ impl Plan {
 
     /// Every node that transitively feeds `id`, itself included, in topological order.
     pub fn lineage(&self, id: usize) -> Vec<usize> {
-        let mut keep = vec![false; self.nodes.len()];
+        let mut keep = HashSet::new();
         let mut stack = vec![id];
         while let Some(n) = stack.pop() {
-            if !keep[n] {
-                keep[n] = true;
+            if keep.insert(n) {
                 stack.extend(&self.nodes[n].inputs);
             }
         }
-        (0..self.nodes.len()).filter(|&i| keep[i]).collect()
+        // Inputs come before the nodes that read them, so id order is topological.
+        let mut ids: Vec<usize> = keep.into_iter().collect();
+        ids.sort_unstable();
+        ids
     }
 }
 
@@ -191,6 +206,19 @@ fn toml_to_value(v: &toml::de::DeValue<'_>) -> Option<Value> {
         ),
         _ => return None,
     })
+}
+
+/// The canonical bytes of a variant, for hashing (equal values, equal bytes).
+fn encode_variant(variant: &Variant) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (stage, ov) in variant {
+        out.extend_from_slice(&(stage.len() as u64).to_le_bytes());
+        out.extend_from_slice(stage.as_bytes());
+        let ov = crate::config::encode_overrides(ov);
+        out.extend_from_slice(&(ov.len() as u64).to_le_bytes());
+        out.extend_from_slice(&ov);
+    }
+    out
 }
 
 /// The variant entries that can affect stage `si` (itself and its ancestors).

@@ -1,7 +1,8 @@
 //! Running a plan: resolve each cell's key from its inputs' content digests, take what the store
 //! has, compute the rest (in parallel up to `jobs`), commit each atomically.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -87,12 +88,120 @@ enum St {
     Failed,
 }
 
+/// The scheduler's state, under one mutex. Event-driven: each completion decrements its
+/// dependents' counters of unfinished inputs and queues those that reach zero, so dispatch and
+/// completion cost O(log n) plus the node's out-degree, never a scan of the plan.
 struct Sched {
     state: Vec<St>,
+    /// Each done node's manifest, until the last node reading it has started.
     resolved: Vec<Option<Resolved>>,
+    /// Per node, how many of the nodes reading it have not started yet.
+    readers_left: Vec<usize>,
+    /// Per node, how many of its inputs are not done yet.
+    unfinished: Vec<usize>,
+    /// `dependents[dep_start[j]..dep_start[j + 1]]`: the nodes reading node `j`.
+    dep_start: Vec<usize>,
+    dependents: Vec<usize>,
+    /// Pending nodes whose inputs are all done, lowest id (plan order) first.
+    ready: BinaryHeap<Reverse<usize>>,
     running: usize,
     stop: bool,
     summary: RunSummary,
+}
+
+impl Sched {
+    fn new(plan: &Plan) -> Sched {
+        let n = plan.nodes.len();
+        let mut dep_start = vec![0; n + 1];
+        for node in &plan.nodes {
+            for &j in &node.inputs {
+                dep_start[j + 1] += 1;
+            }
+        }
+        for j in 0..n {
+            dep_start[j + 1] += dep_start[j];
+        }
+        let mut fill = dep_start.clone();
+        let mut dependents = vec![0; dep_start[n]];
+        for (i, node) in plan.nodes.iter().enumerate() {
+            for &j in &node.inputs {
+                dependents[fill[j]] = i;
+                fill[j] += 1;
+            }
+        }
+        let unfinished: Vec<usize> = plan.nodes.iter().map(|n| n.inputs.len()).collect();
+        let ready = (0..n)
+            .filter(|&i| unfinished[i] == 0)
+            .map(Reverse)
+            .collect();
+        Sched {
+            state: vec![St::Pending; n],
+            resolved: vec![None; n],
+            readers_left: (0..n).map(|j| dep_start[j + 1] - dep_start[j]).collect(),
+            unfinished,
+            dep_start,
+            dependents,
+            ready,
+            running: 0,
+            stop: false,
+            summary: RunSummary {
+                keys: vec![None; n],
+                ..RunSummary::default()
+            },
+        }
+    }
+
+    /// The manifests of `node`'s inputs, as it starts; each is dropped after its last reader's
+    /// copy, so a run holds manifests for its frontier, not for the whole plan.
+    fn take_inputs(&mut self, node: &Node) -> Vec<Resolved> {
+        let mut out = Vec::with_capacity(node.inputs.len());
+        for &j in &node.inputs {
+            self.readers_left[j] -= 1;
+            let r = if self.readers_left[j] == 0 {
+                self.resolved[j].take()
+            } else {
+                self.resolved[j].clone()
+            };
+            out.extend(r);
+        }
+        out
+    }
+
+    /// Node `id` is done: queue the dependents it was the last unfinished input of.
+    fn done(&mut self, id: usize, r: Resolved) {
+        self.state[id] = St::Done;
+        self.summary.keys[id] = Some(r.manifest.key.clone());
+        if self.readers_left[id] > 0 {
+            self.resolved[id] = Some(r);
+        }
+        for k in self.dep_start[id]..self.dep_start[id + 1] {
+            let d = self.dependents[k];
+            self.unfinished[d] -= 1;
+            if self.unfinished[d] == 0 && self.state[d] == St::Pending {
+                self.ready.push(Reverse(d));
+            }
+        }
+    }
+
+    /// Node `id` failed (or, in a dry run, will be computed): every pending node downstream of
+    /// it cannot go on. Returns those, in plan order.
+    fn failed(&mut self, id: usize) -> Vec<usize> {
+        self.state[id] = St::Failed;
+        let mut cut = Vec::new();
+        let mut stack = vec![id];
+        while let Some(j) = stack.pop() {
+            for k in self.dep_start[j]..self.dep_start[j + 1] {
+                let d = self.dependents[k];
+                if self.state[d] == St::Pending {
+                    self.state[d] = St::Failed;
+                    cut.push(d);
+                    stack.push(d);
+                }
+            }
+        }
+        cut.sort_unstable();
+        cut
+    }
 }
 
 /// Runs `plan` against `store`.
@@ -119,13 +228,7 @@ pub fn run(
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let sched = Mutex::new(Sched {
-        state: vec![St::Pending; n],
-        resolved: vec![None; n],
-        running: 0,
-        stop: false,
-        summary: RunSummary::default(),
-    });
+    let sched = Mutex::new(Sched::new(plan));
     let cv = Condvar::new();
     let ex = Exec {
         registry,
@@ -136,6 +239,7 @@ pub fn run(
         on,
         overall: &overall,
         cores: Arc::new(CoreBudget::new(opts.jobs)),
+        recorded: Mutex::new(None),
     };
     let workers = opts.jobs.max(1).min(n.max(1));
     if workers == 1 {
@@ -148,12 +252,13 @@ pub fn run(
         });
     }
     overall.finish_and_clear();
-    let mut g = sched.into_inner().unwrap_or_else(|p| p.into_inner());
-    g.summary.keys = g
-        .resolved
-        .iter()
-        .map(|r| r.as_ref().map(|r| r.manifest.key.clone()))
-        .collect();
+    if !opts.dry_run {
+        // Housekeeping: the run's results are committed whether or not this succeeds.
+        if let Err(e) = index::compact_if_due(&store.index_dir()) {
+            tracing::warn!("could not merge the run index: {e}");
+        }
+    }
+    let g = sched.into_inner().unwrap_or_else(|p| p.into_inner());
     Ok(g.summary)
 }
 
@@ -167,6 +272,8 @@ struct Exec<'a> {
     on: &'a (dyn Fn(Event<'_>) + Sync),
     overall: &'a ProgressBar,
     cores: Arc<CoreBudget>,
+    /// The ids of the index's rows, read at the first cache hit (see `record_reuse`).
+    recorded: Mutex<Option<HashSet<index::RowId>>>,
 }
 
 enum Outcome {
@@ -186,48 +293,15 @@ impl Exec<'_> {
             let (id, inputs) = {
                 let mut g = sched.lock().unwrap_or_else(|p| p.into_inner());
                 loop {
-                    // Cells whose inputs failed (or, in a dry run, will be computed) cannot go on.
-                    for i in 0..g.state.len() {
-                        if g.state[i] == St::Pending
-                            && self.plan.nodes[i]
-                                .inputs
-                                .iter()
-                                .any(|&j| g.state[j] == St::Failed)
-                        {
-                            g.state[i] = St::Failed;
-                            if self.opts.dry_run {
-                                g.summary.would_run += 1;
-                                (self.on)(Event::WouldRun(&self.plan.nodes[i]));
-                            } else {
-                                g.summary.skipped += 1;
-                                (self.on)(Event::Skipped(&self.plan.nodes[i]));
-                            }
-                            self.overall.inc(1);
-                        }
-                    }
-                    let ready = if g.stop {
-                        None
-                    } else {
-                        (0..g.state.len()).find(|&i| {
-                            g.state[i] == St::Pending
-                                && self.plan.nodes[i]
-                                    .inputs
-                                    .iter()
-                                    .all(|&j| g.state[j] == St::Done)
-                        })
-                    };
-                    if let Some(id) = ready {
+                    if !g.stop
+                        && let Some(Reverse(id)) = g.ready.pop()
+                    {
                         g.state[id] = St::Running;
                         g.running += 1;
-                        let inputs: Vec<Resolved> = self.plan.nodes[id]
-                            .inputs
-                            .iter()
-                            .filter_map(|&j| g.resolved[j].clone())
-                            .collect();
-                        break (id, inputs);
+                        break (id, g.take_inputs(&self.plan.nodes[id]));
                     }
-                    let pending = g.state.contains(&St::Pending);
-                    if g.running == 0 && (!pending || g.stop) {
+                    // Nothing ready and nothing running that could make something ready.
+                    if g.running == 0 {
                         return;
                     }
                     g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
@@ -239,32 +313,43 @@ impl Exec<'_> {
             let mut g = sched.lock().unwrap_or_else(|p| p.into_inner());
             g.running -= 1;
             let node = &self.plan.nodes[id];
-            match outcome {
+            let cut = match outcome {
                 Outcome::Cached(r) => {
                     g.summary.cached += 1;
                     (self.on)(Event::Cached(node, &r.manifest.key));
-                    g.resolved[id] = Some(r);
-                    g.state[id] = St::Done;
+                    g.done(id, r);
+                    vec![]
                 }
                 Outcome::Ran(r, secs) => {
                     g.summary.ran += 1;
                     (self.on)(Event::Finished(node, &r.manifest.key, secs));
-                    g.resolved[id] = Some(r);
-                    g.state[id] = St::Done;
+                    g.done(id, r);
+                    vec![]
                 }
                 Outcome::WouldRun => {
                     g.summary.would_run += 1;
                     (self.on)(Event::WouldRun(node));
-                    g.state[id] = St::Failed;
+                    g.failed(id)
                 }
                 Outcome::Failed { message, fatal } => {
                     (self.on)(Event::Failed(node, &message));
                     g.summary.failed.push((node.display(), message));
-                    g.state[id] = St::Failed;
                     if fatal || !self.opts.keep_going {
                         g.stop = true;
                     }
+                    g.failed(id)
                 }
+            };
+            // Cells whose inputs failed (or, in a dry run, will be computed) cannot go on.
+            for i in cut {
+                if self.opts.dry_run {
+                    g.summary.would_run += 1;
+                    (self.on)(Event::WouldRun(&self.plan.nodes[i]));
+                } else {
+                    g.summary.skipped += 1;
+                    (self.on)(Event::Skipped(&self.plan.nodes[i]));
+                }
+                self.overall.inc(1);
             }
             self.overall.inc(1);
             cv.notify_all();
@@ -420,8 +505,15 @@ impl Exec<'_> {
     /// another process) still gets its index row and slot pointer, once.
     fn record_reuse(&self, id: usize, parts: &CellKey, m: &Manifest) -> Result<(), Error> {
         let node = &self.plan.nodes[id];
-        if index::row_path(&self.store.index_dir(), &m.key, &node.cell, node.seed).exists() {
-            return Ok(());
+        {
+            let mut g = self.recorded.lock().unwrap_or_else(|p| p.into_inner());
+            let ids = match &mut *g {
+                Some(ids) => ids,
+                None => g.insert(index::row_ids(&self.store.index_dir())?),
+            };
+            if !ids.insert((m.key.clone(), node.cell.clone(), node.seed)) {
+                return Ok(());
+            }
         }
         self.store.write_pointer(
             &node.label,

@@ -10,7 +10,7 @@
 //! runs/memo/<key>.json   size, mtime, ctime and inode of each file when it last hashed right
 //! runs/quarantine/       damaged cells and unreadable records moved aside by `verify --repair`
 //! runs/cells/<slot>.json the key parts of the last committed run in each slot (for `why`)
-//! runs/index/<key>.parquet  the run index, one file per committed cell
+//! runs/index/*.parquet  the run index: a file per new row, merged into one (index.rs)
 //! ```
 //! The contract is in the types: [`Store::lookup`] answers a key with a [`Lookup::Hit`] or a
 //! [`Lookup::Miss`] holding the key's [`CellLock`], and only a `CellLock` can commit (the

@@ -141,11 +141,13 @@ impl Store {
                 _ => None,
             })
             .collect();
+        let mut moved = BTreeSet::new();
         for key in cells {
             let Some(_lock) = self.try_lock(key)? else {
                 out.busy.push(key.to_owned());
                 continue;
             };
+            moved.insert(key);
             let dir = self.cell_dir(key);
             out.quarantined
                 .push((format!("cell {key}"), self.quarantine(&dir)?));
@@ -158,6 +160,19 @@ impl Store {
                     ));
                 }
             }
+        }
+        let rows = index::take_merged_rows(&self.index_dir(), &moved)?;
+        if !rows.is_empty() {
+            let nanos = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let to = self
+                .root()
+                .join("quarantine")
+                .join(format!("{nanos}.merged-index-rows.parquet"));
+            index::write_rows(&to, &rows)?;
+            out.quarantined
+                .push((format!("{} index rows in merged files", rows.len()), to));
         }
         for d in damage
             .iter()
