@@ -47,6 +47,11 @@ const TINY: &[&str] = &[
     "sample-ddpo.prompts=2",
     "sample-ddpo.per_prompt=1",
     "sample-ddpo.steps=4",
+    "mapo.steps=2",
+    "mapo.batch=2",
+    "sample-mapo.prompts=2",
+    "sample-mapo.per_prompt=1",
+    "sample-mapo.steps=4",
 ];
 
 fn spo_pipe(store: &std::path::Path, args: &[&str]) -> Output {

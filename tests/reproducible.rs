@@ -1,10 +1,10 @@
 //! Every artifact is byte-reproducible across processes and across kill -9 + resume.
 //!
 //! The default DAG at tiny sizes (every in-world kind: world, the five training kinds, spo,
-//! diffusion-dpo, d3po, ddpo, sample, score) runs into fresh stores three times, each in its own
-//! processes: straight through, straight through again, and with every training stage killed
-//! (SIGKILL) in the middle of its training at a different step, then rerun until it resumes and
-//! commits. All three stores must hold the same files with the same bytes.
+//! diffusion-dpo, mapo, d3po, ddpo, sample, score) runs into fresh stores three times, each in
+//! its own processes: straight through, straight through again, and with every training stage
+//! killed (SIGKILL) in the middle of its training at a different step, then rerun until it
+//! resumes and commits. All three stores must hold the same files with the same bytes.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -74,6 +74,12 @@ const TINY: &[&str] = &[
     "sample-ddpo.prompts=2",
     "sample-ddpo.per_prompt=1",
     "sample-ddpo.steps=4",
+    "mapo.steps=6",
+    "mapo.batch=2",
+    "mapo.checkpoint_every=1",
+    "sample-mapo.prompts=2",
+    "sample-mapo.per_prompt=1",
+    "sample-mapo.steps=4",
 ];
 
 /// The training stages in DAG order, their checkpoint name, and the checkpoint after which each
@@ -88,9 +94,17 @@ const TRAINING: &[(&str, &str, usize)] = &[
     ("dpo", "dpo", 4),
     ("d3po", "d3po", 2),
     ("ddpo", "ddpo", 2),
+    ("mapo", "mapo", 3),
 ];
 
-const TARGETS: &[&str] = &["run", "score-spo", "score-dpo", "score-d3po", "score-ddpo"];
+const TARGETS: &[&str] = &[
+    "run",
+    "score-spo",
+    "score-dpo",
+    "score-d3po",
+    "score-ddpo",
+    "score-mapo",
+];
 
 fn spo_pipe(store: &Path, args: &[&str]) -> Command {
     support::default_pipeline(store, TINY, args)

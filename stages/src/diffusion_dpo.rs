@@ -1,15 +1,19 @@
-//! `diffusion-dpo`: Diffusion-DPO (Wallace et al. 2023; next-wave A.1) on the world's generic
-//! preference pairs, the offline counterpart of SPO in Table 2.
+//! The offline preference methods on the world's generic pairs: `diffusion-dpo` (Wallace et al.
+//! 2023; next-wave A.1), the offline counterpart of SPO in Table 2, and `mapo` (Hong et al.
+//! 2024; next-wave A.4), its reference-free successor of Table 1.
 //!
 //! Each step draws pairs (ties dropped, the preferred image first), empties a share of their
 //! captions, noises both images of a pair with one shared t ~ U{0..999} and one shared ε, and
-//! trains the policy (LoRA on the base model, as the in-world SPO does) to lower its denoising
-//! error on the winner relative to the frozen reference (the LoRA switched off) more than on
-//! the loser: `spo_methods::diffusion_dpo::loss`. No guidance in training, as the reference.
+//! trains the policy (LoRA on the base model, as the in-world SPO does) on the per-sample
+//! denoising errors: Diffusion-DPO lowers the winner's error relative to the frozen reference
+//! (the LoRA switched off) more than the loser's (`spo_methods::diffusion_dpo::loss`); MaPO
+//! lowers the winner's error and widens the margin between the two errors' log-odds
+//! (`spo_methods::mapo::Mapo`). No guidance in training, as the references.
 
 use candle_core::{DType, Tensor};
 use spo_core::{ParamSpec, StageContext, StageError, StageKind};
 use spo_diffusion::{NoiseSchedule, SchedulerConfig};
+use spo_methods::mapo::Mapo;
 use spo_methods::{diffusion_dpo, per_sample_mse};
 
 use crate::checkpoint::ExactF64;
@@ -63,7 +67,145 @@ impl StageKind for DiffusionDpo {
         true
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
-        Ok(run(cx)?)
+        let p = DpoParams::from_params(cx.params())?;
+        let setup = Offline {
+            name: "dpo",
+            steps: p.steps,
+            batch: p.batch,
+            lr: p.lr,
+            warmup: p.warmup,
+            rank: p.rank,
+            pairs: p.pairs,
+            empty_prompt_share: p.empty_prompt_share,
+            checkpoint_every: p.checkpoint_every,
+        };
+        Ok(train(cx, &setup, Objective::Dpo { beta: p.beta })?)
+    }
+}
+
+spo_core::stage_params! {
+    /// The params of `mapo`.
+    pub struct MapoParams {
+        /// β of the margin term (MaPO's `beta_mapo` 0.1)
+        beta: f64 = float(0.1).range(0.0, 1e6),
+        /// s in ψ(ℓ) = sℓ/(e^{sℓ} − 1) (MaPO's `snr_value` 0.5)
+        snr_value: f64 = float(0.5).range(1e-6, 100.0),
+        /// share of captions replaced by the empty prompt (MaPO: none)
+        empty_prompt_share: f64 = float(0.0).range(0.0, 1.0),
+        /// optimizer steps
+        steps: usize = int(300).range(1.0, 1e7),
+        /// pairs per step
+        batch: usize = int(8).range(1.0, 4096.0),
+        /// peak learning rate: linear warm-up, then cosine decay to zero (MaPO's 5e-4)
+        lr: f64 = float(5e-4).range(1e-8, 1.0),
+        /// learning-rate warm-up steps
+        warmup: usize = int(20).range(0.0, 1e7),
+        /// LoRA rank (alpha = rank)
+        rank: usize = int(4).range(1.0, 256.0),
+        /// use at most this many of the world's pairs (0: all)
+        pairs: usize = int(0).min(0.0),
+        checkpoint_every: usize = int(50).range(1.0, 1e7),
+    }
+}
+
+/// The `mapo` stage kind.
+pub struct MapoTrain;
+
+impl StageKind for MapoTrain {
+    fn name(&self) -> &'static str {
+        "mapo"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn summary(&self) -> &'static str {
+        "MaPO fine-tuning with LoRA on the world's generic preference pairs, reference-free (needs world, clip-pretrain, base-pretrain)"
+    }
+    fn params(&self) -> Vec<ParamSpec> {
+        MapoParams::specs()
+    }
+    fn seeded(&self) -> bool {
+        true
+    }
+    fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
+        let p = MapoParams::from_params(cx.params())?;
+        let setup = Offline {
+            name: "mapo",
+            steps: p.steps,
+            batch: p.batch,
+            lr: p.lr,
+            warmup: p.warmup,
+            rank: p.rank,
+            pairs: p.pairs,
+            empty_prompt_share: p.empty_prompt_share,
+            checkpoint_every: p.checkpoint_every,
+        };
+        let objective = Objective::Mapo(Mapo {
+            beta: p.beta,
+            snr_value: p.snr_value,
+            ..Mapo::default()
+        });
+        Ok(train(cx, &setup, objective)?)
+    }
+}
+
+/// What an offline method trains with, besides its objective.
+struct Offline {
+    /// The checkpoint's and the loss log's name.
+    name: &'static str,
+    steps: usize,
+    batch: usize,
+    lr: f64,
+    warmup: usize,
+    rank: usize,
+    pairs: usize,
+    empty_prompt_share: f64,
+    checkpoint_every: usize,
+}
+
+/// What an offline method minimises over a batch's per-sample denoising errors.
+enum Objective {
+    Dpo { beta: f64 },
+    Mapo(Mapo),
+}
+
+impl Objective {
+    /// The loss over `b` pairs and the share of pairs it already orders right: the implicit
+    /// accuracy for Diffusion-DPO, the share whose winner has the lower error for MaPO.
+    /// `error` gives the policy's (`true`) or the reference's per-sample errors, winners first.
+    fn loss(&self, b: usize, error: impl Fn(bool) -> Result<Tensor>) -> Result<(Tensor, f64)> {
+        match self {
+            Objective::Dpo { beta } => {
+                let reference = error(false)?;
+                let model = error(true)?;
+                let out = diffusion_dpo::loss(
+                    &model.narrow(0, 0, b)?,
+                    &model.narrow(0, b, b)?,
+                    &reference.narrow(0, 0, b)?,
+                    &reference.narrow(0, b, b)?,
+                    *beta,
+                )?;
+                Ok((out.loss, out.implicit_accuracy))
+            }
+            Objective::Mapo(mapo) => {
+                let model = error(true)?;
+                let (w, l) = (model.narrow(0, 0, b)?, model.narrow(0, b, b)?);
+                let lower = w
+                    .lt(&l)?
+                    .to_dtype(DType::F64)?
+                    .mean_all()?
+                    .to_scalar::<f64>()?;
+                Ok((mapo.loss(&w, &l)?, lower))
+            }
+        }
+    }
+
+    /// The name of the metric holding the last steps' mean of the loss's accuracy.
+    fn accuracy_metric(&self) -> &'static str {
+        match self {
+            Objective::Dpo { .. } => "implicit_accuracy",
+            Objective::Mapo(_) => "winner_lower_error",
+        }
     }
 }
 
@@ -82,9 +224,8 @@ fn ordered(pairs: Vec<Pair>) -> Vec<Pair> {
         .collect()
 }
 
-/// Computes one cell of this kind.
-fn run(cx: &mut StageContext) -> Result<()> {
-    let p = DpoParams::from_params(cx.params())?;
+/// Trains one cell of an offline method.
+fn train(cx: &mut StageContext, p: &Offline, objective: Objective) -> Result<()> {
     let dev = device();
     let seed = cx.seed().unwrap_or(0);
     let pairs = ordered(load_pairs(cx.input_of_kind("world")?, p.pairs)?);
@@ -104,7 +245,7 @@ fn run(cx: &mut StageContext) -> Result<()> {
     let train_steps = schedule.config().num_train_timesteps;
     let mut tr: Trainer<Vec<ExactF64>> = Trainer::start(
         cx,
-        "dpo",
+        p.name,
         p.steps,
         p.checkpoint_every,
         seed,
@@ -161,28 +302,19 @@ fn run(cx: &mut StageContext) -> Result<()> {
                 let pred = if lora { pred } else { pred.detach() };
                 Ok(per_sample_mse(&pred, &noise)?)
             };
-            let reference = error(false)?;
-            let model = error(true)?;
-            let out = diffusion_dpo::loss(
-                &model.narrow(0, 0, b)?,
-                &model.narrow(0, b, b)?,
-                &reference.narrow(0, 0, b)?,
-                &reference.narrow(0, b, b)?,
-                p.beta,
-            )?;
-            let grads = out.loss.backward()?;
-            opt.step(&grads)?;
-            Ok((out.loss.to_scalar::<f32>()? as f64, out.implicit_accuracy))
+            let (loss, accuracy) = objective.loss(b, error)?;
+            opt.step(&loss.backward()?)?;
+            Ok((loss.to_scalar::<f32>()? as f64, accuracy))
         })?;
         tr.extra.push(ExactF64(accuracy));
         tr.record(loss, &lora_vars, &opt)?;
     }
     let accuracies = std::mem::take(&mut tr.extra);
-    tr.finish(cx, "dpo")?;
+    tr.finish(cx, p.name)?;
     let last: Vec<f64> = accuracies.iter().rev().take(20).map(|a| a.0).collect();
     if !last.is_empty() {
         cx.metric(
-            "implicit_accuracy",
+            objective.accuracy_metric(),
             last.iter().sum::<f64>() / last.len() as f64,
         );
     }

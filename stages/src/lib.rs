@@ -53,6 +53,7 @@ pub fn kinds() -> Vec<Box<dyn StageKind>> {
         Box::new(spm::TrainSpm),
         Box::new(spo::SpoTrain),
         Box::new(diffusion_dpo::DiffusionDpo),
+        Box::new(diffusion_dpo::MapoTrain),
         Box::new(d3po::D3po),
         Box::new(ddpo::Ddpo),
         Box::new(calibrate::Calibrate),
