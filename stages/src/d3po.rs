@@ -8,17 +8,15 @@
 
 use candle_core::{DType, Tensor};
 use spo_core::{ParamSpec, StageContext, StageError, StageKind};
-use spo_diffusion::{Ddim, NoiseSchedule, SchedulerConfig};
 use spo_methods::ratio::ClampedRatio;
 use spo_nn::{AdamW, SeededRng};
 
 use crate::checkpoint::ExactF64;
-use crate::clip_train::WorldClip;
 use crate::error::{At, Result};
-use crate::inworld::{Conditioning, InWorldClip, device, lora_policy, on_cores};
-use crate::online::{Chains, Policy};
+use crate::inworld::{Conditioning, on_cores};
+use crate::online::{self, Chains, Policy, Setup};
 use crate::training::Trainer;
-use crate::worlddata::{Prompt, WorldData};
+use crate::worlddata::Prompt;
 
 spo_core::stage_params! {
     /// The params of `d3po`.
@@ -162,20 +160,17 @@ fn train_round(
 /// Computes one cell of this kind.
 fn run(cx: &mut StageContext) -> Result<()> {
     let p = D3poParams::from_params(cx.params())?;
-    let dev = device();
     let seed = cx.seed().unwrap_or(0);
-    let world = WorldData::load(cx.input_of_kind("world")?)?;
-    let text = InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?;
-    let reward = WorldClip::load(cx.input_of_kind("pickscore-train")?, &dev)?;
-    let (unet, mut lora_vars, mut opt) = lora_policy(
-        cx.input_of_kind("base-pretrain")?,
-        p.rank,
-        seed,
-        p.lr,
-        1e-4,
-        &dev,
-    )?;
-    let ddim = Ddim::new(NoiseSchedule::new(SchedulerConfig::sd15())?, p.steps, p.eta)?;
+    let Setup {
+        world,
+        text,
+        reward,
+        unet,
+        mut lora_vars,
+        mut opt,
+        ddim,
+        dev,
+    } = online::setup(cx, p.rank, seed, p.lr, p.steps, p.eta)?;
     let models = Policy {
         unet: &unet,
         ddim: &ddim,

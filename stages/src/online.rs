@@ -4,15 +4,67 @@
 //! transitions under the policy or the frozen reference (the LoRA switched off).
 
 use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
 use image::RgbImage;
-use spo_diffusion::{Ddim, UNet2DConditionModel};
-use spo_nn::SeededRng;
+use spo_core::StageContext;
+use spo_diffusion::{Ddim, NoiseSchedule, SchedulerConfig, UNet2DConditionModel};
+use spo_nn::{AdamW, SeededRng};
 
 use crate::clip_train::WorldClip;
 use crate::error::Result;
-use crate::inworld::Conditioning;
+use crate::inworld::{Conditioning, InWorldClip, device, lora_policy};
 use crate::score::pickscores;
 use crate::tensors::tensor_to_images;
+use crate::worlddata::WorldData;
+
+/// What an online method's cell starts from: its inputs loaded, a fresh LoRA policy with its
+/// optimizer, and the sampler.
+pub(crate) struct Setup {
+    pub world: WorldData,
+    pub text: InWorldClip,
+    pub reward: WorldClip,
+    pub unet: UNet2DConditionModel,
+    pub lora_vars: VarMap,
+    pub opt: AdamW,
+    pub ddim: Ddim,
+    pub dev: Device,
+}
+
+/// Loads an online method's inputs (world, clip-pretrain, base-pretrain, pickscore-train) and
+/// builds its LoRA policy (rank, seed, learning rate; weight decay 1e-4, as SPO's) and a DDIM
+/// sampler of `steps` steps and stochasticity `eta`.
+pub(crate) fn setup(
+    cx: &StageContext,
+    rank: usize,
+    seed: u64,
+    lr: f64,
+    steps: usize,
+    eta: f64,
+) -> Result<Setup> {
+    let dev = device();
+    let world = WorldData::load(cx.input_of_kind("world")?)?;
+    let text = InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?;
+    let reward = WorldClip::load(cx.input_of_kind("pickscore-train")?, &dev)?;
+    let (unet, lora_vars, opt) = lora_policy(
+        cx.input_of_kind("base-pretrain")?,
+        rank,
+        seed,
+        lr,
+        1e-4,
+        &dev,
+    )?;
+    let ddim = Ddim::new(NoiseSchedule::new(SchedulerConfig::sd15())?, steps, eta)?;
+    Ok(Setup {
+        world,
+        text,
+        reward,
+        unet,
+        lora_vars,
+        opt,
+        ddim,
+        dev,
+    })
+}
 
 /// The models an online method samples, rewards and trains with.
 pub(crate) struct Policy<'a> {
