@@ -52,6 +52,12 @@ const TINY: &[&str] = &[
     "sample-mapo.prompts=2",
     "sample-mapo.per_prompt=1",
     "sample-mapo.steps=4",
+    "gradspo.rounds=1",
+    "gradspo.prompts=2",
+    "gradspo.steps=4",
+    "sample-gradspo.prompts=2",
+    "sample-gradspo.per_prompt=1",
+    "sample-gradspo.steps=4",
 ];
 
 fn spo_pipe(store: &std::path::Path, args: &[&str]) -> Output {

@@ -1,10 +1,10 @@
 //! Every artifact is byte-reproducible across processes and across kill -9 + resume.
 //!
 //! The default DAG at tiny sizes (every in-world kind: world, the five training kinds, spo,
-//! diffusion-dpo, mapo, d3po, ddpo, sample, score) runs into fresh stores three times, each in
-//! its own processes: straight through, straight through again, and with every training stage
-//! killed (SIGKILL) in the middle of its training at a different step, then rerun until it
-//! resumes and commits. All three stores must hold the same files with the same bytes.
+//! gradspo, diffusion-dpo, mapo, d3po, ddpo, sample, score) runs into fresh stores three times,
+//! each in its own processes: straight through, straight through again, and with every training
+//! stage killed (SIGKILL) in the middle of its training at a different step, then rerun until
+//! it resumes and commits. All three stores must hold the same files with the same bytes.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -80,6 +80,14 @@ const TINY: &[&str] = &[
     "sample-mapo.prompts=2",
     "sample-mapo.per_prompt=1",
     "sample-mapo.steps=4",
+    "gradspo.rounds=6",
+    "gradspo.prompts=2",
+    "gradspo.steps=4",
+    "gradspo.threshold=0.0",
+    "gradspo.checkpoint_every=1",
+    "sample-gradspo.prompts=2",
+    "sample-gradspo.per_prompt=1",
+    "sample-gradspo.steps=4",
 ];
 
 /// The training stages in DAG order, their checkpoint name, and the checkpoint after which each
@@ -95,6 +103,7 @@ const TRAINING: &[(&str, &str, usize)] = &[
     ("d3po", "d3po", 2),
     ("ddpo", "ddpo", 2),
     ("mapo", "mapo", 3),
+    ("gradspo", "gradspo", 3),
 ];
 
 const TARGETS: &[&str] = &[
@@ -104,6 +113,7 @@ const TARGETS: &[&str] = &[
     "score-d3po",
     "score-ddpo",
     "score-mapo",
+    "score-gradspo",
 ];
 
 fn spo_pipe(store: &Path, args: &[&str]) -> Command {

@@ -12,6 +12,7 @@ pub mod diffusion_dpo;
 pub mod download;
 pub mod embedded;
 pub mod error;
+pub mod gradspo;
 pub mod inworld;
 mod online;
 pub mod pickapic;
@@ -52,6 +53,7 @@ pub fn kinds() -> Vec<Box<dyn StageKind>> {
         Box::new(sample::Sample),
         Box::new(spm::TrainSpm),
         Box::new(spo::SpoTrain),
+        Box::new(gradspo::GradSpoTrain),
         Box::new(diffusion_dpo::DiffusionDpo),
         Box::new(diffusion_dpo::MapoTrain),
         Box::new(d3po::D3po),

@@ -23,6 +23,7 @@ use spo_nn::{AdamW, SeededRng};
 
 use crate::checkpoint::exact_f64;
 use crate::error::{At, Result};
+use crate::gradspo::{Ema, GradSpo};
 use crate::inworld::{Conditioning, InWorldClip, device, lora_policy, on_cores};
 use crate::training::Trainer;
 use crate::vocab::Vocab;
@@ -119,13 +120,23 @@ impl StageKind for SpoTrain {
         true
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
-        Ok(run(cx)?)
+        Ok(train(cx, None)?)
     }
 }
 
-/// Computes one cell of this kind.
-fn run(cx: &mut StageContext) -> Result<()> {
+/// Computes one cell of `spo`, or of `gradspo` with its settings.
+pub(crate) fn train(cx: &mut StageContext, gradspo: Option<GradSpo>) -> Result<()> {
     let p = SpoParams::from_params(cx.params())?;
+    if gradspo.is_some() && p.j != 1 {
+        return Err(StageError::Param(spo_core::param::ParamError {
+            name: "j".into(),
+            message: format!(
+                "GradSPO's target is defined for j = 1 (SPO), not j = {}",
+                p.j
+            ),
+        })
+        .into());
+    }
     let dev = device();
     let seed = cx.seed().unwrap_or(0);
     let world = WorldData::load(cx.input_of_kind("world")?)?;
@@ -157,7 +168,13 @@ fn run(cx: &mut StageContext) -> Result<()> {
         cfg: p.cfg,
         train_batch: p.train_batch,
         epochs: p.epochs,
+        gradspo,
     };
+    // GradSPO rolls out with a moving average of the policy, checkpointed with it
+    let mut ema = gradspo
+        .map(|g| Ema::attach(&lora_vars, g.ema_decay))
+        .transpose()?;
+    let name = if gradspo.is_some() { "gradspo" } else { "spo" };
     let models = Models {
         unet: &unet,
         ddim: &ddim,
@@ -169,7 +186,7 @@ fn run(cx: &mut StageContext) -> Result<()> {
     let rounds = p.rounds;
     let mut tr: Trainer<Vec<RoundLog>> = Trainer::start(
         cx,
-        "spo",
+        name,
         rounds,
         p.checkpoint_every,
         seed,
@@ -186,9 +203,15 @@ fn run(cx: &mut StageContext) -> Result<()> {
             .collect();
         let rng = &mut tr.rng;
         let ((pairs, stats), (loss, ratios)) = on_cores(cx.threads(), || {
+            if let Some(ema) = ema.as_mut() {
+                ema.swap_in()?;
+            }
             let sampled = rollout(&models, &cfg, &prompts, rng)?;
+            if let Some(ema) = ema.as_mut() {
+                ema.swap_out()?;
+            }
             // ---- training ----
-            let trained = train_round(&models, &cfg, &sampled.0, &mut opt, rng)?;
+            let trained = train_round(&models, &cfg, &sampled.0, &mut opt, ema.as_ref(), rng)?;
             Ok((sampled, trained))
         })?;
         tr.extra.push(RoundLog {
@@ -204,7 +227,7 @@ fn run(cx: &mut StageContext) -> Result<()> {
         tr.record(loss.unwrap_or(std::f64::consts::LN_2), &lora_vars, &opt)?;
     }
     let log = std::mem::take(&mut tr.extra);
-    tr.finish(cx, "spo")?;
+    tr.finish(cx, name)?;
     write_rounds(cx, &log)?;
     if let Some(last) = log.last() {
         cx.metric(
@@ -239,6 +262,7 @@ struct Settings {
     cfg: f64,
     train_batch: usize,
     epochs: usize,
+    gradspo: Option<GradSpo>,
 }
 
 struct Models<'a> {
@@ -259,6 +283,8 @@ struct Pair {
     x_w: Tensor,
     x_l: Tensor,
     prompt: String,
+    /// GradSPO's noise targets `(ε*_w, ε*_l)` for the shared x_t.
+    targets: Option<(Tensor, Tensor)>,
 }
 
 #[derive(Default, Clone, serde::Serialize, serde::Deserialize)]
@@ -287,9 +313,35 @@ struct RolloutStats {
 struct Pool {
     cands: Tensor,
     history: Vec<(Tensor, usize, Tensor)>,
+    /// The rollout policy's ε at the branch point and each candidate's sampling noise `z`
+    /// (`(b, …)` each), for GradSPO's targets.
+    eps: Tensor,
+    noises: Vec<Tensor>,
 }
 
 impl Models<'_> {
+    /// GradSPO's targets for prompt `i`'s pair `(win, lose)` of `pool` (branched at one t):
+    /// the rollout policy's ε moved by ∓ s·√(1 − ᾱ_t)·(z_win − z_lose)/2.
+    fn gradspo_targets(
+        &self,
+        pool: &Pool,
+        i: usize,
+        (win, lose): (usize, usize),
+        g: GradSpo,
+    ) -> Result<(Tensor, Tensor)> {
+        let t = pool.history[0].1;
+        let row = |x: &Tensor| x.narrow(0, i, 1);
+        let abar = self.ddim.schedule().alphas_cumprod()[t];
+        let scale = Tensor::new(&[(1.0 - abar).sqrt() as f32], self.dev)?;
+        Ok(spo_methods::gradspo::targets(
+            &row(&pool.eps)?,
+            &row(&pool.noises[win])?,
+            &row(&pool.noises[lose])?,
+            &scale,
+            g.grad_scale,
+        )?)
+    }
+
     /// The policy's guided ε during the rollout, detached: sampling records no graph.
     fn eps(&self, x: &Tensor, t: usize, prompts: &Conditioning, cfg: f64) -> Result<Tensor> {
         let ts = vec![t; x.dim(0)?];
@@ -366,17 +418,20 @@ fn rollout(
         let ts = vec![t; b];
         if (s.lo..=s.hi).contains(&t) {
             let tr = m.ddim.transition(&eps, &ts, &xb)?;
-            let children: Vec<Tensor> = (0..s.k)
-                .map(|_| -> Result<Tensor> {
-                    let z = rng.normal(xb.shape(), 0.0, 1.0, DType::F32, m.dev)?;
-                    Ok(tr.sample(&z)?)
-                })
+            let noises: Vec<Tensor> = (0..s.k)
+                .map(|_| rng.normal(xb.shape(), 0.0, 1.0, DType::F32, m.dev))
+                .collect::<Result<_, _>>()?;
+            let children: Vec<Tensor> = noises
+                .iter()
+                .map(|z| tr.sample(z))
                 .collect::<Result<_, _>>()?;
             let cands = Tensor::cat(&children, 0)?;
             let parents = Tensor::cat(&vec![xb.clone(); s.k], 0)?;
             pool = Some(Pool {
                 cands: cands.clone(),
                 history: vec![(parents, t, cands)],
+                eps: eps.clone(),
+                noises,
             });
         } else {
             let z = rng.normal(xb.shape(), 0.0, 1.0, DType::F32, m.dev)?;
@@ -437,6 +492,10 @@ fn judge(
         let picked = s.selection.pick(&sc, rng);
         if let Some((win, lose)) = picked.pair {
             tally.valid += 1;
+            let targets = match s.gradspo {
+                Some(g) => Some(m.gradspo_targets(pool, i, (win, lose), g)?),
+                None => None,
+            };
             for (xt, t, xn) in &pool.history {
                 let row =
                     |c: usize, tensor: &Tensor| tensor.i(c * b + i).and_then(|r| r.unsqueeze(0));
@@ -447,6 +506,7 @@ fn judge(
                     x_w: row(win, xn)?,
                     x_l: row(lose, xn)?,
                     prompt: texts[i].to_owned(),
+                    targets: targets.clone(),
                 });
             }
         }
@@ -462,6 +522,7 @@ fn train_round(
     s: &Settings,
     pairs: &[Pair],
     opt: &mut AdamW,
+    ema: Option<&Ema>,
     rng: &mut SeededRng,
 ) -> Result<(Option<f64>, (f64, f64))> {
     if pairs.is_empty() {
@@ -494,13 +555,36 @@ fn train_round(
             .collect();
         // log-probabilities of the stored x_{t−1} under the policy and the frozen reference
         let prompts = m.text.conditioning(&texts, m.dev)?;
+        // GradSPO scores a transition by −MSE(ε_θ, ε*) instead of its log-probability
+        let targets = match s.gradspo {
+            Some(_) => {
+                let side = |w: bool| -> Result<Tensor> {
+                    let parts: Vec<Tensor> = chunk
+                        .iter()
+                        .map(|&i| {
+                            let (tw, tl) = pairs[i].targets.as_ref().ok_or_else(|| {
+                                StageError::Failed("a GradSPO pair without targets".into())
+                            })?;
+                            Ok(if w { tw.clone() } else { tl.clone() })
+                        })
+                        .collect::<Result<_>>()?;
+                    Ok(Tensor::cat(&parts, 0)?)
+                };
+                Some(Tensor::cat(&[side(true)?, side(false)?], 0)?)
+            }
+            None => None,
+        };
         let logp = |lora: bool| -> Result<Tensor> {
             m.unet.set_lora_enabled(lora);
             let eps = prompts.guided_eps(m.unet, &xt, &ts, s.cfg)?;
             let eps = if lora { eps } else { eps.detach() };
-            Ok(m.ddim
-                .transition(&eps, &ts, &xt)
-                .and_then(|tr| tr.log_prob(&xn))?)
+            Ok(match &targets {
+                Some(targets) => spo_methods::gradspo::score(&eps, targets)?,
+                None => m
+                    .ddim
+                    .transition(&eps, &ts, &xt)
+                    .and_then(|tr| tr.log_prob(&xn))?,
+            })
         };
         let lp_ref = logp(false)?;
         let lp = logp(true)?;
@@ -512,6 +596,9 @@ fn train_round(
         } = s.loss.ordered_pairs(&lp, &lp_ref)?;
         let grads = loss.backward()?;
         opt.step(&grads)?;
+        if let Some(ema) = ema {
+            ema.update()?;
+        }
         let mean = |t: &Tensor| {
             t.mean_all()
                 .and_then(|v| v.to_scalar::<f32>())
