@@ -14,7 +14,7 @@ use spo_nn::{AdamW, SeededRng};
 use crate::checkpoint::ExactF64;
 use crate::error::{At, Result};
 use crate::inworld::{Conditioning, on_cores};
-use crate::online::{self, Chains, Policy, Setup};
+use crate::online::{self, Chains, Policy};
 use crate::training::Trainer;
 use crate::worlddata::Prompt;
 
@@ -161,22 +161,8 @@ fn train_round(
 fn run(cx: &mut StageContext) -> Result<()> {
     let p = D3poParams::from_params(cx.params())?;
     let seed = cx.seed().unwrap_or(0);
-    let Setup {
-        world,
-        text,
-        reward,
-        unet,
-        mut lora_vars,
-        mut opt,
-        ddim,
-        dev,
-    } = online::setup(cx, p.rank, seed, p.lr, p.steps, p.eta)?;
-    let models = Policy {
-        unet: &unet,
-        ddim: &ddim,
-        reward: &reward,
-        dev: &dev,
-    };
+    let (o, mut lora_vars, mut opt) = online::setup(cx, p.rank, seed, p.lr, p.steps, p.eta)?;
+    let models = o.policy();
     // per round: (reward mean, tie share), kept exactly across a resume
     let mut tr: Trainer<Vec<(ExactF64, ExactF64)>> = Trainer::start(
         cx,
@@ -190,15 +176,15 @@ fn run(cx: &mut StageContext) -> Result<()> {
     while tr.step < p.rounds {
         let prompts: Vec<&Prompt> = tr
             .rng
-            .indices(p.prompts, world.train.len())
+            .indices(p.prompts, o.world.train.len())
             .into_iter()
-            .map(|i| &world.train[i])
+            .map(|i| &o.world.train[i])
             .collect();
         let rng = &mut tr.rng;
         let (loss, reward_mean, ties) = on_cores(cx.threads(), || {
             let texts: Vec<&str> = prompts.iter().map(|p| p.text.as_str()).collect();
             let both = [texts.as_slice(), texts.as_slice()].concat();
-            let cond = text.conditioning(&both, &dev)?;
+            let cond = o.text.conditioning(&both, &o.dev)?;
             let r = rollout(&models, &p, &cond, &both, rng)?;
             let loss = train_round(&models, &p, &cond, &r, &mut opt, rng)?;
             let ties = r.labels.iter().filter(|l| l.0 == 0.0).count() as f64;
@@ -218,7 +204,7 @@ fn run(cx: &mut StageContext) -> Result<()> {
         );
     }
     let path = cx.out_dir().join("lora.safetensors");
-    unet.save_lora(&path).at(&path)?;
+    o.unet.save_lora(&path).at(&path)?;
     Ok(())
 }
 

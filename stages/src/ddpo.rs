@@ -16,7 +16,7 @@ use spo_nn::{AdamW, SeededRng};
 use crate::checkpoint::ExactF64;
 use crate::error::{At, Result};
 use crate::inworld::{Conditioning, on_cores};
-use crate::online::{self, Chains, Policy, Setup};
+use crate::online::{self, Chains, Policy};
 use crate::training::Trainer;
 
 spo_core::stage_params! {
@@ -131,22 +131,8 @@ fn train_round(
 fn run(cx: &mut StageContext) -> Result<()> {
     let p = DdpoParams::from_params(cx.params())?;
     let seed = cx.seed().unwrap_or(0);
-    let Setup {
-        world,
-        text,
-        reward,
-        unet,
-        mut lora_vars,
-        mut opt,
-        ddim,
-        dev,
-    } = online::setup(cx, p.rank, seed, p.lr, p.steps, p.eta)?;
-    let policy = Policy {
-        unet: &unet,
-        ddim: &ddim,
-        reward: &reward,
-        dev: &dev,
-    };
+    let (o, mut lora_vars, mut opt) = online::setup(cx, p.rank, seed, p.lr, p.steps, p.eta)?;
+    let policy = o.policy();
     let mut tr: Trainer<DdpoState> = Trainer::start(
         cx,
         "ddpo",
@@ -167,15 +153,15 @@ fn run(cx: &mut StageContext) -> Result<()> {
     while tr.step < p.rounds {
         let texts: Vec<&str> = tr
             .rng
-            .indices(p.prompts, world.train.len())
+            .indices(p.prompts, o.world.train.len())
             .into_iter()
-            .flat_map(|i| std::iter::repeat_n(world.train[i].text.as_str(), p.per_prompt))
+            .flat_map(|i| std::iter::repeat_n(o.world.train[i].text.as_str(), p.per_prompt))
             .collect();
         let rng = &mut tr.rng;
         let (loss, reward_mean) = on_cores(cx.threads(), || {
-            let cond = text.conditioning(&texts, &dev)?;
-            let size = unet.config().sample_size.unwrap_or(32);
-            let x_t = rng.normal((texts.len(), 3, size, size), 0.0, 1.0, DType::F32, &dev)?;
+            let cond = o.text.conditioning(&texts, &o.dev)?;
+            let size = o.unet.config().sample_size.unwrap_or(32);
+            let x_t = rng.normal((texts.len(), 3, size, size), 0.0, 1.0, DType::F32, &o.dev)?;
             let chains = policy.roll_out(&cond, x_t, p.cfg, rng)?;
             let rewards = policy.rewards(&chains.images, &texts)?;
             let advantages = stats.advantages(&texts, &rewards);
@@ -196,6 +182,6 @@ fn run(cx: &mut StageContext) -> Result<()> {
         cx.metric("reward_last_round", last.0);
     }
     let path = cx.out_dir().join("lora.safetensors");
-    unet.save_lora(&path).at(&path)?;
+    o.unet.save_lora(&path).at(&path)?;
     Ok(())
 }

@@ -17,22 +17,33 @@ use crate::score::pickscores;
 use crate::tensors::tensor_to_images;
 use crate::worlddata::WorldData;
 
-/// What an online method's cell starts from: its inputs loaded, a fresh LoRA policy with its
-/// optimizer, and the sampler.
-pub(crate) struct Setup {
+/// What an online method's cell samples and rewards with: its inputs loaded, the LoRA policy's
+/// model and the sampler.
+pub(crate) struct Online {
     pub world: WorldData,
     pub text: InWorldClip,
     pub reward: WorldClip,
     pub unet: UNet2DConditionModel,
-    pub lora_vars: VarMap,
-    pub opt: AdamW,
     pub ddim: Ddim,
     pub dev: Device,
 }
 
+impl Online {
+    /// The models as the rollout and training helpers take them.
+    pub fn policy(&self) -> Policy<'_> {
+        Policy {
+            unet: &self.unet,
+            ddim: &self.ddim,
+            reward: &self.reward,
+            dev: &self.dev,
+        }
+    }
+}
+
 /// Loads an online method's inputs (world, clip-pretrain, base-pretrain, pickscore-train) and
 /// builds its LoRA policy (rank, seed, learning rate; weight decay 1e-4, as SPO's) and a DDIM
-/// sampler of `steps` steps and stochasticity `eta`.
+/// sampler of `steps` steps and stochasticity `eta`; the adapters' var map and their optimizer
+/// come apart, for the trainer to checkpoint.
 pub(crate) fn setup(
     cx: &StageContext,
     rank: usize,
@@ -40,7 +51,7 @@ pub(crate) fn setup(
     lr: f64,
     steps: usize,
     eta: f64,
-) -> Result<Setup> {
+) -> Result<(Online, VarMap, AdamW)> {
     let dev = device();
     let world = WorldData::load(cx.input_of_kind("world")?)?;
     let text = InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?;
@@ -54,16 +65,15 @@ pub(crate) fn setup(
         &dev,
     )?;
     let ddim = Ddim::new(NoiseSchedule::new(SchedulerConfig::sd15())?, steps, eta)?;
-    Ok(Setup {
+    let online = Online {
         world,
         text,
         reward,
         unet,
-        lora_vars,
-        opt,
         ddim,
         dev,
-    })
+    };
+    Ok((online, lora_vars, opt))
 }
 
 /// The models an online method samples, rewards and trains with.
