@@ -163,13 +163,7 @@ impl Store {
         }
         let rows = index::take_merged_rows(&self.index_dir(), &moved)?;
         if !rows.is_empty() {
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
-            let to = self
-                .root()
-                .join("quarantine")
-                .join(format!("{nanos}.merged-index-rows.parquet"));
+            let to = self.quarantine_path("merged-index-rows.parquet");
             index::write_rows(&to, &rows)?;
             out.quarantined
                 .push((format!("{} index rows in merged files", rows.len()), to));
@@ -188,15 +182,19 @@ impl Store {
 
     /// Moves `path` to `runs/quarantine/<unix nanos>.<name>`.
     pub(crate) fn quarantine(&self, path: &Path) -> Result<PathBuf, Error> {
+        let to = self.quarantine_path(&file_name(path));
+        fs::rename(path, &to).map_err(|e| Error::io(path, e))?;
+        Ok(to)
+    }
+
+    /// `runs/quarantine/<unix nanos>.<name>`: where something named `name` is put aside.
+    fn quarantine_path(&self, name: &str) -> PathBuf {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let to = self
-            .root()
+        self.root()
             .join("quarantine")
-            .join(format!("{nanos}.{}", file_name(path)));
-        fs::rename(path, &to).map_err(|e| Error::io(path, e))?;
-        Ok(to)
+            .join(format!("{nanos}.{name}"))
     }
 }
 
