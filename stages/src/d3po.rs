@@ -122,15 +122,8 @@ fn train_round(
         beta: p.beta,
         clip_eps: p.clip_eps,
     };
-    // (step index, prompt index) of every transition pair
-    let all: Vec<(usize, usize)> = (0..r.chains.steps.len())
-        .flat_map(|s| (0..b).map(move |i| (s, i)))
-        .collect();
-    let order: Vec<(usize, usize)> = rng
-        .permutation(all.len())
-        .into_iter()
-        .map(|k| all[k])
-        .collect();
+    // (step index, prompt index) of every transition pair: chain a's, whose twin is b + i
+    let order = r.chains.shuffled(b, rng);
     let (mut sum, mut n) = (0.0, 0usize);
     for chunk in order.chunks(p.train_batch) {
         let c = chunk.len();

@@ -99,24 +99,12 @@ fn train_round(
         clip_range: p.clip_range,
         adv_clip_max: p.adv_clip_max,
     };
-    let n = advantages.len();
-    let all: Vec<(usize, usize)> = (0..chains.steps.len())
-        .flat_map(|s| (0..n).map(move |i| (s, i)))
-        .collect();
-    let order: Vec<(usize, usize)> = rng
-        .permutation(all.len())
-        .into_iter()
-        .map(|k| all[k])
-        .collect();
+    let order = chains.shuffled(advantages.len(), rng);
     let (mut sum, mut count) = (0.0, 0usize);
     for chunk in order.chunks(p.train_batch) {
         let c = chunk.len();
         let lp = m.log_probs(cond, chains, chunk, p.cfg, true)?;
-        let sampled: Vec<Tensor> = chunk
-            .iter()
-            .map(|&(s, i)| chains.steps[s].logp.narrow(0, i, 1))
-            .collect::<candle_core::Result<_>>()?;
-        let sampled = Tensor::cat(&sampled, 0)?;
+        let sampled = chains.gather(chunk, |s| &s.logp)?;
         let adv: Vec<f32> = chunk.iter().map(|&(_, i)| advantages[i] as f32).collect();
         let adv = Tensor::from_vec(adv, c, m.dev)?;
         let loss = ppo.loss(&lp, &sampled, &adv)?;

@@ -99,6 +99,29 @@ pub(crate) struct Chains {
     pub images: Vec<RgbImage>,
 }
 
+impl Chains {
+    /// Every transition `(step index, chain index)` of the first `chains` chains, in a random
+    /// order drawn from `rng`: the order a round trains them in.
+    pub fn shuffled(&self, chains: usize, rng: &mut SeededRng) -> Vec<(usize, usize)> {
+        let all: Vec<(usize, usize)> = (0..self.steps.len())
+            .flat_map(|s| (0..chains).map(move |i| (s, i)))
+            .collect();
+        rng.permutation(all.len())
+            .into_iter()
+            .map(|k| all[k])
+            .collect()
+    }
+
+    /// The recorded tensor `which` of the transitions `rows`, one row each, stacked.
+    pub fn gather(&self, rows: &[(usize, usize)], which: fn(&Step) -> &Tensor) -> Result<Tensor> {
+        let parts: Vec<Tensor> = rows
+            .iter()
+            .map(|&(s, i)| which(&self.steps[s]).narrow(0, i, 1))
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+}
+
 impl Policy<'_> {
     /// Rolls the chains starting at `x_t` (one row per entry of `cond`) out to clean images,
     /// drawing each step's noise from `rng`.
@@ -145,14 +168,10 @@ impl Policy<'_> {
         cfg: f64,
         lora: bool,
     ) -> Result<Tensor> {
-        let pick = |which: fn(&Step) -> &Tensor| -> Result<Tensor> {
-            let parts: Vec<Tensor> = rows
-                .iter()
-                .map(|&(s, i)| which(&chains.steps[s]).narrow(0, i, 1))
-                .collect::<candle_core::Result<_>>()?;
-            Ok(Tensor::cat(&parts, 0)?)
-        };
-        let (x, next) = (pick(|s| &s.x)?, pick(|s| &s.next)?);
+        let (x, next) = (
+            chains.gather(rows, |s| &s.x)?,
+            chains.gather(rows, |s| &s.next)?,
+        );
         let ts: Vec<usize> = rows.iter().map(|&(s, _)| chains.steps[s].t).collect();
         let idx: Vec<u32> = rows.iter().map(|&(_, i)| i as u32).collect();
         let ctx = cond.select(&Tensor::from_vec(idx, rows.len(), self.dev)?)?;
