@@ -6,7 +6,7 @@ use crate::config::Pipeline;
 use crate::index::IndexRow;
 use crate::plan::{Plan, PlanError, parse_selector};
 use crate::registry::Registry;
-use crate::stats::{Summary, bootstrap_diff_ci, summarize};
+use crate::stats::{Summary, delta_ci, summarize};
 
 /// One side of a diff: the latest committed run of each seed of one cell.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -153,20 +153,8 @@ pub fn diff(a: Side, b: Side) -> Diff {
                 b.metrics.get(m).map_or(&[][..], Vec::as_slice),
             );
             let values = |p: &[(Option<u64>, f64)]| p.iter().map(|(_, v)| *v).collect::<Vec<f64>>();
-            let (xa, xb) = (values(pa), values(pb));
-            let (sa, sb) = (summarize(&xa), summarize(&xb));
-            let seeds =
-                |p: &[(Option<u64>, f64)]| p.iter().map(|(s, _)| *s).collect::<BTreeSet<_>>();
-            let paired = pa.len() > 1 && seeds(pa) == seeds(pb) && seeds(pa).len() == pa.len();
-            let ci95 = if paired {
-                let d: Vec<f64> = pb
-                    .iter()
-                    .filter_map(|(s, vb)| pa.iter().find(|(sa, _)| sa == s).map(|(_, va)| vb - va))
-                    .collect();
-                bootstrap_diff_ci(&vec![0.0; d.len()], &d, 2000)
-            } else {
-                bootstrap_diff_ci(&xa, &xb, 2000)
-            };
+            let (sa, sb) = (summarize(&values(pa)), summarize(&values(pb)));
+            let (ci95, paired) = delta_ci(pa, pb);
             MetricDiff {
                 metric: m.clone(),
                 a: sa,

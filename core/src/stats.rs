@@ -1,5 +1,7 @@
 //! Summaries over seeds: mean ± standard deviation and a bootstrap confidence interval.
 
+use std::collections::BTreeSet;
+
 /// Mean, sample standard deviation (n − 1; 0 for one value) and count.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Summary {
@@ -40,6 +42,23 @@ pub fn bootstrap_diff_ci(a: &[f64], b: &[f64], rounds: usize) -> Option<(f64, f6
     diffs.sort_by(f64::total_cmp);
     let at = |q: f64| diffs[((q * (rounds - 1) as f64).round() as usize).min(rounds - 1)];
     Some((at(0.025), at(0.975)))
+}
+
+/// A 95% bootstrap interval of mean(b) − mean(a) over per-seed values, and whether it pairs the
+/// sides seed by seed (they have the same seeds, each once, and more than one).
+pub fn delta_ci(a: &[(Option<u64>, f64)], b: &[(Option<u64>, f64)]) -> (Option<(f64, f64)>, bool) {
+    let seeds = |p: &[(Option<u64>, f64)]| p.iter().map(|(s, _)| *s).collect::<BTreeSet<_>>();
+    let paired = a.len() > 1 && seeds(a) == seeds(b) && seeds(a).len() == a.len();
+    if paired {
+        let d: Vec<f64> = b
+            .iter()
+            .filter_map(|(s, vb)| a.iter().find(|(sa, _)| sa == s).map(|(_, va)| vb - va))
+            .collect();
+        (bootstrap_diff_ci(&vec![0.0; d.len()], &d, 2000), true)
+    } else {
+        let values = |p: &[(Option<u64>, f64)]| p.iter().map(|(_, v)| *v).collect::<Vec<f64>>();
+        (bootstrap_diff_ci(&values(a), &values(b), 2000), false)
+    }
 }
 
 /// A small deterministic RNG (SplitMix64) for resampling.

@@ -17,6 +17,7 @@
 //! commit fsyncs every file and directory, whatever wrote them, and sets their modes). A killed
 //! or failed attempt commits nothing; locks are released by the OS when their holders die.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -196,6 +197,23 @@ impl Store {
             }
         }
         Ok(removed)
+    }
+
+    /// Keys being computed now: those with a staging directory made by a process that is still
+    /// alive (read from names and `/proc`; no lock is taken, so no run is disturbed).
+    pub fn computing(&self) -> Result<BTreeSet<String>, Error> {
+        let dir = self.root.join("staging");
+        let mut keys = BTreeSet::new();
+        for entry in fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+            let name = entry.map_err(|e| Error::io(&dir, e))?.file_name();
+            let mut parts = name.to_str().unwrap_or_default().split('.');
+            if let (Some(key), Some(pid)) = (parts.next(), parts.next())
+                && Path::new("/proc").join(pid).exists()
+            {
+                keys.insert(key.to_owned());
+            }
+        }
+        Ok(keys)
     }
 
     /// Records `pointer` as the last committed run in `slot` (a cell's place in the pipeline:

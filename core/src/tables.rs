@@ -28,26 +28,137 @@ pub struct Rendered {
     pub command: String,
 }
 
-struct Row {
-    label: String,
+/// One row of a table: its cells' latest runs and their metrics per seed.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub label: String,
+    /// The stage whose metrics fill the row.
+    pub stage: String,
+    /// (seed, key) of the latest committed run of each of the row's cells.
+    pub runs: Vec<(Option<u64>, String)>,
+    /// metric → (seed, value) per committed run.
+    pub per_seed: BTreeMap<String, Vec<(Option<u64>, f64)>>,
     /// metric → summary over seeds.
-    values: BTreeMap<String, Summary>,
+    pub values: BTreeMap<String, Summary>,
 }
 
-/// Renders `table` from the index `rows` (latest run per cell and seed).
-pub fn render(
+/// A table's numbers, before formatting.
+#[derive(Debug, Clone)]
+pub struct TableData {
+    pub rows: Vec<Row>,
+    /// metric → the best row mean (the lowest where lower is better).
+    pub best: BTreeMap<String, f64>,
+    /// Cells (label#seed) with no committed run.
+    pub missing: Vec<String>,
+    /// The command that computes the missing cells.
+    pub command: String,
+    /// What a cell's value summarises, e.g. "mean ± std over 3 seeds".
+    pub runs_note: String,
+}
+
+impl TableData {
+    /// Whether `row`'s value of `metric` is the column's best.
+    pub fn is_best(&self, metric: &str, row: &Row) -> bool {
+        matches!(
+            (self.best.get(metric), row.values.get(metric)),
+            (Some(b), Some(s)) if *b == s.mean
+        )
+    }
+}
+
+/// Collects `table`'s rows from the index `rows` (latest run per cell and seed).
+pub fn compute(
     pipe: &Pipeline,
     registry: &Registry,
     table: &TableDef,
     index: &[IndexRow],
-    format: Format,
-) -> Result<Rendered, PlanError> {
+) -> Result<TableData, PlanError> {
     let plan = Plan::build(pipe, registry, std::slice::from_ref(&table.name))?;
     let mut latest: BTreeMap<(&str, Option<u64>), &IndexRow> = BTreeMap::new();
     for r in index {
         latest.insert((r.cell.as_str(), r.seed), r);
     }
-    let specs: Vec<(String, String, Variant)> = match &table.rows {
+    let specs = rows_of(pipe, registry, table)?;
+    let mut missing = Vec::new();
+    let mut rows = Vec::new();
+    for (label, stage, variant) in specs {
+        let mut per_seed: BTreeMap<String, Vec<(Option<u64>, f64)>> = BTreeMap::new();
+        let mut runs = Vec::new();
+        for node in plan.find(pipe, &stage, &variant) {
+            match latest.get(&(node.cell.as_str(), node.seed)) {
+                Some(r) => {
+                    runs.push((r.seed, r.key.clone()));
+                    for m in &table.metrics {
+                        if let Some(v) = r.metrics.get(m) {
+                            per_seed.entry(m.clone()).or_default().push((r.seed, *v));
+                        }
+                    }
+                }
+                None => missing.push(node.display()),
+            }
+        }
+        let values = per_seed
+            .iter()
+            .filter_map(|(m, xs)| {
+                let xs: Vec<f64> = xs.iter().map(|(_, v)| *v).collect();
+                summarize(&xs).map(|s| (m.clone(), s))
+            })
+            .collect();
+        rows.push(Row {
+            label,
+            stage,
+            runs,
+            per_seed,
+            values,
+        });
+    }
+    let best = table
+        .metrics
+        .iter()
+        .filter_map(|m| {
+            let lower = table.lower_is_better.contains(m);
+            let means = rows.iter().filter_map(|r| r.values.get(m).map(|s| s.mean));
+            let b = if lower {
+                means.min_by(f64::total_cmp)
+            } else {
+                means.max_by(f64::total_cmp)
+            };
+            b.map(|b| (m.clone(), b))
+        })
+        .collect();
+    Ok(TableData {
+        runs_note: runs_note(&rows),
+        rows,
+        best,
+        missing,
+        command: format!("spo-pipe run {}", table.name),
+    })
+}
+
+/// The tables of `pipe` whose every cell is in `plan`: those its targets compute.
+pub fn computed_by<'p>(
+    pipe: &'p Pipeline,
+    registry: &Registry,
+    plan: &Plan,
+) -> Result<Vec<&'p TableDef>, PlanError> {
+    let mut out = Vec::new();
+    for t in &pipe.tables {
+        let tp = Plan::build(pipe, registry, std::slice::from_ref(&t.name))?;
+        if tp.nodes.iter().all(|n| plan.get(&n.cell, n.seed).is_some()) {
+            out.push(t);
+        }
+    }
+    Ok(out)
+}
+
+/// Each row of `table`: its label, the stage whose metrics fill it, and the sweep overrides
+/// that pick its cells.
+pub fn rows_of(
+    pipe: &Pipeline,
+    registry: &Registry,
+    table: &TableDef,
+) -> Result<Vec<(String, String, Variant)>, PlanError> {
+    Ok(match &table.rows {
         Rows::Sweep(s) => {
             let sweep = pipe.sweep(s).ok_or_else(|| PlanError {
                 message: format!("no sweep `{s}`"),
@@ -74,55 +185,27 @@ pub fn render(
                 parse_selector(pipe, registry, sel).map(|(stage, v)| (label.clone(), stage, v))
             })
             .collect::<Result<_, _>>()?,
-    };
-    let mut missing = Vec::new();
-    let mut out_rows = Vec::new();
-    for (label, stage, variant) in specs {
-        let mut per_metric: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-        for node in plan.find(pipe, &stage, &variant) {
-            match latest.get(&(node.cell.as_str(), node.seed)) {
-                Some(r) => {
-                    for m in &table.metrics {
-                        if let Some(v) = r.metrics.get(m) {
-                            per_metric.entry(m.clone()).or_default().push(*v);
-                        }
-                    }
-                }
-                None => missing.push(node.display()),
-            }
-        }
-        let values = per_metric
-            .iter()
-            .filter_map(|(m, xs)| summarize(xs).map(|s| (m.clone(), s)))
-            .collect();
-        out_rows.push(Row { label, values });
-    }
-    let best: BTreeMap<&str, f64> = table
-        .metrics
-        .iter()
-        .filter_map(|m| {
-            let lower = table.lower_is_better.contains(m);
-            let means = out_rows
-                .iter()
-                .filter_map(|r| r.values.get(m).map(|s| s.mean));
-            let b = if lower {
-                means.min_by(f64::total_cmp)
-            } else {
-                means.max_by(f64::total_cmp)
-            };
-            b.map(|b| (m.as_str(), b))
-        })
-        .collect();
-    let runs = runs_note(&out_rows);
+    })
+}
+
+/// Renders `table` from the index `rows` (latest run per cell and seed).
+pub fn render(
+    pipe: &Pipeline,
+    registry: &Registry,
+    table: &TableDef,
+    index: &[IndexRow],
+    format: Format,
+) -> Result<Rendered, PlanError> {
+    let d = compute(pipe, registry, table, index)?;
     let text = match format {
-        Format::Md => markdown(table, &out_rows, &best, &runs),
-        Format::Latex => latex(table, &out_rows, &best, &runs),
-        Format::Csv => csv(table, &out_rows),
+        Format::Md => markdown(table, &d),
+        Format::Latex => latex(table, &d),
+        Format::Csv => csv(table, &d.rows),
     };
     Ok(Rendered {
         text,
-        missing,
-        command: format!("spo-pipe run {}", table.name),
+        missing: d.missing,
+        command: d.command,
     })
 }
 
@@ -132,10 +215,6 @@ fn cell(s: Option<&Summary>, digits: usize, pm: &str) -> String {
         Some(s) => format!("{:.*}", digits, s.mean),
         None => "—".into(),
     }
-}
-
-fn is_best(best: &BTreeMap<&str, f64>, m: &str, s: Option<&Summary>) -> bool {
-    matches!((best.get(m), s), (Some(b), Some(s)) if *b == s.mean)
 }
 
 /// What a cell's value summarises, from the runs behind the cells: an unseeded stage's row is
@@ -154,21 +233,21 @@ fn runs_note(rows: &[Row]) -> String {
     }
 }
 
-fn markdown(t: &TableDef, rows: &[Row], best: &BTreeMap<&str, f64>, runs: &str) -> String {
+fn markdown(t: &TableDef, d: &TableData) -> String {
     let mut s = format!(
         "**{}**\n\n| | {} |\n|---|{}\n",
         t.title,
         t.metrics.join(" | "),
         "---:|".repeat(t.metrics.len())
     );
-    for r in rows {
+    for r in &d.rows {
         let cells: Vec<String> = t
             .metrics
             .iter()
             .map(|m| {
                 let v = r.values.get(m);
                 let c = cell(v, t.digits, " ± ");
-                if is_best(best, m, v) {
+                if d.is_best(m, r) {
                     format!("**{c}**")
                 } else {
                     c
@@ -177,7 +256,7 @@ fn markdown(t: &TableDef, rows: &[Row], best: &BTreeMap<&str, f64>, runs: &str) 
             .collect();
         let _ = writeln!(s, "| {} | {} |", r.label, cells.join(" | "));
     }
-    let _ = write!(s, "\n{runs}; best in bold{}.\n", lower_note(t));
+    let _ = write!(s, "\n{}; best in bold{}.\n", d.runs_note, lower_note(t));
     s
 }
 
@@ -205,11 +284,11 @@ fn latex_escape(s: &str) -> String {
         .replace('$', "\\$")
 }
 
-fn latex(t: &TableDef, rows: &[Row], best: &BTreeMap<&str, f64>, runs: &str) -> String {
+fn latex(t: &TableDef, d: &TableData) -> String {
     let mut s = format!(
         "% {}: {}{}\n\\begin{{tabular}}{{l{}}}\n\\toprule\n & {} \\\\\n\\midrule\n",
         latex_escape(&t.title),
-        runs,
+        d.runs_note,
         lower_note(t),
         "r".repeat(t.metrics.len()),
         t.metrics
@@ -218,14 +297,14 @@ fn latex(t: &TableDef, rows: &[Row], best: &BTreeMap<&str, f64>, runs: &str) -> 
             .collect::<Vec<_>>()
             .join(" & ")
     );
-    for r in rows {
+    for r in &d.rows {
         let cells: Vec<String> = t
             .metrics
             .iter()
             .map(|m| {
                 let v = r.values.get(m);
                 let c = cell(v, t.digits, " $\\pm$ ").replace('—', "--");
-                if is_best(best, m, v) {
+                if d.is_best(m, r) {
                     format!("\\textbf{{{c}}}")
                 } else {
                     c
@@ -274,6 +353,9 @@ mod tests {
     fn row(ns: &[usize]) -> Row {
         Row {
             label: "r".into(),
+            stage: "s".into(),
+            runs: Vec::new(),
+            per_seed: BTreeMap::new(),
             values: ns
                 .iter()
                 .enumerate()
