@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
+# The report's browser test needs headless Chromium; installs it where it can, else that test skips.
+bash scripts/install-browser.sh
 cargo test --release --locked --workspace "$@"

@@ -51,6 +51,9 @@ pub enum Command {
         /// After a failure, go on with everything that does not depend on it.
         #[arg(long, short)]
         keep_going: bool,
+        /// Do not print the targets' tables and write the report at the end.
+        #[arg(long)]
+        no_report: bool,
     },
     /// Each cell of the targets: cached, stale (and what changed) or missing.
     Status {
@@ -115,6 +118,26 @@ pub enum Command {
         b: String,
         #[arg(long)]
         json: bool,
+        /// Also write the comparison as one self-contained HTML page.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+    },
+    /// The experiment as a static web page: tables, samples, curves, sweeps, every cell.
+    Report {
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// Where to write it (default: `report/` beside the store); replaces a previous report.
+        #[arg(long, short, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Serve it on localhost instead, rebuilt as a run progresses.
+        #[arg(long)]
+        serve: bool,
+        /// The port for --serve (0: any free port).
+        #[arg(long, default_value_t = 8000)]
+        port: u16,
+        /// Prompts per table on the samples page.
+        #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u64).range(1..))]
+        prompts: u64,
     },
     /// The stage kinds this binary knows, with their params.
     Kinds,

@@ -25,17 +25,21 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             jobs,
             dry_run,
             keep_going,
+            no_report,
         } => cmd_run(
             &load(pipe_file, store, set)?,
             &plan.targets,
-            jobs.map_or_else(
-                || std::thread::available_parallelism().map_or(1, |n| n.get()),
-                |j| usize::try_from(j).unwrap_or(usize::MAX),
-            ),
-            dry_run,
-            keep_going,
-            cli.quiet,
-            cli.verbose,
+            &RunFlags {
+                jobs: jobs.map_or_else(
+                    || std::thread::available_parallelism().map_or(1, |n| n.get()),
+                    |j| usize::try_from(j).unwrap_or(usize::MAX),
+                ),
+                dry_run,
+                keep_going,
+                report: !no_report,
+                quiet: cli.quiet,
+                verbose: cli.verbose,
+            },
         ),
         Command::Status { plan, json } => {
             cmd_status(&load(pipe_file, store, set)?, &plan.targets, json)
@@ -64,7 +68,22 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Tables { names, format } => {
             cmd_tables(&load(pipe_file, store, set)?, &names, format)
         }
-        Command::Diff { a, b, json } => cmd_diff(&load(pipe_file, store, set)?, &a, &b, json),
+        Command::Diff { a, b, json, html } => {
+            cmd_diff(&load(pipe_file, store, set)?, &a, &b, json, html.as_deref())
+        }
+        Command::Report {
+            plan,
+            out,
+            serve,
+            port,
+            prompts,
+        } => crate::report::cmd_report(
+            &load(pipe_file, store, set)?,
+            plan.targets,
+            out,
+            serve.then_some(port),
+            usize::try_from(prompts).unwrap_or(usize::MAX),
+        ),
         Command::Score {
             metric,
             weights,
@@ -132,15 +151,26 @@ fn plan(l: &Loaded, targets: &[String]) -> anyhow::Result<Plan> {
     Ok(Plan::build(&l.pipe, &l.registry, targets)?)
 }
 
-fn cmd_run(
-    l: &Loaded,
-    targets: &[String],
+/// How `run` was asked to run.
+struct RunFlags {
     jobs: usize,
     dry_run: bool,
     keep_going: bool,
+    /// Print the targets' tables and write the report at the end.
+    report: bool,
     quiet: bool,
     verbose: u8,
-) -> anyhow::Result<ExitCode> {
+}
+
+fn cmd_run(l: &Loaded, targets: &[String], f: &RunFlags) -> anyhow::Result<ExitCode> {
+    let RunFlags {
+        jobs,
+        dry_run,
+        keep_going,
+        quiet,
+        verbose,
+        ..
+    } = *f;
     let store = l.store()?;
     let plan = plan(l, targets)?;
     if dry_run {
@@ -209,6 +239,11 @@ fn cmd_run(
             s.skipped,
             t0.elapsed().as_secs_f64()
         );
+    }
+    // SPO_PIPE_REPORT=0 turns the report off for scripts that only want the cells.
+    let report = f.report && std::env::var_os("SPO_PIPE_REPORT").is_none_or(|v| v != "0");
+    if report && !quiet {
+        crate::report::after_run(l, &store, &plan, targets);
     }
     if s.failed.is_empty() {
         Ok(ExitCode::SUCCESS)
@@ -586,13 +621,24 @@ fn print_param_diff(
     }
 }
 
-fn cmd_diff(l: &Loaded, a: &str, b: &str, json: bool) -> anyhow::Result<ExitCode> {
+fn cmd_diff(
+    l: &Loaded,
+    a: &str,
+    b: &str,
+    json: bool,
+    html: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
     let store = l.store()?;
     let rows = index::read_all(&store.index_dir()).context("reading the run index")?;
     let d = diff::diff(
         diff::side(&l.pipe, &l.registry, &rows, a)?,
         diff::side(&l.pipe, &l.registry, &rows, b)?,
     );
+    if let Some(path) = html {
+        std::fs::write(path, spo_report::diff_page::render(&l.pipe.name, &d))
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&d)?);
         return Ok(ExitCode::SUCCESS);

@@ -7,6 +7,7 @@ mod cli;
 mod commands;
 mod parquet_head;
 mod pipeline;
+mod report;
 mod score;
 
 use std::process::ExitCode;
