@@ -2,6 +2,8 @@
 //! and the spo-pipe binary run inside it.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod browser;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -9,6 +11,8 @@ use std::time::{Duration, Instant};
 pub fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_spo-pipe"));
     c.env_remove("RUST_LOG");
+    // Tests that check the report `run` ends with remove this.
+    c.env("SPO_PIPE_REPORT", "0");
     c
 }
 
@@ -97,4 +101,46 @@ pub fn wait_for(path: &Path) {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Every file under `dir` with its size and modification time.
+pub fn snapshot(dir: &Path) -> Vec<(String, u64, std::time::SystemTime)> {
+    let mut v: Vec<_> = walk(dir)
+        .into_iter()
+        .map(|p| {
+            let m = std::fs::metadata(&p).unwrap();
+            (p.display().to_string(), m.len(), m.modified().unwrap())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+pub fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![dir.to_owned()];
+    if dir.is_dir() {
+        for e in std::fs::read_dir(dir).unwrap() {
+            out.extend(walk(&e.unwrap().path()));
+        }
+    }
+    out
+}
+
+/// A child process killed when the test ends, however it ends.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The entries of two snapshots that differ (for a short assertion message).
+pub fn changed<T: PartialEq + Clone>(a: &[T], b: &[T]) -> Vec<T> {
+    a.iter()
+        .filter(|x| !b.contains(x))
+        .chain(b.iter().filter(|x| !a.contains(x)))
+        .cloned()
+        .collect()
 }
