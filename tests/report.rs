@@ -191,3 +191,32 @@ fn served_pages_follow_a_run_from_queued_to_running_to_cached() {
     });
     assert!(!get(&addr, "/dag.html").contains("http-equiv=\"refresh\""));
 }
+
+#[test]
+fn a_damaged_cell_is_named_on_the_page_with_verify_suggested() {
+    let p = Project::new(&TWO.replace("while [ ! -f $SPO_SCRATCH/go ]; do sleep 0.05; done; ", ""));
+    assert!(p.run(&["run", "--no-report"]).status.success());
+    let manifest = p.committed()[0].join("manifest.json");
+    std::fs::write(&manifest, "{ not json").unwrap();
+    let out = p.run(&["report", "--out", "site"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("spo-pipe verify"),
+        "{}",
+        text(&out.stderr)
+    );
+    let index = std::fs::read_to_string(p.path().join("site/index.html")).unwrap();
+    assert!(
+        index.contains("damaged") && index.contains("spo-pipe verify"),
+        "{index}"
+    );
+    assert!(
+        index.contains("manifest.json"),
+        "the page names the file: {index}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&manifest).unwrap(),
+        "{ not json",
+        "left as it was"
+    );
+}
