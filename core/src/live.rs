@@ -68,20 +68,25 @@ impl LiveRun {
 /// How many runs are live on `store` now (their registry files are locked). Takes only a shared
 /// lock on a file no live run holds, which no run ever waits for.
 pub fn live_runs(store: &Store) -> Result<usize, Error> {
+    Ok(registries(store)?
+        .iter()
+        .filter(|(_, f)| matches!(f.try_lock_shared(), Err(fs::TryLockError::WouldBlock)))
+        .count())
+}
+
+/// Every run's registry file, opened (those removed meanwhile are skipped).
+fn registries(store: &Store) -> Result<Vec<(PathBuf, File)>, Error> {
     let dir = store.root().join("live");
-    let mut n = 0;
+    let mut out = Vec::new();
     for entry in fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
         let path = entry.map_err(|e| Error::io(&dir, e))?.path();
-        let f = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+        match File::open(&path) {
+            Ok(f) => out.push((path, f)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(&path, e)),
-        };
-        if let Err(fs::TryLockError::WouldBlock) = f.try_lock_shared() {
-            n += 1;
         }
     }
-    Ok(n)
+    Ok(out)
 }
 
 impl Drop for LiveRun {
@@ -123,15 +128,8 @@ impl Gate {
     pub(crate) fn close(store: &Store) -> Result<(Gate, BTreeSet<String>), Error> {
         let gate = Gate::open(store)?;
         gate.file.lock().map_err(|e| Error::io(&gate.path, e))?;
-        let dir = store.root().join("live");
         let mut keys = BTreeSet::new();
-        for entry in fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
-            let path = entry.map_err(|e| Error::io(&dir, e))?.path();
-            let f = match File::open(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(Error::io(&path, e)),
-            };
+        for (path, f) in registries(store)? {
             match f.try_lock_shared() {
                 Ok(()) => {
                     // Its run is gone.
