@@ -58,10 +58,11 @@ pub fn page(cx: &Ctx<'_>) -> String {
         let name = &cx.pipe.stages[stage].name;
         let _ = write!(
             s,
-            "<h2 id=\"{}\">{}</h2>\n<p class=\"note\">{} runs; one colour per cell, its seeds overlaid.</p>\n{}",
+            "<h2 id=\"{}\">{}</h2>\n<p class=\"note\">{} run{}; one colour per cell, its seeds overlaid.</p>\n{}",
             esc(name),
             esc(name),
             members.len(),
+            if members.len() == 1 { "" } else { "s" },
             plots(cx, &members)
         );
     }

@@ -3,6 +3,7 @@
 
 use std::fmt::Write;
 
+use spo_core::plan::bare;
 use spo_core::{Rows, Value};
 
 use crate::context::Ctx;
@@ -17,28 +18,34 @@ pub fn page(cx: &Ctx<'_>) -> String {
         let Some(sweep) = cx.pipe.sweep(name) else {
             continue;
         };
-        // A numeric axis when every cell sets the same one param to a number.
-        let numeric: Option<(String, Vec<f64>)> = {
-            let one = |c: &std::collections::BTreeMap<String, Value>| {
-                (c.len() == 1)
-                    .then(|| c.iter().next())
-                    .flatten()
-                    .and_then(|(k, v)| {
-                        let x = match v {
-                            Value::Int(i) => *i as f64,
-                            Value::Float(f) => *f,
-                            _ => return None,
-                        };
-                        Some((k.clone(), x))
-                    })
-            };
-            let pts: Option<Vec<(String, f64)>> = sweep.cells.iter().map(one).collect();
-            pts.filter(|p| p.windows(2).all(|w| w[0].0 == w[1].0) && !p.is_empty())
-                .map(|p| (p[0].0.clone(), p.into_iter().map(|(_, x)| x).collect()))
-        };
-        let xlabel = numeric.as_ref().map_or_else(
+        // One param set by every cell: its values label the axis, placed by value when numbers.
+        let param: Option<&String> = sweep
+            .cells
+            .first()
+            .filter(|c| c.len() == 1)
+            .and_then(|c| c.keys().next())
+            .filter(|k| {
+                sweep
+                    .cells
+                    .iter()
+                    .all(|c| c.len() == 1 && c.contains_key(*k))
+            });
+        let values: Vec<Option<&Value>> = sweep
+            .cells
+            .iter()
+            .map(|c| param.and_then(|k| c.get(k)))
+            .collect();
+        let xs: Option<Vec<f64>> = values
+            .iter()
+            .map(|v| match v {
+                Some(Value::Int(i)) => Some(*i as f64),
+                Some(Value::Float(f)) => Some(*f),
+                _ => None,
+            })
+            .collect();
+        let xlabel = param.map_or_else(
             || format!("{}: sweep `{}`", sweep.stage, sweep.name),
-            |(k, _)| format!("{}.{k}", sweep.stage),
+            |k| format!("{}.{k}", sweep.stage),
         );
         let _ = write!(
             s,
@@ -57,12 +64,8 @@ pub fn page(cx: &Ctx<'_>) -> String {
                 .filter_map(|(i, r)| {
                     let v = r.values.get(m)?;
                     Some(Bar {
-                        x: numeric.as_ref().map_or(i as f64, |(_, xs)| xs[i]),
-                        label: match numeric {
-                            // The row label is `param=value`.
-                            Some(_) => r.label.rsplit('=').next().unwrap_or(&r.label).to_owned(),
-                            None => r.label.clone(),
-                        },
+                        x: xs.as_ref().map_or(i as f64, |xs| xs[i]),
+                        label: values[i].map_or_else(|| r.label.clone(), bare),
                         mean: v.mean,
                         lo: v.mean - v.std,
                         hi: v.mean + v.std,
@@ -70,7 +73,7 @@ pub fn page(cx: &Ctx<'_>) -> String {
                 })
                 .collect();
             if !bars.is_empty() {
-                s.push_str(&svg::bars(m, &xlabel, &bars, numeric.is_some()));
+                s.push_str(&svg::bars(m, &xlabel, &bars, xs.is_some()));
             }
         }
         s.push_str("</div>\n");
