@@ -49,7 +49,12 @@ impl StageKind for Download {
         let part = cx.scratch_dir().join(format!("{name}.part"));
         let (got, bytes) = match local_path(&url) {
             Some(path) => copy_hashing(&path, &part)?,
-            None => fetch_resumable(&url, &part, cx)?,
+            None => match fetch_resumable(&url, None, &part, cx)? {
+                Fetched::Whole { sha256, bytes } => (sha256, bytes),
+                Fetched::Refused(status) => {
+                    return Err(StageError::Failed(format!("GET {url}: HTTP {status}")));
+                }
+            },
         };
         if got != want {
             let _ = fs::remove_file(&part);
@@ -63,7 +68,7 @@ impl StageKind for Download {
     }
 }
 
-fn expected_digest(sha256: &str) -> Result<String> {
+pub(crate) fn expected_digest(sha256: &str) -> Result<String> {
     let s = sha256.trim().to_ascii_lowercase();
     if s.len() != 64 || !s.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(StageError::Param(spo_core::param::ParamError {
@@ -138,7 +143,22 @@ fn pump(
     Ok(n)
 }
 
-fn fetch_resumable(url: &str, part: &Path, cx: &StageContext) -> Result<(String, u64)> {
+/// What a resumable fetch ended with.
+pub(crate) enum Fetched {
+    /// The whole file is in the part file, with its digest.
+    Whole { sha256: String, bytes: u64 },
+    /// The server answered with this status instead of the file (the part is untouched).
+    Refused(u16),
+}
+
+/// Fetches `url` into `part`, resuming what an interrupted attempt left there; `token` is sent
+/// as a bearer token.
+pub(crate) fn fetch_resumable(
+    url: &str,
+    token: Option<&str>,
+    part: &Path,
+    cx: &StageContext,
+) -> Result<Fetched> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(30)))
         .timeout_recv_body(Some(Duration::from_secs(120)))
@@ -153,6 +173,9 @@ fn fetch_resumable(url: &str, part: &Path, cx: &StageContext) -> Result<(String,
         have = io::copy(&mut f, &mut HashSink(&mut h)).map_err(|e| StageError::io(part, e))?;
     }
     let mut req = agent.get(url);
+    if let Some(t) = token {
+        req = req.header("Authorization", format!("Bearer {t}"));
+    }
     if have > 0 {
         req = req.header("Range", format!("bytes={have}-"));
     }
@@ -164,8 +187,13 @@ fn fetch_resumable(url: &str, part: &Path, cx: &StageContext) -> Result<(String,
         206 if have > 0 => true,
         200 => false,
         // The part is already the whole file.
-        416 if have > 0 => return Ok((hex::encode(h.finalize()), have)),
-        s => return Err(StageError::Failed(format!("GET {url}: HTTP {s}")).into()),
+        416 if have > 0 => {
+            return Ok(Fetched::Whole {
+                sha256: hex::encode(h.finalize()),
+                bytes: have,
+            });
+        }
+        s => return Ok(Fetched::Refused(s)),
     };
     if !append {
         h = Sha256::new();
@@ -208,7 +236,10 @@ fn fetch_resumable(url: &str, part: &Path, cx: &StageContext) -> Result<(String,
         ))
         .into());
     }
-    Ok((hex::encode(h.finalize()), have + got))
+    Ok(Fetched::Whole {
+        sha256: hex::encode(h.finalize()),
+        bytes: have + got,
+    })
 }
 
 /// A writer that only hashes.

@@ -13,6 +13,7 @@ pub mod download;
 pub mod embedded;
 pub mod error;
 pub mod gradspo;
+pub mod hub;
 pub mod inworld;
 mod online;
 pub mod pickapic;
@@ -44,6 +45,7 @@ pub fn init_runtime() {
 pub fn kinds() -> Vec<Box<dyn StageKind>> {
     vec![
         Box::new(download::Download),
+        Box::new(hub::Hub),
         Box::new(command::Shell),
         Box::new(clip_train::ClipPretrain),
         Box::new(clip_train::PickScoreTrain),

@@ -25,6 +25,17 @@ pub fn serve(
     cut_first: Option<usize>,
     max_connections: usize,
 ) -> Server {
+    serve_gated(files, cut_first, max_connections, None)
+}
+
+/// As [`serve`]; with `gate = Some((prefix, token))`, paths under `prefix` answer 401 unless
+/// the request carries `Authorization: Bearer <token>`.
+pub fn serve_gated(
+    files: HashMap<String, Vec<u8>>,
+    cut_first: Option<usize>,
+    max_connections: usize,
+    gate: Option<(String, String)>,
+) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     let requests = Arc::new(Mutex::new(Vec::new()));
@@ -40,6 +51,7 @@ pub fn serve(
             }
             let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
             let mut range = None;
+            let mut auth = None;
             loop {
                 let mut h = String::new();
                 if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
@@ -50,8 +62,22 @@ pub fn serve(
                 {
                     range = Some(v.trim().to_owned());
                 }
+                if let Some((k, v)) = h.split_once(':')
+                    && k.eq_ignore_ascii_case("authorization")
+                {
+                    auth = Some(v.trim().to_owned());
+                }
             }
             log.lock().expect("log").push((path.clone(), range.clone()));
+            if let Some((prefix, token)) = &gate
+                && path.starts_with(prefix.as_str())
+                && auth.as_deref() != Some(format!("Bearer {token}").as_str())
+            {
+                let _ = stream.write_all(
+                    b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                continue;
+            }
             let Some(body) = files.get(&path) else {
                 let _ = stream.write_all(
                     b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
