@@ -67,6 +67,8 @@ pub struct Ctx<'a> {
     pub tables: Vec<(&'a TableDef, TableData)>,
     /// Whether a run is live on the store.
     pub live: bool,
+    /// The plan node whose shown run has a key.
+    by_key: BTreeMap<String, usize>,
     manifests: RefCell<BTreeMap<String, Option<Manifest>>>,
     problems: RefCell<BTreeSet<String>>,
 }
@@ -87,7 +89,7 @@ impl<'a> Ctx<'a> {
         for r in &index {
             latest.insert((r.cell.as_str(), r.seed), r.key.as_str());
         }
-        let cells = plan
+        let cells: Vec<CellView> = plan
             .nodes
             .iter()
             .zip(&states)
@@ -122,6 +124,11 @@ impl<'a> Ctx<'a> {
             .into_iter()
             .map(|t| Ok((t, tables::compute(pipe, registry, t, &index)?)))
             .collect::<Result<_>>()?;
+        let by_key = cells
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| Some((c.run_key.clone()?, i)))
+            .collect();
         Ok(Ctx {
             pipe,
             registry,
@@ -129,6 +136,7 @@ impl<'a> Ctx<'a> {
             opts,
             plan,
             cells,
+            by_key,
             tables,
             live,
             manifests: RefCell::default(),
@@ -168,15 +176,8 @@ impl<'a> Ctx<'a> {
         self.problems.borrow().iter().cloned().collect()
     }
 
-    /// The plan node whose shown run has `key`.
-    pub fn node_of_key(&self, key: &str) -> Option<usize> {
-        self.cells
-            .iter()
-            .position(|c| c.run_key.as_deref() == Some(key))
-    }
-
     /// The page of the cell whose shown run is `key`, if it is in the plan.
     pub fn page_of_key(&self, key: &str) -> Option<&str> {
-        self.node_of_key(key).map(|i| self.cells[i].page.as_str())
+        self.by_key.get(key).map(|&i| self.cells[i].page.as_str())
     }
 }
