@@ -45,6 +45,14 @@ pub enum DiffusionError {
         /// What is supported.
         hint: String,
     },
+    /// A component of a pipeline folder does not fit the stage or the other components.
+    #[error("`{path}`: {message}")]
+    Incompatible {
+        /// The file at fault.
+        path: PathBuf,
+        /// What was found and what was expected.
+        message: String,
+    },
     /// A LoRA file does not fit the model it is loaded into.
     #[error("LoRA: {0}")]
     Lora(String),

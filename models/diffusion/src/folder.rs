@@ -16,6 +16,24 @@ use crate::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::vae::{AutoencoderKL, AutoencoderKLConfig};
 use crate::weights::component_var_builder;
 
+/// The pipeline shapes spo-pipe's diffusion stages take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    /// SD-1.5-shaped: one text encoder, no added conditioning.
+    Sd15,
+    /// SDXL-shaped: two text encoders, pooled text and size conditioning (`text_time`).
+    Sdxl,
+}
+
+impl Architecture {
+    fn name(self) -> &'static str {
+        match self {
+            Architecture::Sd15 => "SD-1.5",
+            Architecture::Sdxl => "SDXL",
+        }
+    }
+}
+
 /// An opened diffusers folder.
 #[derive(Debug, Clone)]
 pub struct DiffusersFolder {
@@ -32,6 +50,13 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+fn incompatible(path: &Path, message: String) -> DiffusionError {
+    DiffusionError::Incompatible {
+        path: path.to_path_buf(),
+        message,
+    }
 }
 
 impl DiffusersFolder {
@@ -79,6 +104,111 @@ impl DiffusersFolder {
     pub fn vae(&self, dtype: DType, device: &Device) -> Result<AutoencoderKL> {
         let vb = component_var_builder(&self.component_dir("vae"), dtype, device)?;
         AutoencoderKL::new(&self.vae_config()?, vb)
+    }
+
+    /// Checks, before any weight is read, that the folder is an `arch` pipeline whose parts fit
+    /// together: the UNet's conditioning, the VAE's latent channels against the UNet's, each
+    /// text encoder's width against the UNet's cross-attention (and, for SDXL, its pooled
+    /// projection against the added embedding), each tokenizer's vocabulary against its
+    /// encoder's. The error names the file at fault and what was expected.
+    pub fn check(&self, arch: Architecture) -> Result<()> {
+        let unet_path = self.root.join("unet").join("config.json");
+        let unet = self.unet_config()?;
+        let is_xl = unet.addition_embed_type.as_deref() == Some("text_time");
+        if is_xl != (arch == Architecture::Sdxl) {
+            let found = if is_xl {
+                Architecture::Sdxl
+            } else {
+                Architecture::Sd15
+            };
+            return Err(incompatible(
+                &unet_path,
+                format!(
+                    "an {}-shaped UNet (addition_embed_type = {:?}), but this stage takes {} weights",
+                    found.name(),
+                    unet.addition_embed_type,
+                    arch.name()
+                ),
+            ));
+        }
+        let vae_path = self.root.join("vae").join("config.json");
+        let vae = self.vae_config()?;
+        if vae.latent_channels != unet.in_channels || vae.latent_channels != unet.out_channels {
+            return Err(incompatible(
+                &vae_path,
+                format!(
+                    "latent_channels = {}, but the UNet takes {} and gives {} channels (unet/config.json)",
+                    vae.latent_channels, unet.in_channels, unet.out_channels
+                ),
+            ));
+        }
+        let encoders: &[(&str, &str)] = match arch {
+            Architecture::Sd15 => &[("text_encoder", "tokenizer")],
+            Architecture::Sdxl => &[
+                ("text_encoder", "tokenizer"),
+                ("text_encoder_2", "tokenizer_2"),
+            ],
+        };
+        let mut width = 0;
+        let mut pooled = 0;
+        for (encoder, tokenizer) in encoders {
+            let path = self.root.join(encoder).join("config.json");
+            let config: serde_json::Value = read_json(&path)?;
+            let field = |name: &str| {
+                config
+                    .get(name)
+                    .and_then(serde_json::Value::as_u64)
+                    .ok_or_else(|| {
+                        incompatible(
+                            &path,
+                            format!("no `{name}`: not a CLIP text encoder config"),
+                        )
+                    })
+            };
+            width += field("hidden_size")?;
+            pooled = config
+                .get("projection_dim")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0);
+            let vocab_path = self.root.join(tokenizer).join("vocab.json");
+            if vocab_path.is_file() {
+                let vocab: serde_json::Map<String, serde_json::Value> = read_json(&vocab_path)?;
+                let size = field("vocab_size")?;
+                if vocab.len() as u64 != size {
+                    return Err(incompatible(
+                        &vocab_path,
+                        format!(
+                            "{} tokens, but {encoder}/config.json has vocab_size = {size}: the tokenizer is not the text encoder's",
+                            vocab.len()
+                        ),
+                    ));
+                }
+            }
+        }
+        if width != unet.cross_attention_dim as u64 {
+            return Err(incompatible(
+                &self.root.join(encoders[0].0).join("config.json"),
+                format!(
+                    "the text encoders give {width} features per token ({}), but the UNet attends to {} (unet/config.json cross_attention_dim)",
+                    encoders.iter().map(|e| e.0).collect::<Vec<_>>().join(" + "),
+                    unet.cross_attention_dim
+                ),
+            ));
+        }
+        if arch == Architecture::Sdxl {
+            let time = unet.addition_time_embed_dim.unwrap_or(0) as u64;
+            let want = unet.projection_class_embeddings_input_dim.unwrap_or(0) as u64;
+            if pooled + 6 * time != want {
+                return Err(incompatible(
+                    &self.root.join("text_encoder_2").join("config.json"),
+                    format!(
+                        "projection_dim = {pooled}: with 6 time ids of {time} the added embedding gets {}, but the UNet takes {want} (projection_class_embeddings_input_dim)",
+                        pooled + 6 * time
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// `scheduler/scheduler_config.json`, read as DDIM would (`DDIMScheduler.from_config`).

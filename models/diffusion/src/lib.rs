@@ -41,7 +41,7 @@ pub mod weights;
 
 pub use ddim::{Ddim, DdimTransition, classifier_free_guidance};
 pub use error::{DiffusionError, Result};
-pub use folder::DiffusersFolder;
+pub use folder::{Architecture, DiffusersFolder};
 pub use guidance::{GuidanceInputs, guided_prediction};
 pub use lora::{LoraConfig, LoraSwitch};
 pub use schedule::{BetaSchedule, NoiseSchedule, PredictionType, SchedulerConfig, TimestepSpacing};
