@@ -118,6 +118,7 @@ fn the_default_dag_fills_every_table_and_a_second_run_does_nothing() {
     );
     for t in [
         "Table 2",
+        "Table 3",
         "Table 4",
         "Table 5",
         "Table 6",
@@ -130,7 +131,11 @@ fn the_default_dag_fills_every_table_and_a_second_run_does_nothing() {
     ] {
         assert!(tables.contains(t), "{t} not rendered:\n{tables}");
     }
-    assert!(!tables.contains('—'), "a table cell is empty:\n{tables}");
+    // Table 3's categories need prompts of their kind, which the two tiny prompts may lack.
+    for section in tables.split("\n**").filter(|t| !t.starts_with("Table 3")) {
+        assert!(!section.contains('—'), "a table cell is empty:\n{section}");
+    }
+    assert!(tables.contains("geneval_mean"), "{tables}");
     assert!(
         tables.contains("| SPO |")
             && tables.contains("| k=6 |")
