@@ -119,6 +119,7 @@ fn the_default_dag_fills_every_table_and_a_second_run_does_nothing() {
     for t in [
         "Table 2",
         "Table 3",
+        "SPO's win rate",
         "Table 4",
         "Table 5",
         "Table 6",

@@ -26,6 +26,7 @@ pub mod spo;
 pub mod tensors;
 pub mod training;
 pub mod vocab;
+pub mod winrate;
 pub mod world;
 mod world_parquet;
 pub mod worlddata;
@@ -61,6 +62,7 @@ pub fn kinds() -> Vec<Box<dyn StageKind>> {
         Box::new(d3po::D3po),
         Box::new(ddpo::Ddpo),
         Box::new(calibrate::Calibrate),
+        Box::new(winrate::WinRate),
         Box::new(world::WorldKind),
         Box::new(pickapic::PickAPic),
         Box::new(prompts::Prompts),
