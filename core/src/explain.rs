@@ -4,12 +4,11 @@ use std::fmt;
 
 use crate::error::Error;
 use crate::key::CellKey;
-use crate::manifest::Manifest;
 use crate::param::Value;
 use crate::plan::Plan;
 use crate::registry::Registry;
 use crate::run::key_parts;
-use crate::store::{Pointer, Store};
+use crate::store::{Committed, Pointer, Store};
 
 /// The state of one cell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -121,8 +120,8 @@ pub struct CellStatus {
 pub(crate) struct Resolution {
     /// Its current key parts, when its inputs are all in the store.
     pub parts: Option<CellKey>,
-    /// Its committed manifest.
-    pub manifest: Option<Manifest>,
+    /// Its committed cell.
+    pub cell: Option<Committed>,
     /// Its key is committed but the manifest cannot be read.
     pub damaged: bool,
 }
@@ -136,19 +135,24 @@ pub(crate) fn resolve(
 ) -> Result<Vec<Resolution>, Error> {
     let mut out: Vec<Resolution> = Vec::with_capacity(plan.nodes.len());
     for node in &plan.nodes {
-        let inputs: Option<Vec<&Manifest>> = node
+        let inputs: Option<Vec<(&str, &str)>> = node
             .inputs
             .iter()
-            .map(|&i| out[i].manifest.as_ref())
+            .map(|&i| {
+                out[i]
+                    .cell
+                    .as_ref()
+                    .map(|c| (c.stage.as_str(), c.digest.as_str()))
+            })
             .collect();
         let entry = match inputs {
             Some(ms) => {
                 let parts =
                     key_parts(registry, node, ms).map_err(|e| Error::corrupt(store.root(), e))?;
-                match store.committed(&parts.key()) {
-                    Ok(manifest) => Resolution {
+                match store.committed_cell(&parts.key()) {
+                    Ok(cell) => Resolution {
                         parts: Some(parts),
-                        manifest,
+                        cell,
                         damaged: false,
                     },
                     Err(e) => {
@@ -158,7 +162,7 @@ pub(crate) fn resolve(
                         );
                         Resolution {
                             parts: Some(parts),
-                            manifest: None,
+                            cell: None,
                             damaged: true,
                         }
                     }
@@ -166,7 +170,7 @@ pub(crate) fn resolve(
             }
             None => Resolution {
                 parts: None,
-                manifest: None,
+                cell: None,
                 damaged: false,
             },
         };
@@ -182,10 +186,10 @@ pub fn status(registry: &Registry, store: &Store, plan: &Plan) -> Result<Vec<Cel
     for (i, node) in plan.nodes.iter().enumerate() {
         let Resolution {
             parts,
-            manifest,
+            cell,
             damaged,
         } = &resolved[i];
-        let pointer = if manifest.is_some() || *damaged {
+        let pointer = if cell.is_some() || *damaged {
             None
         } else {
             store.pointer(&node.label, node.seed).unwrap_or_else(|e| {
@@ -193,7 +197,7 @@ pub fn status(registry: &Registry, store: &Store, plan: &Plan) -> Result<Vec<Cel
                 None
             })
         };
-        let (state, changes) = match (manifest, &pointer) {
+        let (state, changes) = match (cell, &pointer) {
             _ if *damaged => (State::Damaged, vec![]),
             (Some(_), _) => (State::Cached, vec![]),
             (None, Some(p)) => (
@@ -203,7 +207,7 @@ pub fn status(registry: &Registry, store: &Store, plan: &Plan) -> Result<Vec<Cel
                     parts.as_ref(),
                     node.inputs
                         .iter()
-                        .filter(|&&j| resolved[j].manifest.is_none())
+                        .filter(|&&j| resolved[j].cell.is_none())
                         .map(|&j| plan.nodes[j].stage_name.as_str()),
                 ),
             ),

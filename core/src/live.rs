@@ -15,8 +15,7 @@ use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::Error;
-use crate::manifest::Manifest;
-use crate::store::Store;
+use crate::store::{Committed, Store};
 
 /// A run in progress: the keys it protects stay in the store until it ends (is dropped or dies).
 #[derive(Debug)]
@@ -54,13 +53,13 @@ impl LiveRun {
         })
     }
 
-    /// Records `key` as protected by this run, then reads its manifest if it is committed.
-    pub(crate) fn protect(&self, store: &Store, key: &str) -> Result<Option<Manifest>, Error> {
+    /// Records `key` as protected by this run, then resolves it if it is committed.
+    pub(crate) fn protect(&self, store: &Store, key: &str) -> Result<Option<Committed>, Error> {
         self.gate.shared(|| {
             (&self.registry)
                 .write_all(format!("{key}\n").as_bytes())
                 .map_err(|e| Error::io(&self.path, e))?;
-            store.committed(key)
+            store.committed_cell(key)
         })
     }
 }

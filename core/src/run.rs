@@ -19,7 +19,7 @@ use crate::manifest::{FileEntry, InputRef, Manifest};
 use crate::plan::{Node, Plan, bare};
 use crate::registry::Registry;
 use crate::stage::{Input, StageContext, StageError, StageKind};
-use crate::store::{Lookup, Pointer, Store};
+use crate::store::{Committed, Lookup, Pointer, Store};
 
 /// How to run.
 #[derive(Clone)]
@@ -75,11 +75,6 @@ pub struct RunSummary {
     pub keys: Vec<Option<String>>,
 }
 
-#[derive(Debug, Clone)]
-struct Resolved {
-    manifest: Manifest,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum St {
     Pending,
@@ -93,8 +88,8 @@ enum St {
 /// completion cost O(log n) plus the node's out-degree, never a scan of the plan.
 struct Sched {
     state: Vec<St>,
-    /// Each done node's manifest, until the last node reading it has started.
-    resolved: Vec<Option<Resolved>>,
+    /// Each done node's cell, until the last node reading it has started.
+    resolved: Vec<Option<Committed>>,
     /// Per node, how many of the nodes reading it have not started yet.
     readers_left: Vec<usize>,
     /// Per node, how many of its inputs are not done yet.
@@ -151,9 +146,9 @@ impl Sched {
         }
     }
 
-    /// The manifests of `node`'s inputs, as it starts; each is dropped after its last reader's
-    /// copy, so a run holds manifests for its frontier, not for the whole plan.
-    fn take_inputs(&mut self, node: &Node) -> Vec<Resolved> {
+    /// The cells of `node`'s inputs, as it starts; each is dropped after its last reader's
+    /// copy, so a run holds cells for its frontier, not for the whole plan.
+    fn take_inputs(&mut self, node: &Node) -> Vec<Committed> {
         let mut out = Vec::with_capacity(node.inputs.len());
         for &j in &node.inputs {
             self.readers_left[j] -= 1;
@@ -168,9 +163,9 @@ impl Sched {
     }
 
     /// Node `id` is done: queue the dependents it was the last unfinished input of.
-    fn done(&mut self, id: usize, r: Resolved) {
+    fn done(&mut self, id: usize, r: Committed) {
         self.state[id] = St::Done;
-        self.summary.keys[id] = Some(r.manifest.key.clone());
+        self.summary.keys[id] = Some(r.key.clone());
         if self.readers_left[id] > 0 {
             self.resolved[id] = Some(r);
         }
@@ -257,6 +252,9 @@ pub fn run(
         if let Err(e) = index::compact_if_due(&store.index_dir()) {
             tracing::warn!("could not merge the run index: {e}");
         }
+        if let Err(e) = store.cache().merge_if_due(&store.root().join("store")) {
+            tracing::warn!("could not merge the cell cache: {e}");
+        }
     }
     let g = sched.into_inner().unwrap_or_else(|p| p.into_inner());
     Ok(g.summary)
@@ -277,8 +275,8 @@ struct Exec<'a> {
 }
 
 enum Outcome {
-    Cached(Resolved),
-    Ran(Resolved, f64),
+    Cached(Committed),
+    Ran(Committed, f64),
     WouldRun,
     /// The error; `fatal` stops the run even with `--keep-going` (damage in the store).
     Failed {
@@ -316,13 +314,13 @@ impl Exec<'_> {
             let cut = match outcome {
                 Outcome::Cached(r) => {
                     g.summary.cached += 1;
-                    (self.on)(Event::Cached(node, &r.manifest.key));
+                    (self.on)(Event::Cached(node, &r.key));
                     g.done(id, r);
                     vec![]
                 }
                 Outcome::Ran(r, secs) => {
                     g.summary.ran += 1;
-                    (self.on)(Event::Finished(node, &r.manifest.key, secs));
+                    (self.on)(Event::Finished(node, &r.key, secs));
                     g.done(id, r);
                     vec![]
                 }
@@ -356,7 +354,7 @@ impl Exec<'_> {
         }
     }
 
-    fn process(&self, id: usize, inputs: &[Resolved]) -> Outcome {
+    fn process(&self, id: usize, inputs: &[Committed]) -> Outcome {
         match self.try_process(id, inputs) {
             Ok(o) => o,
             Err(e) => Outcome::Failed {
@@ -366,13 +364,17 @@ impl Exec<'_> {
         }
     }
 
-    fn try_process(&self, id: usize, inputs: &[Resolved]) -> Result<Outcome, StageError> {
+    fn try_process(&self, id: usize, inputs: &[Committed]) -> Result<Outcome, StageError> {
         let node = &self.plan.nodes[id];
         let kind = self
             .registry
             .get(&node.kind)
             .ok_or_else(|| StageError::Failed(format!("unknown kind `{}`", node.kind)))?;
-        let parts = key_parts(self.registry, node, inputs.iter().map(|r| &r.manifest))?;
+        let parts = key_parts(
+            self.registry,
+            node,
+            inputs.iter().map(|c| (c.stage.as_str(), c.digest.as_str())),
+        )?;
         let key = parts.key();
         let damaged = |e: Error| match e {
             Error::Corrupt { path, message } => Error::Damaged {
@@ -384,8 +386,8 @@ impl Exec<'_> {
             e => e,
         };
         if self.opts.dry_run {
-            return Ok(match self.store.committed(&key).map_err(damaged)? {
-                Some(m) => Outcome::Cached(Resolved { manifest: m }),
+            return Ok(match self.store.committed_cell(&key).map_err(damaged)? {
+                Some(c) => Outcome::Cached(c),
                 None => Outcome::WouldRun,
             });
         }
@@ -395,18 +397,22 @@ impl Exec<'_> {
             .lookup(&self.live, &key, on_wait)
             .map_err(damaged)?
         {
-            Lookup::Hit(m) => {
+            Lookup::Hit(c) => {
                 // A changed or deleted file is no cache hit.
-                self.store.check(&m)?;
-                self.record_reuse(id, &parts, &m)?;
-                return Ok(Outcome::Cached(Resolved { manifest: *m }));
+                self.store.check_committed(&c).map_err(damaged)?;
+                self.record_reuse(id, &parts, &c)?;
+                return Ok(Outcome::Cached(c));
             }
             Lookup::Miss(lock) => lock,
         };
         // Checked right before use: a cell is never computed from damaged inputs.
-        for r in inputs {
-            self.store.check(&r.manifest)?;
-        }
+        let manifests = inputs
+            .iter()
+            .map(|c| {
+                self.store.check_committed(c)?;
+                c.manifest(self.store)
+            })
+            .collect::<Result<Vec<Manifest>, Error>>()?;
         let mut cx = StageContext {
             stage: node.stage_name.clone(),
             params: node.params.clone(),
@@ -414,12 +420,12 @@ impl Exec<'_> {
             inputs: node
                 .inputs
                 .iter()
-                .zip(inputs)
-                .map(|(&j, r)| Input {
+                .zip(manifests)
+                .map(|(&j, m)| Input {
                     stage: self.plan.nodes[j].stage_name.clone(),
                     kind: self.plan.nodes[j].kind.clone(),
-                    dir: self.store.cell_dir(&r.manifest.key),
-                    manifest: r.manifest.clone(),
+                    dir: self.store.cell_dir(&m.key),
+                    manifest: m,
                 })
                 .collect(),
             out_dir: lock.staging().to_owned(),
@@ -463,10 +469,10 @@ impl Exec<'_> {
                 .inputs
                 .iter()
                 .zip(inputs)
-                .map(|(&j, r)| InputRef {
+                .map(|(&j, c)| InputRef {
                     stage: self.plan.nodes[j].stage_name.clone(),
-                    key: r.manifest.key.clone(),
-                    digest: r.manifest.digest.clone(),
+                    key: c.key.clone(),
+                    digest: c.digest.clone(),
                 })
                 .collect(),
             files: cx
@@ -486,7 +492,7 @@ impl Exec<'_> {
             tool_version: env!("CARGO_PKG_VERSION").to_owned(),
             host: host(),
         };
-        let manifest = lock.commit(manifest)?;
+        let (manifest, cell) = lock.commit_cell(manifest)?;
         index::append(&self.store.index_dir(), &self.index_row(id, &manifest))?;
         self.store.write_pointer(
             &node.label,
@@ -498,12 +504,12 @@ impl Exec<'_> {
                 committed: unix_now(),
             },
         )?;
-        Ok(Outcome::Ran(Resolved { manifest }, seconds))
+        Ok(Outcome::Ran(cell, seconds))
     }
 
     /// A cell that found its key already committed (by another cell with identical inputs, or
     /// another process) still gets its index row and slot pointer, once.
-    fn record_reuse(&self, id: usize, parts: &CellKey, m: &Manifest) -> Result<(), Error> {
+    fn record_reuse(&self, id: usize, parts: &CellKey, c: &Committed) -> Result<(), Error> {
         let node = &self.plan.nodes[id];
         {
             let mut g = self.recorded.lock().unwrap_or_else(|p| p.into_inner());
@@ -511,10 +517,11 @@ impl Exec<'_> {
                 Some(ids) => ids,
                 None => g.insert(index::row_ids(&self.store.index_dir())?),
             };
-            if !ids.insert((m.key.clone(), node.cell.clone(), node.seed)) {
+            if !ids.insert((c.key.clone(), node.cell.clone(), node.seed)) {
                 return Ok(());
             }
         }
+        let m = &c.manifest(self.store)?;
         self.store.write_pointer(
             &node.label,
             node.seed,
@@ -576,11 +583,12 @@ fn run_stage(kind: &dyn StageKind, cx: &mut StageContext) -> Result<(), StageErr
     })
 }
 
-/// The key parts of `node` given its inputs' manifests (in the order of its `needs`).
+/// The key parts of `node` given its inputs' (stage, content digest), in the order of its
+/// `needs`.
 pub fn key_parts<'m>(
     registry: &Registry,
     node: &Node,
-    inputs: impl IntoIterator<Item = &'m Manifest>,
+    inputs: impl IntoIterator<Item = (&'m str, &'m str)>,
 ) -> Result<CellKey, StageError> {
     let kind = registry
         .get(&node.kind)
@@ -592,7 +600,7 @@ pub fn key_parts<'m>(
         seed: node.seed,
         inputs: inputs
             .into_iter()
-            .map(|m| (m.stage.clone(), m.digest.clone()))
+            .map(|(stage, digest)| (stage.to_owned(), digest.to_owned()))
             .collect(),
         external: kind.external_digest(&node.params)?,
     })

@@ -11,6 +11,7 @@
 //! runs/quarantine/       damaged cells and unreadable records moved aside by `verify --repair`
 //! runs/cells/<slot>.json the key parts of the last committed run in each slot (for `why`)
 //! runs/index/*.parquet  the run index: a file per new row, merged into one (index.rs)
+//! runs/cache/*.cells     the cell cache: each cell's stage, digest and memo (cache.rs)
 //! ```
 //! The contract is in the types: [`Store::lookup`] answers a key with a [`Lookup::Hit`] or a
 //! [`Lookup::Miss`] holding the key's [`CellLock`], and only a `CellLock` can commit (the
@@ -20,12 +21,15 @@
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
+use crate::cache::Cache;
 pub use crate::cell_lock::CellLock;
+pub use crate::committed::Committed;
 use crate::error::Error;
 use crate::key::CellKey;
 use crate::live::{Gate, LiveRun};
@@ -35,13 +39,15 @@ use crate::manifest::{MANIFEST, Manifest};
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// The cell cache, shared by every clone.
+    cache: Arc<Cache>,
 }
 
 /// What the store holds for a key.
 #[derive(Debug)]
 pub enum Lookup {
-    /// Committed: its manifest.
-    Hit(Box<Manifest>),
+    /// Committed.
+    Hit(Committed),
     /// Not committed, and this process now holds the key's lock: compute it and commit.
     Miss(CellLock),
 }
@@ -64,7 +70,7 @@ pub struct Damage {
     pub problem: String,
 }
 
-const DIRS: [&str; 9] = [
+const DIRS: [&str; 10] = [
     "store",
     "staging",
     "scratch",
@@ -74,6 +80,7 @@ const DIRS: [&str; 9] = [
     "quarantine",
     "cells",
     "index",
+    "cache",
 ];
 
 impl Store {
@@ -84,7 +91,12 @@ impl Store {
             let p = root.join(d);
             fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
         }
-        Ok(Store { root })
+        let cache = Arc::new(Cache::new(root.join("cache")));
+        Ok(Store { root, cache })
+    }
+
+    pub(crate) fn cache(&self) -> &Cache {
+        &self.cache
     }
 
     pub fn root(&self) -> &Path {
@@ -115,17 +127,18 @@ impl Store {
     }
 
     /// Resolves `key` for `run`: protects it from `gc` until the run ends, then answers
-    /// [`Lookup::Hit`] if it is committed, else takes the key's lock ‒ calling `on_wait` first
-    /// if another process holds it (computing it, or a survivor of an earlier run still
-    /// holding it) ‒ and answers again: a `Hit` if the holder committed it, else a `Miss`.
+    /// [`Lookup::Hit`] if it is committed ([`Store::committed_cell`]), else takes the key's
+    /// lock ‒ calling `on_wait` first if another process holds it (computing it, or a survivor
+    /// of an earlier run still holding it) ‒ and answers again: a `Hit` if the holder committed
+    /// it, else a `Miss`.
     pub fn lookup(
         &self,
         run: &LiveRun,
         key: &str,
         on_wait: impl FnOnce(),
     ) -> Result<Lookup, Error> {
-        if let Some(m) = run.protect(self, key)? {
-            return Ok(Lookup::Hit(Box::new(m)));
+        if let Some(c) = run.protect(self, key)? {
+            return Ok(Lookup::Hit(c));
         }
         let file = self.lock_file(key)?;
         match file.try_lock() {
@@ -138,8 +151,8 @@ impl Store {
             Err(fs::TryLockError::Error(e)) => return Err(Error::io(&self.lock_path(key), e)),
         }
         // The holder may have committed it meanwhile.
-        match self.committed(key)? {
-            Some(m) => Ok(Lookup::Hit(Box::new(m))),
+        match self.committed_cell(key)? {
+            Some(c) => Ok(Lookup::Hit(c)),
             None => Ok(Lookup::Miss(CellLock::new(self.clone(), key, file)?)),
         }
     }
