@@ -16,8 +16,9 @@
 //! bad record (a torn append, damage), and whatever is lost is read from the cells again. No
 //! write here is fsynced: losing any of it costs time, never a wrong answer.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
@@ -53,12 +54,41 @@ pub(crate) struct Cache {
     segment: Mutex<Option<Segment>>,
 }
 
-/// Every readable record, and where each key's latest one starts.
+/// The readable records of every file, and where each key's latest one starts.
 #[derive(Debug, Default)]
 struct Loaded {
-    bytes: Vec<u8>,
-    /// (key, offset of its payload in `bytes`), sorted by key, one per key.
-    index: Vec<([u8; 32], usize)>,
+    files: Vec<Vec<u8>>,
+    /// key → where its payload lies: file, offset in it, length.
+    index: HashMap<[u8; 32], Span, BuildHasherDefault<KeyHasher>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    file: u32,
+    at: u32,
+    len: u32,
+}
+
+impl Loaded {
+    fn payload(&self, s: Span) -> &[u8] {
+        let (at, len) = (s.at as usize, s.len as usize);
+        &self.files[s.file as usize][at..at + len]
+    }
+}
+
+/// Keys are SHA-256 digests, so their first eight bytes hash them well enough.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for (i, b) in bytes.iter().take(8).enumerate() {
+            self.0 ^= u64::from(*b) << (8 * i);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -78,10 +108,9 @@ impl Cache {
 
     /// The entry recorded for `key`, if any (not yet checked against the store).
     pub(crate) fn get(&self, key: &str) -> Option<Entry> {
-        let raw = raw_key(key)?;
         let l = self.loaded.get_or_init(|| Loaded::read(&self.dir));
-        let i = l.index.binary_search_by(|(k, _)| k.cmp(&raw)).ok()?;
-        decode(&l.bytes[l.index[i].1..]).map(|(e, _)| e.1)
+        let span = *l.index.get(&raw_key(key)?)?;
+        decode(l.payload(span))
     }
 
     /// Appends an entry for `key` to this process's segment. The cache is a hint, so a failure
@@ -137,7 +166,7 @@ impl Cache {
                 continue;
             }
             if let Ok(b) = fs::read(&path) {
-                all.add_file(&b);
+                all.add_file(b);
             }
             taken.push((path, f));
         }
@@ -148,13 +177,11 @@ impl Cache {
             .map_err(|e| Error::io(store, e))?
             .filter_map(|e| raw_key(&e.ok()?.file_name().to_string_lossy()))
             .collect();
-        let all = all.finish();
         let mut out = MAGIC.to_vec();
-        for (k, at) in &all.index {
-            if live.contains(k)
-                && let Some((_, len)) = decode(&all.bytes[*at..])
-            {
-                frame(&mut out, &all.bytes[*at..*at + len]);
+        for (k, &span) in &all.index {
+            let b = all.payload(span);
+            if live.contains(k) && decode(b).is_some() {
+                frame(&mut out, b);
             }
         }
         let nanos = unix_nanos();
@@ -208,40 +235,43 @@ impl Loaded {
             // A file merged away meanwhile: its entries are in the merged file, or are read
             // from the cells.
             if let Ok(b) = fs::read(&path) {
-                l.add_file(&b);
+                l.add_file(b);
             }
         }
-        l.finish()
+        l
     }
 
-    /// The good records of one file, up to its first bad one; none without the magic line.
-    fn add_file(&mut self, file: &[u8]) {
-        let Some(mut rest) = file.strip_prefix(MAGIC) else {
+    /// The whole records of one file, up to its first bad one (none without the magic line);
+    /// each replaces any earlier record of its key. Payloads are decoded when used.
+    fn add_file(&mut self, file: Vec<u8>) {
+        let Some(body) = file.strip_prefix(MAGIC) else {
             return;
         };
+        let Ok(n) = u32::try_from(self.files.len()) else {
+            return;
+        };
+        let mut at = MAGIC.len();
+        let mut rest = body;
         while let Some((payload, next)) = unframe(rest) {
-            let Some(((key, _), len)) = decode(payload) else {
-                return;
+            let (Some(key), Ok(start), Ok(len)) = (
+                payload.get(..32).and_then(|k| <[u8; 32]>::try_from(k).ok()),
+                u32::try_from(at + 8),
+                u32::try_from(payload.len()),
+            ) else {
+                break;
             };
-            self.index.push((key, self.bytes.len()));
-            self.bytes.extend_from_slice(&payload[..len]);
+            self.index.insert(
+                key,
+                Span {
+                    file: n,
+                    at: start,
+                    len,
+                },
+            );
+            at += 8 + payload.len();
             rest = next;
         }
-    }
-
-    /// Keeps the latest record of each key (of a later file, or later in one file).
-    fn finish(mut self) -> Loaded {
-        // Stable: among equal keys the latest record stays last.
-        self.index.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut latest: Vec<([u8; 32], usize)> = Vec::with_capacity(self.index.len());
-        for e in self.index {
-            match latest.last_mut() {
-                Some(l) if l.0 == e.0 => *l = e,
-                _ => latest.push(e),
-            }
-        }
-        self.index = latest;
-        self
+        self.files.push(file);
     }
 }
 
@@ -277,10 +307,10 @@ fn encode(key: &[u8; 32], e: &Entry) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// The entry at the start of `b` and its length in bytes.
-fn decode(b: &[u8]) -> Option<(([u8; 32], Entry), usize)> {
+/// The entry whose payload is exactly `b`.
+fn decode(b: &[u8]) -> Option<Entry> {
     let mut r = Reader(b, 0);
-    let key: [u8; 32] = r.take(32)?.try_into().ok()?;
+    r.take(32)?;
     let manifest = r.stamp()?;
     let digest = hex::encode(r.take(32)?);
     let stage = r.str()?;
@@ -289,13 +319,12 @@ fn decode(b: &[u8]) -> Option<(([u8; 32], Entry), usize)> {
     for _ in 0..n {
         files.push((r.str()?, r.stamp()?));
     }
-    let entry = Entry {
+    (r.1 == b.len()).then_some(Entry {
         manifest,
         stage,
         digest,
         files,
-    };
-    Some(((key, entry), r.1))
+    })
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) -> Option<()> {
@@ -385,4 +414,100 @@ fn unix_nanos() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(digest_byte: char, files: usize) -> Entry {
+        let stamp = |n: u64| Stamp {
+            bytes: n,
+            mtime: (n as i64, 1),
+            ctime: (2, n as i64),
+            ino: n + 7,
+        };
+        Entry {
+            manifest: stamp(1),
+            stage: "train".into(),
+            digest: digest_byte.to_string().repeat(64),
+            files: (0..files)
+                .map(|i| (format!("f{i}.bin"), stamp(i as u64)))
+                .collect(),
+        }
+    }
+
+    fn key(c: char) -> String {
+        c.to_string().repeat(64)
+    }
+
+    fn file(records: &[(&str, &Entry)]) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        for (k, e) in records {
+            frame(&mut out, &encode(&raw_key(k).unwrap(), e).unwrap());
+        }
+        out
+    }
+
+    fn loaded(files: Vec<Vec<u8>>) -> Loaded {
+        let mut l = Loaded::default();
+        for f in files {
+            l.add_file(f);
+        }
+        l
+    }
+
+    fn get(l: &Loaded, k: &str) -> Option<Entry> {
+        decode(l.payload(*l.index.get(&raw_key(k).unwrap())?))
+    }
+
+    #[test]
+    fn entries_read_back_and_the_latest_record_of_a_key_wins() {
+        let (a, b, a2) = (entry('a', 2), entry('b', 0), entry('c', 1));
+        let l = loaded(vec![
+            file(&[(&key('1'), &a), (&key('2'), &b)]),
+            file(&[(&key('1'), &a2)]),
+        ]);
+        assert_eq!(get(&l, &key('1')), Some(a2));
+        assert_eq!(get(&l, &key('2')), Some(b));
+        assert_eq!(get(&l, &key('3')), None);
+    }
+
+    #[test]
+    fn a_file_is_read_up_to_its_first_bad_record() {
+        let (a, b) = (entry('a', 1), entry('b', 1));
+        let whole = file(&[(&key('1'), &a), (&key('2'), &b)]);
+        let torn = whole[..whole.len() - 3].to_vec();
+        let l = loaded(vec![torn]);
+        assert_eq!(get(&l, &key('1')), Some(a.clone()));
+        assert_eq!(get(&l, &key('2')), None);
+
+        let mut flipped = whole.clone();
+        let at = MAGIC.len() + 8 + 40;
+        flipped[at] ^= 1;
+        assert!(loaded(vec![flipped]).index.is_empty(), "CRC catches it");
+
+        let mut no_magic = whole;
+        no_magic[0] = b'S';
+        assert!(loaded(vec![no_magic]).index.is_empty());
+    }
+
+    #[test]
+    fn a_payload_with_bytes_to_spare_or_missing_is_no_entry() {
+        let e = entry('a', 1);
+        let mut p = encode(&raw_key(&key('1')).unwrap(), &e).unwrap();
+        assert_eq!(decode(&p), Some(e));
+        p.push(0);
+        assert_eq!(decode(&p), None);
+        p.truncate(p.len() - 2);
+        assert_eq!(decode(&p), None);
+        assert_eq!(decode(&[]), None);
+    }
+
+    #[test]
+    fn only_hex_sha256_keys_are_cached() {
+        assert!(raw_key(&key('f')).is_some());
+        assert!(raw_key(&key('F')).is_none());
+        assert!(raw_key("abc").is_none());
+    }
 }
