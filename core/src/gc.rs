@@ -34,7 +34,7 @@ pub fn gc(
 ) -> Result<GcReport, Error> {
     let keep: BTreeSet<String> = resolve(registry, store, plan)?
         .into_iter()
-        .filter_map(|r| r.parts.map(|p| p.key()))
+        .filter_map(|r| r.key)
         .collect();
     let (gate, protected) = Gate::close(store)?;
     let mut report = GcReport::default();

@@ -8,7 +8,7 @@
 //! version bump. Nodes come out in topological order.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use crate::config::{Pipeline, Rows};
 use crate::config_error::unknown_hint;
@@ -26,10 +26,12 @@ pub struct Node {
     pub stage: usize,
     pub stage_name: String,
     pub kind: String,
-    /// The overrides of this node's lineage (only stages it depends on, itself included).
-    pub variant: Variant,
+    /// The overrides of this node's lineage (only stages it depends on, itself included);
+    /// shared by the nodes of one sweep cell.
+    pub variant: Arc<Variant>,
     pub seed: Option<u64>,
-    pub params: Params,
+    /// Shared with the stage's definition where no sweep overrides it.
+    pub params: Arc<Params>,
     /// Node ids of its inputs, in the order of `needs`.
     pub inputs: Vec<usize>,
     /// The configuration identity (hex SHA-256), seed excluded.
@@ -104,7 +106,7 @@ impl Plan {
             }
             m
         });
-        let restricted = restrict(pipe, si, variant);
+        let restricted = restrict(pipe, si, &Arc::new(variant.clone()));
         index
             .get(&(si, encode_variant(&restricted)))
             .map_or(vec![], |ids| ids.iter().map(|&i| &self.nodes[i]).collect())
@@ -221,20 +223,33 @@ fn encode_variant(variant: &Variant) -> Vec<u8> {
     out
 }
 
-/// The variant entries that can affect stage `si` (itself and its ancestors).
-fn restrict(pipe: &Pipeline, si: usize, variant: &Variant) -> Variant {
+/// The variant entries that can affect stage `si` (itself and its ancestors): `variant`
+/// itself when they all can.
+fn restrict(pipe: &Pipeline, si: usize, variant: &Arc<Variant>) -> Arc<Variant> {
     let name = &pipe.stages[si].name;
-    variant
-        .iter()
-        .filter(|(s, _)| crate::config::depends_on(pipe, name, s))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+    let affects = |s: &String| crate::config::depends_on(pipe, name, s);
+    if variant.keys().all(affects) {
+        return Arc::clone(variant);
+    }
+    Arc::new(
+        variant
+            .iter()
+            .filter(|(s, _)| affects(s))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    )
 }
+
+/// The nodes instantiated under one target variant, by (stage, seed): every stage's
+/// restriction of that variant is fixed, so each is built once however many nodes read it.
+type Built = HashMap<(usize, Option<u64>), usize>;
 
 struct Builder<'a> {
     pipe: &'a Pipeline,
     registry: &'a Registry,
     seed_dep: Vec<bool>,
+    /// Each stage's params as defined, shared by its nodes that no sweep overrides.
+    params: Vec<Arc<Params>>,
     plan: Plan,
 }
 
@@ -265,6 +280,11 @@ impl<'a> Builder<'a> {
             pipe,
             registry,
             seed_dep: seed_dep.into_iter().map(|d| d.unwrap_or(false)).collect(),
+            params: pipe
+                .stages
+                .iter()
+                .map(|s| Arc::new(s.params.clone()))
+                .collect(),
             plan: Plan::default(),
         }
     }
@@ -284,25 +304,29 @@ impl<'a> Builder<'a> {
             });
         }
         let pipe = self.pipe;
+        let mut built = Built::new();
         if t.contains('@') {
             let (stage, variant) = parse_selector(pipe, self.registry, t)?;
             let si = pipe.stage_index(&stage).unwrap_or(0);
+            let variant = Arc::new(variant);
             for seed in self.seeds(si) {
-                self.instantiate(si, &variant, seed);
+                self.instantiate(si, &variant, seed, &mut built);
             }
         } else if let Some(si) = pipe.stage_index(t) {
+            let variant = Arc::new(Variant::new());
             for seed in self.seeds(si) {
-                self.instantiate(si, &Variant::new(), seed);
+                self.instantiate(si, &variant, seed, &mut built);
             }
         } else if let Some(sw) = pipe.sweep(t) {
             let downstream: Vec<usize> = (0..pipe.stages.len())
                 .filter(|&i| crate::config::depends_on(pipe, &pipe.stages[i].name, &sw.stage))
                 .collect();
             for cell in &sw.cells {
-                let variant: Variant = [(sw.stage.clone(), cell.clone())].into();
+                let variant: Arc<Variant> = Arc::new([(sw.stage.clone(), cell.clone())].into());
+                built.clear();
                 for &d in &downstream {
                     for seed in self.seeds(d) {
-                        self.instantiate(d, &variant, seed);
+                        self.instantiate(d, &variant, seed, &mut built);
                     }
                 }
             }
@@ -331,25 +355,36 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
-    fn instantiate(&mut self, si: usize, variant: &Variant, seed: Option<u64>) -> usize {
+    /// The node of stage `si` under `variant` (restricted to its lineage) and `seed`, and of
+    /// each of its inputs; `built` holds those already made under this same `variant`.
+    fn instantiate(
+        &mut self,
+        si: usize,
+        variant: &Arc<Variant>,
+        seed: Option<u64>,
+        built: &mut Built,
+    ) -> usize {
+        if let Some(&id) = built.get(&(si, seed)) {
+            return id;
+        }
         let pipe = self.pipe;
         let def = &pipe.stages[si];
         let restricted = restrict(pipe, si, variant);
         let own_seed = if self.seed_dep[si] { seed } else { None };
-        let inputs: Vec<usize> = def
-            .needs
-            .iter()
-            .filter_map(|n| pipe.stage_index(n))
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|ni| self.instantiate(ni, &restricted, seed))
-            .collect();
-        let mut params = def.params.clone();
-        if let Some(ov) = restricted.get(&def.name) {
-            for (k, v) in ov {
-                params.0.insert(k.clone(), v.clone());
-            }
+        let mut inputs = Vec::with_capacity(def.needs.len());
+        for ni in def.needs.iter().filter_map(|n| pipe.stage_index(n)) {
+            inputs.push(self.instantiate(ni, &restricted, seed, built));
         }
+        let params = match restricted.get(&def.name) {
+            Some(ov) => {
+                let mut params = def.params.clone();
+                for (k, v) in ov {
+                    params.0.insert(k.clone(), v.clone());
+                }
+                Arc::new(params)
+            }
+            None => Arc::clone(&self.params[si]),
+        };
         let cell = cell_id(
             &def.name,
             &def.kind,
@@ -357,6 +392,7 @@ impl<'a> Builder<'a> {
             inputs.iter().map(|&i| self.plan.nodes[i].cell.as_str()),
         );
         if let Some(&id) = self.plan.by_id.get(&(cell.clone(), own_seed)) {
+            built.insert((si, seed), id);
             return id;
         }
         let label = label(&def.name, &restricted);
@@ -373,6 +409,7 @@ impl<'a> Builder<'a> {
             label,
         });
         self.plan.by_id.insert((cell, own_seed), id);
+        built.insert((si, seed), id);
         id
     }
 }

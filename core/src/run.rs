@@ -16,6 +16,7 @@ use crate::index::{self, IndexRow};
 use crate::key::CellKey;
 use crate::live::LiveRun;
 use crate::manifest::{FileEntry, InputRef, Manifest};
+use crate::param::Params;
 use crate::plan::{Node, Plan, bare};
 use crate::registry::Registry;
 use crate::stage::{Input, StageContext, StageError, StageKind};
@@ -415,7 +416,7 @@ impl Exec<'_> {
             .collect::<Result<Vec<Manifest>, Error>>()?;
         let mut cx = StageContext {
             stage: node.stage_name.clone(),
-            params: node.params.clone(),
+            params: Params::clone(&node.params),
             seed: node.seed,
             inputs: node
                 .inputs
@@ -464,7 +465,7 @@ impl Exec<'_> {
             cell: node.cell.clone(),
             label: node.label.clone(),
             seed: node.seed,
-            params: node.params.clone(),
+            params: Params::clone(&node.params),
             inputs: node
                 .inputs
                 .iter()
@@ -544,7 +545,7 @@ impl Exec<'_> {
             .map(|i| {
                 (
                     self.plan.nodes[i].stage_name.clone(),
-                    serde_json::to_value(&self.plan.nodes[i].params).unwrap_or_default(),
+                    serde_json::to_value(&*self.plan.nodes[i].params).unwrap_or_default(),
                 )
             })
             .collect();
@@ -596,7 +597,7 @@ pub fn key_parts<'m>(
     Ok(CellKey {
         kind: node.kind.clone(),
         version: kind.version(),
-        params: node.params.clone(),
+        params: Params::clone(&node.params),
         seed: node.seed,
         inputs: inputs
             .into_iter()
