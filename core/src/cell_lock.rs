@@ -134,10 +134,13 @@ impl CellLock {
                 bytes,
             });
         }
-        // Children before parents, so each directory is synced after everything in it.
-        for d in dirs.iter().rev() {
+        // Children before parents, so each directory is synced after everything in it; the
+        // staging directory itself (the first) once, after the manifest is written into it.
+        for (i, d) in dirs.iter().enumerate().rev() {
             set_mode(d, 0o755)?;
-            sync_dir(d)?;
+            if i > 0 {
+                sync_dir(d)?;
+            }
         }
         manifest.digest = output_digest(files.iter().map(|f| (f.path.as_str(), f.sha256.as_str())));
         manifest.files = files;

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use crate::error::Error;
 use crate::manifest::Manifest;
-use crate::store::{Store, hash_file, write_atomic};
+use crate::store::{Store, hash_file, write_hint};
 
 /// What a file's stat said when its bytes last matched the manifest.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -63,7 +63,8 @@ impl Store {
     fn write_memo(&self, key: &str, memo: &Memo) -> Result<(), Error> {
         let path = self.memo_path(key);
         let json = serde_json::to_vec(memo).map_err(|e| Error::corrupt(&path, e))?;
-        write_atomic(&path, &json)
+        // A hint: a memo lost or emptied by a power cut only makes the next check re-hash.
+        write_hint(&path, &json)
     }
 
     /// Drops the memo of a cell leaving the store.

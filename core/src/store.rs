@@ -330,13 +330,27 @@ pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     f.sync_all().map_err(|e| Error::io(path, e))
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename.
+/// Writes `bytes` to `path` through a temporary file (fsynced) and a rename.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    write_renamed(path, bytes, true)
+}
+
+/// [`write_atomic`] without the fsync: for a record whose loss (or emptiness after a power cut)
+/// costs only time, like a stat memo.
+pub(crate) fn write_hint(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    write_renamed(path, bytes, false)
+}
+
+fn write_renamed(path: &Path, bytes: &[u8], sync: bool) -> Result<(), Error> {
     // Unique per process and call, so two threads writing one path never share a temp file.
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
-    write_synced(&tmp, bytes)?;
+    if sync {
+        write_synced(&tmp, bytes)?;
+    } else {
+        fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    }
     fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
