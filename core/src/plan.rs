@@ -16,8 +16,9 @@ use crate::key::cell_id;
 use crate::param::{Params, Value};
 use crate::registry::Registry;
 
-/// Param overrides per stage: the sweep cell a node belongs to.
-pub type Variant = BTreeMap<String, BTreeMap<String, Value>>;
+/// Param overrides per stage: the sweep cell a node belongs to (each stage's overrides shared
+/// with the sweep's definition).
+pub type Variant = BTreeMap<String, Arc<BTreeMap<String, Value>>>;
 
 /// One cell to compute.
 #[derive(Debug, Clone)]
@@ -183,10 +184,7 @@ pub fn parse_selector(
         let v = spec
             .check(&v)
             .map_err(|m| err(format!("`{sel}`: param `{param}`: {m}")))?;
-        variant
-            .entry(on.to_owned())
-            .or_default()
-            .insert(param.to_owned(), v);
+        Arc::make_mut(variant.entry(on.to_owned()).or_default()).insert(param.to_owned(), v);
     }
     Ok((stage.to_owned(), variant))
 }
@@ -378,7 +376,7 @@ impl<'a> Builder<'a> {
         let params = match restricted.get(&def.name) {
             Some(ov) => {
                 let mut params = def.params.clone();
-                for (k, v) in ov {
+                for (k, v) in ov.iter() {
                     params.0.insert(k.clone(), v.clone());
                 }
                 Arc::new(params)
