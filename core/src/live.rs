@@ -53,13 +53,23 @@ impl LiveRun {
         })
     }
 
-    /// Records `key` as protected by this run, then resolves it if it is committed.
-    pub(crate) fn protect(&self, store: &Store, key: &str) -> Result<Option<Committed>, Error> {
+    /// Records `keys` as protected by this run (one write, one hold of the gate), then
+    /// resolves each that is committed.
+    pub(crate) fn protect(
+        &self,
+        store: &Store,
+        keys: &[&str],
+    ) -> Result<Vec<Result<Option<Committed>, Error>>, Error> {
+        let mut lines = String::with_capacity(keys.len() * 65);
+        for k in keys {
+            lines.push_str(k);
+            lines.push('\n');
+        }
         self.gate.shared(|| {
             (&self.registry)
-                .write_all(format!("{key}\n").as_bytes())
+                .write_all(lines.as_bytes())
                 .map_err(|e| Error::io(&self.path, e))?;
-            store.committed_cell(key)
+            Ok(keys.iter().map(|k| store.committed_cell(k)).collect())
         })
     }
 }

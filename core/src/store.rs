@@ -13,8 +13,9 @@
 //! runs/index/*.parquet  the run index: a file per new row, merged into one (index.rs)
 //! runs/cache/*.cells     the cell cache: each cell's stage, digest and memo (cache.rs)
 //! ```
-//! The contract is in the types: [`Store::lookup`] answers a key with a [`Lookup::Hit`] or a
-//! [`Lookup::Miss`] holding the key's [`CellLock`], and only a `CellLock` can commit (the
+//! The contract is in the types: [`Store::lookup`] protects keys and says which are committed,
+//! [`Store::claim`] answers a missing one with a [`Lookup::Hit`] or a [`Lookup::Miss`] holding
+//! the key's [`CellLock`], and only a `CellLock` can commit (the
 //! commit fsyncs every file and directory, whatever wrote them, and sets their modes). A killed
 //! or failed attempt commits nothing; locks are released by the OS when their holders die.
 
@@ -126,20 +127,22 @@ impl Store {
         }
     }
 
-    /// Resolves `key` for `run`: protects it from `gc` until the run ends, then answers
-    /// [`Lookup::Hit`] if it is committed ([`Store::committed_cell`]), else takes the key's
-    /// lock ‒ calling `on_wait` first if another process holds it (computing it, or a survivor
-    /// of an earlier run still holding it) ‒ and answers again: a `Hit` if the holder committed
-    /// it, else a `Miss`.
+    /// Resolves `keys` for `run`: protects them from `gc` until the run ends (recorded
+    /// together), then answers for each whether it is committed ([`Store::committed_cell`]).
+    /// A key found missing is claimed with [`Store::claim`].
     pub fn lookup(
         &self,
         run: &LiveRun,
-        key: &str,
-        on_wait: impl FnOnce(),
-    ) -> Result<Lookup, Error> {
-        if let Some(c) = run.protect(self, key)? {
-            return Ok(Lookup::Hit(c));
-        }
+        keys: &[&str],
+    ) -> Result<Vec<Result<Option<Committed>, Error>>, Error> {
+        run.protect(self, keys)
+    }
+
+    /// Takes the lock of `key` (which [`Store::lookup`] protected and found missing) ‒ calling
+    /// `on_wait` first if another process holds it (computing it, or a survivor of an earlier
+    /// run still holding it) ‒ and answers again: a [`Lookup::Hit`] if the holder committed it,
+    /// else a [`Lookup::Miss`].
+    pub fn claim(&self, key: &str, on_wait: impl FnOnce()) -> Result<Lookup, Error> {
         let file = self.lock_file(key)?;
         match file.try_lock() {
             Ok(()) => {}
