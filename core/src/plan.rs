@@ -7,6 +7,7 @@
 //! version, so results group over seeds and `why` can find the last run of a cell after a
 //! version bump. Nodes come out in topological order.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 
@@ -62,7 +63,10 @@ pub struct PlanError {
 #[derive(Debug, Default, Clone)]
 pub struct Plan {
     pub nodes: Vec<Node>,
-    by_id: HashMap<(String, Option<u64>), usize>,
+    /// Node ids by the leading 64 bits of their cell id, and seed; a later cell sharing those
+    /// bits with another (never seen: they are SHA-256 bits) goes in `by_id_rest`.
+    by_id: HashMap<(u64, Option<u64>), usize>,
+    by_id_rest: HashMap<(String, Option<u64>), usize>,
     /// Node ids by stage and canonical variant, built on the first [`Plan::find`].
     by_variant: OnceLock<ByVariant>,
 }
@@ -115,7 +119,22 @@ impl Plan {
 
     /// The node with this cell id and seed.
     pub fn get(&self, cell: &str, seed: Option<u64>) -> Option<usize> {
-        self.by_id.get(&(cell.to_owned(), seed)).copied()
+        match self.by_id.get(&(leading_bits(cell), seed)) {
+            Some(&id) if self.nodes[id].cell == cell => Some(id),
+            _ => self.by_id_rest.get(&(cell.to_owned(), seed)).copied(),
+        }
+    }
+
+    fn insert_id(&mut self, id: usize) {
+        let (cell, seed) = (&self.nodes[id].cell, self.nodes[id].seed);
+        match self.by_id.entry((leading_bits(cell), seed)) {
+            Entry::Vacant(v) => {
+                v.insert(id);
+            }
+            Entry::Occupied(_) => {
+                self.by_id_rest.insert((cell.clone(), seed), id);
+            }
+        }
     }
 
     /// Every node that transitively feeds `id`, itself included, in topological order.
@@ -206,6 +225,13 @@ fn toml_to_value(v: &toml::de::DeValue<'_>) -> Option<Value> {
         ),
         _ => return None,
     })
+}
+
+/// The first 16 hex digits of a cell id as a number (0 for anything else).
+fn leading_bits(cell: &str) -> u64 {
+    cell.get(..16)
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .unwrap_or(0)
 }
 
 /// The canonical bytes of a variant, for hashing (equal values, equal bytes).
@@ -389,7 +415,7 @@ impl<'a> Builder<'a> {
             &params,
             inputs.iter().map(|&i| self.plan.nodes[i].cell.as_str()),
         );
-        if let Some(&id) = self.plan.by_id.get(&(cell.clone(), own_seed)) {
+        if let Some(id) = self.plan.get(&cell, own_seed) {
             built.insert((si, seed), id);
             return id;
         }
@@ -406,7 +432,7 @@ impl<'a> Builder<'a> {
             cell: cell.clone(),
             label,
         });
-        self.plan.by_id.insert((cell, own_seed), id);
+        self.plan.insert_id(id);
         built.insert((si, seed), id);
         id
     }
@@ -439,5 +465,49 @@ pub fn bare(v: &Value) -> String {
         Value::Str(s) => s.clone(),
         Value::List(items) => format!("[{}]", items.iter().map(bare).collect::<Vec<_>>().join(",")),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(cell: &str, seed: Option<u64>) -> Node {
+        Node {
+            stage: 0,
+            stage_name: "s".into(),
+            kind: "k".into(),
+            variant: Arc::default(),
+            seed,
+            params: Arc::default(),
+            inputs: vec![],
+            cell: cell.into(),
+            label: "s".into(),
+        }
+    }
+
+    #[test]
+    fn cells_sharing_leading_bits_are_told_apart() {
+        let same = "0123456789abcdef";
+        let (a, b) = (
+            format!("{same}{}", "0".repeat(48)),
+            format!("{same}{}", "1".repeat(48)),
+        );
+        let mut plan = Plan::default();
+        for n in [
+            node(&a, None),
+            node(&b, None),
+            node(&b, Some(1)),
+            node("xyz", None),
+        ] {
+            plan.nodes.push(n);
+            plan.insert_id(plan.nodes.len() - 1);
+        }
+        assert_eq!(plan.get(&a, None), Some(0));
+        assert_eq!(plan.get(&b, None), Some(1));
+        assert_eq!(plan.get(&b, Some(1)), Some(2));
+        assert_eq!(plan.get("xyz", None), Some(3));
+        assert_eq!(plan.get(&a, Some(1)), None);
+        assert_eq!(plan.get(&"2".repeat(64), None), None);
     }
 }
