@@ -5,10 +5,12 @@ use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::committed::Committed;
 use crate::error::Error;
 use crate::fileinfo;
 use crate::key::output_digest;
 use crate::manifest::{FileEntry, MANIFEST, Manifest};
+use crate::memo::Stamp;
 use crate::store::{Store, hash_file, sync_dir, write_synced};
 
 /// The held lock on one key whose cell is not committed, with the cell's private staging
@@ -77,7 +79,16 @@ impl CellLock {
     /// fsyncs every file and directory, writes the manifest, renames the staging directory to
     /// `store/<key>` and fsyncs `store/`; then records each file's stat memo and removes the
     /// scratch directory. `manifest.files` holds the digests recorded while writing.
-    pub fn commit(mut self, mut manifest: Manifest) -> Result<Manifest, Error> {
+    pub fn commit(self, manifest: Manifest) -> Result<Manifest, Error> {
+        self.commit_cell(manifest).map(|(m, _)| m)
+    }
+
+    /// [`CellLock::commit`], also recording the cell in the cell cache and returning it as
+    /// runs resolve it.
+    pub(crate) fn commit_cell(
+        mut self,
+        mut manifest: Manifest,
+    ) -> Result<(Manifest, Committed), Error> {
         manifest.key.clone_from(&self.key);
         let mut files = Vec::new();
         let mut dirs = Vec::new();
@@ -123,10 +134,13 @@ impl CellLock {
                 bytes,
             });
         }
-        // Children before parents, so each directory is synced after everything in it.
-        for d in dirs.iter().rev() {
+        // Children before parents, so each directory is synced after everything in it; the
+        // staging directory itself (the first) once, after the manifest is written into it.
+        for (i, d) in dirs.iter().enumerate().rev() {
             set_mode(d, 0o755)?;
-            sync_dir(d)?;
+            if i > 0 {
+                sync_dir(d)?;
+            }
         }
         manifest.digest = output_digest(files.iter().map(|f| (f.path.as_str(), f.sha256.as_str())));
         manifest.files = files;
@@ -138,16 +152,22 @@ impl CellLock {
         let dest = self.store.cell_dir(&self.key);
         if dest.exists() {
             // Committed by a process that ignored the lock: keep theirs, it has the same inputs.
-            return Manifest::read(&dest);
+            let theirs = self
+                .store
+                .committed_cell(&self.key)?
+                .ok_or_else(|| Error::corrupt(&dest, "committed without a manifest"))?;
+            return Ok((Manifest::read(&dest)?, theirs));
         }
         fs::rename(&self.staging, &dest).map_err(|e| Error::io(&dest, e))?;
         self.committed = true;
         sync_dir(&self.store.root().join("store"))?;
-        self.store.record_memo(&manifest)?;
+        let memo = self.store.record_memo(&manifest)?;
+        let stamp = Stamp::of(&dest.join(MANIFEST)).map_err(|e| Error::io(&dest, e))?;
+        let cell = self.store.remember(&manifest, stamp, &memo);
         if self.scratch.exists() {
             fs::remove_dir_all(&self.scratch).map_err(|e| Error::io(&self.scratch, e))?;
         }
-        Ok(manifest)
+        Ok((manifest, cell))
     }
 }
 

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ops::Range;
+use std::sync::Arc;
 
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
@@ -29,7 +30,8 @@ pub struct StageDef {
 pub struct SweepDef {
     pub name: String,
     pub stage: String,
-    pub cells: Vec<BTreeMap<String, Value>>,
+    /// Each cell's overrides, shared with the plan nodes of that cell.
+    pub cells: Vec<Arc<BTreeMap<String, Value>>>,
 }
 
 /// What the rows of a table are.
@@ -796,7 +798,7 @@ impl Parser<'_> {
         Ok(SweepDef {
             name: sname,
             stage,
-            cells,
+            cells: cells.into_iter().map(Arc::new).collect(),
         })
     }
 

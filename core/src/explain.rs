@@ -4,9 +4,8 @@ use std::fmt;
 
 use crate::error::Error;
 use crate::key::CellKey;
-use crate::manifest::Manifest;
 use crate::param::Value;
-use crate::plan::Plan;
+use crate::plan::{Node, Plan};
 use crate::registry::Registry;
 use crate::run::key_parts;
 use crate::store::{Pointer, Store};
@@ -119,16 +118,16 @@ pub struct CellStatus {
 
 /// What the store says about one node of a plan.
 pub(crate) struct Resolution {
-    /// Its current key parts, when its inputs are all in the store.
-    pub parts: Option<CellKey>,
-    /// Its committed manifest.
-    pub manifest: Option<Manifest>,
+    /// Its current key, when its inputs are all in the store.
+    pub key: Option<String>,
+    /// The stage and content digest of its committed cell (what keys its readers).
+    pub output: Option<(String, String)>,
     /// Its key is committed but the manifest cannot be read.
     pub damaged: bool,
 }
 
-/// The current key parts of every node whose inputs are all in the store. A manifest that
-/// cannot be read is reported (naming it) and counts as damaged, not as an error.
+/// The current key of every node whose inputs are all in the store. A manifest that cannot be
+/// read is reported (naming it) and counts as damaged, not as an error.
 pub(crate) fn resolve(
     registry: &Registry,
     store: &Store,
@@ -136,19 +135,13 @@ pub(crate) fn resolve(
 ) -> Result<Vec<Resolution>, Error> {
     let mut out: Vec<Resolution> = Vec::with_capacity(plan.nodes.len());
     for node in &plan.nodes {
-        let inputs: Option<Vec<&Manifest>> = node
-            .inputs
-            .iter()
-            .map(|&i| out[i].manifest.as_ref())
-            .collect();
-        let entry = match inputs {
-            Some(ms) => {
-                let parts =
-                    key_parts(registry, node, ms).map_err(|e| Error::corrupt(store.root(), e))?;
-                match store.committed(&parts.key()) {
-                    Ok(manifest) => Resolution {
-                        parts: Some(parts),
-                        manifest,
+        let entry = match current_parts(registry, store, node, &out)? {
+            Some(parts) => {
+                let key = parts.key();
+                match store.committed_cell(&key) {
+                    Ok(cell) => Resolution {
+                        output: cell.map(|c| (c.stage, c.digest)),
+                        key: Some(key),
                         damaged: false,
                     },
                     Err(e) => {
@@ -157,16 +150,16 @@ pub(crate) fn resolve(
                             node.display()
                         );
                         Resolution {
-                            parts: Some(parts),
-                            manifest: None,
+                            key: Some(key),
+                            output: None,
                             damaged: true,
                         }
                     }
                 }
             }
             None => Resolution {
-                parts: None,
-                manifest: None,
+                key: None,
+                output: None,
                 damaged: false,
             },
         };
@@ -175,17 +168,39 @@ pub(crate) fn resolve(
     Ok(out)
 }
 
+/// The key parts of `node` if its inputs (resolved in `resolved`) are all in the store.
+fn current_parts(
+    registry: &Registry,
+    store: &Store,
+    node: &Node,
+    resolved: &[Resolution],
+) -> Result<Option<CellKey>, Error> {
+    let inputs: Option<Vec<(&str, &str)>> = node
+        .inputs
+        .iter()
+        .map(|&i| {
+            resolved[i]
+                .output
+                .as_ref()
+                .map(|(s, d)| (s.as_str(), d.as_str()))
+        })
+        .collect();
+    inputs
+        .map(|ins| key_parts(registry, node, ins).map_err(|e| Error::corrupt(store.root(), e)))
+        .transpose()
+}
+
 /// The status of every node in `plan`.
 pub fn status(registry: &Registry, store: &Store, plan: &Plan) -> Result<Vec<CellStatus>, Error> {
     let resolved = resolve(registry, store, plan)?;
     let mut out = Vec::with_capacity(plan.nodes.len());
     for (i, node) in plan.nodes.iter().enumerate() {
         let Resolution {
-            parts,
-            manifest,
+            key,
+            output,
             damaged,
         } = &resolved[i];
-        let pointer = if manifest.is_some() || *damaged {
+        let pointer = if output.is_some() || *damaged {
             None
         } else {
             store.pointer(&node.label, node.seed).unwrap_or_else(|e| {
@@ -193,17 +208,17 @@ pub fn status(registry: &Registry, store: &Store, plan: &Plan) -> Result<Vec<Cel
                 None
             })
         };
-        let (state, changes) = match (manifest, &pointer) {
+        let (state, changes) = match (output, &pointer) {
             _ if *damaged => (State::Damaged, vec![]),
             (Some(_), _) => (State::Cached, vec![]),
             (None, Some(p)) => (
                 State::Stale,
                 diff(
                     &p.parts,
-                    parts.as_ref(),
+                    current_parts(registry, store, node, &resolved)?.as_ref(),
                     node.inputs
                         .iter()
-                        .filter(|&&j| resolved[j].manifest.is_none())
+                        .filter(|&&j| resolved[j].output.is_none())
                         .map(|&j| plan.nodes[j].stage_name.as_str()),
                 ),
             ),
@@ -214,7 +229,7 @@ pub fn status(registry: &Registry, store: &Store, plan: &Plan) -> Result<Vec<Cel
             label: node.label.clone(),
             seed: node.seed,
             state,
-            key: parts.as_ref().map(CellKey::key),
+            key: key.clone(),
             changes,
         });
     }

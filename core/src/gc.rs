@@ -25,7 +25,7 @@ pub struct GcReport {
 
 /// Removes (unless `dry_run`) every committed cell and scratch directory whose key is not the
 /// current key of some cell of `plan` and that no live run protects, then merges the run
-/// index. While it removes, runs wait to resolve keys (the gate, `live.rs`).
+/// index and the cell cache. While it removes, runs wait to resolve keys (the gate, `live.rs`).
 pub fn gc(
     registry: &Registry,
     store: &Store,
@@ -34,7 +34,7 @@ pub fn gc(
 ) -> Result<GcReport, Error> {
     let keep: BTreeSet<String> = resolve(registry, store, plan)?
         .into_iter()
-        .filter_map(|r| r.parts.map(|p| p.key()))
+        .filter_map(|r| r.key)
         .collect();
     let (gate, protected) = Gate::close(store)?;
     let mut report = GcReport::default();
@@ -75,6 +75,7 @@ pub fn gc(
     drop(gate);
     if !dry_run {
         report.index_files_merged = crate::index::compact(&store.index_dir())?;
+        store.cache().merge(&store.root().join("store"))?;
     }
     Ok(report)
 }

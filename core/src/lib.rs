@@ -28,6 +28,8 @@ pub mod tables;
 pub mod typed_params;
 pub mod verify;
 
+mod cache;
+mod committed;
 mod error;
 mod fileinfo;
 mod memo;
@@ -42,7 +44,7 @@ pub use plan::{Node, Plan, PlanError};
 pub use registry::Registry;
 pub use run::{Event, RunOptions, RunSummary};
 pub use stage::{ArtifactWriter, Input, StageContext, StageError, StageKind};
-pub use store::{Lookup, Store};
+pub use store::{Committed, Lookup, Store};
 pub use typed_params::{Choice, FromParam};
 
 #[doc(hidden)]

@@ -15,8 +15,7 @@ use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::Error;
-use crate::manifest::Manifest;
-use crate::store::Store;
+use crate::store::{Committed, Store};
 
 /// A run in progress: the keys it protects stay in the store until it ends (is dropped or dies).
 #[derive(Debug)]
@@ -54,13 +53,23 @@ impl LiveRun {
         })
     }
 
-    /// Records `key` as protected by this run, then reads its manifest if it is committed.
-    pub(crate) fn protect(&self, store: &Store, key: &str) -> Result<Option<Manifest>, Error> {
+    /// Records `keys` as protected by this run (one write, one hold of the gate), then
+    /// resolves each that is committed.
+    pub(crate) fn protect(
+        &self,
+        store: &Store,
+        keys: &[&str],
+    ) -> Result<Vec<Result<Option<Committed>, Error>>, Error> {
+        let mut lines = String::with_capacity(keys.len() * 65);
+        for k in keys {
+            lines.push_str(k);
+            lines.push('\n');
+        }
         self.gate.shared(|| {
             (&self.registry)
-                .write_all(format!("{key}\n").as_bytes())
+                .write_all(lines.as_bytes())
                 .map_err(|e| Error::io(&self.path, e))?;
-            store.committed(key)
+            Ok(keys.iter().map(|k| store.committed_cell(k)).collect())
         })
     }
 }

@@ -10,19 +10,19 @@ use std::path::Path;
 
 use crate::error::Error;
 use crate::manifest::Manifest;
-use crate::store::{Store, hash_file, write_atomic};
+use crate::store::{Store, hash_file, write_hint};
 
 /// What a file's stat said when its bytes last matched the manifest.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-struct Stamp {
-    bytes: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-    ino: u64,
+pub(crate) struct Stamp {
+    pub bytes: u64,
+    pub mtime: (i64, i64),
+    pub ctime: (i64, i64),
+    pub ino: u64,
 }
 
 impl Stamp {
-    fn of(path: &Path) -> io::Result<Stamp> {
+    pub(crate) fn of(path: &Path) -> io::Result<Stamp> {
         let m = fs::metadata(path)?;
         Ok(Stamp {
             bytes: m.size(),
@@ -33,28 +33,38 @@ impl Stamp {
     }
 }
 
-type Memo = BTreeMap<String, Stamp>;
+pub(crate) type Memo = BTreeMap<String, Stamp>;
 
 impl Store {
     fn memo_path(&self, key: &str) -> std::path::PathBuf {
         self.root().join("memo").join(format!("{key}.json"))
     }
 
-    /// Records the stat of every file of a cell just committed (so just hashed).
-    pub(crate) fn record_memo(&self, m: &Manifest) -> Result<(), Error> {
+    /// Records the stat of every file of a cell just committed (so just hashed), and returns it.
+    pub(crate) fn record_memo(&self, m: &Manifest) -> Result<Memo, Error> {
         let dir = self.cell_dir(&m.key);
         let mut memo = Memo::new();
         for f in &m.files {
             let p = dir.join(&f.path);
             memo.insert(f.path.clone(), Stamp::of(&p).map_err(|e| Error::io(&p, e))?);
         }
-        self.write_memo(&m.key, &memo)
+        self.write_memo(&m.key, &memo)?;
+        Ok(memo)
+    }
+
+    /// The memo of a cell; empty if it has none or it cannot be read (then files are re-hashed).
+    pub(crate) fn memo(&self, key: &str) -> Memo {
+        fs::read(self.memo_path(key))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
     }
 
     fn write_memo(&self, key: &str, memo: &Memo) -> Result<(), Error> {
         let path = self.memo_path(key);
         let json = serde_json::to_vec(memo).map_err(|e| Error::corrupt(&path, e))?;
-        write_atomic(&path, &json)
+        // A hint: a memo lost or emptied by a power cut only makes the next check re-hash.
+        write_hint(&path, &json)
     }
 
     /// Drops the memo of a cell leaving the store.
@@ -67,10 +77,7 @@ impl Store {
     /// (or that has no memo). [`Error::Damaged`] names the first file that does not match.
     pub fn check(&self, m: &Manifest) -> Result<(), Error> {
         let dir = self.cell_dir(&m.key);
-        let memo: Memo = fs::read(self.memo_path(&m.key))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
+        let memo = self.memo(&m.key);
         let damaged = |path: &Path, problem: String| Error::Damaged {
             key: m.key.clone(),
             label: m.label.clone(),

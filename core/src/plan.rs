@@ -7,8 +7,9 @@
 //! version, so results group over seeds and `why` can find the last run of a cell after a
 //! version bump. Nodes come out in topological order.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use crate::config::{Pipeline, Rows};
 use crate::config_error::unknown_hint;
@@ -16,8 +17,9 @@ use crate::key::cell_id;
 use crate::param::{Params, Value};
 use crate::registry::Registry;
 
-/// Param overrides per stage: the sweep cell a node belongs to.
-pub type Variant = BTreeMap<String, BTreeMap<String, Value>>;
+/// Param overrides per stage: the sweep cell a node belongs to (each stage's overrides shared
+/// with the sweep's definition).
+pub type Variant = BTreeMap<String, Arc<BTreeMap<String, Value>>>;
 
 /// One cell to compute.
 #[derive(Debug, Clone)]
@@ -26,10 +28,12 @@ pub struct Node {
     pub stage: usize,
     pub stage_name: String,
     pub kind: String,
-    /// The overrides of this node's lineage (only stages it depends on, itself included).
-    pub variant: Variant,
+    /// The overrides of this node's lineage (only stages it depends on, itself included);
+    /// shared by the nodes of one sweep cell.
+    pub variant: Arc<Variant>,
     pub seed: Option<u64>,
-    pub params: Params,
+    /// Shared with the stage's definition where no sweep overrides it.
+    pub params: Arc<Params>,
     /// Node ids of its inputs, in the order of `needs`.
     pub inputs: Vec<usize>,
     /// The configuration identity (hex SHA-256), seed excluded.
@@ -59,7 +63,10 @@ pub struct PlanError {
 #[derive(Debug, Default, Clone)]
 pub struct Plan {
     pub nodes: Vec<Node>,
-    by_id: HashMap<(String, Option<u64>), usize>,
+    /// Node ids by the leading 64 bits of their cell id, and seed; a later cell sharing those
+    /// bits with another (never seen: they are SHA-256 bits) goes in `by_id_rest`.
+    by_id: HashMap<(u64, Option<u64>), usize>,
+    by_id_rest: HashMap<(String, Option<u64>), usize>,
     /// Node ids by stage and canonical variant, built on the first [`Plan::find`].
     by_variant: OnceLock<ByVariant>,
 }
@@ -104,7 +111,7 @@ impl Plan {
             }
             m
         });
-        let restricted = restrict(pipe, si, variant);
+        let restricted = restrict(pipe, si, &Arc::new(variant.clone()));
         index
             .get(&(si, encode_variant(&restricted)))
             .map_or(vec![], |ids| ids.iter().map(|&i| &self.nodes[i]).collect())
@@ -112,7 +119,22 @@ impl Plan {
 
     /// The node with this cell id and seed.
     pub fn get(&self, cell: &str, seed: Option<u64>) -> Option<usize> {
-        self.by_id.get(&(cell.to_owned(), seed)).copied()
+        match self.by_id.get(&(leading_bits(cell), seed)) {
+            Some(&id) if self.nodes[id].cell == cell => Some(id),
+            _ => self.by_id_rest.get(&(cell.to_owned(), seed)).copied(),
+        }
+    }
+
+    fn insert_id(&mut self, id: usize) {
+        let (cell, seed) = (&self.nodes[id].cell, self.nodes[id].seed);
+        match self.by_id.entry((leading_bits(cell), seed)) {
+            Entry::Vacant(v) => {
+                v.insert(id);
+            }
+            Entry::Occupied(_) => {
+                self.by_id_rest.insert((cell.clone(), seed), id);
+            }
+        }
     }
 
     /// Every node that transitively feeds `id`, itself included, in topological order.
@@ -181,10 +203,7 @@ pub fn parse_selector(
         let v = spec
             .check(&v)
             .map_err(|m| err(format!("`{sel}`: param `{param}`: {m}")))?;
-        variant
-            .entry(on.to_owned())
-            .or_default()
-            .insert(param.to_owned(), v);
+        Arc::make_mut(variant.entry(on.to_owned()).or_default()).insert(param.to_owned(), v);
     }
     Ok((stage.to_owned(), variant))
 }
@@ -208,6 +227,13 @@ fn toml_to_value(v: &toml::de::DeValue<'_>) -> Option<Value> {
     })
 }
 
+/// The first 16 hex digits of a cell id as a number (0 for anything else).
+fn leading_bits(cell: &str) -> u64 {
+    cell.get(..16)
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+        .unwrap_or(0)
+}
+
 /// The canonical bytes of a variant, for hashing (equal values, equal bytes).
 fn encode_variant(variant: &Variant) -> Vec<u8> {
     let mut out = Vec::new();
@@ -221,20 +247,33 @@ fn encode_variant(variant: &Variant) -> Vec<u8> {
     out
 }
 
-/// The variant entries that can affect stage `si` (itself and its ancestors).
-fn restrict(pipe: &Pipeline, si: usize, variant: &Variant) -> Variant {
+/// The variant entries that can affect stage `si` (itself and its ancestors): `variant`
+/// itself when they all can.
+fn restrict(pipe: &Pipeline, si: usize, variant: &Arc<Variant>) -> Arc<Variant> {
     let name = &pipe.stages[si].name;
-    variant
-        .iter()
-        .filter(|(s, _)| crate::config::depends_on(pipe, name, s))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+    let affects = |s: &String| crate::config::depends_on(pipe, name, s);
+    if variant.keys().all(affects) {
+        return Arc::clone(variant);
+    }
+    Arc::new(
+        variant
+            .iter()
+            .filter(|(s, _)| affects(s))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    )
 }
+
+/// The nodes instantiated under one target variant, by (stage, seed): every stage's
+/// restriction of that variant is fixed, so each is built once however many nodes read it.
+type Built = HashMap<(usize, Option<u64>), usize>;
 
 struct Builder<'a> {
     pipe: &'a Pipeline,
     registry: &'a Registry,
     seed_dep: Vec<bool>,
+    /// Each stage's params as defined, shared by its nodes that no sweep overrides.
+    params: Vec<Arc<Params>>,
     plan: Plan,
 }
 
@@ -265,6 +304,11 @@ impl<'a> Builder<'a> {
             pipe,
             registry,
             seed_dep: seed_dep.into_iter().map(|d| d.unwrap_or(false)).collect(),
+            params: pipe
+                .stages
+                .iter()
+                .map(|s| Arc::new(s.params.clone()))
+                .collect(),
             plan: Plan::default(),
         }
     }
@@ -284,25 +328,29 @@ impl<'a> Builder<'a> {
             });
         }
         let pipe = self.pipe;
+        let mut built = Built::new();
         if t.contains('@') {
             let (stage, variant) = parse_selector(pipe, self.registry, t)?;
             let si = pipe.stage_index(&stage).unwrap_or(0);
+            let variant = Arc::new(variant);
             for seed in self.seeds(si) {
-                self.instantiate(si, &variant, seed);
+                self.instantiate(si, &variant, seed, &mut built);
             }
         } else if let Some(si) = pipe.stage_index(t) {
+            let variant = Arc::new(Variant::new());
             for seed in self.seeds(si) {
-                self.instantiate(si, &Variant::new(), seed);
+                self.instantiate(si, &variant, seed, &mut built);
             }
         } else if let Some(sw) = pipe.sweep(t) {
             let downstream: Vec<usize> = (0..pipe.stages.len())
                 .filter(|&i| crate::config::depends_on(pipe, &pipe.stages[i].name, &sw.stage))
                 .collect();
             for cell in &sw.cells {
-                let variant: Variant = [(sw.stage.clone(), cell.clone())].into();
+                let variant: Arc<Variant> = Arc::new([(sw.stage.clone(), cell.clone())].into());
+                built.clear();
                 for &d in &downstream {
                     for seed in self.seeds(d) {
-                        self.instantiate(d, &variant, seed);
+                        self.instantiate(d, &variant, seed, &mut built);
                     }
                 }
             }
@@ -331,32 +379,44 @@ impl<'a> Builder<'a> {
         Ok(())
     }
 
-    fn instantiate(&mut self, si: usize, variant: &Variant, seed: Option<u64>) -> usize {
+    /// The node of stage `si` under `variant` (restricted to its lineage) and `seed`, and of
+    /// each of its inputs; `built` holds those already made under this same `variant`.
+    fn instantiate(
+        &mut self,
+        si: usize,
+        variant: &Arc<Variant>,
+        seed: Option<u64>,
+        built: &mut Built,
+    ) -> usize {
+        if let Some(&id) = built.get(&(si, seed)) {
+            return id;
+        }
         let pipe = self.pipe;
         let def = &pipe.stages[si];
         let restricted = restrict(pipe, si, variant);
         let own_seed = if self.seed_dep[si] { seed } else { None };
-        let inputs: Vec<usize> = def
-            .needs
-            .iter()
-            .filter_map(|n| pipe.stage_index(n))
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|ni| self.instantiate(ni, &restricted, seed))
-            .collect();
-        let mut params = def.params.clone();
-        if let Some(ov) = restricted.get(&def.name) {
-            for (k, v) in ov {
-                params.0.insert(k.clone(), v.clone());
-            }
+        let mut inputs = Vec::with_capacity(def.needs.len());
+        for ni in def.needs.iter().filter_map(|n| pipe.stage_index(n)) {
+            inputs.push(self.instantiate(ni, &restricted, seed, built));
         }
+        let params = match restricted.get(&def.name) {
+            Some(ov) => {
+                let mut params = def.params.clone();
+                for (k, v) in ov.iter() {
+                    params.0.insert(k.clone(), v.clone());
+                }
+                Arc::new(params)
+            }
+            None => Arc::clone(&self.params[si]),
+        };
         let cell = cell_id(
             &def.name,
             &def.kind,
             &params,
             inputs.iter().map(|&i| self.plan.nodes[i].cell.as_str()),
         );
-        if let Some(&id) = self.plan.by_id.get(&(cell.clone(), own_seed)) {
+        if let Some(id) = self.plan.get(&cell, own_seed) {
+            built.insert((si, seed), id);
             return id;
         }
         let label = label(&def.name, &restricted);
@@ -372,7 +432,8 @@ impl<'a> Builder<'a> {
             cell: cell.clone(),
             label,
         });
-        self.plan.by_id.insert((cell, own_seed), id);
+        self.plan.insert_id(id);
+        built.insert((si, seed), id);
         id
     }
 }
@@ -404,5 +465,49 @@ pub fn bare(v: &Value) -> String {
         Value::Str(s) => s.clone(),
         Value::List(items) => format!("[{}]", items.iter().map(bare).collect::<Vec<_>>().join(",")),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(cell: &str, seed: Option<u64>) -> Node {
+        Node {
+            stage: 0,
+            stage_name: "s".into(),
+            kind: "k".into(),
+            variant: Arc::default(),
+            seed,
+            params: Arc::default(),
+            inputs: vec![],
+            cell: cell.into(),
+            label: "s".into(),
+        }
+    }
+
+    #[test]
+    fn cells_sharing_leading_bits_are_told_apart() {
+        let same = "0123456789abcdef";
+        let (a, b) = (
+            format!("{same}{}", "0".repeat(48)),
+            format!("{same}{}", "1".repeat(48)),
+        );
+        let mut plan = Plan::default();
+        for n in [
+            node(&a, None),
+            node(&b, None),
+            node(&b, Some(1)),
+            node("xyz", None),
+        ] {
+            plan.nodes.push(n);
+            plan.insert_id(plan.nodes.len() - 1);
+        }
+        assert_eq!(plan.get(&a, None), Some(0));
+        assert_eq!(plan.get(&b, None), Some(1));
+        assert_eq!(plan.get(&b, Some(1)), Some(2));
+        assert_eq!(plan.get("xyz", None), Some(3));
+        assert_eq!(plan.get(&a, Some(1)), None);
+        assert_eq!(plan.get(&"2".repeat(64), None), None);
     }
 }

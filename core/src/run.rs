@@ -2,7 +2,7 @@
 //! has, compute the rest (in parallel up to `jobs`), commit each atomically.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashSet};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -16,10 +16,11 @@ use crate::index::{self, IndexRow};
 use crate::key::CellKey;
 use crate::live::LiveRun;
 use crate::manifest::{FileEntry, InputRef, Manifest};
+use crate::param::Params;
 use crate::plan::{Node, Plan, bare};
 use crate::registry::Registry;
 use crate::stage::{Input, StageContext, StageError, StageKind};
-use crate::store::{Lookup, Pointer, Store};
+use crate::store::{Committed, Lookup, Pointer, Store};
 
 /// How to run.
 #[derive(Clone)]
@@ -75,11 +76,6 @@ pub struct RunSummary {
     pub keys: Vec<Option<String>>,
 }
 
-#[derive(Debug, Clone)]
-struct Resolved {
-    manifest: Manifest,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum St {
     Pending,
@@ -93,8 +89,8 @@ enum St {
 /// completion cost O(log n) plus the node's out-degree, never a scan of the plan.
 struct Sched {
     state: Vec<St>,
-    /// Each done node's manifest, until the last node reading it has started.
-    resolved: Vec<Option<Resolved>>,
+    /// Each done node's cell, until the last node reading it has started.
+    resolved: Vec<Option<Committed>>,
     /// Per node, how many of the nodes reading it have not started yet.
     readers_left: Vec<usize>,
     /// Per node, how many of its inputs are not done yet.
@@ -104,6 +100,9 @@ struct Sched {
     dependents: Vec<usize>,
     /// Pending nodes whose inputs are all done, lowest id (plan order) first.
     ready: BinaryHeap<Reverse<usize>>,
+    /// Ready nodes whose keys this run protected and found missing, with their inputs and
+    /// key parts: each is claimed and computed alone.
+    deferred: HashMap<usize, (Vec<Committed>, CellKey)>,
     running: usize,
     stop: bool,
     summary: RunSummary,
@@ -142,6 +141,7 @@ impl Sched {
             dep_start,
             dependents,
             ready,
+            deferred: HashMap::new(),
             running: 0,
             stop: false,
             summary: RunSummary {
@@ -151,9 +151,9 @@ impl Sched {
         }
     }
 
-    /// The manifests of `node`'s inputs, as it starts; each is dropped after its last reader's
-    /// copy, so a run holds manifests for its frontier, not for the whole plan.
-    fn take_inputs(&mut self, node: &Node) -> Vec<Resolved> {
+    /// The cells of `node`'s inputs, as it starts; each is dropped after its last reader's
+    /// copy, so a run holds cells for its frontier, not for the whole plan.
+    fn take_inputs(&mut self, node: &Node) -> Vec<Committed> {
         let mut out = Vec::with_capacity(node.inputs.len());
         for &j in &node.inputs {
             self.readers_left[j] -= 1;
@@ -167,10 +167,28 @@ impl Sched {
         out
     }
 
+    /// Starts ready node `id`: a deferred node with what it kept, else a fresh one.
+    fn start(&mut self, plan: &Plan, id: usize) -> Job {
+        self.state[id] = St::Running;
+        self.running += 1;
+        match self.deferred.remove(&id) {
+            Some((inputs, parts)) => Job {
+                id,
+                inputs,
+                parts: Some(parts),
+            },
+            None => Job {
+                id,
+                inputs: self.take_inputs(&plan.nodes[id]),
+                parts: None,
+            },
+        }
+    }
+
     /// Node `id` is done: queue the dependents it was the last unfinished input of.
-    fn done(&mut self, id: usize, r: Resolved) {
+    fn done(&mut self, id: usize, r: Committed) {
         self.state[id] = St::Done;
-        self.summary.keys[id] = Some(r.manifest.key.clone());
+        self.summary.keys[id] = Some(r.key.clone());
         if self.readers_left[id] > 0 {
             self.resolved[id] = Some(r);
         }
@@ -243,11 +261,11 @@ pub fn run(
     };
     let workers = opts.jobs.max(1).min(n.max(1));
     if workers == 1 {
-        ex.worker(&sched, &cv);
+        ex.worker(&sched, &cv, workers);
     } else {
         std::thread::scope(|s| {
             for _ in 0..workers {
-                s.spawn(|| ex.worker(&sched, &cv));
+                s.spawn(|| ex.worker(&sched, &cv, workers));
             }
         });
     }
@@ -256,6 +274,9 @@ pub fn run(
         // Housekeeping: the run's results are committed whether or not this succeeds.
         if let Err(e) = index::compact_if_due(&store.index_dir()) {
             tracing::warn!("could not merge the run index: {e}");
+        }
+        if let Err(e) = store.cache().merge_if_due(&store.root().join("store")) {
+            tracing::warn!("could not merge the cell cache: {e}");
         }
     }
     let g = sched.into_inner().unwrap_or_else(|p| p.into_inner());
@@ -276,10 +297,23 @@ struct Exec<'a> {
     recorded: Mutex<Option<HashSet<index::RowId>>>,
 }
 
+/// Fresh ready nodes a worker resolves together when many are ready: their keys are protected
+/// with one write to the live file and one hold of the gate.
+const BATCH: usize = 64;
+
+/// A started node: its inputs, and its key parts if it was deferred (protected and missing).
+struct Job {
+    id: usize,
+    inputs: Vec<Committed>,
+    parts: Option<CellKey>,
+}
+
 enum Outcome {
-    Cached(Resolved),
-    Ran(Resolved, f64),
+    Cached(Committed),
+    Ran(Committed, f64),
     WouldRun,
+    /// Protected and missing: back to the ready queue, to be claimed and computed alone.
+    Deferred(Vec<Committed>, CellKey),
     /// The error; `fatal` stops the run even with `--keep-going` (damage in the store).
     Failed {
         message: String,
@@ -288,17 +322,31 @@ enum Outcome {
 }
 
 impl Exec<'_> {
-    fn worker(&self, sched: &Mutex<Sched>, cv: &Condvar) {
+    fn worker(&self, sched: &Mutex<Sched>, cv: &Condvar, workers: usize) {
         loop {
-            let (id, inputs) = {
+            let jobs = {
                 let mut g = sched.lock().unwrap_or_else(|p| p.into_inner());
                 loop {
                     if !g.stop
                         && let Some(Reverse(id)) = g.ready.pop()
                     {
-                        g.state[id] = St::Running;
-                        g.running += 1;
-                        break (id, g.take_inputs(&self.plan.nodes[id]));
+                        let first = g.start(self.plan, id);
+                        if first.parts.is_some() {
+                            break vec![first];
+                        }
+                        // Many fresh nodes ready: take a share of them, up to BATCH.
+                        let want = (g.ready.len() / workers).min(BATCH - 1);
+                        let mut jobs = vec![first];
+                        while jobs.len() <= want {
+                            match g.ready.peek() {
+                                Some(&Reverse(next)) if !g.deferred.contains_key(&next) => {
+                                    g.ready.pop();
+                                    jobs.push(g.start(self.plan, next));
+                                }
+                                _ => break,
+                            }
+                        }
+                        break jobs;
                     }
                     // Nothing ready and nothing running that could make something ready.
                     if g.running == 0 {
@@ -307,119 +355,207 @@ impl Exec<'_> {
                     g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
                 }
             };
-            self.cores.enter();
-            let outcome = self.process(id, &inputs);
-            self.cores.leave();
-            let mut g = sched.lock().unwrap_or_else(|p| p.into_inner());
-            g.running -= 1;
-            let node = &self.plan.nodes[id];
-            let cut = match outcome {
-                Outcome::Cached(r) => {
-                    g.summary.cached += 1;
-                    (self.on)(Event::Cached(node, &r.manifest.key));
-                    g.done(id, r);
-                    vec![]
+            let outcomes = match jobs.as_slice() {
+                [
+                    Job {
+                        id,
+                        inputs,
+                        parts: Some(parts),
+                    },
+                ] => {
+                    self.cores.enter();
+                    let o = self.failure(self.claim_and_compute(*id, inputs, parts));
+                    self.cores.leave();
+                    vec![(*id, o)]
                 }
-                Outcome::Ran(r, secs) => {
-                    g.summary.ran += 1;
-                    (self.on)(Event::Finished(node, &r.manifest.key, secs));
-                    g.done(id, r);
-                    vec![]
-                }
-                Outcome::WouldRun => {
-                    g.summary.would_run += 1;
-                    (self.on)(Event::WouldRun(node));
-                    g.failed(id)
-                }
-                Outcome::Failed { message, fatal } => {
-                    (self.on)(Event::Failed(node, &message));
-                    g.summary.failed.push((node.display(), message));
-                    if fatal || !self.opts.keep_going {
-                        g.stop = true;
-                    }
-                    g.failed(id)
-                }
+                _ => self.resolve(jobs),
             };
-            // Cells whose inputs failed (or, in a dry run, will be computed) cannot go on.
-            for i in cut {
-                if self.opts.dry_run {
-                    g.summary.would_run += 1;
-                    (self.on)(Event::WouldRun(&self.plan.nodes[i]));
-                } else {
-                    g.summary.skipped += 1;
-                    (self.on)(Event::Skipped(&self.plan.nodes[i]));
-                }
-                self.overall.inc(1);
+            let mut g = sched.lock().unwrap_or_else(|p| p.into_inner());
+            for (id, outcome) in outcomes {
+                self.report(&mut g, id, outcome);
             }
-            self.overall.inc(1);
             cv.notify_all();
         }
     }
 
-    fn process(&self, id: usize, inputs: &[Resolved]) -> Outcome {
-        match self.try_process(id, inputs) {
-            Ok(o) => o,
-            Err(e) => Outcome::Failed {
-                fatal: matches!(e, StageError::Store(Error::Damaged { .. })),
-                message: e.to_string(),
+    /// Records what became of node `id`.
+    fn report(&self, g: &mut Sched, id: usize, outcome: Outcome) {
+        g.running -= 1;
+        let node = &self.plan.nodes[id];
+        let cut = match outcome {
+            Outcome::Cached(r) => {
+                g.summary.cached += 1;
+                (self.on)(Event::Cached(node, &r.key));
+                g.done(id, r);
+                vec![]
+            }
+            Outcome::Ran(r, secs) => {
+                g.summary.ran += 1;
+                (self.on)(Event::Finished(node, &r.key, secs));
+                g.done(id, r);
+                vec![]
+            }
+            Outcome::Deferred(inputs, parts) => {
+                g.state[id] = St::Pending;
+                g.deferred.insert(id, (inputs, parts));
+                g.ready.push(Reverse(id));
+                return;
+            }
+            Outcome::WouldRun => {
+                g.summary.would_run += 1;
+                (self.on)(Event::WouldRun(node));
+                g.failed(id)
+            }
+            Outcome::Failed { message, fatal } => {
+                (self.on)(Event::Failed(node, &message));
+                g.summary.failed.push((node.display(), message));
+                if fatal || !self.opts.keep_going {
+                    g.stop = true;
+                }
+                g.failed(id)
+            }
+        };
+        // Cells whose inputs failed (or, in a dry run, will be computed) cannot go on.
+        for i in cut {
+            if self.opts.dry_run {
+                g.summary.would_run += 1;
+                (self.on)(Event::WouldRun(&self.plan.nodes[i]));
+            } else {
+                g.summary.skipped += 1;
+                (self.on)(Event::Skipped(&self.plan.nodes[i]));
+            }
+            self.overall.inc(1);
+        }
+        self.overall.inc(1);
+    }
+
+    fn failure(&self, r: Result<Outcome, StageError>) -> Outcome {
+        r.unwrap_or_else(|e| Outcome::Failed {
+            fatal: matches!(e, StageError::Store(Error::Damaged { .. })),
+            message: e.to_string(),
+        })
+    }
+
+    /// Keys fresh nodes and resolves them together: a committed key is checked and is a cache
+    /// hit; a missing one is deferred, to be claimed and computed alone.
+    fn resolve(&self, jobs: Vec<Job>) -> Vec<(usize, Outcome)> {
+        let mut out = Vec::with_capacity(jobs.len());
+        let mut keyed = Vec::with_capacity(jobs.len());
+        for j in jobs {
+            match self.key_parts(j.id, &j.inputs) {
+                Ok(parts) => {
+                    let key = parts.key();
+                    keyed.push((j, parts, key));
+                }
+                Err(e) => out.push((j.id, self.failure(Err(e)))),
+            }
+        }
+        let keys: Vec<&str> = keyed.iter().map(|(_, _, k)| k.as_str()).collect();
+        let found = if self.opts.dry_run {
+            Ok(keys.iter().map(|k| self.store.committed_cell(k)).collect())
+        } else {
+            self.store.lookup(&self.live, &keys)
+        };
+        let found: Vec<Result<Option<Committed>, Error>> = match found {
+            Ok(f) => f,
+            Err(e) => {
+                // Nothing was resolved (the live file could not be written): each job fails.
+                let message = e.to_string();
+                out.extend(keyed.iter().map(|(j, _, _)| {
+                    let (message, fatal) = (message.clone(), false);
+                    (j.id, Outcome::Failed { message, fatal })
+                }));
+                return out;
+            }
+        };
+        for ((j, parts, key), f) in keyed.into_iter().zip(found) {
+            let o = match f.map_err(|e| self.damaged(j.id, &key, e)) {
+                Err(e) => self.failure(Err(e.into())),
+                Ok(None) if self.opts.dry_run => Outcome::WouldRun,
+                Ok(None) => Outcome::Deferred(j.inputs, parts),
+                Ok(Some(c)) if self.opts.dry_run => Outcome::Cached(c),
+                Ok(Some(c)) => self.failure(self.reuse(j.id, &parts, c)),
+            };
+            out.push((j.id, o));
+        }
+        out
+    }
+
+    /// A committed key found for node `id`: checked, then recorded as reused.
+    fn reuse(&self, id: usize, parts: &CellKey, c: Committed) -> Result<Outcome, StageError> {
+        // A changed or deleted file is no cache hit.
+        self.store
+            .check_committed(&c)
+            .map_err(|e| self.damaged(id, &c.key, e))?;
+        self.record_reuse(id, parts, &c)?;
+        Ok(Outcome::Cached(c))
+    }
+
+    /// A manifest of node `id`'s key that cannot be read is damage to that cell.
+    fn damaged(&self, id: usize, key: &str, e: Error) -> Error {
+        match e {
+            Error::Corrupt { path, message } => Error::Damaged {
+                key: key.to_owned(),
+                label: self.plan.nodes[id].label.clone(),
+                path,
+                problem: message,
             },
+            e => e,
         }
     }
 
-    fn try_process(&self, id: usize, inputs: &[Resolved]) -> Result<Outcome, StageError> {
+    fn key_parts(&self, id: usize, inputs: &[Committed]) -> Result<CellKey, StageError> {
+        key_parts(
+            self.registry,
+            &self.plan.nodes[id],
+            inputs.iter().map(|c| (c.stage.as_str(), c.digest.as_str())),
+        )
+    }
+
+    /// Claims the key of deferred node `id` (protected, and missing when resolved) and, if it
+    /// is still missing, computes and commits the cell.
+    fn claim_and_compute(
+        &self,
+        id: usize,
+        inputs: &[Committed],
+        parts: &CellKey,
+    ) -> Result<Outcome, StageError> {
         let node = &self.plan.nodes[id];
         let kind = self
             .registry
             .get(&node.kind)
             .ok_or_else(|| StageError::Failed(format!("unknown kind `{}`", node.kind)))?;
-        let parts = key_parts(self.registry, node, inputs.iter().map(|r| &r.manifest))?;
         let key = parts.key();
-        let damaged = |e: Error| match e {
-            Error::Corrupt { path, message } => Error::Damaged {
-                key: key.clone(),
-                label: node.label.clone(),
-                path,
-                problem: message,
-            },
-            e => e,
-        };
-        if self.opts.dry_run {
-            return Ok(match self.store.committed(&key).map_err(damaged)? {
-                Some(m) => Outcome::Cached(Resolved { manifest: m }),
-                None => Outcome::WouldRun,
-            });
-        }
         let on_wait = || (self.on)(Event::Waiting(node));
         let mut lock = match self
             .store
-            .lookup(&self.live, &key, on_wait)
-            .map_err(damaged)?
+            .claim(&key, on_wait)
+            .map_err(|e| self.damaged(id, &key, e))?
         {
-            Lookup::Hit(m) => {
-                // A changed or deleted file is no cache hit.
-                self.store.check(&m)?;
-                self.record_reuse(id, &parts, &m)?;
-                return Ok(Outcome::Cached(Resolved { manifest: *m }));
-            }
+            Lookup::Hit(c) => return self.reuse(id, parts, c),
             Lookup::Miss(lock) => lock,
         };
         // Checked right before use: a cell is never computed from damaged inputs.
-        for r in inputs {
-            self.store.check(&r.manifest)?;
-        }
+        let manifests = inputs
+            .iter()
+            .map(|c| {
+                self.store.check_committed(c)?;
+                c.manifest(self.store)
+            })
+            .collect::<Result<Vec<Manifest>, Error>>()?;
         let mut cx = StageContext {
             stage: node.stage_name.clone(),
-            params: node.params.clone(),
+            params: Params::clone(&node.params),
             seed: node.seed,
             inputs: node
                 .inputs
                 .iter()
-                .zip(inputs)
-                .map(|(&j, r)| Input {
+                .zip(manifests)
+                .map(|(&j, m)| Input {
                     stage: self.plan.nodes[j].stage_name.clone(),
                     kind: self.plan.nodes[j].kind.clone(),
-                    dir: self.store.cell_dir(&r.manifest.key),
-                    manifest: r.manifest.clone(),
+                    dir: self.store.cell_dir(&m.key),
+                    manifest: m,
                 })
                 .collect(),
             out_dir: lock.staging().to_owned(),
@@ -458,15 +594,15 @@ impl Exec<'_> {
             cell: node.cell.clone(),
             label: node.label.clone(),
             seed: node.seed,
-            params: node.params.clone(),
+            params: Params::clone(&node.params),
             inputs: node
                 .inputs
                 .iter()
                 .zip(inputs)
-                .map(|(&j, r)| InputRef {
+                .map(|(&j, c)| InputRef {
                     stage: self.plan.nodes[j].stage_name.clone(),
-                    key: r.manifest.key.clone(),
-                    digest: r.manifest.digest.clone(),
+                    key: c.key.clone(),
+                    digest: c.digest.clone(),
                 })
                 .collect(),
             files: cx
@@ -486,7 +622,7 @@ impl Exec<'_> {
             tool_version: env!("CARGO_PKG_VERSION").to_owned(),
             host: host(),
         };
-        let manifest = lock.commit(manifest)?;
+        let (manifest, cell) = lock.commit_cell(manifest)?;
         index::append(&self.store.index_dir(), &self.index_row(id, &manifest))?;
         self.store.write_pointer(
             &node.label,
@@ -494,16 +630,16 @@ impl Exec<'_> {
             &Pointer {
                 key: key.clone(),
                 label: node.label.clone(),
-                parts,
+                parts: parts.clone(),
                 committed: unix_now(),
             },
         )?;
-        Ok(Outcome::Ran(Resolved { manifest }, seconds))
+        Ok(Outcome::Ran(cell, seconds))
     }
 
     /// A cell that found its key already committed (by another cell with identical inputs, or
     /// another process) still gets its index row and slot pointer, once.
-    fn record_reuse(&self, id: usize, parts: &CellKey, m: &Manifest) -> Result<(), Error> {
+    fn record_reuse(&self, id: usize, parts: &CellKey, c: &Committed) -> Result<(), Error> {
         let node = &self.plan.nodes[id];
         {
             let mut g = self.recorded.lock().unwrap_or_else(|p| p.into_inner());
@@ -511,10 +647,11 @@ impl Exec<'_> {
                 Some(ids) => ids,
                 None => g.insert(index::row_ids(&self.store.index_dir())?),
             };
-            if !ids.insert((m.key.clone(), node.cell.clone(), node.seed)) {
+            if !ids.insert((c.key.clone(), node.cell.clone(), node.seed)) {
                 return Ok(());
             }
         }
+        let m = &c.manifest(self.store)?;
         self.store.write_pointer(
             &node.label,
             node.seed,
@@ -537,7 +674,7 @@ impl Exec<'_> {
             .map(|i| {
                 (
                     self.plan.nodes[i].stage_name.clone(),
-                    serde_json::to_value(&self.plan.nodes[i].params).unwrap_or_default(),
+                    serde_json::to_value(&*self.plan.nodes[i].params).unwrap_or_default(),
                 )
             })
             .collect();
@@ -576,11 +713,12 @@ fn run_stage(kind: &dyn StageKind, cx: &mut StageContext) -> Result<(), StageErr
     })
 }
 
-/// The key parts of `node` given its inputs' manifests (in the order of its `needs`).
+/// The key parts of `node` given its inputs' (stage, content digest), in the order of its
+/// `needs`.
 pub fn key_parts<'m>(
     registry: &Registry,
     node: &Node,
-    inputs: impl IntoIterator<Item = &'m Manifest>,
+    inputs: impl IntoIterator<Item = (&'m str, &'m str)>,
 ) -> Result<CellKey, StageError> {
     let kind = registry
         .get(&node.kind)
@@ -588,11 +726,11 @@ pub fn key_parts<'m>(
     Ok(CellKey {
         kind: node.kind.clone(),
         version: kind.version(),
-        params: node.params.clone(),
+        params: Params::clone(&node.params),
         seed: node.seed,
         inputs: inputs
             .into_iter()
-            .map(|m| (m.stage.clone(), m.digest.clone()))
+            .map(|(stage, digest)| (stage.to_owned(), digest.to_owned()))
             .collect(),
         external: kind.external_digest(&node.params)?,
     })

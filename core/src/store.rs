@@ -11,9 +11,11 @@
 //! runs/quarantine/       damaged cells and unreadable records moved aside by `verify --repair`
 //! runs/cells/<slot>.json the key parts of the last committed run in each slot (for `why`)
 //! runs/index/*.parquet  the run index: a file per new row, merged into one (index.rs)
+//! runs/cache/*.cells     the cell cache: each cell's stage, digest and memo (cache.rs)
 //! ```
-//! The contract is in the types: [`Store::lookup`] answers a key with a [`Lookup::Hit`] or a
-//! [`Lookup::Miss`] holding the key's [`CellLock`], and only a `CellLock` can commit (the
+//! The contract is in the types: [`Store::lookup`] protects keys and says which are committed,
+//! [`Store::claim`] answers a missing one with a [`Lookup::Hit`] or a [`Lookup::Miss`] holding
+//! the key's [`CellLock`], and only a `CellLock` can commit (the
 //! commit fsyncs every file and directory, whatever wrote them, and sets their modes). A killed
 //! or failed attempt commits nothing; locks are released by the OS when their holders die.
 
@@ -21,12 +23,15 @@ use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
+use crate::cache::Cache;
 pub use crate::cell_lock::CellLock;
+pub use crate::committed::Committed;
 use crate::error::Error;
 use crate::key::CellKey;
 use crate::live::{Gate, LiveRun};
@@ -36,13 +41,15 @@ use crate::manifest::{MANIFEST, Manifest};
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// The cell cache, shared by every clone.
+    cache: Arc<Cache>,
 }
 
 /// What the store holds for a key.
 #[derive(Debug)]
 pub enum Lookup {
-    /// Committed: its manifest.
-    Hit(Box<Manifest>),
+    /// Committed.
+    Hit(Committed),
     /// Not committed, and this process now holds the key's lock: compute it and commit.
     Miss(CellLock),
 }
@@ -65,7 +72,7 @@ pub struct Damage {
     pub problem: String,
 }
 
-const DIRS: [&str; 9] = [
+const DIRS: [&str; 10] = [
     "store",
     "staging",
     "scratch",
@@ -75,6 +82,7 @@ const DIRS: [&str; 9] = [
     "quarantine",
     "cells",
     "index",
+    "cache",
 ];
 
 impl Store {
@@ -85,7 +93,12 @@ impl Store {
             let p = root.join(d);
             fs::create_dir_all(&p).map_err(|e| Error::io(&p, e))?;
         }
-        Ok(Store { root })
+        let cache = Arc::new(Cache::new(root.join("cache")));
+        Ok(Store { root, cache })
+    }
+
+    pub(crate) fn cache(&self) -> &Cache {
+        &self.cache
     }
 
     pub fn root(&self) -> &Path {
@@ -115,19 +128,22 @@ impl Store {
         }
     }
 
-    /// Resolves `key` for `run`: protects it from `gc` until the run ends, then answers
-    /// [`Lookup::Hit`] if it is committed, else takes the key's lock ‒ calling `on_wait` first
-    /// if another process holds it (computing it, or a survivor of an earlier run still
-    /// holding it) ‒ and answers again: a `Hit` if the holder committed it, else a `Miss`.
+    /// Resolves `keys` for `run`: protects them from `gc` until the run ends (recorded
+    /// together), then answers for each whether it is committed ([`Store::committed_cell`]).
+    /// A key found missing is claimed with [`Store::claim`].
     pub fn lookup(
         &self,
         run: &LiveRun,
-        key: &str,
-        on_wait: impl FnOnce(),
-    ) -> Result<Lookup, Error> {
-        if let Some(m) = run.protect(self, key)? {
-            return Ok(Lookup::Hit(Box::new(m)));
-        }
+        keys: &[&str],
+    ) -> Result<Vec<Result<Option<Committed>, Error>>, Error> {
+        run.protect(self, keys)
+    }
+
+    /// Takes the lock of `key` (which [`Store::lookup`] protected and found missing) ‒ calling
+    /// `on_wait` first if another process holds it (computing it, or a survivor of an earlier
+    /// run still holding it) ‒ and answers again: a [`Lookup::Hit`] if the holder committed it,
+    /// else a [`Lookup::Miss`].
+    pub fn claim(&self, key: &str, on_wait: impl FnOnce()) -> Result<Lookup, Error> {
         let file = self.lock_file(key)?;
         match file.try_lock() {
             Ok(()) => {}
@@ -139,8 +155,8 @@ impl Store {
             Err(fs::TryLockError::Error(e)) => return Err(Error::io(&self.lock_path(key), e)),
         }
         // The holder may have committed it meanwhile.
-        match self.committed(key)? {
-            Some(m) => Ok(Lookup::Hit(Box::new(m))),
+        match self.committed_cell(key)? {
+            Some(c) => Ok(Lookup::Hit(c)),
             None => Ok(Lookup::Miss(CellLock::new(self.clone(), key, file)?)),
         }
     }
@@ -335,13 +351,27 @@ pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     f.sync_all().map_err(|e| Error::io(path, e))
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename.
+/// Writes `bytes` to `path` through a temporary file (fsynced) and a rename.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    write_renamed(path, bytes, true)
+}
+
+/// [`write_atomic`] without the fsync: for a record whose loss (or emptiness after a power cut)
+/// costs only time, like a stat memo.
+pub(crate) fn write_hint(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    write_renamed(path, bytes, false)
+}
+
+fn write_renamed(path: &Path, bytes: &[u8], sync: bool) -> Result<(), Error> {
     // Unique per process and call, so two threads writing one path never share a temp file.
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
-    write_synced(&tmp, bytes)?;
+    if sync {
+        write_synced(&tmp, bytes)?;
+    } else {
+        fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    }
     fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
