@@ -53,6 +53,8 @@ pub struct TableDef {
     pub stage: Option<String>,
     pub metrics: Vec<String>,
     pub lower_is_better: BTreeSet<String>,
+    /// Metrics whose best is not marked (an interval's bounds, a tie rate).
+    pub unranked: BTreeSet<String>,
     pub digits: usize,
 }
 
@@ -820,6 +822,7 @@ impl Parser<'_> {
                 "stage",
                 "metrics",
                 "lower_is_better",
+                "unranked",
                 "digits",
             ],
             "key of a table",
@@ -936,17 +939,22 @@ impl Parser<'_> {
                 .src
                 .error(mv.span(), format!("table `{tname}` has no metrics")));
         }
-        let mut lower = BTreeSet::new();
-        if let Some(lv) = t.get("lower_is_better") {
-            for (m, span) in self.string_list(lv, "lower_is_better")? {
-                if !metrics.contains(&m) {
-                    return Err(self
-                        .src
-                        .error(span, format!("`{m}` is not among the table's metrics")));
+        let subset = |key: &str| -> Result<BTreeSet<String>, ConfigError> {
+            let mut out = BTreeSet::new();
+            if let Some(lv) = t.get(key) {
+                for (m, span) in self.string_list(lv, key)? {
+                    if !metrics.contains(&m) {
+                        return Err(self
+                            .src
+                            .error(span, format!("`{m}` is not among the table's metrics")));
+                    }
+                    out.insert(m);
                 }
-                lower.insert(m);
             }
-        }
+            Ok(out)
+        };
+        let lower = subset("lower_is_better")?;
+        let unranked = subset("unranked")?;
         let title = match t.get("title") {
             Some(v) => self.string(v, "title")?,
             None => tname.clone(),
@@ -969,6 +977,7 @@ impl Parser<'_> {
             stage: stage.map(|(s, _)| s),
             metrics,
             lower_is_better: lower,
+            unranked,
             digits,
         })
     }

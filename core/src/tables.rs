@@ -115,6 +115,7 @@ pub fn compute(
     let best = table
         .metrics
         .iter()
+        .filter(|m| !table.unranked.contains(*m))
         .filter_map(|m| {
             let lower = table.lower_is_better.contains(m);
             let means = rows.iter().filter_map(|r| r.values.get(m).map(|s| s.mean));

@@ -169,6 +169,33 @@ fn table_has_mean_std_bold_best_and_names_missing_cells() {
 }
 
 #[test]
+fn an_unranked_metric_gets_no_best_mark_and_must_be_a_metric_of_the_table() {
+    let text = PIPE.replace(
+        "metrics = [\"score\"]",
+        "metrics = [\"score\"]\nunranked = [\"score\"]",
+    );
+    let (_d, store, pipe, reg) = setup(&text);
+    run_targets(&pipe, &reg, &store, &["tab"]);
+    let rows = index::read_all(&store.index_dir()).unwrap();
+    let r = render(&pipe, &reg, pipe.table("tab").unwrap(), &rows, Format::Md).unwrap();
+    assert!(
+        r.text.contains("| value=20 | 21.000 ± 1.000 |"),
+        "{}",
+        r.text
+    );
+    assert!(!r.text.contains("**21"), "{}", r.text);
+
+    let bad = PIPE.replace(
+        "metrics = [\"score\"]",
+        "metrics = [\"score\"]\nunranked = [\"loss\"]",
+    );
+    let e = Pipeline::parse("p.toml", &bad, &reg)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`loss` is not among the table's metrics"), "{e}");
+}
+
+#[test]
 fn diff_reports_params_and_metric_deltas_over_seeds() {
     let (_d, store, pipe, reg) = setup(PIPE);
     run_targets(&pipe, &reg, &store, &["vals"]);
