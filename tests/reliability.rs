@@ -102,7 +102,9 @@ params = { cmd = "cd $SPO_OUT && (sleep 0.3; echo late > late) & echo ok > $SPO_
 }
 
 /// A process that leaves the stage's group but keeps its stdin (the cell's lock) keeps a rerun
-/// out of the cell's scratch directory until it ends.
+/// out of the cell's scratch directory until it ends. The stage writes `first` only once the
+/// survivor is in its own session: killed before that, the survivor would die with the group
+/// (under load this happened, about one run in five).
 #[test]
 fn a_rerun_waits_for_a_survivor_holding_the_cell() {
     let dir = tempfile::tempdir().unwrap();
@@ -112,7 +114,7 @@ fn a_rerun_waits_for_a_survivor_holding_the_cell() {
         r#"
 [stage.s]
 kind = "command"
-params = {{ cmd = "exec 3<&0; if [ -f $SPO_SCRATCH/once ]; then echo rerun >> {lp}; echo ok > $SPO_OUT/o; exit 0; fi; touch $SPO_SCRATCH/once; setsid sh -c 'sleep 1; echo survivor-end >> {lp}' <&3 & echo first >> {lp}; sleep 30" }}
+params = {{ cmd = "exec 3<&0; if [ -f $SPO_SCRATCH/once ]; then echo rerun >> {lp}; echo ok > $SPO_OUT/o; exit 0; fi; touch $SPO_SCRATCH/once; setsid sh -c 'touch {lp}.detached; sleep 1; echo survivor-end >> {lp}' <&3 & while [ ! -f {lp}.detached ]; do sleep 0.01; done; echo first >> {lp}; sleep 30" }}
 "#
     ));
     let mut child = p.spawn(&["run"]);
