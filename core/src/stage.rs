@@ -81,6 +81,13 @@ impl StageError {
             source,
         }
     }
+    /// A param value the stage cannot take, found while it runs.
+    pub fn param(name: &str, message: impl Into<String>) -> Self {
+        StageError::Param(crate::param::ParamError {
+            name: name.into(),
+            message: message.into(),
+        })
+    }
 }
 
 /// A committed upstream cell, as seen by a stage that needs it.

@@ -68,14 +68,10 @@ impl StageKind for Download {
     }
 }
 
-pub(crate) fn expected_digest(sha256: &str) -> Result<String> {
+fn expected_digest(sha256: &str) -> Result<String> {
     let s = sha256.trim().to_ascii_lowercase();
     if s.len() != 64 || !s.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(StageError::Param(spo_core::param::ParamError {
-            name: "sha256".into(),
-            message: format!("`{s}` is not 64 hex digits"),
-        })
-        .into());
+        return Err(StageError::param("sha256", format!("`{s}` is not 64 hex digits")).into());
     }
     Ok(s)
 }
@@ -93,10 +89,10 @@ fn file_name(given: &str, url: &str) -> Result<String> {
         given
     };
     if name.is_empty() || name.contains(['/', '\\']) || name == ".." || name == "." {
-        return Err(StageError::Param(spo_core::param::ParamError {
-            name: "filename".into(),
-            message: format!("cannot store `{url}` under the name `{name}`; set `filename`"),
-        })
+        return Err(StageError::param(
+            "filename",
+            format!("cannot store `{url}` under the name `{name}`; set `filename`"),
+        )
         .into());
     }
     Ok(name.to_owned())

@@ -10,7 +10,6 @@
 
 use std::fs;
 
-use spo_core::param::ParamError;
 use spo_core::{ParamSpec, StageContext, StageError, StageKind};
 
 use crate::download::{Fetched, fetch_resumable};
@@ -107,24 +106,17 @@ impl StageKind for Hub {
     }
 }
 
-fn param_error(name: &str, message: String) -> StageError {
-    StageError::Param(ParamError {
-        name: name.into(),
-        message,
-    })
-}
-
 /// The (path, digest) pairs, each checked: a pinned commit, safe relative paths, 64-hex digests.
 fn checked(p: &HubParams) -> Result<Vec<(String, String)>, StageError> {
     let parts: Vec<&str> = p.repo.split('/').collect();
     if parts.len() != 2 || parts.iter().any(|s| s.is_empty() || *s == "..") {
-        return Err(param_error(
+        return Err(StageError::param(
             "repo",
             format!("`{}` is not `owner/name`", p.repo),
         ));
     }
     if p.revision.len() != 40 || !p.revision.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(param_error(
+        return Err(StageError::param(
             "revision",
             format!(
                 "`{}` is not a commit (40 hex digits): a branch or tag can move, so the key would not pin the files",
@@ -133,10 +125,10 @@ fn checked(p: &HubParams) -> Result<Vec<(String, String)>, StageError> {
         ));
     }
     if p.files.is_empty() {
-        return Err(param_error("files", "no files listed".into()));
+        return Err(StageError::param("files", "no files listed"));
     }
     if p.files.len() != p.sha256.len() {
-        return Err(param_error(
+        return Err(StageError::param(
             "sha256",
             format!(
                 "{} digests for {} files: give one per file, in the same order",
@@ -152,23 +144,23 @@ fn checked(p: &HubParams) -> Result<Vec<(String, String)>, StageError> {
             || f.contains('\\')
             || f.split('/').any(|s| s.is_empty() || s == "." || s == "..");
         if unsafe_path {
-            return Err(param_error(
+            return Err(StageError::param(
                 "files",
                 format!("`{f}` is not a relative path inside the repository"),
             ));
         }
         if f == spo_core::manifest::MANIFEST {
-            return Err(param_error(
+            return Err(StageError::param(
                 "files",
                 format!("`{f}` would clash with the cell's own manifest"),
             ));
         }
         if out.iter().any(|(g, _)| g == f) {
-            return Err(param_error("files", format!("`{f}` is listed twice")));
+            return Err(StageError::param("files", format!("`{f}` is listed twice")));
         }
         let d = d.trim().to_ascii_lowercase();
         if d.len() != 64 || !d.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(param_error(
+            return Err(StageError::param(
                 "sha256",
                 format!("the digest of `{f}`, `{d}`, is not 64 hex digits"),
             ));

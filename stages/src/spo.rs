@@ -128,13 +128,13 @@ impl StageKind for SpoTrain {
 pub(crate) fn train(cx: &mut StageContext, gradspo: Option<GradSpo>) -> Result<()> {
     let p = SpoParams::from_params(cx.params())?;
     if gradspo.is_some() && p.j != 1 {
-        return Err(StageError::Param(spo_core::param::ParamError {
-            name: "j".into(),
-            message: format!(
+        return Err(StageError::param(
+            "j",
+            format!(
                 "GradSPO's target is defined for j = 1 (SPO), not j = {}",
                 p.j
             ),
-        })
+        )
         .into());
     }
     let dev = device();
