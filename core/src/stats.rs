@@ -44,6 +44,12 @@ pub fn bootstrap_diff_ci(a: &[f64], b: &[f64], rounds: usize) -> Option<(f64, f6
     Some((at(0.025), at(0.975)))
 }
 
+/// A 95% percentile-bootstrap interval for mean(xs) (the same resampling as
+/// [`bootstrap_diff_ci`] against a group of zeros, so intervals are unchanged).
+pub fn bootstrap_mean_ci(xs: &[f64], rounds: usize) -> Option<(f64, f64)> {
+    bootstrap_diff_ci(&vec![0.0; xs.len()], xs, rounds)
+}
+
 /// A 95% bootstrap interval of mean(b) − mean(a) over per-seed values, and whether it pairs the
 /// sides seed by seed (they have the same seeds, each once, and more than one).
 pub fn delta_ci(a: &[(Option<u64>, f64)], b: &[(Option<u64>, f64)]) -> (Option<(f64, f64)>, bool) {
@@ -54,7 +60,7 @@ pub fn delta_ci(a: &[(Option<u64>, f64)], b: &[(Option<u64>, f64)]) -> (Option<(
             .iter()
             .filter_map(|(s, vb)| a.iter().find(|(sa, _)| sa == s).map(|(_, va)| vb - va))
             .collect();
-        (bootstrap_diff_ci(&vec![0.0; d.len()], &d, 2000), true)
+        (bootstrap_mean_ci(&d, 2000), true)
     } else {
         let values = |p: &[(Option<u64>, f64)]| p.iter().map(|(_, v)| *v).collect::<Vec<f64>>();
         (bootstrap_diff_ci(&values(a), &values(b), 2000), false)

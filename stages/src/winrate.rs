@@ -16,7 +16,7 @@ use arrow_array::{Float64Array, Int64Array};
 use arrow_schema::{DataType, Field, Schema};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use spo_core::stats::bootstrap_diff_ci;
+use spo_core::stats::bootstrap_mean_ci;
 use spo_core::{Input, ParamSpec, StageContext, StageError, StageKind};
 use spo_world::Annotator;
 
@@ -81,8 +81,7 @@ fn run(cx: &mut StageContext) -> Result<()> {
     let outcomes: Vec<f64> = rows.iter().map(|r| r.2).collect();
     let n = outcomes.len() as f64;
     let rate = outcomes.iter().sum::<f64>() / n;
-    let (lo, hi) =
-        bootstrap_diff_ci(&vec![0.0; outcomes.len()], &outcomes, 2000).unwrap_or((rate, rate));
+    let (lo, hi) = bootstrap_mean_ci(&outcomes, 2000).unwrap_or((rate, rate));
     let schema = Arc::new(Schema::new(vec![
         Field::new("prompt_index", DataType::Int64, false),
         Field::new("seed", DataType::Int64, false),
