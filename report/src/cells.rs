@@ -19,9 +19,7 @@ const CELL_IMAGES: usize = 48;
 /// The cells page's body.
 pub fn dag_page(cx: &Ctx<'_>) -> String {
     let mut s = graph(cx);
-    let mut stages: Vec<usize> = cx.plan.nodes.iter().map(|n| n.stage).collect();
-    stages.sort_unstable();
-    stages.dedup();
+    let stages = cx.stages();
     for stage in stages {
         let name = &cx.pipe.stages[stage].name;
         let _ = write!(
@@ -55,9 +53,7 @@ pub fn dag_page(cx: &Ctx<'_>) -> String {
 
 /// The stage graph as SVG: stages in columns by depth, coloured by their cells' states.
 fn graph(cx: &Ctx<'_>) -> String {
-    let mut stages: Vec<usize> = cx.plan.nodes.iter().map(|n| n.stage).collect();
-    stages.sort_unstable();
-    stages.dedup();
+    let stages = cx.stages();
     let index_of = |name: &str| cx.pipe.stage_index(name);
     let mut depth: BTreeMap<usize, usize> = BTreeMap::new();
     // Stages are in dependency order in the pipeline, so one pass fixes every depth.

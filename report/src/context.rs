@@ -176,6 +176,14 @@ impl<'a> Ctx<'a> {
         self.problems.borrow().iter().cloned().collect()
     }
 
+    /// The stages the plan has cells of, in pipeline order (indices into `pipe.stages`).
+    pub fn stages(&self) -> Vec<usize> {
+        let mut stages: Vec<usize> = self.plan.nodes.iter().map(|n| n.stage).collect();
+        stages.sort_unstable();
+        stages.dedup();
+        stages
+    }
+
     /// The page of the cell whose shown run is `key`, if it is in the plan.
     pub fn page_of_key(&self, key: &str) -> Option<&str> {
         self.by_key.get(key).map(|&i| self.cells[i].page.as_str())

@@ -26,9 +26,7 @@ pub struct Member {
 /// The curves page's body: one section per stage that logs.
 pub fn page(cx: &Ctx<'_>) -> String {
     let mut s = String::new();
-    let mut stages: Vec<usize> = cx.plan.nodes.iter().map(|n| n.stage).collect();
-    stages.sort_unstable();
-    stages.dedup();
+    let stages = cx.stages();
     for stage in stages {
         let mut cells: Vec<&str> = Vec::new();
         let mut members = Vec::new();

@@ -86,7 +86,7 @@ pub fn build(
     // Last, so that it lists the problems every other page found.
     let mut index = format!(
         "<p>{} · store <code>{}</code>{}</p>\n",
-        tables::counts(&cx, &cx.plan),
+        tables::counts(&cx),
         esc(&store.root().display().to_string()),
         if cx.live {
             " · <b>a run is in progress</b>"

@@ -16,11 +16,26 @@ use crate::site::Site;
 /// Most image rows read from one file.
 const MAX_ROWS: usize = 100_000;
 
-/// A row's images of one seed: the image table and the per-image records beside it.
+/// A row's images of one seed: the image table and the per-image records beside it, indexed
+/// once.
 struct Run {
     seed: Option<u64>,
     images: Columns,
     records: Option<Columns>,
+    /// The image rows of each prompt (by [`prompt_key`]), in table order.
+    by_prompt: BTreeMap<String, Vec<usize>>,
+    /// The record row of each image identity ([`image_id`]), the first where several match.
+    record_of: BTreeMap<ImageId, usize>,
+}
+
+/// An image's `prompt_index` and `seed`, as bit patterns (they match images to records).
+type ImageId = (Option<u64>, Option<u64>);
+
+fn image_id(c: &Columns, row: usize) -> ImageId {
+    (
+        c.number("prompt_index", row).map(f64::to_bits),
+        c.number("seed", row).map(f64::to_bits),
+    )
 }
 
 /// The samples page's body.
@@ -80,7 +95,7 @@ fn table_gallery(cx: &Ctx<'_>, site: &mut Site, t: &TableDef, d: &TableData) -> 
                     r.seed
                         .map_or(String::new(), |x| format!("<small>seed {x}</small><br>"))
                 );
-                for i in rows_of_prompt(&r.images, key) {
+                for &i in r.by_prompt.get(key).into_iter().flatten() {
                     s.push_str(&figure(site, r, i, &t.metrics));
                 }
                 s.push_str("</div>");
@@ -106,10 +121,25 @@ fn run(cx: &Ctx<'_>, seed: Option<u64>, key: &str) -> Option<Run> {
             .map_err(|e| cx.problem(e))
             .ok()
     });
+    let mut by_prompt: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for row in 0..images.rows {
+        by_prompt
+            .entry(prompt_key(&images, row))
+            .or_default()
+            .push(row);
+    }
+    let mut record_of = BTreeMap::new();
+    if let Some(rec) = &records {
+        for i in 0..rec.rows {
+            record_of.entry(image_id(rec, i)).or_insert(i);
+        }
+    }
     Some(Run {
         seed,
         images,
         records,
+        by_prompt,
+        record_of,
     })
 }
 
@@ -146,10 +176,6 @@ fn first_prompts(c: &Columns, n: usize) -> Vec<(String, String)> {
     out
 }
 
-fn rows_of_prompt<'c>(c: &'c Columns, key: &'c str) -> impl Iterator<Item = usize> + 'c {
-    (0..c.rows).filter(move |&row| prompt_key(c, row) == key)
-}
-
 /// One image with the scores of its record (matched on `prompt_index` and `seed`).
 fn figure(site: &mut Site, r: &Run, row: usize, metrics: &[String]) -> String {
     let Some(Column::Bytes(images)) = r.images.get("image") else {
@@ -162,26 +188,14 @@ fn figure(site: &mut Site, r: &Run, row: usize, metrics: &[String]) -> String {
         return "<figure>(not an image)</figure>".into();
     };
     let path = site.asset(bytes, ext);
-    let mut caption = String::new();
-    if let Some(rec) = &r.records {
-        let want = (
-            r.images.number("prompt_index", row),
-            r.images.number("seed", row),
-        );
-        let found =
-            (0..rec.rows).find(|&i| (rec.number("prompt_index", i), rec.number("seed", i)) == want);
-        if let Some(i) = found {
-            let scores: BTreeMap<&str, f64> = metrics
-                .iter()
-                .filter_map(|m| Some((m.as_str(), rec.number(m, i)?)))
-                .collect();
-            caption = metrics
-                .iter()
-                .filter_map(|m| scores.get(m.as_str()).map(|v| format!("{m} {v:.3}")))
-                .collect::<Vec<_>>()
-                .join("<br>");
-        }
-    }
+    let caption = match (&r.records, r.record_of.get(&image_id(&r.images, row))) {
+        (Some(rec), Some(&i)) => metrics
+            .iter()
+            .filter_map(|m| rec.number(m, i).map(|v| format!("{m} {v:.3}")))
+            .collect::<Vec<_>>()
+            .join("<br>"),
+        _ => String::new(),
+    };
     let seed = r
         .images
         .number("seed", row)

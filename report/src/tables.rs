@@ -3,9 +3,9 @@
 
 use std::fmt::Write;
 
+use spo_core::TableDef;
 use spo_core::stats::delta_ci;
 use spo_core::tables::{self, Row, TableData};
-use spo_core::{Plan, TableDef};
 
 use crate::context::{Ctx, Status};
 use crate::error::Result;
@@ -161,8 +161,8 @@ fn row_pages(cx: &Ctx<'_>, t: &TableDef) -> Result<Vec<Option<String>>> {
         .collect())
 }
 
-/// How many cells of `plan` are in each state, for the page's header.
-pub fn counts(cx: &Ctx<'_>, plan: &Plan) -> String {
+/// How many cells of the plan are in each state, for the page's header.
+pub fn counts(cx: &Ctx<'_>) -> String {
     let order = [
         Status::Done,
         Status::Running,
@@ -178,5 +178,5 @@ pub fn counts(cx: &Ctx<'_>, plan: &Plan) -> String {
             (n > 0).then(|| format!("{n} {}", st.badge()))
         })
         .collect();
-    format!("{} cells: {}", plan.nodes.len(), parts.join(", "))
+    format!("{} cells: {}", cx.cells.len(), parts.join(", "))
 }
