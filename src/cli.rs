@@ -136,7 +136,7 @@ pub enum Command {
         #[arg(long, default_value_t = 8000)]
         port: u16,
         /// Prompts per table on the samples page.
-        #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, default_value_t = spo_report::DEFAULT_PROMPTS as u64, value_parser = clap::value_parser!(u64).range(1..))]
         prompts: u64,
     },
     /// The stage kinds this binary knows, with their params.

@@ -121,7 +121,7 @@ pub fn after_run(l: &Loaded, store: &Store, plan: &Plan, targets: &[String]) {
     let out = default_dir(&l.store_dir);
     let opts = Options {
         targets: targets.to_vec(),
-        prompts: 12,
+        prompts: spo_report::DEFAULT_PROMPTS,
         live_reload: false,
     };
     match spo_report::build(&l.pipe, &l.registry, store, &opts)

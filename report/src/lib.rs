@@ -36,6 +36,9 @@ pub use site::Site;
 use crate::context::Ctx;
 use crate::html::{Frame, STYLE, esc, page};
 
+/// Prompts per table on the samples page unless asked otherwise.
+pub const DEFAULT_PROMPTS: usize = 12;
+
 /// What to report on.
 #[derive(Debug, Clone)]
 pub struct Options {
