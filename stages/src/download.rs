@@ -68,12 +68,20 @@ impl StageKind for Download {
     }
 }
 
-fn expected_digest(sha256: &str) -> Result<String> {
+/// `sha256` as a pinned digest (trimmed, lower case), or the text it was if it is not 64 hex
+/// digits.
+pub(crate) fn pinned_digest(sha256: &str) -> Result<String, String> {
     let s = sha256.trim().to_ascii_lowercase();
-    if s.len() != 64 || !s.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(StageError::param("sha256", format!("`{s}` is not 64 hex digits")).into());
+    if s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit()) {
+        Ok(s)
+    } else {
+        Err(s)
     }
-    Ok(s)
+}
+
+fn expected_digest(sha256: &str) -> Result<String> {
+    pinned_digest(sha256)
+        .map_err(|s| StageError::param("sha256", format!("`{s}` is not 64 hex digits")).into())
 }
 
 fn file_name(given: &str, url: &str) -> Result<String> {

@@ -12,7 +12,7 @@ use std::fs;
 
 use spo_core::{ParamSpec, StageContext, StageError, StageKind};
 
-use crate::download::{Fetched, fetch_resumable};
+use crate::download::{Fetched, fetch_resumable, pinned_digest};
 use crate::error::Result;
 
 spo_core::param_choice! {
@@ -158,13 +158,12 @@ fn checked(p: &HubParams) -> Result<Vec<(String, String)>, StageError> {
         if out.iter().any(|(g, _)| g == f) {
             return Err(StageError::param("files", format!("`{f}` is listed twice")));
         }
-        let d = d.trim().to_ascii_lowercase();
-        if d.len() != 64 || !d.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(StageError::param(
+        let d = pinned_digest(d).map_err(|d| {
+            StageError::param(
                 "sha256",
                 format!("the digest of `{f}`, `{d}`, is not 64 hex digits"),
-            ));
-        }
+            )
+        })?;
         out.push((f.clone(), d));
     }
     Ok(out)
