@@ -164,6 +164,28 @@ fn hub_files_are_fetched_pinned_laid_out_like_the_repo_and_gated_repos_need_a_to
             ),
             "owner/name",
         ),
+        (
+            format!("repo = \"org/sd\", revision = \"{REV}\", files = [\"a\"], sha256 = [\"abc\"]"),
+            "the digest of `a`, `abc`, is not 64 hex digits",
+        ),
+        (
+            format!(
+                "repo = \"org/sd\", revision = \"{REV}\", files = [\"a\", \"a\"], sha256 = [\"{0}\", \"{0}\"]",
+                sha(b"")
+            ),
+            "`a` is listed twice",
+        ),
+        (
+            format!("repo = \"org/sd\", revision = \"{REV}\", files = [], sha256 = []"),
+            "no files listed",
+        ),
+        (
+            format!(
+                "repo = \"org/sd\", revision = \"{REV}\", files = [\"manifest.json\"], sha256 = [\"{}\"]",
+                sha(b"")
+            ),
+            "clash with the cell's own manifest",
+        ),
     ] {
         let err = &fetch(&store, &bad)[0].1;
         assert!(err.contains(names), "{bad}: {err}");
