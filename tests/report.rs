@@ -81,6 +81,15 @@ fn bad_targets_outputs_and_ports_are_refused_with_the_store_untouched() {
         "keep"
     );
 
+    std::fs::write(p.path().join("a-file"), "").unwrap();
+    let out = p.run(&["report", "--out", "a-file/site"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("a-file"),
+        "{}",
+        text(&out.stderr)
+    );
+
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = held.local_addr().unwrap().port().to_string();
     let out = p.run(&["report", "--serve", "--port", &port]);

@@ -114,6 +114,7 @@ const TARGETS: &[&str] = &[
     "score-ddpo",
     "score-mapo",
     "score-gradspo",
+    "winrate",
 ];
 
 fn spo_pipe(store: &Path, args: &[&str]) -> Command {
