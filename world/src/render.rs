@@ -88,17 +88,23 @@ pub fn render(atlas: &Atlas, scene: &Scene) -> Result<image::RgbImage, WorldErro
 }
 
 /// A kind of detail flaw: it changes how an image looks, never what it shows.
+///
+/// Every flaw spans a few pixels, not one: a 32-pixel canvas stands for SD's 64×64 latent
+/// grid, where a generation's flaws span several latent pixels, and a flaw confined to single
+/// pixels would vanish under the noise of every timestep SPO judges at (docs/world.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FlawKind {
-    /// Gaussian blur, σ from 0.4 to 1.4 pixels.
+    /// Gaussian blur, σ from 0.6 to 1.8 pixels.
     Blur,
-    /// Additive Gaussian pixel noise, σ from 0.02 to 0.14.
+    /// Additive Gaussian noise in blotches: drawn on a grid of 4-pixel cells and interpolated
+    /// between them, σ from 0.04 to 0.2.
     Noise,
     /// 4×4 blocks flattened toward their mean, like heavy JPEG.
     Blocking,
     /// Chroma smeared and shifted sideways while luma stays: colours leak over edges.
     ColourBleed,
-    /// Sprites nearest-sampled with hard alpha instead of area-averaged.
+    /// Sprites nearest-sampled with hard alpha, then pixelated in 2×2 blocks: staircase edges
+    /// instead of area-averaged ones.
     Jagged,
 }
 
@@ -187,7 +193,7 @@ pub fn render_flawed(
     let out = match flaw.kind {
         FlawKind::Jagged => {
             let clean = render_with(atlas, scene, Sampling::Smooth)?;
-            let aliased = render_with(atlas, scene, Sampling::Aliased)?;
+            let aliased = pixelate(&render_with(atlas, scene, Sampling::Aliased)?, 2);
             let px = clean
                 .px
                 .iter()
@@ -200,15 +206,16 @@ pub fn render_flawed(
             }
         }
         FlawKind::Blur => {
-            gaussian_blur(&render_with(atlas, scene, Sampling::Smooth)?, 0.4 + 1.0 * s)
+            gaussian_blur(&render_with(atlas, scene, Sampling::Smooth)?, 0.6 + 1.2 * s)
         }
         FlawKind::Noise => {
             let mut c = render_with(atlas, scene, Sampling::Smooth)?;
-            let normal = Normal::new(0.0f32, 0.02 + 0.12 * s)
+            let normal = Normal::new(0.0f32, 0.04 + 0.16 * s)
                 .map_err(|e| WorldError::Config(e.to_string()))?;
-            for p in &mut c.px {
-                for v in p.iter_mut() {
-                    *v += normal.sample(rng);
+            let blotches = blotchy_noise(c.size, 4, || normal.sample(rng));
+            for (p, e) in c.px.iter_mut().zip(blotches) {
+                for (v, d) in p.iter_mut().zip(e) {
+                    *v += d;
                 }
             }
             c
@@ -219,6 +226,45 @@ pub fn render_flawed(
         FlawKind::ColourBleed => colour_bleed(&render_with(atlas, scene, Sampling::Smooth)?, s),
     };
     Ok(out.to_image())
+}
+
+/// Noise on a grid of `cell`-pixel cells, bilinearly interpolated between cell centres.
+fn blotchy_noise(size: u32, cell: u32, mut draw: impl FnMut() -> f32) -> Vec<[f32; 3]> {
+    let g = size.div_ceil(cell) as usize + 1;
+    let grid: Vec<[f32; 3]> = (0..g * g).map(|_| [draw(), draw(), draw()]).collect();
+    let mut out = Vec::with_capacity((size * size) as usize);
+    for y in 0..size {
+        for x in 0..size {
+            let fy = (y as f32 + 0.5) / cell as f32;
+            let fx = (x as f32 + 0.5) / cell as f32;
+            let (y0, x0) = (fy.floor() as usize, fx.floor() as usize);
+            let (wy, wx) = (fy - y0 as f32, fx - x0 as f32);
+            let at = |yy: usize, xx: usize| grid[yy.min(g - 1) * g + xx.min(g - 1)];
+            let (a, b, c, d) = (
+                at(y0, x0),
+                at(y0, x0 + 1),
+                at(y0 + 1, x0),
+                at(y0 + 1, x0 + 1),
+            );
+            out.push([0, 1, 2].map(|ch| {
+                (1.0 - wy) * ((1.0 - wx) * a[ch] + wx * b[ch])
+                    + wy * ((1.0 - wx) * c[ch] + wx * d[ch])
+            }));
+        }
+    }
+    out
+}
+
+/// Each `k`×`k` block takes its top-left pixel: staircase edges `k` pixels high.
+fn pixelate(c: &Canvas, k: u32) -> Canvas {
+    let n = c.size;
+    let px = (0..n * n)
+        .map(|i| {
+            let (y, x) = (i / n, i % n);
+            c.px[((y - y % k) * n + x - x % k) as usize]
+        })
+        .collect();
+    Canvas { size: n, px }
 }
 
 fn gaussian_blur(c: &Canvas, sigma: f32) -> Canvas {
