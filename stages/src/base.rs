@@ -11,7 +11,7 @@ use candle_core::{DType, Tensor, Var};
 use candle_nn::VarMap;
 use spo_core::{ParamSpec, StageContext, StageError, StageKind};
 use spo_diffusion::{NoiseSchedule, SchedulerConfig};
-use spo_nn::{AdamW, AdamWConfig, named_vars, sharded_backward};
+use spo_nn::{AdamW, AdamWConfig, SeededRng, named_vars, sharded_backward};
 use spo_world::QualityMix;
 
 use crate::embedded::Weights;
@@ -38,6 +38,11 @@ spo_core::stage_params! {
         /// share of training images drawn with one detail flaw (kind uniform, strength uniform
         /// in [0.1, 1])
         flawed_share: f64 = float(0.5).range(0.0, 1.0),
+        /// offset noise (Guttenberg 2023): each image's noise also shifts by this times one
+        /// normal draw per channel, so the model cannot read an image's mean colour off a
+        /// nearly pure-noise x_T (SD-1.5's schedule leaves sqrt(ᾱ_T) = 0.068 of the image in
+        /// it: on a 32-pixel canvas the background shows through and samples come out gray)
+        offset_noise: f64 = float(0.1).range(0.0, 1.0),
         /// share of prompts dropped for classifier-free guidance
         uncond_prob: f64 = float(0.1).range(0.0, 1.0),
         /// seed of the initial weights, batches and noise
@@ -60,11 +65,12 @@ impl StageKind for BasePretrain {
         "base-pretrain"
     }
     fn version(&self) -> u32 {
+        // 6: offset noise (`offset_noise`); the world's coarser flaws.
         // 5: trained on renders of mixed quality (`flawed_share`).
         // 4: a ResNet block's GroupNorm–SiLU–conv is one fused op (last-bit changes).
         // 3: the fused CPU convolution, attention and linear ops change the last bits of
         // every forward and gradient (same model, same maths).
-        5
+        6
     }
     fn summary(&self) -> &'static str {
         "train the base text-to-image UNet on the world's renders of mixed quality (needs world, clip-pretrain)"
@@ -75,6 +81,17 @@ impl StageKind for BasePretrain {
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
         Ok(run(cx)?)
     }
+}
+
+/// The ε a batch shaped like `x0` is noised with: standard normal, plus, with `offset` > 0,
+/// one normal draw of that std per image and channel, added to all its pixels (offset noise).
+fn training_noise(rng: &mut SeededRng, x0: &Tensor, offset: f64) -> candle_core::Result<Tensor> {
+    let noise = rng.normal(x0.shape(), 0.0, 1.0, DType::F32, x0.device())?;
+    if offset == 0.0 {
+        return Ok(noise);
+    }
+    let (b, c, _, _) = x0.dims4()?;
+    noise.broadcast_add(&rng.normal((b, c, 1, 1), 0.0, offset, DType::F32, x0.device())?)
 }
 
 /// Computes one cell of this kind.
@@ -189,7 +206,7 @@ fn run(cx: &mut StageContext) -> Result<()> {
         let weights = Tensor::from_vec(weights, (batch, 1, 1, 1), &dev)?;
         let ts: Vec<i64> = ts.into_iter().map(|t| t as i64).collect();
         let ts = Tensor::from_vec(ts, batch, &dev)?;
-        let noise = tr.rng.normal(x0.shape(), 0.0, 1.0, DType::F32, &dev)?;
+        let noise = training_noise(&mut tr.rng, &x0, p.offset_noise)?;
         let xt = schedule.add_noise(&x0, &noise, &ts)?;
         let denom = noise.elem_count() as f64;
         let shard_loss = |s: usize| -> Result<Tensor, spo_diffusion::DiffusionError> {
@@ -215,4 +232,42 @@ fn run(cx: &mut StageContext) -> Result<()> {
         &serde_json::to_vec_pretty(&config).unwrap_or_default(),
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Spread of the per-image, per-channel means of the training noise.
+    fn mean_spread(offset: f64) -> f32 {
+        let x0 = Tensor::zeros((64, 3, 32, 32), DType::F32, &Device::Cpu).unwrap();
+        let noise = training_noise(&mut SeededRng::new(3), &x0, offset).unwrap();
+        let means = noise
+            .mean_keepdim(3)
+            .unwrap()
+            .mean_keepdim(2)
+            .unwrap()
+            .flatten_all()
+            .unwrap();
+        means
+            .sqr()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .sqrt()
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// Without offset noise an image's mean is known to ±1/32 from x_T alone; with it, to
+    /// ±√(1/1024 + offset²): the model can no longer read the background off pure noise.
+    #[test]
+    fn offset_noise_shifts_each_image_and_channel_as_a_whole() {
+        let plain = mean_spread(0.0);
+        assert!((0.026..0.037).contains(&plain), "{plain}");
+        let offset = mean_spread(0.1);
+        assert!((0.09..0.12).contains(&offset), "{offset}");
+    }
 }
