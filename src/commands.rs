@@ -26,20 +26,42 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             dry_run,
             keep_going,
             no_report,
-        } => cmd_run(
+            remote,
+            no_remote,
+        } => {
+            let l = load(pipe_file, store, set)?;
+            let remote = if no_remote {
+                None
+            } else {
+                remote.or_else(|| l.pipe.remote.clone())
+            };
+            cmd_run(
+                &l,
+                &plan.targets,
+                &RunFlags {
+                    jobs: jobs_or_cores(jobs),
+                    dry_run,
+                    keep_going,
+                    report: !no_report,
+                    quiet: cli.quiet,
+                    verbose: cli.verbose,
+                    remote,
+                },
+            )
+        }
+        Command::Push { plan, all, remote } => crate::remote::cmd_push(
             &load(pipe_file, store, set)?,
             &plan.targets,
-            &RunFlags {
-                jobs: jobs.map_or_else(
-                    || std::thread::available_parallelism().map_or(1, |n| n.get()),
-                    |j| usize::try_from(j).unwrap_or(usize::MAX),
-                ),
-                dry_run,
-                keep_going,
-                report: !no_report,
-                quiet: cli.quiet,
-                verbose: cli.verbose,
-            },
+            all,
+            remote,
+            cli.quiet,
+        ),
+        Command::Pull { plan, remote, jobs } => crate::remote::cmd_pull(
+            &load(pipe_file, store, set)?,
+            &plan.targets,
+            remote,
+            jobs_or_cores(jobs),
+            cli.quiet,
         ),
         Command::Status { plan, json } => {
             cmd_status(&load(pipe_file, store, set)?, &plan.targets, json)
@@ -143,11 +165,19 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn short(key: &str) -> &str {
+/// `--jobs`, else this machine's cores.
+fn jobs_or_cores(jobs: Option<u64>) -> usize {
+    jobs.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |j| usize::try_from(j).unwrap_or(usize::MAX),
+    )
+}
+
+pub(crate) fn short(key: &str) -> &str {
     &key[..key.len().min(12)]
 }
 
-fn plan(l: &Loaded, targets: &[String]) -> anyhow::Result<Plan> {
+pub(crate) fn plan(l: &Loaded, targets: &[String]) -> anyhow::Result<Plan> {
     Ok(Plan::build(&l.pipe, &l.registry, targets)?)
 }
 
@@ -160,6 +190,8 @@ struct RunFlags {
     report: bool,
     quiet: bool,
     verbose: u8,
+    /// The remote cache to fetch missing cells from.
+    remote: Option<String>,
 }
 
 fn cmd_run(l: &Loaded, targets: &[String], f: &RunFlags) -> anyhow::Result<ExitCode> {
@@ -220,18 +252,35 @@ fn cmd_run(l: &Loaded, targets: &[String], f: &RunFlags) -> anyhow::Result<ExitC
         )),
         Event::Failed(n, m) => say(format!("✗ failed   {}: {m}", n.display())),
         Event::Skipped(n) => say(format!("- skipped  {}  (an input failed)", n.display())),
+        Event::Fetched(n, k) => say(format!("⇣ fetched  {}  {}", n.display(), short(k))),
+        Event::BadRemote(n, m) => say(format!(
+            "! remote   {}: {m}; computing it here",
+            n.display()
+        )),
+        Event::Absent(_) => {}
+    };
+    let remote = match &f.remote {
+        Some(url) => Some(crate::remote::open(url)?),
+        None => None,
     };
     let opts = RunOptions {
         jobs,
         dry_run: false,
         keep_going,
         progress: multi.clone(),
+        remote: remote.clone().map(|r| r as _),
+        fetch_only: false,
     };
     let t0 = std::time::Instant::now();
     let s = run::run(&l.pipe, &l.registry, &store, &plan, &opts, &on)?;
     if !quiet {
+        let fetched = if remote.is_some() {
+            format!(", {} fetched", s.fetched)
+        } else {
+            String::new()
+        };
         eprintln!(
-            "{} cells: {} ran, {} cached, {} failed, {} skipped ({:.2}s)",
+            "{} cells: {} ran, {} cached{fetched}, {} failed, {} skipped ({:.2}s)",
             plan.nodes.len(),
             s.ran,
             s.cached,

@@ -7,6 +7,7 @@ mod cli;
 mod commands;
 mod parquet_head;
 mod pipeline;
+mod remote;
 mod report;
 mod score;
 

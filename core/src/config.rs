@@ -74,6 +74,9 @@ pub struct Pipeline {
     /// `[target.NAME]` groups: name → what they include.
     pub targets: Vec<(String, Vec<String>)>,
     pub tables: Vec<TableDef>,
+    /// `[cache] remote`: the remote cache `run` consults before computing a cell, and that
+    /// `push` and `pull` use (`s3://bucket/prefix` or `file:///dir`).
+    pub remote: Option<String>,
 }
 
 type Table<'i> = DeTable<'i>;
@@ -92,7 +95,7 @@ impl Pipeline {
         let p = Parser { src, registry };
         p.known_keys(
             root,
-            &["pipeline", "stage", "sweep", "target", "table"],
+            &["pipeline", "stage", "sweep", "target", "table", "cache"],
             "top-level section",
         )?;
 
@@ -105,7 +108,24 @@ impl Pipeline {
             sweeps: vec![],
             targets: vec![],
             tables: vec![],
+            remote: None,
         };
+        if let Some(sec) = root.get("cache") {
+            let t = p.table(sec, "[cache]")?;
+            p.known_keys(t, &["remote"], "key of [cache]")?;
+            if let Some(v) = t.get("remote") {
+                let url = p.string(v, "cache.remote")?;
+                let ok = ["s3://", "file://"]
+                    .iter()
+                    .any(|s| url.strip_prefix(s).is_some_and(|rest| !rest.is_empty()));
+                if !ok {
+                    return Err(src
+                        .error(v.span(), format!("`cache.remote` is `{url}`, not a remote cache"))
+                        .hint("use \"s3://bucket/prefix\" (credentials from AWS_* variables) or \"file:///a/directory\""));
+                }
+                pipe.remote = Some(url);
+            }
+        }
         let mut default_span = None;
         if let Some(sec) = root.get("pipeline") {
             let t = p.table(sec, "[pipeline]")?;

@@ -25,6 +25,14 @@ pub enum Error {
         path: PathBuf,
         problem: String,
     },
+    /// A cell fetched from a remote cache does not match the manifest the remote holds for it
+    /// (nothing of it is committed).
+    #[error("cell {key} fetched from the remote cache was not committed: {}: {message}", path.display())]
+    BadFetch {
+        key: String,
+        path: PathBuf,
+        message: String,
+    },
     /// A stage wrote something the store cannot commit.
     #[error("{}: {message}", path.display())]
     BadOutput { path: PathBuf, message: String },

@@ -20,6 +20,7 @@ pub mod manifest;
 pub mod param;
 pub mod plan;
 pub mod registry;
+pub mod remote;
 pub mod run;
 pub mod stage;
 pub mod stats;
