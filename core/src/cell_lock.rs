@@ -9,6 +9,7 @@ use crate::committed::Committed;
 use crate::error::Error;
 use crate::fileinfo;
 use crate::key::output_digest;
+use crate::lease::Lease;
 use crate::manifest::{FileEntry, MANIFEST, Manifest};
 use crate::memo::Stamp;
 use crate::remote::Fetched;
@@ -22,13 +23,20 @@ pub struct CellLock {
     store: Store,
     key: String,
     file: File,
+    /// The key's lease (held until this is dropped, after the commit or the failure).
+    lease: Lease,
     staging: PathBuf,
     scratch: PathBuf,
     committed: bool,
 }
 
 impl CellLock {
-    pub(crate) fn new(store: Store, key: &str, file: File) -> Result<CellLock, Error> {
+    pub(crate) fn new(
+        store: Store,
+        key: &str,
+        file: File,
+        lease: Lease,
+    ) -> Result<CellLock, Error> {
         let staging = store.new_staging(key)?;
         let scratch = store.scratch_dir(key);
         fs::create_dir_all(&scratch).map_err(|e| Error::io(&scratch, e))?;
@@ -36,6 +44,7 @@ impl CellLock {
             store,
             key: key.to_owned(),
             file,
+            lease,
             staging,
             scratch,
             committed: false,
@@ -268,6 +277,8 @@ impl CellLock {
         write_synced(&mpath, &json)?;
         set_mode(&mpath, 0o644)?;
         sync_dir(&self.staging)?;
+        // Still ours? A lease taken over while this process stalled is the new holder's.
+        self.lease.check()?;
         let dest = self.store.cell_dir(&self.key);
         if dest.exists() {
             // Committed by a process that ignored the lock: keep theirs, it has the same inputs.

@@ -33,6 +33,10 @@ pub enum Error {
         path: PathBuf,
         message: String,
     },
+    /// This process's lease on a key was taken over (it went silent longer than the stale
+    /// period): the cell is not committed, so the new holder's work is never overwritten.
+    #[error("{}: the lease on this key is now held by {holder}; not committing", path.display())]
+    LeaseLost { path: PathBuf, holder: String },
     /// A stage wrote something the store cannot commit.
     #[error("{}: {message}", path.display())]
     BadOutput { path: PathBuf, message: String },

@@ -15,6 +15,7 @@ pub mod explain;
 pub mod gc;
 pub mod index;
 pub mod key;
+pub mod lease;
 pub mod live;
 pub mod manifest;
 pub mod param;
