@@ -61,6 +61,13 @@ pub enum Command {
         /// Do not consult the remote cache of pipeline.toml.
         #[arg(long)]
         no_remote: bool,
+        /// Where cells run: `local` processes, or one `slurm` job per cell (overrides
+        /// `[executor] kind`; resources from `[executor]`, see docs/slurm.md).
+        #[arg(long, value_enum)]
+        executor: Option<ExecutorKind>,
+        /// Compute only the cell with this key (what each Slurm job runs).
+        #[arg(long, value_name = "KEY", hide = true)]
+        only_key: Option<String>,
     },
     /// Upload the targets' committed cells to the remote cache (blobs, then manifests; each
     /// only if absent, so concurrent pushes are safe).
@@ -199,6 +206,12 @@ pub enum Command {
         #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
         batch: u64,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExecutorKind {
+    Local,
+    Slurm,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -11,7 +11,7 @@ use spo_core::verify::Place;
 use spo_core::{Event, Manifest, Plan, dag, diff, gc, index, tables};
 
 use crate::UsageError;
-use crate::cli::{Cli, Command, DagFormat, TableFormat};
+use crate::cli::{Cli, Command, DagFormat, ExecutorKind, TableFormat};
 use crate::pipeline::{Loaded, load};
 
 /// Runs the verb in `cli`.
@@ -28,8 +28,27 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             no_report,
             remote,
             no_remote,
+            executor,
+            only_key,
         } => {
             let l = load(pipe_file, store, set)?;
+            let slurm = match executor {
+                Some(k) => k == ExecutorKind::Slurm,
+                None => l.pipe.executor.kind.as_deref() == Some("slurm") && only_key.is_none(),
+            };
+            if slurm && !dry_run {
+                let p = self::plan(&l, &plan.targets)?;
+                return crate::slurm::run(
+                    &l,
+                    &p,
+                    &crate::slurm::SlurmArgs {
+                        pipeline: pipe_file,
+                        sets: set,
+                        targets: &plan.targets,
+                        quiet: cli.quiet,
+                    },
+                );
+            }
             let remote = if no_remote {
                 None
             } else {
@@ -46,6 +65,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     quiet: cli.quiet,
                     verbose: cli.verbose,
                     remote,
+                    only_key,
                 },
             )
         }
@@ -192,6 +212,8 @@ struct RunFlags {
     verbose: u8,
     /// The remote cache to fetch missing cells from.
     remote: Option<String>,
+    /// Compute only this key (a Slurm job).
+    only_key: Option<String>,
 }
 
 fn cmd_run(l: &Loaded, targets: &[String], f: &RunFlags) -> anyhow::Result<ExitCode> {
@@ -270,6 +292,7 @@ fn cmd_run(l: &Loaded, targets: &[String], f: &RunFlags) -> anyhow::Result<ExitC
         progress: multi.clone(),
         remote: remote.clone().map(|r| r as _),
         fetch_only: false,
+        only_key: f.only_key.clone(),
     };
     let t0 = std::time::Instant::now();
     let s = run::run(&l.pipe, &l.registry, &store, &plan, &opts, &on)?;

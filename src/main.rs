@@ -10,6 +10,7 @@ mod pipeline;
 mod remote;
 mod report;
 mod score;
+mod slurm;
 
 use std::process::ExitCode;
 

@@ -11,6 +11,7 @@ pub mod config_error;
 pub mod cores;
 pub mod dag;
 pub mod diff;
+pub mod executor;
 pub mod explain;
 pub mod gc;
 pub mod index;

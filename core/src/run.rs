@@ -40,6 +40,9 @@ pub struct RunOptions {
     /// Only fetch (`spo-pipe pull`): a cell neither local nor in the remote is not computed
     /// but reported [`Event::Absent`], and the cells downstream of it are skipped.
     pub fetch_only: bool,
+    /// Compute only the cell with this key (a Slurm job of `run --executor slurm`): every
+    /// other cell missing from the store is reported [`Event::Absent`], not computed.
+    pub only_key: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -51,6 +54,7 @@ impl Default for RunOptions {
             progress: MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden()),
             remote: None,
             fetch_only: false,
+            only_key: None,
         }
     }
 }
@@ -563,6 +567,9 @@ impl Exec<'_> {
             .get(&node.kind)
             .ok_or_else(|| StageError::Failed(format!("unknown kind `{}`", node.kind)))?;
         let key = parts.key();
+        if self.opts.only_key.as_ref().is_some_and(|k| *k != key) {
+            return Ok(Outcome::Absent);
+        }
         let on_wait = || (self.on)(Event::Waiting(node));
         let mut lock = match self
             .store
