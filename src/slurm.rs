@@ -103,6 +103,8 @@ pub fn run(l: &Loaded, plan: &Plan, args: &SlurmArgs<'_>) -> anyhow::Result<Exit
     let initial = poll_interval();
     let retries = l.pipe.executor.retries.unwrap_or(0);
     let mut interval = initial;
+    let mut query_every = initial;
+    let mut next_query = Instant::now() + initial;
     say(format!(
         "Slurm run {run_id}: {n} cells; job logs in {}",
         logs.display()
@@ -116,7 +118,8 @@ pub fn run(l: &Loaded, plan: &Plan, args: &SlurmArgs<'_>) -> anyhow::Result<Exit
             let out = Command::new("scancel").args(["--name", &run_id]).output();
             match out {
                 Ok(o) if o.status.success() => say(format!(
-                    "interrupted: cancelled the run's {jobs} unfinished jobs (scancel --name {run_id})"
+                    "interrupted: cancelled the run's {jobs} unfinished jobs (scancel --name {run_id}) after {queries} squeue queries in {:.1}s",
+                    t0.elapsed().as_secs_f64()
                 )),
                 Ok(o) => eprintln!(
                     "error: scancel --name {run_id} failed: {}",
@@ -127,6 +130,7 @@ pub fn run(l: &Loaded, plan: &Plan, args: &SlurmArgs<'_>) -> anyhow::Result<Exit
             return Ok(ExitCode::from(130));
         }
         let mut changed = false;
+        let mut submitted = false;
         // Key and submit every pending cell whose inputs are all done; skip those with a failed one.
         for i in 0..n {
             if st[i] != St::Pending {
@@ -178,6 +182,7 @@ pub fn run(l: &Loaded, plan: &Plan, args: &SlurmArgs<'_>) -> anyhow::Result<Exit
             };
             match job.submit(&key, &node.label, &resources[i]) {
                 Ok((id, log)) => {
+                    submitted = true;
                     say(format!(
                         "⇢ queued   {}  job {id}  {}",
                         node.display(),
@@ -205,9 +210,16 @@ pub fn run(l: &Loaded, plan: &Plan, args: &SlurmArgs<'_>) -> anyhow::Result<Exit
             break;
         }
         if waiting {
-            // One query for every job of this run.
-            queries += 1;
-            let states = squeue(&run_id);
+            // The store is read every cycle (a stat per waiting cell); squeue, one query for
+            // every job of the run, only on its own slower schedule.
+            let states = if Instant::now() >= next_query {
+                queries += 1;
+                next_query = Instant::now() + query_every;
+                query_every = (query_every * 2).min(max_interval());
+                squeue(&run_id)
+            } else {
+                None
+            };
             for (i, slot) in st.iter_mut().enumerate() {
                 let St::Submitted {
                     job,
@@ -302,6 +314,7 @@ pub fn run(l: &Loaded, plan: &Plan, args: &SlurmArgs<'_>) -> anyhow::Result<Exit
                                 *missing = 0;
                                 *unknown = 0;
                                 *attempt += 1;
+                                submitted = true;
                                 *res = res2;
                                 changed = true;
                                 continue;
@@ -333,10 +346,15 @@ pub fn run(l: &Loaded, plan: &Plan, args: &SlurmArgs<'_>) -> anyhow::Result<Exit
                 }
             }
         }
+        if submitted {
+            // New jobs: ask squeue soon, to catch a job that fails at once.
+            query_every = initial;
+            next_query = next_query.min(Instant::now() + initial);
+        }
         if changed {
             interval = initial;
         } else {
-            interval = (interval * 3 / 2).min(max_interval());
+            interval = (interval * 3 / 2).min(max_interval().min(Duration::from_secs(5)));
             sleep_unless_interrupted(interval);
         }
     }
