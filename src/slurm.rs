@@ -25,6 +25,9 @@ use crate::pipeline::Loaded;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
+/// Tasks per job array (Slurm's default MaxArraySize is 1001: indices 0..=1000).
+const ARRAY_MAX: usize = 1000;
+
 extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
@@ -102,6 +105,7 @@ pub fn run(l: &Loaded, plan: &Plan, args: &SlurmArgs<'_>) -> anyhow::Result<Exit
     let t0 = Instant::now();
     let initial = poll_interval();
     let retries = l.pipe.executor.retries.unwrap_or(0);
+    let arrays = l.pipe.executor.arrays.unwrap_or(true);
     let mut interval = initial;
     let mut query_every = initial;
     let mut next_query = Instant::now() + initial;
@@ -131,6 +135,7 @@ pub fn run(l: &Loaded, plan: &Plan, args: &SlurmArgs<'_>) -> anyhow::Result<Exit
         }
         let mut changed = false;
         let mut submitted = false;
+        let mut ready: Vec<(usize, String)> = Vec::new();
         // Key and submit every pending cell whose inputs are all done; skip those with a failed one.
         for i in 0..n {
             if st[i] != St::Pending {
@@ -171,37 +176,69 @@ pub fn run(l: &Loaded, plan: &Plan, args: &SlurmArgs<'_>) -> anyhow::Result<Exit
                 st[i] = St::Done(c);
                 continue;
             }
-            let job = Job {
-                exe: &exe,
-                pipeline: pipeline.as_deref(),
-                store: &store_dir,
-                sets: args.sets,
-                targets: args.targets,
-                run_id: &run_id,
-                logs: &logs,
-            };
-            match job.submit(&key, &node.label, &resources[i]) {
-                Ok((id, log)) => {
-                    submitted = true;
-                    say(format!(
-                        "⇢ queued   {}  job {id}  {}",
-                        node.display(),
-                        short(&key)
-                    ));
-                    st[i] = St::Submitted {
-                        job: id,
-                        log,
-                        key,
-                        missing: 0,
-                        unknown: 0,
-                        attempt: 1,
-                        res: resources[i].clone(),
-                    };
-                }
-                Err(e) => {
-                    eprintln!("error: {}: {e}", node.display());
-                    failed.push(node.display());
-                    st[i] = St::Failed;
+            ready.push((i, key));
+        }
+        // Cells ready together with the same resources go as one job array (a sweep's cells,
+        // typically), in arrays of at most ARRAY_MAX tasks; a lone cell as one job.
+        let mut groups: Vec<(Resources, Vec<(usize, String)>)> = Vec::new();
+        for (i, key) in ready.drain(..) {
+            match groups.iter_mut().find(|(r, _)| *r == resources[i]) {
+                Some((_, g)) => g.push((i, key)),
+                None => groups.push((resources[i].clone(), vec![(i, key)])),
+            }
+        }
+        let job = Job {
+            exe: &exe,
+            pipeline: pipeline.as_deref(),
+            store: &store_dir,
+            sets: args.sets,
+            targets: args.targets,
+            run_id: &run_id,
+            logs: &logs,
+        };
+        for (res, group) in groups {
+            for chunk in group.chunks(if arrays { ARRAY_MAX } else { 1 }) {
+                let submitted_ids = if let [(i, key)] = chunk {
+                    job.submit(key, &plan.nodes[*i].label, &res)
+                        .map(|(id, log)| vec![(id, log)])
+                } else {
+                    let keys: Vec<&str> = chunk.iter().map(|(_, k)| k.as_str()).collect();
+                    job.submit_array(&keys, &res)
+                };
+                match submitted_ids {
+                    Ok(ids) => {
+                        submitted = true;
+                        if chunk.len() > 1 {
+                            say(format!(
+                                "⇢ array    {} cells as job array {}",
+                                chunk.len(),
+                                ids[0].0.split('_').next().unwrap_or_default()
+                            ));
+                        }
+                        for ((i, key), (id, log)) in chunk.iter().zip(ids) {
+                            say(format!(
+                                "⇢ queued   {}  job {id}  {}",
+                                plan.nodes[*i].display(),
+                                short(key)
+                            ));
+                            st[*i] = St::Submitted {
+                                job: id,
+                                log,
+                                key: key.clone(),
+                                missing: 0,
+                                unknown: 0,
+                                attempt: 1,
+                                res: res.clone(),
+                            };
+                        }
+                    }
+                    Err(e) => {
+                        for (i, _) in chunk {
+                            eprintln!("error: {}: {e}", plan.nodes[*i].display());
+                            failed.push(plan.nodes[*i].display());
+                            st[*i] = St::Failed;
+                        }
+                    }
                 }
             }
         }
@@ -385,7 +422,60 @@ impl Job<'_> {
     /// Submits the job computing `key` (`sbatch --parsable`): its id and its log's path, or
     /// sbatch's own refusal.
     fn submit(&self, key: &str, label: &str, r: &Resources) -> anyhow::Result<(String, PathBuf)> {
-        let cpus = r.cpus.unwrap_or(1);
+        let cmd = self.command(key, r.cpus.unwrap_or(1));
+        let mut sb = self.sbatch(r);
+        sb.arg(format!(
+            "--output={}",
+            self.logs.join(format!("{key}.%j.log")).display()
+        ))
+        .arg(format!("--comment={label}"))
+        .arg(format!("--wrap={cmd}"));
+        let id = run_sbatch(sb)?;
+        let log = self.logs.join(format!("{key}.{id}.log"));
+        Ok((id, log))
+    }
+
+    /// Submits one job array computing `keys` (task `n` computes `keys[n]`, read from a file
+    /// in the logs directory): each task's id (`<array>_<n>`) and its log's path.
+    fn submit_array(&self, keys: &[&str], r: &Resources) -> anyhow::Result<Vec<(String, PathBuf)>> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let list = self.logs.join(format!("{}.{nanos}.keys", self.run_id));
+        std::fs::write(&list, keys.join("\n") + "\n")
+            .with_context(|| list.display().to_string())?;
+        let cmd = self.command("\"$key\"", r.cpus.unwrap_or(1));
+        let logs = shell_quote(&self.logs.display().to_string());
+        let wrap = format!(
+            "key=$(sed -n \"$((SLURM_ARRAY_TASK_ID + 1))p\" {}); exec > {logs}/\"$key.${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}.log\" 2>&1; exec {cmd}",
+            shell_quote(&list.display().to_string())
+        );
+        let mut sb = self.sbatch(r);
+        sb.arg(format!("--array=0-{}", keys.len() - 1))
+            // Only the wrapper's own failures land here; each task writes its cell's log.
+            .arg(format!(
+                "--output={}",
+                self.logs
+                    .join(format!("{}.%A_%a.wrapper.log", self.run_id))
+                    .display()
+            ))
+            .arg(format!("--comment={} cells", keys.len()))
+            .arg(format!("--wrap={wrap}"));
+        let id = run_sbatch(sb)?;
+        Ok(keys
+            .iter()
+            .enumerate()
+            .map(|(n, k)| {
+                (
+                    format!("{id}_{n}"),
+                    self.logs.join(format!("{k}.{id}_{n}.log")),
+                )
+            })
+            .collect())
+    }
+
+    /// The shell command a job runs for `key` (a literal key, or a quoted shell expression).
+    fn command(&self, key: &str, cpus: u64) -> String {
         let mut cmd = vec![shell_quote(&self.exe.display().to_string())];
         if let Some(p) = self.pipeline {
             cmd.push("--pipeline".into());
@@ -406,14 +496,14 @@ impl Job<'_> {
             cpus.to_string(),
             "--no-report".into(),
         ]);
+        cmd.join(" ")
+    }
+
+    /// `sbatch` with the run's name and the resources `r`.
+    fn sbatch(&self, r: &Resources) -> Command {
         let mut sb = Command::new("sbatch");
         sb.args(["--parsable", "--job-name", self.run_id, "--export=ALL"])
-            .arg(format!(
-                "--output={}",
-                self.logs.join(format!("{key}.%j.log")).display()
-            ))
-            .arg(format!("--cpus-per-task={cpus}"))
-            .arg(format!("--comment={label}"));
+            .arg(format!("--cpus-per-task={}", r.cpus.unwrap_or(1)));
         if let Some(m) = &r.mem {
             sb.arg(format!("--mem={m}"));
         }
@@ -429,29 +519,32 @@ impl Job<'_> {
         if let Some(g) = r.gpus.filter(|&g| g > 0) {
             sb.arg(format!("--gpus={g}"));
         }
-        sb.arg(format!("--wrap={}", cmd.join(" ")));
-        let out = sb.output().context("running sbatch")?;
-        if !out.status.success() {
-            anyhow::bail!(
-                "sbatch refused the job: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        let id = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit() || b == b'_') {
-            anyhow::bail!(
-                "sbatch answered `{}`, not a job id",
-                String::from_utf8_lossy(&out.stdout).trim()
-            );
-        }
-        let log = self.logs.join(format!("{key}.{id}.log"));
-        Ok((id, log))
+        sb
     }
+}
+
+/// Runs an `sbatch --parsable`: the job id, or sbatch's own refusal.
+fn run_sbatch(mut sb: Command) -> anyhow::Result<String> {
+    let out = sb.output().context("running sbatch")?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "sbatch refused the job: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let id = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit() || b == b'_') {
+        anyhow::bail!(
+            "sbatch answered `{}`, not a job id",
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+    }
+    Ok(id)
 }
 
 /// The resources of a retry after a job ended `state`: twice the memory after OUT_OF_MEMORY,
@@ -581,7 +674,8 @@ fn check_partitions(resources: &[Resources], file: &str) -> anyhow::Result<()> {
 /// not answer (a controller timeout: asked again next cycle, and no job is judged by it).
 fn squeue(run_id: &str) -> Option<HashMap<String, String>> {
     let out = match Command::new("squeue")
-        .args(["-h", "--states=all", "-o", "%i|%T", "--name", run_id])
+        // -r: one line per array task (`<array>_<n>`), pending ones included.
+        .args(["-h", "-r", "--states=all", "-o", "%i|%T", "--name", run_id])
         .output()
     {
         Ok(o) if o.status.success() => o,

@@ -118,6 +118,9 @@ fn a_sweep_runs_as_slurm_jobs_each_cell_once() {
         "{e}"
     );
     assert!(e.contains("⇢ queued   data  job "), "{e}");
+    // The three cells of the sweep, ready together, went as one job array.
+    assert!(e.contains("⇢ array    3 cells as job array "), "{e}");
+    assert!(e.contains("_2  "), "{e}");
     // The sweep fans out downstream: data, three train and three report cells.
     assert_eq!(
         lines(&log),
@@ -127,6 +130,8 @@ fn a_sweep_runs_as_slurm_jobs_each_cell_once() {
     let logs: Vec<_> = std::fs::read_dir(p.path().join("runs/logs/slurm"))
         .unwrap()
         .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".log") && !n.ends_with(".wrapper.log"))
         .collect();
     assert_eq!(logs.len(), 7, "{logs:?}");
     let v = run(&p, &conf, &["verify"]);
@@ -321,6 +326,36 @@ fn bad_executor_settings_are_refused_before_any_job() {
         "{}",
         text(&out.stderr)
     );
+
+    for (line, message) in [
+        (
+            "arrays = \"yes\"",
+            "`executor.arrays` must be true or false",
+        ),
+        (
+            "retries = 11",
+            "`executor.retries` must be an integer from 0 to 10",
+        ),
+        (
+            "cpus = 0",
+            "`executor.cpus` must be an integer from 1 to 4096",
+        ),
+        (
+            "partition = \"a b\"",
+            "is not a Slurm partition or account name",
+        ),
+    ] {
+        let p = Project::new(&format!(
+            "[executor]\n{line}\n[stage.a]\nkind = \"command\"\nparams = {{ cmd = \"true\" }}\n"
+        ));
+        let out = p.run(&["run", "a"]);
+        assert_eq!(out.status.code(), Some(2), "{line}");
+        assert!(
+            text(&out.stderr).contains(message),
+            "{line}: {}",
+            text(&out.stderr)
+        );
+    }
 
     // No sbatch on PATH.
     let p = Project::new("[stage.a]\nkind = \"command\"\nparams = { cmd = \"true\" }\n");

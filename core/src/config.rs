@@ -129,6 +129,7 @@ impl Pipeline {
                     "gpus",
                     "stage",
                     "retries",
+                    "arrays",
                 ],
                 "key of [executor]",
             )?;
@@ -142,6 +143,12 @@ impl Pipeline {
                 pipe.executor.kind = Some(k);
             }
             pipe.executor.resources = p.resources(t, "executor")?;
+            if let Some(v) = t.get("arrays") {
+                match v.get_ref() {
+                    DeValue::Boolean(b) => pipe.executor.arrays = Some(*b),
+                    _ => return Err(src.error(v.span(), "`executor.arrays` must be true or false")),
+                }
+            }
             if let Some(v) = t.get("retries") {
                 match p.value(v)? {
                     Value::Int(i) if (0..=10).contains(&i) => {

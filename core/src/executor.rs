@@ -45,6 +45,9 @@ pub struct ExecutorDef {
     /// Jobs to try again after one ends without committing its cell (default 0): a retry
     /// after OUT_OF_MEMORY asks for twice the memory, after TIMEOUT twice the time.
     pub retries: Option<u64>,
+    /// Submit cells that are ready together with the same resources as one job array
+    /// (default true).
+    pub arrays: Option<bool>,
 }
 
 impl ExecutorDef {
