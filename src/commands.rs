@@ -331,21 +331,58 @@ fn cmd_status(l: &Loaded, targets: &[String], json: bool) -> anyhow::Result<Exit
     let store = l.store()?;
     let plan = plan(l, targets)?;
     let st = explain::status(&l.registry, &store, &plan)?;
+    // Cells handed to Slurm by `run --executor slurm`: their job and its state now.
+    let waiting: Vec<&str> = st
+        .iter()
+        .filter(|s| matches!(s.state, State::Missing | State::Stale))
+        .filter_map(|s| s.key.as_deref())
+        .collect();
+    let jobs = crate::slurm::job_states(&l.store_dir, &waiting);
+    let job_of = |s: &explain::CellStatus| s.key.as_deref().and_then(|k| jobs.get(k));
     if json {
-        println!("{}", serde_json::to_string_pretty(&st)?);
+        let mut v = serde_json::to_value(&st)?;
+        if let Some(cells) = v.as_array_mut() {
+            for (cell, s) in cells.iter_mut().zip(&st) {
+                if let (Some((id, state)), Some(obj)) = (job_of(s), cell.as_object_mut()) {
+                    obj.insert("slurm_job".into(), id.clone().into());
+                    obj.insert("slurm_state".into(), state.clone().into());
+                }
+            }
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
     for s in &st {
         let key = s.key.as_deref().map_or("-", short);
-        let changes = s
+        let mut changes = s
             .changes
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join("; ");
+        let mut state = s.state.to_string();
+        if let Some((id, job_state)) = job_of(s) {
+            let shown = match job_state.as_deref() {
+                Some("PENDING" | "CONFIGURING" | "REQUEUED") => Some("queued"),
+                Some("RUNNING" | "COMPLETING" | "SUSPENDED") => Some("running"),
+                _ => None,
+            };
+            let note = match (shown, job_state) {
+                (Some(_), _) => format!("slurm job {id}"),
+                (None, Some(js)) => format!("slurm job {id} {js}"),
+                (None, None) => format!("slurm job {id} (no longer in squeue)"),
+            };
+            if let Some(sh) = shown {
+                state = sh.to_owned();
+            }
+            changes = if changes.is_empty() {
+                note
+            } else {
+                format!("{note}; {changes}")
+            };
+        }
         println!(
-            "{:<8} {:<40} {key:<12} {changes}",
-            s.state.to_string(),
+            "{state:<8} {:<40} {key:<12} {changes}",
             plan.nodes[s.node].display()
         );
     }
@@ -356,6 +393,18 @@ fn cmd_status(l: &Loaded, targets: &[String], json: bool) -> anyhow::Result<Exit
         count(State::Stale),
         count(State::Missing)
     );
+    if !jobs.is_empty() {
+        let active = |want: &[&str]| {
+            jobs.values()
+                .filter(|(_, st)| st.as_deref().is_some_and(|x| want.contains(&x)))
+                .count()
+        };
+        println!(
+            "of which {} queued and {} running as Slurm jobs",
+            active(&["PENDING", "CONFIGURING", "REQUEUED"]),
+            active(&["RUNNING", "COMPLETING", "SUSPENDED"])
+        );
+    }
     let damaged = count(State::Damaged);
     if damaged > 0 {
         println!("{damaged} damaged: run `spo-pipe verify --repair` to quarantine them");

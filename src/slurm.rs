@@ -216,6 +216,7 @@ pub fn run(l: &Loaded, plan: &Plan, args: &SlurmArgs<'_>) -> anyhow::Result<Exit
                             ));
                         }
                         for ((i, key), (id, log)) in chunk.iter().zip(ids) {
+                            record_job(&logs, key, &id);
                             say(format!(
                                 "⇢ queued   {}  job {id}  {}",
                                 plan.nodes[*i].display(),
@@ -331,6 +332,7 @@ pub fn run(l: &Loaded, plan: &Plan, args: &SlurmArgs<'_>) -> anyhow::Result<Exit
                         };
                         match job_.submit(key, &node.label, &res2) {
                             Ok((id, new_log)) => {
+                                record_job(&logs, key, &id);
                                 say(format!(
                                     "↻ retry    {}  job {job} {why}; attempt {} of {} is job {id}{}",
                                     node.display(),
@@ -545,6 +547,61 @@ fn run_sbatch(mut sb: Command) -> anyhow::Result<String> {
         );
     }
     Ok(id)
+}
+
+/// Notes that `key`'s cell is job `id` (`runs/logs/slurm/<key>.job`), for `status`. A hint:
+/// losing it only hides the job id from `status`.
+fn record_job(logs: &Path, key: &str, id: &str) {
+    let path = logs.join(format!("{key}.job"));
+    if let Err(e) = std::fs::write(&path, format!("{id}\n")) {
+        tracing::warn!("{}: {e}", path.display());
+    }
+}
+
+/// For `status`: the Slurm job last submitted for each of `keys` that has one, with its state
+/// now (`squeue -r`, one call; `None` where squeue no longer lists it or cannot be asked).
+pub fn job_states(store_dir: &Path, keys: &[&str]) -> HashMap<String, (String, Option<String>)> {
+    let logs = store_dir.join("logs/slurm");
+    let jobs: HashMap<String, String> = keys
+        .iter()
+        .filter_map(|k| {
+            let id = std::fs::read_to_string(logs.join(format!("{k}.job"))).ok()?;
+            let id = id.trim().to_owned();
+            (!id.is_empty() && id.bytes().all(|b| b.is_ascii_digit() || b == b'_'))
+                .then(|| ((*k).to_owned(), id))
+        })
+        .collect();
+    if jobs.is_empty() {
+        return HashMap::new();
+    }
+    let ids: Vec<&str> = jobs.values().map(String::as_str).collect();
+    let states: HashMap<String, String> = Command::new("squeue")
+        .args([
+            "-h",
+            "-r",
+            "--states=all",
+            "-o",
+            "%i|%T",
+            "-j",
+            &ids.join(","),
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter_map(|l| l.split_once('|'))
+                .map(|(i, s)| (i.trim().to_owned(), s.trim().to_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    jobs.into_iter()
+        .map(|(k, id)| {
+            let state = states.get(&id).cloned();
+            (k, (id, state))
+        })
+        .collect()
 }
 
 /// The resources of a retry after a job ended `state`: twice the memory after OUT_OF_MEMORY,

@@ -189,6 +189,17 @@ fn ctrl_c_cancels_the_runs_jobs_and_commits_nothing() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // `status` shows the cell running, with its job.
+    let st = run(&p, &conf, &["status", "slow"]);
+    let so = text(&st.stdout);
+    assert!(
+        so.starts_with("running  slow") && so.contains("slurm job "),
+        "{so}"
+    );
+    assert!(
+        so.contains("of which 0 queued and 1 running as Slurm jobs"),
+        "{so}"
+    );
     // SAFETY: kill(2) of our own child, which has not been waited for.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
