@@ -385,6 +385,28 @@ fn bad_executor_settings_are_refused_before_any_job() {
     assert!(p.committed().is_empty());
 }
 
+/// Resources sbatch itself refuses (more memory than the node has): the error is sbatch's,
+/// naming the cell; nothing runs, nothing is committed.
+#[test]
+fn a_job_sbatch_refuses_is_a_clear_error_naming_the_cell() {
+    let Some(conf) = cluster() else { return };
+    let p = Project::new(
+        "[executor]\nkind = \"slurm\"\nmem = \"900T\"\n[stage.big]\nkind = \"command\"\nparams = { cmd = \"true\" }\n",
+    );
+    let out = run(&p, &conf, &["run", "big"]);
+    let e = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("error: big: sbatch refused the job: sbatch: error:"),
+        "{e}"
+    );
+    assert!(
+        e.contains("1 cells: 0 ran as Slurm jobs, 0 cached, 1 failed"),
+        "{e}"
+    );
+    assert!(p.committed().is_empty());
+}
+
 #[test]
 fn a_partition_that_does_not_exist_is_named_before_any_job() {
     let Some(conf) = cluster() else { return };
