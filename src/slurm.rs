@@ -5,8 +5,8 @@
 //! of a run carries the run's id as its name), and asks `squeue` once per cycle, with back-off,
 //! about all of them. A cell is done when its key is committed in the store, which the job does
 //! itself (`run --only-key KEY`) under the key's lock and lease; a job that ends, vanishes or
-//! stays UNKNOWN without that commit is a failure, never a success. Ctrl-C (SIGINT) or SIGTERM
-//! cancels the run's jobs with one `scancel --name`.
+//! stays UNKNOWN without that commit is a failure, never a success. Ctrl-C (SIGINT), SIGTERM or
+//! SIGHUP cancels the run's jobs with one `scancel --name`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -96,6 +96,7 @@ pub fn run(l: &Loaded, plan: &Plan, args: &SlurmArgs<'_>) -> anyhow::Result<Exit
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGHUP, on_signal as *const () as libc::sighandler_t);
     }
     let exe = std::env::current_exe().context("finding this binary for the jobs")?;
     let live = spo_core::live::LiveRun::start(&store)?;

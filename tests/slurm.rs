@@ -169,6 +169,13 @@ fn a_sweep_runs_as_slurm_jobs_each_cell_once() {
 #[test]
 fn ctrl_c_cancels_the_runs_jobs_and_commits_nothing() {
     let Some(conf) = cluster() else { return };
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        interrupt_a_running_job(&conf, signal);
+    }
+}
+
+fn interrupt_a_running_job(conf: &Option<PathBuf>, signal: i32) {
+    let conf = conf.clone();
     let p = Project::new("");
     let log = p.path().join("computed.log");
     let long = format!(
@@ -201,7 +208,7 @@ fn ctrl_c_cancels_the_runs_jobs_and_commits_nothing() {
         "{so}"
     );
     // SAFETY: kill(2) of our own child, which has not been waited for.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    unsafe { libc::kill(child.id() as i32, signal) };
     let out = child.wait_with_output().unwrap();
     let e = text(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{e}");
