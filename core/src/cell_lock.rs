@@ -22,9 +22,12 @@ use crate::store::{Store, hash_file, sync_dir, write_synced};
 pub struct CellLock {
     store: Store,
     key: String,
-    file: File,
-    /// The key's lease (held until this is dropped, after the commit or the failure).
+    /// The key's lease (held until this is dropped, after the commit or the failure). Declared
+    /// before `file` so that it is released first, while the OS lock is still held: a process
+    /// of this machine that gets the OS lock next never finds this lease still there (it would
+    /// take it for a dead process's, and the two releases would race).
     lease: Lease,
+    file: File,
     staging: PathBuf,
     scratch: PathBuf,
     committed: bool,
