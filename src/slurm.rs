@@ -82,7 +82,7 @@ pub fn run(l: &Loaded, plan: &Plan, args: &SlurmArgs<'_>) -> anyhow::Result<Exit
     let resources: Vec<Resources> = plan
         .nodes
         .iter()
-        .map(|n| l.pipe.executor.resources_for(&n.stage_name))
+        .map(|n| l.pipe.executor.resources_for(&n.stage_name, &n.kind))
         .collect();
     check_partitions(&resources, &l.pipe.file)?;
 

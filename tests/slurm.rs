@@ -339,6 +339,16 @@ fn bad_executor_settings_are_refused_before_any_job() {
     );
     let out = p.run(&["run", "a"]);
     assert_eq!(out.status.code(), Some(2));
+    let p2 = Project::new(
+        "[executor.kind_defaults.comand]\ncpus = 2\n[stage.a]\nkind = \"command\"\nparams = { cmd = \"true\" }\n",
+    );
+    let out2 = p2.run(&["run", "a"]);
+    assert_eq!(out2.status.code(), Some(2));
+    assert!(
+        text(&out2.stderr).contains("[executor.kind_defaults.comand] names no stage kind"),
+        "{}",
+        text(&out2.stderr)
+    );
     assert!(
         text(&out.stderr).contains("[executor.stage.nope] names no stage"),
         "{}",

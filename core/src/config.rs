@@ -128,6 +128,7 @@ impl Pipeline {
                     "time",
                     "gpus",
                     "stage",
+                    "kind_defaults",
                     "retries",
                     "arrays",
                 ],
@@ -178,6 +179,27 @@ impl Pipeline {
                     )?;
                     let r = p.resources(bt, &format!("executor.stage.{n}"))?;
                     pipe.executor.stages.insert(n, r);
+                }
+            }
+            if let Some(kt) = t.get("kind_defaults") {
+                for (name, body) in p.table(kt, "[executor.kind_defaults]")?.iter() {
+                    let n = name.get_ref().to_string();
+                    if p.registry.get(&n).is_none() {
+                        return Err(src
+                            .error(
+                                name.span(),
+                                format!("[executor.kind_defaults.{n}] names no stage kind"),
+                            )
+                            .hint(format!("known kinds: {}", p.registry.names().join(", "))));
+                    }
+                    let bt = p.table(body, "an [executor.kind_defaults.KIND] section")?;
+                    p.known_keys(
+                        bt,
+                        &["partition", "account", "cpus", "mem", "time", "gpus"],
+                        "key of [executor.kind_defaults.KIND]",
+                    )?;
+                    let r = p.resources(bt, &format!("executor.kind_defaults.{n}"))?;
+                    pipe.executor.kinds.insert(n, r);
                 }
             }
         }

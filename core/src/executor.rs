@@ -42,6 +42,9 @@ pub struct ExecutorDef {
     pub resources: Resources,
     /// `[executor.stage.NAME]`: per-stage overrides.
     pub stages: BTreeMap<String, Resources>,
+    /// `[executor.kind_defaults.KIND]`: defaults per stage kind (a training kind wants a GPU
+    /// and hours, a scorer minutes), under the per-stage overrides.
+    pub kinds: BTreeMap<String, Resources>,
     /// Jobs to try again after one ends without committing its cell (default 0): a retry
     /// after OUT_OF_MEMORY asks for twice the memory, after TIMEOUT twice the time.
     pub retries: Option<u64>,
@@ -51,11 +54,14 @@ pub struct ExecutorDef {
 }
 
 impl ExecutorDef {
-    /// The resources of a job computing a cell of `stage`.
-    pub fn resources_for(&self, stage: &str) -> Resources {
-        self.stages
-            .get(stage)
-            .map_or_else(|| self.resources.clone(), |r| r.or(&self.resources))
+    /// The resources of a job computing a cell of `stage`, of kind `kind`: the stage's own,
+    /// then its kind's defaults, then the `[executor]` defaults, field by field.
+    pub fn resources_for(&self, stage: &str, kind: &str) -> Resources {
+        let base = self
+            .kinds
+            .get(kind)
+            .map_or_else(|| self.resources.clone(), |r| r.or(&self.resources));
+        self.stages.get(stage).map_or(base.clone(), |r| r.or(&base))
     }
 }
 
@@ -122,6 +128,35 @@ pub fn check_name(s: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stage_beats_its_kind_which_beats_the_defaults() {
+        let r = |cpus: Option<u64>, mem: Option<&str>, time: Option<&str>| Resources {
+            cpus,
+            mem: mem.map(str::to_owned),
+            time: time.map(str::to_owned),
+            ..Resources::default()
+        };
+        let mut e = ExecutorDef {
+            resources: r(Some(1), Some("1G"), Some("10")),
+            ..ExecutorDef::default()
+        };
+        e.kinds
+            .insert("train".into(), r(Some(4), Some("16G"), None));
+        e.stages.insert("spo".into(), r(None, Some("64G"), None));
+        assert_eq!(
+            e.resources_for("spo", "train"),
+            r(Some(4), Some("64G"), Some("10"))
+        );
+        assert_eq!(
+            e.resources_for("base", "train"),
+            r(Some(4), Some("16G"), Some("10"))
+        );
+        assert_eq!(
+            e.resources_for("score", "score"),
+            r(Some(1), Some("1G"), Some("10"))
+        );
+    }
 
     #[test]
     fn slurm_forms_are_accepted_and_others_refused() {
