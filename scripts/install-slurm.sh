@@ -13,7 +13,12 @@ have() { command -v "$1" >/dev/null 2>&1; }
 say() { echo "install-slurm: $*" >&2; }
 if [ "${1:-}" = stop ]; then
     for d in slurmd slurmctld munged; do
-        [ -f "$dir/$d.pid" ] && kill "$(cat "$dir/$d.pid")" 2>/dev/null
+        # Only the pids this script recorded, and only while they are still that daemon.
+        [ -f "$dir/$d.pid" ] || continue
+        while read -r pid; do
+            [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$d" ] && kill "$pid"
+        done < "$dir/$d.pid"
+        rm -f "$dir/$d.pid"
     done
     exit 0
 fi
@@ -76,7 +81,7 @@ if ! pgrep -x munged >/dev/null; then
     if ! "${as_root[@]}" runuser -u munge -- munged 2>"$dir/log/munged.err" && ! "${as_root[@]}" munged --force 2>>"$dir/log/munged.err"; then
         say "munged would not start ($(tail -1 "$dir/log/munged.err")); the Slurm tests will skip"; exit 0
     fi
-    pgrep -x munged > "$dir/munged.pid"
+    pgrep -xn munged > "$dir/munged.pid"
 fi
 "${as_root[@]}" env SLURM_CONF="$conf" slurmctld || { say "slurmctld would not start (see $dir/log/slurmctld.log); the Slurm tests will skip"; exit 0; }
 "${as_root[@]}" env SLURM_CONF="$conf" slurmd || { say "slurmd would not start (see $dir/log/slurmd.log); the Slurm tests will skip"; exit 0; }
