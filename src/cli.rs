@@ -54,6 +54,44 @@ pub enum Command {
         /// Do not print the targets' tables and write the report at the end.
         #[arg(long)]
         no_report: bool,
+        /// Fetch missing cells from this remote cache before computing them (overrides
+        /// `[cache] remote` in pipeline.toml): `s3://bucket/prefix` or `file:///dir`.
+        #[arg(long, value_name = "URL", conflicts_with = "no_remote")]
+        remote: Option<String>,
+        /// Do not consult the remote cache of pipeline.toml.
+        #[arg(long)]
+        no_remote: bool,
+        /// Where cells run: `local` processes, or one `slurm` job per cell (overrides
+        /// `[executor] kind`; resources from `[executor]`, see docs/slurm.md).
+        #[arg(long, value_enum)]
+        executor: Option<ExecutorKind>,
+        /// Compute only the cell with this key (what each Slurm job runs).
+        #[arg(long, value_name = "KEY", hide = true)]
+        only_key: Option<String>,
+    },
+    /// Upload the targets' committed cells to the remote cache (blobs, then manifests; each
+    /// only if absent, so concurrent pushes are safe).
+    Push {
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// Every committed cell of the store, not only the targets'.
+        #[arg(long, conflicts_with = "targets")]
+        all: bool,
+        /// The remote cache (default: `[cache] remote` in pipeline.toml).
+        #[arg(long, value_name = "URL")]
+        remote: Option<String>,
+    },
+    /// Fetch the targets' cells from the remote cache into the store, each checked against its
+    /// manifest before it is committed; computes nothing.
+    Pull {
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// The remote cache (default: `[cache] remote` in pipeline.toml).
+        #[arg(long, value_name = "URL")]
+        remote: Option<String>,
+        /// Cells fetched at once [default: this machine's cores]
+        #[arg(long, short, value_parser = clap::value_parser!(u64).range(1..))]
+        jobs: Option<u64>,
     },
     /// Each cell of the targets: cached, stale (and what changed) or missing.
     Status {
@@ -168,6 +206,12 @@ pub enum Command {
         #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
         batch: u64,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExecutorKind {
+    Local,
+    Slurm,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

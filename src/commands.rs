@@ -11,7 +11,7 @@ use spo_core::verify::Place;
 use spo_core::{Event, Manifest, Plan, dag, diff, gc, index, tables};
 
 use crate::UsageError;
-use crate::cli::{Cli, Command, DagFormat, TableFormat};
+use crate::cli::{Cli, Command, DagFormat, ExecutorKind, TableFormat};
 use crate::pipeline::{Loaded, load};
 
 /// Runs the verb in `cli`.
@@ -26,20 +26,62 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             dry_run,
             keep_going,
             no_report,
-        } => cmd_run(
+            remote,
+            no_remote,
+            executor,
+            only_key,
+        } => {
+            let l = load(pipe_file, store, set)?;
+            let slurm = match executor {
+                Some(k) => k == ExecutorKind::Slurm,
+                None => l.pipe.executor.kind.as_deref() == Some("slurm") && only_key.is_none(),
+            };
+            if slurm && !dry_run {
+                let p = self::plan(&l, &plan.targets)?;
+                return crate::slurm::run(
+                    &l,
+                    &p,
+                    &crate::slurm::SlurmArgs {
+                        pipeline: pipe_file,
+                        sets: set,
+                        targets: &plan.targets,
+                        quiet: cli.quiet,
+                    },
+                );
+            }
+            let remote = if no_remote {
+                None
+            } else {
+                remote.or_else(|| l.pipe.remote.clone())
+            };
+            cmd_run(
+                &l,
+                &plan.targets,
+                &RunFlags {
+                    jobs: jobs_or_cores(jobs),
+                    dry_run,
+                    keep_going,
+                    report: !no_report,
+                    quiet: cli.quiet,
+                    verbose: cli.verbose,
+                    remote,
+                    only_key,
+                },
+            )
+        }
+        Command::Push { plan, all, remote } => crate::remote::cmd_push(
             &load(pipe_file, store, set)?,
             &plan.targets,
-            &RunFlags {
-                jobs: jobs.map_or_else(
-                    || std::thread::available_parallelism().map_or(1, |n| n.get()),
-                    |j| usize::try_from(j).unwrap_or(usize::MAX),
-                ),
-                dry_run,
-                keep_going,
-                report: !no_report,
-                quiet: cli.quiet,
-                verbose: cli.verbose,
-            },
+            all,
+            remote,
+            cli.quiet,
+        ),
+        Command::Pull { plan, remote, jobs } => crate::remote::cmd_pull(
+            &load(pipe_file, store, set)?,
+            &plan.targets,
+            remote,
+            jobs_or_cores(jobs),
+            cli.quiet,
         ),
         Command::Status { plan, json } => {
             cmd_status(&load(pipe_file, store, set)?, &plan.targets, json)
@@ -143,11 +185,19 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn short(key: &str) -> &str {
+/// `--jobs`, else this machine's cores.
+fn jobs_or_cores(jobs: Option<u64>) -> usize {
+    jobs.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |j| usize::try_from(j).unwrap_or(usize::MAX),
+    )
+}
+
+pub(crate) fn short(key: &str) -> &str {
     &key[..key.len().min(12)]
 }
 
-fn plan(l: &Loaded, targets: &[String]) -> anyhow::Result<Plan> {
+pub(crate) fn plan(l: &Loaded, targets: &[String]) -> anyhow::Result<Plan> {
     Ok(Plan::build(&l.pipe, &l.registry, targets)?)
 }
 
@@ -160,6 +210,10 @@ struct RunFlags {
     report: bool,
     quiet: bool,
     verbose: u8,
+    /// The remote cache to fetch missing cells from.
+    remote: Option<String>,
+    /// Compute only this key (a Slurm job).
+    only_key: Option<String>,
 }
 
 fn cmd_run(l: &Loaded, targets: &[String], f: &RunFlags) -> anyhow::Result<ExitCode> {
@@ -220,18 +274,36 @@ fn cmd_run(l: &Loaded, targets: &[String], f: &RunFlags) -> anyhow::Result<ExitC
         )),
         Event::Failed(n, m) => say(format!("✗ failed   {}: {m}", n.display())),
         Event::Skipped(n) => say(format!("- skipped  {}  (an input failed)", n.display())),
+        Event::Fetched(n, k) => say(format!("⇣ fetched  {}  {}", n.display(), short(k))),
+        Event::BadRemote(n, m) => say(format!(
+            "! remote   {}: {m}; computing it here",
+            n.display()
+        )),
+        Event::Absent(_) => {}
+    };
+    let remote = match &f.remote {
+        Some(url) => Some(crate::remote::open(url)?),
+        None => None,
     };
     let opts = RunOptions {
         jobs,
         dry_run: false,
         keep_going,
         progress: multi.clone(),
+        remote: remote.clone().map(|r| r as _),
+        fetch_only: false,
+        only_key: f.only_key.clone(),
     };
     let t0 = std::time::Instant::now();
     let s = run::run(&l.pipe, &l.registry, &store, &plan, &opts, &on)?;
     if !quiet {
+        let fetched = if remote.is_some() {
+            format!(", {} fetched", s.fetched)
+        } else {
+            String::new()
+        };
         eprintln!(
-            "{} cells: {} ran, {} cached, {} failed, {} skipped ({:.2}s)",
+            "{} cells: {} ran, {} cached{fetched}, {} failed, {} skipped ({:.2}s)",
             plan.nodes.len(),
             s.ran,
             s.cached,
@@ -259,21 +331,58 @@ fn cmd_status(l: &Loaded, targets: &[String], json: bool) -> anyhow::Result<Exit
     let store = l.store()?;
     let plan = plan(l, targets)?;
     let st = explain::status(&l.registry, &store, &plan)?;
+    // Cells handed to Slurm by `run --executor slurm`: their job and its state now.
+    let waiting: Vec<&str> = st
+        .iter()
+        .filter(|s| matches!(s.state, State::Missing | State::Stale))
+        .filter_map(|s| s.key.as_deref())
+        .collect();
+    let jobs = crate::slurm::job_states(&l.store_dir, &waiting);
+    let job_of = |s: &explain::CellStatus| s.key.as_deref().and_then(|k| jobs.get(k));
     if json {
-        println!("{}", serde_json::to_string_pretty(&st)?);
+        let mut v = serde_json::to_value(&st)?;
+        if let Some(cells) = v.as_array_mut() {
+            for (cell, s) in cells.iter_mut().zip(&st) {
+                if let (Some((id, state)), Some(obj)) = (job_of(s), cell.as_object_mut()) {
+                    obj.insert("slurm_job".into(), id.clone().into());
+                    obj.insert("slurm_state".into(), state.clone().into());
+                }
+            }
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
     for s in &st {
         let key = s.key.as_deref().map_or("-", short);
-        let changes = s
+        let mut changes = s
             .changes
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join("; ");
+        let mut state = s.state.to_string();
+        if let Some((id, job_state)) = job_of(s) {
+            let shown = match job_state.as_deref() {
+                Some("PENDING" | "CONFIGURING" | "REQUEUED") => Some("queued"),
+                Some("RUNNING" | "COMPLETING" | "SUSPENDED") => Some("running"),
+                _ => None,
+            };
+            let note = match (shown, job_state) {
+                (Some(_), _) => format!("slurm job {id}"),
+                (None, Some(js)) => format!("slurm job {id} {js}"),
+                (None, None) => format!("slurm job {id} (no longer in squeue)"),
+            };
+            if let Some(sh) = shown {
+                state = sh.to_owned();
+            }
+            changes = if changes.is_empty() {
+                note
+            } else {
+                format!("{note}; {changes}")
+            };
+        }
         println!(
-            "{:<8} {:<40} {key:<12} {changes}",
-            s.state.to_string(),
+            "{state:<8} {:<40} {key:<12} {changes}",
             plan.nodes[s.node].display()
         );
     }
@@ -284,6 +393,18 @@ fn cmd_status(l: &Loaded, targets: &[String], json: bool) -> anyhow::Result<Exit
         count(State::Stale),
         count(State::Missing)
     );
+    if !jobs.is_empty() {
+        let active = |want: &[&str]| {
+            jobs.values()
+                .filter(|(_, st)| st.as_deref().is_some_and(|x| want.contains(&x)))
+                .count()
+        };
+        println!(
+            "of which {} queued and {} running as Slurm jobs",
+            active(&["PENDING", "CONFIGURING", "REQUEUED"]),
+            active(&["RUNNING", "COMPLETING", "SUSPENDED"])
+        );
+    }
     let damaged = count(State::Damaged);
     if damaged > 0 {
         println!("{damaged} damaged: run `spo-pipe verify --repair` to quarantine them");

@@ -7,8 +7,10 @@ mod cli;
 mod commands;
 mod parquet_head;
 mod pipeline;
+mod remote;
 mod report;
 mod score;
+mod slurm;
 
 use std::process::ExitCode;
 

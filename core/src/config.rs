@@ -74,6 +74,11 @@ pub struct Pipeline {
     /// `[target.NAME]` groups: name → what they include.
     pub targets: Vec<(String, Vec<String>)>,
     pub tables: Vec<TableDef>,
+    /// `[cache] remote`: the remote cache `run` consults before computing a cell, and that
+    /// `push` and `pull` use (`s3://bucket/prefix` or `file:///dir`).
+    pub remote: Option<String>,
+    /// `[executor]`: where cells run and what Slurm jobs ask for.
+    pub executor: crate::executor::ExecutorDef,
 }
 
 type Table<'i> = DeTable<'i>;
@@ -92,7 +97,9 @@ impl Pipeline {
         let p = Parser { src, registry };
         p.known_keys(
             root,
-            &["pipeline", "stage", "sweep", "target", "table"],
+            &[
+                "pipeline", "stage", "sweep", "target", "table", "cache", "executor",
+            ],
             "top-level section",
         )?;
 
@@ -105,7 +112,113 @@ impl Pipeline {
             sweeps: vec![],
             targets: vec![],
             tables: vec![],
+            remote: None,
+            executor: Default::default(),
         };
+        if let Some(sec) = root.get("executor") {
+            let t = p.table(sec, "[executor]")?;
+            p.known_keys(
+                t,
+                &[
+                    "kind",
+                    "partition",
+                    "account",
+                    "cpus",
+                    "mem",
+                    "time",
+                    "gpus",
+                    "stage",
+                    "kind_defaults",
+                    "retries",
+                    "arrays",
+                ],
+                "key of [executor]",
+            )?;
+            if let Some(v) = t.get("kind") {
+                let k = p.string(v, "executor.kind")?;
+                if k != "local" && k != "slurm" {
+                    return Err(src
+                        .error(v.span(), format!("`executor.kind` is `{k}`"))
+                        .hint("use \"local\" (this machine) or \"slurm\""));
+                }
+                pipe.executor.kind = Some(k);
+            }
+            pipe.executor.resources = p.resources(t, "executor")?;
+            if let Some(v) = t.get("arrays") {
+                match v.get_ref() {
+                    DeValue::Boolean(b) => pipe.executor.arrays = Some(*b),
+                    _ => return Err(src.error(v.span(), "`executor.arrays` must be true or false")),
+                }
+            }
+            if let Some(v) = t.get("retries") {
+                match p.value(v)? {
+                    Value::Int(i) if (0..=10).contains(&i) => {
+                        pipe.executor.retries = Some(i as u64)
+                    }
+                    _ => {
+                        return Err(src.error(
+                            v.span(),
+                            "`executor.retries` must be an integer from 0 to 10",
+                        ));
+                    }
+                }
+            }
+            if let Some(st) = t.get("stage") {
+                for (name, body) in p.table(st, "[executor.stage]")?.iter() {
+                    let n = name.get_ref().to_string();
+                    if !pipe_stage_names(root).contains(&n) {
+                        return Err(src
+                            .error(name.span(), format!("[executor.stage.{n}] names no stage"))
+                            .hint("per-stage resources go under the name of a [stage.NAME]"));
+                    }
+                    let bt = p.table(body, "an [executor.stage.NAME] section")?;
+                    p.known_keys(
+                        bt,
+                        &["partition", "account", "cpus", "mem", "time", "gpus"],
+                        "key of [executor.stage.NAME]",
+                    )?;
+                    let r = p.resources(bt, &format!("executor.stage.{n}"))?;
+                    pipe.executor.stages.insert(n, r);
+                }
+            }
+            if let Some(kt) = t.get("kind_defaults") {
+                for (name, body) in p.table(kt, "[executor.kind_defaults]")?.iter() {
+                    let n = name.get_ref().to_string();
+                    if p.registry.get(&n).is_none() {
+                        return Err(src
+                            .error(
+                                name.span(),
+                                format!("[executor.kind_defaults.{n}] names no stage kind"),
+                            )
+                            .hint(format!("known kinds: {}", p.registry.names().join(", "))));
+                    }
+                    let bt = p.table(body, "an [executor.kind_defaults.KIND] section")?;
+                    p.known_keys(
+                        bt,
+                        &["partition", "account", "cpus", "mem", "time", "gpus"],
+                        "key of [executor.kind_defaults.KIND]",
+                    )?;
+                    let r = p.resources(bt, &format!("executor.kind_defaults.{n}"))?;
+                    pipe.executor.kinds.insert(n, r);
+                }
+            }
+        }
+        if let Some(sec) = root.get("cache") {
+            let t = p.table(sec, "[cache]")?;
+            p.known_keys(t, &["remote"], "key of [cache]")?;
+            if let Some(v) = t.get("remote") {
+                let url = p.string(v, "cache.remote")?;
+                let ok = ["s3://", "file://"]
+                    .iter()
+                    .any(|s| url.strip_prefix(s).is_some_and(|rest| !rest.is_empty()));
+                if !ok {
+                    return Err(src
+                        .error(v.span(), format!("`cache.remote` is `{url}`, not a remote cache"))
+                        .hint("use \"s3://bucket/prefix\" (credentials from AWS_* variables) or \"file:///a/directory\""));
+                }
+                pipe.remote = Some(url);
+            }
+        }
         let mut default_span = None;
         if let Some(sec) = root.get("pipeline") {
             let t = p.table(sec, "[pipeline]")?;
@@ -334,6 +447,41 @@ impl Parser<'_> {
                 format!("{what} must be a table, found {}", other.type_str()),
             )),
         }
+    }
+
+    /// Slurm resources in a table (`[executor]` or `[executor.stage.NAME]`), each checked.
+    fn resources(
+        &self,
+        t: &Table<'_>,
+        what: &str,
+    ) -> Result<crate::executor::Resources, ConfigError> {
+        use crate::executor::{check_mem, check_name, check_time};
+        let mut r = crate::executor::Resources::default();
+        let checked = |key: &str,
+                       check: fn(&str) -> Result<(), String>|
+         -> Result<Option<String>, ConfigError> {
+            let Some(v) = t.get(key) else { return Ok(None) };
+            let s = self.string(v, &format!("{what}.{key}"))?;
+            check(&s).map_err(|m| self.src.error(v.span(), format!("`{what}.{key}`: {m}")))?;
+            Ok(Some(s))
+        };
+        r.partition = checked("partition", check_name)?;
+        r.account = checked("account", check_name)?;
+        r.mem = checked("mem", check_mem)?;
+        r.time = checked("time", check_time)?;
+        let count = |key: &str, min: i64| -> Result<Option<u64>, ConfigError> {
+            let Some(v) = t.get(key) else { return Ok(None) };
+            match self.value(v)? {
+                Value::Int(i) if i >= min && i <= 4096 => Ok(Some(i as u64)),
+                _ => Err(self.src.error(
+                    v.span(),
+                    format!("`{what}.{key}` must be an integer from {min} to 4096"),
+                )),
+            }
+        };
+        r.cpus = count("cpus", 1)?;
+        r.gpus = count("gpus", 0)?;
+        Ok(r)
     }
 
     fn known_keys(&self, t: &Table<'_>, allowed: &[&str], what: &str) -> Result<(), ConfigError> {
@@ -1035,4 +1183,12 @@ fn valid_name(src: &Source<'_>, name: &str, span: Range<usize>) -> Result<(), Co
             .hint("use letters, digits, `-` and `_`"));
     }
     Ok(())
+}
+
+/// The names of the `[stage.NAME]` sections of a parsed file.
+fn pipe_stage_names(root: &Table<'_>) -> Vec<String> {
+    match root.get("stage").map(|v| v.get_ref()) {
+        Some(DeValue::Table(t)) => t.iter().map(|(k, _)| k.get_ref().to_string()).collect(),
+        _ => Vec::new(),
+    }
 }

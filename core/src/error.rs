@@ -25,6 +25,18 @@ pub enum Error {
         path: PathBuf,
         problem: String,
     },
+    /// A cell fetched from a remote cache does not match the manifest the remote holds for it
+    /// (nothing of it is committed).
+    #[error("cell {key} fetched from the remote cache was not committed: {}: {message}", path.display())]
+    BadFetch {
+        key: String,
+        path: PathBuf,
+        message: String,
+    },
+    /// This process's lease on a key was taken over (it went silent longer than the stale
+    /// period): the cell is not committed, so the new holder's work is never overwritten.
+    #[error("{}: the lease on this key is now held by {holder}; not committing", path.display())]
+    LeaseLost { path: PathBuf, holder: String },
     /// A stage wrote something the store cannot commit.
     #[error("{}: {message}", path.display())]
     BadOutput { path: PathBuf, message: String },

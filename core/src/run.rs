@@ -19,6 +19,7 @@ use crate::manifest::{FileEntry, InputRef, Manifest};
 use crate::param::Params;
 use crate::plan::{Node, Plan, bare};
 use crate::registry::Registry;
+use crate::remote::{RemoteCache, RemoteFailure};
 use crate::stage::{Input, StageContext, StageError, StageKind};
 use crate::store::{Committed, Lookup, Pointer, Store};
 
@@ -34,6 +35,14 @@ pub struct RunOptions {
     pub keep_going: bool,
     /// Where progress bars draw (hidden in tests).
     pub progress: MultiProgress,
+    /// A remote cache to fetch a missing cell from before computing it.
+    pub remote: Option<Arc<dyn RemoteCache>>,
+    /// Only fetch (`spo-pipe pull`): a cell neither local nor in the remote is not computed
+    /// but reported [`Event::Absent`], and the cells downstream of it are skipped.
+    pub fetch_only: bool,
+    /// Compute only the cell with this key (a Slurm job of `run --executor slurm`): every
+    /// other cell missing from the store is reported [`Event::Absent`], not computed.
+    pub only_key: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -43,6 +52,9 @@ impl Default for RunOptions {
             dry_run: false,
             keep_going: false,
             progress: MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden()),
+            remote: None,
+            fetch_only: false,
+            only_key: None,
         }
     }
 }
@@ -61,6 +73,13 @@ pub enum Event<'a> {
     Skipped(&'a Node),
     /// `--dry-run`: would be computed.
     WouldRun(&'a Node),
+    /// Fetched from the remote cache and committed (its key).
+    Fetched(&'a Node, &'a str),
+    /// The remote's entry for the cell was bad (a missing or corrupt blob): nothing of it was
+    /// committed, and the cell is computed here (the message names what and where).
+    BadRemote(&'a Node, &'a str),
+    /// Fetch only: neither in the store nor in the remote cache.
+    Absent(&'a Node),
 }
 
 /// The outcome of a run.
@@ -69,6 +88,10 @@ pub struct RunSummary {
     pub cached: usize,
     pub ran: usize,
     pub would_run: usize,
+    /// Fetched from the remote cache.
+    pub fetched: usize,
+    /// Fetch only: the labels of cells neither local nor in the remote cache.
+    pub absent: Vec<String>,
     pub skipped: usize,
     /// (cell label, error) of each failed cell.
     pub failed: Vec<(String, String)>,
@@ -311,6 +334,9 @@ struct Job {
 enum Outcome {
     Cached(Committed),
     Ran(Committed, f64),
+    Fetched(Committed),
+    /// Fetch only: not in the remote.
+    Absent,
     WouldRun,
     /// Protected and missing: back to the ready queue, to be claimed and computed alone.
     Deferred(Vec<Committed>, CellKey),
@@ -395,6 +421,17 @@ impl Exec<'_> {
                 g.done(id, r);
                 vec![]
             }
+            Outcome::Fetched(r) => {
+                g.summary.fetched += 1;
+                (self.on)(Event::Fetched(node, &r.key));
+                g.done(id, r);
+                vec![]
+            }
+            Outcome::Absent => {
+                (self.on)(Event::Absent(node));
+                g.summary.absent.push(node.display());
+                g.failed(id)
+            }
             Outcome::Deferred(inputs, parts) => {
                 g.state[id] = St::Pending;
                 g.deferred.insert(id, (inputs, parts));
@@ -431,7 +468,11 @@ impl Exec<'_> {
 
     fn failure(&self, r: Result<Outcome, StageError>) -> Outcome {
         r.unwrap_or_else(|e| Outcome::Failed {
-            fatal: matches!(e, StageError::Store(Error::Damaged { .. })),
+            fatal: match &e {
+                StageError::Store(Error::Damaged { .. }) => true,
+                StageError::Remote(r) => r.failure == RemoteFailure::Unavailable,
+                _ => false,
+            },
             message: e.to_string(),
         })
     }
@@ -526,6 +567,9 @@ impl Exec<'_> {
             .get(&node.kind)
             .ok_or_else(|| StageError::Failed(format!("unknown kind `{}`", node.kind)))?;
         let key = parts.key();
+        if self.opts.only_key.as_ref().is_some_and(|k| *k != key) {
+            return Ok(Outcome::Absent);
+        }
         let on_wait = || (self.on)(Event::Waiting(node));
         let mut lock = match self
             .store
@@ -535,6 +579,34 @@ impl Exec<'_> {
             Lookup::Hit(c) => return self.reuse(id, parts, c),
             Lookup::Miss(lock) => lock,
         };
+        if let Some(remote) = &self.opts.remote {
+            match remote.fetch(&key, lock.staging()) {
+                Ok(Some(f)) => match lock.check_fetched(&f.manifest) {
+                    Ok(()) => {
+                        // Checked just now, in the staging directory only this lock reaches.
+                        let (_, cell) = lock.commit_cell_as(f.manifest, Some(f.json))?;
+                        self.record_reuse(id, parts, &cell)?;
+                        return Ok(Outcome::Fetched(cell));
+                    }
+                    Err(e) if self.opts.fetch_only => return Err(e.into()),
+                    Err(e) => {
+                        (self.on)(Event::BadRemote(node, &e.to_string()));
+                        lock.reset_staging()?;
+                    }
+                },
+                Ok(None) if self.opts.fetch_only => return Ok(Outcome::Absent),
+                Ok(None) => {}
+                Err(e) if e.failure == RemoteFailure::Unavailable || self.opts.fetch_only => {
+                    return Err(StageError::Remote(e));
+                }
+                Err(e) => {
+                    (self.on)(Event::BadRemote(node, &e.message));
+                    lock.reset_staging()?;
+                }
+            }
+        } else if self.opts.fetch_only {
+            return Ok(Outcome::Absent);
+        }
         // Checked right before use: a cell is never computed from damaged inputs.
         let manifests = inputs
             .iter()

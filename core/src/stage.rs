@@ -65,6 +65,9 @@ pub enum StageError {
     Checkpoint { path: PathBuf, message: String },
     #[error("{0}")]
     Failed(String),
+    /// The remote cache could not be used (this stops the run).
+    #[error("remote cache: {0}")]
+    Remote(crate::remote::RemoteError),
     #[error(transparent)]
     Other(Box<dyn std::error::Error + Send + Sync>),
 }

@@ -5,6 +5,7 @@
 //! runs/staging/<key>.*   one private directory per attempt; swept when its owner is gone
 //! runs/scratch/<key>/    checkpoints of an unfinished cell, removed when it commits
 //! runs/locks/<key>.lock  OS file locks: one computation of a key at a time, across processes
+//! runs/locks/<key>.lease the key's lease while it is computed: host, pid, heartbeat (lease.rs)
 //! runs/locks/gc.lock     the gate between runs resolving keys and `gc` / `verify --repair`
 //! runs/live/<run>.keys   each live run's protected keys (its inputs and outputs), locked by it
 //! runs/memo/<key>.json   size, mtime, ctime and inode of each file when it last hashed right
@@ -34,6 +35,7 @@ pub use crate::cell_lock::CellLock;
 pub use crate::committed::Committed;
 use crate::error::Error;
 use crate::key::CellKey;
+use crate::lease::{self, Lease};
 use crate::live::{Gate, LiveRun};
 use crate::manifest::{MANIFEST, Manifest};
 
@@ -143,22 +145,45 @@ impl Store {
     /// `on_wait` first if another process holds it (computing it, or a survivor of an earlier
     /// run still holding it) ‒ and answers again: a [`Lookup::Hit`] if the holder committed it,
     /// else a [`Lookup::Miss`].
+    ///
+    /// Two guards, in this order: the key's OS lock (`flock`; it dies with its holder and every
+    /// process holding a handle on it, on this machine), then the key's lease
+    /// (`locks/<key>.lease`, [`Lease`]), which excludes other machines sharing the store even
+    /// where the file system does not carry OS locks between them (docs/architecture.md).
     pub fn claim(&self, key: &str, on_wait: impl FnOnce()) -> Result<Lookup, Error> {
+        let mut on_wait = Some(on_wait);
         let file = self.lock_file(key)?;
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
-                on_wait();
+                if let Some(f) = on_wait.take() {
+                    f();
+                }
                 file.lock()
                     .map_err(|e| Error::io(&self.lock_path(key), e))?;
             }
             Err(fs::TryLockError::Error(e)) => return Err(Error::io(&self.lock_path(key), e)),
         }
-        // The holder may have committed it meanwhile.
+        // Committed meanwhile (by the holder we waited for)? Then no lease is needed.
+        if let Some(c) = self.committed_cell(key)? {
+            return Ok(Lookup::Hit(c));
+        }
+        let lease = Lease::acquire(&self.lease_path(key), &mut |holder| {
+            tracing::info!("{key}: waiting for the lease held by {holder}");
+            if let Some(f) = on_wait.take() {
+                f();
+            }
+        })?;
+        // The lease's holder may have committed it meanwhile.
         match self.committed_cell(key)? {
             Some(c) => Ok(Lookup::Hit(c)),
-            None => Ok(Lookup::Miss(CellLock::new(self.clone(), key, file)?)),
+            None => Ok(Lookup::Miss(CellLock::new(self.clone(), key, file, lease)?)),
         }
+    }
+
+    /// `runs/locks/<key>.lease`.
+    pub(crate) fn lease_path(&self, key: &str) -> PathBuf {
+        self.root.join("locks").join(format!("{key}.lease"))
     }
 
     pub(crate) fn lock_path(&self, key: &str) -> PathBuf {
@@ -175,10 +200,12 @@ impl Store {
             .map_err(|e| Error::io(&p, e))
     }
 
-    /// The lock on `key` if no process holds it.
+    /// The lock on `key` if no process holds it: neither its OS lock nor, by another machine,
+    /// its lease ([`lease::busy`]).
     pub(crate) fn try_lock(&self, key: &str) -> Result<Option<File>, Error> {
         let f = self.lock_file(key)?;
         match f.try_lock() {
+            Ok(()) if lease::busy(&self.lease_path(key)) => Ok(None),
             Ok(()) => Ok(Some(f)),
             Err(fs::TryLockError::WouldBlock) => Ok(None),
             Err(fs::TryLockError::Error(e)) => Err(Error::io(&self.lock_path(key), e)),
