@@ -317,13 +317,18 @@ fn cmd_run(l: &Loaded, targets: &[String], f: &RunFlags) -> anyhow::Result<ExitC
     if report && !quiet {
         crate::report::after_run(l, &store, &plan, targets);
     }
-    if s.failed.is_empty() {
-        Ok(ExitCode::SUCCESS)
+    Ok(exit_for(&s.failed))
+}
+
+/// A run's exit code: success, or 1 after naming each failed cell (`(label, message)`).
+pub fn exit_for(failed: &[(String, String)]) -> ExitCode {
+    for (label, msg) in failed {
+        eprintln!("error: {label}: {msg}");
+    }
+    if failed.is_empty() {
+        ExitCode::SUCCESS
     } else {
-        for (label, msg) in &s.failed {
-            eprintln!("error: {label}: {msg}");
-        }
-        Ok(ExitCode::from(1))
+        ExitCode::from(1)
     }
 }
 

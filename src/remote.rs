@@ -129,12 +129,5 @@ pub fn cmd_pull(
         s.failed.len(),
         t0.elapsed().as_secs_f64()
     ));
-    if s.failed.is_empty() {
-        Ok(ExitCode::SUCCESS)
-    } else {
-        for (label, msg) in &s.failed {
-            eprintln!("error: {label}: {msg}");
-        }
-        Ok(ExitCode::from(1))
-    }
+    Ok(crate::commands::exit_for(&s.failed))
 }
