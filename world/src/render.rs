@@ -228,7 +228,7 @@ pub fn render_flawed(
     Ok(out.to_image())
 }
 
-/// Noise on a grid of `cell`-pixel cells, bilinearly interpolated between cell centres.
+/// Noise drawn at the corners of `cell`-pixel cells and bilinearly interpolated inside them.
 fn blotchy_noise(size: u32, cell: u32, mut draw: impl FnMut() -> f32) -> Vec<[f32; 3]> {
     let g = size.div_ceil(cell) as usize + 1;
     let grid: Vec<[f32; 3]> = (0..g * g).map(|_| [draw(), draw(), draw()]).collect();
