@@ -208,6 +208,23 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Whether the verb only prints what it reads (a reader that goes away, as `| head` does,
+    /// should end it quietly, not make it panic on a broken pipe).
+    pub fn only_prints(&self) -> bool {
+        match self {
+            Command::Status { .. }
+            | Command::Why { .. }
+            | Command::Dag { .. }
+            | Command::Show { .. }
+            | Command::Tables { .. }
+            | Command::Kinds => true,
+            Command::Diff { html, .. } => html.is_none(),
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ExecutorKind {
     Local,

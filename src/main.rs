@@ -32,6 +32,12 @@ fn main() -> ExitCode {
         unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
     }
     let cli = Cli::parse();
+    if cli.command.only_prints() {
+        // Rust ignores SIGPIPE, so `println!` panics once a reader such as `head` has gone; a
+        // read-only verb should end as `cat` does. (Verbs that write the store keep ignoring it.)
+        // SAFETY: restoring a signal's default disposition, before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let filter = match cli.verbose {
         0 if cli.quiet => "error",
         0 => "warn",

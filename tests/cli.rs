@@ -481,3 +481,23 @@ metrics = ["v"]
     assert_eq!(files().len(), 1);
     assert_eq!(text(&p.run(&["tables", "t"]).stdout), text(&table.stdout));
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_a_listing_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let p = Project::new(TWO);
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    for verb in [&["kinds"][..], &["dag"], &["status"]] {
+        let out = bin()
+            .args(verb)
+            .current_dir(p.path())
+            .stdout(writer.try_clone().unwrap())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let e = text(&out.stderr);
+        assert!(!e.contains("panicked"), "{verb:?}: {e}");
+        assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{verb:?}: {e}");
+    }
+}
