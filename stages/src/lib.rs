@@ -20,6 +20,7 @@ pub mod pickapic;
 mod process_group;
 pub mod prompts;
 pub mod sample;
+pub mod sample_pairs;
 pub mod score;
 pub mod spm;
 pub mod spo;
@@ -54,6 +55,7 @@ pub fn kinds() -> Vec<Box<dyn StageKind>> {
         Box::new(score::Score),
         Box::new(base::BasePretrain),
         Box::new(sample::Sample),
+        Box::new(sample_pairs::SamplePairs),
         Box::new(spm::TrainSpm),
         Box::new(spo::SpoTrain),
         Box::new(gradspo::GradSpoTrain),

@@ -15,6 +15,7 @@ use arrow_array::builder::{
 };
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use sha2::{Digest, Sha256};
 use spo_core::{ParamSpec, StageContext, StageError, StageKind};
 
 use crate::error::{Error, Result};
@@ -96,6 +97,49 @@ pub struct PairRow {
     pub user_id: i64,
     pub num_example_per_prompt: i64,
     pub index: i64,
+}
+
+impl PairRow {
+    /// The row of a generated pair: two PNGs of `caption` with their labels and generators'
+    /// names; uids are the first 16 bytes of each PNG's SHA-256 in hex, as Pick-a-Pic's are ids.
+    pub(crate) fn generated(
+        index: i64,
+        caption: String,
+        pngs: [Vec<u8>; 2],
+        labels: [f64; 2],
+        models: [&str; 2],
+        num_example_per_prompt: i64,
+    ) -> PairRow {
+        let uid = |b: &[u8]| hex::encode(&Sha256::digest(b)[..16]);
+        let [jpg_0, jpg_1] = pngs;
+        let (u0, u1) = (uid(&jpg_0), uid(&jpg_1));
+        let best_image_uid = match labels {
+            [l0, l1] if l0 > l1 => u0.clone(),
+            [l0, l1] if l1 > l0 => u1.clone(),
+            _ => String::new(),
+        };
+        PairRow {
+            are_different: jpg_0 != jpg_1,
+            best_image_uid,
+            caption,
+            created_at: None,
+            has_label: true,
+            image_0_uid: u0,
+            image_0_url: None,
+            image_1_uid: u1,
+            image_1_url: None,
+            jpg_0,
+            jpg_1,
+            label_0: labels[0],
+            label_1: labels[1],
+            model_0: Some(models[0].to_owned()),
+            model_1: Some(models[1].to_owned()),
+            ranking_id: index,
+            user_id: 0,
+            num_example_per_prompt,
+            index,
+        }
+    }
 }
 
 /// Streams pair rows into a Pick-a-Pic-schema Parquet artifact.

@@ -3,8 +3,10 @@
 //! it exactly; each generic pair gets one timestep and one noise tensor shared by both images;
 //! the frozen base model predicts ε with CFG and the SPM scores the one-step x₀-prediction at
 //! that timestep; the loss is the 2-way cross-entropy with ties (plus log ½ so its optimum is 0),
-//! each pair weighted by 1/num_example_per_prompt. Variants for Table 5: `no-step` (the same
-//! training, time conditioning off) and `pickscore` (the PickScore analogue as is, untrained).
+//! each pair weighted by 1/num_example_per_prompt. The pairs are the world's and, when the cell
+//! has `sample-pairs` inputs, the base model's own samples (`sampled_share` of each batch).
+//! Variants for Table 5: `no-step` (the same training, time conditioning off) and `pickscore`
+//! (the PickScore analogue as is, untrained).
 
 use candle_core::{D, DType, Device, Tensor};
 use candle_nn::VarMap;
@@ -56,8 +58,10 @@ spo_core::stage_params! {
         lr: f64 = float(1e-4).range(1e-8, 1.0),
         /// guidance of the base model's x0-prediction
         cfg: f64 = float(5.0).range(1.0, 100.0),
-        /// use at most this many pairs (0: all)
+        /// use at most this many pairs of each input (0: all)
         pairs: usize = int(0).min(0.0),
+        /// share of each batch drawn from `sample-pairs` inputs (the base's own samples), if any
+        sampled_share: f64 = float(0.5).range(0.0, 1.0),
         seed: u64 = int(0).min(0.0),
         checkpoint_every: usize = int(100).range(1.0, 1e7),
     }
@@ -215,10 +219,20 @@ fn train(
     dev: &Device,
 ) -> Result<()> {
     let (steps, batch) = (p.steps, p.batch);
-    let pairs = load_pairs(cx.input_of_kind("world")?, p.pairs)?;
+    let mut pairs = load_pairs(cx.input_of_kind("world")?, p.pairs)?;
     if pairs.is_empty() {
         return Err(StageError::Failed("the world has no preference pairs".into()).into());
     }
+    let world_pairs = pairs.len();
+    for sampled in cx.inputs().iter().filter(|i| i.kind == "sample-pairs") {
+        pairs.extend(load_pairs(sampled, p.pairs)?);
+    }
+    // Pairs per step from the base's own samples (none without a `sample-pairs` input).
+    let from_sampled = if pairs.len() > world_pairs {
+        (batch as f64 * p.sampled_share).round() as usize
+    } else {
+        0
+    };
     let text = InWorldClip::load(cx.input_of_kind("clip-pretrain")?, dev)?;
     let unet = load_unet(cx.input_of_kind("base-pretrain")?, dev)?;
     let ddim = Ddim::new(NoiseSchedule::new(SchedulerConfig::sd15())?, 20, 1.0)?;
@@ -244,7 +258,9 @@ fn train(
     while tr.step < steps {
         let rng = &mut tr.rng;
         let loss = on_cores(cx.threads(), || {
-            let idx = rng.indices(batch, pairs.len());
+            let mut idx = rng.indices(batch - from_sampled, world_pairs);
+            let sampled = rng.indices(from_sampled, pairs.len() - world_pairs);
+            idx.extend(sampled.into_iter().map(|i| world_pairs + i));
             let b = idx.len();
             // 1. one t and one noise per pair, shared by its two images
             let ts: Vec<usize> = rng.indices(b, 1000);

@@ -18,11 +18,10 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use spo_core::stats::bootstrap_mean_ci;
 use spo_core::{Input, ParamSpec, StageContext, StageError, StageKind};
-use spo_world::Annotator;
 
 use crate::error::Result;
 use crate::world_parquet::{col, f64_at, i64_at, write_table};
-use crate::worlddata::each_row;
+use crate::worlddata::{each_row, world_annotator};
 
 /// The `winrate` stage kind.
 pub struct WinRate;
@@ -50,7 +49,7 @@ type Judged = BTreeMap<(i64, i64), (f64, f64)>;
 
 fn run(cx: &mut StageContext) -> Result<()> {
     let world = cx.input_of_kind("world")?;
-    let annotator = annotator(world)?;
+    let annotator = world_annotator(world)?;
     let scores: Vec<&Input> = cx.inputs().iter().filter(|i| i.kind == "score").collect();
     let [a, b] = scores[..] else {
         return Err(StageError::Failed(format!(
@@ -106,17 +105,6 @@ fn run(cx: &mut StageContext) -> Result<()> {
     );
     cx.metric("images", n);
     Ok(())
-}
-
-/// The annotator of the world `world` was built with.
-fn annotator(world: &Input) -> Result<Annotator> {
-    let p = &world.manifest.params;
-    Ok(Annotator {
-        alignment_weight: p.float("alignment_weight")?,
-        detail_weight: p.float("detail_weight")?,
-        noise: p.float("annotator_noise")?,
-        tie_margin: p.float("tie_margin")?,
-    })
 }
 
 fn judged(score: &Input) -> Result<Judged> {

@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use arrow_array::{BooleanArray, Float64Array, Int32Array, Int64Array, StringArray};
 use arrow_schema::{DataType, Field, Schema};
-use sha2::{Digest, Sha256};
 use spo_core::{ParamSpec, StageContext, StageError, StageKind};
 use spo_world::{Annotator, Grammar, Layout, PairRecord, Position, Scene, World, WorldConfig};
 
 use crate::error::Result;
 use crate::pickapic::{PairRow, PairsWriter};
 use crate::prompts::{PromptRow, write_prompts};
+use crate::tensors::png_bytes;
 use crate::world_parquet::{col, write_table};
 
 spo_core::stage_params! {
@@ -172,12 +172,6 @@ fn write_objects(cx: &mut StageContext, world: &World) -> Result<()> {
     write_table(cx, "objects.parquet", schema, columns)
 }
 
-fn png(image: &image::RgbImage) -> Result<Vec<u8>> {
-    let mut out = std::io::Cursor::new(Vec::new());
-    image.write_to(&mut out, image::ImageFormat::Png)?;
-    Ok(out.into_inner())
-}
-
 /// Writes pairs.parquet; returns each pair's two image uids (hex SHA-256 of the PNG, 32 digits).
 fn write_pairs(cx: &mut StageContext, world: &World) -> Result<Vec<[String; 2]>> {
     let per = world.config.pairs_per_prompt as i64;
@@ -185,35 +179,19 @@ fn write_pairs(cx: &mut StageContext, world: &World) -> Result<Vec<[String; 2]>>
     let bar = cx.progress(world.pairs.len() as u64, "pairs");
     let mut out = PairsWriter::create(cx, "pairs.parquet")?;
     for (i, pair) in world.pairs.iter().enumerate() {
-        let [b0, b1] = [png(&pair.images[0].image)?, png(&pair.images[1].image)?];
-        let uid = |b: &[u8]| hex::encode(&Sha256::digest(b)[..16]);
-        let (u0, u1) = (uid(&b0), uid(&b1));
-        let best = match pair.labels {
-            [l0, l1] if l0 > l1 => u0.clone(),
-            [l0, l1] if l1 > l0 => u1.clone(),
-            _ => String::new(),
-        };
-        out.push(PairRow {
-            are_different: b0 != b1,
-            best_image_uid: best,
-            caption: world.train[pair.prompt].prompt.clone(),
-            created_at: None,
-            has_label: true,
-            image_0_uid: u0.clone(),
-            image_0_url: None,
-            image_1_uid: u1.clone(),
-            image_1_url: None,
-            jpg_0: b0,
-            jpg_1: b1,
-            label_0: pair.labels[0],
-            label_1: pair.labels[1],
-            model_0: Some(pair.images[0].renderer.to_owned()),
-            model_1: Some(pair.images[1].renderer.to_owned()),
-            ranking_id: i as i64,
-            user_id: 0,
-            num_example_per_prompt: per,
-            index: i as i64,
-        })?;
+        let row = PairRow::generated(
+            i as i64,
+            world.train[pair.prompt].prompt.clone(),
+            [
+                png_bytes(&pair.images[0].image)?,
+                png_bytes(&pair.images[1].image)?,
+            ],
+            pair.labels,
+            [pair.images[0].renderer, pair.images[1].renderer],
+            per,
+        );
+        let (u0, u1) = (row.image_0_uid.clone(), row.image_1_uid.clone());
+        out.push(row)?;
         uids.push([u0, u1]);
         bar.inc(1);
     }
@@ -365,5 +343,5 @@ fn grid_png(world: &World, pairs: usize) -> Result<Vec<u8>> {
             }
         }
     }
-    png(&img)
+    png_bytes(&img)
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 use image::RgbImage;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use spo_core::{Input, StageError};
-use spo_world::{Atlas, Scene};
+use spo_world::{Annotator, Atlas, Scene};
 
 use crate::error::{At, Result};
 use crate::world_parquet::{bytes_at, f64_at, i64_at, str_at};
@@ -108,6 +108,17 @@ pub fn load_pairs(world: &Input, limit: usize) -> Result<Vec<Pair>> {
         Ok(())
     })?;
     Ok(pairs)
+}
+
+/// The simulated annotator a `world` input was built with (its params).
+pub fn world_annotator(world: &Input) -> Result<Annotator> {
+    let p = &world.manifest.params;
+    Ok(Annotator {
+        alignment_weight: p.float("alignment_weight")?,
+        detail_weight: p.float("detail_weight")?,
+        noise: p.float("annotator_noise")?,
+        tie_margin: p.float("tie_margin")?,
+    })
 }
 
 fn prompts(path: &Path, atlas: &Atlas) -> Result<Vec<Prompt>> {
