@@ -35,6 +35,8 @@ spo_core::stage_params! {
         batch: usize = int(32).range(1.0, 4096.0),
         /// std of the annotator's noise on these pairs' utilities (negative: the world's)
         annotator_noise: f64 = float(-1.0).range(-1.0, 10.0),
+        /// utilities closer than this are a tie (negative: the world's margin)
+        tie_margin: f64 = float(-1.0).range(-1.0, 10.0),
         seed: u64 = int(0).min(0.0),
     }
 }
@@ -82,6 +84,9 @@ fn run(cx: &mut StageContext) -> Result<()> {
     let mut annotator = world_annotator(&world_input)?;
     if p.annotator_noise >= 0.0 {
         annotator.noise = p.annotator_noise;
+    }
+    if p.tie_margin >= 0.0 {
+        annotator.tie_margin = p.tie_margin;
     }
     let clip = InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?;
     let unet = load_unet(cx.input_of_kind("base-pretrain")?, &dev)?;

@@ -50,13 +50,17 @@ fn with(extra: &[(&'static str, Value)]) -> Vec<(&'static str, Value)> {
 
 #[test]
 fn each_prompt_gets_one_pair_labelled_by_the_worlds_annotator() {
-    let set = with(&[("annotator_noise", Value::Float(0.0))]);
+    let set = with(&[
+        ("annotator_noise", Value::Float(0.0)),
+        ("tie_margin", Value::Float(0.0)),
+    ]);
     let cell = run_ok(&SamplePairs, &set, None, inputs(), &temp_dir());
     let pairs = load_pairs(&cell, 0).unwrap();
     let world = WorldData::load(small_world()).unwrap();
     assert_eq!(pairs.len(), 6);
     let mut annotator = world_annotator(small_world()).unwrap();
     annotator.noise = 0.0;
+    annotator.tie_margin = 0.0;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     for (i, pair) in pairs.iter().enumerate() {
         assert_eq!(pair.caption, world.train[i].text);
@@ -72,6 +76,7 @@ fn each_prompt_gets_one_pair_labelled_by_the_worlds_annotator() {
                 annotator.utility(j.alignment.score(), j.detail.quality, &mut rng)
             })
             .collect();
+        assert_ne!(u[0], u[1], "pair {i}: images of equal utility");
         assert_eq!(pair.labels, annotator.label(u[0], u[1]), "pair {i}");
     }
 }
