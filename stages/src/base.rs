@@ -100,7 +100,7 @@ fn run(cx: &mut StageContext) -> Result<()> {
     if p.weights == Weights::Embedded {
         let world = cx.input_of_kind("world")?.clone();
         let text = cx.input_of_kind("clip-pretrain")?.clone();
-        return crate::embedded::BASE.write(cx, &BaseParams::specs(), &world, Some(&text));
+        return crate::embedded::BASE.write(cx, &world, Some(&text));
     }
     let (steps, batch, seed) = (p.steps, p.batch, p.seed);
     let dev = device();

@@ -265,8 +265,6 @@ pub struct TinyClip {
     pub heads: usize,
     pub patch: usize,
     pub projection: usize,
-    /// the vision tower's fixed sharpening of its input (0: none), [`ClipVisionConfig::detail_stem`]
-    pub detail_stem: f64,
 }
 
 impl TinyClip {
@@ -295,7 +293,6 @@ impl TinyClip {
                 patch_size: self.patch,
                 hidden_act: Activation::Gelu,
                 layer_norm_eps: 1e-5,
-                detail_stem: self.detail_stem,
             },
             projection_dim: self.projection,
             logit_scale_init_value: (1.0f64 / 0.07).ln(),
@@ -450,9 +447,6 @@ spo_core::stage_params! {
         patch: usize = int(8).range(1.0, 64.0),
         /// width of the shared embedding space
         projection: usize = int(64).range(4.0, 1024.0),
-        /// the vision tower sharpens its input by this times its 3×3 Laplacian before the
-        /// patch embedding (0: as CLIP), so detail a few pixels wide speaks as loudly as colour
-        detail_stem: f64 = float(0.0).range(0.0, 100.0),
         /// share of the batch's scenes also drawn with a random detail flaw, captioned with the
         /// flaw named ("…, very blurry") as web captions sometimes describe quality: hard
         /// negatives that make the embedding encode detail quality, which the frozen-CLIP
@@ -489,7 +483,7 @@ impl StageKind for ClipPretrain {
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
         if ClipPretrainParams::from_params(cx.params())?.weights == Weights::Embedded {
             let world = cx.input_of_kind("world")?.clone();
-            return Ok(crate::embedded::TEXT_ENCODER.write(cx, &self.params(), &world, None)?);
+            return Ok(crate::embedded::TEXT_ENCODER.write(cx, &world, None)?);
         }
         Ok(crate::inworld::on_cores(cx.threads(), || {
             let metrics = self.train(cx)?;
@@ -511,7 +505,6 @@ impl ClipPretrain {
             heads: p.heads,
             patch: p.patch,
             projection: p.projection,
-            detail_stem: p.detail_stem,
         };
         let (eval_prompts, flawed_share) = (p.eval_prompts, p.flawed_share);
         let seed = cell_seed(cx)?;

@@ -11,7 +11,7 @@
 
 use crate::error::{Error, Result};
 use sha2::{Digest, Sha256};
-use spo_core::{Input, Manifest, ParamSpec, Params, StageContext, StageError};
+use spo_core::{Input, Manifest, Params, StageContext, StageError};
 
 spo_core::param_choice! {
     /// Where a pretraining stage's weights come from: its own training, or the binary.
@@ -72,16 +72,9 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Params without `weights`: what the recipe and the cell must agree on. `specs` fills in the
-/// defaults of params the kind gained after the recipe was trained (it trained as they default).
-fn recipe_params(p: &Params, specs: &[ParamSpec]) -> Params {
+/// Params without `weights`: what the recipe and the cell must agree on.
+fn recipe_params(p: &Params) -> Params {
     let mut p = p.clone();
-    for spec in specs {
-        if let Some(default) = &spec.default {
-            p.0.entry(spec.name.to_owned())
-                .or_insert_with(|| default.clone());
-        }
-    }
     p.0.remove("weights");
     p
 }
@@ -100,11 +93,10 @@ impl Embedded {
     }
 
     /// Checks that this cell would have trained exactly the embedded weights, then writes them.
-    /// `specs`: the kind's params; `text_encoder`: for the base, its `clip-pretrain` input.
+    /// `text_encoder`: for the base, its `clip-pretrain` input.
     pub fn write(
         &self,
         cx: &mut StageContext,
-        specs: &[ParamSpec],
         world: &Input,
         text_encoder: Option<&Input>,
     ) -> Result<()> {
@@ -116,10 +108,7 @@ impl Embedded {
                 recipe.label
             ))
         };
-        let (want, have) = (
-            recipe_params(&recipe.params, specs),
-            recipe_params(cx.params(), specs),
-        );
+        let (want, have) = (recipe_params(&recipe.params), recipe_params(cx.params()));
         if want != have {
             let differ: Vec<String> = want
                 .0

@@ -77,7 +77,6 @@ fn every_clip_variable_gets_a_gradient_from_both_losses() {
         heads: 2,
         patch: 4,
         projection: 16,
-        detail_stem: 1.0,
     };
     let clip = WorldClip::new(&arch, vocab, 32, 1, &Device::Cpu).unwrap();
     let vars = named_vars(&clip.varmap).unwrap();
@@ -121,7 +120,6 @@ fn preference_loss_of_a_tie_is_zero_when_scores_are_equal() {
         heads: 2,
         patch: 8,
         projection: 8,
-        detail_stem: 0.0,
     };
     let clip = WorldClip::new(&arch, vocab, 32, 3, &Device::Cpu).unwrap();
     let mut pair = load_pairs(small_world(), 1).unwrap().remove(0);

@@ -76,15 +76,6 @@ pub struct ClipVisionConfig {
     pub hidden_act: Activation,
     /// LayerNorm epsilon, 1e-5.
     pub layer_norm_eps: f64,
-    /// Not in any released CLIP (0, and then not written): the pixels are sharpened by this
-    /// times their 3×3 Laplacian before the patch embedding, so that detail a few pixels wide
-    /// speaks as loudly as colour to a tiny tower on a small canvas (the emoji world's judges).
-    #[serde(skip_serializing_if = "is_zero")]
-    pub detail_stem: f64,
-}
-
-fn is_zero(x: &f64) -> bool {
-    *x == 0.0
 }
 
 impl Default for ClipVisionConfig {
@@ -99,7 +90,6 @@ impl Default for ClipVisionConfig {
             patch_size: 32,
             hidden_act: Activation::QuickGelu,
             layer_norm_eps: 1e-5,
-            detail_stem: 0.0,
         }
     }
 }
@@ -255,12 +245,6 @@ impl ClipConfig {
             return Err(format!(
                 "vision image_size {} is not a multiple of patch_size {}",
                 v.image_size, v.patch_size
-            ));
-        }
-        if !(v.detail_stem.is_finite() && v.detail_stem >= 0.0) {
-            return Err(format!(
-                "vision detail_stem {} is not a finite number ≥ 0",
-                v.detail_stem
             ));
         }
         Ok(())

@@ -11,16 +11,6 @@ use spo_nn::linear::linear;
 use crate::config::ClipVisionConfig;
 use crate::layers::{ClipEncoder, LayerShape, layer_norm, modulate};
 
-/// The 3×3 Laplacian of each channel, 4·x minus its four neighbours, edges replicated: zero
-/// on flat colour, large on detail a few pixels wide.
-pub fn laplacian(x: &Tensor) -> Result<Tensor> {
-    let (h, w) = (x.dim(2)?, x.dim(3)?);
-    let padded = x.pad_with_same(2, 1, 1)?.pad_with_same(3, 1, 1)?;
-    let shifted = |dy: usize, dx: usize| padded.narrow(2, dy, h)?.narrow(3, dx, w);
-    let neighbours = (((shifted(0, 1)? + shifted(2, 1)?)? + shifted(1, 0)?)? + shifted(1, 2)?)?;
-    (x * 4.0)? - neighbours
-}
-
 /// `embeddings.{class_embedding, patch_embedding.weight, position_embedding.weight}`.
 #[derive(Debug, Clone)]
 pub struct ClipVisionEmbeddings {
@@ -30,7 +20,6 @@ pub struct ClipVisionEmbeddings {
     position_embedding: Tensor,
     patch_size: usize,
     image_size: usize,
-    detail_stem: f64,
 }
 
 impl ClipVisionEmbeddings {
@@ -53,7 +42,6 @@ impl ClipVisionEmbeddings {
             )?,
             patch_size: c.patch_size,
             image_size: c.image_size,
-            detail_stem: c.detail_stem,
         })
     }
 
@@ -68,13 +56,6 @@ impl ClipVisionEmbeddings {
         }
         let (p, g) = (self.patch_size, self.image_size / self.patch_size);
         let dim = self.class_embedding.dim(0)?;
-        let sharpened;
-        let pixels = if self.detail_stem == 0.0 {
-            pixels
-        } else {
-            sharpened = (pixels + (laplacian(pixels)? * self.detail_stem)?)?;
-            &sharpened
-        };
         // The stride-p convolution as one matmul: (b, c, g, p, g, p) → (b·g², c·p·p).
         let patches = pixels
             .reshape((b, c, g, p, g, p))?
@@ -165,64 +146,5 @@ impl ClipVisionTransformer {
             }
             (None, Some(_)) => candle_core::bail!("timestep given to a tower without adaLN"),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::{DType, Device};
-    use candle_nn::VarMap;
-
-    #[test]
-    fn the_laplacian_is_zero_on_flat_colour_and_four_at_an_isolated_pixel() {
-        let dev = Device::Cpu;
-        let flat = Tensor::full(0.3f32, (1, 3, 5, 5), &dev).unwrap();
-        let l = laplacian(&flat).unwrap().abs().unwrap().max_all().unwrap();
-        assert!(l.to_scalar::<f32>().unwrap() < 1e-6);
-        let mut v = vec![0f32; 25];
-        v[12] = 1.0;
-        let dot = Tensor::from_vec(v, (1, 1, 5, 5), &dev).unwrap();
-        let l = laplacian(&dot)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        assert_eq!(l[12], 4.0);
-        assert_eq!([l[7], l[11], l[13], l[17]], [-1.0; 4]);
-        assert_eq!(l.iter().filter(|x| **x != 0.0).count(), 5);
-    }
-
-    #[test]
-    fn the_detail_stem_changes_only_what_has_detail() {
-        let dev = Device::Cpu;
-        let c = ClipVisionConfig {
-            hidden_size: 8,
-            image_size: 8,
-            patch_size: 4,
-            ..ClipVisionConfig::default()
-        };
-        let vm = VarMap::new();
-        let plain =
-            ClipVisionEmbeddings::new(&c, spo_nn::seeded_var_builder(&vm, 0, DType::F32, &dev))
-                .unwrap();
-        let stem = ClipVisionEmbeddings {
-            detail_stem: 2.0,
-            ..plain.clone()
-        };
-        let gap = |x: &Tensor| {
-            let d = (plain.forward(x).unwrap() - stem.forward(x).unwrap()).unwrap();
-            d.abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
-        let flat = Tensor::full(-0.5f32, (2, 3, 8, 8), &dev).unwrap();
-        let grain = Tensor::randn(0f32, 0.1, (2, 3, 8, 8), &dev).unwrap();
-        assert!(gap(&flat) < 1e-6, "{}", gap(&flat));
-        assert!(gap(&(&flat + grain).unwrap()) > 1e-3);
     }
 }
