@@ -1,5 +1,6 @@
 //! spo-methods: the preference-optimisation methods spo-pipe trains with, as functions of
-//! tensors and scores with typed settings. No I/O, no store: the stage kinds load the models,
+//! tensors and scores with typed settings, and SPO's round over two traits for its models
+//! ([`spo::Denoiser`], [`spo::StepJudge`]). No I/O, no store: the stage kinds load the models,
 //! call these, and write what they return.
 //!
 //! Each loss follows its reference repository (`../shared/reference/next-wave.md`, part A and
@@ -12,6 +13,7 @@ pub mod gradspo;
 pub mod mapo;
 pub mod pairs;
 pub mod ratio;
+pub mod spo;
 
 use candle_core::{Result, Tensor};
 
