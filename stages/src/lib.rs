@@ -16,6 +16,7 @@ pub mod gradspo;
 pub mod hub;
 pub mod inworld;
 mod online;
+pub mod oracle_judge;
 pub mod pickapic;
 mod process_group;
 pub mod prompts;

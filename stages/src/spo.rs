@@ -27,10 +27,11 @@ use crate::checkpoint::exact_f64;
 use crate::error::{At, Result};
 use crate::gradspo::{Ema, GradSpo};
 use crate::inworld::{Conditioning, InWorldClip, device, lora_policy, on_cores};
+use crate::oracle_judge::OracleJudge;
 use crate::training::Trainer;
 use crate::vocab::Vocab;
 use crate::world_parquet::{col, write_table};
-use crate::worlddata::WorldData;
+use crate::worlddata::{WorldData, world_annotator};
 
 spo_core::param_choice! {
     /// The `continuation` param: [`pairs::Continuation`]'s names.
@@ -40,6 +41,11 @@ spo_core::param_choice! {
 spo_core::param_choice! {
     /// The `pair` param: [`pairs::PairChoice`]'s names.
     pub enum PairChoice { BestWorst = "best-worst", Random = "random" }
+}
+
+spo_core::param_choice! {
+    /// The `judge` param: the step-aware judge that scores a pool's candidates.
+    pub enum JudgeChoice { Spm = "spm", Oracle = "oracle" }
 }
 
 impl From<Continuation> for pairs::Continuation {
@@ -77,6 +83,12 @@ spo_core::stage_params! {
         pair: PairChoice = choice_of(PairChoice::BestWorst),
         /// keep a pair when p_win − p_lose exceeds this
         threshold: f64 = float(0.3).range(0.0, 1.0),
+        /// who judges a pool: the SPM (the paper), or the world's annotator without its noise
+        /// on each candidate's x̂₀ (an ideal step-aware judge, a bound on what SPO can do here)
+        judge: JudgeChoice = choice_of(JudgeChoice::Spm),
+        /// the oracle judge's score per unit of utility (100: CLIP's logit scale, as if a
+        /// utility of 1 were a cosine of 1)
+        oracle_scale: f64 = float(100.0).range(0.0, 1e6),
         beta: f64 = float(10.0).range(0.0, 1e4),
         /// ratio clamp [1 − ε, 1 + ε]
         clip_eps: f64 = float(0.1).range(0.0, 1.0),
@@ -141,7 +153,8 @@ pub(crate) fn train(cx: &mut StageContext, gradspo: Option<GradSpo>) -> Result<(
     }
     let dev = device();
     let seed = cx.seed().unwrap_or(0);
-    let world = WorldData::load(cx.input_of_kind("world")?)?;
+    let world_input = cx.input_of_kind("world")?.clone();
+    let world = WorldData::load(&world_input)?;
     let text = InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?;
     let (spm, spm_vocab) = crate::spm::load(cx.input_of_kind("train-spm")?, &dev)?;
     let (unet, mut lora_vars, mut opt) = lora_policy(
@@ -183,6 +196,11 @@ pub(crate) fn train(cx: &mut StageContext, gradspo: Option<GradSpo>) -> Result<(
         spm_vocab: &spm_vocab,
         dev: &dev,
     };
+    let oracle = OracleJudge::new(&world, world_annotator(&world_input)?, p.oracle_scale);
+    let judge: &(dyn StepJudge + Sync) = match p.judge {
+        JudgeChoice::Spm => &models,
+        JudgeChoice::Oracle => &oracle,
+    };
     let rounds = p.rounds;
     let mut tr: Trainer<Vec<RoundLog>> = Trainer::start(
         cx,
@@ -206,7 +224,7 @@ pub(crate) fn train(cx: &mut StageContext, gradspo: Option<GradSpo>) -> Result<(
             if let Some(ema) = ema.as_mut() {
                 ema.swap_in()?;
             }
-            let sampled = rollout(&models, &models, &ddim, &cfg, &texts, rng)?;
+            let sampled = rollout(&models, judge, &ddim, &cfg, &texts, rng)?;
             if let Some(ema) = ema.as_mut() {
                 ema.swap_out()?;
             }

@@ -117,7 +117,7 @@ struct Tally {
 }
 
 /// Rolls the policy out for `texts` (one chain each) and returns the pairs its pools yield.
-pub fn rollout<D: Denoiser, J: StepJudge>(
+pub fn rollout<D: Denoiser, J: StepJudge + ?Sized>(
     den: &D,
     judge: &J,
     ddim: &Ddim,
@@ -222,14 +222,14 @@ pub fn rollout<D: Denoiser, J: StepJudge>(
 }
 
 /// What judging a pool needs besides the pool.
-struct JudgeCtx<'a, J> {
+struct JudgeCtx<'a, J: ?Sized> {
     judge: &'a J,
     ddim: &'a Ddim,
     cfg: &'a SpoConfig,
     texts: &'a [&'a str],
 }
 
-impl<J: StepJudge> JudgeCtx<'_, J> {
+impl<J: StepJudge + ?Sized> JudgeCtx<'_, J> {
     /// Scores a pool's candidates (`pixels`: their x₀-predictions, or themselves when clean) at
     /// `t_score`, stores the valid pairs with every transition of the two chains, and returns
     /// the candidate each prompt's chain continues from.
