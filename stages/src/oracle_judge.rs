@@ -1,8 +1,8 @@
-//! The world's annotator without its noise as a step-aware judge: each candidate's image (its
-//! x₀-prediction, or itself when clean) scored by the annotator's utility, alignment weight ×
+//! The world's oracles as a step-aware judge: each candidate's image (its x₀-prediction, or
+//! itself when clean) scored by the annotator's utility without its noise, alignment weight ×
 //! alignment plus detail weight × graded detail, from what the oracles parse against the
-//! prompted scene. What a perfectly trained SPM would learn from the world's labels: SPO guided
-//! by it bounds what SPO can do in the world (`spo`'s `judge = "oracle"`).
+//! prompted scene (`spo`'s `judge = "oracle"`: what a perfectly trained SPM would learn from
+//! the world's labels), or by the graded detail alone (`judge = "oracle-detail"`).
 
 use std::collections::BTreeMap;
 
@@ -13,17 +13,19 @@ use spo_world::{Annotator, Scene};
 use crate::tensors::tensor_to_images;
 use crate::worlddata::WorldData;
 
-/// The noiseless annotator over a world's training prompts.
+/// The noiseless annotator (or its detail term) over a world's training prompts.
 pub struct OracleJudge<'a> {
     world: &'a WorldData,
     scenes: BTreeMap<&'a str, &'a Scene>,
+    /// The weights of alignment and detail (the annotator's noise is not used).
     annotator: Annotator,
     /// Score per unit of utility.
     scale: f64,
 }
 
 impl<'a> OracleJudge<'a> {
-    pub fn new(world: &'a WorldData, annotator: Annotator, scale: f64) -> Self {
+    /// The annotator's utility, times `scale`.
+    pub fn utility(world: &'a WorldData, annotator: Annotator, scale: f64) -> Self {
         let scenes = world
             .train
             .iter()
@@ -35,6 +37,16 @@ impl<'a> OracleJudge<'a> {
             annotator,
             scale,
         }
+    }
+
+    /// The graded detail alone, times `scale`.
+    pub fn detail(world: &'a WorldData, scale: f64) -> Self {
+        let detail_only = Annotator {
+            alignment_weight: 0.0,
+            detail_weight: 1.0,
+            ..Annotator::default()
+        };
+        Self::utility(world, detail_only, scale)
     }
 }
 

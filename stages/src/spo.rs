@@ -45,7 +45,7 @@ spo_core::param_choice! {
 
 spo_core::param_choice! {
     /// The `judge` param: the step-aware judge that scores a pool's candidates.
-    pub enum JudgeChoice { Spm = "spm", Oracle = "oracle" }
+    pub enum JudgeChoice { Spm = "spm", Oracle = "oracle", OracleDetail = "oracle-detail" }
 }
 
 impl From<Continuation> for pairs::Continuation {
@@ -83,8 +83,9 @@ spo_core::stage_params! {
         pair: PairChoice = choice_of(PairChoice::BestWorst),
         /// keep a pair when p_win − p_lose exceeds this
         threshold: f64 = float(0.3).range(0.0, 1.0),
-        /// who judges a pool: the SPM (the paper), or the world's annotator without its noise
-        /// on each candidate's x̂₀ (an ideal step-aware judge, a bound on what SPO can do here)
+        /// who judges a pool: the SPM (the paper), the world's annotator without its noise on
+        /// each candidate's x̂₀ (what a perfectly trained SPM would learn), or the graded
+        /// detail oracle alone on it
         judge: JudgeChoice = choice_of(JudgeChoice::Spm),
         /// the oracle judge's score per unit of utility (100: CLIP's logit scale, as if a
         /// utility of 1 were a cosine of 1)
@@ -196,10 +197,13 @@ pub(crate) fn train(cx: &mut StageContext, gradspo: Option<GradSpo>) -> Result<(
         spm_vocab: &spm_vocab,
         dev: &dev,
     };
-    let oracle = OracleJudge::new(&world, world_annotator(&world_input)?, p.oracle_scale);
+    let oracle = match p.judge {
+        JudgeChoice::OracleDetail => OracleJudge::detail(&world, p.oracle_scale),
+        _ => OracleJudge::utility(&world, world_annotator(&world_input)?, p.oracle_scale),
+    };
     let judge: &(dyn StepJudge + Sync) = match p.judge {
         JudgeChoice::Spm => &models,
-        JudgeChoice::Oracle => &oracle,
+        JudgeChoice::Oracle | JudgeChoice::OracleDetail => &oracle,
     };
     let rounds = p.rounds;
     let mut tr: Trainer<Vec<RoundLog>> = Trainer::start(

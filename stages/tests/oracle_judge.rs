@@ -1,6 +1,7 @@
 //! The oracle judge (`spo`'s `judge = "oracle"`): the world's noiseless annotator on each image,
 //! so a clean render of the prompt outscores a flawed one and a render of another scene, the
-//! scale multiplies, and a prompt the world does not hold is an error naming it.
+//! scale multiplies, the detail-only judge scores any clean render perfect, and a prompt the
+//! world does not hold is an error naming it.
 
 mod scorers_common;
 
@@ -17,8 +18,9 @@ use spo_world::{Flaw, FlawKind, render, render_flawed};
 fn a_clean_render_of_the_prompt_outscores_a_flawed_one_and_another_scene() {
     let world = WorldData::load(small_world()).unwrap();
     let annotator = world_annotator(small_world()).unwrap();
-    let judge = OracleJudge::new(&world, annotator, 100.0);
-    let half = OracleJudge::new(&world, annotator, 50.0);
+    let judge = OracleJudge::utility(&world, annotator, 100.0);
+    let half = OracleJudge::utility(&world, annotator, 50.0);
+    let detail = OracleJudge::detail(&world, 100.0);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let (p, other) = (&world.train[0], &world.train[1]);
     assert_ne!(p.scene, other.scene);
@@ -40,6 +42,13 @@ fn a_clean_render_of_the_prompt_outscores_a_flawed_one_and_another_scene() {
     for (a, b) in s.iter().zip(&h) {
         assert!((a - 2.0 * b).abs() < 1e-9);
     }
+    // the detail judge does not see the wrong scene, only that it is drawn cleanly
+    let d = detail.scores(&pixels, &texts, 500).unwrap();
+    assert!(d[0] > d[1], "{d:?}");
+    assert!(
+        (d[0] - 100.0).abs() < 1e-6 && (d[2] - 100.0).abs() < 1e-6,
+        "{d:?}"
+    );
     let e = judge
         .scores(
             &pixels.narrow(0, 0, 1).unwrap(),
