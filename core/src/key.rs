@@ -40,7 +40,7 @@ impl Encoder {
         Encoder(tag.to_vec())
     }
     fn str(&mut self, s: &str) -> &mut Self {
-        Value::Str(s.to_owned()).encode(&mut self.0);
+        Value::encode_str(s, &mut self.0);
         self
     }
     fn u64(&mut self, n: u64) -> &mut Self {
@@ -59,10 +59,49 @@ impl Encoder {
 impl CellKey {
     /// The canonical encoding (see the type's doc).
     pub fn encode(&self) -> Vec<u8> {
+        self.view().encode()
+    }
+
+    /// The key: lowercase hex SHA-256 of [`CellKey::encode`].
+    pub fn key(&self) -> String {
+        self.view().key()
+    }
+
+    fn view(&self) -> KeyView<'_> {
+        KeyView {
+            kind: &self.kind,
+            version: self.version,
+            params: &self.params,
+            seed: self.seed,
+            inputs: self
+                .inputs
+                .iter()
+                .map(|(s, d)| (s.as_str(), d.as_str()))
+                .collect(),
+            external: self.external.clone(),
+        }
+    }
+}
+
+/// The parts of a [`CellKey`], borrowed: its key without copying the params, for callers
+/// that need only the key (`status` keys every cell of a plan).
+#[derive(Debug, Clone)]
+pub struct KeyView<'a> {
+    pub kind: &'a str,
+    pub version: u32,
+    pub params: &'a Params,
+    pub seed: Option<u64>,
+    pub inputs: Vec<(&'a str, &'a str)>,
+    pub external: Option<String>,
+}
+
+impl KeyView<'_> {
+    /// [`CellKey::encode`] of these parts.
+    pub fn encode(&self) -> Vec<u8> {
         let mut e = Encoder::new(b"spo-pipe-key-v1\0");
-        e.str(&self.kind)
+        e.str(self.kind)
             .u64(u64::from(self.version))
-            .params(&self.params);
+            .params(self.params);
         match self.seed {
             Some(s) => {
                 e.0.push(1);
@@ -78,9 +117,25 @@ impl CellKey {
         e.0
     }
 
-    /// The key: lowercase hex SHA-256 of [`CellKey::encode`].
+    /// [`CellKey::key`] of these parts.
     pub fn key(&self) -> String {
         hex::encode(Sha256::digest(self.encode()))
+    }
+
+    /// The owned parts.
+    pub fn to_owned(&self) -> CellKey {
+        CellKey {
+            kind: self.kind.to_owned(),
+            version: self.version,
+            params: self.params.clone(),
+            seed: self.seed,
+            inputs: self
+                .inputs
+                .iter()
+                .map(|&(s, d)| (s.to_owned(), d.to_owned()))
+                .collect(),
+            external: self.external.clone(),
+        }
     }
 }
 

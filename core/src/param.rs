@@ -40,11 +40,7 @@ impl Value {
                 let f = if *f == 0.0 { 0.0 } else { *f };
                 out.extend_from_slice(&f.to_bits().to_le_bytes());
             }
-            Value::Str(s) => {
-                out.push(b's');
-                out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-                out.extend_from_slice(s.as_bytes());
-            }
+            Value::Str(s) => Value::encode_str(s, out),
             Value::List(items) => {
                 out.push(b'l');
                 out.extend_from_slice(&(items.len() as u64).to_le_bytes());
@@ -53,6 +49,13 @@ impl Value {
                 }
             }
         }
+    }
+
+    /// What `Value::Str(s).encode(out)` writes, without making the `Value`.
+    pub fn encode_str(s: &str, out: &mut Vec<u8>) {
+        out.push(b's');
+        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
     }
 }
 
@@ -509,7 +512,7 @@ impl Params {
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&(self.0.len() as u64).to_le_bytes());
         for (k, v) in &self.0 {
-            Value::Str(k.clone()).encode(out);
+            Value::encode_str(k, out);
             v.encode(out);
         }
     }
