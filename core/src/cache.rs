@@ -373,8 +373,8 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// A 64-digit lowercase hex key as bytes; None for anything else (never cached).
-fn raw_key(key: &str) -> Option<[u8; 32]> {
+/// A 64-digit lowercase hex key (or digest) as bytes; None for anything else (never cached).
+pub(crate) fn raw_key(key: &str) -> Option<[u8; 32]> {
     let mut out = [0u8; 32];
     (key.len() == 64 && key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
         .then(|| hex::decode_to_slice(key, &mut out).ok())??;

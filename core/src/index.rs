@@ -30,6 +30,7 @@ use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 
+use crate::cache::raw_key;
 use crate::error::Error;
 use crate::store::{sync_dir, write_atomic};
 
@@ -41,6 +42,32 @@ const MERGED: &str = "merged-";
 
 /// A row's identity: (key, cell id, seed).
 pub type RowId = (String, String, Option<u64>);
+
+/// A set of row ids, held in 72 bytes each where the key and cell id are hex SHA-256 digests
+/// (as every id spo-pipe writes is), as strings otherwise.
+#[derive(Debug, Default)]
+pub struct RowIds {
+    raw: HashSet<([u8; 32], [u8; 32], Option<u64>)>,
+    other: HashSet<RowId>,
+}
+
+impl RowIds {
+    /// Adds an id; false if it was already in the set.
+    pub fn insert(&mut self, key: &str, cell: &str, seed: Option<u64>) -> bool {
+        match (raw_key(key), raw_key(cell)) {
+            (Some(k), Some(c)) => self.raw.insert((k, c, seed)),
+            _ => self.other.insert((key.to_owned(), cell.to_owned(), seed)),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.raw.len() + self.other.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 /// One committed cell, as the index records it.
 #[derive(Debug, Clone, PartialEq)]
@@ -216,8 +243,33 @@ pub fn read_all(dir: &Path) -> Result<Vec<IndexRow>, Error> {
 
 /// The id of every row in the index in `dir` (reading only the id columns); unreadable files
 /// are skipped with a warning, as by [`read_all`].
-pub fn row_ids(dir: &Path) -> Result<HashSet<RowId>, Error> {
-    Ok(read_each(dir, read_ids)?.into_iter().collect())
+pub fn row_ids(dir: &Path) -> Result<RowIds, Error> {
+    let mut ids = RowIds::default();
+    for batch in read_each(dir, read_ids)? {
+        for (key, cell, seed) in batch.iter() {
+            ids.insert(key, cell, seed);
+        }
+    }
+    Ok(ids)
+}
+
+/// The id columns of one record batch.
+struct IdColumns {
+    key: StringArray,
+    cell: StringArray,
+    seed: UInt64Array,
+}
+
+impl IdColumns {
+    fn iter(&self) -> impl Iterator<Item = (&str, &str, Option<u64>)> {
+        (0..self.key.len()).map(|i| {
+            (
+                self.key.value(i),
+                self.cell.value(i),
+                (!self.seed.is_null(i)).then(|| self.seed.value(i)),
+            )
+        })
+    }
 }
 
 /// What `read` makes of every file of the index in `dir`. An unreadable file is skipped with a
@@ -251,7 +303,7 @@ fn read_each<T>(
     }
 }
 
-fn read_ids(path: &Path, ids: &mut Vec<RowId>) -> Result<(), Error> {
+fn read_ids(path: &Path, ids: &mut Vec<IdColumns>) -> Result<(), Error> {
     let corrupt = |m: &dyn std::fmt::Display| Error::corrupt(path, m);
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let b = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| corrupt(&e))?;
@@ -276,13 +328,7 @@ fn read_ids(path: &Path, ids: &mut Vec<RowId>) -> Result<(), Error> {
             .downcast_ref::<UInt64Array>()
             .cloned()
             .ok_or_else(|| corrupt(&"column `seed` is not uint64"))?;
-        for i in 0..batch.num_rows() {
-            ids.push((
-                key.value(i).to_owned(),
-                cell.value(i).to_owned(),
-                (!seed.is_null(i)).then(|| seed.value(i)),
-            ));
-        }
+        ids.push(IdColumns { key, cell, seed });
     }
     Ok(())
 }
