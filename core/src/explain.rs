@@ -301,7 +301,7 @@ pub fn status(registry: &Registry, store: &Store, plan: &Plan) -> Result<Vec<Cel
                     node.inputs
                         .iter()
                         .filter(|&&j| resolved[j].output.is_none())
-                        .map(|&j| plan.nodes[j].stage_name.as_str()),
+                        .map(|&j| &*plan.nodes[j].stage_name),
                 ),
             ),
             (None, None) => (State::Missing, vec![]),

@@ -1,7 +1,8 @@
 //! Typed stage parameters: the schema a stage kind declares, and the resolved values it receives.
 
-use std::collections::BTreeMap;
 use std::fmt;
+
+use crate::namemap::NameMap;
 
 /// A parameter value as written in pipeline.toml or `--set`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -402,7 +403,7 @@ fn as_f64(v: &Value) -> Option<f64> {
 
 /// The resolved, validated parameters of one stage cell, in name order.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Params(pub BTreeMap<String, Value>);
+pub struct Params(pub NameMap<Value>);
 
 /// A parameter that was validated at load time but is read back with the wrong getter:
 /// a bug in a stage kind, reported rather than panicking.

@@ -636,7 +636,7 @@ impl Exec<'_> {
             })
             .collect::<Result<Vec<Manifest>, Error>>()?;
         let mut cx = StageContext {
-            stage: node.stage_name.clone(),
+            stage: node.stage_name.to_string(),
             params: Params::clone(&node.params),
             seed: node.seed,
             inputs: node
@@ -644,8 +644,8 @@ impl Exec<'_> {
                 .iter()
                 .zip(manifests)
                 .map(|(&j, m)| Input {
-                    stage: self.plan.nodes[j].stage_name.clone(),
-                    kind: self.plan.nodes[j].kind.clone(),
+                    stage: self.plan.nodes[j].stage_name.to_string(),
+                    kind: self.plan.nodes[j].kind.to_string(),
                     dir: self.store.cell_dir(&m.key),
                     manifest: m,
                 })
@@ -680,8 +680,8 @@ impl Exec<'_> {
         let seconds = t0.elapsed().as_secs_f64();
         let manifest = Manifest {
             key: key.clone(),
-            stage: node.stage_name.clone(),
-            kind: node.kind.clone(),
+            stage: node.stage_name.to_string(),
+            kind: node.kind.to_string(),
             version: parts.version,
             cell: node.cell.clone(),
             label: node.label.clone(),
@@ -692,7 +692,7 @@ impl Exec<'_> {
                 .iter()
                 .zip(inputs)
                 .map(|(&j, c)| InputRef {
-                    stage: self.plan.nodes[j].stage_name.clone(),
+                    stage: self.plan.nodes[j].stage_name.to_string(),
                     key: c.key.clone(),
                     digest: c.digest.clone(),
                 })
@@ -775,14 +775,14 @@ impl Exec<'_> {
             .into_iter()
             .map(|i| {
                 (
-                    self.plan.nodes[i].stage_name.clone(),
+                    self.plan.nodes[i].stage_name.to_string(),
                     serde_json::to_value(&*self.plan.nodes[i].params).unwrap_or_default(),
                 )
             })
             .collect();
         IndexRow {
             key: m.key.clone(),
-            stage: node.stage_name.clone(),
+            stage: node.stage_name.to_string(),
             kind: m.kind.clone(),
             version: m.version,
             cell: node.cell.clone(),
