@@ -95,8 +95,6 @@ pub struct RunSummary {
     pub skipped: usize,
     /// (cell label, error) of each failed cell.
     pub failed: Vec<(String, String)>,
-    /// Key of every node that resolved, by node id.
-    pub keys: Vec<Option<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -113,7 +111,7 @@ enum St {
 struct Sched {
     state: Vec<St>,
     /// Each done node's cell, until the last node reading it has started.
-    resolved: Vec<Option<Committed>>,
+    resolved: HashMap<usize, Committed>,
     /// Per node, how many of the nodes reading it have not started yet.
     readers_left: Vec<usize>,
     /// Per node, how many of its inputs are not done yet.
@@ -158,7 +156,7 @@ impl Sched {
             .collect();
         Sched {
             state: vec![St::Pending; n],
-            resolved: vec![None; n],
+            resolved: HashMap::new(),
             readers_left: (0..n).map(|j| dep_start[j + 1] - dep_start[j]).collect(),
             unfinished,
             dep_start,
@@ -167,10 +165,7 @@ impl Sched {
             deferred: HashMap::new(),
             running: 0,
             stop: false,
-            summary: RunSummary {
-                keys: vec![None; n],
-                ..RunSummary::default()
-            },
+            summary: RunSummary::default(),
         }
     }
 
@@ -181,9 +176,9 @@ impl Sched {
         for &j in &node.inputs {
             self.readers_left[j] -= 1;
             let r = if self.readers_left[j] == 0 {
-                self.resolved[j].take()
+                self.resolved.remove(&j)
             } else {
-                self.resolved[j].clone()
+                self.resolved.get(&j).cloned()
             };
             out.extend(r);
         }
@@ -211,9 +206,8 @@ impl Sched {
     /// Node `id` is done: queue the dependents it was the last unfinished input of.
     fn done(&mut self, id: usize, r: Committed) {
         self.state[id] = St::Done;
-        self.summary.keys[id] = Some(r.key.clone());
         if self.readers_left[id] > 0 {
-            self.resolved[id] = Some(r);
+            self.resolved.insert(id, r);
         }
         for k in self.dep_start[id]..self.dep_start[id + 1] {
             let d = self.dependents[k];
