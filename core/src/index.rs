@@ -244,32 +244,16 @@ pub fn read_all(dir: &Path) -> Result<Vec<IndexRow>, Error> {
 /// The id of every row in the index in `dir` (reading only the id columns); unreadable files
 /// are skipped with a warning, as by [`read_all`].
 pub fn row_ids(dir: &Path) -> Result<RowIds, Error> {
-    let mut ids = RowIds::default();
-    for batch in read_each(dir, read_ids)? {
-        for (key, cell, seed) in batch.iter() {
-            ids.insert(key, cell, seed);
-        }
+    // One set per file, each filled a record batch at a time (the id columns of 200,000 rows
+    // are three times the set), then merged into the largest.
+    let mut sets = read_each(dir, read_ids)?;
+    sets.sort_by_key(RowIds::len);
+    let mut ids = sets.pop().unwrap_or_default();
+    for s in sets {
+        ids.raw.extend(s.raw);
+        ids.other.extend(s.other);
     }
     Ok(ids)
-}
-
-/// The id columns of one record batch.
-struct IdColumns {
-    key: StringArray,
-    cell: StringArray,
-    seed: UInt64Array,
-}
-
-impl IdColumns {
-    fn iter(&self) -> impl Iterator<Item = (&str, &str, Option<u64>)> {
-        (0..self.key.len()).map(|i| {
-            (
-                self.key.value(i),
-                self.cell.value(i),
-                (!self.seed.is_null(i)).then(|| self.seed.value(i)),
-            )
-        })
-    }
 }
 
 /// What `read` makes of every file of the index in `dir`. An unreadable file is skipped with a
@@ -303,10 +287,14 @@ fn read_each<T>(
     }
 }
 
-fn read_ids(path: &Path, ids: &mut Vec<IdColumns>) -> Result<(), Error> {
+fn read_ids(path: &Path, sets: &mut Vec<RowIds>) -> Result<(), Error> {
+    let mut ids = RowIds::default();
     let corrupt = |m: &dyn std::fmt::Display| Error::corrupt(path, m);
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let b = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| corrupt(&e))?;
+    // Sized once, not doubled (and rehashed) as it fills.
+    let rows = usize::try_from(b.metadata().file_metadata().num_rows()).unwrap_or(0);
+    ids.raw.reserve(rows);
     let mask = ProjectionMask::columns(b.parquet_schema(), ["key", "cell", "seed"]);
     for batch in b.with_projection(mask).build().map_err(|e| corrupt(&e))? {
         let batch = batch.map_err(|e| corrupt(&e))?;
@@ -328,8 +316,12 @@ fn read_ids(path: &Path, ids: &mut Vec<IdColumns>) -> Result<(), Error> {
             .downcast_ref::<UInt64Array>()
             .cloned()
             .ok_or_else(|| corrupt(&"column `seed` is not uint64"))?;
-        ids.push(IdColumns { key, cell, seed });
+        for i in 0..batch.num_rows() {
+            let seed = (!seed.is_null(i)).then(|| seed.value(i));
+            ids.insert(key.value(i), cell.value(i), seed);
+        }
     }
+    sets.push(ids);
     Ok(())
 }
 
