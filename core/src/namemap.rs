@@ -76,6 +76,10 @@ impl<V> NameMap<V> {
         &mut self.0[i].1
     }
 
+    pub fn clear(&mut self) {
+        self.0.clear();
+    }
+
     /// Gives back the room that inserts left spare.
     pub fn shrink_to_fit(&mut self) {
         self.0.shrink_to_fit();

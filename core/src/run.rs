@@ -784,7 +784,7 @@ impl Exec<'_> {
             seed: node.seed,
             variant: variant_string(node),
             lineage: serde_json::Value::Object(lineage).to_string(),
-            metrics: m.metrics.clone(),
+            metrics: m.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             started: m.started,
             seconds: m.seconds,
             host: m.host.clone(),
