@@ -32,8 +32,8 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 
 use crate::cache::{KeyHasher, raw_key};
-use crate::namemap::NameMap;
 use crate::error::Error;
+use crate::namemap::NameMap;
 use crate::store::{sync_dir, write_atomic};
 
 /// Small row files past which a run merges the index when it ends.
@@ -633,6 +633,26 @@ mod tests {
         assert_eq!(compact(dir.path()).unwrap(), 2);
         assert_eq!(parquet_files(dir.path()).len(), 1);
         assert_eq!(read_all(dir.path()).unwrap().len(), 21);
+    }
+
+    #[test]
+    fn row_ids_tell_ids_apart_by_every_part() {
+        let (k1, k2, c1) = ("a".repeat(64), "b".repeat(64), "c".repeat(64));
+        // Same leading bytes, different tails: equal hashes, still different ids.
+        let k3 = format!("{}{}", "a".repeat(63), "b");
+        let mut ids = RowIds::default();
+        assert!(ids.insert(&k1, &c1, None));
+        assert!(!ids.insert(&k1, &c1, None), "already there");
+        assert!(ids.insert(&k1, &c1, Some(0)));
+        assert!(ids.insert(&k1, &c1, Some(1)));
+        assert!(ids.insert(&k2, &c1, None));
+        assert!(ids.insert(&k3, &c1, None));
+        assert!(ids.insert(&c1, &k1, None), "key and cell swapped");
+        // Ids that are not hex digests are kept as they are.
+        assert!(ids.insert("k", "c", None));
+        assert!(!ids.insert("k", "c", None));
+        assert!(ids.insert(&k1.to_uppercase(), &c1, None));
+        assert_eq!(ids.len(), 8);
     }
 
     #[test]
