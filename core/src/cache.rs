@@ -78,7 +78,7 @@ impl Loaded {
 
 /// Keys are SHA-256 digests, so their first eight bytes hash them well enough.
 #[derive(Default)]
-struct KeyHasher(u64);
+pub(crate) struct KeyHasher(u64);
 
 impl Hasher for KeyHasher {
     fn finish(&self) -> u64 {
@@ -312,7 +312,7 @@ fn decode(b: &[u8]) -> Option<Entry> {
     let mut r = Reader(b, 0);
     r.take(32)?;
     let manifest = r.stamp()?;
-    let digest = hex::encode(r.take(32)?);
+    let digest = crate::key::to_hex(r.take(32)?);
     let stage = r.str()?;
     let n = r.u32()?;
     let mut files = Vec::with_capacity(n.min(1024) as usize);
@@ -373,11 +373,22 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// A 64-digit lowercase hex key as bytes; None for anything else (never cached).
-fn raw_key(key: &str) -> Option<[u8; 32]> {
+/// A 64-digit lowercase hex key (or digest) as bytes; None for anything else (never cached).
+/// One pass over the digits (a run decodes a few per cell).
+pub(crate) fn raw_key(key: &str) -> Option<[u8; 32]> {
+    let b = key.as_bytes();
+    if b.len() != 64 {
+        return None;
+    }
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
     let mut out = [0u8; 32];
-    (key.len() == 64 && key.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
-        .then(|| hex::decode_to_slice(key, &mut out).ok())??;
+    for (o, pair) in out.iter_mut().zip(b.chunks_exact(2)) {
+        *o = (digit(pair[0])? << 4) | digit(pair[1])?;
+    }
     Some(out)
 }
 
@@ -509,5 +520,9 @@ mod tests {
         assert!(raw_key(&key('f')).is_some());
         assert!(raw_key(&key('F')).is_none());
         assert!(raw_key("abc").is_none());
+        let k = "0123456789abcdef".repeat(4);
+        assert_eq!(raw_key(&k).map(hex::encode), Some(k.clone()));
+        assert!(raw_key(&k.replace('9', "g")).is_none());
+        assert!(raw_key(&format!("{}é", &k[..62])).is_none());
     }
 }

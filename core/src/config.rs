@@ -12,6 +12,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::config_error::{ConfigError, Source, unknown_hint};
+use crate::namemap::NameMap;
 use crate::param::{ParamSpec, Params, Value};
 use crate::registry::Registry;
 
@@ -31,7 +32,7 @@ pub struct SweepDef {
     pub name: String,
     pub stage: String,
     /// Each cell's overrides, shared with the plan nodes of that cell.
-    pub cells: Vec<Arc<BTreeMap<String, Value>>>,
+    pub cells: Vec<Arc<NameMap<Value>>>,
 }
 
 /// What the rows of a table are.
@@ -661,7 +662,7 @@ impl Parser<'_> {
             None => vec![],
         };
         let specs = self.registry.params(&kind);
-        let mut params = BTreeMap::new();
+        let mut params = NameMap::new();
         if let Some(pv) = t.get("params") {
             let pt = self.table(pv, &format!("[stage.{sname}.params]"))?;
             for (k, v) in pt.iter() {
@@ -905,7 +906,7 @@ impl Parser<'_> {
                 .src
                 .error(axes_v.span(), format!("sweep `{sname}` sweeps no param")));
         }
-        let mut cells: Vec<BTreeMap<String, Value>> = vec![BTreeMap::new()];
+        let mut cells: Vec<NameMap<Value>> = vec![NameMap::new()];
         if zip {
             let n = axes[0].1.len();
             if let Some((k, v, span)) = axes.iter().find(|(_, v, _)| v.len() != n) {
@@ -948,7 +949,13 @@ impl Parser<'_> {
         Ok(SweepDef {
             name: sname,
             stage,
-            cells: cells.into_iter().map(Arc::new).collect(),
+            cells: cells
+                .into_iter()
+                .map(|mut c| {
+                    c.shrink_to_fit();
+                    Arc::new(c)
+                })
+                .collect(),
         })
     }
 
@@ -1150,7 +1157,7 @@ fn trimmed(text: &str, at: usize) -> (usize, &str) {
 }
 
 /// The canonical bytes of a set of param overrides (a sweep cell).
-pub(crate) fn encode_overrides(ov: &BTreeMap<String, Value>) -> Vec<u8> {
+pub(crate) fn encode_overrides(ov: &NameMap<Value>) -> Vec<u8> {
     let mut out = Vec::new();
     for (k, v) in ov {
         out.extend_from_slice(&(k.len() as u64).to_le_bytes());

@@ -3,11 +3,11 @@
 use std::fmt;
 
 use crate::error::Error;
-use crate::key::CellKey;
+use crate::key::{CellKey, KeyView};
 use crate::param::Value;
 use crate::plan::{Node, Plan};
 use crate::registry::Registry;
-use crate::run::key_parts;
+use crate::run::key_view;
 use crate::store::{Pointer, Store};
 
 /// The state of one cell.
@@ -126,18 +126,94 @@ pub(crate) struct Resolution {
     pub damaged: bool,
 }
 
+impl Resolution {
+    /// A node whose inputs are not all in the store: no key.
+    const NONE: Resolution = Resolution {
+        key: None,
+        output: None,
+        damaged: false,
+    };
+}
+
 /// The current key of every node whose inputs are all in the store. A manifest that cannot be
 /// read is reported (naming it) and counts as damaged, not as an error.
+///
+/// Nodes are resolved a wave at a time (a wave: the nodes whose inputs all lie in earlier
+/// waves), each wave split over the machine's cores: a node needs only its inputs' outputs, and
+/// most of the time goes to a `stat` per node.
 pub(crate) fn resolve(
     registry: &Registry,
     store: &Store,
     plan: &Plan,
 ) -> Result<Vec<Resolution>, Error> {
-    let mut out: Vec<Resolution> = Vec::with_capacity(plan.nodes.len());
-    for node in &plan.nodes {
-        let entry = match current_parts(registry, store, node, &out)? {
-            Some(parts) => {
-                let key = parts.key();
+    let n = plan.nodes.len();
+    let mut out: Vec<Resolution> = (0..n).map(|_| Resolution::NONE).collect();
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    for wave in waves(plan) {
+        let chunk = wave.len().div_ceil(threads).max(PER_THREAD);
+        let done = &out;
+        let parts: Vec<Result<Vec<Resolution>, Error>> = if wave.len() <= chunk {
+            vec![resolve_some(registry, store, plan, &wave, done)]
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = wave
+                    .chunks(chunk)
+                    .map(|ids| s.spawn(move || resolve_some(registry, store, plan, ids, done)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                    .collect()
+            })
+        };
+        let mut ids = wave.iter();
+        for part in parts {
+            for (r, &id) in part?.into_iter().zip(&mut ids) {
+                out[id] = r;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Fewest nodes worth a thread of their own.
+const PER_THREAD: usize = 1024;
+
+/// The plan's node ids by wave: a node's wave is one past the latest of its inputs'. Nodes
+/// come in topological order, so one pass finds every node's wave.
+fn waves(plan: &Plan) -> Vec<Vec<usize>> {
+    let mut wave_of = vec![0usize; plan.nodes.len()];
+    let mut waves: Vec<Vec<usize>> = Vec::new();
+    for (id, node) in plan.nodes.iter().enumerate() {
+        let w = node
+            .inputs
+            .iter()
+            .map(|&i| wave_of[i] + 1)
+            .max()
+            .unwrap_or(0);
+        wave_of[id] = w;
+        if waves.len() <= w {
+            waves.resize_with(w + 1, Vec::new);
+        }
+        waves[w].push(id);
+    }
+    waves
+}
+
+/// The resolutions of nodes `ids`, whose inputs are all resolved in `done`.
+fn resolve_some(
+    registry: &Registry,
+    store: &Store,
+    plan: &Plan,
+    ids: &[usize],
+    done: &[Resolution],
+) -> Result<Vec<Resolution>, Error> {
+    let mut out = Vec::with_capacity(ids.len());
+    for &id in ids {
+        let node = &plan.nodes[id];
+        let entry = match current_view(registry, store, node, done)? {
+            Some(view) => {
+                let key = view.key();
                 match store.committed_cell(&key) {
                     Ok(cell) => Resolution {
                         output: cell.map(|c| (c.stage, c.digest)),
@@ -157,11 +233,7 @@ pub(crate) fn resolve(
                     }
                 }
             }
-            None => Resolution {
-                key: None,
-                output: None,
-                damaged: false,
-            },
+            None => Resolution::NONE,
         };
         out.push(entry);
     }
@@ -175,6 +247,16 @@ fn current_parts(
     node: &Node,
     resolved: &[Resolution],
 ) -> Result<Option<CellKey>, Error> {
+    Ok(current_view(registry, store, node, resolved)?.map(|v| v.to_owned()))
+}
+
+/// [`current_parts`], borrowed.
+fn current_view<'a>(
+    registry: &Registry,
+    store: &Store,
+    node: &'a Node,
+    resolved: &'a [Resolution],
+) -> Result<Option<KeyView<'a>>, Error> {
     let inputs: Option<Vec<(&str, &str)>> = node
         .inputs
         .iter()
@@ -186,7 +268,7 @@ fn current_parts(
         })
         .collect();
     inputs
-        .map(|ins| key_parts(registry, node, ins).map_err(|e| Error::corrupt(store.root(), e)))
+        .map(|ins| key_view(registry, node, ins).map_err(|e| Error::corrupt(store.root(), e)))
         .transpose()
 }
 
@@ -219,7 +301,7 @@ pub fn status(registry: &Registry, store: &Store, plan: &Plan) -> Result<Vec<Cel
                     node.inputs
                         .iter()
                         .filter(|&&j| resolved[j].output.is_none())
-                        .map(|&j| plan.nodes[j].stage_name.as_str()),
+                        .map(|&j| &*plan.nodes[j].stage_name),
                 ),
             ),
             (None, None) => (State::Missing, vec![]),

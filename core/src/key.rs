@@ -40,7 +40,7 @@ impl Encoder {
         Encoder(tag.to_vec())
     }
     fn str(&mut self, s: &str) -> &mut Self {
-        Value::Str(s.to_owned()).encode(&mut self.0);
+        Value::encode_str(s, &mut self.0);
         self
     }
     fn u64(&mut self, n: u64) -> &mut Self {
@@ -52,17 +52,56 @@ impl Encoder {
         self
     }
     fn digest(&self) -> String {
-        hex::encode(Sha256::digest(&self.0))
+        to_hex(&Sha256::digest(&self.0))
     }
 }
 
 impl CellKey {
     /// The canonical encoding (see the type's doc).
     pub fn encode(&self) -> Vec<u8> {
+        self.view().encode()
+    }
+
+    /// The key: lowercase hex SHA-256 of [`CellKey::encode`].
+    pub fn key(&self) -> String {
+        self.view().key()
+    }
+
+    fn view(&self) -> KeyView<'_> {
+        KeyView {
+            kind: &self.kind,
+            version: self.version,
+            params: &self.params,
+            seed: self.seed,
+            inputs: self
+                .inputs
+                .iter()
+                .map(|(s, d)| (s.as_str(), d.as_str()))
+                .collect(),
+            external: self.external.clone(),
+        }
+    }
+}
+
+/// The parts of a [`CellKey`], borrowed: its key without copying the params, for callers
+/// that need only the key (`status` keys every cell of a plan).
+#[derive(Debug, Clone)]
+pub struct KeyView<'a> {
+    pub kind: &'a str,
+    pub version: u32,
+    pub params: &'a Params,
+    pub seed: Option<u64>,
+    pub inputs: Vec<(&'a str, &'a str)>,
+    pub external: Option<String>,
+}
+
+impl KeyView<'_> {
+    /// [`CellKey::encode`] of these parts.
+    pub fn encode(&self) -> Vec<u8> {
         let mut e = Encoder::new(b"spo-pipe-key-v1\0");
-        e.str(&self.kind)
+        e.str(self.kind)
             .u64(u64::from(self.version))
-            .params(&self.params);
+            .params(self.params);
         match self.seed {
             Some(s) => {
                 e.0.push(1);
@@ -78,9 +117,25 @@ impl CellKey {
         e.0
     }
 
-    /// The key: lowercase hex SHA-256 of [`CellKey::encode`].
+    /// [`CellKey::key`] of these parts.
     pub fn key(&self) -> String {
-        hex::encode(Sha256::digest(self.encode()))
+        to_hex(&Sha256::digest(self.encode()))
+    }
+
+    /// The owned parts.
+    pub fn to_owned(&self) -> CellKey {
+        CellKey {
+            kind: self.kind.to_owned(),
+            version: self.version,
+            params: self.params.clone(),
+            seed: self.seed,
+            inputs: self
+                .inputs
+                .iter()
+                .map(|&(s, d)| (s.to_owned(), d.to_owned()))
+                .collect(),
+            external: self.external.clone(),
+        }
     }
 }
 
@@ -99,6 +154,18 @@ pub fn cell_id<'a>(
         e.str(c);
     }
     e.digest()
+}
+
+/// `bytes` as lowercase hex, as `hex::encode` writes them, by table (a run keys and reads
+/// a few digests per cell, and `hex::encode` goes a char at a time through an iterator).
+pub(crate) fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    out
 }
 
 /// The content digest of a cell's output: SHA-256 over its sorted (path, file digest) pairs.
@@ -132,6 +199,13 @@ mod tests {
 
     /// The bytes every existing store's keys were made from (written out by hand from the type's
     /// doc; the digests computed independently with Python's hashlib): they must never change.
+    #[test]
+    fn to_hex_writes_what_hex_encode_does() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        assert_eq!(to_hex(&bytes), hex::encode(&bytes));
+        assert_eq!(to_hex(&[]), "");
+    }
+
     #[test]
     fn golden_key_bytes() {
         let mut k = parts();

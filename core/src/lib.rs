@@ -19,6 +19,7 @@ pub mod key;
 pub mod lease;
 pub mod live;
 pub mod manifest;
+pub mod namemap;
 pub mod param;
 pub mod plan;
 pub mod registry;

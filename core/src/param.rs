@@ -1,7 +1,8 @@
 //! Typed stage parameters: the schema a stage kind declares, and the resolved values it receives.
 
-use std::collections::BTreeMap;
 use std::fmt;
+
+use crate::namemap::NameMap;
 
 /// A parameter value as written in pipeline.toml or `--set`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -40,11 +41,7 @@ impl Value {
                 let f = if *f == 0.0 { 0.0 } else { *f };
                 out.extend_from_slice(&f.to_bits().to_le_bytes());
             }
-            Value::Str(s) => {
-                out.push(b's');
-                out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-                out.extend_from_slice(s.as_bytes());
-            }
+            Value::Str(s) => Value::encode_str(s, out),
             Value::List(items) => {
                 out.push(b'l');
                 out.extend_from_slice(&(items.len() as u64).to_le_bytes());
@@ -53,6 +50,13 @@ impl Value {
                 }
             }
         }
+    }
+
+    /// What `Value::Str(s).encode(out)` writes, without making the `Value`.
+    pub fn encode_str(s: &str, out: &mut Vec<u8>) {
+        out.push(b's');
+        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
     }
 }
 
@@ -399,7 +403,7 @@ fn as_f64(v: &Value) -> Option<f64> {
 
 /// The resolved, validated parameters of one stage cell, in name order.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Params(pub BTreeMap<String, Value>);
+pub struct Params(pub NameMap<Value>);
 
 /// A parameter that was validated at load time but is read back with the wrong getter:
 /// a bug in a stage kind, reported rather than panicking.
@@ -509,7 +513,7 @@ impl Params {
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&(self.0.len() as u64).to_le_bytes());
         for (k, v) in &self.0 {
-            Value::Str(k.clone()).encode(out);
+            Value::encode_str(k, out);
             v.encode(out);
         }
     }

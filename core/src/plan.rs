@@ -8,26 +8,28 @@
 //! version bump. Nodes come out in topological order.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 
 use crate::config::{Pipeline, Rows};
 use crate::config_error::unknown_hint;
 use crate::key::cell_id;
+use crate::namemap::NameMap;
 use crate::param::{Params, Value};
 use crate::registry::Registry;
 
 /// Param overrides per stage: the sweep cell a node belongs to (each stage's overrides shared
 /// with the sweep's definition).
-pub type Variant = BTreeMap<String, Arc<BTreeMap<String, Value>>>;
+pub type Variant = NameMap<Arc<NameMap<Value>>>;
 
 /// One cell to compute.
 #[derive(Debug, Clone)]
 pub struct Node {
     /// Index into `Pipeline::stages`.
     pub stage: usize,
-    pub stage_name: String,
-    pub kind: String,
+    /// Shared by the nodes of one stage.
+    pub stage_name: Arc<str>,
+    pub kind: Arc<str>,
     /// The overrides of this node's lineage (only stages it depends on, itself included);
     /// shared by the nodes of one sweep cell.
     pub variant: Arc<Variant>,
@@ -203,7 +205,7 @@ pub fn parse_selector(
         let v = spec
             .check(&v)
             .map_err(|m| err(format!("`{sel}`: param `{param}`: {m}")))?;
-        Arc::make_mut(variant.entry(on.to_owned()).or_default()).insert(param.to_owned(), v);
+        Arc::make_mut(variant.get_or_default(on)).insert(param.to_owned(), v);
     }
     Ok((stage.to_owned(), variant))
 }
@@ -274,6 +276,8 @@ struct Builder<'a> {
     seed_dep: Vec<bool>,
     /// Each stage's params as defined, shared by its nodes that no sweep overrides.
     params: Vec<Arc<Params>>,
+    /// Each stage's name and kind, shared by its nodes.
+    names: Vec<(Arc<str>, Arc<str>)>,
     plan: Plan,
 }
 
@@ -308,6 +312,11 @@ impl<'a> Builder<'a> {
                 .stages
                 .iter()
                 .map(|s| Arc::new(s.params.clone()))
+                .collect(),
+            names: pipe
+                .stages
+                .iter()
+                .map(|s| (Arc::from(s.name.as_str()), Arc::from(s.kind.as_str())))
                 .collect(),
             plan: Plan::default(),
         }
@@ -405,6 +414,7 @@ impl<'a> Builder<'a> {
                 for (k, v) in ov.iter() {
                     params.0.insert(k.clone(), v.clone());
                 }
+                params.0.shrink_to_fit();
                 Arc::new(params)
             }
             None => Arc::clone(&self.params[si]),
@@ -423,8 +433,8 @@ impl<'a> Builder<'a> {
         let id = self.plan.nodes.len();
         self.plan.nodes.push(Node {
             stage: si,
-            stage_name: def.name.clone(),
-            kind: def.kind.clone(),
+            stage_name: Arc::clone(&self.names[si].0),
+            kind: Arc::clone(&self.names[si].1),
             variant: restricted,
             seed: own_seed,
             params,

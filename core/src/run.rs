@@ -2,7 +2,7 @@
 //! has, compute the rest (in parallel up to `jobs`), commit each atomically.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -13,7 +13,7 @@ use crate::config::Pipeline;
 use crate::cores::CoreBudget;
 use crate::error::Error;
 use crate::index::{self, IndexRow};
-use crate::key::CellKey;
+use crate::key::{CellKey, KeyView};
 use crate::live::LiveRun;
 use crate::manifest::{FileEntry, InputRef, Manifest};
 use crate::param::Params;
@@ -95,8 +95,6 @@ pub struct RunSummary {
     pub skipped: usize,
     /// (cell label, error) of each failed cell.
     pub failed: Vec<(String, String)>,
-    /// Key of every node that resolved, by node id.
-    pub keys: Vec<Option<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -113,7 +111,7 @@ enum St {
 struct Sched {
     state: Vec<St>,
     /// Each done node's cell, until the last node reading it has started.
-    resolved: Vec<Option<Committed>>,
+    resolved: HashMap<usize, Committed>,
     /// Per node, how many of the nodes reading it have not started yet.
     readers_left: Vec<usize>,
     /// Per node, how many of its inputs are not done yet.
@@ -158,7 +156,7 @@ impl Sched {
             .collect();
         Sched {
             state: vec![St::Pending; n],
-            resolved: vec![None; n],
+            resolved: HashMap::new(),
             readers_left: (0..n).map(|j| dep_start[j + 1] - dep_start[j]).collect(),
             unfinished,
             dep_start,
@@ -167,10 +165,7 @@ impl Sched {
             deferred: HashMap::new(),
             running: 0,
             stop: false,
-            summary: RunSummary {
-                keys: vec![None; n],
-                ..RunSummary::default()
-            },
+            summary: RunSummary::default(),
         }
     }
 
@@ -181,9 +176,9 @@ impl Sched {
         for &j in &node.inputs {
             self.readers_left[j] -= 1;
             let r = if self.readers_left[j] == 0 {
-                self.resolved[j].take()
+                self.resolved.remove(&j)
             } else {
-                self.resolved[j].clone()
+                self.resolved.get(&j).cloned()
             };
             out.extend(r);
         }
@@ -211,9 +206,8 @@ impl Sched {
     /// Node `id` is done: queue the dependents it was the last unfinished input of.
     fn done(&mut self, id: usize, r: Committed) {
         self.state[id] = St::Done;
-        self.summary.keys[id] = Some(r.key.clone());
         if self.readers_left[id] > 0 {
-            self.resolved[id] = Some(r);
+            self.resolved.insert(id, r);
         }
         for k in self.dep_start[id]..self.dep_start[id + 1] {
             let d = self.dependents[k];
@@ -317,7 +311,7 @@ struct Exec<'a> {
     overall: &'a ProgressBar,
     cores: Arc<CoreBudget>,
     /// The ids of the index's rows, read at the first cache hit (see `record_reuse`).
-    recorded: Mutex<Option<HashSet<index::RowId>>>,
+    recorded: Mutex<Option<index::RowIds>>,
 }
 
 /// Fresh ready nodes a worker resolves together when many are ready: their keys are protected
@@ -483,15 +477,14 @@ impl Exec<'_> {
         let mut out = Vec::with_capacity(jobs.len());
         let mut keyed = Vec::with_capacity(jobs.len());
         for j in jobs {
-            match self.key_parts(j.id, &j.inputs) {
-                Ok(parts) => {
-                    let key = parts.key();
-                    keyed.push((j, parts, key));
-                }
+            // Only the key for now: most fresh nodes of a rerun are cache hits, which need
+            // their key parts only to record a reuse the index lacks.
+            match self.key_view(j.id, &j.inputs).map(|v| v.key()) {
+                Ok(key) => keyed.push((j, key)),
                 Err(e) => out.push((j.id, self.failure(Err(e)))),
             }
         }
-        let keys: Vec<&str> = keyed.iter().map(|(_, _, k)| k.as_str()).collect();
+        let keys: Vec<&str> = keyed.iter().map(|(_, k)| k.as_str()).collect();
         let found = if self.opts.dry_run {
             Ok(keys.iter().map(|k| self.store.committed_cell(k)).collect())
         } else {
@@ -502,33 +495,46 @@ impl Exec<'_> {
             Err(e) => {
                 // Nothing was resolved (the live file could not be written): each job fails.
                 let message = e.to_string();
-                out.extend(keyed.iter().map(|(j, _, _)| {
+                out.extend(keyed.iter().map(|(j, _)| {
                     let (message, fatal) = (message.clone(), false);
                     (j.id, Outcome::Failed { message, fatal })
                 }));
                 return out;
             }
         };
-        for ((j, parts, key), f) in keyed.into_iter().zip(found) {
+        for ((j, key), f) in keyed.into_iter().zip(found) {
             let o = match f.map_err(|e| self.damaged(j.id, &key, e)) {
                 Err(e) => self.failure(Err(e.into())),
                 Ok(None) if self.opts.dry_run => Outcome::WouldRun,
-                Ok(None) => Outcome::Deferred(j.inputs, parts),
+                Ok(None) => match self.key_parts(j.id, &j.inputs) {
+                    Ok(parts) => Outcome::Deferred(j.inputs, parts),
+                    Err(e) => self.failure(Err(e)),
+                },
                 Ok(Some(c)) if self.opts.dry_run => Outcome::Cached(c),
-                Ok(Some(c)) => self.failure(self.reuse(j.id, &parts, c)),
+                Ok(Some(c)) => {
+                    self.failure(self.reuse(j.id, c, || self.key_parts(j.id, &j.inputs)))
+                }
             };
             out.push((j.id, o));
         }
         out
     }
 
-    /// A committed key found for node `id`: checked, then recorded as reused.
-    fn reuse(&self, id: usize, parts: &CellKey, c: Committed) -> Result<Outcome, StageError> {
+    /// A committed key found for node `id`: checked, then recorded as reused (with the key
+    /// parts `parts` makes, only where the index lacks the row).
+    fn reuse(
+        &self,
+        id: usize,
+        c: Committed,
+        parts: impl FnOnce() -> Result<CellKey, StageError>,
+    ) -> Result<Outcome, StageError> {
         // A changed or deleted file is no cache hit.
         self.store
             .check_committed(&c)
             .map_err(|e| self.damaged(id, &c.key, e))?;
-        self.record_reuse(id, parts, &c)?;
+        if self.needs_row(id, &c)? {
+            self.write_reuse(id, &parts()?, &c)?;
+        }
         Ok(Outcome::Cached(c))
     }
 
@@ -546,7 +552,15 @@ impl Exec<'_> {
     }
 
     fn key_parts(&self, id: usize, inputs: &[Committed]) -> Result<CellKey, StageError> {
-        key_parts(
+        self.key_view(id, inputs).map(|v| v.to_owned())
+    }
+
+    fn key_view<'s>(
+        &'s self,
+        id: usize,
+        inputs: &'s [Committed],
+    ) -> Result<KeyView<'s>, StageError> {
+        key_view(
             self.registry,
             &self.plan.nodes[id],
             inputs.iter().map(|c| (c.stage.as_str(), c.digest.as_str())),
@@ -576,7 +590,7 @@ impl Exec<'_> {
             .claim(&key, on_wait)
             .map_err(|e| self.damaged(id, &key, e))?
         {
-            Lookup::Hit(c) => return self.reuse(id, parts, c),
+            Lookup::Hit(c) => return self.reuse(id, c, || Ok(parts.clone())),
             Lookup::Miss(lock) => lock,
         };
         if let Some(remote) = &self.opts.remote {
@@ -616,7 +630,7 @@ impl Exec<'_> {
             })
             .collect::<Result<Vec<Manifest>, Error>>()?;
         let mut cx = StageContext {
-            stage: node.stage_name.clone(),
+            stage: node.stage_name.to_string(),
             params: Params::clone(&node.params),
             seed: node.seed,
             inputs: node
@@ -624,8 +638,8 @@ impl Exec<'_> {
                 .iter()
                 .zip(manifests)
                 .map(|(&j, m)| Input {
-                    stage: self.plan.nodes[j].stage_name.clone(),
-                    kind: self.plan.nodes[j].kind.clone(),
+                    stage: self.plan.nodes[j].stage_name.to_string(),
+                    kind: self.plan.nodes[j].kind.to_string(),
                     dir: self.store.cell_dir(&m.key),
                     manifest: m,
                 })
@@ -660,8 +674,8 @@ impl Exec<'_> {
         let seconds = t0.elapsed().as_secs_f64();
         let manifest = Manifest {
             key: key.clone(),
-            stage: node.stage_name.clone(),
-            kind: node.kind.clone(),
+            stage: node.stage_name.to_string(),
+            kind: node.kind.to_string(),
             version: parts.version,
             cell: node.cell.clone(),
             label: node.label.clone(),
@@ -672,7 +686,7 @@ impl Exec<'_> {
                 .iter()
                 .zip(inputs)
                 .map(|(&j, c)| InputRef {
-                    stage: self.plan.nodes[j].stage_name.clone(),
+                    stage: self.plan.nodes[j].stage_name.to_string(),
                     key: c.key.clone(),
                     digest: c.digest.clone(),
                 })
@@ -712,17 +726,27 @@ impl Exec<'_> {
     /// A cell that found its key already committed (by another cell with identical inputs, or
     /// another process) still gets its index row and slot pointer, once.
     fn record_reuse(&self, id: usize, parts: &CellKey, c: &Committed) -> Result<(), Error> {
-        let node = &self.plan.nodes[id];
-        {
-            let mut g = self.recorded.lock().unwrap_or_else(|p| p.into_inner());
-            let ids = match &mut *g {
-                Some(ids) => ids,
-                None => g.insert(index::row_ids(&self.store.index_dir())?),
-            };
-            if !ids.insert((c.key.clone(), node.cell.clone(), node.seed)) {
-                return Ok(());
-            }
+        if self.needs_row(id, c)? {
+            self.write_reuse(id, parts, c)?;
         }
+        Ok(())
+    }
+
+    /// Whether the index lacks the row of node `id` reusing `c`; from now on it counts as
+    /// recorded.
+    fn needs_row(&self, id: usize, c: &Committed) -> Result<bool, Error> {
+        let node = &self.plan.nodes[id];
+        let mut g = self.recorded.lock().unwrap_or_else(|p| p.into_inner());
+        let ids = match &mut *g {
+            Some(ids) => ids,
+            None => g.insert(index::row_ids(&self.store.index_dir())?),
+        };
+        Ok(ids.insert(&c.key, &node.cell, node.seed))
+    }
+
+    /// Writes the slot pointer and index row of node `id` reusing `c`.
+    fn write_reuse(&self, id: usize, parts: &CellKey, c: &Committed) -> Result<(), Error> {
+        let node = &self.plan.nodes[id];
         let m = &c.manifest(self.store)?;
         self.store.write_pointer(
             &node.label,
@@ -745,14 +769,14 @@ impl Exec<'_> {
             .into_iter()
             .map(|i| {
                 (
-                    self.plan.nodes[i].stage_name.clone(),
+                    self.plan.nodes[i].stage_name.to_string(),
                     serde_json::to_value(&*self.plan.nodes[i].params).unwrap_or_default(),
                 )
             })
             .collect();
         IndexRow {
             key: m.key.clone(),
-            stage: node.stage_name.clone(),
+            stage: node.stage_name.to_string(),
             kind: m.kind.clone(),
             version: m.version,
             cell: node.cell.clone(),
@@ -760,7 +784,7 @@ impl Exec<'_> {
             seed: node.seed,
             variant: variant_string(node),
             lineage: serde_json::Value::Object(lineage).to_string(),
-            metrics: m.metrics.clone(),
+            metrics: m.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             started: m.started,
             seconds: m.seconds,
             host: m.host.clone(),
@@ -789,21 +813,27 @@ fn run_stage(kind: &dyn StageKind, cx: &mut StageContext) -> Result<(), StageErr
 /// `needs`.
 pub fn key_parts<'m>(
     registry: &Registry,
-    node: &Node,
+    node: &'m Node,
     inputs: impl IntoIterator<Item = (&'m str, &'m str)>,
 ) -> Result<CellKey, StageError> {
+    key_view(registry, node, inputs).map(|v| v.to_owned())
+}
+
+/// [`key_parts`], borrowed from `node` and `inputs`: enough to compute the key.
+pub fn key_view<'m>(
+    registry: &Registry,
+    node: &'m Node,
+    inputs: impl IntoIterator<Item = (&'m str, &'m str)>,
+) -> Result<KeyView<'m>, StageError> {
     let kind = registry
         .get(&node.kind)
         .ok_or_else(|| StageError::Failed(format!("unknown kind `{}`", node.kind)))?;
-    Ok(CellKey {
-        kind: node.kind.clone(),
+    Ok(KeyView {
+        kind: &node.kind,
         version: kind.version(),
-        params: Params::clone(&node.params),
+        params: &node.params,
         seed: node.seed,
-        inputs: inputs
-            .into_iter()
-            .map(|(stage, digest)| (stage.to_owned(), digest.to_owned()))
-            .collect(),
+        inputs: inputs.into_iter().collect(),
         external: kind.external_digest(&node.params)?,
     })
 }

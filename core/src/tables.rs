@@ -1,7 +1,7 @@
 //! Paper tables from the run index: rows are sweep cells or named runs, columns are metrics,
 //! each cell mean ± std over seeds, the best of each column in bold.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 
 use crate::config::{Pipeline, Rows, TableDef};
@@ -74,7 +74,7 @@ pub fn compute(
     index: &[IndexRow],
 ) -> Result<TableData, PlanError> {
     let plan = Plan::build(pipe, registry, std::slice::from_ref(&table.name))?;
-    let mut latest: BTreeMap<(&str, Option<u64>), &IndexRow> = BTreeMap::new();
+    let mut latest: HashMap<(&str, Option<u64>), &IndexRow> = HashMap::with_capacity(index.len());
     for r in index {
         latest.insert((r.cell.as_str(), r.seed), r);
     }

@@ -52,3 +52,80 @@ fn a_100k_cell_grid_plans_renders_and_dry_runs() {
     let s = run(&pipe, &reg, &store, &plan, &opts, &|_| {}).unwrap();
     assert_eq!(s.would_run, 100_000);
 }
+
+/// `status` resolves a plan a wave at a time, a wide wave split over threads: 1,100 committed
+/// `a` cells (the first wave), their 1,100 `b` readers (the second), one `a` cell removed and
+/// one damaged behind the store's back. Every state must be what a one-at-a-time walk gives.
+#[test]
+fn status_in_waves_sees_every_cell_as_it_is() {
+    use spo_core::explain::{State, status};
+
+    let reg = support::registry();
+    let cells = 1100;
+    let salts: Vec<String> = (0..cells).map(|i| i.to_string()).collect();
+    let only_a = format!(
+        "[stage.a]\nkind = \"emit\"\n[sweep.many]\nstage = \"a\"\ngrid = {{ salt = [{}] }}\n",
+        salts.join(", ")
+    );
+    let both = format!("{only_a}[stage.b]\nkind = \"sum\"\nneeds = [\"a\"]\n");
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+
+    let pipe_a = Pipeline::parse("a.toml", &only_a, &reg).unwrap();
+    let plan_a = Plan::build(&pipe_a, &reg, &["many".to_string()]).unwrap();
+    let s = run(
+        &pipe_a,
+        &reg,
+        &store,
+        &plan_a,
+        &RunOptions::default(),
+        &|_| {},
+    )
+    .unwrap();
+    assert_eq!(s.ran, cells);
+
+    let pipe = Pipeline::parse("p.toml", &both, &reg).unwrap();
+    let plan = Plan::build(&pipe, &reg, &["many".to_string()]).unwrap();
+    assert_eq!(plan.nodes.len(), 2 * cells);
+    let st = status(&reg, &store, &plan).unwrap();
+    let a_key = |i: usize| {
+        st.iter()
+            .filter(|s| plan.nodes[s.node].stage_name.as_ref() == "a")
+            .nth(i)
+            .and_then(|s| s.key.clone())
+            .unwrap()
+    };
+    // One `a` cell gone, another's manifest damaged, behind the store's back.
+    let (gone, damaged) = (a_key(7), a_key(1000));
+    std::fs::remove_dir_all(dir.path().join("store").join(&gone)).unwrap();
+    std::fs::write(
+        dir.path()
+            .join("store")
+            .join(&damaged)
+            .join("manifest.json"),
+        b"{",
+    )
+    .unwrap();
+
+    let st = status(&reg, &Store::open(dir.path()).unwrap(), &plan).unwrap();
+    let count = |stage: &str, state: State, keyed: bool| {
+        st.iter()
+            .filter(|s| plan.nodes[s.node].stage_name.as_ref() == stage)
+            .filter(|s| s.state == state && s.key.is_some() == keyed)
+            .count()
+    };
+    assert_eq!(count("a", State::Cached, true), cells - 2);
+    // It ran before (its slot points at the key), so it is stale, not cached.
+    assert_eq!(count("a", State::Stale, true), 1, "the removed cell");
+    assert_eq!(count("a", State::Damaged, true), 1, "the damaged cell");
+    // A `b` cell is keyed exactly where its `a` cell is still committed.
+    assert_eq!(count("b", State::Missing, true), cells - 2);
+    assert_eq!(count("b", State::Missing, false), 2);
+    for s in &st {
+        let n = &plan.nodes[s.node];
+        if n.stage_name.as_ref() == "b" {
+            let input = &st[n.inputs[0]];
+            assert_eq!(s.key.is_some(), input.state == State::Cached, "{}", n.label);
+        }
+    }
+}

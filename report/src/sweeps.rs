@@ -28,7 +28,7 @@ pub fn page(cx: &Ctx<'_>) -> String {
                 sweep
                     .cells
                     .iter()
-                    .all(|c| c.len() == 1 && c.contains_key(*k))
+                    .all(|c| c.len() == 1 && c.contains_key(k))
             });
         let values: Vec<Option<&Value>> = sweep
             .cells

@@ -113,12 +113,12 @@ impl Embedded {
             let differ: Vec<String> = want
                 .0
                 .iter()
-                .filter(|(k, v)| have.0.get(*k) != Some(*v))
+                .filter(|(k, v)| have.0.get(k) != Some(*v))
                 .map(|(k, v)| format!("{k} = {v:?}"))
                 .chain(
                     have.0
                         .keys()
-                        .filter(|k| !want.0.contains_key(*k))
+                        .filter(|k| !want.0.contains_key(k))
                         .map(|k| format!("no `{k}`")),
                 )
                 .collect();
