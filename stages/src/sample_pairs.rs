@@ -2,8 +2,8 @@
 //! pairs are Stable Diffusion's generations. For each of the first N training prompts, two DDIM
 //! chains (CFG, η = 1 by default) draw an image each, from their own x_T or sharing the first
 //! `shared_steps` steps; the world's simulated annotator (the world's weights, noise and tie
-//! margin) labels the pair from what the oracles parse in each image. Writes `pairs.parquet` in
-//! Pick-a-Pic's schema, which `train-spm` reads beside the world's own pairs.
+//! margin, each overridable) labels the pair from what the oracles parse in each image. Writes
+//! `pairs.parquet` in Pick-a-Pic's schema, which `train-spm` reads beside the world's own pairs.
 
 use candle_core::{DType, Tensor};
 use rand::SeedableRng;
@@ -33,6 +33,10 @@ spo_core::stage_params! {
         shared_steps: usize = int(0).range(0.0, 999.0),
         /// pairs sampled at once
         batch: usize = int(32).range(1.0, 4096.0),
+        /// the annotator's weight of alignment on these pairs (negative: the world's)
+        alignment_weight: f64 = float(-1.0).range(-1.0, 100.0),
+        /// the annotator's weight of graded detail on these pairs (negative: the world's)
+        detail_weight: f64 = float(-1.0).range(-1.0, 100.0),
         /// std of the annotator's noise on these pairs' utilities (negative: the world's)
         annotator_noise: f64 = float(-1.0).range(-1.0, 10.0),
         /// utilities closer than this are a tie (negative: the world's margin)
@@ -82,6 +86,12 @@ fn run(cx: &mut StageContext) -> Result<()> {
     let world_input = cx.input_of_kind("world")?.clone();
     let world = WorldData::load(&world_input)?;
     let mut annotator = world_annotator(&world_input)?;
+    if p.alignment_weight >= 0.0 {
+        annotator.alignment_weight = p.alignment_weight;
+    }
+    if p.detail_weight >= 0.0 {
+        annotator.detail_weight = p.detail_weight;
+    }
     if p.annotator_noise >= 0.0 {
         annotator.noise = p.annotator_noise;
     }

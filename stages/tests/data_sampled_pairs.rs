@@ -50,34 +50,52 @@ fn with(extra: &[(&'static str, Value)]) -> Vec<(&'static str, Value)> {
 
 #[test]
 fn each_prompt_gets_one_pair_labelled_by_the_worlds_annotator() {
-    let set = with(&[
+    let world = WorldData::load(small_world()).unwrap();
+    let exact = [
         ("annotator_noise", Value::Float(0.0)),
         ("tie_margin", Value::Float(0.0)),
-    ]);
-    let cell = run_ok(&SamplePairs, &set, None, inputs(), &temp_dir());
-    let pairs = load_pairs(&cell, 0).unwrap();
-    let world = WorldData::load(small_world()).unwrap();
-    assert_eq!(pairs.len(), 6);
-    let mut annotator = world_annotator(small_world()).unwrap();
-    annotator.noise = 0.0;
-    annotator.tie_margin = 0.0;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    for (i, pair) in pairs.iter().enumerate() {
-        assert_eq!(pair.caption, world.train[i].text);
-        assert_ne!(
-            pair.images[0], pair.images[1],
-            "pair {i}: two chains, one image"
-        );
-        let u: Vec<f64> = pair
-            .images
-            .iter()
-            .map(|im| {
-                let j = spo_world::judge(&world.atlas, &world.train[i].scene, im).unwrap();
-                annotator.utility(j.alignment.score(), j.detail.quality, &mut rng)
-            })
-            .collect();
-        assert_ne!(u[0], u[1], "pair {i}: images of equal utility");
-        assert_eq!(pair.labels, annotator.label(u[0], u[1]), "pair {i}");
+    ];
+    // the world's weights, then detail alone
+    for weights in [
+        vec![],
+        vec![("alignment_weight", 0.0), ("detail_weight", 1.0)],
+    ] {
+        let mut set = with(&exact);
+        set.extend(weights.iter().map(|(k, v)| (*k, Value::Float(*v))));
+        let cell = run_ok(&SamplePairs, &set, None, inputs(), &temp_dir());
+        let pairs = load_pairs(&cell, 0).unwrap();
+        assert_eq!(pairs.len(), 6);
+        let mut annotator = world_annotator(small_world()).unwrap();
+        annotator.noise = 0.0;
+        annotator.tie_margin = 0.0;
+        for (k, v) in &weights {
+            match *k {
+                "alignment_weight" => annotator.alignment_weight = *v,
+                _ => annotator.detail_weight = *v,
+            }
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        for (i, pair) in pairs.iter().enumerate() {
+            assert_eq!(pair.caption, world.train[i].text);
+            assert_ne!(
+                pair.images[0], pair.images[1],
+                "pair {i}: two chains, one image"
+            );
+            let u: Vec<f64> = pair
+                .images
+                .iter()
+                .map(|im| {
+                    let j = spo_world::judge(&world.atlas, &world.train[i].scene, im).unwrap();
+                    annotator.utility(j.alignment.score(), j.detail.quality, &mut rng)
+                })
+                .collect();
+            assert_ne!(u[0], u[1], "pair {i}: images of equal utility");
+            assert_eq!(
+                pair.labels,
+                annotator.label(u[0], u[1]),
+                "pair {i} {weights:?}"
+            );
+        }
     }
 }
 
