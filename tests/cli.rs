@@ -501,3 +501,40 @@ fn a_reader_that_goes_away_ends_a_listing_quietly() {
         assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{verb:?}: {e}");
     }
 }
+
+#[test]
+fn a_cell_deleted_behind_the_stores_back_is_named_as_such_and_rerun() {
+    let p = Project::new(TWO);
+    assert!(p.run(&["run", "-q"]).status.success());
+    let show = text(&p.run(&["show", "a"]).stdout);
+    let key = show
+        .lines()
+        .find_map(|l| l.strip_prefix("key"))
+        .map(str::trim)
+        .expect("a key line")
+        .to_owned();
+    std::fs::remove_dir_all(p.path().join("runs/store").join(&key)).unwrap();
+    let status = text(&p.run(&["status"]).stdout);
+    let line = status
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("a"))
+        .expect("a's line");
+    assert!(
+        line.starts_with("stale") && line.contains("no longer in the store"),
+        "{status}"
+    );
+    let why = text(&p.run(&["why", "a"]).stdout);
+    assert!(
+        why.contains(&format!("its output {} is no longer", &key[..12])),
+        "{why}"
+    );
+    assert!(p.run(&["run", "-q"]).status.success());
+    assert!(
+        p.path()
+            .join("runs/store")
+            .join(&key)
+            .join("n.txt")
+            .is_file()
+    );
+    assert!(text(&p.run(&["status"]).stdout).contains("2 cached, 0 stale, 0 missing"));
+}

@@ -66,6 +66,11 @@ pub enum Change {
         old: Option<String>,
         new: Option<String>,
     },
+    /// Nothing changed, but the last run's output (same key) is no longer in the store: deleted
+    /// behind spo-pipe's back, or dropped by `gc` while another configuration was current.
+    Removed {
+        key: String,
+    },
 }
 
 impl fmt::Display for Change {
@@ -99,6 +104,11 @@ impl fmt::Display for Change {
             Change::External { old, new } => {
                 write!(f, "external content {} -> {}", short(old), short(new))
             }
+            Change::Removed { key } => write!(
+                f,
+                "nothing changed, but its output {} is no longer in the store",
+                short(&Some(key.clone()))
+            ),
         }
     }
 }
@@ -293,17 +303,20 @@ pub fn status(registry: &Registry, store: &Store, plan: &Plan) -> Result<Vec<Cel
         let (state, changes) = match (output, &pointer) {
             _ if *damaged => (State::Damaged, vec![]),
             (Some(_), _) => (State::Cached, vec![]),
-            (None, Some(p)) => (
-                State::Stale,
-                diff(
+            (None, Some(p)) => {
+                let mut changes = diff(
                     &p.parts,
                     current_parts(registry, store, node, &resolved)?.as_ref(),
                     node.inputs
                         .iter()
                         .filter(|&&j| resolved[j].output.is_none())
                         .map(|&j| &*plan.nodes[j].stage_name),
-                ),
-            ),
+                );
+                if changes.is_empty() && key.as_deref() == Some(p.key.as_str()) {
+                    changes.push(Change::Removed { key: p.key.clone() });
+                }
+                (State::Stale, changes)
+            }
             (None, None) => (State::Missing, vec![]),
         };
         out.push(CellStatus {
