@@ -671,7 +671,7 @@ fn cmd_verify(l: &Loaded, repair: bool) -> anyhow::Result<ExitCode> {
 
 fn cmd_tables(l: &Loaded, names: &[String], format: TableFormat) -> anyhow::Result<ExitCode> {
     let store = l.store()?;
-    let rows = index::read_all(&store.index_dir())?;
+    let rows = index::read_metrics(&store.index_dir())?;
     let fmt = match format {
         TableFormat::Md => tables::Format::Md,
         TableFormat::Latex => tables::Format::Latex,

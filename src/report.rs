@@ -104,7 +104,7 @@ pub fn after_run(l: &Loaded, store: &Store, plan: &Plan, targets: &[String]) {
         return;
     }
     let shown = || -> anyhow::Result<Vec<String>> {
-        let index = spo_core::index::read_all(&store.index_dir())?;
+        let index = spo_core::index::read_metrics(&store.index_dir())?;
         tables::computed_by(&l.pipe, &l.registry, plan)?
             .into_iter()
             .map(|t| Ok(tables::render(&l.pipe, &l.registry, t, &index, tables::Format::Md)?.text))

@@ -13,8 +13,9 @@
 //! row ids (keeping the latest), so both states read the same. The directory stays a Parquet
 //! dataset that polars, pandas and DuckDB read as one table
 //! (`SELECT * FROM 'runs/index/*.parquet'`; right after a merge is interrupted such a reader
-//! may see a row twice). `tables` and `diff` read only this; `verify --repair` takes a damaged
-//! cell's rows out of merged files ([`take_merged_rows`]).
+//! may see a row twice). `tables` and `diff` read only this (`tables` only the columns it needs,
+//! by name: [`read_metrics`]); `verify --repair` takes a damaged cell's rows out of merged files
+//! ([`take_merged_rows`]).
 
 use std::collections::{BTreeSet, HashSet};
 use std::fs::{self, File};
@@ -116,6 +117,26 @@ pub struct IndexRow {
     pub seconds: f64,
     pub host: String,
     pub tool_version: String,
+}
+
+/// What a table reads of an index row: its id and metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunMetrics {
+    pub key: String,
+    pub cell: String,
+    pub seed: Option<u64>,
+    pub metrics: NameMap<f64>,
+}
+
+impl From<&IndexRow> for RunMetrics {
+    fn from(r: &IndexRow) -> Self {
+        RunMetrics {
+            key: r.key.clone(),
+            cell: r.cell.clone(),
+            seed: r.seed,
+            metrics: r.metrics.clone(),
+        }
+    }
 }
 
 fn schema() -> Schema {
@@ -239,22 +260,30 @@ fn warn_unreadable(e: &Error) {
     );
 }
 
-/// Sorts `rows` by completion time and keeps the latest row of each id.
-fn latest_only(mut rows: Vec<IndexRow>) -> Vec<IndexRow> {
-    rows.sort_by(|a, b| (a.started + a.seconds).total_cmp(&(b.started + b.seconds)));
+/// Sorts `rows` by completion time (`done`) and keeps the latest row of each id.
+fn latest_only<T>(
+    mut rows: Vec<T>,
+    done: impl Fn(&T) -> f64,
+    id: impl Fn(&T) -> (&str, &str, Option<u64>),
+) -> Vec<T> {
+    rows.sort_by(|a, b| done(a).total_cmp(&done(b)));
     let keep: Vec<bool> = {
         let mut seen = HashSet::with_capacity(rows.len());
-        let mut keep: Vec<bool> = rows
-            .iter()
-            .rev()
-            .map(|r| seen.insert((r.key.as_str(), r.cell.as_str(), r.seed)))
-            .collect();
+        let mut keep: Vec<bool> = rows.iter().rev().map(|r| seen.insert(id(r))).collect();
         keep.reverse();
         keep
     };
     let mut keep = keep.into_iter();
     rows.retain(|_| keep.next().unwrap_or(true));
     rows
+}
+
+fn latest_rows(rows: Vec<IndexRow>) -> Vec<IndexRow> {
+    latest_only(
+        rows,
+        |r| r.started + r.seconds,
+        |r| (r.key.as_str(), r.cell.as_str(), r.seed),
+    )
 }
 
 /// Reads the row file at `path`, for `verify`.
@@ -265,7 +294,20 @@ pub fn check_file(path: &Path) -> Result<(), Error> {
 /// Reads every row of the index in `dir`, oldest first, one per row id. A file that cannot
 /// be read is skipped with a warning that names it (`spo-pipe verify --repair` quarantines it).
 pub fn read_all(dir: &Path) -> Result<Vec<IndexRow>, Error> {
-    read_each(dir, read_file).map(latest_only)
+    read_each(dir, read_file).map(latest_rows)
+}
+
+/// The id and metrics of every row of the index in `dir`, as [`read_all`] gives them (oldest
+/// first, one per row id, unreadable files skipped with a warning), reading only the columns
+/// they and the completion time are in: a table at 200,000 cells needs none of the others.
+pub fn read_metrics(dir: &Path) -> Result<Vec<RunMetrics>, Error> {
+    let rows = read_each(dir, read_metrics_file)?;
+    let rows = latest_only(
+        rows,
+        |(done, _)| *done,
+        |(_, r)| (r.key.as_str(), r.cell.as_str(), r.seed),
+    );
+    Ok(rows.into_iter().map(|(_, r)| r).collect())
 }
 
 /// The id of every row in the index in `dir` (reading only the id columns); unreadable files
@@ -325,27 +367,11 @@ fn read_ids(path: &Path, sets: &mut Vec<RowIds>) -> Result<(), Error> {
     let mask = ProjectionMask::columns(b.parquet_schema(), ["key", "cell", "seed"]);
     for batch in b.with_projection(mask).build().map_err(|e| corrupt(&e))? {
         let batch = batch.map_err(|e| corrupt(&e))?;
-        let col = |name: &str| {
-            batch
-                .column_by_name(name)
-                .ok_or_else(|| corrupt(&format!("no column `{name}`")))
-        };
-        let str_col = |name: &str| -> Result<StringArray, Error> {
-            col(name)?
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .cloned()
-                .ok_or_else(|| corrupt(&format!("column `{name}` is not utf8")))
-        };
-        let (key, cell) = (str_col("key")?, str_col("cell")?);
-        let seed = col("seed")?
-            .as_any()
-            .downcast_ref::<UInt64Array>()
-            .cloned()
-            .ok_or_else(|| corrupt(&"column `seed` is not uint64"))?;
+        let key: StringArray = column(&batch, path, "key", "utf8")?;
+        let cell: StringArray = column(&batch, path, "cell", "utf8")?;
+        let seed: UInt64Array = column(&batch, path, "seed", "uint64")?;
         for i in 0..batch.num_rows() {
-            let seed = (!seed.is_null(i)).then(|| seed.value(i));
-            ids.insert(key.value(i), cell.value(i), seed);
+            ids.insert(key.value(i), cell.value(i), seed_at(&seed, i));
         }
     }
     sets.push(ids);
@@ -383,7 +409,7 @@ pub fn compact(dir: &Path) -> Result<usize, Error> {
     if merged.len() < 2 {
         return Ok(0);
     }
-    replace(dir, &latest_only(rows), &merged)?;
+    replace(dir, &latest_rows(rows), &merged)?;
     Ok(merged.len())
 }
 
@@ -453,36 +479,77 @@ fn replace(dir: &Path, rows: &[IndexRow], old: &[PathBuf]) -> Result<(), Error> 
     Ok(())
 }
 
+/// Column `name` of `batch` as an array of type `A` (called `ty` in the error).
+fn column<A: Array + Clone + 'static>(
+    batch: &RecordBatch,
+    path: &Path,
+    name: &str,
+    ty: &str,
+) -> Result<A, Error> {
+    batch
+        .column_by_name(name)
+        .ok_or_else(|| Error::corrupt(path, format!("no column `{name}`")))?
+        .as_any()
+        .downcast_ref::<A>()
+        .cloned()
+        .ok_or_else(|| Error::corrupt(path, format!("column `{name}` is not {ty}")))
+}
+
+/// The `metrics` column of `batch`, to read row by row with [`Metrics::at`].
+struct Metrics {
+    map: MapArray,
+    names: StringArray,
+    values: Float64Array,
+}
+
+impl Metrics {
+    fn of(batch: &RecordBatch, path: &Path) -> Result<Self, Error> {
+        let map: MapArray = column(batch, path, "metrics", "a map")?;
+        let names = map
+            .keys()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .cloned()
+            .ok_or_else(|| Error::corrupt(path, "metric names are not utf8"))?;
+        let values = map
+            .values()
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .cloned()
+            .ok_or_else(|| Error::corrupt(path, "metric values are not float64"))?;
+        Ok(Metrics { map, names, values })
+    }
+
+    /// Row `i`'s metrics (a null value reads as NaN).
+    fn at(&self, i: usize) -> NameMap<f64> {
+        let offsets = self.map.value_offsets();
+        let span = offsets[i].max(0) as usize..offsets[i + 1].max(0) as usize;
+        span.map(|j| {
+            let v = if self.values.is_null(j) {
+                f64::NAN
+            } else {
+                self.values.value(j)
+            };
+            (self.names.value(j).to_owned(), v)
+        })
+        .collect()
+    }
+}
+
+/// The seed of row `i` (null for an unseeded cell).
+fn seed_at(seed: &UInt64Array, i: usize) -> Option<u64> {
+    (!seed.is_null(i)).then(|| seed.value(i))
+}
+
 fn read_file(path: &Path, rows: &mut Vec<IndexRow>) -> Result<(), Error> {
-    let corrupt = |m: String| Error::Corrupt {
-        path: path.to_owned(),
-        message: m,
-    };
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
         .and_then(|b| b.build())
-        .map_err(|e| corrupt(e.to_string()))?;
+        .map_err(|e| Error::corrupt(path, e))?;
     for batch in reader {
-        let batch = batch.map_err(|e| corrupt(e.to_string()))?;
-        let col = |name: &str| {
-            batch
-                .column_by_name(name)
-                .ok_or_else(|| corrupt(format!("no column `{name}`")))
-        };
-        let strs = |name: &str| -> Result<StringArray, Error> {
-            col(name)?
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .cloned()
-                .ok_or_else(|| corrupt(format!("column `{name}` is not utf8")))
-        };
-        let f64s = |name: &str| -> Result<Float64Array, Error> {
-            col(name)?
-                .as_any()
-                .downcast_ref::<Float64Array>()
-                .cloned()
-                .ok_or_else(|| corrupt(format!("column `{name}` is not float64")))
-        };
+        let batch = batch.map_err(|e| Error::corrupt(path, e))?;
+        let strs = |name: &str| column::<StringArray>(&batch, path, name, "utf8");
+        let f64s = |name: &str| column::<Float64Array>(&batch, path, name, "float64");
         let (key, stage, kind, cell, label, variant, lineage, host, tv) = (
             strs("key")?,
             strs("stage")?,
@@ -494,42 +561,11 @@ fn read_file(path: &Path, rows: &mut Vec<IndexRow>) -> Result<(), Error> {
             strs("host")?,
             strs("tool_version")?,
         );
-        let version = col("version")?
-            .as_any()
-            .downcast_ref::<UInt32Array>()
-            .cloned()
-            .ok_or_else(|| corrupt("column `version` is not uint32".into()))?;
-        let seed = col("seed")?
-            .as_any()
-            .downcast_ref::<UInt64Array>()
-            .cloned()
-            .ok_or_else(|| corrupt("column `seed` is not uint64".into()))?;
-        let metrics = col("metrics")?
-            .as_any()
-            .downcast_ref::<MapArray>()
-            .cloned()
-            .ok_or_else(|| corrupt("column `metrics` is not a map".into()))?;
+        let version: UInt32Array = column(&batch, path, "version", "uint32")?;
+        let seed: UInt64Array = column(&batch, path, "seed", "uint64")?;
+        let metrics = Metrics::of(&batch, path)?;
         let (started, seconds) = (f64s("started")?, f64s("seconds")?);
         for i in 0..batch.num_rows() {
-            let entries = metrics.value(i);
-            let mk = entries
-                .column(0)
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .ok_or_else(|| corrupt("metric names are not utf8".into()))?;
-            let mv = entries
-                .column(1)
-                .as_any()
-                .downcast_ref::<Float64Array>()
-                .ok_or_else(|| corrupt("metric values are not float64".into()))?;
-            let m = (0..mk.len())
-                .map(|j| {
-                    (
-                        mk.value(j).to_owned(),
-                        if mv.is_null(j) { f64::NAN } else { mv.value(j) },
-                    )
-                })
-                .collect();
             rows.push(IndexRow {
                 key: key.value(i).into(),
                 stage: stage.value(i).into(),
@@ -537,15 +573,53 @@ fn read_file(path: &Path, rows: &mut Vec<IndexRow>) -> Result<(), Error> {
                 version: version.value(i),
                 cell: cell.value(i).into(),
                 label: label.value(i).into(),
-                seed: (!seed.is_null(i)).then(|| seed.value(i)),
+                seed: seed_at(&seed, i),
                 variant: variant.value(i).into(),
                 lineage: lineage.value(i).into(),
-                metrics: m,
+                metrics: metrics.at(i),
                 started: started.value(i),
                 seconds: seconds.value(i),
                 host: host.value(i).into(),
                 tool_version: tv.value(i).into(),
             });
+        }
+    }
+    Ok(())
+}
+
+/// The columns [`read_metrics`] reads, by name: a file with others (or in another order) reads
+/// the same.
+const METRIC_COLUMNS: [&str; 6] = ["key", "cell", "seed", "metrics", "started", "seconds"];
+
+/// The completion time, id and metrics of each row of the file at `path`.
+fn read_metrics_file(path: &Path, rows: &mut Vec<(f64, RunMetrics)>) -> Result<(), Error> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let b = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| Error::corrupt(path, e))?;
+    let rows_in_file = usize::try_from(b.metadata().file_metadata().num_rows()).unwrap_or(0);
+    rows.reserve(rows_in_file);
+    let mask = ProjectionMask::columns(b.parquet_schema(), METRIC_COLUMNS);
+    let reader = b
+        .with_projection(mask)
+        .build()
+        .map_err(|e| Error::corrupt(path, e))?;
+    for batch in reader {
+        let batch = batch.map_err(|e| Error::corrupt(path, e))?;
+        let strs = |name: &str| column::<StringArray>(&batch, path, name, "utf8");
+        let f64s = |name: &str| column::<Float64Array>(&batch, path, name, "float64");
+        let (key, cell) = (strs("key")?, strs("cell")?);
+        let seed: UInt64Array = column(&batch, path, "seed", "uint64")?;
+        let metrics = Metrics::of(&batch, path)?;
+        let (started, seconds) = (f64s("started")?, f64s("seconds")?);
+        for i in 0..batch.num_rows() {
+            rows.push((
+                started.value(i) + seconds.value(i),
+                RunMetrics {
+                    key: key.value(i).into(),
+                    cell: cell.value(i).into(),
+                    seed: seed_at(&seed, i),
+                    metrics: metrics.at(i),
+                },
+            ));
         }
     }
     Ok(())
@@ -607,6 +681,75 @@ mod tests {
         let mut f = files(dir).unwrap();
         f.sort();
         f
+    }
+
+    #[test]
+    fn the_metrics_read_holds_every_metric_of_the_latest_row_of_each_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rows: Vec<IndexRow> = (0..6).map(row).collect();
+        // A metric only some rows have, a row with none, one with several.
+        rows[1].metrics.insert("only_here".into(), 7.5);
+        rows[2].metrics.clear();
+        rows[4].metrics.insert("a".into(), -1.0);
+        for r in &rows[..3] {
+            append(dir.path(), r).unwrap();
+        }
+        compact(dir.path()).unwrap();
+        for r in &rows[3..] {
+            append(dir.path(), r).unwrap();
+        }
+        // Rewritten later under the same id: the later row and its metrics win.
+        let mut newer = row(3);
+        newer.started = 100.0;
+        newer.metrics = [("m".to_string(), 30.0), ("late".to_string(), 1.0)].into();
+        append(dir.path(), &newer).unwrap();
+        let all = read_all(dir.path()).unwrap();
+        let want: Vec<RunMetrics> = all.iter().map(RunMetrics::from).collect();
+        assert_eq!(read_metrics(dir.path()).unwrap(), want);
+        assert_eq!(want.len(), 6);
+        assert_eq!(want[1].metrics.get("only_here"), Some(&7.5));
+        assert!(want[2].metrics.is_empty());
+        assert_eq!(want[5].metrics, newer.metrics);
+    }
+
+    #[test]
+    fn rows_are_read_by_column_name_whatever_else_a_file_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rows: Vec<IndexRow> = (0..4).map(row).collect();
+        rows[1].metrics.insert("only_here".into(), 7.5);
+        let ours = dir.path().join("ours.parquet");
+        write_rows(&ours, &rows).unwrap();
+        let batch = ParquetRecordBatchReaderBuilder::try_new(File::open(&ours).unwrap())
+            .unwrap()
+            .build()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap();
+        fs::remove_file(&ours).unwrap();
+        // As another tool might write the dataset: an extra column first, the rest reversed.
+        let schema = batch.schema();
+        let mut fields = vec![Field::new("note", DataType::Utf8, false)];
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(StringArray::from_iter_values(
+            ["an extra column"; 4],
+        ))];
+        for i in (0..batch.num_columns()).rev() {
+            fields.push(schema.field(i).clone());
+            columns.push(Arc::clone(batch.column(i)));
+        }
+        let schema = Arc::new(Schema::new(fields));
+        let batch = RecordBatch::try_new(Arc::clone(&schema), columns).unwrap();
+        let mut w = ArrowWriter::try_new(
+            File::create(dir.path().join("foreign.parquet")).unwrap(),
+            schema,
+            None,
+        )
+        .unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        assert_eq!(read_all(dir.path()).unwrap(), rows);
+        let want: Vec<RunMetrics> = rows.iter().map(RunMetrics::from).collect();
+        assert_eq!(read_metrics(dir.path()).unwrap(), want);
     }
 
     #[test]

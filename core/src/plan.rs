@@ -69,11 +69,13 @@ pub struct Plan {
     /// bits with another (never seen: they are SHA-256 bits) goes in `by_id_rest`.
     by_id: HashMap<(u64, Option<u64>), usize>,
     by_id_rest: HashMap<(String, Option<u64>), usize>,
-    /// Node ids by stage and canonical variant, built on the first [`Plan::find`].
-    by_variant: OnceLock<ByVariant>,
+    /// Per stage index (an entry for every stage that has nodes), its node ids by canonical
+    /// variant, built on the first [`Plan::find`] of that stage: a table reads one stage of a
+    /// plan whose other stages may hold as many nodes.
+    by_variant: Vec<OnceLock<ByVariant>>,
 }
 
-type ByVariant = HashMap<(usize, Vec<u8>), Vec<usize>>;
+type ByVariant = HashMap<Vec<u8>, Vec<usize>>;
 
 impl Plan {
     /// Expands `targets` (stage, sweep, table or target names, or selectors like
@@ -104,18 +106,25 @@ impl Plan {
         let Some(si) = pipe.stage_index(stage) else {
             return vec![];
         };
-        let index = self.by_variant.get_or_init(|| {
+        let Some(index) = self.by_variant.get(si) else {
+            return vec![];
+        };
+        let index = index.get_or_init(|| {
             let mut m = ByVariant::new();
-            for (i, n) in self.nodes.iter().enumerate() {
-                m.entry((n.stage, encode_variant(&n.variant)))
+            for (i, n) in self.nodes.iter().enumerate().filter(|(_, n)| n.stage == si) {
+                m.entry(encode_variant(n.variant.iter()))
                     .or_default()
                     .push(i);
             }
             m
         });
-        let restricted = restrict(pipe, si, &Arc::new(variant.clone()));
+        // The entries that can affect the stage, as `restrict` keeps them.
+        let name = &pipe.stages[si].name;
+        let restricted = variant
+            .iter()
+            .filter(|(s, _)| crate::config::depends_on(pipe, name, s));
         index
-            .get(&(si, encode_variant(&restricted)))
+            .get(&encode_variant(restricted))
             .map_or(vec![], |ids| ids.iter().map(|&i| &self.nodes[i]).collect())
     }
 
@@ -128,7 +137,14 @@ impl Plan {
     }
 
     fn insert_id(&mut self, id: usize) {
-        let (cell, seed) = (&self.nodes[id].cell, self.nodes[id].seed);
+        let (stage, cell, seed) = (
+            self.nodes[id].stage,
+            &self.nodes[id].cell,
+            self.nodes[id].seed,
+        );
+        if self.by_variant.len() <= stage {
+            self.by_variant.resize_with(stage + 1, OnceLock::new);
+        }
         match self.by_id.entry((leading_bits(cell), seed)) {
             Entry::Vacant(v) => {
                 v.insert(id);
@@ -236,10 +252,12 @@ fn leading_bits(cell: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// The canonical bytes of a variant, for hashing (equal values, equal bytes).
-fn encode_variant(variant: &Variant) -> Vec<u8> {
+/// The canonical bytes of a variant's entries, for hashing (equal values, equal bytes).
+fn encode_variant<'v>(
+    entries: impl Iterator<Item = (&'v String, &'v Arc<NameMap<Value>>)>,
+) -> Vec<u8> {
     let mut out = Vec::new();
-    for (stage, ov) in variant {
+    for (stage, ov) in entries {
         out.extend_from_slice(&(stage.len() as u64).to_le_bytes());
         out.extend_from_slice(stage.as_bytes());
         let ov = crate::config::encode_overrides(ov);

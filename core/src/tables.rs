@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 
 use crate::config::{Pipeline, Rows, TableDef};
-use crate::index::IndexRow;
+use crate::index::RunMetrics;
 use crate::plan::{Plan, PlanError, Variant, bare, parse_selector};
 use crate::registry::Registry;
 use crate::stats::{Summary, summarize};
@@ -71,10 +71,10 @@ pub fn compute(
     pipe: &Pipeline,
     registry: &Registry,
     table: &TableDef,
-    index: &[IndexRow],
+    index: &[RunMetrics],
 ) -> Result<TableData, PlanError> {
     let plan = Plan::build(pipe, registry, std::slice::from_ref(&table.name))?;
-    let mut latest: HashMap<(&str, Option<u64>), &IndexRow> = HashMap::with_capacity(index.len());
+    let mut latest: HashMap<(&str, Option<u64>), &RunMetrics> = HashMap::with_capacity(index.len());
     for r in index {
         latest.insert((r.cell.as_str(), r.seed), r);
     }
@@ -194,7 +194,7 @@ pub fn render(
     pipe: &Pipeline,
     registry: &Registry,
     table: &TableDef,
-    index: &[IndexRow],
+    index: &[RunMetrics],
     format: Format,
 ) -> Result<Rendered, PlanError> {
     let d = compute(pipe, registry, table, index)?;

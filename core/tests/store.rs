@@ -2,6 +2,7 @@
 
 mod support;
 
+use spo_core::namemap::NameMap;
 use spo_core::tables::{Format, render};
 use spo_core::verify::Place;
 use spo_core::{Pipeline, Plan, RunOptions, Store, diff, gc, index, run::run};
@@ -137,14 +138,14 @@ fn table_has_mean_std_bold_best_and_names_missing_cells() {
         &pipe,
         &reg,
         t,
-        &index::read_all(&store.index_dir()).unwrap(),
+        &index::read_metrics(&store.index_dir()).unwrap(),
         Format::Md,
     )
     .unwrap();
     assert_eq!(r.missing.len(), 6);
     assert_eq!(r.command, "spo-pipe run tab");
     run_targets(&pipe, &reg, &store, &["tab"]);
-    let rows = index::read_all(&store.index_dir()).unwrap();
+    let rows = index::read_metrics(&store.index_dir()).unwrap();
     let r = render(&pipe, &reg, t, &rows, Format::Md).unwrap();
     assert!(r.missing.is_empty());
     // value + seed over seeds 0, 1, 2: mean value + 1, std 1.
@@ -169,6 +170,41 @@ fn table_has_mean_std_bold_best_and_names_missing_cells() {
 }
 
 #[test]
+fn a_metric_only_some_runs_have_is_summarised_over_those_runs() {
+    let text = PIPE.replace("metrics = [\"score\"]", "metrics = [\"score\", \"extra\"]");
+    let (_d, _store, pipe, reg) = setup(&text);
+    let plan = Plan::build(&pipe, &reg, &["tab".to_string()]).unwrap();
+    // One run per cell of `t` and seed: `score` on every seed, `extra` on seed 0 only.
+    let rows: Vec<index::RunMetrics> = plan
+        .nodes
+        .iter()
+        .filter(|n| &*n.stage_name == "t")
+        .map(|n| {
+            let seed = n.seed.unwrap_or(0);
+            let mut metrics: NameMap<f64> = [("score".to_string(), seed as f64)].into();
+            if seed == 0 {
+                metrics.insert("extra".into(), 5.0);
+            }
+            index::RunMetrics {
+                key: format!("k{seed}{}", n.cell),
+                cell: n.cell.clone(),
+                seed: n.seed,
+                metrics,
+            }
+        })
+        .collect();
+    assert_eq!(rows.len(), 6);
+    let r = render(&pipe, &reg, pipe.table("tab").unwrap(), &rows, Format::Csv).unwrap();
+    assert!(r.missing.is_empty(), "{:?}", r.missing);
+    assert_eq!(
+        r.text,
+        "row,score_mean,score_std,score_n,extra_mean,extra_std,extra_n\n\
+         value=10,1,1,3,5,0,1\n\
+         value=20,1,1,3,5,0,1\n"
+    );
+}
+
+#[test]
 fn an_unranked_metric_gets_no_best_mark_and_must_be_a_metric_of_the_table() {
     let text = PIPE.replace(
         "metrics = [\"score\"]",
@@ -176,7 +212,7 @@ fn an_unranked_metric_gets_no_best_mark_and_must_be_a_metric_of_the_table() {
     );
     let (_d, store, pipe, reg) = setup(&text);
     run_targets(&pipe, &reg, &store, &["tab"]);
-    let rows = index::read_all(&store.index_dir()).unwrap();
+    let rows = index::read_metrics(&store.index_dir()).unwrap();
     let r = render(&pipe, &reg, pipe.table("tab").unwrap(), &rows, Format::Md).unwrap();
     assert!(
         r.text.contains("| value=20 | 21.000 ± 1.000 |"),
@@ -286,6 +322,7 @@ fn a_cell_that_reuses_another_cells_key_gets_its_own_index_row() {
     assert_eq!(store.keys().unwrap().len(), 3);
     let rows = index::read_all(&store.index_dir()).unwrap();
     assert_eq!(rows.iter().filter(|r| r.stage == "b").count(), 2);
+    let rows = index::read_metrics(&store.index_dir()).unwrap();
     let r = render(&pipe, &reg, pipe.table("t").unwrap(), &rows, Format::Md).unwrap();
     assert!(r.missing.is_empty(), "{:?}", r.missing);
 }

@@ -84,7 +84,7 @@ impl<'a> Ctx<'a> {
         let states = explain::status(registry, store, &plan)?;
         let computing = store.computing()?;
         let live = spo_core::live::live_runs(store)? > 0;
-        let index = index::read_all(&store.index_dir())?;
+        let index = index::read_metrics(&store.index_dir())?;
         let mut latest: BTreeMap<(&str, Option<u64>), &str> = BTreeMap::new();
         for r in &index {
             latest.insert((r.cell.as_str(), r.seed), r.key.as_str());
