@@ -33,6 +33,7 @@ const TINY: &[&str] = &[
     "sample-spo.per_prompt=1",
     "sample-spo.steps=4",
     "calibrate-judges.pairs=16",
+    "calibrate-judges.pool_prompts=2",
     "dpo.steps=2",
     "dpo.batch=2",
     "sample-dpo.prompts=2",

@@ -10,6 +10,8 @@
 //!   SPM and the PickScore analogue both judge the base model's x₀-prediction from one shared
 //!   noise, as SPO uses them; the graded oracle on the same x₀-predictions says how much of the
 //!   detail gap they still carry (a judge of x₀-predictions can hardly do better).
+//! - **Pools** (with the SPM): within SPO's own pools, how often each judge's best candidate
+//!   leads to a final image with more graded detail than its worst (`crate::pool_check`).
 //! - **SPO**: the valid-pair rate, the pairs kept and how far the clamped ratios moved.
 //!
 //! Each group runs when its inputs are among the stage's needs (a `score` cell for the base,
@@ -33,6 +35,7 @@ use spo_world::{FlawKind, QualityMix, high_pass_distance, quality_from_high_pass
 use crate::clip_train::WorldClip;
 use crate::error::Result;
 use crate::inworld::{InWorldClip, device, load_unet, on_cores};
+use crate::pool_check::{PoolAccuracy, PoolModels, pool_accuracies};
 use crate::score::pickscores;
 use crate::tensors::{images_to_tensor, tensor_to_images};
 use crate::world_parquet::{col, f64_at, write_table};
@@ -82,6 +85,8 @@ spo_core::stage_params! {
         clean_share: f64 = float(0.2).range(0.0, 1.0),
         /// guidance of the base model's x0-prediction, as train-spm uses it
         cfg: f64 = float(5.0).range(1.0, 100.0),
+        /// validation prompts of the pool check (one pool each at t = 751, 551, 351; 0: none)
+        pool_prompts: usize = int(48).range(0.0, 1e5),
         /// seed of the pairs, timesteps and noise
         seed: u64 = int(0).min(0.0),
     }
@@ -95,9 +100,10 @@ impl StageKind for Calibrate {
         "calibrate"
     }
     fn version(&self) -> u32 {
+        // 4: the pool check (the judges' picks within SPO's pools).
         // 3: the world's coarser flaws and three-band graded oracle.
         // 2: groups by the inputs present; the graded oracle on the x0-predictions.
-        3
+        4
     }
     fn summary(&self) -> &'static str {
         "Check that the world carries signal: base alignment and detail spread (needs score), judges on held-out detail-only pairs (needs world, pickscore-train; the SPM at noisy t also clip-pretrain, base-pretrain, train-spm), SPO's pass rate (needs spo)"
@@ -164,8 +170,42 @@ fn judges(cx: &StageContext, pickscore: &Input) -> Result<Vec<Check>> {
         checks.extend(on_cores(cx.threads(), || {
             noisy_judge_checks(&models, &pairs, seed)
         })?);
+        if p.pool_prompts > 0 {
+            let pools = PoolModels {
+                text: &models.text,
+                unet: &models.unet,
+                spm: &models.spm.0,
+                vocab: &models.spm.1,
+                pickscore: &pickscore,
+                cfg: p.cfg,
+                dev: &dev,
+            };
+            let found = on_cores(cx.threads(), || {
+                pool_accuracies(&pools, &world, p.pool_prompts, seed)
+            })?;
+            checks.extend(pool_checks(&found));
+        }
     }
     Ok(checks)
+}
+
+/// Each judge's right picks within SPO's pools, per branch timestep and over all of them.
+fn pool_checks(found: &[PoolAccuracy]) -> Vec<Check> {
+    let mut out = Vec::new();
+    for judge in ["spm", "pickscore_x0", "oracle_x0"] {
+        let mine: Vec<&PoolAccuracy> = found.iter().filter(|a| a.judge == judge).collect();
+        for a in &mine {
+            out.push(check(
+                "pools",
+                format!("{judge}_pool_acc_t{}", a.t),
+                a.accuracy,
+                None,
+            ));
+        }
+        let mean = mine.iter().map(|a| a.accuracy).sum::<f64>() / mine.len().max(1) as f64;
+        out.push(check("pools", format!("{judge}_pool_acc"), mean, None));
+    }
+    out
 }
 
 fn check(group: &'static str, name: impl Into<String>, value: f64, bar: Option<Bar>) -> Check {
