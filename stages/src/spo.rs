@@ -10,6 +10,10 @@
 //! continues from a random candidate (or the winner / loser, for Table 4). The stored pairs then
 //! train the LoRA policy, once each, with the clamped-ratio DPO loss against the LoRA-disabled
 //! reference: L = −log σ(β·log r̄_w − β·log r̄_l), r̄ = clamp(p_θ/p_ref, 1 − ε, 1 + ε).
+//!
+//! Beyond the paper, `judge` hands the pools to the world's oracles instead of the SPM
+//! (`crate::oracle_judge`), to measure what SPO does with a judge that ranks them right; the
+//! round log's `spm_score_mean` is then that judge's mean score.
 
 use std::sync::Arc;
 
