@@ -114,6 +114,16 @@ pub fn run(l: &Loaded, plan: &Plan, args: &SlurmArgs<'_>) -> anyhow::Result<Exit
         "Slurm run {run_id}: {n} cells; job logs in {}",
         logs.display()
     ));
+    // What every submission, first or retried, shares.
+    let submitter = Job {
+        exe: &exe,
+        pipeline: pipeline.as_deref(),
+        store: &store_dir,
+        sets: args.sets,
+        targets: args.targets,
+        run_id: &run_id,
+        logs: &logs,
+    };
     loop {
         if INTERRUPTED.load(Ordering::SeqCst) {
             let jobs = st
@@ -188,23 +198,15 @@ pub fn run(l: &Loaded, plan: &Plan, args: &SlurmArgs<'_>) -> anyhow::Result<Exit
                 None => groups.push((resources[i].clone(), vec![(i, key)])),
             }
         }
-        let job = Job {
-            exe: &exe,
-            pipeline: pipeline.as_deref(),
-            store: &store_dir,
-            sets: args.sets,
-            targets: args.targets,
-            run_id: &run_id,
-            logs: &logs,
-        };
         for (res, group) in groups {
             for chunk in group.chunks(if arrays { ARRAY_MAX } else { 1 }) {
                 let submitted_ids = if let [(i, key)] = chunk {
-                    job.submit(key, &plan.nodes[*i].label, &res)
+                    submitter
+                        .submit(key, &plan.nodes[*i].label, &res)
                         .map(|(id, log)| vec![(id, log)])
                 } else {
                     let keys: Vec<&str> = chunk.iter().map(|(_, k)| k.as_str()).collect();
-                    job.submit_array(&keys, &res)
+                    submitter.submit_array(&keys, &res)
                 };
                 match submitted_ids {
                     Ok(ids) => {
@@ -322,16 +324,7 @@ pub fn run(l: &Loaded, plan: &Plan, args: &SlurmArgs<'_>) -> anyhow::Result<Exit
                 if let Some(why) = why {
                     if *attempt <= retries {
                         let res2 = scaled(res, state);
-                        let job_ = Job {
-                            exe: &exe,
-                            pipeline: pipeline.as_deref(),
-                            store: &store_dir,
-                            sets: args.sets,
-                            targets: args.targets,
-                            run_id: &run_id,
-                            logs: &logs,
-                        };
-                        match job_.submit(key, &node.label, &res2) {
+                        match submitter.submit(key, &node.label, &res2) {
                             Ok((id, new_log)) => {
                                 record_job(&logs, key, &id);
                                 say(format!(
