@@ -62,9 +62,9 @@ impl StepJudge for OracleJudge<'_> {
                 })?;
                 let j = spo_world::judge(&self.world.atlas, scene, image)
                     .map_err(candle_core::Error::wrap)?;
-                let a = &self.annotator;
-                let utility =
-                    a.alignment_weight * j.alignment.score() + a.detail_weight * j.detail.quality;
+                let utility = self
+                    .annotator
+                    .noiseless(j.alignment.score(), j.detail.quality);
                 Ok(self.scale * utility)
             })
             .collect()

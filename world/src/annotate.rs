@@ -268,7 +268,12 @@ impl Annotator {
     /// The noisy utility the annotator sees in one image.
     pub fn utility(&self, alignment: f64, detail: f64, rng: &mut impl Rng) -> f64 {
         let noise = Normal::new(0.0, self.noise.max(0.0)).map_or(0.0, |n| n.sample(rng));
-        self.alignment_weight * alignment + self.detail_weight * detail + noise
+        self.noiseless(alignment, detail) + noise
+    }
+
+    /// The utility without the annotator's noise: what its labels estimate.
+    pub fn noiseless(&self, alignment: f64, detail: f64) -> f64 {
+        self.alignment_weight * alignment + self.detail_weight * detail
     }
 
     /// Pick-a-Pic labels `[label_0, label_1]`: 1/0, 0/1, or 0.5/0.5 for a tie.
