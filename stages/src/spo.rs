@@ -202,12 +202,17 @@ pub(crate) fn train(cx: &mut StageContext, gradspo: Option<GradSpo>) -> Result<(
         dev: &dev,
     };
     let oracle = match p.judge {
-        JudgeChoice::OracleDetail => OracleJudge::detail(&world, p.oracle_scale),
-        _ => OracleJudge::utility(&world, world_annotator(&world_input)?, p.oracle_scale),
+        JudgeChoice::Spm => None,
+        JudgeChoice::Oracle => Some(OracleJudge::utility(
+            &world,
+            world_annotator(&world_input)?,
+            p.oracle_scale,
+        )),
+        JudgeChoice::OracleDetail => Some(OracleJudge::detail(&world, p.oracle_scale)),
     };
-    let judge: &(dyn StepJudge + Sync) = match p.judge {
-        JudgeChoice::Spm => &models,
-        JudgeChoice::Oracle | JudgeChoice::OracleDetail => &oracle,
+    let judge: &(dyn StepJudge + Sync) = match &oracle {
+        Some(oracle) => oracle,
+        None => &models,
     };
     let rounds = p.rounds;
     let mut tr: Trainer<Vec<RoundLog>> = Trainer::start(
