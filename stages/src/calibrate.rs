@@ -35,7 +35,7 @@ use spo_world::{FlawKind, QualityMix, high_pass_distance, quality_from_high_pass
 use crate::clip_train::WorldClip;
 use crate::error::Result;
 use crate::inworld::{InWorldClip, device, load_unet, on_cores};
-use crate::pool_check::{PoolAccuracy, PoolModels, pool_accuracies};
+use crate::pool_check::{PoolAccuracy, pool_accuracies};
 use crate::score::pickscores;
 use crate::tensors::{images_to_tensor, tensor_to_images};
 use crate::world_parquet::{col, f64_at, write_table};
@@ -171,17 +171,8 @@ fn judges(cx: &StageContext, pickscore: &Input) -> Result<Vec<Check>> {
             noisy_judge_checks(&models, &pairs, seed)
         })?);
         if p.pool_prompts > 0 {
-            let pools = PoolModels {
-                text: &models.text,
-                unet: &models.unet,
-                spm: &models.spm.0,
-                vocab: &models.spm.1,
-                pickscore: &pickscore,
-                cfg: p.cfg,
-                dev: &dev,
-            };
             let found = on_cores(cx.threads(), || {
-                pool_accuracies(&pools, &world, p.pool_prompts, seed)
+                pool_accuracies(&models, &world, p.pool_prompts, seed)
             })?;
             checks.extend(pool_checks(&found));
         }
@@ -317,13 +308,14 @@ pub fn detail_pairs(
     Ok(out)
 }
 
-struct JudgeModels<'a> {
-    pickscore: &'a WorldClip,
-    text: InWorldClip,
-    unet: UNet2DConditionModel,
-    spm: (spo_clip::Spm, crate::vocab::Vocab),
-    cfg: f64,
-    dev: &'a Device,
+/// The judges and the base model that makes their x₀-predictions (also the pool check's).
+pub(crate) struct JudgeModels<'a> {
+    pub pickscore: &'a WorldClip,
+    pub text: InWorldClip,
+    pub unet: UNet2DConditionModel,
+    pub spm: (spo_clip::Spm, crate::vocab::Vocab),
+    pub cfg: f64,
+    pub dev: &'a Device,
 }
 
 /// Share of pairs whose better image scores higher (equal scores count half).

@@ -18,7 +18,7 @@ pub mod inworld;
 mod online;
 pub mod oracle_judge;
 pub mod pickapic;
-pub mod pool_check;
+mod pool_check;
 mod process_group;
 pub mod prompts;
 pub mod sample;

@@ -6,17 +6,14 @@
 //! (η = 0), and a judge is right when its best candidate's final image has the higher graded
 //! detail than its worst (a tie counts half).
 
-use candle_core::{DType, Device, Tensor};
-use spo_clip::Spm;
-use spo_diffusion::{Ddim, NoiseSchedule, SchedulerConfig, UNet2DConditionModel};
+use candle_core::{DType, Tensor};
+use spo_diffusion::{Ddim, NoiseSchedule, SchedulerConfig};
 use spo_nn::SeededRng;
 
-use crate::clip_train::WorldClip;
+use crate::calibrate::JudgeModels;
 use crate::error::Result;
-use crate::inworld::InWorldClip;
 use crate::score::pickscores;
 use crate::tensors::tensor_to_images;
-use crate::vocab::Vocab;
 use crate::worlddata::{Prompt, WorldData};
 
 /// Candidates per pool, as SPO's default k.
@@ -24,17 +21,6 @@ const K: usize = 4;
 
 /// The branch steps of a 20-step chain the check draws pools at (t = 751, 551, 351).
 pub const BRANCHES: [usize; 3] = [4, 8, 12];
-
-/// The models the check rolls out with and the judges it asks.
-pub struct PoolModels<'a> {
-    pub text: &'a InWorldClip,
-    pub unet: &'a UNet2DConditionModel,
-    pub spm: &'a Spm,
-    pub vocab: &'a Vocab,
-    pub pickscore: &'a WorldClip,
-    pub cfg: f64,
-    pub dev: &'a Device,
-}
 
 /// One judge's share of right picks at one branch timestep.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,8 +32,8 @@ pub struct PoolAccuracy {
 }
 
 /// The check over the first `n` validation prompts of `world`, at each of [`BRANCHES`].
-pub fn pool_accuracies(
-    m: &PoolModels,
+pub(crate) fn pool_accuracies(
+    m: &JudgeModels,
     world: &WorldData,
     n: usize,
     seed: u64,
@@ -70,11 +56,11 @@ pub fn pool_accuracies(
         let mut rng = SeededRng::new(seed ^ (0x9001 + branch as u64));
         let mut x = rng.normal((n, 3, size, size), 0.0, 1.0, DType::F32, m.dev)?;
         for &t in &ts[..branch] {
-            let eps = cond.guided_eps(m.unet, &x, &vec![t; n], m.cfg)?;
+            let eps = cond.guided_eps(&m.unet, &x, &vec![t; n], m.cfg)?;
             let z = rng.normal(x.shape(), 0.0, 1.0, DType::F32, m.dev)?;
             x = d1.step(&eps, &vec![t; n], &x, Some(&z))?.0;
         }
-        let eps = cond.guided_eps(m.unet, &x, &vec![ts[branch]; n], m.cfg)?;
+        let eps = cond.guided_eps(&m.unet, &x, &vec![ts[branch]; n], m.cfg)?;
         let transition = d1.transition(&eps, &vec![ts[branch]; n], &x)?;
         let mut cands = Vec::with_capacity(K);
         for _ in 0..K {
@@ -84,11 +70,12 @@ pub fn pool_accuracies(
         let mut c = Tensor::cat(&cands, 0)?;
         // judged as SPO judges: the x0-prediction at the next timestep
         let t_judge = ts[branch + 1];
-        let eps_c = cond_k.guided_eps(m.unet, &c, &vec![t_judge; nk], m.cfg)?;
+        let eps_c = cond_k.guided_eps(&m.unet, &c, &vec![t_judge; nk], m.cfg)?;
         let (x0_hat, _) = d1.predict_x0_and_eps(&eps_c, &vec![t_judge; nk], &c)?;
         let x0_hat = x0_hat.clamp(-1f32, 1f32)?;
-        let ids = m.vocab.batch(&texts_k, m.dev)?;
-        let by_spm = m.spm.score(&x0_hat, &ids, &vec![t_judge as f32; nk])?;
+        let (spm, vocab) = &m.spm;
+        let ids = vocab.batch(&texts_k, m.dev)?;
+        let by_spm = spm.score(&x0_hat, &ids, &vec![t_judge as f32; nk])?;
         let hat = tensor_to_images(&x0_hat)?;
         let by_pickscore = pickscores(m.pickscore, &hat.iter().collect::<Vec<_>>(), &texts_k)?;
         let detail = |images: &[image::RgbImage]| -> Result<Vec<f64>> {
@@ -105,7 +92,7 @@ pub fn pool_accuracies(
         let by_oracle = detail(&hat)?;
         // every candidate continued deterministically to t = 0
         for &t in &ts[branch + 1..] {
-            let e = cond_k.guided_eps(m.unet, &c, &vec![t; nk], m.cfg)?;
+            let e = cond_k.guided_eps(&m.unet, &c, &vec![t; nk], m.cfg)?;
             c = d0.step(&e, &vec![t; nk], &c, None)?.0;
         }
         let finals = detail(&tensor_to_images(&c.clamp(-1f32, 1f32)?)?)?;
