@@ -4,6 +4,9 @@
 //! `models/clip/bench/open_clip_bench.py` run in the same sitting.
 //!
 //!     cargo run --release -p spo-clip --example bench_clip -- [batch] [repeats]
+//!
+//! Threads follow `RAYON_NUM_THREADS`; candle's elementwise ops stay on the calling thread
+//! (`CANDLE_NUM_THREADS=1` unless set) and glibc keeps freed buffers, as in spo-pipe.
 
 use std::time::Instant;
 
@@ -20,6 +23,13 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // As spo-pipe runs: candle's elementwise ops on the calling thread (its barrier pool would
+    // spin on the cores spo-nn's kernels use) and glibc keeping freed buffers.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: first statement of main, before any thread exists.
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
+    }
+    spo_nn::allocator::retain_freed_memory();
     let mut args = std::env::args().skip(1);
     let batch: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(16);
     let repeats: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(5);

@@ -5,13 +5,11 @@
 //! follow the checkpoint (`cls_token`, `pos_embed`, `patch_embed.proj`, `blocks.N.*`, `norm`).
 
 use candle_core::{D, Module, Result, Tensor};
-use candle_nn::{Init, Linear, VarBuilder};
+use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 use spo_nn::LayerNorm;
 use spo_nn::attention::{merge_heads, split_heads};
-use spo_nn::linear::linear;
-
-use spo_nn::linear::forward_2d;
+use spo_nn::linear::{Dense, dense};
 
 /// The BLIP ViT's shape (`create_vit('large')`: 1024 wide, 24 deep, 16 heads, patch 16).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,11 +47,11 @@ const EPS: f64 = 1e-6;
 #[derive(Debug, Clone)]
 struct Block {
     norm1: LayerNorm,
-    qkv: Linear,
-    proj: Linear,
+    qkv: Dense,
+    proj: Dense,
     norm2: LayerNorm,
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Dense,
+    fc2: Dense,
     heads: usize,
 }
 
@@ -62,11 +60,11 @@ impl Block {
         let d = c.embed_dim;
         Ok(Self {
             norm1: LayerNorm::new(d, EPS, vb.pp("norm1"))?,
-            qkv: linear(d, 3 * d, vb.pp("attn").pp("qkv"))?,
-            proj: linear(d, d, vb.pp("attn").pp("proj"))?,
+            qkv: dense(d, 3 * d, vb.pp("attn").pp("qkv"))?,
+            proj: dense(d, d, vb.pp("attn").pp("proj"))?,
             norm2: LayerNorm::new(d, EPS, vb.pp("norm2"))?,
-            fc1: linear(d, c.mlp_ratio * d, vb.pp("mlp").pp("fc1"))?,
-            fc2: linear(c.mlp_ratio * d, d, vb.pp("mlp").pp("fc2"))?,
+            fc1: dense(d, c.mlp_ratio * d, vb.pp("mlp").pp("fc1"))?,
+            fc2: dense(c.mlp_ratio * d, d, vb.pp("mlp").pp("fc2"))?,
             heads: c.num_heads,
         })
     }
@@ -74,7 +72,10 @@ impl Block {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let (_, _, d) = xs.dims3()?;
         // (b, n, 3d) → q, k, v each (b·heads, n, d_head); timm's order is q, k, v.
-        let qkv = forward_2d(&self.qkv, &self.norm1.forward(xs)?)?.chunk(3, D::Minus1)?;
+        let qkv = self
+            .qkv
+            .forward(&self.norm1.forward(xs)?)?
+            .chunk(3, D::Minus1)?;
         let (q, k, v) = (
             split_heads(&qkv[0].contiguous()?, self.heads)?,
             split_heads(&qkv[1].contiguous()?, self.heads)?,
@@ -88,9 +89,9 @@ impl Block {
             candle_nn::ops::softmax_last_dim(&scores)?
         };
         let attn = merge_heads(&probs.matmul(&v)?, self.heads)?;
-        let h = (xs + forward_2d(&self.proj, &attn)?)?;
-        let m = forward_2d(&self.fc1, &self.norm2.forward(&h)?)?.gelu_erf()?;
-        &h + forward_2d(&self.fc2, &m)?
+        let h = (xs + self.proj.forward(&attn)?)?;
+        let m = self.fc1.forward(&self.norm2.forward(&h)?)?.gelu_erf()?;
+        &h + self.fc2.forward(&m)?
     }
 }
 

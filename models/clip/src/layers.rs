@@ -7,7 +7,7 @@
 use candle_core::{D, Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 use spo_nn::attention::{causal_multi_head_attention, multi_head_attention};
-use spo_nn::linear::{forward_2d, linear, linear_b};
+use spo_nn::linear::{Dense, dense, linear_b};
 use spo_nn::{Activation, LayerNorm};
 
 /// `nn.LayerNorm(dim, eps)` with keys `weight`, `bias`.
@@ -18,10 +18,10 @@ pub(crate) fn layer_norm(dim: usize, eps: f64, vb: VarBuilder) -> Result<LayerNo
 /// `CLIPAttention`: `q_proj`, `k_proj`, `v_proj`, `out_proj`, all with bias.
 #[derive(Debug, Clone)]
 pub struct ClipAttention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    out_proj: Linear,
+    q_proj: Dense,
+    k_proj: Dense,
+    v_proj: Dense,
+    out_proj: Dense,
     num_heads: usize,
 }
 
@@ -29,33 +29,33 @@ impl ClipAttention {
     /// Loads or creates the four projections of width `dim`.
     pub fn new(dim: usize, num_heads: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            q_proj: linear(dim, dim, vb.pp("q_proj"))?,
-            k_proj: linear(dim, dim, vb.pp("k_proj"))?,
-            v_proj: linear(dim, dim, vb.pp("v_proj"))?,
-            out_proj: linear(dim, dim, vb.pp("out_proj"))?,
+            q_proj: dense(dim, dim, vb.pp("q_proj"))?,
+            k_proj: dense(dim, dim, vb.pp("k_proj"))?,
+            v_proj: dense(dim, dim, vb.pp("v_proj"))?,
+            out_proj: dense(dim, dim, vb.pp("out_proj"))?,
             num_heads,
         })
     }
 
     /// Self-attention over `(b, n, dim)`, causal (the text tower) or not.
     pub fn forward(&self, xs: &Tensor, causal: bool) -> Result<Tensor> {
-        let q = forward_2d(&self.q_proj, xs)?;
-        let k = forward_2d(&self.k_proj, xs)?;
-        let v = forward_2d(&self.v_proj, xs)?;
+        let q = self.q_proj.forward(xs)?;
+        let k = self.k_proj.forward(xs)?;
+        let v = self.v_proj.forward(xs)?;
         let out = if causal {
             causal_multi_head_attention(&q, &k, &v, self.num_heads)?
         } else {
             multi_head_attention(&q, &k, &v, self.num_heads)?
         };
-        forward_2d(&self.out_proj, &out)
+        self.out_proj.forward(&out)
     }
 }
 
 /// `CLIPMLP`: `fc1` → activation → `fc2`.
 #[derive(Debug, Clone)]
 pub struct ClipMlp {
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Dense,
+    fc2: Dense,
     act: Activation,
 }
 
@@ -63,16 +63,16 @@ impl ClipMlp {
     /// Loads or creates `fc1` (dim → hidden) and `fc2` (hidden → dim).
     pub fn new(dim: usize, hidden: usize, act: Activation, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            fc1: linear(dim, hidden, vb.pp("fc1"))?,
-            fc2: linear(hidden, dim, vb.pp("fc2"))?,
+            fc1: dense(dim, hidden, vb.pp("fc1"))?,
+            fc2: dense(hidden, dim, vb.pp("fc2"))?,
             act,
         })
     }
 
     /// `(…, dim) → (…, dim)`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let h = self.act.apply(&forward_2d(&self.fc1, xs)?)?;
-        forward_2d(&self.fc2, &h)
+        let h = self.act.apply(&self.fc1.forward(xs)?)?;
+        self.fc2.forward(&h)
     }
 }
 

@@ -7,13 +7,11 @@
 //! intermediate, output}.*`, `LayerNorm` capitalised).
 
 use candle_core::{D, DType, Module, Result, Tensor};
-use candle_nn::{Init, Linear, VarBuilder};
+use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 use spo_nn::attention::{merge_heads, split_heads};
-use spo_nn::linear::linear;
+use spo_nn::linear::{Dense, dense};
 use spo_nn::{Activation, LayerNorm};
-
-use spo_nn::linear::forward_2d;
 
 /// `med_config.json` (HF `BertConfig` names). ImageReward's `BLIP_Pretrain` sets
 /// `encoder_width` to the vision width, which is what the loader does too.
@@ -58,10 +56,10 @@ impl Default for MedConfig {
 
 #[derive(Debug, Clone)]
 struct Attention {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    dense: Linear,
+    query: Dense,
+    key: Dense,
+    value: Dense,
+    dense: Dense,
     layer_norm: LayerNorm,
     heads: usize,
 }
@@ -73,10 +71,10 @@ impl Attention {
         let s = vb.pp("self");
         let o = vb.pp("output");
         Ok(Self {
-            query: linear(h, h, s.pp("query"))?,
-            key: linear(kv_width, h, s.pp("key"))?,
-            value: linear(kv_width, h, s.pp("value"))?,
-            dense: linear(h, h, o.pp("dense"))?,
+            query: dense(h, h, s.pp("query"))?,
+            key: dense(kv_width, h, s.pp("key"))?,
+            value: dense(kv_width, h, s.pp("value"))?,
+            dense: dense(h, h, o.pp("dense"))?,
             layer_norm: LayerNorm::new(h, c.layer_norm_eps, o.pp("LayerNorm"))?,
             heads: c.num_attention_heads,
         })
@@ -85,9 +83,9 @@ impl Attention {
     /// `LayerNorm(xs + dense(attn(xs → kv)))`; `mask` is additive, `(b, 1, m)`.
     fn forward(&self, xs: &Tensor, kv: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let (b, _, h) = xs.dims3()?;
-        let q = split_heads(&forward_2d(&self.query, xs)?, self.heads)?;
-        let k = split_heads(&forward_2d(&self.key, kv)?, self.heads)?;
-        let v = split_heads(&forward_2d(&self.value, kv)?, self.heads)?;
+        let q = split_heads(&self.query.forward(xs)?, self.heads)?;
+        let k = split_heads(&self.key.forward(kv)?, self.heads)?;
+        let v = split_heads(&self.value.forward(kv)?, self.heads)?;
         let scale = 1.0 / ((h / self.heads) as f64).sqrt();
         // (b·heads, n, m)
         let mut scores = (q.matmul(&k.t()?)? * scale)?;
@@ -105,8 +103,7 @@ impl Attention {
             candle_nn::ops::softmax_last_dim(&scores)?
         };
         let ctx = merge_heads(&probs.matmul(&v)?, self.heads)?;
-        self.layer_norm
-            .forward(&(forward_2d(&self.dense, &ctx)? + xs)?)
+        self.layer_norm.forward(&(self.dense.forward(&ctx)? + xs)?)
     }
 }
 
@@ -114,8 +111,8 @@ impl Attention {
 struct Layer {
     attention: Attention,
     crossattention: Attention,
-    intermediate: Linear,
-    output: Linear,
+    intermediate: Dense,
+    output: Dense,
     output_norm: LayerNorm,
     act: Activation,
 }
@@ -125,12 +122,12 @@ impl Layer {
         Ok(Self {
             attention: Attention::new(c, c.hidden_size, vb.pp("attention"))?,
             crossattention: Attention::new(c, c.encoder_width, vb.pp("crossattention"))?,
-            intermediate: linear(
+            intermediate: dense(
                 c.hidden_size,
                 c.intermediate_size,
                 vb.pp("intermediate").pp("dense"),
             )?,
-            output: linear(
+            output: dense(
                 c.intermediate_size,
                 c.hidden_size,
                 vb.pp("output").pp("dense"),
@@ -147,9 +144,8 @@ impl Layer {
     fn forward(&self, xs: &Tensor, mask: &Tensor, image: &Tensor) -> Result<Tensor> {
         let h = self.attention.forward(xs, xs, Some(mask))?;
         let h = self.crossattention.forward(&h, image, None)?;
-        let f = self.act.apply(&forward_2d(&self.intermediate, &h)?)?;
-        self.output_norm
-            .forward(&(forward_2d(&self.output, &f)? + h)?)
+        let f = self.act.apply(&self.intermediate.forward(&h)?)?;
+        self.output_norm.forward(&(self.output.forward(&f)? + h)?)
     }
 }
 

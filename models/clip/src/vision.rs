@@ -6,7 +6,7 @@
 use candle_core::{D, IndexOp, Module, Result, Tensor};
 use candle_nn::{Init, Linear, VarBuilder};
 use spo_nn::LayerNorm;
-use spo_nn::linear::linear;
+use spo_nn::linear::{linear, linear_2d};
 
 use crate::config::ClipVisionConfig;
 use crate::layers::{ClipEncoder, LayerShape, layer_norm, modulate};
@@ -63,8 +63,14 @@ impl ClipVisionEmbeddings {
             .contiguous()?
             .reshape((b * g * g, c * p * p))?;
         let kernel = self.patch_embedding.reshape((dim, c * p * p))?;
-        // (b, g², dim)
-        let tokens = patches.matmul(&kernel.t()?)?.reshape((b, g * g, dim))?;
+        // (b, g², dim). Without a gradient to record, spo-nn's GEMM over the cores (the same
+        // bits as candle's matmul on one, tested); candle's matmul and its backward otherwise.
+        let tokens = if patches.track_op() || kernel.track_op() {
+            patches.matmul(&kernel.t()?)?
+        } else {
+            linear_2d(&patches, &kernel, None)?
+        };
+        let tokens = tokens.reshape((b, g * g, dim))?;
         let class = self
             .class_embedding
             .reshape((1, 1, dim))?

@@ -3,17 +3,51 @@
 //! HF/diffusers "gelu" is the erf form; candle's `Tensor::gelu` is the tanh approximation, so
 //! the two differ by up to ~1e-3. QuickGELU is OpenAI CLIP's `x·σ(1.702x)`.
 
-use candle_core::{Result, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 use serde::Deserialize;
+
+use crate::cpu_slice::storage_slice;
 
 /// `x·Φ(x)` with the exact normal CDF (PyTorch `gelu`, approximate="none").
 pub fn gelu_exact(xs: &Tensor) -> Result<Tensor> {
     xs.gelu_erf()
 }
 
-/// `x·σ(1.702·x)`, the activation of OpenAI's CLIP.
+/// `x·σ(1.702·x)`, the activation of OpenAI's CLIP. Without a gradient to record (scoring,
+/// judging) on f32 CPU tensors it is one pass over the elements on the calling pool, with the
+/// bits of the three composed ops used otherwise.
 pub fn quick_gelu(xs: &Tensor) -> Result<Tensor> {
+    if !xs.track_op() && crate::fast_path::applies(&[xs]) {
+        return xs.contiguous()?.apply_op1_no_bwd(&QuickGelu);
+    }
     xs * candle_nn::ops::sigmoid(&(xs * 1.702)?)?
+}
+
+/// [`quick_gelu`]'s forward-only kernel.
+struct QuickGelu;
+
+/// Elements per parallel chunk.
+const CHUNK: usize = 1 << 14;
+
+impl CustomOp1 for QuickGelu {
+    fn name(&self) -> &'static str {
+        "quick-gelu"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let xs = storage_slice(storage, layout, "quick-gelu: input")?;
+        let mut ys = Vec::with_capacity(xs.len());
+        xs.par_iter()
+            .with_min_len(CHUNK)
+            .map(|&x| {
+                // As candle computes `x * 1.702` (an affine map), its sigmoid, then the product.
+                let t = x * 1.702f32 + 0.0;
+                x * ((-t).exp() + 1.0).recip()
+            })
+            .collect_into_vec(&mut ys);
+        Ok((CpuStorage::F32(ys), layout.shape().clone()))
+    }
 }
 
 /// An activation named as in HF / diffusers config files (`hidden_act`, `act_fn`).
@@ -57,6 +91,32 @@ mod tests {
         for (a, b) in q.iter().zip([-0.154_204_23f32, 0.0, 1.935_658_6]) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn the_fused_quick_gelu_has_the_bits_of_the_composed_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        let xs = crate::SeededRng::new(5).normal(
+            (3, 40_000),
+            0.0,
+            4.0,
+            candle_core::DType::F32,
+            &dev,
+        )?;
+        let fused = quick_gelu(&xs)?.flatten_all()?.to_vec1::<f32>()?;
+        let composed = (&xs * candle_nn::ops::sigmoid(&(&xs * 1.702)?)?)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&fused), bits(&composed));
+        // a strided view goes through `contiguous` first
+        let t = xs.t()?;
+        let composed_t = (&t * candle_nn::ops::sigmoid(&(&t * 1.702)?)?)?;
+        assert_eq!(
+            bits(&quick_gelu(&t)?.flatten_all()?.to_vec1::<f32>()?),
+            bits(&composed_t.flatten_all()?.to_vec1::<f32>()?)
+        );
         Ok(())
     }
 

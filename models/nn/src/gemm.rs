@@ -3,6 +3,8 @@
 //! materialising them as tensors. It calls the `gemm` crate that candle's own CPU matmul uses,
 //! single-threaded: the kernels that call it parallelise over independent products themselves.
 
+use rayon::prelude::*;
+
 /// A matrix inside a slice: element `(r, c)` is at `offset + r·row_stride + c·col_stride`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct View {
@@ -117,6 +119,55 @@ pub fn gemm(
     }
 }
 
+/// The `cols × rows` transpose of a row-major `rows × cols` matrix, split over the calling
+/// pool's threads by output rows.
+pub(crate) fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    assert_eq!(
+        m.len(),
+        rows * cols,
+        "transpose: {rows}×{cols} from {}",
+        m.len()
+    );
+    let mut t = vec![0f32; m.len()];
+    if rows > 0 {
+        t.par_chunks_mut(TILE * rows)
+            .enumerate()
+            .for_each(|(k, t)| transpose_columns(m, t, rows, cols, k * TILE));
+    }
+    t
+}
+
+const TILE: usize = 8;
+
+crate::vmath::simd_fn! {
+    /// Writes columns `c0..` of `m` (`rows × cols`) as the rows of `t`, in 8×8 tiles: eight
+    /// rows read into registers, eight columns written out, so both sides move whole vectors.
+    fn transpose_columns(m: &[f32], t: &mut [f32], rows: usize, cols: usize, c0: usize) {
+        let width = t.len() / rows;
+        let full_r = rows / TILE * TILE;
+        if width == TILE {
+            for r0 in (0..full_r).step_by(TILE) {
+                let mut tile = [[0f32; TILE]; TILE];
+                for (k, row) in tile.iter_mut().enumerate() {
+                    let at = (r0 + k) * cols + c0;
+                    row.copy_from_slice(&m[at..at + TILE]);
+                }
+                for (c, column) in t.chunks_exact_mut(rows).enumerate() {
+                    for (k, v) in column[r0..r0 + TILE].iter_mut().enumerate() {
+                        *v = tile[k][c];
+                    }
+                }
+            }
+        }
+        let from = if width == TILE { full_r } else { 0 };
+        for (c, column) in t.chunks_exact_mut(rows).enumerate() {
+            for r in from..rows {
+                column[r] = m[r * cols + c0 + c];
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +209,23 @@ mod tests {
         for r in 0..3 {
             for c in 0..5 {
                 assert!((dst[r * 10 + 5 + c] - want[r * 5 + c]).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn transpose_moves_every_element_including_the_ragged_edges() {
+        for (rows, cols) in [(1, 1), (3, 5), (8, 8), (16, 24), (17, 9), (30, 41), (64, 7)] {
+            let m: Vec<f32> = (0..rows * cols).map(|k| k as f32).collect();
+            let t = transpose(&m, rows, cols);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(
+                        t[c * rows + r],
+                        m[r * cols + c],
+                        "{rows}×{cols} at ({r}, {c})"
+                    );
+                }
             }
         }
     }

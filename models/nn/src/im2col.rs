@@ -10,7 +10,7 @@
 //! sees are x, W, b and Y (no column matrix, transpose or broadcast bias of full size).
 
 use crate::cpu_slice::{TensorSlice, grad_tensor, storage_slice};
-use crate::gemm::{View, gemm};
+use crate::gemm::{View, gemm, transpose};
 use crate::group_norm_fused::{GroupNormAct, NormPartials, sum_partials};
 use crate::kept::Kept;
 use crate::vmath::lane_sum;
@@ -565,22 +565,6 @@ impl CustomOp3 for Conv2dIm2Col {
             grad_tensor(dthird, third)?,
         ))
     }
-}
-
-/// The `cols × rows` transpose of a row-major `rows × cols` matrix, in cache-sized tiles.
-fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const TILE: usize = 16;
-    let mut t = vec![0f32; m.len()];
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                for c in c0..(c0 + TILE).min(cols) {
-                    t[c * rows + r] = m[r * cols + c];
-                }
-            }
-        }
-    }
-    t
 }
 
 /// The geometry of `weight` over `xs` with this stride and padding.

@@ -8,12 +8,12 @@
 //! processed in fixed blocks, so results are bit-identical for any number of threads.
 
 use crate::cpu_slice::{TensorSlice, grad_tensor, storage_slice};
-use crate::gemm::{View, gemm};
+use crate::gemm::{View, gemm, transpose};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Rows per parallel block.
-const BLOCK: usize = 128;
+pub(crate) const BLOCK: usize = 128;
 
 /// `x·Wᵀ` (two operands) or `x·Wᵀ + b` (three) for `x: (rows, in)`, `W: (out, in)`,
 /// `b: (out,)` (f32, CPU, contiguous operands).
@@ -38,37 +38,68 @@ pub(crate) fn forward(
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
+    dims: (usize, usize, usize),
+) -> Vec<f32> {
+    forward_with(x, (w, None), bias, dims)
+}
+
+/// [`forward`] with `Wᵀ` (`(in, out)`, row-major) given when the caller keeps one, else made
+/// here if a block will read it.
+pub(crate) fn forward_with(
+    x: &[f32],
+    (w, transposed): (&[f32], Option<&[f32]>),
+    bias: Option<&[f32]>,
     (rows, i, o): (usize, usize, usize),
 ) -> Vec<f32> {
-    // every row starts as the bias (written once, no zero fill first), or as zeros
-    let mut y: Vec<f32> = match bias {
-        Some(bias) => {
-            let mut y = Vec::with_capacity(rows * o);
-            for _ in 0..rows {
-                y.extend_from_slice(bias);
-            }
-            y
-        }
-        None => vec![0f32; rows * o],
-    };
     if o == 0 {
-        return y;
+        return Vec::new();
     }
-    y.par_chunks_mut(BLOCK * o)
+    // Read in place, `Wᵀ` is gathered element by element (stride `in`) by every block's GEMM:
+    // a third of a ViT-B/32 forward. A tiled transpose up front costs one copy of W.
+    let made = (transposed.is_none() && reads_copy(rows.min(BLOCK), o)).then(|| transpose(w, o, i));
+    let wt = transposed.or(made.as_deref());
+    let mut y = Vec::with_capacity(rows * o);
+    y.spare_capacity_mut()[..rows * o]
+        .par_chunks_mut(BLOCK * o)
         .enumerate()
         .for_each(|(blk, y)| {
+            // each block's rows start as the bias (or zeros), written once by its own thread
+            for row in y.chunks_mut(o) {
+                match bias {
+                    Some(bias) => row.iter_mut().zip(bias).for_each(|(d, &b)| {
+                        d.write(b);
+                    }),
+                    None => row.iter_mut().for_each(|d| {
+                        d.write(0.0);
+                    }),
+                }
+            }
+            // SAFETY: every element of the block was written just above.
+            let y = unsafe { &mut *(std::ptr::from_mut(y) as *mut [f32]) };
             let n = y.len() / o;
             let xv = View::rows(blk * BLOCK * i, n, i, i);
-            let wv = View::rows(0, o, i, i).t();
+            let wv = match wt {
+                Some(wt) if reads_copy(n, o) => (wt, View::rows(0, i, o, o)),
+                _ => (w, View::rows(0, o, i, i).t()),
+            };
             gemm(
                 (y, View::rows(0, n, o, o)),
                 (x, xv),
-                (w, wv),
+                wv,
                 1.0,
                 bias.is_some(),
             );
         });
+    // SAFETY: the blocks above wrote all `rows · o` elements.
+    unsafe { y.set_len(rows * o) };
     y
+}
+
+/// Whether a block of `n` rows reads the transposed copy of W. `gemm` multiplies one row, or
+/// at most 256 outputs, on other paths whose rounding depends on the operands' layout; there
+/// the in-place view is kept, so no stored result changes a bit (tested).
+pub(crate) fn reads_copy(n: usize, o: usize) -> bool {
+    n > 1 && n * o > 256
 }
 
 /// Gradients `(dx, dW, db)` for upstream `dy`, each only when `wanted`.
@@ -219,6 +250,8 @@ impl CustomOp3 for LinearOp {
 
 #[cfg(test)]
 mod tests {
+    use super::{BLOCK, forward};
+    use crate::gemm::{View, gemm};
     use crate::linear::linear_2d;
     use crate::rng::SeededRng;
     use crate::test_support::output_and_grads;
@@ -258,6 +291,47 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    #[test]
+    fn the_transposed_weight_copy_gives_the_bits_of_reading_w_in_place() {
+        // Stored artifacts (the embedded base among them) were made reading Wᵀ as a strided view.
+        let values = |n: usize, f: f32| (0..n).map(|k| (k as f32 * f).sin()).collect::<Vec<_>>();
+        let mut shapes = Vec::new();
+        for rows in [
+            1, 2, 16, 17, 20, 24, 31, 32, 33, 48, 64, 65, 100, 128, 129, 300, 4096,
+        ] {
+            for i in [3, 4, 5, 8, 15, 16, 24, 32, 48, 64, 128, 256, 320] {
+                for o in [3, 4, 5, 6, 7, 8, 9, 15, 16, 24, 32, 48, 64, 128, 256, 320] {
+                    shapes.push((rows, i, o));
+                }
+            }
+        }
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        for ((rows, i, o), with_bias) in shapes.into_iter().flat_map(|s| [(s, true), (s, false)]) {
+            let (x, w, b) = (values(rows * i, 0.37), values(o * i, 0.11), values(o, 0.7));
+            let bias = with_bias.then_some(b.as_slice());
+            let mut want: Vec<f32> = match bias {
+                Some(b) => (0..rows).flat_map(|_| b.iter().copied()).collect(),
+                None => vec![0.0; rows * o],
+            };
+            for (blk, y) in want.chunks_mut(BLOCK * o).enumerate() {
+                let n = y.len() / o;
+                gemm(
+                    (y, View::rows(0, n, o, o)),
+                    (&x, View::rows(blk * BLOCK * i, n, i, i)),
+                    (&w, View::rows(0, o, i, i).t()),
+                    1.0,
+                    with_bias,
+                );
+            }
+            let got = forward(&x, &w, bias, (rows, i, o));
+            assert_eq!(
+                bits(&got),
+                bits(&want),
+                "{rows}×{i}·{i}×{o}, bias {with_bias}"
+            );
+        }
     }
 
     #[test]
