@@ -116,7 +116,7 @@ impl AestheticHead {
         for (i, layer) in self.layers.iter().enumerate() {
             h = layer.forward(&h)?;
             if i + 1 < self.layers.len() {
-                h = h.gelu_erf()?;
+                h = spo_nn::activation::gelu_exact(&h)?;
             }
         }
         h.squeeze(1)

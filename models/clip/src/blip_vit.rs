@@ -8,6 +8,7 @@ use candle_core::{D, Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 use spo_nn::LayerNorm;
+use spo_nn::activation::gelu_exact;
 use spo_nn::attention::{merge_heads, split_heads};
 use spo_nn::linear::{Dense, dense};
 
@@ -90,7 +91,7 @@ impl Block {
         };
         let attn = merge_heads(&probs.matmul(&v)?, self.heads)?;
         let h = (xs + self.proj.forward(&attn)?)?;
-        let m = self.fc1.forward(&self.norm2.forward(&h)?)?.gelu_erf()?;
+        let m = gelu_exact(&self.fc1.forward(&self.norm2.forward(&h)?)?)?;
         &h + self.fc2.forward(&m)?
     }
 }

@@ -7,11 +7,77 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use serde::Deserialize;
 
-use crate::cpu_slice::storage_slice;
+use candle_core::cpu::erf::erf_f32;
 
-/// `x·Φ(x)` with the exact normal CDF (PyTorch `gelu`, approximate="none").
+use crate::cpu_slice::{TensorSlice, grad_tensor, storage_slice};
+
+/// `x·Φ(x)` with the exact normal CDF (PyTorch `gelu`, approximate="none"). On f32 CPU tensors
+/// one pass over the elements each way on the calling pool, with the bits of candle's
+/// `gelu_erf` and of the seven ops its backward records.
 pub fn gelu_exact(xs: &Tensor) -> Result<Tensor> {
+    if crate::fast_path::applies(&[xs]) {
+        return xs.contiguous()?.apply_op1(GeluErf);
+    }
     xs.gelu_erf()
+}
+
+/// [`gelu_exact`]'s kernel.
+#[derive(Debug, Clone, Copy)]
+struct GeluErf;
+
+/// `gelu_erf` as candle computes it in f32.
+fn gelu_erf(v: f32) -> f32 {
+    (erf_f32(v * std::f32::consts::FRAC_1_SQRT_2) + 1.) * 0.5 * v
+}
+
+/// Its derivative as candle's backward composes it, op by op: affine maps (`· m + 0`, `· 1 + a`)
+/// where it multiplies or adds an f64 constant, the constants rounded to f32 as candle does.
+fn gelu_erf_derivative(v: f32) -> f32 {
+    let neg_half_square = -(v * v) * 0.5 + 0.0;
+    let scaled_exp_arg = (neg_half_square.exp() * 0.398942f64 as f32 + 0.0) * v;
+    let arg_scaled_sqrt = v * (1.0 / 2f64.sqrt()) as f32 + 0.0;
+    let erf_scaled_sqrt = erf_f32(arg_scaled_sqrt) * 0.5 + 0.0;
+    (scaled_exp_arg * 1.0 + 0.5) + erf_scaled_sqrt
+}
+
+/// `f` over `xs` on the calling pool, into a fresh vector.
+fn map_par(xs: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    let mut ys = Vec::with_capacity(xs.len());
+    xs.par_iter()
+        .with_min_len(CHUNK)
+        .map(|&x| f(x))
+        .collect_into_vec(&mut ys);
+    ys
+}
+
+impl CustomOp1 for GeluErf {
+    fn name(&self) -> &'static str {
+        "gelu-erf"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let xs = storage_slice(storage, layout, "gelu: input")?;
+        Ok((
+            CpuStorage::F32(map_par(xs, gelu_erf)),
+            layout.shape().clone(),
+        ))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let grad = grad.contiguous()?;
+        let (xt, gt) = (
+            TensorSlice::new(arg, "gelu: input"),
+            TensorSlice::new(&grad, "gelu: output gradient"),
+        );
+        let (xs, gs) = (xt.get()?, gt.get()?);
+        let mut dx = Vec::with_capacity(xs.len());
+        xs.par_iter()
+            .zip(gs)
+            .with_min_len(CHUNK)
+            .map(|(&x, &g)| g * gelu_erf_derivative(x))
+            .collect_into_vec(&mut dx);
+        grad_tensor(Some(dx), arg)
+    }
 }
 
 /// `x·σ(1.702·x)`, the activation of OpenAI's CLIP. Without a gradient to record (scoring,
@@ -37,15 +103,8 @@ impl CustomOp1 for QuickGelu {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let xs = storage_slice(storage, layout, "quick-gelu: input")?;
-        let mut ys = Vec::with_capacity(xs.len());
-        xs.par_iter()
-            .with_min_len(CHUNK)
-            .map(|&x| {
-                // As candle computes `x * 1.702` (an affine map), its sigmoid, then the product.
-                let t = x * 1.702f32 + 0.0;
-                x * ((-t).exp() + 1.0).recip()
-            })
-            .collect_into_vec(&mut ys);
+        // As candle computes `x * 1.702` (an affine map), its sigmoid, then the product.
+        let ys = map_par(xs, |x| x * ((-(x * 1.702f32 + 0.0)).exp() + 1.0).recip());
         Ok((CpuStorage::F32(ys), layout.shape().clone()))
     }
 }
@@ -117,6 +176,32 @@ mod tests {
             bits(&quick_gelu(&t)?.flatten_all()?.to_vec1::<f32>()?),
             bits(&composed_t.flatten_all()?.to_vec1::<f32>()?)
         );
+        Ok(())
+    }
+
+    #[test]
+    fn the_fused_gelu_has_the_bits_of_candles_gelu_erf_and_its_backward() -> Result<()> {
+        let dev = Device::Cpu;
+        let mut rng = crate::SeededRng::new(6);
+        let x =
+            Var::from_tensor(&rng.normal((5, 30_000), 0.0, 3.0, candle_core::DType::F32, &dev)?)?;
+        let probe = rng.normal((5, 30_000), 0.0, 1.0, candle_core::DType::F32, &dev)?;
+        let bits = |t: &Tensor| -> Result<Vec<u32>> {
+            Ok(t.flatten_all()?
+                .to_vec1::<f32>()?
+                .iter()
+                .map(|f| f.to_bits())
+                .collect())
+        };
+        let fused = gelu_exact(&x)?;
+        let composed = x.gelu_erf()?;
+        assert_eq!(bits(&fused)?, bits(&composed)?);
+        let gf = (fused * &probe)?.sum_all()?.backward()?;
+        let gc = (composed * &probe)?.sum_all()?.backward()?;
+        let (Some(a), Some(b)) = (gf.get(&x), gc.get(&x)) else {
+            panic!("gradient missing");
+        };
+        assert_eq!(bits(a)?, bits(b)?);
         Ok(())
     }
 
