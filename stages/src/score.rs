@@ -305,14 +305,18 @@ impl StageKind for Score {
             )));
         }
         let pb = cx.progress(rows.len() as u64, "score");
-        let mut scores = Vec::with_capacity(rows.len());
-        for chunk in rows.chunks(crate::clip_train::EVAL_BATCH) {
-            let images: Vec<RgbImage> = chunk.iter().map(|r| r.image.clone()).collect();
-            let prompts: Vec<&str> = chunk.iter().map(|r| r.prompt.as_str()).collect();
-            let scenes: Vec<Scene> = chunk.iter().map(|r| r.scene).collect();
-            scores.extend(scorers.score(&images, &prompts, &scenes)?);
-            pb.inc(chunk.len() as u64);
-        }
+        // on the cell's own pool, so the towers' kernels parallelise in place
+        let scores = crate::inworld::on_cores(cx.threads(), || {
+            let mut scores = Vec::with_capacity(rows.len());
+            for chunk in rows.chunks(crate::clip_train::EVAL_BATCH) {
+                let images: Vec<RgbImage> = chunk.iter().map(|r| r.image.clone()).collect();
+                let prompts: Vec<&str> = chunk.iter().map(|r| r.prompt.as_str()).collect();
+                let scenes: Vec<Scene> = chunk.iter().map(|r| r.scene).collect();
+                scores.extend(scorers.score(&images, &prompts, &scenes)?);
+                pb.inc(chunk.len() as u64);
+            }
+            Ok(scores)
+        })?;
         pb.finish_and_clear();
         write_scores(cx, &rows, &scores)?;
         for (name, value) in means(&scores) {

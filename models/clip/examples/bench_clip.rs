@@ -44,8 +44,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|(n, v)| (n, v.as_tensor().detach()))
         .collect();
     let model = ClipModel::new(&cfg, VarBuilder::from_tensors(tensors, DType::F32, &dev))?;
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // Everything timed on a pool of `threads` threads, as the stages score (spo_nn::threads), so
+    // that kernels parallelise in place rather than hand off per op.
+    spo_nn::threads::install(threads, || timed(model, batch, repeats, &dev))?
+        .map_err(|e| e as Box<dyn std::error::Error>)
+}
+
+/// Times the tower, preprocessing, the text tower and the whole scoring path; prints medians.
+fn timed(
+    model: ClipModel,
+    batch: usize,
+    repeats: usize,
+    dev: &Device,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut rng = SeededRng::new(1);
-    let pixels = rng.normal((batch, 3, 224, 224), 0.0, 1.0, DType::F32, &dev)?;
+    let pixels = rng.normal((batch, 3, 224, 224), 0.0, 1.0, DType::F32, dev)?;
     model.get_image_features(&pixels)?; // warm-up
     let mut tower = Vec::new();
     for _ in 0..repeats {
@@ -65,11 +82,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut pre = Vec::new();
     for _ in 0..repeats {
         let t = Instant::now();
-        Preprocess::HF_CLIP.batch(&refs, &dev)?;
+        Preprocess::HF_CLIP.batch(&refs, dev)?;
         pre.push(batch as f64 / t.elapsed().as_secs_f64());
     }
     let tokenizer = ClipTokenizer::new(TextCleaning::Hf)?;
-    let ids = tokenizer.encode_batch(&prompts, &dev)?;
+    let ids = tokenizer.encode_batch(&prompts, dev)?;
     let mut text = Vec::new();
     for _ in 0..repeats {
         let t = Instant::now();
@@ -80,7 +97,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         batch_size: batch,
         ..ScoreOptions::default()
     };
-    let scorer = Scorer::from_clip(Metric::PickScore, model, &options, &dev)?;
+    let scorer = Scorer::from_clip(Metric::PickScore, model, &options, dev)?;
     scorer.score(&images, &prompts)?;
     let mut whole = Vec::new();
     for _ in 0..repeats {
