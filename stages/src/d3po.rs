@@ -14,9 +14,11 @@ use spo_nn::{AdamW, SeededRng};
 use crate::checkpoint::ExactF64;
 use crate::error::{At, Result};
 use crate::inworld::{Conditioning, on_cores};
-use crate::online::{self, Chains, Policy};
+use crate::online::{self, Policy};
 use crate::training::Trainer;
 use crate::worlddata::Prompt;
+use spo_methods::online::Chains;
+use spo_methods::spo::Denoiser;
 
 spo_core::stage_params! {
     /// The params of `d3po`.
@@ -87,18 +89,12 @@ fn label(a: f64, b: f64) -> (f64, f64) {
 }
 
 /// Rolls each of the `b` prompts out twice from one x_T and labels the pairs.
-fn rollout(
-    m: &Policy,
-    p: &D3poParams,
-    cond: &Conditioning,
-    texts: &[&str],
-    rng: &mut SeededRng,
-) -> Result<Round> {
+fn rollout(m: &Policy, cond: &Conditioning, texts: &[&str], rng: &mut SeededRng) -> Result<Round> {
     let b = texts.len() / 2;
-    let size = m.unet.config().sample_size.unwrap_or(32);
-    let x_t = rng.normal((b, 3, size, size), 0.0, 1.0, DType::F32, m.dev)?;
-    let chains = m.roll_out(cond, Tensor::cat(&[&x_t, &x_t], 0)?, p.cfg, rng)?;
-    let rewards = m.rewards(&chains.images, texts)?;
+    let size = m.den.sample_size();
+    let x_t = rng.normal((b, 3, size, size), 0.0, 1.0, DType::F32, m.den.dev)?;
+    let (chains, images) = m.roll_out(cond, Tensor::cat(&[&x_t, &x_t], 0)?, rng)?;
+    let rewards = m.rewards(&images, texts)?;
     let labels = (0..b).map(|i| label(rewards[i], rewards[b + i])).collect();
     Ok(Round {
         chains,
@@ -133,8 +129,8 @@ fn train_round(
             .copied()
             .chain(chunk.iter().map(|&(s, i)| (s, b + i)))
             .collect();
-        let lp_ref = m.log_probs(cond, &r.chains, &rows, p.cfg, false)?;
-        let lp = m.log_probs(cond, &r.chains, &rows, p.cfg, true)?;
+        let lp_ref = m.log_probs(cond, &r.chains, &rows, false)?;
+        let lp = m.log_probs(cond, &r.chains, &rows, true)?;
         let labels: Vec<(f64, f64)> = chunk.iter().map(|&(_, i)| r.labels[i]).collect();
         let loss = loss_fn.labelled_pairs(
             &lp.narrow(0, 0, c)?,
@@ -155,7 +151,7 @@ fn run(cx: &mut StageContext) -> Result<()> {
     let p = D3poParams::from_params(cx.params())?;
     let seed = cx.seed().unwrap_or(0);
     let (o, mut lora_vars, mut opt) = online::setup(cx, p.rank, seed, p.lr, p.steps, p.eta)?;
-    let models = o.policy();
+    let models = o.policy(p.cfg);
     // per round: (reward mean, tie share), kept exactly across a resume
     let mut tr: Trainer<Vec<(ExactF64, ExactF64)>> = Trainer::start(
         cx,
@@ -178,7 +174,7 @@ fn run(cx: &mut StageContext) -> Result<()> {
             let texts: Vec<&str> = prompts.iter().map(|p| p.text.as_str()).collect();
             let both = [texts.as_slice(), texts.as_slice()].concat();
             let cond = o.text.conditioning(&both, &o.dev)?;
-            let r = rollout(&models, &p, &cond, &both, rng)?;
+            let r = rollout(&models, &cond, &both, rng)?;
             let loss = train_round(&models, &p, &cond, &r, &mut opt, rng)?;
             let ties = r.labels.iter().filter(|l| l.0 == 0.0).count() as f64;
             Ok((loss, r.reward_mean, ties / r.labels.len() as f64))

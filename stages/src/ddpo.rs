@@ -16,8 +16,9 @@ use spo_nn::{AdamW, SeededRng};
 use crate::checkpoint::ExactF64;
 use crate::error::{At, Result};
 use crate::inworld::{Conditioning, on_cores};
-use crate::online::{self, Chains, Policy};
+use crate::online::{self, Policy};
 use crate::training::Trainer;
+use spo_methods::online::Chains;
 
 spo_core::stage_params! {
     /// The params of `ddpo`.
@@ -103,10 +104,10 @@ fn train_round(
     let (mut sum, mut count) = (0.0, 0usize);
     for chunk in order.chunks(p.train_batch) {
         let c = chunk.len();
-        let lp = m.log_probs(cond, chains, chunk, p.cfg, true)?;
+        let lp = m.log_probs(cond, chains, chunk, true)?;
         let sampled = chains.gather(chunk, |s| &s.logp)?;
         let adv: Vec<f32> = chunk.iter().map(|&(_, i)| advantages[i] as f32).collect();
-        let adv = Tensor::from_vec(adv, c, m.dev)?;
+        let adv = Tensor::from_vec(adv, c, m.den.dev)?;
         let loss = ppo.loss(&lp, &sampled, &adv)?;
         opt.step(&loss.backward()?)?;
         sum += loss.to_scalar::<f32>()? as f64 * c as f64;
@@ -120,7 +121,7 @@ fn run(cx: &mut StageContext) -> Result<()> {
     let p = DdpoParams::from_params(cx.params())?;
     let seed = cx.seed().unwrap_or(0);
     let (o, mut lora_vars, mut opt) = online::setup(cx, p.rank, seed, p.lr, p.steps, p.eta)?;
-    let policy = o.policy();
+    let policy = o.policy(p.cfg);
     let mut tr: Trainer<DdpoState> = Trainer::start(
         cx,
         "ddpo",
@@ -150,8 +151,8 @@ fn run(cx: &mut StageContext) -> Result<()> {
             let cond = o.text.conditioning(&texts, &o.dev)?;
             let size = o.unet.config().sample_size.unwrap_or(32);
             let x_t = rng.normal((texts.len(), 3, size, size), 0.0, 1.0, DType::F32, &o.dev)?;
-            let chains = policy.roll_out(&cond, x_t, p.cfg, rng)?;
-            let rewards = policy.rewards(&chains.images, &texts)?;
+            let (chains, images) = policy.roll_out(&cond, x_t, rng)?;
+            let rewards = policy.rewards(&images, &texts)?;
             let advantages = stats.advantages(&texts, &rewards);
             let loss = train_round(&policy, &p, &cond, &chains, &advantages, &mut opt, rng)?;
             Ok((loss, rewards.iter().sum::<f64>() / rewards.len() as f64))

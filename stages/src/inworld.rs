@@ -10,6 +10,7 @@ use spo_core::{Input, StageContext, StageError};
 use spo_diffusion::{
     GuidanceInputs, LoraConfig, UNet2DConditionConfig, UNet2DConditionModel, guided_prediction,
 };
+use spo_methods::spo::Denoiser;
 use spo_nn::{AdamW, AdamWConfig, named_vars, seeded_var_builder};
 
 use crate::error::{At, Result};
@@ -124,6 +125,47 @@ impl Conditioning {
 /// in pixel space, RGB in and out, one block per entry of `channels` (each but the last halving
 /// the resolution), with cross-attention only in the lowest-resolution block and the mid block.
 /// On a CPU, attention at the full 32×32 resolution (1024 tokens) costs more than everything
+/// The LoRA policy with classifier-free guidance, as SPO's round and the online methods'
+/// rollouts take it; the reference is the same UNet with its LoRA switched off.
+pub(crate) struct GuidedUnet<'a> {
+    pub unet: &'a UNet2DConditionModel,
+    pub text: &'a InWorldClip,
+    pub cfg: f64,
+    pub dev: &'a Device,
+}
+
+impl Denoiser for GuidedUnet<'_> {
+    type Prompts = Conditioning;
+    fn encode(&self, texts: &[&str]) -> candle_core::Result<Conditioning> {
+        self.text
+            .conditioning(texts, self.dev)
+            .map_err(candle_core::Error::wrap)
+    }
+    fn eps(
+        &self,
+        prompts: &Conditioning,
+        x: &Tensor,
+        ts: &[usize],
+        reference: bool,
+    ) -> candle_core::Result<Tensor> {
+        self.unet.set_lora_enabled(!reference);
+        let eps = prompts
+            .guided_eps(self.unet, x, ts, self.cfg)
+            .map_err(candle_core::Error::wrap)?;
+        Ok(if reference { eps.detach() } else { eps })
+    }
+    fn select(&self, prompts: &Conditioning, rows: &[u32]) -> candle_core::Result<Conditioning> {
+        let idx = Tensor::from_vec(rows.to_vec(), rows.len(), self.dev)?;
+        prompts.select(&idx).map_err(candle_core::Error::wrap)
+    }
+    fn sample_size(&self) -> usize {
+        self.unet.config().sample_size.unwrap_or(32)
+    }
+    fn device(&self) -> &Device {
+        self.dev
+    }
+}
+
 /// else together; at 8×8 the text still steers every pixel through the decoder.
 pub fn unet_config(canvas: usize, channels: &[usize], context_dim: usize) -> UNet2DConditionConfig {
     let mut c = UNet2DConditionConfig::tiny();

@@ -1,18 +1,19 @@
-//! What the online methods share (D3PO, DDPO): rolling the LoRA policy out with DDIM(η) and CFG
-//! while recording every transition and its log-probability under the sampling policy,
-//! rewarding the final images with the in-world PickScore analogue, and re-scoring recorded
-//! transitions under the policy or the frozen reference (the LoRA switched off).
+//! What the online methods share (D3PO, DDPO): their inputs loaded, the LoRA policy with CFG
+//! handed to the library's rollouts (`spo_methods::online`: every transition recorded with its
+//! log-probability, re-scored under the policy or the frozen reference), and the final images
+//! rewarded with the in-world PickScore analogue.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use image::RgbImage;
 use spo_core::StageContext;
 use spo_diffusion::{Ddim, NoiseSchedule, SchedulerConfig, UNet2DConditionModel};
+use spo_methods::online::{self, Chains};
 use spo_nn::{AdamW, SeededRng};
 
 use crate::clip_train::WorldClip;
 use crate::error::Result;
-use crate::inworld::{Conditioning, InWorldClip, device, lora_policy};
+use crate::inworld::{Conditioning, GuidedUnet, InWorldClip, device, lora_policy};
 use crate::score::pickscores;
 use crate::tensors::tensor_to_images;
 use crate::worlddata::WorldData;
@@ -29,13 +30,17 @@ pub(crate) struct Online {
 }
 
 impl Online {
-    /// The models as the rollout and training helpers take them.
-    pub fn policy(&self) -> Policy<'_> {
+    /// The models as the rollout and training helpers take them, guided at `cfg`.
+    pub fn policy(&self, cfg: f64) -> Policy<'_> {
         Policy {
-            unet: &self.unet,
+            den: GuidedUnet {
+                unet: &self.unet,
+                text: &self.text,
+                cfg,
+                dev: &self.dev,
+            },
             ddim: &self.ddim,
             reward: &self.reward,
-            dev: &self.dev,
         }
     }
 }
@@ -78,79 +83,23 @@ pub(crate) fn setup(
 
 /// The models an online method samples, rewards and trains with.
 pub(crate) struct Policy<'a> {
-    pub unet: &'a UNet2DConditionModel,
+    pub den: GuidedUnet<'a>,
     pub ddim: &'a Ddim,
     pub reward: &'a WorldClip,
-    pub dev: &'a Device,
-}
-
-/// One denoising step of every chain: `(n, …)` states before and after, and the log-probability
-/// `(n,)` of the step under the policy that sampled it.
-pub(crate) struct Step {
-    pub x: Tensor,
-    pub t: usize,
-    pub next: Tensor,
-    pub logp: Tensor,
-}
-
-/// A batch of chains rolled out to the end.
-pub(crate) struct Chains {
-    pub steps: Vec<Step>,
-    pub images: Vec<RgbImage>,
-}
-
-impl Chains {
-    /// Every transition `(step index, chain index)` of the first `chains` chains, in a random
-    /// order drawn from `rng`: the order a round trains them in.
-    pub fn shuffled(&self, chains: usize, rng: &mut SeededRng) -> Vec<(usize, usize)> {
-        let all: Vec<(usize, usize)> = (0..self.steps.len())
-            .flat_map(|s| (0..chains).map(move |i| (s, i)))
-            .collect();
-        rng.permutation(all.len())
-            .into_iter()
-            .map(|k| all[k])
-            .collect()
-    }
-
-    /// The recorded tensor `which` of the transitions `rows`, one row each, stacked.
-    pub fn gather(&self, rows: &[(usize, usize)], which: fn(&Step) -> &Tensor) -> Result<Tensor> {
-        let parts: Vec<Tensor> = rows
-            .iter()
-            .map(|&(s, i)| which(&self.steps[s]).narrow(0, i, 1))
-            .collect::<candle_core::Result<_>>()?;
-        Ok(Tensor::cat(&parts, 0)?)
-    }
 }
 
 impl Policy<'_> {
-    /// Rolls the chains starting at `x_t` (one row per entry of `cond`) out to clean images,
-    /// drawing each step's noise from `rng`.
+    /// Rolls the chains starting at `x_t` (one row per prompt of `cond`) out
+    /// ([`spo_methods::online::roll_out`]); the chains and their final images.
     pub fn roll_out(
         &self,
         cond: &Conditioning,
-        mut x: Tensor,
-        cfg: f64,
+        x: Tensor,
         rng: &mut SeededRng,
-    ) -> Result<Chains> {
-        let n = x.dim(0)?;
-        let mut steps = Vec::with_capacity(self.ddim.timesteps().len());
-        for &t in self.ddim.timesteps() {
-            let ts = vec![t; n];
-            let eps = cond.guided_eps(self.unet, &x, &ts, cfg)?.detach();
-            let z = rng.normal(x.shape(), 0.0, 1.0, DType::F32, self.dev)?;
-            let transition = self.ddim.transition(&eps, &ts, &x)?;
-            let next = transition.sample(&z)?;
-            let logp = transition.log_prob(&next)?.detach();
-            steps.push(Step {
-                x,
-                t,
-                next: next.clone(),
-                logp,
-            });
-            x = next;
-        }
-        let images = tensor_to_images(&x.clamp(-1f32, 1f32)?)?;
-        Ok(Chains { steps, images })
+    ) -> Result<(Chains, Vec<RgbImage>)> {
+        let chains = online::roll_out(&self.den, self.ddim, cond, x, rng)?;
+        let images = tensor_to_images(&chains.last.clamp(-1f32, 1f32)?)?;
+        Ok((chains, images))
     }
 
     /// The PickScore analogue of each image with its prompt: the online methods' reward.
@@ -158,28 +107,17 @@ impl Policy<'_> {
         pickscores(self.reward, &images.iter().collect::<Vec<_>>(), texts)
     }
 
-    /// The log-probabilities `(m,)` of the recorded transitions `rows` (step index, chain index)
-    /// under the policy (`lora`) or the frozen reference, guided as in sampling.
+    /// The log-probabilities of the recorded transitions `rows` under the policy or the
+    /// frozen reference ([`spo_methods::online::log_probs`]).
     pub fn log_probs(
         &self,
         cond: &Conditioning,
         chains: &Chains,
         rows: &[(usize, usize)],
-        cfg: f64,
-        lora: bool,
+        policy: bool,
     ) -> Result<Tensor> {
-        let (x, next) = (
-            chains.gather(rows, |s| &s.x)?,
-            chains.gather(rows, |s| &s.next)?,
-        );
-        let ts: Vec<usize> = rows.iter().map(|&(s, _)| chains.steps[s].t).collect();
-        let idx: Vec<u32> = rows.iter().map(|&(_, i)| i as u32).collect();
-        let ctx = cond.select(&Tensor::from_vec(idx, rows.len(), self.dev)?)?;
-        self.unet.set_lora_enabled(lora);
-        let eps = ctx.guided_eps(self.unet, &x, &ts, cfg)?;
-        let eps = if lora { eps } else { eps.detach() };
-        let logp = self.ddim.transition(&eps, &ts, &x)?.log_prob(&next);
-        self.unet.set_lora_enabled(true);
-        Ok(logp?)
+        Ok(online::log_probs(
+            &self.den, self.ddim, cond, chains, rows, policy,
+        )?)
     }
 }

@@ -22,15 +22,15 @@ use arrow_schema::{DataType, Field, Schema};
 use candle_core::{Device, Tensor};
 use spo_clip::Spm;
 use spo_core::{ParamSpec, StageContext, StageError, StageKind};
-use spo_diffusion::{Ddim, NoiseSchedule, SchedulerConfig, UNet2DConditionModel};
+use spo_diffusion::{Ddim, NoiseSchedule, SchedulerConfig};
 use spo_methods::pairs::{self, PairSelection};
 use spo_methods::ratio::ClampedRatio;
-use spo_methods::spo::{Denoiser, RoundResult, SpoConfig, StepJudge, rollout, train_round};
+use spo_methods::spo::{RoundResult, SpoConfig, StepJudge, rollout, train_round};
 
 use crate::checkpoint::exact_f64;
 use crate::error::{At, Result};
 use crate::gradspo::{Ema, GradSpo};
-use crate::inworld::{Conditioning, InWorldClip, device, lora_policy, on_cores};
+use crate::inworld::{GuidedUnet, InWorldClip, device, lora_policy, on_cores};
 use crate::oracle_judge::OracleJudge;
 use crate::training::Trainer;
 use crate::vocab::Vocab;
@@ -193,12 +193,15 @@ pub(crate) fn train(cx: &mut StageContext, gradspo: Option<GradSpo>) -> Result<(
         .map(|g| Ema::attach(&lora_vars, g.ema_decay))
         .transpose()?;
     let name = if gradspo.is_some() { "gradspo" } else { "spo" };
-    let models = Models {
+    let den = GuidedUnet {
         unet: &unet,
         text: &text,
         cfg: p.cfg,
+        dev: &dev,
+    };
+    let spm_judge = SpmJudge {
         spm: &spm,
-        spm_vocab: &spm_vocab,
+        vocab: &spm_vocab,
         dev: &dev,
     };
     let oracle = match p.judge {
@@ -212,7 +215,7 @@ pub(crate) fn train(cx: &mut StageContext, gradspo: Option<GradSpo>) -> Result<(
     };
     let judge: &(dyn StepJudge + Sync) = match &oracle {
         Some(oracle) => oracle,
-        None => &models,
+        None => &spm_judge,
     };
     let rounds = p.rounds;
     let mut tr: Trainer<Vec<RoundLog>> = Trainer::start(
@@ -237,7 +240,7 @@ pub(crate) fn train(cx: &mut StageContext, gradspo: Option<GradSpo>) -> Result<(
             if let Some(ema) = ema.as_mut() {
                 ema.swap_in()?;
             }
-            let sampled = rollout(&models, judge, &ddim, &cfg, &texts, rng)?;
+            let sampled = rollout(&den, judge, &ddim, &cfg, &texts, rng)?;
             if let Some(ema) = ema.as_mut() {
                 ema.swap_out()?;
             }
@@ -247,7 +250,7 @@ pub(crate) fn train(cx: &mut StageContext, gradspo: Option<GradSpo>) -> Result<(
                 None => Ok(()),
             };
             let trained = train_round(
-                &models,
+                &den,
                 &ddim,
                 &cfg,
                 &sampled.0,
@@ -300,49 +303,17 @@ pub(crate) fn train(cx: &mut StageContext, gradspo: Option<GradSpo>) -> Result<(
     Ok(())
 }
 
-/// The in-world models as SPO's library sees them: the LoRA policy with CFG over the world's
-/// text encoder, and the SPM.
-struct Models<'a> {
-    unet: &'a UNet2DConditionModel,
-    text: &'a InWorldClip,
-    cfg: f64,
+/// The SPM as SPO's step-aware judge.
+struct SpmJudge<'a> {
     spm: &'a Spm,
-    spm_vocab: &'a Vocab,
+    vocab: &'a Vocab,
     dev: &'a Device,
 }
 
-impl Denoiser for Models<'_> {
-    type Prompts = Conditioning;
-    fn encode(&self, texts: &[&str]) -> candle_core::Result<Conditioning> {
-        self.text
-            .conditioning(texts, self.dev)
-            .map_err(candle_core::Error::wrap)
-    }
-    fn eps(
-        &self,
-        prompts: &Conditioning,
-        x: &Tensor,
-        ts: &[usize],
-        reference: bool,
-    ) -> candle_core::Result<Tensor> {
-        self.unet.set_lora_enabled(!reference);
-        let eps = prompts
-            .guided_eps(self.unet, x, ts, self.cfg)
-            .map_err(candle_core::Error::wrap)?;
-        Ok(if reference { eps.detach() } else { eps })
-    }
-    fn sample_size(&self) -> usize {
-        self.unet.config().sample_size.unwrap_or(32)
-    }
-    fn device(&self) -> &Device {
-        self.dev
-    }
-}
-
-impl StepJudge for Models<'_> {
+impl StepJudge for SpmJudge<'_> {
     fn scores(&self, pixels: &Tensor, texts: &[&str], t: usize) -> candle_core::Result<Vec<f64>> {
         let ids = self
-            .spm_vocab
+            .vocab
             .batch(texts, self.dev)
             .map_err(candle_core::Error::wrap)?;
         self.spm.score(pixels, &ids, &vec![t as f32; texts.len()])

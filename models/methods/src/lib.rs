@@ -1,6 +1,6 @@
 //! spo-methods: the preference-optimisation methods spo-pipe trains with, as functions of
-//! tensors and scores with typed settings, and SPO's round over two traits for its models
-//! ([`spo::Denoiser`], [`spo::StepJudge`]). No I/O, no store: the stage kinds load the models,
+//! tensors and scores with typed settings, SPO's round over two traits for its models
+//! ([`spo::Denoiser`], [`spo::StepJudge`]) and the online methods' rollouts over the first. No I/O, no store: the stage kinds load the models,
 //! call these, and write what they return.
 //!
 //! Each loss follows its reference repository (`../shared/reference/next-wave.md`, part A and
@@ -11,9 +11,12 @@ pub mod ddpo;
 pub mod diffusion_dpo;
 pub mod gradspo;
 pub mod mapo;
+pub mod online;
 pub mod pairs;
 pub mod ratio;
 pub mod spo;
+#[cfg(test)]
+mod toys;
 
 use candle_core::{Result, Tensor};
 

@@ -34,6 +34,8 @@ pub trait Denoiser {
         ts: &[usize],
         reference: bool,
     ) -> candle_core::Result<Tensor>;
+    /// The encoded prompts of `rows` (indices into `prompts`' rows), in that order.
+    fn select(&self, prompts: &Self::Prompts, rows: &[u32]) -> candle_core::Result<Self::Prompts>;
     /// Side of the square samples, in latent (or pixel) cells.
     fn sample_size(&self) -> usize;
     fn device(&self) -> &Device;
@@ -397,60 +399,12 @@ pub fn train_round<D: Denoiser>(
 mod tests {
     use std::cell::Cell;
 
-    use candle_core::Var;
     use spo_diffusion::{NoiseSchedule, SchedulerConfig};
     use spo_nn::AdamWConfig;
 
     use super::*;
     use crate::pairs::{Continuation, PairChoice};
-
-    /// ε = w·x for the policy, w₀·x (detached) for the reference; counts its calls.
-    struct Toy {
-        w: Var,
-        w0: f64,
-        dev: Device,
-        calls: Cell<usize>,
-    }
-
-    impl Toy {
-        fn new(w: f64) -> Toy {
-            let dev = Device::Cpu;
-            Toy {
-                w: Var::new(&[w as f32], &dev).unwrap(),
-                w0: w,
-                dev,
-                calls: Cell::new(0),
-            }
-        }
-    }
-
-    impl Denoiser for Toy {
-        type Prompts = usize;
-        fn encode(&self, texts: &[&str]) -> candle_core::Result<usize> {
-            Ok(texts.len())
-        }
-        fn eps(
-            &self,
-            rows: &usize,
-            x: &Tensor,
-            ts: &[usize],
-            reference: bool,
-        ) -> candle_core::Result<Tensor> {
-            assert_eq!((*rows, ts.len()), (x.dim(0)?, x.dim(0)?), "prompts per row");
-            self.calls.set(self.calls.get() + 1);
-            if reference {
-                (x * self.w0)?.detach().contiguous()
-            } else {
-                x.broadcast_mul(self.w.as_tensor())
-            }
-        }
-        fn sample_size(&self) -> usize {
-            4
-        }
-        fn device(&self) -> &Device {
-            &self.dev
-        }
-    }
+    use crate::toys::Toy;
 
     /// Scores an image by its mean pixel: the brightest candidate wins.
     struct Brightness;
