@@ -100,7 +100,7 @@ pub fn log_probs<D: Denoiser>(
     let ts: Vec<usize> = rows.iter().map(|&(s, _)| chains.steps[s].t).collect();
     let picked: Vec<u32> = rows.iter().map(|&(_, i)| i as u32).collect();
     let eps = den.eps(&den.select(prompts, &picked)?, &x, &ts, !policy)?;
-    Ok(ddim.transition(&eps, &ts, &x)?.log_prob(&next)?)
+    ddim.transition(&eps, &ts, &x)?.log_prob(&next)
 }
 
 #[cfg(test)]
