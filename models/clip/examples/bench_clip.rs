@@ -17,19 +17,12 @@ use spo_clip::preprocess::Preprocess;
 use spo_clip::{ClipConfig, ClipModel, ClipTokenizer, Metric, ScoreOptions, Scorer, TextCleaning};
 use spo_nn::{SeededRng, seeded_var_builder};
 
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
+mod common;
+use common::median;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // As spo-pipe runs: candle's elementwise ops on the calling thread (its barrier pool would
-    // spin on the cores spo-nn's kernels use) and glibc keeping freed buffers.
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        // SAFETY: first statement of main, before any thread exists.
-        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
-    }
-    spo_nn::allocator::retain_freed_memory();
+    // SAFETY: first statement of main, before any thread exists.
+    let threads = unsafe { common::as_spo_pipe() };
     let mut args = std::env::args().skip(1);
     let batch: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(16);
     let repeats: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(5);
@@ -44,10 +37,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|(n, v)| (n, v.as_tensor().detach()))
         .collect();
     let model = ClipModel::new(&cfg, VarBuilder::from_tensors(tensors, DType::F32, &dev))?;
-    let threads = std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     // Everything timed on a pool of `threads` threads, as the stages score (spo_nn::threads), so
     // that kernels parallelise in place rather than hand off per op.
     spo_nn::threads::install(threads, || timed(model, batch, repeats, &dev))?

@@ -49,24 +49,15 @@ fn config() -> ClipConfig {
     }
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
+mod common;
+use common::median;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        // SAFETY: first statement of main, before any thread exists.
-        unsafe { std::env::set_var("CANDLE_NUM_THREADS", "1") };
-    }
-    spo_nn::allocator::retain_freed_memory();
+    // SAFETY: first statement of main, before any thread exists.
+    let threads = unsafe { common::as_spo_pipe() };
     let mut args = std::env::args().skip(1);
     let pairs: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(16);
     let steps: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(20);
-    let threads = std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let dev = Device::Cpu;
     let varmap = VarMap::new();
     let spm = Spm::new(

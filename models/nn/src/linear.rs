@@ -167,6 +167,7 @@ pub fn linear_b(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Re
 mod tests {
     use super::*;
     use crate::seeded_init::seeded_var_builder;
+    use crate::test_support::bits;
     use candle_core::Module;
     use candle_core::{DType, Device};
     use candle_nn::VarMap;
@@ -201,13 +202,6 @@ mod tests {
             trained.weight().detach(),
             trained.bias().map(Tensor::detach),
         );
-        let bits = |t: &Tensor| -> Result<Vec<u32>> {
-            Ok(t.flatten_all()?
-                .to_vec1::<f32>()?
-                .iter()
-                .map(|f| f.to_bits())
-                .collect())
-        };
         let mut rng = crate::rng::SeededRng::new(2);
         for (dense, keeps) in [
             (Dense::from(trained.clone()), false),

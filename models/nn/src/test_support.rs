@@ -15,3 +15,12 @@ pub(crate) fn output_and_grads(y: &Tensor, vars: &[&Tensor]) -> Result<Vec<Vec<f
     }
     Ok(all)
 }
+
+/// The bit patterns of a tensor's elements, flattened: for tests that two paths agree exactly.
+pub(crate) fn bits(t: &Tensor) -> Result<Vec<u32>> {
+    Ok(t.flatten_all()?
+        .to_vec1::<f32>()?
+        .iter()
+        .map(|f| f.to_bits())
+        .collect())
+}
