@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use spo_core::executor::Resources;
+use spo_core::record::Recorder;
 use spo_core::run::key_parts;
 use spo_core::{Committed, Plan};
 
@@ -100,6 +101,7 @@ pub fn run(l: &Loaded, plan: &Plan, args: &SlurmArgs<'_>) -> anyhow::Result<Exit
     }
     let exe = std::env::current_exe().context("finding this binary for the jobs")?;
     let live = spo_core::live::LiveRun::start(&store)?;
+    let recorder = Recorder::new(&store, plan);
     let n = plan.nodes.len();
     let mut st = vec![St::Pending; n];
     let (mut cached, mut ran, mut failed, mut skipped, mut queries) = (0, 0, Vec::new(), 0, 0u64);
@@ -183,6 +185,8 @@ pub fn run(l: &Loaded, plan: &Plan, args: &SlurmArgs<'_>) -> anyhow::Result<Exit
                 .transpose()?
                 .flatten();
             if let Some(c) = found {
+                // as a local run does: the cell's index row and slot pointer, if missing
+                recorder.reused(i, &c, || Ok(parts.clone()))?;
                 cached += 1;
                 st[i] = St::Done(c);
                 continue;

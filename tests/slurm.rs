@@ -146,6 +146,19 @@ fn a_sweep_runs_as_slurm_jobs_each_cell_once() {
     assert!(e.contains("7 cells: 0 ran as Slurm jobs, 7 cached"), "{e}");
     assert!(e.contains("0 squeue queries"), "{e}");
     assert_eq!(lines(&log).len(), 7);
+    // Cells found in the store get their index rows back, as in a local run.
+    let index = p.path().join("runs/index");
+    let rows = || std::fs::read_dir(&index).map_or(0, |d| d.count());
+    assert_eq!(rows(), 7, "one row per job");
+    std::fs::remove_dir_all(&index).unwrap();
+    let out = run(&p, &conf, &["run", "k"]);
+    assert!(
+        text(&out.stderr).contains("7 cached"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(rows(), 7, "the index rows of the cached cells");
+    assert_eq!(lines(&log).len(), 7);
     // A failing cell: the job ends without a commit, its log tail is shown, downstream skipped.
     let out = run(
         &p,

@@ -22,6 +22,7 @@ pub mod manifest;
 pub mod namemap;
 pub mod param;
 pub mod plan;
+pub mod record;
 pub mod registry;
 pub mod remote;
 pub mod run;

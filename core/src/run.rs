@@ -12,12 +12,13 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use crate::config::Pipeline;
 use crate::cores::CoreBudget;
 use crate::error::Error;
-use crate::index::{self, IndexRow};
+use crate::index;
 use crate::key::{CellKey, KeyView};
 use crate::live::LiveRun;
 use crate::manifest::{FileEntry, InputRef, Manifest};
 use crate::param::Params;
 use crate::plan::{Node, Plan, bare};
+use crate::record::Recorder;
 use crate::registry::Registry;
 use crate::remote::{RemoteCache, RemoteFailure};
 use crate::stage::{Input, StageContext, StageError, StageKind};
@@ -274,7 +275,7 @@ pub fn run(
         on,
         overall: &overall,
         cores: Arc::new(CoreBudget::new(opts.jobs)),
-        recorded: Mutex::new(None),
+        recorder: Recorder::new(store, plan),
     };
     let workers = opts.jobs.max(1).min(n.max(1));
     if workers == 1 {
@@ -310,8 +311,8 @@ struct Exec<'a> {
     on: &'a (dyn Fn(Event<'_>) + Sync),
     overall: &'a ProgressBar,
     cores: Arc<CoreBudget>,
-    /// The ids of the index's rows, read at the first cache hit (see `record_reuse`).
-    recorded: Mutex<Option<index::RowIds>>,
+    /// Index rows and slot pointers of the cells this run finds committed.
+    recorder: Recorder<'a>,
 }
 
 /// Fresh ready nodes a worker resolves together when many are ready: their keys are protected
@@ -532,9 +533,7 @@ impl Exec<'_> {
         self.store
             .check_committed(&c)
             .map_err(|e| self.damaged(id, &c.key, e))?;
-        if self.needs_row(id, &c)? {
-            self.write_reuse(id, &parts()?, &c)?;
-        }
+        self.recorder.reused(id, &c, parts)?;
         Ok(Outcome::Cached(c))
     }
 
@@ -599,7 +598,7 @@ impl Exec<'_> {
                     Ok(()) => {
                         // Checked just now, in the staging directory only this lock reaches.
                         let (_, cell) = lock.commit_cell_as(f.manifest, Some(f.json))?;
-                        self.record_reuse(id, parts, &cell)?;
+                        self.recorder.reused(id, &cell, || Ok(parts.clone()))?;
                         return Ok(Outcome::Fetched(cell));
                     }
                     Err(e) if self.opts.fetch_only => return Err(e.into()),
@@ -709,7 +708,7 @@ impl Exec<'_> {
             host: host(),
         };
         let (manifest, cell) = lock.commit_cell(manifest)?;
-        index::append(&self.store.index_dir(), &self.index_row(id, &manifest))?;
+        index::append(&self.store.index_dir(), &self.recorder.row(id, &manifest))?;
         self.store.write_pointer(
             &node.label,
             node.seed,
@@ -721,75 +720,6 @@ impl Exec<'_> {
             },
         )?;
         Ok(Outcome::Ran(cell, seconds))
-    }
-
-    /// A cell that found its key already committed (by another cell with identical inputs, or
-    /// another process) still gets its index row and slot pointer, once.
-    fn record_reuse(&self, id: usize, parts: &CellKey, c: &Committed) -> Result<(), Error> {
-        if self.needs_row(id, c)? {
-            self.write_reuse(id, parts, c)?;
-        }
-        Ok(())
-    }
-
-    /// Whether the index lacks the row of node `id` reusing `c`; from now on it counts as
-    /// recorded.
-    fn needs_row(&self, id: usize, c: &Committed) -> Result<bool, Error> {
-        let node = &self.plan.nodes[id];
-        let mut g = self.recorded.lock().unwrap_or_else(|p| p.into_inner());
-        let ids = match &mut *g {
-            Some(ids) => ids,
-            None => g.insert(index::row_ids(&self.store.index_dir())?),
-        };
-        Ok(ids.insert(&c.key, &node.cell, node.seed))
-    }
-
-    /// Writes the slot pointer and index row of node `id` reusing `c`.
-    fn write_reuse(&self, id: usize, parts: &CellKey, c: &Committed) -> Result<(), Error> {
-        let node = &self.plan.nodes[id];
-        let m = &c.manifest(self.store)?;
-        self.store.write_pointer(
-            &node.label,
-            node.seed,
-            &Pointer {
-                key: m.key.clone(),
-                label: node.label.clone(),
-                parts: parts.clone(),
-                committed: unix_now(),
-            },
-        )?;
-        index::append(&self.store.index_dir(), &self.index_row(id, m))
-    }
-
-    fn index_row(&self, id: usize, m: &Manifest) -> IndexRow {
-        let node = &self.plan.nodes[id];
-        let lineage: serde_json::Map<String, serde_json::Value> = self
-            .plan
-            .lineage(id)
-            .into_iter()
-            .map(|i| {
-                (
-                    self.plan.nodes[i].stage_name.to_string(),
-                    serde_json::to_value(&*self.plan.nodes[i].params).unwrap_or_default(),
-                )
-            })
-            .collect();
-        IndexRow {
-            key: m.key.clone(),
-            stage: node.stage_name.to_string(),
-            kind: m.kind.clone(),
-            version: m.version,
-            cell: node.cell.clone(),
-            label: node.label.clone(),
-            seed: node.seed,
-            variant: variant_string(node),
-            lineage: serde_json::Value::Object(lineage).to_string(),
-            metrics: m.metrics.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-            started: m.started,
-            seconds: m.seconds,
-            host: m.host.clone(),
-            tool_version: m.tool_version.clone(),
-        }
     }
 }
 
@@ -847,7 +777,7 @@ pub fn variant_string(node: &Node) -> String {
         .join(",")
 }
 
-fn unix_now() -> f64 {
+pub(crate) fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
