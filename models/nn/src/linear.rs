@@ -53,15 +53,15 @@ pub fn forward_2d(layer: &Linear, xs: &Tensor) -> Result<Tensor> {
     over_rows(xs, |flat| linear_2d(flat, layer.weight(), layer.bias()))
 }
 
+/// Calls with fewer rows than this keep [`Dense`]'s transposed weight.
+pub const KEEP_BELOW_ROWS: usize = 2048;
+
 /// A linear layer over `(…, in)` inputs, as [`forward_2d`], that keeps the transposed weight
 /// the fused GEMM reads once its weight is known never to change: a plain tensor rather than a
 /// `Var` (a loaded scorer or judge), called with nothing to back-propagate. [`forward_2d`]
 /// makes that copy on every call: 6% of a ViT-B/32 forward at batch 16 (800 rows), about 1% at
 /// 4,000 rows (a ViT-H/14 batch), where keeping it would cost the weight's size again. So the
 /// copy is kept when a call has fewer than [`KEEP_BELOW_ROWS`] rows. Same bits either way.
-/// Calls with fewer rows than this keep [`Dense`]'s transposed weight.
-pub const KEEP_BELOW_ROWS: usize = 2048;
-
 #[derive(Debug, Clone)]
 pub struct Dense {
     layer: Linear,
