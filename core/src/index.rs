@@ -486,13 +486,25 @@ fn column<A: Array + Clone + 'static>(
     name: &str,
     ty: &str,
 ) -> Result<A, Error> {
-    batch
+    let array = batch
         .column_by_name(name)
-        .ok_or_else(|| Error::corrupt(path, format!("no column `{name}`")))?
+        .ok_or_else(|| Error::corrupt(path, format!("no column `{name}`")))?;
+    downcast(array.as_ref(), path, || {
+        format!("column `{name}` is not {ty}")
+    })
+}
+
+/// `array` as type `A`; otherwise the file at `path` is corrupt, with the `problem` given.
+fn downcast<A: Array + Clone + 'static>(
+    array: &dyn Array,
+    path: &Path,
+    problem: impl FnOnce() -> String,
+) -> Result<A, Error> {
+    array
         .as_any()
         .downcast_ref::<A>()
         .cloned()
-        .ok_or_else(|| Error::corrupt(path, format!("column `{name}` is not {ty}")))
+        .ok_or_else(|| Error::corrupt(path, problem()))
 }
 
 /// The `metrics` column of `batch`, to read row by row with [`Metrics::at`].
@@ -505,18 +517,12 @@ struct Metrics {
 impl Metrics {
     fn of(batch: &RecordBatch, path: &Path) -> Result<Self, Error> {
         let map: MapArray = column(batch, path, "metrics", "a map")?;
-        let names = map
-            .keys()
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .cloned()
-            .ok_or_else(|| Error::corrupt(path, "metric names are not utf8"))?;
-        let values = map
-            .values()
-            .as_any()
-            .downcast_ref::<Float64Array>()
-            .cloned()
-            .ok_or_else(|| Error::corrupt(path, "metric values are not float64"))?;
+        let names = downcast(map.keys().as_ref(), path, || {
+            "metric names are not utf8".to_owned()
+        })?;
+        let values = downcast(map.values().as_ref(), path, || {
+            "metric values are not float64".to_owned()
+        })?;
         Ok(Metrics { map, names, values })
     }
 

@@ -19,6 +19,7 @@ use crate::inworld::{Conditioning, on_cores};
 use crate::online::{self, Policy};
 use crate::training::Trainer;
 use spo_methods::online::Chains;
+use spo_methods::spo::Denoiser;
 
 spo_core::stage_params! {
     /// The params of `ddpo`.
@@ -149,7 +150,7 @@ fn run(cx: &mut StageContext) -> Result<()> {
         let rng = &mut tr.rng;
         let (loss, reward_mean) = on_cores(cx.threads(), || {
             let cond = o.text.conditioning(&texts, &o.dev)?;
-            let size = o.unet.config().sample_size.unwrap_or(32);
+            let size = policy.den.sample_size();
             let x_t = rng.normal((texts.len(), 3, size, size), 0.0, 1.0, DType::F32, &o.dev)?;
             let (chains, images) = policy.roll_out(&cond, x_t, rng)?;
             let rewards = policy.rewards(&images, &texts)?;
