@@ -372,18 +372,18 @@ impl<'a> Builder<'a> {
             let downstream: Vec<usize> = (0..pipe.stages.len())
                 .filter(|&i| crate::config::depends_on(pipe, &pipe.stages[i].name, &sw.stage))
                 .collect();
-            for cell in &sw.cells {
-                let variant: Arc<Variant> = Arc::new([(sw.stage.clone(), cell.clone())].into());
-                built.clear();
-                for &d in &downstream {
-                    for seed in self.seeds(d) {
-                        self.instantiate(d, &variant, seed, &mut built);
-                    }
-                }
-            }
+            self.sweep(sw, &downstream, &mut built);
         } else if let Some(table) = pipe.table(t) {
             match &table.rows {
-                Rows::Sweep(s) => self.target(s, depth + 1)?,
+                // a sweep table needs its stage's cells (and their inputs) per sweep cell, not
+                // everything downstream of the swept stage
+                Rows::Sweep(s) => match (pipe.sweep(s), table.stage.as_deref()) {
+                    (Some(sw), Some(stage)) => {
+                        let si = pipe.stage_index(stage).into_iter().collect::<Vec<_>>();
+                        self.sweep(sw, &si, &mut built);
+                    }
+                    _ => self.target(s, depth + 1)?,
+                },
                 Rows::Named(rows) => {
                     for (_, sel) in rows {
                         self.target(sel, depth + 1)?;
@@ -404,6 +404,19 @@ impl<'a> Builder<'a> {
             });
         }
         Ok(())
+    }
+
+    /// The nodes of `stages` (and their inputs) under each cell of sweep `sw`, one per seed.
+    fn sweep(&mut self, sw: &crate::config::SweepDef, stages: &[usize], built: &mut Built) {
+        for cell in &sw.cells {
+            let variant: Arc<Variant> = Arc::new([(sw.stage.clone(), cell.clone())].into());
+            built.clear();
+            for &d in stages {
+                for seed in self.seeds(d) {
+                    self.instantiate(d, &variant, seed, built);
+                }
+            }
+        }
     }
 
     /// The node of stage `si` under `variant` (restricted to its lineage) and `seed`, and of

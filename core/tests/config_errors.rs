@@ -2,7 +2,7 @@
 
 mod support;
 
-use spo_core::{ConfigError, Pipeline};
+use spo_core::{ConfigError, Pipeline, Plan};
 
 fn err(text: &str) -> ConfigError {
     Pipeline::parse("pipeline.toml", text, &support::registry()).expect_err("should be rejected")
@@ -216,4 +216,42 @@ fn valid_pipeline_expands_sweeps_with_grid_and_zip() {
     let p = Pipeline::parse("p.toml", "[stage.a]\nkind = \"emit\"\n[sweep.g]\nstage = \"a\"\ngrid = { value = [1, 2], salt = [0, 1, 2] }\n[sweep.z]\nstage = \"a\"\nzip = { value = [1, 2], salt = [5, 6] }\n", &reg).unwrap();
     assert_eq!(p.sweep("g").unwrap().cells.len(), 6);
     assert_eq!(p.sweep("z").unwrap().cells.len(), 2);
+}
+
+#[test]
+fn a_sweep_table_plans_its_stage_per_cell_and_a_sweep_everything_downstream() {
+    let reg = support::registry();
+    let text = r#"
+[stage.a]
+kind = "emit"
+[stage.b]
+kind = "sum"
+needs = ["a"]
+[stage.c]
+kind = "sum"
+needs = ["a"]
+[sweep.s]
+stage = "a"
+grid = { value = [1, 2, 3] }
+[table.t]
+title = "t"
+sweep = "s"
+stage = "b"
+metrics = ["sum"]
+"#;
+    let p = Pipeline::parse("p.toml", text, &reg).unwrap();
+    let stages_of = |target: &str| {
+        let plan = Plan::build(&p, &reg, &[target.to_owned()]).unwrap();
+        let mut v: Vec<String> = plan
+            .nodes
+            .iter()
+            .map(|n| p.stages[n.stage].name.clone())
+            .collect();
+        v.sort();
+        v
+    };
+    // the table shows b: three cells of a and of b, none of c
+    assert_eq!(stages_of("t"), ["a", "a", "a", "b", "b", "b"]);
+    // the sweep itself fans out through everything downstream of a
+    assert_eq!(stages_of("s"), ["a", "a", "a", "b", "b", "b", "c", "c", "c"]);
 }
