@@ -51,6 +51,66 @@ pub fn install<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> candle_
     Ok(pool(threads)?.install(f))
 }
 
+/// The CPU time of the threads a computation runs on: the thread that made the clock and
+/// every thread of its pool of the given size (see [`install`]). Readable from any thread, so a
+/// training loop can read it inside `install` as well as outside; it keeps the pool alive.
+pub struct CpuClock {
+    /// Each thread's CPU-time clock (`pthread_getcpuclockid`).
+    clocks: Vec<libc::clockid_t>,
+    _pool: Arc<ThreadPool>,
+}
+
+impl CpuClock {
+    /// The clock of the calling thread and its pool of `threads` threads.
+    pub fn new(threads: usize) -> candle_core::Result<CpuClock> {
+        let pool = pool(threads)?;
+        let mut clocks = vec![thread_clock()?];
+        for c in pool.broadcast(|_| thread_clock()) {
+            let c = c?;
+            if !clocks.contains(&c) {
+                clocks.push(c);
+            }
+        }
+        Ok(CpuClock {
+            clocks,
+            _pool: pool,
+        })
+    }
+
+    /// Seconds of CPU those threads have used since they started.
+    pub fn seconds(&self) -> f64 {
+        self.clocks
+            .iter()
+            .map(|&c| {
+                let mut ts = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                // SAFETY: `ts` is a valid timespec to write; a clock whose thread has gone
+                // answers an error, which reads as no time.
+                match unsafe { libc::clock_gettime(c, &mut ts) } {
+                    0 => ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9,
+                    _ => 0.0,
+                }
+            })
+            .sum()
+    }
+}
+
+/// The calling thread's CPU-time clock id.
+fn thread_clock() -> candle_core::Result<libc::clockid_t> {
+    let mut id: libc::clockid_t = 0;
+    // SAFETY: `pthread_self` is the calling thread, alive for the call; `id` is a valid out
+    // pointer.
+    match unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut id) } {
+        0 => Ok(id),
+        e => Err(candle_core::Error::Msg(format!(
+            "cannot read this thread's CPU clock: {}",
+            std::io::Error::from_raw_os_error(e)
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,6 +126,44 @@ mod tests {
         pool(2)?;
         assert!(!Arc::ptr_eq(&three, &pool(3)?));
         assert_eq!(install(0, rayon::current_num_threads)?, 1);
+        Ok(())
+    }
+
+    /// Burns CPU until the calling thread's own clock has advanced by `secs`.
+    fn burn(secs: f64) -> f64 {
+        let clock = thread_clock().expect("a thread clock");
+        let read = || {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: as in `CpuClock::seconds`
+            unsafe { libc::clock_gettime(clock, &mut ts) };
+            ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+        };
+        let (t0, mut x) = (read(), 0.0f64);
+        while read() - t0 < secs {
+            x += x.sin() + 1.0;
+        }
+        x
+    }
+
+    #[test]
+    fn the_cpu_clock_counts_work_on_every_pool_thread_and_the_caller() -> candle_core::Result<()>
+    {
+        let clock = CpuClock::new(2)?;
+        assert_eq!(clock.clocks.len(), 3, "the caller and two pool threads");
+        let before = clock.seconds();
+        // each pool thread burns 0.1 s of its own CPU: the clock must see both
+        let sums = pool(2)?.broadcast(|_| burn(0.1));
+        assert_eq!(sums.len(), 2);
+        let pool_work = clock.seconds() - before;
+        assert!(pool_work >= 0.2, "pool threads' CPU {pool_work} s < 0.2 s");
+        // work on the calling thread counts too, and the clock can be read from elsewhere
+        burn(0.05);
+        let read_elsewhere = std::thread::scope(|s| s.spawn(|| clock.seconds()).join())
+            .map_err(|_| candle_core::Error::Msg("thread panicked".into()))?;
+        assert!(read_elsewhere - before >= 0.25);
         Ok(())
     }
 
