@@ -37,8 +37,21 @@ pub struct State<E> {
     losses: Vec<LossAt>,
     /// The stage's own state (e.g. spo's per-round log).
     pub extra: E,
+    /// What the training has cost so far (absent in checkpoints written before it was kept).
+    #[serde(default)]
+    pub cost: Cost,
     /// SHA-256 (hex) of each tensor file, by name.
     files: BTreeMap<String, String>,
+}
+
+/// What a training has cost: measured CPU time, carried across kills so that a resumed cell
+/// reports the whole training's (less the work redone since the last checkpoint).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Cost {
+    /// CPU seconds up to this checkpoint.
+    pub cpu_seconds: ExactF64,
+    /// (step, CPU seconds up to it) of each snapshot taken.
+    pub snapshots: Vec<(u64, ExactF64)>,
 }
 
 /// One entry of the loss log.
@@ -60,6 +73,7 @@ impl<E> State<E> {
                 .map(|&(step, loss)| LossAt { step, loss })
                 .collect(),
             extra,
+            cost: Cost::default(),
             files: BTreeMap::new(),
         }
     }

@@ -44,6 +44,8 @@ spo_core::stage_params! {
         rank: usize = int(4).range(1.0, 256.0),
         /// rounds between checkpoints
         checkpoint_every: usize = int(2).range(1.0, 1e6),
+        /// snapshots of the LoRA kept at evenly spaced rounds for the `curve` kind (0: none)
+        snapshots: usize = int(4).range(0.0, 1000.0),
     }
 }
 
@@ -55,7 +57,8 @@ impl StageKind for D3po {
         "d3po"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: LoRA snapshots for the `curve` kind; the LoRA and logs are unchanged.
+        2
     }
     fn summary(&self) -> &'static str {
         "D3PO fine-tuning with LoRA: two rollouts per prompt from one x_T, ranked by the PickScore analogue (needs world, clip-pretrain, base-pretrain, pickscore-train)"
@@ -162,6 +165,7 @@ fn run(cx: &mut StageContext) -> Result<()> {
         &mut lora_vars,
         &mut opt,
     )?;
+    tr.keep_snapshots(p.snapshots, |path| o.unet.save_lora(path).at(path));
     while tr.step < p.rounds {
         let prompts: Vec<&Prompt> = tr
             .rng

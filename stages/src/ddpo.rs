@@ -50,6 +50,8 @@ spo_core::stage_params! {
         rank: usize = int(4).range(1.0, 256.0),
         /// rounds between checkpoints
         checkpoint_every: usize = int(2).range(1.0, 1e6),
+        /// snapshots of the LoRA kept at evenly spaced rounds for the `curve` kind (0: none)
+        snapshots: usize = int(4).range(0.0, 1000.0),
     }
 }
 
@@ -61,7 +63,8 @@ impl StageKind for Ddpo {
         "ddpo"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: LoRA snapshots for the `curve` kind; the LoRA and logs are unchanged.
+        2
     }
     fn summary(&self) -> &'static str {
         "DDPO fine-tuning with LoRA: PPO-clipped policy gradient on the PickScore analogue's reward, advantages per prompt (needs world, clip-pretrain, base-pretrain, pickscore-train)"
@@ -132,6 +135,7 @@ fn run(cx: &mut StageContext) -> Result<()> {
         &mut lora_vars,
         &mut opt,
     )?;
+    tr.keep_snapshots(p.snapshots, |path| o.unet.save_lora(path).at(path));
     let mut stats = PerPromptStats::with_buffers(
         p.buffer,
         p.min_count,

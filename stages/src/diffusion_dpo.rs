@@ -44,6 +44,8 @@ spo_core::stage_params! {
         /// use at most this many of the world's pairs (0: all)
         pairs: usize = int(0).min(0.0),
         checkpoint_every: usize = int(50).range(1.0, 1e7),
+        /// snapshots of the LoRA kept at evenly spaced steps for the `curve` kind (0: none)
+        snapshots: usize = int(4).range(0.0, 1000.0),
     }
 }
 
@@ -55,7 +57,8 @@ impl StageKind for DiffusionDpo {
         "diffusion-dpo"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: LoRA snapshots for the `curve` kind; the LoRA and logs are unchanged.
+        2
     }
     fn summary(&self) -> &'static str {
         "Diffusion-DPO fine-tuning with LoRA on the world's generic preference pairs (needs world, clip-pretrain, base-pretrain)"
@@ -78,6 +81,7 @@ impl StageKind for DiffusionDpo {
             pairs: p.pairs,
             empty_prompt_share: p.empty_prompt_share,
             checkpoint_every: p.checkpoint_every,
+            snapshots: p.snapshots,
         };
         Ok(train(cx, &setup, Objective::Dpo { beta: p.beta })?)
     }
@@ -105,6 +109,8 @@ spo_core::stage_params! {
         /// use at most this many of the world's pairs (0: all)
         pairs: usize = int(0).min(0.0),
         checkpoint_every: usize = int(50).range(1.0, 1e7),
+        /// snapshots of the LoRA kept at evenly spaced steps for the `curve` kind (0: none)
+        snapshots: usize = int(4).range(0.0, 1000.0),
     }
 }
 
@@ -116,7 +122,8 @@ impl StageKind for MapoTrain {
         "mapo"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: LoRA snapshots for the `curve` kind; the LoRA and logs are unchanged.
+        2
     }
     fn summary(&self) -> &'static str {
         "MaPO fine-tuning with LoRA on the world's generic preference pairs, reference-free (needs world, clip-pretrain, base-pretrain)"
@@ -139,6 +146,7 @@ impl StageKind for MapoTrain {
             pairs: p.pairs,
             empty_prompt_share: p.empty_prompt_share,
             checkpoint_every: p.checkpoint_every,
+            snapshots: p.snapshots,
         };
         let objective = Objective::Mapo(Mapo {
             beta: p.beta,
@@ -161,6 +169,7 @@ struct Offline {
     pairs: usize,
     empty_prompt_share: f64,
     checkpoint_every: usize,
+    snapshots: usize,
 }
 
 /// What an offline method minimises over a batch's per-sample denoising errors.
@@ -252,6 +261,7 @@ fn train(cx: &mut StageContext, p: &Offline, objective: Objective) -> Result<()>
         &mut lora_vars,
         &mut opt,
     )?;
+    tr.keep_snapshots(p.snapshots, |path| unet.save_lora(path).at(path));
     let b = p.batch;
     while tr.step < p.steps {
         opt.set_learning_rate(p.lr * warmup_cosine(tr.step, p.steps, p.warmup));

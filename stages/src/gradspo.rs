@@ -38,7 +38,8 @@ impl StageKind for GradSpoTrain {
         "gradspo"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: LoRA snapshots for the `curve` kind; the LoRA and logs are unchanged.
+        2
     }
     fn summary(&self) -> &'static str {
         "GradSPO: SPO with a moving-average rollout policy and a noise-target score (needs world, clip-pretrain, base-pretrain, train-spm)"

@@ -114,6 +114,8 @@ spo_core::stage_params! {
         cfg: f64 = float(5.0).range(1.0, 100.0),
         /// rounds between checkpoints
         checkpoint_every: usize = int(2).range(1.0, 1e6),
+        /// snapshots of the LoRA kept at evenly spaced rounds for the `curve` kind (0: none)
+        snapshots: usize = int(4).range(0.0, 1000.0),
     }
 }
 
@@ -125,9 +127,11 @@ impl StageKind for SpoTrain {
         "spo"
     }
     fn version(&self) -> u32 {
+        // 4: LoRA snapshots (`snapshots/`, `snapshots.parquet`) for the `curve` kind; the
+        //    LoRA and logs are unchanged.
         // 3: a ResNet block's GroupNorm–SiLU–conv is one fused op (last-bit changes).
         // 2: the fused CPU convolution, attention and linear ops (last-bit changes).
-        3
+        4
     }
     fn summary(&self) -> &'static str {
         "SPO / MSPO fine-tuning with LoRA (needs world, clip-pretrain, base-pretrain, train-spm)"
@@ -227,6 +231,7 @@ pub(crate) fn train(cx: &mut StageContext, gradspo: Option<GradSpo>) -> Result<(
         &mut lora_vars,
         &mut opt,
     )?;
+    tr.keep_snapshots(p.snapshots, |path| unet.save_lora(path).at(path));
     while tr.step < rounds {
         // ---- sampling ----
         let texts: Vec<&str> = tr
