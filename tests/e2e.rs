@@ -62,6 +62,24 @@ const TINY: &[&str] = &[
     "sample-gradspo.prompts=2",
     "sample-gradspo.per_prompt=1",
     "sample-gradspo.steps=4",
+    "curve-spo.prompts=2",
+    "curve-spo.per_prompt=1",
+    "curve-spo.steps=4",
+    "curve-gradspo.prompts=2",
+    "curve-gradspo.per_prompt=1",
+    "curve-gradspo.steps=4",
+    "curve-dpo.prompts=2",
+    "curve-dpo.per_prompt=1",
+    "curve-dpo.steps=4",
+    "curve-mapo.prompts=2",
+    "curve-mapo.per_prompt=1",
+    "curve-mapo.steps=4",
+    "curve-d3po.prompts=2",
+    "curve-d3po.per_prompt=1",
+    "curve-d3po.steps=4",
+    "curve-ddpo.prompts=2",
+    "curve-ddpo.per_prompt=1",
+    "curve-ddpo.steps=4",
 ];
 
 fn spo_pipe(store: &Path, args: &[&str]) -> Output {
@@ -82,13 +100,13 @@ fn use_store() -> std::sync::MutexGuard<'static, ()> {
 
 /// The store of one tiny run of every table (`runs/` in a directory kept for the whole test
 /// binary), and that run's output.
-fn ablations() -> &'static (PathBuf, Output) {
+fn paper() -> &'static (PathBuf, Output) {
     static STORE: OnceLock<(PathBuf, Output)> = OnceLock::new();
     STORE.get_or_init(|| {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e");
         let _ = std::fs::remove_dir_all(&dir);
         let store = dir.join("runs");
-        let mut c = support::default_pipeline(&store, TINY, &["run", "ablations", "--jobs", "2"]);
+        let mut c = support::default_pipeline(&store, TINY, &["run", "paper", "--jobs", "2"]);
         c.env_remove("SPO_PIPE_REPORT");
         (store, c.output().expect("spawn spo-pipe"))
     })
@@ -97,7 +115,7 @@ fn ablations() -> &'static (PathBuf, Output) {
 #[test]
 fn the_default_dag_fills_every_table_and_a_second_run_does_nothing() {
     let _store = use_store();
-    let (store, out) = ablations();
+    let (store, out) = paper();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
@@ -130,11 +148,16 @@ fn the_default_dag_fills_every_table_and_a_second_run_does_nothing() {
         "Calibration: the base model",
         "Calibration: the judges",
         "Calibration: SPO",
+        "Training cost",
     ] {
         assert!(tables.contains(t), "{t} not rendered:\n{tables}");
     }
-    // Table 3's categories need prompts of their kind, which the two tiny prompts may lack.
-    for section in tables.split("\n**").filter(|t| !t.starts_with("Table 3")) {
+    // Table 3's categories need prompts of their kind, which the two tiny prompts may lack; a
+    // method whose curve never reaches SPO's midpoint has no CPU seconds to it.
+    for section in tables
+        .split("\n**")
+        .filter(|t| !t.starts_with("Table 3") && !t.starts_with("Training cost"))
+    {
         assert!(!section.contains('—'), "a table cell is empty:\n{section}");
     }
     assert!(tables.contains("geneval_mean"), "{tables}");
@@ -145,7 +168,35 @@ fn the_default_dag_fills_every_table_and_a_second_run_does_nothing() {
         "{tables}"
     );
 
-    let out = spo_pipe(store, &["run", "ablations"]);
+    // The cost curve's ends are Table 2's rows (same prompts, seeds and sampler), and every
+    // method's training cost was measured.
+    let numbers = csv_numbers(store);
+    let mean = |t: &str, r: &str, m: &str| {
+        numbers
+            .get(&(t.to_owned(), r.to_owned(), m.to_owned()))
+            .map(|v| v.0.clone())
+            .unwrap_or_else(|| panic!("no {t} / {r} / {m}"))
+    };
+    for (row, table2_row) in [("SPO", "SPO"), ("Diffusion-DPO", "Diffusion-DPO"), ("DDPO", "DDPO")] {
+        assert_eq!(
+            mean("cost", row, "score_final"),
+            mean("table2", table2_row, "aesthetic")
+        );
+        assert_eq!(
+            mean("cost", row, "score_base"),
+            mean("table2", "Base model", "aesthetic")
+        );
+    }
+    for row in ["SPO", "GradSPO", "Diffusion-DPO", "MaPO", "D3PO", "DDPO"] {
+        let cpu: f64 = mean("cost", row, "total_cpu_seconds").parse().unwrap();
+        assert!(cpu > 0.0, "{row}: {cpu} CPU seconds");
+    }
+    let judged: f64 = mean("cost", "SPO", "judge_cpu_seconds").parse().unwrap();
+    assert!(judged > 0.0, "SPO's cost includes its SPM's");
+    let unjudged: f64 = mean("cost", "DDPO", "judge_cpu_seconds").parse().unwrap();
+    assert_eq!(unjudged, 0.0, "DDPO trains no judge of its own");
+
+    let out = spo_pipe(store, &["run", "paper"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success() && err.contains(" 0 ran,"),
@@ -295,13 +346,13 @@ fn assert_links_resolve(root: &Path) -> usize {
 #[test]
 fn the_report_holds_every_table_with_the_numbers_of_tables_and_every_link_resolves() {
     let _store = use_store();
-    let (store, run) = ablations();
+    let (store, run) = paper();
     assert!(run.status.success());
     let site = store.with_file_name("site");
     let before = support::snapshot(store);
     let out = spo_pipe(
         store,
-        &["report", "ablations", "--out", site.to_str().unwrap()],
+        &["report", "paper", "--out", site.to_str().unwrap()],
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
@@ -425,7 +476,7 @@ fn crawl(b: &support::browser::Browser, start: &str) -> (usize, Vec<serde_json::
 #[test]
 fn the_report_loads_in_a_real_browser_from_file_and_from_serve() {
     let _store = use_store();
-    let (store, run) = ablations();
+    let (store, run) = paper();
     assert!(run.status.success());
     let b = match support::browser::Browser::start() {
         Ok(b) => b,
@@ -437,7 +488,7 @@ fn the_report_loads_in_a_real_browser_from_file_and_from_serve() {
     let site = store.with_file_name("browser-site");
     let out = spo_pipe(
         store,
-        &["report", "ablations", "--out", site.to_str().unwrap()],
+        &["report", "paper", "--out", site.to_str().unwrap()],
     );
     assert!(
         out.status.success(),
@@ -475,7 +526,7 @@ fn the_report_loads_in_a_real_browser_from_file_and_from_serve() {
         support::default_pipeline(
             store,
             TINY,
-            &["report", "ablations", "--serve", "--port", "0"],
+            &["report", "paper", "--serve", "--port", "0"],
         )
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -1,7 +1,7 @@
 //! Every artifact is byte-reproducible across processes and across kill -9 + resume.
 //!
 //! The default DAG at tiny sizes (every in-world kind: world, the five training kinds, spo,
-//! gradspo, diffusion-dpo, mapo, d3po, ddpo, sample, score) runs into fresh stores three times,
+//! gradspo, diffusion-dpo, mapo, d3po, ddpo, sample, score, curve) runs into fresh stores three times,
 //! each in its own processes: straight through, straight through again, and with every training
 //! stage killed (SIGKILL) in the middle of its training at a different step, then rerun until
 //! it resumes and commits. All three stores must hold the same files with the same bytes.
@@ -88,6 +88,12 @@ const TINY: &[&str] = &[
     "sample-gradspo.prompts=2",
     "sample-gradspo.per_prompt=1",
     "sample-gradspo.steps=4",
+    "curve-spo.prompts=2",
+    "curve-spo.per_prompt=1",
+    "curve-spo.steps=4",
+    "curve-dpo.prompts=2",
+    "curve-dpo.per_prompt=1",
+    "curve-dpo.steps=4",
 ];
 
 /// The training stages in DAG order, their checkpoint name, and the checkpoint after which each
@@ -114,6 +120,7 @@ const TARGETS: &[&str] = &[
     "score-ddpo",
     "score-mapo",
     "score-gradspo",
+    "curve-dpo",
     "winrate",
 ];
 

@@ -6,6 +6,7 @@ pub mod calibrate;
 pub mod checkpoint;
 pub mod clip_train;
 pub mod command;
+pub mod curve;
 pub mod d3po;
 pub mod ddpo;
 pub mod diffusion_dpo;
@@ -67,6 +68,7 @@ pub fn kinds() -> Vec<Box<dyn StageKind>> {
         Box::new(ddpo::Ddpo),
         Box::new(calibrate::Calibrate),
         Box::new(winrate::WinRate),
+        Box::new(curve::Curve),
         Box::new(world::WorldKind),
         Box::new(pickapic::PickAPic),
         Box::new(prompts::Prompts),

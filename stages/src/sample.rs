@@ -9,8 +9,9 @@ use arrow_array::{BinaryArray, Int64Array, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 use candle_core::{DType, Tensor};
 use image::RgbImage;
+use indicatif::ProgressBar;
 use spo_core::{ParamSpec, StageContext, StageError, StageKind};
-use spo_diffusion::{Ddim, NoiseSchedule, SchedulerConfig};
+use spo_diffusion::{Ddim, NoiseSchedule, SchedulerConfig, UNet2DConditionModel};
 use spo_nn::SeededRng;
 
 use crate::error::{At, Result};
@@ -76,47 +77,10 @@ fn run(cx: &mut StageContext) -> Result<()> {
     {
         unet.load_lora(&lora).at(&lora)?;
     }
-    let ddim = Ddim::new(NoiseSchedule::new(SchedulerConfig::sd15())?, p.steps, p.eta)?;
     let seed = cx.seed().unwrap_or(0);
-    let prompts: Vec<(usize, &crate::worlddata::Prompt)> = world
-        .validation
-        .iter()
-        .enumerate()
-        .take(p.prompts)
-        .collect();
-    let per = p.per_prompt;
-    let jobs: Vec<(usize, u64)> = prompts
-        .iter()
-        .flat_map(|(i, _)| (0..per).map(move |k| (*i, image_seed(seed, *i, k))))
-        .collect();
-    let size = world.canvas as usize;
+    let jobs = jobs(seed, p.prompts.min(world.validation.len()), p.per_prompt);
     let pb = cx.progress(jobs.len() as u64, "sample");
-    let mut images: Vec<RgbImage> = Vec::with_capacity(jobs.len());
-    for chunk in jobs.chunks(p.batch) {
-        let texts: Vec<&str> = chunk
-            .iter()
-            .map(|(i, _)| world.validation[*i].text.as_str())
-            .collect();
-        let prompts = clip.conditioning(&texts, &dev)?;
-        let noise: Vec<Tensor> = chunk
-            .iter()
-            .map(|(_, s)| SeededRng::new(*s).normal((1, 3, size, size), 0.0, 1.0, DType::F32, &dev))
-            .collect::<Result<_, _>>()?;
-        let mut x = Tensor::cat(&noise, 0)?;
-        let mut step_rng = SeededRng::new(chunk[0].1 ^ 0x5a17);
-        let cfg = p.cfg;
-        x = on_cores(cx.threads(), || {
-            for &t in ddim.timesteps() {
-                let ts = vec![t; chunk.len()];
-                let eps = prompts.guided_eps(&unet, &x, &ts, cfg)?;
-                let z = step_rng.normal(x.shape(), 0.0, 1.0, DType::F32, &dev)?;
-                x = ddim.step(&eps, &ts, &x, Some(&z))?.0;
-            }
-            Ok(x)
-        })?;
-        images.extend(tensor_to_images(&x)?);
-        pb.inc(chunk.len() as u64);
-    }
+    let images = draw(&unet, &clip, &world, &p, &jobs, cx.threads(), &pb)?;
     pb.finish_and_clear();
 
     let schema = Arc::new(Schema::new(vec![
@@ -152,6 +116,56 @@ fn run(cx: &mut StageContext) -> Result<()> {
     cx.write_artifact("grid.png", &png_bytes(&grid(&images, 8, 8))?)?;
     cx.metric("images", images.len() as f64);
     Ok(())
+}
+
+/// The images of a run with seed `seed`: (validation prompt, image seed) for `per` images of
+/// each of the first `prompts` prompts.
+pub fn jobs(seed: u64, prompts: usize, per: usize) -> Vec<(usize, u64)> {
+    (0..prompts)
+        .flat_map(|i| (0..per).map(move |k| (i, image_seed(seed, i, k))))
+        .collect()
+}
+
+/// Draws `jobs` (from [`jobs`]) with `unet` as `p` says (DDIM, guidance), `p.batch` at a time on
+/// `threads` cores, advancing `pb` per image.
+pub fn draw(
+    unet: &UNet2DConditionModel,
+    clip: &InWorldClip,
+    world: &WorldData,
+    p: &SampleParams,
+    jobs: &[(usize, u64)],
+    threads: usize,
+    pb: &ProgressBar,
+) -> Result<Vec<RgbImage>> {
+    let dev = device();
+    let ddim = Ddim::new(NoiseSchedule::new(SchedulerConfig::sd15())?, p.steps, p.eta)?;
+    let size = world.canvas as usize;
+    let mut images: Vec<RgbImage> = Vec::with_capacity(jobs.len());
+    for chunk in jobs.chunks(p.batch) {
+        let texts: Vec<&str> = chunk
+            .iter()
+            .map(|(i, _)| world.validation[*i].text.as_str())
+            .collect();
+        let prompts = clip.conditioning(&texts, &dev)?;
+        let noise: Vec<Tensor> = chunk
+            .iter()
+            .map(|(_, s)| SeededRng::new(*s).normal((1, 3, size, size), 0.0, 1.0, DType::F32, &dev))
+            .collect::<Result<_, _>>()?;
+        let mut x = Tensor::cat(&noise, 0)?;
+        let mut step_rng = SeededRng::new(chunk[0].1 ^ 0x5a17);
+        x = on_cores(threads, || {
+            for &t in ddim.timesteps() {
+                let ts = vec![t; chunk.len()];
+                let eps = prompts.guided_eps(unet, &x, &ts, p.cfg)?;
+                let z = step_rng.normal(x.shape(), 0.0, 1.0, DType::F32, &dev)?;
+                x = ddim.step(&eps, &ts, &x, Some(&z))?.0;
+            }
+            Ok(x)
+        })?;
+        images.extend(tensor_to_images(&x)?);
+        pb.inc(chunk.len() as u64);
+    }
+    Ok(images)
 }
 
 /// The seed of image `k` of prompt `i` in a run with seed `seed` (recorded per image).
