@@ -239,7 +239,21 @@ fn train(cx: &mut StageContext, p: &Offline, objective: Objective) -> Result<()>
     let seed = cx.seed().unwrap_or(0);
     let pairs = ordered(load_pairs(cx.input_of_kind("world")?, p.pairs)?);
     if pairs.is_empty() {
-        return Err(StageError::Failed("the world has no pair with a preference".into()).into());
+        let world = cx.input_of_kind("world")?;
+        return Err(StageError::Input {
+            need: world.stage.clone(),
+            message: format!(
+                "{}: no pair with a preference (every pair a tie{}); a preference method \
+                 has nothing to learn from",
+                world.file("pairs.parquet")?.display(),
+                if p.pairs > 0 {
+                    format!(" among the first {} read: param `pairs`", p.pairs)
+                } else {
+                    String::new()
+                }
+            ),
+        }
+        .into());
     }
     let text = InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?;
     let (unet, mut lora_vars, mut opt) = lora_policy(

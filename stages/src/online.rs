@@ -6,7 +6,7 @@
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use image::RgbImage;
-use spo_core::StageContext;
+use spo_core::{StageContext, StageError};
 use spo_diffusion::{Ddim, NoiseSchedule, SchedulerConfig, UNet2DConditionModel};
 use spo_methods::online::{self, Chains};
 use spo_nn::{AdamW, SeededRng};
@@ -60,7 +60,20 @@ pub(crate) fn setup(
     let dev = device();
     let world = WorldData::load(cx.input_of_kind("world")?)?;
     let text = InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?;
-    let reward = WorldClip::load(cx.input_of_kind("pickscore-train")?, &dev)?;
+    let reward_input = cx.input_of_kind("pickscore-train")?;
+    let reward = WorldClip::load(reward_input, &dev)?;
+    let side = reward.model.config().vision_config.image_size;
+    if side != world.canvas as usize {
+        return Err(StageError::Input {
+            need: reward_input.stage.clone(),
+            message: format!(
+                "the reward model takes {side}×{side} images, but the world draws {c}×{c} \
+                 (train the PickScore analogue on this method's world)",
+                c = world.canvas
+            ),
+        }
+        .into());
+    }
     let (unet, lora_vars, opt) = lora_policy(
         cx.input_of_kind("base-pretrain")?,
         rank,
@@ -103,8 +116,17 @@ impl Policy<'_> {
     }
 
     /// The PickScore analogue of each image with its prompt: the online methods' reward.
+    /// A reward that is not a number (weights holding a NaN, say) is an error naming the prompt.
     pub fn rewards(&self, images: &[RgbImage], texts: &[&str]) -> Result<Vec<f64>> {
-        pickscores(self.reward, &images.iter().collect::<Vec<_>>(), texts)
+        let rewards = pickscores(self.reward, &images.iter().collect::<Vec<_>>(), texts)?;
+        if let Some((r, text)) = rewards.iter().zip(texts).find(|(r, _)| !r.is_finite()) {
+            return Err(StageError::Failed(format!(
+                "the reward model (the PickScore analogue) gave {r} for the prompt \"{text}\"; \
+                 nothing was stored (are its weights intact?)"
+            ))
+            .into());
+        }
+        Ok(rewards)
     }
 
     /// The log-probabilities of the recorded transitions `rows` under the policy or the
