@@ -177,7 +177,11 @@ fn the_default_dag_fills_every_table_and_a_second_run_does_nothing() {
             .map(|v| v.0.clone())
             .unwrap_or_else(|| panic!("no {t} / {r} / {m}"))
     };
-    for (row, table2_row) in [("SPO", "SPO"), ("Diffusion-DPO", "Diffusion-DPO"), ("DDPO", "DDPO")] {
+    for (row, table2_row) in [
+        ("SPO", "SPO"),
+        ("Diffusion-DPO", "Diffusion-DPO"),
+        ("DDPO", "DDPO"),
+    ] {
         assert_eq!(
             mean("cost", row, "score_final"),
             mean("table2", table2_row, "aesthetic")
@@ -350,10 +354,7 @@ fn the_report_holds_every_table_with_the_numbers_of_tables_and_every_link_resolv
     assert!(run.status.success());
     let site = store.with_file_name("site");
     let before = support::snapshot(store);
-    let out = spo_pipe(
-        store,
-        &["report", "paper", "--out", site.to_str().unwrap()],
-    );
+    let out = spo_pipe(store, &["report", "paper", "--out", site.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     let after = support::snapshot(store);
@@ -486,10 +487,7 @@ fn the_report_loads_in_a_real_browser_from_file_and_from_serve() {
         }
     };
     let site = store.with_file_name("browser-site");
-    let out = spo_pipe(
-        store,
-        &["report", "paper", "--out", site.to_str().unwrap()],
-    );
+    let out = spo_pipe(store, &["report", "paper", "--out", site.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "{}",
@@ -523,14 +521,10 @@ fn the_report_loads_in_a_real_browser_from_file_and_from_serve() {
     eprintln!("screenshot of the report: {}", shot.display());
 
     let mut server = support::KillOnDrop(
-        support::default_pipeline(
-            store,
-            TINY,
-            &["report", "paper", "--serve", "--port", "0"],
-        )
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap(),
+        support::default_pipeline(store, TINY, &["report", "paper", "--serve", "--port", "0"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
     );
     let mut line = String::new();
     std::io::BufRead::read_line(

@@ -253,5 +253,8 @@ metrics = ["sum"]
     // the table shows b: three cells of a and of b, none of c
     assert_eq!(stages_of("t"), ["a", "a", "a", "b", "b", "b"]);
     // the sweep itself fans out through everything downstream of a
-    assert_eq!(stages_of("s"), ["a", "a", "a", "b", "b", "b", "c", "c", "c"]);
+    assert_eq!(
+        stages_of("s"),
+        ["a", "a", "a", "b", "b", "b", "c", "c", "c"]
+    );
 }

@@ -150,7 +150,10 @@ fn run(cx: &mut StageContext) -> Result<()> {
         .iter()
         .map(|(i, _)| world.validation[*i].text.as_str())
         .collect();
-    let scenes: Vec<Scene> = jobs.iter().map(|(i, _)| world.validation[*i].scene).collect();
+    let scenes: Vec<Scene> = jobs
+        .iter()
+        .map(|(i, _)| world.validation[*i].scene)
+        .collect();
     let loras = std::iter::once((0, None)).chain(snapshots.iter().map(|(s, p)| (*s, Some(p))));
     let pb = cx.progress((jobs.len() * (snapshots.len() + 1)) as u64, "curve");
     let mut points = Vec::with_capacity(snapshots.len() + 1);
@@ -338,7 +341,11 @@ fn write_curve(cx: &mut StageContext, points: &[Point], images: usize) -> Result
         Field::new("step", DataType::Int64, false),
         Field::new("images", DataType::Int64, false),
     ];
-    fields.extend(names.iter().map(|n| Field::new(*n, DataType::Float64, false)));
+    fields.extend(
+        names
+            .iter()
+            .map(|n| Field::new(*n, DataType::Float64, false)),
+    );
     let mut cols: Vec<ArrayRef> = vec![
         col(Int64Array::from(
             points.iter().map(|p| p.step as i64).collect::<Vec<_>>(),

@@ -149,8 +149,7 @@ mod tests {
     }
 
     #[test]
-    fn the_cpu_clock_counts_work_on_every_pool_thread_and_the_caller() -> candle_core::Result<()>
-    {
+    fn the_cpu_clock_counts_work_on_every_pool_thread_and_the_caller() -> candle_core::Result<()> {
         let clock = CpuClock::new(2)?;
         assert_eq!(clock.clocks.len(), 3, "the caller and two pool threads");
         let before = clock.seconds();
