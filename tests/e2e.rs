@@ -122,6 +122,15 @@ fn the_default_dag_fills_every_table_and_a_second_run_does_nothing() {
         err.contains("report: ") && store.with_file_name("report").join("index.html").is_file(),
         "the run ends with its report:\n{err}"
     );
+    // the cost table's plot: each method's score reached against its CPU seconds
+    let index =
+        std::fs::read_to_string(store.with_file_name("report").join("index.html")).unwrap();
+    let plot = index
+        .split("<title>score_final against total_cpu_seconds</title>")
+        .nth(1)
+        .and_then(|rest| rest.split("</svg>").next())
+        .unwrap_or_else(|| panic!("no cost plot in the report"));
+    assert_eq!(plot.matches("<circle").count(), 6, "{plot}");
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(
         printed.contains("Table 2") && printed.contains("Table 9"),

@@ -57,6 +57,8 @@ pub struct TableDef {
     /// Metrics whose best is not marked (an interval's bounds, a tie rate).
     pub unranked: BTreeSet<String>,
     pub digits: usize,
+    /// `plot = ["x", "y"]`: the report draws each row at (x, y), mean ± std on both axes.
+    pub plot: Option<(String, String)>,
 }
 
 /// A validated pipeline.
@@ -979,6 +981,7 @@ impl Parser<'_> {
                 "lower_is_better",
                 "unranked",
                 "digits",
+                "plot",
             ],
             "key of a table",
         )?;
@@ -1125,6 +1128,30 @@ impl Parser<'_> {
             },
             None => 3,
         };
+        let plot = match t.get("plot") {
+            Some(pv) => {
+                let axes = self.string_list(pv, "plot")?;
+                if let Some((m, span)) = axes.iter().find(|(m, _)| !metrics.contains(m)) {
+                    return Err(self
+                        .src
+                        .error(
+                            span.clone(),
+                            format!("`{m}` is not among the table's metrics"),
+                        )
+                        .hint("plot two of the table's `metrics`"));
+                }
+                match <[(String, _); 2]>::try_from(axes) {
+                    Ok([(x, _), (y, _)]) => Some((x, y)),
+                    Err(_) => {
+                        return Err(self
+                            .src
+                            .error(pv.span(), "`plot` names two metrics: [x, y]")
+                            .hint("e.g. `plot = [\"total_cpu_seconds\", \"score_final\"]`"));
+                    }
+                }
+            }
+            None => None,
+        };
         Ok(TableDef {
             name: tname,
             title,
@@ -1134,6 +1161,7 @@ impl Parser<'_> {
             lower_is_better: lower,
             unranked,
             digits,
+            plot,
         })
     }
 }

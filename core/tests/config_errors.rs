@@ -258,3 +258,34 @@ metrics = ["sum"]
         ["a", "a", "a", "b", "b", "b", "c", "c", "c"]
     );
 }
+
+#[test]
+fn a_table_plot_names_two_of_its_metrics() {
+    let table = |plot: &str| {
+        format!(
+            "[stage.a]\nkind = \"emit\"\n[table.t]\nrows = {{ \"A\" = \"a\" }}\nmetrics = [\"x\", \"y\"]\nplot = {plot}\n"
+        )
+    };
+    let pipe = Pipeline::parse(
+        "pipeline.toml",
+        &table("[\"x\", \"y\"]"),
+        &support::registry(),
+    )
+    .unwrap();
+    assert_eq!(
+        pipe.table("t").unwrap().plot,
+        Some(("x".to_owned(), "y".to_owned()))
+    );
+    check(
+        &table("[\"x\", \"z\"]"),
+        6,
+        14,
+        &["`z` is not among the table's metrics", "plot two of"],
+    );
+    check(
+        &table("[\"x\", \"y\", \"x\"]"),
+        6,
+        8,
+        &["`plot` names two metrics: [x, y]"],
+    );
+}

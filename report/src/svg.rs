@@ -40,6 +40,16 @@ pub struct Bar {
     pub hi: f64,
 }
 
+/// One row of a table drawn at (x, y), with ± one standard deviation on each axis.
+#[derive(Debug, Clone)]
+pub struct Spot {
+    pub label: String,
+    pub x: f64,
+    pub x_sd: f64,
+    pub y: f64,
+    pub y_sd: f64,
+}
+
 struct Axes {
     x: (f64, f64),
     y: (f64, f64),
@@ -267,6 +277,56 @@ pub fn bars(title: &str, xlabel: &str, bars: &[Bar], numeric: bool) -> String {
     s
 }
 
+/// Labelled points with error bars on both axes, one colour each.
+pub fn scatter(title: &str, xlabel: &str, ylabel: &str, spots: &[Spot]) -> String {
+    let finite = |v: f64| if v.is_finite() { v } else { 0.0 };
+    let mut a = Axes::new(
+        spots
+            .iter()
+            .flat_map(|p| [p.x - finite(p.x_sd), p.x + finite(p.x_sd)]),
+        spots
+            .iter()
+            .flat_map(|p| [p.y - finite(p.y_sd), p.y + finite(p.y_sd)]),
+    );
+    a.x = padded(a.x, 0.08);
+    let xt: Vec<(f64, String)> = ticks(a.x.0, a.x.1)
+        .into_iter()
+        .map(|t| (t, num(t)))
+        .collect();
+    let mut s = String::new();
+    frame(&mut s, &a, title, xlabel, &xt);
+    let _ = write!(
+        s,
+        "<text transform=\"rotate(-90)\" x=\"{:.1}\" y=\"11\" text-anchor=\"middle\">{}</text>",
+        -(TOP + H - BOTTOM) / 2.0,
+        esc(ylabel)
+    );
+    for (i, p) in spots.iter().enumerate() {
+        let (x, y) = (a.px(p.x), a.py(p.y));
+        let (x0, x1) = (a.px(p.x - finite(p.x_sd)), a.px(p.x + finite(p.x_sd)));
+        let (y0, y1) = (a.py(p.y - finite(p.y_sd)), a.py(p.y + finite(p.y_sd)));
+        let _ = write!(
+            s,
+            "<g stroke=\"{c}\"><line x1=\"{x0:.1}\" x2=\"{x1:.1}\" y1=\"{y:.1}\" y2=\"{y:.1}\"/>\
+             <line x1=\"{x:.1}\" x2=\"{x:.1}\" y1=\"{y0:.1}\" y2=\"{y1:.1}\"/></g>\
+             <circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"3.5\" fill=\"{c}\"><title>{l}: {xl} {} ± {}, {yl} {} ± {}</title></circle>\
+             <text x=\"{:.1}\" y=\"{:.1}\" fill=\"{c}\">{l}</text>",
+            num(p.x),
+            num(p.x_sd),
+            num(p.y),
+            num(p.y_sd),
+            x + 5.0,
+            y - 5.0,
+            c = colour(i),
+            l = esc(&p.label),
+            xl = esc(xlabel),
+            yl = esc(ylabel),
+        );
+    }
+    s.push_str("</svg>");
+    s
+}
+
 /// At most `n` points: means over equal runs of consecutive points (long loss logs stay small).
 pub fn thin(points: &[(f64, f64)], n: usize) -> Vec<(f64, f64)> {
     if points.len() <= n || n == 0 {
@@ -306,6 +366,56 @@ mod tests {
         assert!(a.px(0.0) >= LEFT && a.px(10.0) <= W - RIGHT);
         assert!(a.py(2.0) < a.py(1.0), "larger values are higher up");
         assert!(a.py(2.0) >= TOP && a.py(1.0) <= H - BOTTOM);
+    }
+
+    #[test]
+    fn a_scatter_draws_each_spot_with_both_error_bars_inside_the_frame() {
+        let spots = [
+            Spot {
+                label: "SPO".into(),
+                x: 80.0,
+                x_sd: 5.0,
+                y: 0.815,
+                y_sd: 0.006,
+            },
+            Spot {
+                label: "DPO <b>".into(),
+                x: 40.0,
+                x_sd: f64::NAN,
+                y: 0.805,
+                y_sd: 0.002,
+            },
+        ];
+        let svg = scatter("score against cost", "cpu", "score", &spots);
+        assert_eq!(svg.matches("<circle").count(), 2);
+        assert!(
+            svg.contains(">SPO</text>") && svg.contains("DPO &lt;b&gt;"),
+            "{svg}"
+        );
+        assert!(
+            svg.contains("SPO: cpu 80 ± 5, score 0.815 ± 0.006"),
+            "{svg}"
+        );
+        // every coordinate inside the frame
+        let xs: Vec<f64> = svg
+            .split(' ')
+            .filter_map(|a| {
+                ["x=\"", "cx=\"", "x1=\"", "x2=\""]
+                    .iter()
+                    .find_map(|p| a.strip_prefix(p))
+            })
+            .map(|v| v.split('"').next().unwrap().parse().unwrap())
+            .collect();
+        assert!(xs.len() > 10, "{svg}");
+        assert!(xs.iter().all(|v| v.abs() <= W), "{xs:?}");
+        // the spot with the larger mean is higher up
+        let cy = |label: &str| -> f64 {
+            let at = svg.find(&format!("<title>{label}:")).unwrap();
+            let head = &svg[..at];
+            let c = head.rfind("cy=\"").unwrap();
+            head[c + 4..].split('"').next().unwrap().parse().unwrap()
+        };
+        assert!(cy("SPO") < cy("DPO &lt;b&gt;"));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use spo_core::tables::{self, Row, TableData};
 use crate::context::{Ctx, Status};
 use crate::error::Result;
 use crate::html::esc;
+use crate::svg::{self, Spot};
 
 /// The tables' section of the index page.
 pub fn section(cx: &Ctx<'_>) -> Result<String> {
@@ -80,6 +81,9 @@ fn table(cx: &Ctx<'_>, t: &TableDef, d: &TableData) -> Result<String> {
          interval (paired by seed unless marked), green (better) or red (worse) where it excludes 0.</p>",
         esc(&d.runs_note)
     );
+    if let Some((x, y)) = &t.plot {
+        s.push_str(&plot(d, x, y));
+    }
     if !d.missing.is_empty() {
         let _ = write!(
             s,
@@ -90,6 +94,36 @@ fn table(cx: &Ctx<'_>, t: &TableDef, d: &TableData) -> Result<String> {
         );
     }
     Ok(s)
+}
+
+/// The table's `plot`: each row with both metrics at (x, y); rows lacking one are named.
+fn plot(d: &TableData, x: &str, y: &str) -> String {
+    let mut spots = Vec::new();
+    let mut left_out = Vec::new();
+    for r in &d.rows {
+        match (r.values.get(x), r.values.get(y)) {
+            (Some(vx), Some(vy)) => spots.push(Spot {
+                label: r.label.clone(),
+                x: vx.mean,
+                x_sd: vx.std,
+                y: vy.mean,
+                y_sd: vy.std,
+            }),
+            _ => left_out.push(r.label.as_str()),
+        }
+    }
+    let mut s = format!(
+        "<div class=\"plots\">{}</div>",
+        svg::scatter(&format!("{y} against {x}"), x, y, &spots)
+    );
+    if !left_out.is_empty() {
+        let _ = write!(
+            s,
+            "<p class=\"note\">Not drawn (no {x} or {y}): {}.</p>",
+            esc(&left_out.join(", "))
+        );
+    }
+    s
 }
 
 /// The value, n and Δ cells of one metric in one row.
