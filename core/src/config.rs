@@ -209,13 +209,18 @@ impl Pipeline {
             p.known_keys(t, &["remote"], "key of [cache]")?;
             if let Some(v) = t.get("remote") {
                 let url = p.string(v, "cache.remote")?;
-                let ok = ["s3://", "file://"]
-                    .iter()
-                    .any(|s| url.strip_prefix(s).is_some_and(|rest| !rest.is_empty()));
+                // The schemes spo-remote opens (object_store's forms for S3, GCS and Azure);
+                // the rest of the URL is checked there, when the remote is opened.
+                let ok = [
+                    "s3://", "s3a://", "gs://", "az://", "azure://", "adl://", "abfs://",
+                    "abfss://", "https://", "file://",
+                ]
+                .iter()
+                .any(|s| url.strip_prefix(s).is_some_and(|rest| !rest.is_empty()));
                 if !ok {
                     return Err(src
                         .error(v.span(), format!("`cache.remote` is `{url}`, not a remote cache"))
-                        .hint("use \"s3://bucket/prefix\" (credentials from AWS_* variables) or \"file:///a/directory\""));
+                        .hint("use \"s3://bucket/prefix\", \"gs://bucket/prefix\", \"az://container/prefix\" (credentials from AWS_*, GOOGLE_* or AZURE_STORAGE_* variables) or \"file:///a/directory\""));
                 }
                 pipe.remote = Some(url);
             }
