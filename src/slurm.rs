@@ -79,13 +79,13 @@ pub fn run(l: &Loaded, plan: &Plan, args: &SlurmArgs<'_>) -> anyhow::Result<Exit
         }
         None => None,
     };
-    // Every job's resources, checked against the cluster before anything is submitted.
-    let resources: Vec<Resources> = plan
-        .nodes
-        .iter()
-        .map(|n| l.pipe.executor.resources_for(&n.stage_name, &n.kind))
-        .collect();
-    check_partitions(&resources, &l.pipe.file)?;
+    // Every job's resources (cell > stage > kind > defaults), checked against the cluster
+    // before anything is submitted.
+    let resources: Vec<Resources> = (0..plan.nodes.len())
+        .map(|i| l.pipe.executor.resources_for_cell(plan, i))
+        .collect::<Result<_, _>>()
+        .map_err(|e| UsageError(format!("{}: {e}", l.pipe.file)))?;
+    check_partitions(plan, &resources, &l.pipe.file)?;
 
     let logs = store_dir.join("logs/slurm");
     std::fs::create_dir_all(&logs).with_context(|| logs.display().to_string())?;
@@ -689,12 +689,15 @@ fn require(tool: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Every partition the jobs name exists (`sinfo`), or a clear error naming it.
-fn check_partitions(resources: &[Resources], file: &str) -> anyhow::Result<()> {
-    let wanted: std::collections::BTreeSet<&str> = resources
-        .iter()
-        .filter_map(|r| r.partition.as_deref())
-        .collect();
+/// Every partition the jobs name exists (`sinfo`), or a clear error naming it and a cell that
+/// asks for it.
+fn check_partitions(plan: &Plan, resources: &[Resources], file: &str) -> anyhow::Result<()> {
+    let mut wanted: std::collections::BTreeMap<&str, String> = Default::default();
+    for (i, r) in resources.iter().enumerate() {
+        if let Some(p) = r.partition.as_deref() {
+            wanted.entry(p).or_insert_with(|| plan.nodes[i].display());
+        }
+    }
     if wanted.is_empty() {
         return Ok(());
     }
@@ -713,10 +716,10 @@ fn check_partitions(resources: &[Resources], file: &str) -> anyhow::Result<()> {
         .lines()
         .map(|l| l.trim().trim_end_matches('*').to_owned())
         .collect();
-    for p in wanted {
+    for (p, cell) in wanted {
         if !have.iter().any(|h| h == p) {
             return Err(UsageError(format!(
-                "{file}: [executor] partition `{p}` does not exist on this cluster (sinfo lists: {})",
+                "{file}: [executor] partition `{p}` (asked for by cell {cell}) does not exist on this cluster (sinfo lists: {})",
                 have.join(", ")
             ))
             .into());

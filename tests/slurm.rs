@@ -448,7 +448,7 @@ fn a_partition_that_does_not_exist_is_named_before_any_job() {
     let e = text(&out.stderr);
     assert!(
         e.contains(
-            "[executor] partition `nosuchpart` does not exist on this cluster (sinfo lists: debug"
+            "[executor] partition `nosuchpart` (asked for by cell a) does not exist on this cluster (sinfo lists: debug"
         ),
         "{e}"
     );
@@ -459,4 +459,56 @@ fn a_partition_that_does_not_exist_is_named_before_any_job() {
                 .next()
                 .is_none()
     );
+}
+
+/// `[executor.cell."stage@param=value"]` reaches the one job of the cell it names: that job
+/// runs with its CPUs, memory and time limit, the sweep's other cell with the file's defaults
+/// (and so as a job of its own, not in one array with it).
+#[test]
+fn a_cell_table_sets_the_resources_of_that_cells_job_alone() {
+    let Some(conf) = cluster() else { return };
+    let p = Project::new("");
+    // What Slurm gave the job, as the job sees it.
+    let rec = "echo $SLURM_CPUS_PER_TASK $SLURM_MEM_PER_NODE $(squeue -h -j $SLURM_JOB_ID -o %l) > $SPO_OUT/o";
+    let pipe = format!(
+        r#"
+[executor]
+kind = "slurm"
+cpus = 1
+mem = "100M"
+time = "5:00"
+[executor.cell.'r@cmd="{rec} # big"']
+cpus = 2
+mem = "200M"
+time = "7:00"
+
+[stage.r]
+kind = "command"
+params = {{ cmd = "{rec} # small" }}
+[sweep.s]
+stage = "r"
+grid = {{ cmd = ["{rec} # small", "{rec} # big"] }}
+"#
+    );
+    std::fs::write(p.path().join("pipeline.toml"), pipe).unwrap();
+    let out = run(&p, &conf, &["run", "s"]);
+    let e = text(&out.stderr);
+    assert!(out.status.success(), "{e}");
+    assert!(
+        e.contains("2 cells: 2 ran as Slurm jobs, 0 cached, 0 failed"),
+        "{e}"
+    );
+    assert!(!e.contains("⇢ array"), "{e}");
+    let mut got: Vec<String> = p
+        .committed()
+        .iter()
+        .map(|c| {
+            std::fs::read_to_string(c.join("o"))
+                .unwrap()
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, ["1 100 5:00", "2 200 7:00"]);
 }
