@@ -55,7 +55,8 @@ pub enum Command {
         #[arg(long)]
         no_report: bool,
         /// Fetch missing cells from this remote cache before computing them (overrides
-        /// `[cache] remote` in pipeline.toml): `s3://bucket/prefix` or `file:///dir`.
+        /// `[cache] remote` in pipeline.toml): `s3://bucket/prefix`, `gs://bucket/prefix`,
+        /// `az://container/prefix` or `file:///dir`.
         #[arg(long, value_name = "URL", conflicts_with = "no_remote")]
         remote: Option<String>,
         /// Do not consult the remote cache of pipeline.toml.

@@ -3,9 +3,11 @@
 //!
 //! The driver keys cells as their inputs commit, submits a missing one with `sbatch` (every job
 //! of a run carries the run's id as its name), and asks `squeue` once per cycle, with back-off,
-//! about all of them. A cell is done when its key is committed in the store, which the job does
-//! itself (`run --only-key KEY`) under the key's lock and lease; a job that ends, vanishes or
-//! stays UNKNOWN without that commit is a failure, never a success. Ctrl-C (SIGINT), SIGTERM or
+//! about all of them; jobs that have left `squeue` without their commit are looked up with one
+//! `sacct` in that cycle, for their final state (where accounting is disabled, said once, the
+//! store alone judges them). A cell is done when its key is committed in the store, which the
+//! job does itself (`run --only-key KEY`) under the key's lock and lease; a job that ends,
+//! vanishes or stays UNKNOWN without that commit is a failure, never a success. Ctrl-C (SIGINT), SIGTERM or
 //! SIGHUP cancels the run's jobs with one `scancel --name`.
 
 use std::collections::HashMap;
@@ -79,13 +81,13 @@ pub fn run(l: &Loaded, plan: &Plan, args: &SlurmArgs<'_>) -> anyhow::Result<Exit
         }
         None => None,
     };
-    // Every job's resources, checked against the cluster before anything is submitted.
-    let resources: Vec<Resources> = plan
-        .nodes
-        .iter()
-        .map(|n| l.pipe.executor.resources_for(&n.stage_name, &n.kind))
-        .collect();
-    check_partitions(&resources, &l.pipe.file)?;
+    // Every job's resources (cell > stage > kind > defaults), checked against the cluster
+    // before anything is submitted.
+    let resources: Vec<Resources> = (0..plan.nodes.len())
+        .map(|i| l.pipe.executor.resources_for_cell(plan, i))
+        .collect::<Result<_, _>>()
+        .map_err(|e| UsageError(format!("{}: {e}", l.pipe.file)))?;
+    check_partitions(plan, &resources, &l.pipe.file)?;
 
     let logs = store_dir.join("logs/slurm");
     std::fs::create_dir_all(&logs).with_context(|| logs.display().to_string())?;
@@ -112,6 +114,7 @@ pub fn run(l: &Loaded, plan: &Plan, args: &SlurmArgs<'_>) -> anyhow::Result<Exit
     let mut interval = initial;
     let mut query_every = initial;
     let mut next_query = Instant::now() + initial;
+    let mut sacct = Sacct::default();
     say(format!(
         "Slurm run {run_id}: {n} cells; job logs in {}",
         logs.display()
@@ -265,6 +268,24 @@ pub fn run(l: &Loaded, plan: &Plan, args: &SlurmArgs<'_>) -> anyhow::Result<Exit
             } else {
                 None
             };
+            // Jobs squeue no longer lists whose cells are not committed: their final states
+            // from one sacct query for all of them, where accounting answers (only in a cycle
+            // that asked squeue, so on its back-off).
+            let finals = match &states {
+                Some(states) => {
+                    let mut gone = Vec::new();
+                    for s in &st {
+                        if let St::Submitted { job, key, .. } = s
+                            && !states.contains_key(job)
+                            && store.committed_cell(key)?.is_none()
+                        {
+                            gone.push(job.as_str());
+                        }
+                    }
+                    sacct.query(&gone, &say)
+                }
+                None => HashMap::new(),
+            };
             for (i, slot) in st.iter_mut().enumerate() {
                 let St::Submitted {
                     job,
@@ -293,12 +314,28 @@ pub fn run(l: &Loaded, plan: &Plan, args: &SlurmArgs<'_>) -> anyhow::Result<Exit
                 let Some(states) = &states else {
                     continue; // squeue did not answer: only the store was read this cycle
                 };
-                let state = states.get(job.as_str()).map(String::as_str);
+                // squeue's state, else (gone from squeue) sacct's, if it knows the job.
+                let fin = finals.get(job.as_str());
+                let (state, via) = match states.get(job.as_str()) {
+                    Some(s) => (Some(s.as_str()), ""),
+                    None => (fin.map(|f| f.state.as_str()), " (sacct)"),
+                };
                 let why = match state {
                     Some(
-                        "PENDING" | "CONFIGURING" | "RUNNING" | "COMPLETING" | "SUSPENDED"
-                        | "REQUEUED" | "RESIZING" | "SIGNALING" | "STAGE_OUT",
-                    ) => None,
+                        s @ ("PENDING" | "CONFIGURING" | "RUNNING" | "COMPLETING" | "SUSPENDED"
+                        | "REQUEUED" | "RESIZING" | "SIGNALING" | "STAGE_OUT"),
+                    ) => {
+                        if via.is_empty() {
+                            None
+                        } else {
+                            // Gone from squeue, but accounting has not heard it end (slurmdbd
+                            // lags, or kept a stale record): as long as an UNKNOWN one.
+                            *unknown += 1;
+                            (*unknown > 20).then(|| {
+                                format!("was gone from squeue while sacct said {s} for 20 queries")
+                            })
+                        }
+                    }
                     Some("UNKNOWN") => {
                         *unknown += 1;
                         (*unknown > 20).then(|| "stayed UNKNOWN for 20 queries".to_owned())
@@ -308,6 +345,12 @@ pub fn run(l: &Loaded, plan: &Plan, args: &SlurmArgs<'_>) -> anyhow::Result<Exit
                     None => {
                         *missing += 1;
                         (*missing >= 3).then(|| "vanished from squeue".to_owned())
+                    }
+                    // Ended without a visible commit, by sacct's word: as for a vanished job,
+                    // the commit may not be visible here yet; three queries' grace.
+                    Some("COMPLETED") if !via.is_empty() && *missing < 2 => {
+                        *missing += 1;
+                        None
                     }
                     Some(s) => {
                         // Ended (COMPLETED included): the store is the judge; read it once more.
@@ -322,7 +365,10 @@ pub fn run(l: &Loaded, plan: &Plan, args: &SlurmArgs<'_>) -> anyhow::Result<Exit
                             changed = true;
                             continue;
                         }
-                        Some(format!("ended {s}"))
+                        let exit = fin
+                            .filter(|_| !via.is_empty() && s != "COMPLETED")
+                            .map_or(String::new(), |f| format!(", exit code {}", f.exit));
+                        Some(format!("ended {s}{via}{exit}"))
                     }
                 };
                 if let Some(why) = why {
@@ -396,9 +442,14 @@ pub fn run(l: &Loaded, plan: &Plan, args: &SlurmArgs<'_>) -> anyhow::Result<Exit
         }
     }
     say(format!(
-        "{n} cells: {ran} ran as Slurm jobs, {cached} cached, {} failed, {skipped} skipped ({:.2}s, {queries} squeue queries)",
+        "{n} cells: {ran} ran as Slurm jobs, {cached} cached, {} failed, {skipped} skipped ({:.2}s, {queries} squeue queries{})",
         failed.len(),
-        t0.elapsed().as_secs_f64()
+        t0.elapsed().as_secs_f64(),
+        if sacct.queries > 0 {
+            format!(", {} sacct queries", sacct.queries)
+        } else {
+            String::new()
+        }
     ));
     Ok(if failed.is_empty() {
         ExitCode::SUCCESS
@@ -689,12 +740,15 @@ fn require(tool: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Every partition the jobs name exists (`sinfo`), or a clear error naming it.
-fn check_partitions(resources: &[Resources], file: &str) -> anyhow::Result<()> {
-    let wanted: std::collections::BTreeSet<&str> = resources
-        .iter()
-        .filter_map(|r| r.partition.as_deref())
-        .collect();
+/// Every partition the jobs name exists (`sinfo`), or a clear error naming it and a cell that
+/// asks for it.
+fn check_partitions(plan: &Plan, resources: &[Resources], file: &str) -> anyhow::Result<()> {
+    let mut wanted: std::collections::BTreeMap<&str, String> = Default::default();
+    for (i, r) in resources.iter().enumerate() {
+        if let Some(p) = r.partition.as_deref() {
+            wanted.entry(p).or_insert_with(|| plan.nodes[i].display());
+        }
+    }
     if wanted.is_empty() {
         return Ok(());
     }
@@ -713,10 +767,10 @@ fn check_partitions(resources: &[Resources], file: &str) -> anyhow::Result<()> {
         .lines()
         .map(|l| l.trim().trim_end_matches('*').to_owned())
         .collect();
-    for p in wanted {
+    for (p, cell) in wanted {
         if !have.iter().any(|h| h == p) {
             return Err(UsageError(format!(
-                "{file}: [executor] partition `{p}` does not exist on this cluster (sinfo lists: {})",
+                "{file}: [executor] partition `{p}` (asked for by cell {cell}) does not exist on this cluster (sinfo lists: {})",
                 have.join(", ")
             ))
             .into());
@@ -753,6 +807,96 @@ fn squeue(run_id: &str) -> Option<HashMap<String, String>> {
             .map(|(id, s)| (id.trim().to_owned(), s.trim().to_owned()))
             .collect(),
     )
+}
+
+/// A job's end as accounting records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Final {
+    /// `COMPLETED`, `FAILED`, `OUT_OF_MEMORY`, `TIMEOUT`, `CANCELLED` (sacct's `CANCELLED by
+    /// UID` without the uid), `NODE_FAIL`, …, or a state it is still in (`RUNNING`).
+    state: String,
+    /// `exit:signal`, e.g. `1:0`.
+    exit: String,
+}
+
+/// `sacct`, asked about jobs that left `squeue`; off for the rest of the run (said once) where
+/// there is none or accounting is disabled, leaving the store's completion record the only
+/// witness.
+#[derive(Default)]
+struct Sacct {
+    off: bool,
+    queries: u64,
+}
+
+impl Sacct {
+    /// The final states of `jobs` (one `sacct -n -P -X -j …` for all of them); empty for none,
+    /// and where sacct is off or does not answer (then the jobs are judged as before: the
+    /// store, and three queries' grace for a vanished one).
+    fn query(&mut self, jobs: &[&str], say: &dyn Fn(String)) -> HashMap<String, Final> {
+        if jobs.is_empty() || self.off {
+            return HashMap::new();
+        }
+        self.queries += 1;
+        let out = Command::new("sacct")
+            .args(["-n", "-P", "-X", "-o", "JobID,State,ExitCode", "-j"])
+            .arg(jobs.join(","))
+            .output();
+        let off = |why: &str| {
+            say(format!(
+                "note: {why}; a job gone from squeue is judged by its cell's completion record in the store alone"
+            ))
+        };
+        match out {
+            Ok(o) if o.status.success() => parse_sacct(&String::from_utf8_lossy(&o.stdout)),
+            Ok(o) => {
+                let err = String::from_utf8_lossy(&o.stderr);
+                if err.contains("accounting storage is disabled") {
+                    self.off = true;
+                    off("sacct: Slurm accounting storage is disabled on this cluster");
+                } else {
+                    tracing::warn!("sacct failed: {}", err.trim());
+                }
+                HashMap::new()
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.off = true;
+                off("no sacct on PATH");
+                HashMap::new()
+            }
+            Err(e) => {
+                tracing::warn!("sacct: {e}");
+                HashMap::new()
+            }
+        }
+    }
+}
+
+/// The lines of `sacct -n -P -X -o JobID,State,ExitCode` by job id (`123`, an array task
+/// `123_4`); a requeued job's last line wins. Pending array ranges (`123_[5-9]`) and lines that
+/// are not three fields are left out.
+fn parse_sacct(out: &str) -> HashMap<String, Final> {
+    out.lines()
+        .filter_map(|l| {
+            let mut f = l.trim().split('|');
+            let (id, state, exit) = (f.next()?.trim(), f.next()?.trim(), f.next()?.trim());
+            if id.is_empty() || id.contains('[') || f.next().is_some() {
+                return None;
+            }
+            // `CANCELLED by 0`; a `+` where a narrow column cut the state.
+            let state = state
+                .split_whitespace()
+                .next()?
+                .trim_end_matches('+')
+                .to_owned();
+            Some((
+                id.to_owned(),
+                Final {
+                    state,
+                    exit: exit.to_owned(),
+                },
+            ))
+        })
+        .collect()
 }
 
 /// `s` quoted for `sh`.
@@ -802,6 +946,45 @@ mod tests {
         assert_eq!(scaled(&r, Some("FAILED")), r);
         let unset = scaled(&Resources::default(), Some("OUT_OF_MEMORY"));
         assert_eq!(unset.mem, None);
+    }
+
+    #[test]
+    fn sacct_lines_by_job_id() {
+        // As `sacct -n -P -X -j … -o JobID,State,ExitCode` prints them (Slurm 22.05 and 23.11).
+        let out = "\
+4242|COMPLETED|0:0
+4243|FAILED|3:0
+4244|OUT_OF_MEMORY|0:125
+4245|TIMEOUT|0:0
+4246|CANCELLED by 0|0:15
+4247_0|NODE_FAIL|0:0
+4247_1|CANCELLED by 1000|0:0
+4247_[2-9]|PENDING|0:0
+4248|RUNNING|0:0
+4249|REQUEUED|0:0
+4249|COMPLETED|0:0
+4250|CANCELLED+|0:0
+
+garbage
+";
+        let got = parse_sacct(out);
+        let f = |id: &str| {
+            got.get(id)
+                .map(|f| (f.state.as_str(), f.exit.as_str()))
+                .unwrap_or_else(|| panic!("{id} not in {got:?}"))
+        };
+        assert_eq!(f("4242"), ("COMPLETED", "0:0"));
+        assert_eq!(f("4243"), ("FAILED", "3:0"));
+        assert_eq!(f("4244"), ("OUT_OF_MEMORY", "0:125"));
+        assert_eq!(f("4245"), ("TIMEOUT", "0:0"));
+        assert_eq!(f("4246"), ("CANCELLED", "0:15"));
+        assert_eq!(f("4247_0"), ("NODE_FAIL", "0:0"));
+        assert_eq!(f("4247_1"), ("CANCELLED", "0:0"));
+        assert_eq!(f("4248"), ("RUNNING", "0:0"));
+        assert_eq!(f("4249"), ("COMPLETED", "0:0"), "the last line wins");
+        assert_eq!(f("4250"), ("CANCELLED", "0:0"));
+        assert_eq!(got.len(), 10, "{got:?}");
+        assert!(parse_sacct("").is_empty());
     }
 
     #[test]

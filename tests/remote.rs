@@ -1,6 +1,8 @@
-//! The remote cache end to end: `push`, `pull` and `run` with `[cache] remote`, against a real S3
-//! server on loopback (moto's, started by each test; skipped with a message where it cannot
-//! start) and against a directory remote (always).
+//! The remote cache end to end: `push`, `pull` and `run` with `[cache] remote`, against real
+//! object stores on loopback, each test once per backend (`s3::…` against moto, `azure::…`
+//! against Azurite, `gcs::…` against gcp-storage-emulator; each server started by the test and
+//! skipped with a message where it cannot start or lacks what the test needs), and against a
+//! directory remote (always).
 
 mod support;
 
@@ -8,6 +10,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use support::azure::AzureServer;
+use support::cloud::Cloud;
+use support::gcs::GcsServer;
 use support::s3::S3Server;
 use support::{Project, bin, text};
 
@@ -30,20 +35,27 @@ stage = "post"
 metrics = ["v"]
 "#;
 
-const SECRET: &str = "spo-test-secret-do-not-leak";
+/// spo-pipe in `p` with the server's environment (if any); its output holds no credential.
+fn spo(p: &Project, cloud: Option<&dyn Cloud>, args: &[&str]) -> Output {
+    spo_env(p, cloud, cloud.map(|c| c.env()).unwrap_or_default(), args)
+}
 
-/// spo-pipe in `p` with the S3 server's environment (if any).
-fn spo(p: &Project, s3: Option<&S3Server>, args: &[&str]) -> Output {
+/// spo-pipe in `p` with `env`; its output holds none of `cloud`'s credentials.
+fn spo_env(
+    p: &Project,
+    cloud: Option<&dyn Cloud>,
+    env: Vec<(&'static str, String)>,
+    args: &[&str],
+) -> Output {
     let mut c: Command = bin();
-    c.args(args).current_dir(p.path());
-    if let Some(s) = s3 {
-        c.envs(s.env());
-    }
+    c.args(args).current_dir(p.path()).envs(env);
     let out = c.output().unwrap();
-    assert!(
-        !text(&out.stderr).contains(SECRET) && !text(&out.stdout).contains(SECRET),
-        "a credential in the output of {args:?}"
-    );
+    if let Some(secret) = cloud.map(|c| c.secret()) {
+        assert!(
+            !text(&out.stderr).contains(&secret) && !text(&out.stdout).contains(&secret),
+            "a credential in the output of {args:?}"
+        );
+    }
     out
 }
 
@@ -87,13 +99,14 @@ fn assert_same_stores(a: &Project, b: &Project) {
     );
 }
 
-/// No credential anywhere in the store.
-fn assert_no_secret(dir: &Path) {
+/// No credential of `cloud`'s anywhere under `dir`.
+fn assert_no_secret(dir: &Path, cloud: &dyn Cloud) {
+    let secret = cloud.secret();
     for f in support::walk(dir) {
         if f.is_file() {
             let b = std::fs::read(&f).unwrap();
             assert!(
-                !b.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+                !b.windows(secret.len()).any(|w| w == secret.as_bytes()),
                 "{} holds the secret key",
                 f.display()
             );
@@ -108,11 +121,11 @@ fn staging_is_empty(p: &Project) -> bool {
 }
 
 /// A project that ran the sweep and pushed it to `remote`.
-fn pushed(s3: Option<&S3Server>, remote: &str) -> Project {
+fn pushed(cloud: Option<&dyn Cloud>, remote: &str) -> Project {
     let a = Project::new(PIPE);
-    let e = ok(&spo(&a, s3, &["run", "many"]));
+    let e = ok(&spo(&a, cloud, &["run", "many"]));
     assert!(e.contains("6 cells: 6 ran"), "{e}");
-    let e = ok(&spo(&a, s3, &["push", "many", "--remote", remote]));
+    let e = ok(&spo(&a, cloud, &["push", "many", "--remote", remote]));
     assert!(
         e.contains("pushed 6 cells (12 blobs") && e.contains(", 0 already there"),
         "{e}"
@@ -122,37 +135,39 @@ fn pushed(s3: Option<&S3Server>, remote: &str) -> Project {
 
 /// Push, then pull into a fresh store: every file and manifest identical, `verify` clean, the
 /// same table, and a run there computes nothing.
-fn push_then_pull(s3: Option<&S3Server>, remote: &str) {
-    let a = pushed(s3, remote);
+fn push_then_pull(cloud: Option<&dyn Cloud>, remote: &str) {
+    let a = pushed(cloud, remote);
     // A second push finds everything there.
-    let e = ok(&spo(&a, s3, &["push", "many", "--remote", remote]));
+    let e = ok(&spo(&a, cloud, &["push", "many", "--remote", remote]));
     assert!(
         e.contains("pushed 0 cells") && e.contains("6 already there"),
         "{e}"
     );
 
     let b = Project::new(PIPE);
-    let e = ok(&spo(&b, s3, &["pull", "many", "--remote", remote]));
+    let e = ok(&spo(&b, cloud, &["pull", "many", "--remote", remote]));
     assert!(
         e.contains("6 cells: 6 fetched, 0 already here, 0 not in the remote"),
         "{e}"
     );
     assert_same_stores(&a, &b);
-    let v = spo(&b, s3, &["verify"]);
+    let v = spo(&b, cloud, &["verify"]);
     assert!(
         v.status.success() && text(&v.stdout).contains("verified 6 cells: 0 damaged"),
         "{}",
         text(&v.stdout)
     );
-    let ta = ok_stdout(spo(&a, s3, &["tables", "t"]));
-    assert_eq!(ok_stdout(spo(&b, s3, &["tables", "t"])), ta);
-    let e = ok(&spo(&b, s3, &["run", "many"]));
+    let ta = ok_stdout(spo(&a, cloud, &["tables", "t"]));
+    assert_eq!(ok_stdout(spo(&b, cloud, &["tables", "t"])), ta);
+    let e = ok(&spo(&b, cloud, &["run", "many"]));
     assert!(e.contains("6 cells: 0 ran, 6 cached"), "{e}");
     // Pulling again fetches nothing.
-    let e = ok(&spo(&b, s3, &["pull", "many", "--remote", remote]));
+    let e = ok(&spo(&b, cloud, &["pull", "many", "--remote", remote]));
     assert!(e.contains("0 fetched, 6 already here"), "{e}");
-    assert_no_secret(b.path());
-    assert_no_secret(a.path());
+    if let Some(c) = cloud {
+        assert_no_secret(b.path(), c);
+        assert_no_secret(a.path(), c);
+    }
 }
 
 fn ok_stdout(out: Output) -> String {
@@ -160,12 +175,33 @@ fn ok_stdout(out: Output) -> String {
     text(&out.stdout)
 }
 
-#[test]
-fn push_then_pull_through_s3_gives_the_same_bytes() {
-    let Some(s3) = S3Server::start() else { return };
-    s3.create_bucket("team");
-    push_then_pull(Some(&s3), "s3://team/spo/cache");
-    let keys = s3.bucket("team").raw_list("spo/cache").unwrap();
+/// The tests each backend runs, one `#[test]` per backend and test (`s3::push_then_pull…`).
+macro_rules! on_each_cloud {
+    ($($test:ident),* $(,)?) => {
+        mod s3 {
+            $( #[test] fn $test() { if let Some(c) = super::S3Server::start() { super::$test(&c) } } )*
+        }
+        mod azure {
+            $( #[test] fn $test() { if let Some(c) = super::AzureServer::start() { super::$test(&c) } } )*
+        }
+        mod gcs {
+            $( #[test] fn $test() { if let Some(c) = super::GcsServer::start() { super::$test(&c) } } )*
+        }
+    };
+}
+
+on_each_cloud!(
+    push_then_pull_gives_the_same_bytes,
+    run_with_a_remote_in_pipeline_toml_computes_nothing,
+    a_corrupt_remote_blob_is_detected_and_never_committed,
+    two_concurrent_pushes_are_safe,
+    an_unreachable_missing_or_unauthorised_remote_is_a_clear_error_and_loses_nothing,
+);
+
+fn push_then_pull_gives_the_same_bytes(c: &dyn Cloud) {
+    c.create_bucket("team");
+    push_then_pull(Some(c), &c.url("team", "spo/cache"));
+    let keys = c.bucket("team").raw_list("spo/cache").unwrap();
     assert_eq!(
         keys.iter()
             .filter(|k| k.starts_with("spo/cache/ac/"))
@@ -190,30 +226,30 @@ fn push_then_pull_through_a_directory_gives_the_same_bytes() {
     );
 }
 
-#[test]
-fn run_with_a_remote_in_pipeline_toml_computes_nothing() {
-    let Some(s3) = S3Server::start() else { return };
-    s3.create_bucket("team");
-    let a = pushed(Some(&s3), "s3://team/c");
-    let b = Project::new(&format!("[cache]\nremote = \"s3://team/c\"\n{PIPE}"));
-    let e = ok(&spo(&b, Some(&s3), &["run", "many"]));
+fn run_with_a_remote_in_pipeline_toml_computes_nothing(c: &dyn Cloud) {
+    c.create_bucket("team");
+    let url = c.url("team", "c");
+    let a = pushed(Some(c), &url);
+    let b = Project::new(&format!("[cache]\nremote = \"{url}\"\n{PIPE}"));
+    let cloud = Some(c);
+    let e = ok(&spo(&b, cloud, &["run", "many"]));
     assert!(
         e.contains("6 cells: 0 ran, 0 cached, 6 fetched, 0 failed"),
         "{e}"
     );
     assert_same_stores(&a, &b);
-    let st = ok_stdout(spo(&b, Some(&s3), &["status", "many"]));
+    let st = ok_stdout(spo(&b, cloud, &["status", "many"]));
     assert!(st.contains("6 cached, 0 stale, 0 missing"), "{st}");
     // A cell the remote does not hold is computed here; `--no-remote` never asks it.
     let e = ok(&spo(
         &b,
-        Some(&s3),
+        cloud,
         &["run", "many", "--set", "post.cmd=\"echo 7 > $SPO_OUT/x\""],
     ));
     assert!(e.contains("6 cells: 3 ran, 3 cached, 0 fetched"), "{e}");
     let e = ok(&spo(&b, None, &["run", "many", "--no-remote"]));
     assert!(e.contains("6 cells: 0 ran, 6 cached, 0 failed"), "{e}");
-    assert_no_secret(b.path());
+    assert_no_secret(b.path(), c);
 }
 
 /// The remote path of one of the `gen` cells' blobs (its random file).
@@ -243,29 +279,29 @@ fn a_gen_blob(a: &Project) -> (String, String) {
     (key, format!("cas/sha256/{}/{sha}", &sha[..2]))
 }
 
-#[test]
-fn a_corrupt_remote_blob_is_detected_and_never_committed() {
-    let Some(s3) = S3Server::start() else { return };
-    s3.create_bucket("team");
-    let a = pushed(Some(&s3), "s3://team/c");
+fn a_corrupt_remote_blob_is_detected_and_never_committed(c: &dyn Cloud) {
+    c.create_bucket("team");
+    let url = c.url("team", "c");
+    let cloud = Some(c);
+    let a = pushed(cloud, &url);
     let (key, blob) = a_gen_blob(&a);
-    let bucket = s3.bucket("team");
+    let bucket = c.bucket("team");
     let path = format!("c/{blob}");
     let mut bytes = bucket.raw_get(&path).unwrap().expect("the blob was pushed");
     bytes[1000] ^= 0x40;
     bucket.raw_put(&path, bytes).unwrap();
 
     let b = Project::new(PIPE);
-    let out = spo(&b, Some(&s3), &["pull", "many", "--remote", "s3://team/c"]);
+    let out = spo(&b, cloud, &["pull", "many", "--remote", &url]);
     assert_eq!(out.status.code(), Some(1));
     let e = text(&out.stderr);
     assert!(
         e.contains(&format!(
-            "names blob s3://team/c/{blob} (file `sub/r.bin`), which is corrupt"
+            "names blob {url}/{blob} (file `sub/r.bin`), which is corrupt"
         )),
         "{e}"
     );
-    assert!(e.contains(&format!("s3://team/c/ac/{key}.json")), "{e}");
+    assert!(e.contains(&format!("{url}/ac/{key}.json")), "{e}");
     assert!(!b.path().join("runs/store").join(&key).exists());
     // The other cells came; the one reading the bad cell was not keyed, so not fetched.
     assert!(e.contains("4 fetched") && e.contains("1 skipped"), "{e}");
@@ -274,11 +310,7 @@ fn a_corrupt_remote_blob_is_detected_and_never_committed() {
     assert!(text(&v.stdout).contains("verified 4 cells: 0 damaged"));
 
     // `run` with the remote computes that cell itself, saying why, and fetches the rest.
-    let e = ok(&spo(
-        &b,
-        Some(&s3),
-        &["run", "many", "--remote", "s3://team/c"],
-    ));
+    let e = ok(&spo(&b, cloud, &["run", "many", "--remote", &url]));
     assert!(e.contains("which is corrupt: its bytes hash to"), "{e}");
     assert!(e.contains("bytes); computing it here"), "{e}");
     assert!(e.contains("6 cells: 2 ran, 4 cached, 0 fetched"), "{e}");
@@ -359,11 +391,25 @@ fn a_manifest_naming_a_missing_blob_is_a_clear_error() {
 /// Two stores that computed the same keys with different (random) bytes push at once (the three
 /// `gen` keys are the same in both; the `post` keys, made of `gen`'s content digests, differ):
 /// each key's manifest in the remote is one store's, whole, a later push by either changes
-/// nothing, and a pull gives a store that verifies.
-#[test]
-fn two_concurrent_pushes_are_safe() {
-    let Some(s3) = S3Server::start() else { return };
-    s3.create_bucket("team");
+/// nothing, and a pull gives a store that verifies. First, put-if-absent itself: a second
+/// create of one object is refused and leaves the first's bytes.
+fn two_concurrent_pushes_are_safe(c: &dyn Cloud) {
+    c.create_bucket("team");
+    let url = c.url("team", "c");
+    let bucket = c.bucket("team");
+    assert!(
+        bucket
+            .raw_put_if_absent("probe", b"first".to_vec())
+            .unwrap()
+    );
+    assert!(
+        !bucket
+            .raw_put_if_absent("probe", b"second".to_vec())
+            .unwrap(),
+        "{}: a second put-if-absent was not refused",
+        c.name()
+    );
+    assert_eq!(bucket.raw_get("probe").unwrap().unwrap(), b"first");
     let a = Project::new(PIPE);
     let b = Project::new(PIPE);
     for p in [&a, &b] {
@@ -371,19 +417,18 @@ fn two_concurrent_pushes_are_safe() {
     }
     let spawn = |p: &Project| {
         bin()
-            .args(["push", "many", "--remote", "s3://team/c"])
+            .args(["push", "many", "--remote", &url])
             .current_dir(p.path())
-            .envs(s3.env())
+            .envs(c.env())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap()
     };
     let (ca, cb) = (spawn(&a), spawn(&b));
-    for c in [ca, cb] {
-        let out = c.wait_with_output().unwrap();
+    for child in [ca, cb] {
+        let out = child.wait_with_output().unwrap();
         assert!(out.status.success(), "{}", text(&out.stderr));
     }
-    let bucket = s3.bucket("team");
     let keys = bucket.raw_list("c/ac").unwrap();
     assert_eq!(keys.len(), 9, "{keys:?}");
     let (fa, fb) = (store_files(&a), store_files(&b));
@@ -399,11 +444,7 @@ fn two_concurrent_pushes_are_safe() {
         ac.insert(k.clone(), remote);
     }
     for p in [&a, &b] {
-        let e = ok(&spo(
-            p,
-            Some(&s3),
-            &["push", "many", "--remote", "s3://team/c"],
-        ));
+        let e = ok(&spo(p, Some(c), &["push", "many", "--remote", &url]));
         assert!(
             e.contains("pushed 0 cells") && e.contains("6 already there"),
             "{e}"
@@ -412,21 +453,16 @@ fn two_concurrent_pushes_are_safe() {
     for (k, bytes) in &ac {
         assert_eq!(&bucket.raw_get(k).unwrap().unwrap(), bytes, "{k} changed");
     }
-    let c = Project::new(PIPE);
-    let e = ok(&spo(
-        &c,
-        Some(&s3),
-        &["pull", "many", "--remote", "s3://team/c"],
-    ));
+    let fresh = Project::new(PIPE);
+    let e = ok(&spo(&fresh, Some(c), &["pull", "many", "--remote", &url]));
     assert!(e.contains("6 fetched"), "{e}");
-    let v = spo(&c, None, &["verify"]);
+    let v = spo(&fresh, None, &["verify"]);
     assert!(text(&v.stdout).contains("verified 6 cells: 0 damaged"));
 }
 
-#[test]
-fn an_unreachable_missing_or_unauthorised_remote_is_a_clear_error_and_loses_nothing() {
-    let Some(s3) = S3Server::start() else { return };
-    s3.create_bucket("team");
+fn an_unreachable_missing_or_unauthorised_remote_is_a_clear_error_and_loses_nothing(c: &dyn Cloud) {
+    c.create_bucket("team");
+    let url = c.url("team", "c");
     let a = Project::new(PIPE);
     ok(&spo(&a, None, &["run", "many"]));
     let before = store_files(&a);
@@ -439,6 +475,7 @@ fn an_unreachable_missing_or_unauthorised_remote_is_a_clear_error_and_loses_noth
         assert_eq!(store_files(&a), before, "the store changed");
     };
     let changed = "post.cmd=\"echo 5 > $SPO_OUT/x\"";
+    let cannot = format!("cannot use the remote cache {url}");
 
     // Nothing listens on the port.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -446,65 +483,58 @@ fn an_unreachable_missing_or_unauthorised_remote_is_a_clear_error_and_loses_noth
         .local_addr()
         .unwrap()
         .port();
-    let dead = |args: &[&str]| {
-        bin()
-            .args(args)
-            .current_dir(a.path())
-            .envs(s3.env())
-            .env("AWS_ENDPOINT", format!("http://127.0.0.1:{port}"))
-            .output()
-            .unwrap()
-    };
+    let dead = |args: &[&str]| spo_env(&a, Some(c), c.env_dead(port), args);
+    check(dead(&["push", "many", "--remote", &url]), &[&cannot]);
     check(
-        dead(&["push", "many", "--remote", "s3://team/c"]),
-        &["cannot use the remote cache s3://team/c"],
-    );
-    check(
-        dead(&["run", "post", "--remote", "s3://team/c", "--set", changed]),
-        &["cannot use the remote cache s3://team/c"],
+        dead(&["run", "post", "--remote", &url, "--set", changed]),
+        &[&cannot],
     );
 
     // No such bucket.
+    let nobucket = c.url("nobucket", "c");
+    let cannot_nb = format!("cannot use the remote cache {nobucket}");
     check(
-        spo(
-            &a,
-            Some(&s3),
-            &["push", "many", "--remote", "s3://nobucket/c"],
-        ),
-        &[
-            "cannot use the remote cache s3://nobucket/c",
-            "NoSuchBucket",
-        ],
+        spo(&a, Some(c), &["push", "many", "--remote", &nobucket]),
+        &[&cannot_nb, c.no_bucket()],
     );
     let b = Project::new(PIPE);
-    let out = spo(
-        &b,
-        Some(&s3),
-        &["pull", "many", "--remote", "s3://nobucket/c"],
-    );
+    let out = spo(&b, Some(c), &["pull", "many", "--remote", &nobucket]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out.stderr).contains("cannot use the remote cache s3://nobucket/c"),
+        text(&out.stderr).contains(&cannot_nb),
         "{}",
         text(&out.stderr)
     );
     assert!(b.committed().is_empty());
 
     // Credentials the server refuses.
-    s3.require_auth();
-    check(
-        spo(&a, Some(&s3), &["push", "many", "--remote", "s3://team/c"]),
-        &["cannot use the remote cache s3://team/c", "403"],
-    );
-    check(
-        spo(
-            &a,
-            Some(&s3),
-            &["run", "post", "--remote", "s3://team/c", "--set", changed],
+    match c.refused() {
+        Some((env, refusal)) => {
+            check(
+                spo_env(
+                    &a,
+                    Some(c),
+                    env.clone(),
+                    &["push", "many", "--remote", &url],
+                ),
+                &[&cannot, refusal],
+            );
+            check(
+                spo_env(
+                    &a,
+                    Some(c),
+                    env,
+                    &["run", "post", "--remote", &url, "--set", changed],
+                ),
+                &[&cannot, refusal],
+            );
+        }
+        None => eprintln!(
+            "{} checks no credentials: refused credentials not tested on it",
+            c.name()
         ),
-        &["cannot use the remote cache s3://team/c", "403"],
-    );
-    assert_no_secret(a.path());
+    }
+    assert_no_secret(a.path(), c);
     let v = spo(&a, None, &["verify"]);
     assert!(text(&v.stdout).contains("verified 6 cells: 0 damaged"));
 }

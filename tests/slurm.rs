@@ -448,7 +448,7 @@ fn a_partition_that_does_not_exist_is_named_before_any_job() {
     let e = text(&out.stderr);
     assert!(
         e.contains(
-            "[executor] partition `nosuchpart` does not exist on this cluster (sinfo lists: debug"
+            "[executor] partition `nosuchpart` (asked for by cell a) does not exist on this cluster (sinfo lists: debug"
         ),
         "{e}"
     );
@@ -459,4 +459,230 @@ fn a_partition_that_does_not_exist_is_named_before_any_job() {
                 .next()
                 .is_none()
     );
+}
+
+/// `[executor.cell."stage@param=value"]` reaches the one job of the cell it names: that job
+/// runs with its CPUs, memory and time limit, the sweep's other cell with the file's defaults
+/// (and so as a job of its own, not in one array with it).
+#[test]
+fn a_cell_table_sets_the_resources_of_that_cells_job_alone() {
+    let Some(conf) = cluster() else { return };
+    let p = Project::new("");
+    // What Slurm gave the job, as the job sees it.
+    let rec = "echo $SLURM_CPUS_PER_TASK $SLURM_MEM_PER_NODE $(squeue -h -j $SLURM_JOB_ID -o %l) > $SPO_OUT/o";
+    let pipe = format!(
+        r#"
+[executor]
+kind = "slurm"
+cpus = 1
+mem = "100M"
+time = "5:00"
+[executor.cell.'r@cmd="{rec} # big"']
+cpus = 2
+mem = "200M"
+time = "7:00"
+
+[stage.r]
+kind = "command"
+params = {{ cmd = "{rec} # small" }}
+[sweep.s]
+stage = "r"
+grid = {{ cmd = ["{rec} # small", "{rec} # big"] }}
+"#
+    );
+    std::fs::write(p.path().join("pipeline.toml"), pipe).unwrap();
+    let out = run(&p, &conf, &["run", "s"]);
+    let e = text(&out.stderr);
+    assert!(out.status.success(), "{e}");
+    assert!(
+        e.contains("2 cells: 2 ran as Slurm jobs, 0 cached, 0 failed"),
+        "{e}"
+    );
+    assert!(!e.contains("⇢ array"), "{e}");
+    let mut got: Vec<String> = p
+        .committed()
+        .iter()
+        .map(|c| {
+            std::fs::read_to_string(c.join("o"))
+                .unwrap()
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, ["1 100 5:00", "2 200 7:00"]);
+}
+
+/// Stand-ins for Slurm's tools in a directory put first on PATH: `sbatch` runs the job's
+/// command in the background (or, for the submissions numbered in `oom.<n>` files, does not and
+/// records it OUT_OF_MEMORY), `squeue` lists only running jobs (a finished one leaves at once,
+/// as where MinJobAge is short), and `sacct` answers from the states `sbatch` and the jobs
+/// recorded, or, with `accounting` false, as a cluster without accounting storage does.
+fn fake_slurm(dir: &Path, accounting: bool) {
+    let write = |name: &str, body: &str| {
+        let path = dir.join(name);
+        std::fs::write(
+            &path,
+            format!("#!/bin/sh\nd=\"$(dirname \"$0\")\"\n[ \"$1\" = --version ] && exit 0\n{body}"),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    write(
+        "sbatch",
+        r#"n=$(( $(cat "$d/n" 2>/dev/null || echo 0) + 1 )); echo $n > "$d/n"
+id=$((4000 + n)); wrap=; out=
+for a in "$@"; do
+  printf '%s ' "$a" >> "$d/sbatch.args"
+  case "$a" in --wrap=*) wrap="${a#--wrap=}";; --output=*) out="${a#--output=}";; esac
+done
+echo >> "$d/sbatch.args"
+out=$(printf '%s' "$out" | sed "s/%j/$id/")
+if [ -f "$d/oom.$n" ]; then
+  echo "$id|OUT_OF_MEMORY|0:125" >> "$d/sacct.lines"
+else
+  echo "$id|RUNNING|0:0" >> "$d/sacct.lines"
+  ( SLURM_JOB_ID=$id sh -c "$wrap" > "$out" 2>&1; rc=$?
+    if [ $rc = 0 ]; then echo "$id|COMPLETED|0:0"; else echo "$id|FAILED|$rc:0"; fi >> "$d/sacct.lines"
+  ) < /dev/null > /dev/null 2>&1 &
+fi
+echo "$id"
+"#,
+    );
+    write(
+        "squeue",
+        r#"[ -f "$d/sacct.lines" ] || exit 0
+awk -F'|' '{ s[$1] = $2 } END { for (i in s) if (s[i] == "RUNNING") print i "|RUNNING" }' "$d/sacct.lines"
+"#,
+    );
+    write("scancel", "exit 0\n");
+    if accounting {
+        write(
+            "sacct",
+            r#"echo "$*" >> "$d/sacct.calls"
+ids=; prev=; for a in "$@"; do [ "$prev" = -j ] && ids="$a"; prev="$a"; done
+for id in $(echo "$ids" | tr , ' '); do grep "^$id|" "$d/sacct.lines"; done
+exit 0
+"#,
+        );
+    } else {
+        write(
+            "sacct",
+            "echo \"$*\" >> \"$d/sacct.calls\"\necho 'Slurm accounting storage is disabled' >&2\nexit 1\n",
+        );
+    }
+}
+
+/// A cell that succeeds and one whose command fails (exit 3).
+const TWO_CELLS: &str = r#"
+[stage.r]
+kind = "command"
+params = { cmd = "echo ok > $SPO_OUT/o" }
+[stage.f]
+kind = "command"
+params = { cmd = "echo failing >&2; exit 3" }
+"#;
+
+fn run_faked(p: &Project, fake: &Path, executor: &str) -> Output {
+    std::fs::write(
+        p.path().join("pipeline.toml"),
+        format!("[executor]\nkind = \"slurm\"\narrays = false\n{executor}\n{TWO_CELLS}"),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        fake.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    bin()
+        .args(["run", "r", "f"])
+        .current_dir(p.path())
+        .env("PATH", path)
+        .env_remove("SLURM_CONF")
+        .env("SPO_PIPE_SLURM_POLL", "0.2")
+        .env("SPO_PIPE_SLURM_POLL_MAX", "1")
+        .output()
+        .unwrap()
+}
+
+/// A job gone from squeue is looked up with sacct (one query for all such jobs of a cycle):
+/// an OUT_OF_MEMORY end is retried with twice the memory, a FAILED one reported with its exit
+/// code; the cell that commits is done by its commit.
+#[test]
+fn a_job_gone_from_squeue_is_judged_by_its_sacct_state() {
+    let p = Project::new("");
+    let fake = p.path().join("fake-slurm");
+    std::fs::create_dir(&fake).unwrap();
+    fake_slurm(&fake, true);
+    // The first submission (cell r, planned first) is "killed for memory".
+    std::fs::write(fake.join("oom.1"), "").unwrap();
+    let out = run_faked(&p, &fake, "mem = \"100M\"\nretries = 1");
+    let e = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("↻ retry    r  job 4001 ended OUT_OF_MEMORY (sacct), exit code 0:125; attempt 2 of 2 is job ")
+            && e.contains(" (mem 200M, time default)"),
+        "{e}"
+    );
+    let args = std::fs::read_to_string(fake.join("sbatch.args")).unwrap();
+    let retried = args
+        .lines()
+        .find(|l| l.contains("--mem=200M"))
+        .unwrap_or_else(|| panic!("no retry with twice the memory in:\n{args}"));
+    assert!(retried.contains("--comment=r "), "{retried}");
+    assert!(e.contains("✓ done     r  job "), "{e}");
+    // f fails in both attempts (its retry is not scaled: FAILED is not for want of memory);
+    // the job's exit code is spo-pipe's (1: a cell failed), its log's tail the command's.
+    assert!(
+        e.contains("↻ retry    f  job ")
+            && e.contains(" ended FAILED (sacct), exit code 1:0; attempt 2 of 2 is job 400"),
+        "{e}"
+    );
+    let f_retry = e.lines().find(|l| l.starts_with("↻ retry    f  ")).unwrap();
+    assert!(!f_retry.contains("(mem"), "{f_retry}");
+    assert!(
+        e.contains("ended FAILED (sacct), exit code 1:0 without committing")
+            && e.contains("failing"),
+        "{e}"
+    );
+    assert!(
+        e.contains("2 cells: 1 ran as Slurm jobs, 0 cached, 1 failed"),
+        "{e}"
+    );
+    assert!(e.contains(" sacct queries)"), "{e}");
+    assert!(!e.contains("accounting"), "{e}");
+    // Every query named its jobs, in one call.
+    let calls = std::fs::read_to_string(fake.join("sacct.calls")).unwrap();
+    assert!(
+        calls
+            .lines()
+            .all(|l| l.starts_with("-n -P -X -o JobID,State,ExitCode -j 40")),
+        "{calls}"
+    );
+    assert_eq!(p.committed().len(), 1);
+}
+
+/// Where accounting storage is disabled, sacct is asked once, the run says so once and judges
+/// jobs gone from squeue by the store's completion record alone, as before.
+#[test]
+fn without_accounting_the_store_alone_judges_and_the_run_says_so_once() {
+    let p = Project::new("");
+    let fake = p.path().join("fake-slurm");
+    std::fs::create_dir(&fake).unwrap();
+    fake_slurm(&fake, false);
+    let out = run_faked(&p, &fake, "retries = 1");
+    let e = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert_eq!(
+        e.matches("note: sacct: Slurm accounting storage is disabled on this cluster; a job gone from squeue is judged by its cell's completion record in the store alone").count(),
+        1,
+        "{e}"
+    );
+    assert!(e.contains("✓ done     r  job "), "{e}");
+    assert!(e.contains("vanished from squeue without committing"), "{e}");
+    assert!(e.contains(", 1 sacct queries)"), "{e}");
+    let calls = std::fs::read_to_string(fake.join("sacct.calls")).unwrap();
+    assert_eq!(calls.lines().count(), 1, "{calls}");
+    assert_eq!(p.committed().len(), 1);
 }

@@ -132,6 +132,7 @@ impl Pipeline {
                     "gpus",
                     "stage",
                     "kind_defaults",
+                    "cell",
                     "retries",
                     "arrays",
                 ],
@@ -211,13 +212,18 @@ impl Pipeline {
             p.known_keys(t, &["remote"], "key of [cache]")?;
             if let Some(v) = t.get("remote") {
                 let url = p.string(v, "cache.remote")?;
-                let ok = ["s3://", "file://"]
-                    .iter()
-                    .any(|s| url.strip_prefix(s).is_some_and(|rest| !rest.is_empty()));
+                // The schemes spo-remote opens (object_store's forms for S3, GCS and Azure);
+                // the rest of the URL is checked there, when the remote is opened.
+                let ok = [
+                    "s3://", "s3a://", "gs://", "az://", "azure://", "adl://", "abfs://",
+                    "abfss://", "https://", "file://",
+                ]
+                .iter()
+                .any(|s| url.strip_prefix(s).is_some_and(|rest| !rest.is_empty()));
                 if !ok {
                     return Err(src
                         .error(v.span(), format!("`cache.remote` is `{url}`, not a remote cache"))
-                        .hint("use \"s3://bucket/prefix\" (credentials from AWS_* variables) or \"file:///a/directory\""));
+                        .hint("use \"s3://bucket/prefix\", \"gs://bucket/prefix\", \"az://container/prefix\" (credentials from AWS_*, GOOGLE_* or AZURE_STORAGE_* variables) or \"file:///a/directory\""));
                 }
                 pipe.remote = Some(url);
             }
@@ -248,6 +254,12 @@ impl Pipeline {
         }
         p.check_needs(root, &pipe.stages)?;
         p.check_cycles(&pipe.stages, &stage_spans)?;
+        // Per-cell resources name cells by selector, so they are read once the stages are.
+        if let Some(DeValue::Table(t)) = root.get("executor").map(|v| v.get_ref())
+            && let Some(ct) = t.get("cell")
+        {
+            pipe.executor.cells = p.cell_resources(ct, &pipe)?;
+        }
 
         if let Some(sec) = root.get("sweep") {
             for (name, body) in p.table(sec, "[sweep]")?.iter() {
@@ -450,6 +462,50 @@ impl Parser<'_> {
                 format!("{what} must be a table, found {}", other.type_str()),
             )),
         }
+    }
+
+    /// `[executor.cell."stage@param=value,…"]`: each key a selector naming cells (as `run`
+    /// takes them), each body resources.
+    fn cell_resources(
+        &self,
+        v: &Val<'_>,
+        pipe: &Pipeline,
+    ) -> Result<Vec<crate::executor::CellResources>, ConfigError> {
+        let mut out = Vec::new();
+        for (name, body) in self.table(v, "[executor.cell]")?.iter() {
+            let sel = name.get_ref().to_string();
+            let what = format!("[executor.cell.\"{sel}\"]");
+            if !sel.contains('@') {
+                return Err(self
+                    .src
+                    .error(name.span(), format!("{what} names no param value"))
+                    .hint(format!(
+                        "name cells as `stage@param=value` (e.g. \"{sel}@k=8\"); resources for every cell of a stage go under [executor.stage.{sel}]"
+                    )));
+            }
+            let (stage, variant) = crate::plan::parse_selector(pipe, self.registry, &sel)
+                .map_err(|e| self.src.error(name.span(), format!("{what}: {e}")))?;
+            if variant.is_empty() {
+                return Err(self
+                    .src
+                    .error(name.span(), format!("{what} names no param value"))
+                    .hint("add `param=value` after the `@`"));
+            }
+            let bt = self.table(body, &format!("{what} section"))?;
+            self.known_keys(
+                bt,
+                &["partition", "account", "cpus", "mem", "time", "gpus"],
+                &format!("key of {what}"),
+            )?;
+            let resources = self.resources(bt, &format!("executor.cell.\"{sel}\""))?;
+            out.push(crate::executor::CellResources {
+                selector: sel,
+                stage,
+                variant,
+                resources,
+            });
+        }
+        Ok(out)
     }
 
     /// Slurm resources in a table (`[executor]` or `[executor.stage.NAME]`), each checked.

@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::plan::{Plan, Variant};
+
 /// What a Slurm job asks for. Unset fields fall back to the `[executor]` defaults, then to
 /// Slurm's own.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -34,7 +36,7 @@ impl Resources {
 }
 
 /// The `[executor]` table.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ExecutorDef {
     /// `local` (the default) or `slurm`.
     pub kind: Option<String>,
@@ -51,6 +53,59 @@ pub struct ExecutorDef {
     /// Submit cells that are ready together with the same resources as one job array
     /// (default true).
     pub arrays: Option<bool>,
+    /// `[executor.cell."SELECTOR"]`: per-cell overrides, over the stage's, in file order.
+    pub cells: Vec<CellResources>,
+}
+
+/// One `[executor.cell."stage@param=value,…"]`: the resources of the cells a selector names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CellResources {
+    /// As written, for messages.
+    pub selector: String,
+    pub stage: String,
+    /// The param values a cell (or its upstream cells: `score@spo.k=8`) must have.
+    pub variant: Variant,
+    pub resources: Resources,
+}
+
+impl CellResources {
+    /// Conditions in the selector: the more, the more specific.
+    fn conditions(&self) -> usize {
+        self.variant.iter().map(|(_, ov)| ov.len()).sum()
+    }
+
+    /// Whether node `i` of `plan` is a cell this selector names: its stage, and every param
+    /// the selector gives equal in the node's resolved params (or in those of its upstream
+    /// node of the stage the param is on).
+    pub fn matches(&self, plan: &Plan, i: usize) -> bool {
+        let node = &plan.nodes[i];
+        if *node.stage_name != *self.stage {
+            return false;
+        }
+        self.variant.iter().all(|(stage, ov)| {
+            let Some(n) = lineage_node(plan, i, stage) else {
+                return false;
+            };
+            let params = &plan.nodes[n].params.0;
+            ov.iter().all(|(k, v)| params.get(k) == Some(v))
+        })
+    }
+}
+
+/// The node of stage `stage` in node `i`'s lineage (itself included), if any.
+fn lineage_node(plan: &Plan, i: usize, stage: &str) -> Option<usize> {
+    let mut todo = vec![i];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(n) = todo.pop() {
+        if !seen.insert(n) {
+            continue;
+        }
+        if *plan.nodes[n].stage_name == *stage {
+            return Some(n);
+        }
+        todo.extend(&plan.nodes[n].inputs);
+    }
+    None
 }
 
 impl ExecutorDef {
@@ -62,6 +117,63 @@ impl ExecutorDef {
             .get(kind)
             .map_or_else(|| self.resources.clone(), |r| r.or(&self.resources));
         self.stages.get(stage).map_or(base.clone(), |r| r.or(&base))
+    }
+
+    /// The resources of the job computing node `i` of `plan`: the `[executor.cell]` tables that
+    /// name it, the more specific (more conditions) first, over [`ExecutorDef::resources_for`].
+    /// Two equally specific tables that both name the cell and give one field different values
+    /// are an error naming the cell and both tables.
+    pub fn resources_for_cell(&self, plan: &Plan, i: usize) -> Result<Resources, String> {
+        let node = &plan.nodes[i];
+        let base = self.resources_for(&node.stage_name, &node.kind);
+        let mut hits: Vec<&CellResources> =
+            self.cells.iter().filter(|c| c.matches(plan, i)).collect();
+        if hits.is_empty() {
+            return Ok(base);
+        }
+        hits.sort_by_key(|c| std::cmp::Reverse(c.conditions()));
+        // Every pair of equally specific tables, not only neighbours: two may disagree on a
+        // field a third between them leaves unset.
+        for (n, a) in hits.iter().enumerate() {
+            for b in hits[n + 1..]
+                .iter()
+                .take_while(|b| b.conditions() == a.conditions())
+            {
+                let Some(field) = a.resources.conflict(&b.resources) else {
+                    continue;
+                };
+                return Err(format!(
+                    "cell {} of stage `{}`: [executor.cell.\"{}\"] and [executor.cell.\"{}\"] both name it and give `{field}` different values; make one more specific",
+                    node.display(),
+                    node.stage_name,
+                    a.selector,
+                    b.selector
+                ));
+            }
+        }
+        Ok(hits
+            .iter()
+            .fold(Resources::default(), |acc, c| acc.or(&c.resources))
+            .or(&base))
+    }
+}
+
+impl Resources {
+    /// The first field both set, to different values.
+    fn conflict(&self, other: &Resources) -> Option<&'static str> {
+        fn differ<T: PartialEq>(a: &Option<T>, b: &Option<T>) -> bool {
+            matches!((a, b), (Some(x), Some(y)) if x != y)
+        }
+        [
+            ("partition", differ(&self.partition, &other.partition)),
+            ("account", differ(&self.account, &other.account)),
+            ("cpus", differ(&self.cpus, &other.cpus)),
+            ("mem", differ(&self.mem, &other.mem)),
+            ("time", differ(&self.time, &other.time)),
+            ("gpus", differ(&self.gpus, &other.gpus)),
+        ]
+        .into_iter()
+        .find_map(|(f, d)| d.then_some(f))
     }
 }
 

@@ -6,8 +6,8 @@
 //! ```
 //!
 //! Both are immutable: a blob's name is its content, and a key's manifest is the same cell
-//! whoever computed it. Every upload is put-if-absent (`PutMode::Create`, S3's
-//! `If-None-Match: *`), so two pushes of the same cells at once cannot clobber each other, and
+//! whoever computed it. Every upload is put-if-absent (`PutMode::Create`: S3's and Azure's
+//! `If-None-Match: *`, GCS's `x-goog-if-generation-match: 0`), so two pushes of the same cells at once cannot clobber each other, and
 //! a push writes a cell's blobs before its manifest, so a manifest in `ac/` only ever names
 //! blobs that were there first. A pull streams each blob into the key's private staging
 //! directory (under the key's lock), hashing as it writes; the store re-hashes everything against
@@ -15,27 +15,25 @@
 //! corrupt or missing blob, or a killed pull, commits nothing.
 //!
 //! Remotes: `s3://bucket/prefix` (AWS, or any S3-compatible server through `AWS_ENDPOINT` /
-//! `AWS_ENDPOINT_URL`), with credentials from the usual `AWS_*` environment variables (read by
+//! `AWS_ENDPOINT_URL`), `gs://bucket/prefix`, `az://container/prefix` (and object_store's other
+//! Azure forms), each with credentials from its usual environment variables (read by
 //! `object_store`, never written anywhere, never part of a message), and `file:///dir` (a local
-//! or shared directory).
+//! or shared directory); see `backend`.
 
 use std::io::{Read, Write};
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use object_store::aws::AmazonS3Builder;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{
-    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload,
-    RetryConfig, WriteMultipart,
-};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
 use sha2::{Digest, Sha256};
 use spo_core::remote::{Fetched, RemoteCache, RemoteError, RemoteFailure};
 use spo_core::{Manifest, Store};
+
+mod backend;
+pub use backend::FORMS;
 
 /// Files larger than this are uploaded in parts (never held whole in memory).
 const MULTIPART_ABOVE: u64 = 64 << 20;
@@ -47,6 +45,8 @@ pub struct Remote {
     objects: Arc<dyn ObjectStore>,
     prefix: String,
     url: String,
+    /// The environment variables the backend reads, for "cannot use" messages.
+    hint: &'static str,
     rt: tokio::runtime::Runtime,
     /// Whether the bucket (or directory) answered, checked once before the first use: a missing
     /// bucket answers every GET with "not found", which must not read as "not cached".
@@ -88,7 +88,7 @@ fn bad_entry(message: String) -> RemoteError {
 }
 
 /// An error with its chain of causes, on one line.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(c) = src {
@@ -103,76 +103,22 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl Remote {
-    /// Opens the remote at `url` (`s3://bucket[/prefix]` or `file:///dir`). Nothing is contacted
-    /// until the first push or fetch.
+    /// Opens the remote at `url` (one of [`FORMS`]). Nothing is contacted until the first push
+    /// or fetch.
     pub fn open(url: &str) -> Result<Remote, RemoteError> {
         Remote::open_with(url, &[])
     }
 
-    /// [`Remote::open`] with `AWS_*` settings given here taking precedence over the
-    /// environment's (for tools and tests that talk to several servers from one process).
+    /// [`Remote::open`] with settings (`AWS_*`, `GOOGLE_*`, `AZURE_*` variables) given here
+    /// taking precedence over the environment's (for tools and tests that talk to several
+    /// servers from one process).
     pub fn open_with(url: &str, settings: &[(&str, &str)]) -> Result<Remote, RemoteError> {
-        let setting = |name: &str| {
-            settings
-                .iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| (*v).to_owned())
-                .or_else(|| std::env::var(name).ok())
-        };
-        // object_store's HTTP client uses rustls without a default crypto provider: ring here.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let url = url.trim_end_matches('/').to_owned();
-        let (objects, prefix): (Arc<dyn ObjectStore>, String) = if let Some(rest) =
-            url.strip_prefix("s3://")
-        {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.is_empty() {
-                return Err(unavailable(format!("remote `{url}` names no bucket")));
-            }
-            let mut b = AmazonS3Builder::from_env();
-            for (k, v) in settings {
-                if let Ok(key) = k.to_ascii_lowercase().parse() {
-                    b = b.with_config(key, *v);
-                }
-            }
-            let mut b = b
-                .with_bucket_name(bucket)
-                .with_retry(RetryConfig {
-                    backoff: BackoffConfig::default(),
-                    max_retries: 3,
-                    retry_timeout: Duration::from_secs(60),
-                })
-                .with_client_options(
-                    ClientOptions::new().with_connect_timeout(Duration::from_secs(10)),
-                );
-            // awscli's name for a custom endpoint, where object_store's is not set.
-            let endpoint = setting("AWS_ENDPOINT").or_else(|| setting("AWS_ENDPOINT_URL"));
-            if let Some(ep) = endpoint {
-                // An endpoint given as http:// is meant (a server on loopback or a LAN).
-                let http = ep.starts_with("http://");
-                b = b.with_endpoint(ep);
-                if http {
-                    b = b.with_allow_http(true);
-                }
-            }
-            let s3 = b.build().map_err(|e| {
-                unavailable(format!("remote `{url}`: cannot set up S3: {}", chain(&e)))
-            })?;
-            (Arc::new(s3), prefix.to_owned())
-        } else if let Some(dir) = url.strip_prefix("file://") {
-            if dir.is_empty() {
-                return Err(unavailable(format!("remote `{url}` names no directory")));
-            }
-            std::fs::create_dir_all(dir)
-                .map_err(|e| unavailable(format!("remote `{url}`: cannot create {dir}: {e}")))?;
-            let fs = LocalFileSystem::new_with_prefix(dir)
-                .map_err(|e| unavailable(format!("remote `{url}`: {}", chain(&e))))?;
-            (Arc::new(fs), String::new())
-        } else {
-            return Err(unavailable(format!(
-                "remote `{url}`: unsupported scheme; use s3://bucket/prefix or file:///dir"
-            )));
-        };
+        let backend::Backend {
+            objects,
+            prefix,
+            hint,
+        } = backend::open(&url, settings)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -182,6 +128,7 @@ impl Remote {
             objects,
             prefix: prefix.trim_matches('/').to_owned(),
             url,
+            hint,
             rt,
             reachable: OnceLock::new(),
         })
@@ -215,9 +162,10 @@ impl Remote {
                     .map(|_| ())
                     .map_err(|e| {
                         unavailable(format!(
-                            "cannot use the remote cache {}: {} (S3 reads AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION and AWS_ENDPOINT or AWS_ENDPOINT_URL)",
+                            "cannot use the remote cache {}: {} ({})",
                             self.url,
-                            chain(&e)
+                            chain(&e),
+                            self.hint
                         ))
                     })
             })
@@ -380,6 +328,22 @@ impl Remote {
             .block_on(self.objects.put(&self.path(rel), PutPayload::from(bytes)))
             .map(|_| ())
             .map_err(|e| self.io_error("upload", rel, &e))
+    }
+
+    /// Writes the object at `rel` unless one is there (`PutMode::Create`, as every upload of a
+    /// push): whether it wrote. Direct access, for tools and tests.
+    pub fn raw_put_if_absent(&self, rel: &str, bytes: Vec<u8>) -> Result<bool, RemoteError> {
+        let r = self.rt.block_on(self.objects.put_opts(
+            &self.path(rel),
+            PutPayload::from(bytes),
+            PutMode::Create.into(),
+        ));
+        match r {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Ok(false),
+            Err(e) => Err(self.io_error("upload", rel, &e)),
+        }
     }
 
     /// Removes the object at `rel`: direct access, for tools and tests.

@@ -2,7 +2,10 @@
 //! and the spo-pipe binary run inside it.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod azure;
 pub mod browser;
+pub mod cloud;
+pub mod gcs;
 pub mod s3;
 
 use std::path::{Path, PathBuf};
