@@ -123,8 +123,7 @@ fn the_default_dag_fills_every_table_and_a_second_run_does_nothing() {
         "the run ends with its report:\n{err}"
     );
     // the cost table's plot: each method's score reached against its CPU seconds
-    let index =
-        std::fs::read_to_string(store.with_file_name("report").join("index.html")).unwrap();
+    let index = std::fs::read_to_string(store.with_file_name("report").join("index.html")).unwrap();
     let plot = index
         .split("<title>score_final against total_cpu_seconds</title>")
         .nth(1)

@@ -52,10 +52,13 @@ pub struct Trainer<'a, E = ()> {
     snapshots: Option<Snapshots<'a>>,
 }
 
+/// Writes the model being trained to a file (a snapshot).
+type SaveModel<'a> = Box<dyn Fn(&Path) -> Result<()> + 'a>;
+
 /// Which steps to snapshot and how to write the model at one.
 struct Snapshots<'a> {
     steps: Vec<usize>,
-    save: Box<dyn Fn(&Path) -> Result<()> + 'a>,
+    save: SaveModel<'a>,
 }
 
 impl<'a, E: Serialize + DeserializeOwned + Default + Clone> Trainer<'a, E> {
