@@ -110,6 +110,11 @@ pub fn ticks(lo: f64, hi: f64) -> Vec<f64> {
         .collect()
 }
 
+/// Round ticks across `(lo, hi)`, each labelled with its value.
+fn numeric_ticks((lo, hi): (f64, f64)) -> Vec<(f64, String)> {
+    ticks(lo, hi).into_iter().map(|t| (t, num(t))).collect()
+}
+
 fn num(v: f64) -> String {
     let a = v.abs();
     if v == 0.0 {
@@ -173,10 +178,7 @@ fn frame(s: &mut String, a: &Axes, title: &str, xlabel: &str, xticks: &[(f64, St
 pub fn lines(title: &str, xlabel: &str, lines: &[Line]) -> String {
     let pts = || lines.iter().flat_map(|l| l.points.iter());
     let a = Axes::new(pts().map(|p| p.0), pts().map(|p| p.1));
-    let xt: Vec<(f64, String)> = ticks(a.x.0, a.x.1)
-        .into_iter()
-        .map(|t| (t, num(t)))
-        .collect();
+    let xt = numeric_ticks(a.x);
     let mut s = String::new();
     frame(&mut s, &a, title, xlabel, &xt);
     let mut legend: Vec<(usize, &str)> = Vec::new();
@@ -289,10 +291,7 @@ pub fn scatter(title: &str, xlabel: &str, ylabel: &str, spots: &[Spot]) -> Strin
             .flat_map(|p| [p.y - finite(p.y_sd), p.y + finite(p.y_sd)]),
     );
     a.x = padded(a.x, 0.08);
-    let xt: Vec<(f64, String)> = ticks(a.x.0, a.x.1)
-        .into_iter()
-        .map(|t| (t, num(t)))
-        .collect();
+    let xt = numeric_ticks(a.x);
     let mut s = String::new();
     frame(&mut s, &a, title, xlabel, &xt);
     let _ = write!(
