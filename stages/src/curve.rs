@@ -76,7 +76,8 @@ impl StageKind for Curve {
         "curve"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: `judge_cpu_seconds` is +0, not −0, for a method without a judge.
+        2
     }
     fn summary(&self) -> &'static str {
         "A method's learning curve from its LoRA snapshots, and its CPU cost to reach half-way from the base model to SPO (needs world, clip-pretrain, base-pretrain, pickscore-train, aesthetic-train, a method with snapshots; optional train-spm, curve)"
@@ -121,12 +122,14 @@ fn run(cx: &mut StageContext) -> Result<()> {
         .iter()
         .map(|(step, _)| metric_of(&method, &format!("cpu_seconds_at_{step}")))
         .collect::<Result<_>>()?;
+    // a fold from +0 (a sum of no floats is −0, which the tables would print as such)
     let judge_cpu = cx
         .inputs()
         .iter()
         .filter(|i| i.kind == "train-spm")
-        .map(|i| metric_of(i, "cpu_seconds"))
-        .sum::<Result<f64>>()?;
+        .try_fold(0.0, |sum, i| {
+            Ok::<_, crate::error::Error>(sum + metric_of(i, "cpu_seconds")?)
+        })?;
     let reference = match cx.optional_input_of_kind("curve")? {
         Some(r) => Some(read_ends(r, cp.metric)?),
         None => None,
