@@ -1,6 +1,6 @@
 //! The method kinds on inputs they cannot use: a reward model for another canvas, a world whose
-//! pairs are all ties, a reward model that scores NaN. Each is an error naming what is wrong,
-//! and the cell writes nothing.
+//! pairs are all ties, a reward model that scores NaN; and a cost curve over a method that kept
+//! no snapshots. Each is an error naming what is wrong, and the cell writes nothing.
 
 mod scorers_common;
 
@@ -8,10 +8,13 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor};
-use scorers_common::{as_input, run, run_ok, small_clip, small_pickscore, small_world, temp_dir};
+use scorers_common::{
+    as_input, run, run_ok, small_aesthetic, small_clip, small_pickscore, small_world, temp_dir,
+};
 use spo_core::{Input, StageKind, Value};
 use spo_stages::base::BasePretrain;
 use spo_stages::clip_train::CLIP_WEIGHTS;
+use spo_stages::curve::Curve;
 use spo_stages::d3po::D3po;
 use spo_stages::ddpo::Ddpo;
 use spo_stages::diffusion_dpo::{DiffusionDpo, MapoTrain};
@@ -129,4 +132,32 @@ fn a_reward_that_is_not_a_number_stops_an_online_method_naming_the_prompt() {
         );
         assert!(nothing_written(cx.out_dir()), "{}", kind.name());
     }
+}
+
+#[test]
+fn a_curve_over_a_method_that_kept_no_snapshots_names_the_param() {
+    let mut set = QUICK_ONLINE.to_vec();
+    set.push(("snapshots", Value::Int(0)));
+    let inputs = vec![
+        small_world().clone(),
+        small_clip().clone(),
+        tiny_base().clone(),
+        small_pickscore().clone(),
+    ];
+    let method = run_ok(&Ddpo, &set, Some(0), inputs, &temp_dir());
+    let inputs = vec![
+        small_world().clone(),
+        small_clip().clone(),
+        tiny_base().clone(),
+        small_pickscore().clone(),
+        small_aesthetic().clone(),
+        method,
+    ];
+    let (r, cx) = run(&Curve, &[], Some(0), inputs, &temp_dir());
+    let e = r.expect_err("no snapshots to draw").to_string();
+    assert!(
+        e.contains("none of its inputs kept snapshots") && e.contains("`snapshots` > 0"),
+        "{e}"
+    );
+    assert!(nothing_written(cx.out_dir()));
 }
