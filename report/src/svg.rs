@@ -300,8 +300,11 @@ pub fn scatter(title: &str, xlabel: &str, ylabel: &str, spots: &[Spot]) -> Strin
         -(TOP + H - BOTTOM) / 2.0,
         esc(ylabel)
     );
+    let mut labels: Vec<Label> = Vec::with_capacity(spots.len());
     for (i, p) in spots.iter().enumerate() {
         let (x, y) = (a.px(p.x), a.py(p.y));
+        let label = place_label(&labels, x, y, p.label.chars().count());
+        labels.push(label);
         let (x0, x1) = (a.px(p.x - finite(p.x_sd)), a.px(p.x + finite(p.x_sd)));
         let (y0, y1) = (a.py(p.y - finite(p.y_sd)), a.py(p.y + finite(p.y_sd)));
         let _ = write!(
@@ -314,8 +317,8 @@ pub fn scatter(title: &str, xlabel: &str, ylabel: &str, spots: &[Spot]) -> Strin
             num(p.x_sd),
             num(p.y),
             num(p.y_sd),
-            x + 5.0,
-            y - 5.0,
+            label.x,
+            label.y,
             c = colour(i),
             l = esc(&p.label),
             xl = esc(xlabel),
@@ -324,6 +327,42 @@ pub fn scatter(title: &str, xlabel: &str, ylabel: &str, spots: &[Spot]) -> Strin
     }
     s.push_str("</svg>");
     s
+}
+
+/// A point's label: where its text starts (baseline) and how wide it is.
+#[derive(Debug, Clone, Copy)]
+struct Label {
+    x: f64,
+    y: f64,
+    width: f64,
+}
+
+impl Label {
+    fn overlaps(&self, o: &Label) -> bool {
+        self.x < o.x + o.width && o.x < self.x + self.width && (self.y - o.y).abs() < 11.0
+    }
+}
+
+/// Where a label of `chars` characters goes beside the point at (x, y): right of it and
+/// above, else below, else left above or below — the first that overlaps none of `placed`
+/// (right above when all do).
+fn place_label(placed: &[Label], x: f64, y: f64, chars: usize) -> Label {
+    let width = 6.0 * chars as f64;
+    let candidates = [
+        (x + 5.0, y - 5.0),
+        (x + 5.0, y + 13.0),
+        (x - 5.0 - width, y - 5.0),
+        (x - 5.0 - width, y + 13.0),
+    ];
+    candidates
+        .iter()
+        .map(|&(x, y)| Label { x, y, width })
+        .find(|l| !placed.iter().any(|o| l.overlaps(o)))
+        .unwrap_or(Label {
+            x: x + 5.0,
+            y: y - 5.0,
+            width,
+        })
 }
 
 /// At most `n` points: means over equal runs of consecutive points (long loss logs stay small).
@@ -415,6 +454,16 @@ mod tests {
             head[c + 4..].split('"').next().unwrap().parse().unwrap()
         };
         assert!(cy("SPO") < cy("DPO &lt;b&gt;"));
+    }
+
+    #[test]
+    fn labels_of_nearby_points_do_not_overlap() {
+        let first = place_label(&[], 100.0, 100.0, 13);
+        let second = place_label(&[first], 104.0, 98.0, 4);
+        assert!(!first.overlaps(&second), "{first:?} {second:?}");
+        // a point far away keeps the usual place
+        let far = place_label(&[first, second], 300.0, 50.0, 4);
+        assert_eq!((far.x, far.y), (305.0, 45.0));
     }
 
     #[test]
