@@ -4,31 +4,13 @@
 
 mod scorers_common;
 
-use std::sync::OnceLock;
-
 use rand::SeedableRng;
 
-use scorers_common::{run, run_ok, small_clip, small_pickscore, small_world, temp_dir};
+use scorers_common::{run, run_ok, small_clip, small_pickscore, small_world, temp_dir, tiny_base};
 use spo_core::{Input, Value};
-use spo_stages::base::BasePretrain;
 use spo_stages::sample_pairs::SamplePairs;
 use spo_stages::spm::TrainSpm;
 use spo_stages::worlddata::{WorldData, load_pairs, world_annotator};
-
-fn tiny_base() -> &'static Input {
-    static CELL: OnceLock<Input> = OnceLock::new();
-    CELL.get_or_init(|| {
-        let set = [
-            ("steps", Value::Int(4)),
-            ("batch", Value::Int(4)),
-            ("warmup", Value::Int(1)),
-            ("checkpoint_every", Value::Int(4)),
-            ("channels", Value::List(vec![Value::Int(8), Value::Int(8)])),
-        ];
-        let inputs = vec![small_world().clone(), small_clip().clone()];
-        run_ok(&BasePretrain, &set, Some(0), inputs, &temp_dir())
-    })
-}
 
 fn inputs() -> Vec<Input> {
     vec![

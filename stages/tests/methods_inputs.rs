@@ -5,14 +5,13 @@
 mod scorers_common;
 
 use std::path::Path;
-use std::sync::OnceLock;
 
 use candle_core::{Device, Tensor};
 use scorers_common::{
     as_input, run, run_ok, small_aesthetic, small_clip, small_pickscore, small_world, temp_dir,
+    tiny_base,
 };
 use spo_core::{Input, StageKind, Value};
-use spo_stages::base::BasePretrain;
 use spo_stages::clip_train::CLIP_WEIGHTS;
 use spo_stages::curve::Curve;
 use spo_stages::d3po::D3po;
@@ -28,21 +27,6 @@ fn world(set: &[(&str, Value)]) -> Input {
     ];
     all.extend(set.iter().cloned());
     run_ok(&WorldKind, &all, None, vec![], &temp_dir())
-}
-
-fn tiny_base() -> &'static Input {
-    static CELL: OnceLock<Input> = OnceLock::new();
-    CELL.get_or_init(|| {
-        let set = [
-            ("steps", Value::Int(2)),
-            ("batch", Value::Int(4)),
-            ("warmup", Value::Int(1)),
-            ("checkpoint_every", Value::Int(2)),
-            ("channels", Value::List(vec![Value::Int(8), Value::Int(8)])),
-        ];
-        let inputs = vec![small_world().clone(), small_clip().clone()];
-        run_ok(&BasePretrain, &set, Some(0), inputs, &temp_dir())
-    })
 }
 
 fn nothing_written(out: &Path) -> bool {

@@ -227,3 +227,26 @@ pub fn interrupted_and_straight(
     let read = |i: &Input| std::fs::read(i.dir.join(file)).unwrap();
     (read(&straight), read(&again))
 }
+
+/// A base model of 8 channels trained 4 steps on the small world, built once per test binary:
+/// enough for stages that sample or train on it, not for quality.
+pub fn tiny_base() -> &'static Input {
+    static CELL: OnceLock<Input> = OnceLock::new();
+    CELL.get_or_init(|| {
+        let set = [
+            ("steps", Value::Int(4)),
+            ("batch", Value::Int(4)),
+            ("warmup", Value::Int(1)),
+            ("checkpoint_every", Value::Int(4)),
+            ("channels", Value::List(vec![Value::Int(8), Value::Int(8)])),
+        ];
+        let inputs = vec![small_world().clone(), small_clip().clone()];
+        run_ok(
+            &spo_stages::base::BasePretrain,
+            &set,
+            Some(0),
+            inputs,
+            &temp_dir(),
+        )
+    })
+}
