@@ -26,6 +26,7 @@ use std::sync::Arc;
 
 use arrow_array::{ArrayRef, Float64Array, Int64Array};
 use arrow_schema::{DataType, Field, Schema};
+use indicatif::ProgressBar;
 use spo_core::{Input, ParamSpec, StageContext, StageError, StageKind};
 use spo_world::Scene;
 
@@ -144,11 +145,7 @@ fn run(cx: &mut StageContext) -> Result<()> {
         cx.input_of_kind("aesthetic-train")?,
         &dev,
     )?;
-    let jobs = jobs(
-        cx.seed().unwrap_or(0),
-        sp.prompts.min(world.validation.len()),
-        sp.per_prompt,
-    );
+    let jobs = jobs(cx.seed().unwrap_or(0), &world, &sp);
     let texts: Vec<&str> = jobs
         .iter()
         .map(|(i, _)| world.validation[*i].text.as_str())
@@ -167,13 +164,7 @@ fn run(cx: &mut StageContext) -> Result<()> {
         }
         let images = draw(&unet, &clip, &world, &sp, &jobs, cx.threads(), &pb)?;
         let scores = on_cores(cx.threads(), || {
-            let mut scores = Vec::with_capacity(images.len());
-            for (k, chunk) in images.chunks(crate::clip_train::EVAL_BATCH).enumerate() {
-                let at = k * crate::clip_train::EVAL_BATCH;
-                let n = chunk.len();
-                scores.extend(scorers.score(chunk, &texts[at..at + n], &scenes[at..at + n])?);
-            }
-            Ok(scores)
+            scorers.score_all(&images, &texts, &scenes, &ProgressBar::hidden())
         })?;
         points.push(Point {
             step,

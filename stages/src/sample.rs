@@ -78,7 +78,7 @@ fn run(cx: &mut StageContext) -> Result<()> {
         unet.load_lora(&lora).at(&lora)?;
     }
     let seed = cx.seed().unwrap_or(0);
-    let jobs = jobs(seed, p.prompts.min(world.validation.len()), p.per_prompt);
+    let jobs = jobs(seed, &world, &p);
     let pb = cx.progress(jobs.len() as u64, "sample");
     let images = draw(&unet, &clip, &world, &p, &jobs, cx.threads(), &pb)?;
     pb.finish_and_clear();
@@ -118,10 +118,11 @@ fn run(cx: &mut StageContext) -> Result<()> {
     Ok(())
 }
 
-/// The images of a run with seed `seed`: (validation prompt, image seed) for `per` images of
-/// each of the first `prompts` prompts.
-pub fn jobs(seed: u64, prompts: usize, per: usize) -> Vec<(usize, u64)> {
-    (0..prompts)
+/// The images of a run with seed `seed`: (validation prompt, image seed) for `p.per_prompt`
+/// images of each of the first `p.prompts` validation prompts (all of them, if fewer).
+pub fn jobs(seed: u64, world: &WorldData, p: &SampleParams) -> Vec<(usize, u64)> {
+    let per = p.per_prompt;
+    (0..p.prompts.min(world.validation.len()))
         .flat_map(|i| (0..per).map(move |k| (i, image_seed(seed, i, k))))
         .collect()
 }

@@ -24,6 +24,7 @@ use arrow_array::{BooleanArray, Float64Array, Int64Array, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 use candle_core::Device;
 use image::RgbImage;
+use indicatif::ProgressBar;
 use spo_core::{Input, ParamSpec, StageContext, StageError, StageKind};
 use spo_world::{Atlas, Layout, Scene};
 
@@ -85,15 +86,7 @@ impl InWorldScorers {
         prompts: &[&str],
         scenes: &[Scene],
     ) -> Result<Vec<ImageScores>> {
-        if images.len() != prompts.len() || images.len() != scenes.len() {
-            return Err(StageError::Failed(format!(
-                "{} images, {} prompts and {} scenes: each image needs its prompt and scene",
-                images.len(),
-                prompts.len(),
-                scenes.len()
-            ))
-            .into());
-        }
+        same_lengths(images, prompts, scenes)?;
         let refs: Vec<&RgbImage> = images.iter().collect();
         let pick = pickscores(&self.pickscore, &refs, prompts)?;
         let clipscore = clipscores(&self.clip, &refs, prompts)?;
@@ -109,6 +102,29 @@ impl InWorldScorers {
                 oracle: o,
             })
             .collect())
+    }
+
+    /// [`InWorldScorers::score`] of many images, `EVAL_BATCH` at a time (the batches `score`
+    /// and `curve` both score in, so their numbers agree to the bit), advancing `pb` per batch.
+    pub fn score_all(
+        &self,
+        images: &[RgbImage],
+        prompts: &[&str],
+        scenes: &[Scene],
+        pb: &ProgressBar,
+    ) -> Result<Vec<ImageScores>> {
+        same_lengths(images, prompts, scenes)?;
+        let batch = crate::clip_train::EVAL_BATCH;
+        let mut scores = Vec::with_capacity(images.len());
+        for ((images, prompts), scenes) in images
+            .chunks(batch)
+            .zip(prompts.chunks(batch))
+            .zip(scenes.chunks(batch))
+        {
+            scores.extend(self.score(images, prompts, scenes)?);
+            pb.inc(images.len() as u64);
+        }
+        Ok(scores)
     }
 }
 
@@ -145,6 +161,20 @@ pub struct ImageScores {
     pub aesthetic: f64,
     pub clipscore: f64,
     pub oracle: OracleScores,
+}
+
+/// Each image needs its prompt and scene.
+fn same_lengths(images: &[RgbImage], prompts: &[&str], scenes: &[Scene]) -> Result<()> {
+    if images.len() != prompts.len() || images.len() != scenes.len() {
+        return Err(StageError::Failed(format!(
+            "{} images, {} prompts and {} scenes: each image needs its prompt and scene",
+            images.len(),
+            prompts.len(),
+            scenes.len()
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// The PickScore analogue of each image with its prompt: `exp(logit_scale)·cos(img, txt)`.
@@ -306,23 +336,17 @@ impl StageKind for Score {
         }
         let pb = cx.progress(rows.len() as u64, "score");
         // on the cell's own pool, so the towers' kernels parallelise in place
+        let images: Vec<RgbImage> = rows.iter().map(|r| r.image.clone()).collect();
+        let prompts: Vec<&str> = rows.iter().map(|r| r.prompt.as_str()).collect();
+        let scenes: Vec<Scene> = rows.iter().map(|r| r.scene).collect();
         let scores = crate::inworld::on_cores(cx.threads(), || {
-            let mut scores = Vec::with_capacity(rows.len());
-            for chunk in rows.chunks(crate::clip_train::EVAL_BATCH) {
-                let images: Vec<RgbImage> = chunk.iter().map(|r| r.image.clone()).collect();
-                let prompts: Vec<&str> = chunk.iter().map(|r| r.prompt.as_str()).collect();
-                let scenes: Vec<Scene> = chunk.iter().map(|r| r.scene).collect();
-                scores.extend(scorers.score(&images, &prompts, &scenes)?);
-                pb.inc(chunk.len() as u64);
-            }
-            Ok(scores)
+            scorers.score_all(&images, &prompts, &scenes, &pb)
         })?;
         pb.finish_and_clear();
         write_scores(cx, &rows, &scores)?;
         for (name, value) in means(&scores) {
             cx.metric(name, value);
         }
-        let scenes: Vec<Scene> = rows.iter().map(|r| r.scene).collect();
         for (name, value) in geneval(&scores, &scenes) {
             cx.metric(name, value);
         }
