@@ -83,29 +83,17 @@ impl CellResources {
             return false;
         }
         self.variant.iter().all(|(stage, ov)| {
-            let Some(n) = lineage_node(plan, i, stage) else {
+            let Some(n) = plan
+                .lineage(i)
+                .into_iter()
+                .find(|&n| *plan.nodes[n].stage_name == **stage)
+            else {
                 return false;
             };
             let params = &plan.nodes[n].params.0;
             ov.iter().all(|(k, v)| params.get(k) == Some(v))
         })
     }
-}
-
-/// The node of stage `stage` in node `i`'s lineage (itself included), if any.
-fn lineage_node(plan: &Plan, i: usize, stage: &str) -> Option<usize> {
-    let mut todo = vec![i];
-    let mut seen = std::collections::HashSet::new();
-    while let Some(n) = todo.pop() {
-        if !seen.insert(n) {
-            continue;
-        }
-        if *plan.nodes[n].stage_name == *stage {
-            return Some(n);
-        }
-        todo.extend(&plan.nodes[n].inputs);
-    }
-    None
 }
 
 impl ExecutorDef {

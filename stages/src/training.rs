@@ -120,11 +120,6 @@ impl<'a, E: Serialize + DeserializeOwned + Default + Clone> Trainer<'a, E> {
         self.cost.cpu_seconds.0 + self.clock.seconds() - self.clock_at_start
     }
 
-    /// The scratch path of the snapshot at `step`.
-    fn snapshot_path(&self, step: usize) -> PathBuf {
-        self.dir.join("snapshots").join(snapshot_name(step))
-    }
-
     /// Writes the snapshot of the step just taken if it is one of the kept steps (atomically:
     /// a kill leaves the previous state) and notes its cost.
     fn snapshot(&mut self) -> Result<()> {
@@ -134,8 +129,8 @@ impl<'a, E: Serialize + DeserializeOwned + Default + Clone> Trainer<'a, E> {
         if !snaps.steps.contains(&self.step) {
             return Ok(());
         }
-        let path = self.snapshot_path(self.step);
-        let dir = self.dir.join("snapshots");
+        let dir = self.snapshot_dir();
+        let path = dir.join(snapshot_name(self.step));
         std::fs::create_dir_all(&dir).map_err(|e| StageError::io(&dir, e))?;
         let partial = dir.join(".partial");
         (snaps.save)(&partial)?;
@@ -215,13 +210,18 @@ impl<'a, E: Serialize + DeserializeOwned + Default + Clone> Trainer<'a, E> {
 }
 
 impl<E> Trainer<'_, E> {
+    /// The scratch directory of the snapshots.
+    fn snapshot_dir(&self) -> PathBuf {
+        self.dir.join("snapshots")
+    }
+
     /// Moves the snapshots into the output as `snapshots/<file>` with their list, and records
     /// each one's cost as a metric.
     fn write_snapshots(&self, cx: &mut StageContext) -> Result<()> {
         let mut files = Vec::with_capacity(self.cost.snapshots.len());
         for &(step, cpu) in &self.cost.snapshots {
             let name = snapshot_name(step as usize);
-            let path = self.dir.join("snapshots").join(&name);
+            let path = self.snapshot_dir().join(&name);
             let bytes = std::fs::read(&path).map_err(|e| StageError::io(&path, e))?;
             cx.write_artifact(&format!("snapshots/{name}"), &bytes)?;
             cx.metric(&format!("cpu_seconds_at_{step}"), cpu.0);

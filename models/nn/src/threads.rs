@@ -79,21 +79,20 @@ impl CpuClock {
 
     /// Seconds of CPU those threads have used since they started.
     pub fn seconds(&self) -> f64 {
-        self.clocks
-            .iter()
-            .map(|&c| {
-                let mut ts = libc::timespec {
-                    tv_sec: 0,
-                    tv_nsec: 0,
-                };
-                // SAFETY: `ts` is a valid timespec to write; a clock whose thread has gone
-                // answers an error, which reads as no time.
-                match unsafe { libc::clock_gettime(c, &mut ts) } {
-                    0 => ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9,
-                    _ => 0.0,
-                }
-            })
-            .sum()
+        self.clocks.iter().map(|&c| clock_seconds(c)).sum()
+    }
+}
+
+/// The seconds a CPU-time clock reads; a clock whose thread has gone reads as no time.
+fn clock_seconds(clock: libc::clockid_t) -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write; an unknown clock answers an error.
+    match unsafe { libc::clock_gettime(clock, &mut ts) } {
+        0 => ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9,
+        _ => 0.0,
     }
 }
 
@@ -132,17 +131,8 @@ mod tests {
     /// Burns CPU until the calling thread's own clock has advanced by `secs`.
     fn burn(secs: f64) -> f64 {
         let clock = thread_clock().expect("a thread clock");
-        let read = || {
-            let mut ts = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            // SAFETY: as in `CpuClock::seconds`
-            unsafe { libc::clock_gettime(clock, &mut ts) };
-            ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
-        };
-        let (t0, mut x) = (read(), 0.0f64);
-        while read() - t0 < secs {
+        let (t0, mut x) = (clock_seconds(clock), 0.0f64);
+        while clock_seconds(clock) - t0 < secs {
             x += x.sin() + 1.0;
         }
         x
