@@ -8,6 +8,7 @@
 //! - [`weights`]: released files (safetensors, PyTorch pickles), OpenCLIP → HF key mapping,
 //!   and checked loading whose errors name the key and the expected shape.
 //! - [`tokenizer`]: the CLIP BPE (embedded vocabulary) with HF or open_clip text cleaning;
+//!   [`open_hf_tokenizer`] for a diffusers pipeline's tokenizer folder;
 //!   [`image_reward::BertTokenizer`] for ImageReward.
 //! - [`preprocess`]: Pillow-exact bicubic resizing, HF/torchvision centre crops, HPSv2's
 //!   letterbox with or without antialiasing.
@@ -44,6 +45,7 @@ pub mod blip_vit;
 pub mod clean;
 pub mod config;
 pub mod error;
+pub mod hf_tokenizer;
 pub mod image_reward;
 pub mod layers;
 pub mod med_bert;
@@ -58,6 +60,7 @@ pub mod weights;
 
 pub use config::{ClipConfig, ClipTextConfig, ClipVisionConfig};
 pub use error::ClipError;
+pub use hf_tokenizer::open_hf_tokenizer;
 pub use model::{ClipModel, l2_normalize, load_hf_clip, load_hf_clip_trainable, load_open_clip};
 pub use scorers::{Metric, ScoreOptions, Scorer};
 pub use spm::{Spm, SpmVariant, init_spm_from_pickscore, load_spm};

@@ -14,7 +14,10 @@
 //!   whitespace collapsed and lowercase.
 //!
 //! Ids are `[49406] + bpe[..75] + [49407]`, padded with 0 to 77 when batched (padding follows
-//! the end-of-text token, so under the causal mask it never reaches the pooled state).
+//! the end-of-text token, so under the causal mask it never reaches the pooled state). A
+//! diffusers pipeline's tokenizer pads with its own pad token (SD-1.5: end-of-text), whose
+//! states the UNet attends to: [`ClipTokenizer::with_pad`]; [`crate::hf_tokenizer`] reads such
+//! a folder.
 
 use std::io::Read;
 
@@ -68,11 +71,14 @@ fn byte_symbols() -> Vec<char> {
     chars.into_iter().filter_map(char::from_u32).collect()
 }
 
-/// A CLIP tokenizer with the embedded vocabulary.
+/// A CLIP tokenizer: the embedded vocabulary, or one read from a Hugging Face tokenizer folder.
 #[derive(Clone)]
 pub struct ClipTokenizer {
     inner: Tokenizer,
     cleaning: TextCleaning,
+    bos: u32,
+    eos: u32,
+    pad: u32,
 }
 
 impl std::fmt::Debug for ClipTokenizer {
@@ -119,6 +125,25 @@ impl ClipTokenizer {
             .enumerate()
             .map(|(i, w)| (w, i as u32))
             .collect();
+        Self::build(vocab, merges, cleaning, 0)
+    }
+
+    /// A tokenizer over `vocab` and `merges` (a folder's own, e.g. a tiny test vocabulary): the
+    /// CLIP BPE model and pre-tokenization, `<|startoftext|>`/`<|endoftext|>` looked up in
+    /// `vocab`, batches padded with `pad`. The error says which special token is missing.
+    pub fn build(
+        vocab: Vocab,
+        merges: Vec<(String, String)>,
+        cleaning: TextCleaning,
+        pad: u32,
+    ) -> Result<Self, ClipError> {
+        let special = |t: &str| {
+            vocab
+                .get(t)
+                .copied()
+                .ok_or_else(|| ClipError::Tokenizer(format!("the vocabulary has no `{t}` token")))
+        };
+        let (bos, eos) = (special("<|startoftext|>")?, special("<|endoftext|>")?);
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
             .end_of_word_suffix("</w>".into())
@@ -148,7 +173,30 @@ impl ClipTokenizer {
             ByteLevel::new(false, false, true).into(),
         ]);
         inner.with_pre_tokenizer(Some(pre));
-        Ok(Self { inner, cleaning })
+        Ok(Self {
+            inner,
+            cleaning,
+            bos,
+            eos,
+            pad,
+        })
+    }
+
+    /// The id of `token` in the vocabulary.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// The vocabulary's size.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// This tokenizer with batches padded with `pad` (SD-1.5: `<|endoftext|>`; SDXL's second
+    /// tokenizer: `!`, id 0).
+    pub fn with_pad(mut self, pad: u32) -> Self {
+        self.pad = pad;
+        self
     }
 
     /// The cleaning this tokenizer applies.
@@ -166,15 +214,15 @@ impl ClipTokenizer {
         let body = enc.get_ids();
         let keep = body.len().min(CONTEXT_LENGTH - 2);
         let mut ids = Vec::with_capacity(keep + 2);
-        ids.push(BOS_ID);
+        ids.push(self.bos);
         ids.extend_from_slice(&body[..keep]);
-        ids.push(EOS_ID);
+        ids.push(self.eos);
         Ok(ids)
     }
 
-    /// `(b, 77)` u32 ids of a batch, padded with 0.
+    /// `(b, 77)` u32 ids of a batch, padded with the pad id (0 unless [`Self::with_pad`]).
     pub fn encode_batch(&self, prompts: &[&str], device: &Device) -> Result<Tensor, ClipError> {
-        let mut flat = vec![0u32; prompts.len() * CONTEXT_LENGTH];
+        let mut flat = vec![self.pad; prompts.len() * CONTEXT_LENGTH];
         for (prompt, row) in prompts.iter().zip(flat.chunks_exact_mut(CONTEXT_LENGTH)) {
             let ids = self.encode(prompt)?;
             row[..ids.len()].copy_from_slice(&ids);

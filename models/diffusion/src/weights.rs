@@ -83,18 +83,26 @@ pub fn checked_var_builder(
 
 /// The safetensors files of a diffusers component folder: a single
 /// `diffusion_pytorch_model.safetensors` (or `.fp16.safetensors`), or the shards listed in
-/// `diffusion_pytorch_model.safetensors.index.json`.
+/// `diffusion_pytorch_model.safetensors.index.json`; a transformers component (a text
+/// encoder) names the same files `model.*`.
 pub fn component_weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    for name in [
-        "diffusion_pytorch_model.safetensors",
-        "diffusion_pytorch_model.fp16.safetensors",
-    ] {
-        let p = dir.join(name);
-        if p.is_file() {
-            return Ok(vec![p]);
+    const STEMS: [&str; 2] = ["diffusion_pytorch_model", "model"];
+    for stem in STEMS {
+        for name in [
+            format!("{stem}.safetensors"),
+            format!("{stem}.fp16.safetensors"),
+        ] {
+            let p = dir.join(name);
+            if p.is_file() {
+                return Ok(vec![p]);
+            }
         }
     }
-    let index = dir.join("diffusion_pytorch_model.safetensors.index.json");
+    let index = STEMS
+        .iter()
+        .map(|stem| dir.join(format!("{stem}.safetensors.index.json")))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| dir.join("diffusion_pytorch_model.safetensors.index.json"));
     let text = std::fs::read_to_string(&index).map_err(|source| DiffusionError::Io {
         path: index.clone(),
         source,

@@ -1,0 +1,140 @@
+//! Parity of the SD-1.5 pipeline with diffusers' `StableDiffusionPipeline` (DDIM from the
+//! folder's scheduler config) on a tiny random-weight folder in the real layouts.
+//!
+//! The folder and goldens come from `tests/fixtures/sd/make_sd15_tiny.py` (fixtures venv); CI
+//! uses the committed files. Errors are relative to the reference's largest magnitude.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use spo_diffusion::weights::load_safetensors;
+use spo_nn::SeededRng;
+use spo_sd::{SampleSettings, StableDiffusion15};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/sd")
+}
+
+fn golden(g: &HashMap<String, Tensor>, key: &str) -> Result<Tensor, String> {
+    g.get(key)
+        .cloned()
+        .ok_or_else(|| format!("golden `{key}` missing"))
+}
+
+fn rel_err(ours: &Tensor, theirs: &Tensor) -> candle_core::Result<f64> {
+    let (ours, theirs) = (ours.to_dtype(DType::F64)?, theirs.to_dtype(DType::F64)?);
+    let diff = (&ours - &theirs)?.abs()?.max_all()?.to_scalar::<f64>()?;
+    Ok(diff / theirs.abs()?.max_all()?.to_scalar::<f64>()?.max(1e-12))
+}
+
+fn prompts() -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        fixtures().join("sd15_tiny_goldens.json"),
+    )?)?;
+    Ok(json["prompts"]
+        .as_array()
+        .ok_or("no prompts in the goldens")?
+        .iter()
+        .filter_map(|p| p.as_str().map(str::to_owned))
+        .collect())
+}
+
+#[test]
+fn tokens_text_states_latents_and_images_match_diffusers() -> TestResult {
+    let dev = Device::Cpu;
+    let g = load_safetensors(&fixtures().join("sd15_tiny_goldens.safetensors"), &dev)?;
+    let sd = StableDiffusion15::open(&fixtures().join("sd15_tiny"), DType::F32, &dev)?;
+    assert_eq!(sd.latent_shape(), [4, 8, 8]);
+    assert_eq!(sd.image_size(), [16, 16]);
+    let prompts = prompts()?;
+    let texts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+
+    // The tokenizer pads with end-of-text, as SD-1.5's does; the negative prompt is "".
+    let ids = sd.text_encoder().token_ids(&texts)?.to_dtype(DType::I64)?;
+    assert_eq!(ids.to_vec2::<i64>()?, golden(&g, "ids")?.to_vec2::<i64>()?);
+    let empty = sd
+        .text_encoder()
+        .token_ids(&["", ""])?
+        .to_dtype(DType::I64)?;
+    assert_eq!(
+        empty.to_vec2::<i64>()?,
+        golden(&g, "negative_ids")?.to_vec2::<i64>()?
+    );
+
+    let cond = sd.conditioning(&texts)?;
+    let e = rel_err(&cond.cond, &golden(&g, "hidden")?)?;
+    assert!(e < 1e-5, "text encoder states: relative error {e:.2e}");
+
+    let settings = SampleSettings {
+        steps: 4,
+        cfg: 5.0,
+        eta: 0.0,
+    };
+    let latents = sd.denoise(
+        &cond,
+        &golden(&g, "latents")?,
+        &settings,
+        &mut SeededRng::new(0),
+    )?;
+    let e = rel_err(&latents, &golden(&g, "final_latents")?)?;
+    assert!(e < 1e-4, "final latents: relative error {e:.2e}");
+    let images = sd.decode(&latents)?;
+    let e = rel_err(&images, &golden(&g, "images")?)?;
+    assert!(e < 1e-4, "images: relative error {e:.2e}");
+    Ok(())
+}
+
+#[test]
+fn eta_draws_its_noise_from_the_rng_only() -> TestResult {
+    let dev = Device::Cpu;
+    let sd = StableDiffusion15::open(&fixtures().join("sd15_tiny"), DType::F32, &dev)?;
+    let cond = sd.conditioning(&["a cat"])?;
+    let x = SeededRng::new(3).normal((1, 4, 8, 8), 0.0, 1.0, DType::F32, &dev)?;
+    let s = SampleSettings {
+        steps: 3,
+        cfg: 5.0,
+        eta: 1.0,
+    };
+    let run = |seed| sd.denoise(&cond, &x, &s, &mut SeededRng::new(seed));
+    let (a, b, c) = (run(1)?, run(1)?, run(2)?);
+    assert_eq!(rel_err(&a, &b)?, 0.0, "same seed, same latents");
+    assert!(rel_err(&a, &c)? > 1e-3, "another seed, other noise");
+    Ok(())
+}
+
+/// Copies the fixture folder with the text encoder's tensors renamed `text_model.*`, as
+/// transformers 4 saved them (SD-1.5's and SDXL's repos), and checks the states are the same.
+#[test]
+fn text_encoder_weights_saved_by_transformers_4_load_the_same() -> TestResult {
+    let dev = Device::Cpu;
+    let src = fixtures().join("sd15_tiny");
+    let dir = tempfile::tempdir()?;
+    for entry in std::fs::read_dir(&src)? {
+        let entry = entry?;
+        let to = dir.path().join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            std::fs::create_dir(&to)?;
+            for f in std::fs::read_dir(entry.path())? {
+                let f = f?;
+                std::fs::copy(f.path(), to.join(f.file_name()))?;
+            }
+        } else {
+            std::fs::copy(entry.path(), to)?;
+        }
+    }
+    let weights = dir.path().join("text_encoder/model.safetensors");
+    let renamed: HashMap<String, Tensor> = load_safetensors(&weights, &dev)?
+        .into_iter()
+        .map(|(k, v)| (format!("text_model.{k}"), v))
+        .collect();
+    candle_core::safetensors::save(&renamed, &weights)?;
+    let states = |root: &Path| -> Result<Tensor, Box<dyn std::error::Error>> {
+        let sd = StableDiffusion15::open(root, DType::F32, &dev)?;
+        Ok(sd.text_encoder().last_hidden_state(&["a photo of a cat"])?)
+    };
+    assert_eq!(rel_err(&states(dir.path())?, &states(&src)?)?, 0.0);
+    Ok(())
+}
