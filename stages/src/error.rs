@@ -23,6 +23,8 @@ pub enum Error {
     #[error(transparent)]
     Clip(#[from] spo_clip::ClipError),
     #[error(transparent)]
+    Sd(#[from] spo_sd::SdError),
+    #[error(transparent)]
     World(#[from] spo_world::WorldError),
     #[error(transparent)]
     Parquet(#[from] parquet::errors::ParquetError),

@@ -25,6 +25,7 @@ pub mod prompts;
 pub mod sample;
 pub mod sample_pairs;
 pub mod score;
+pub mod sd_sample;
 pub mod spm;
 pub mod spo;
 pub mod tensors;
@@ -58,6 +59,7 @@ pub fn kinds() -> Vec<Box<dyn StageKind>> {
         Box::new(score::Score),
         Box::new(base::BasePretrain),
         Box::new(sample::Sample),
+        Box::new(sd_sample::SdSample),
         Box::new(sample_pairs::SamplePairs),
         Box::new(spm::TrainSpm),
         Box::new(spo::SpoTrain),

@@ -170,7 +170,7 @@ pub fn draw(
 }
 
 /// The seed of image `k` of prompt `i` in a run with seed `seed` (recorded per image).
-fn image_seed(seed: u64, i: usize, k: usize) -> u64 {
+pub(crate) fn image_seed(seed: u64, i: usize, k: usize) -> u64 {
     let mut z = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ ((i as u64) << 20) ^ k as u64;
     z = (z ^ (z >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     (z ^ (z >> 29)) & 0x7fff_ffff_ffff_ffff

@@ -1,4 +1,5 @@
-//! Images ↔ tensors for the in-world models: `(b, 3, h, w)` f32 in [-1, 1].
+//! Images ↔ tensors: `(b, 3, h, w)` f32 in [-1, 1] for the in-world models, in [0, 1] from a real
+//! VAE (post-processed as diffusers does).
 
 use crate::error::Result;
 use candle_core::{Device, Tensor};
@@ -32,6 +33,16 @@ pub fn images_to_tensor(images: &[&RgbImage], device: &Device) -> Result<Tensor>
 
 /// Splits `(b, 3, h, w)` in [-1, 1] back into 8-bit images (clamped).
 pub fn tensor_to_images(t: &Tensor) -> Result<Vec<RgbImage>> {
+    to_images(t, |v| (v + 1.0) * 127.5)
+}
+
+/// Splits `(b, 3, h, w)` in [0, 1] (a real VAE's post-processed output) into 8-bit images, as
+/// diffusers' `numpy_to_pil` rounds them.
+pub fn unit_tensor_to_images(t: &Tensor) -> Result<Vec<RgbImage>> {
+    to_images(t, |v| v * 255.0)
+}
+
+fn to_images(t: &Tensor, level: impl Fn(f32) -> f32) -> Result<Vec<RgbImage>> {
     let (b, c, h, w) = t.dims4()?;
     if c != 3 {
         return Err(StageError::Failed(format!("expected 3 channels, got {c}")).into());
@@ -44,7 +55,7 @@ pub fn tensor_to_images(t: &Tensor) -> Result<Vec<RgbImage>> {
         .map(|i| {
             RgbImage::from_fn(w as u32, h as u32, |x, y| {
                 let at = |ch: usize| {
-                    ((v[((i * 3 + ch) * h + y as usize) * w + x as usize] + 1.0) * 127.5)
+                    level(v[((i * 3 + ch) * h + y as usize) * w + x as usize])
                         .round()
                         .clamp(0.0, 255.0) as u8
                 };

@@ -1,0 +1,173 @@
+//! `sd-sample`: images from an SD-1.5-shaped diffusers pipeline — a `hub` cell laid out like
+//! the repo — for the prompts of a `prompts` cell: DDIM in the VAE's latent space with
+//! classifier-free guidance (the paper evaluates at 20 steps, CFG 5), N images per prompt, each
+//! from its own recorded seed. Writes `samples.parquet` (prompt_index, prompt, seed, image as
+//! PNG bytes) and a `grid.png` of the first images.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::{BinaryArray, Int64Array, StringArray};
+use arrow_schema::{DataType, Field, Schema};
+use candle_core::{DType, Tensor};
+use image::RgbImage;
+use spo_core::{Input, ParamSpec, StageContext, StageError, StageKind};
+use spo_nn::SeededRng;
+use spo_sd::{SampleSettings, StableDiffusion15};
+
+use crate::error::{At, Result};
+use crate::inworld::{device, on_cores};
+use crate::sample::{grid, image_seed};
+use crate::tensors::{png_bytes, unit_tensor_to_images};
+use crate::world_parquet::{col, str_at, write_table};
+use crate::worlddata::each_row;
+
+spo_core::stage_params! {
+    /// The params of `sd-sample`.
+    pub struct SdSampleParams {
+        /// DDIM steps
+        steps: usize = int(20).range(1.0, 1000.0),
+        /// classifier-free guidance scale
+        cfg: f64 = float(5.0).range(1.0, 100.0),
+        /// DDIM stochasticity
+        eta: f64 = float(0.0).range(0.0, 1.0),
+        /// how many prompts (from the start of the table; Pick-a-Pic's validation_unique has 500)
+        prompts: usize = int(500).range(1.0, 1e7),
+        /// images per prompt
+        per_prompt: usize = int(1).range(1.0, 1000.0),
+        /// images per UNet call (each runs twice: with and without the prompt)
+        batch: usize = int(4).range(1.0, 4096.0),
+    }
+}
+
+/// The `sd-sample` stage kind.
+pub struct SdSample;
+
+impl StageKind for SdSample {
+    fn name(&self) -> &'static str {
+        "sd-sample"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn summary(&self) -> &'static str {
+        "DDIM samples of an SD-1.5-shaped diffusers pipeline (needs a hub cell with model_index.json and a prompts cell)"
+    }
+    fn params(&self) -> Vec<ParamSpec> {
+        SdSampleParams::specs()
+    }
+    fn seeded(&self) -> bool {
+        true
+    }
+    fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
+        Ok(run(cx)?)
+    }
+}
+
+/// The one input that is a diffusers pipeline folder (it holds `model_index.json`).
+pub fn pipeline_input<'a>(cx: &'a StageContext, stage: &str) -> Result<&'a Input> {
+    let mut folders = cx
+        .inputs()
+        .iter()
+        .filter(|i| i.file("model_index.json").is_ok());
+    match (folders.next(), folders.next()) {
+        (Some(one), None) => Ok(one),
+        (Some(a), Some(b)) => Err(StageError::Input {
+            need: a.stage.clone(),
+            message: format!(
+                "ambiguous: both `{}` and `{}` are diffusers pipelines; `{stage}` takes one",
+                a.stage, b.stage
+            ),
+        }
+        .into()),
+        (None, _) => Err(StageError::Input {
+            need: "hub".into(),
+            message: format!(
+                "stage `{stage}` needs a diffusers pipeline: a `hub` stage whose files include model_index.json"
+            ),
+        }
+        .into()),
+    }
+}
+
+/// The `prompt` column of a `prompts.parquet`, in order.
+pub fn read_prompt_texts(path: &Path) -> Result<Vec<String>> {
+    let mut prompts = Vec::new();
+    each_row(path, &["prompt"], |c, i| {
+        let text = str_at(c[0], i).ok_or_else(|| {
+            StageError::Failed(format!(
+                "{}: row {i}: column `prompt` is null or not text",
+                path.display()
+            ))
+        })?;
+        prompts.push(text.to_owned());
+        Ok(())
+    })?;
+    Ok(prompts)
+}
+
+fn run(cx: &mut StageContext) -> Result<()> {
+    let p = SdSampleParams::from_params(cx.params())?;
+    let dev = device();
+    let model = pipeline_input(cx, cx.stage())?.dir.clone();
+    let prompts_path = cx.input_of_kind("prompts")?.file("prompts.parquet")?;
+    let mut prompts = read_prompt_texts(&prompts_path)?;
+    prompts.truncate(p.prompts);
+    if prompts.is_empty() {
+        return Err(StageError::Failed(format!("{}: no prompts", prompts_path.display())).into());
+    }
+    let sd = StableDiffusion15::open(&model, DType::F32, &dev)?;
+    let seed = cx.seed().unwrap_or(0);
+    let jobs: Vec<(usize, u64)> = (0..prompts.len())
+        .flat_map(|i| (0..p.per_prompt).map(move |k| (i, image_seed(seed, i, k))))
+        .collect();
+    let settings = SampleSettings {
+        steps: p.steps,
+        cfg: p.cfg,
+        eta: p.eta,
+    };
+    let [c, h, w] = sd.latent_shape();
+    let pb = cx.progress(jobs.len() as u64, "sd-sample");
+    let mut images: Vec<RgbImage> = Vec::with_capacity(jobs.len());
+    for chunk in jobs.chunks(p.batch) {
+        let texts: Vec<&str> = chunk.iter().map(|(i, _)| prompts[*i].as_str()).collect();
+        let batch = on_cores(cx.threads(), || {
+            let noise: Vec<Tensor> = chunk
+                .iter()
+                .map(|(_, s)| SeededRng::new(*s).normal((1, c, h, w), 0.0, 1.0, DType::F32, &dev))
+                .collect::<Result<_, _>>()?;
+            let cond = sd.conditioning(&texts)?;
+            let mut step_rng = SeededRng::new(chunk[0].1 ^ 0x5a17);
+            let latents = sd.denoise(&cond, &Tensor::cat(&noise, 0)?, &settings, &mut step_rng)?;
+            Ok(sd.decode(&latents)?)
+        })
+        .at(&model)?;
+        images.extend(unit_tensor_to_images(&batch)?);
+        pb.inc(chunk.len() as u64);
+    }
+    pb.finish_and_clear();
+
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("prompt_index", DataType::Int64, false),
+        Field::new("prompt", DataType::Utf8, false),
+        Field::new("seed", DataType::Int64, false),
+        Field::new("image", DataType::Binary, false),
+    ]));
+    let pngs: Vec<Vec<u8>> = images.iter().map(png_bytes).collect::<Result<_, _>>()?;
+    let cols = vec![
+        col(Int64Array::from_iter_values(
+            jobs.iter().map(|(i, _)| *i as i64),
+        )),
+        col(StringArray::from_iter_values(
+            jobs.iter().map(|(i, _)| &prompts[*i]),
+        )),
+        col(Int64Array::from_iter_values(
+            jobs.iter().map(|(_, s)| *s as i64),
+        )),
+        col(BinaryArray::from_iter_values(pngs.iter())),
+    ];
+    write_table(cx, "samples.parquet", schema, cols)?;
+    cx.write_artifact("grid.png", &png_bytes(&grid(&images, 8, 8))?)?;
+    cx.metric("images", images.len() as f64);
+    Ok(())
+}
