@@ -26,6 +26,7 @@ pub mod sample;
 pub mod sample_pairs;
 pub mod score;
 pub mod sd_sample;
+pub mod sd_score;
 pub mod spm;
 pub mod spo;
 pub mod tensors;
@@ -60,6 +61,7 @@ pub fn kinds() -> Vec<Box<dyn StageKind>> {
         Box::new(base::BasePretrain),
         Box::new(sample::Sample),
         Box::new(sd_sample::SdSample),
+        Box::new(sd_score::SdScore),
         Box::new(sample_pairs::SamplePairs),
         Box::new(spm::TrainSpm),
         Box::new(spo::SpoTrain),

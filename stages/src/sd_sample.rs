@@ -19,7 +19,7 @@ use crate::error::{At, Result};
 use crate::inworld::{device, on_cores};
 use crate::sample::{grid, image_seed};
 use crate::tensors::{png_bytes, unit_tensor_to_images};
-use crate::world_parquet::{col, str_at, write_table};
+use crate::world_parquet::{bytes_at, col, i64_at, str_at, write_table};
 use crate::worlddata::each_row;
 
 spo_core::stage_params! {
@@ -88,6 +88,42 @@ pub fn pipeline_input<'a>(cx: &'a StageContext, stage: &str) -> Result<&'a Input
         }
         .into()),
     }
+}
+
+/// One row of an `sd-sample` cell's `samples.parquet`.
+pub struct SdSampleRow {
+    pub prompt_index: i64,
+    pub prompt: String,
+    pub seed: i64,
+    pub image: RgbImage,
+}
+
+/// Reads an `sd-sample` `samples.parquet`; errors name the file, the row and the column.
+pub fn read_sd_samples(path: &Path) -> Result<Vec<SdSampleRow>> {
+    let names = ["prompt_index", "prompt", "seed", "image"];
+    let mut rows = Vec::new();
+    each_row(path, &names, |c, i| {
+        let bad = |k: usize, why: String| {
+            StageError::Failed(format!(
+                "{}: row {i}: column `{}` {why}",
+                path.display(),
+                names[k]
+            ))
+        };
+        let missing = |k: usize| bad(k, "is null or of the wrong type".into());
+        let png = bytes_at(c[3], i).ok_or_else(|| missing(3))?;
+        let image = image::load_from_memory(png)
+            .map_err(|e| bad(3, format!("is not an image: {e}")))?
+            .to_rgb8();
+        rows.push(SdSampleRow {
+            prompt_index: i64_at(c[0], i).ok_or_else(|| missing(0))?,
+            prompt: str_at(c[1], i).ok_or_else(|| missing(1))?.to_owned(),
+            seed: i64_at(c[2], i).ok_or_else(|| missing(2))?,
+            image,
+        });
+        Ok(())
+    })?;
+    Ok(rows)
 }
 
 /// The `prompt` column of a `prompts.parquet`, in order.

@@ -18,21 +18,35 @@ use spo_core::{Pipeline, Plan, Registry, RunOptions, Store, run::run};
 const REV: &str = "0123456789abcdef0123456789abcdef01234567";
 const PROMPTS: &[u8] = b"a photo of a cat\nan astronaut riding a horse\na red cube on a table\n";
 
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/sd/sd15_tiny")
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
 }
 
-/// The fixture's files: repo path → bytes, in path order.
-fn repo_files() -> BTreeMap<String, Vec<u8>> {
-    let root = fixture();
-    walkdir::WalkDir::new(&root)
+/// The tiny scorers (tests/fixtures/clip/models): repo, folder, `sd-score` params.
+const SCORERS: [(&str, &str, &str); 3] = [
+    ("org/pickscore", "pickscore_tiny", "metric = \"pickscore\""),
+    (
+        "org/hps",
+        "hps_tiny",
+        "metric = \"hpsv2\", file = \"hps_tiny.pt\"",
+    ),
+    (
+        "org/imagereward",
+        "imagereward_tiny",
+        "metric = \"imagereward\"",
+    ),
+];
+
+/// A folder's files: path → bytes, in path order.
+fn repo_files(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    walkdir::WalkDir::new(root)
         .into_iter()
         .filter_map(Result::ok)
         .filter(|e| e.file_type().is_file())
         .map(|e| {
             let rel = e
                 .path()
-                .strip_prefix(&root)
+                .strip_prefix(root)
                 .unwrap()
                 .to_string_lossy()
                 .into_owned();
@@ -51,26 +65,18 @@ fn registry() -> Registry {
         Box::new(spo_stages::download::Download),
         Box::new(spo_stages::prompts::Prompts),
         Box::new(spo_stages::sd_sample::SdSample),
+        Box::new(spo_stages::sd_score::SdScore),
     ])
 }
 
 /// A pipeline: `repo` at REV with `files` through `hub`, the served prompt file, and
 /// `sd-sample` with `params`.
 fn pipeline(base: &str, repo: &str, files: &BTreeMap<String, Vec<u8>>, params: &str) -> String {
-    let quoted = |v: Vec<String>| {
-        v.iter()
-            .map(|s| format!("\"{s}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     format!(
         r#"[pipeline]
 seeds = [0, 1]
 
-[stage.sd15]
-kind = "hub"
-params = {{ repo = "{repo}", revision = "{REV}", files = [{}], sha256 = [{}] }}
-
+{}
 [stage.prompt-file]
 kind = "download"
 params = {{ url = "{base}/prompts.txt", sha256 = "{}" }}
@@ -85,10 +91,38 @@ kind = "sd-sample"
 needs = ["sd15", "prompts"]
 params = {{ {params} }}
 "#,
-        quoted(files.keys().cloned().collect()),
-        quoted(files.values().map(|b| sha(b)).collect()),
+        hub_stage("sd15", repo, files),
         sha(PROMPTS),
     )
+}
+
+/// A `hub` stage named `name` fetching `files` of `repo` at REV.
+fn hub_stage(name: &str, repo: &str, files: &BTreeMap<String, Vec<u8>>) -> String {
+    let quoted = |v: Vec<String>| {
+        v.iter()
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "[stage.{name}]\nkind = \"hub\"\nparams = {{ repo = \"{repo}\", revision = \"{REV}\", files = [{}], sha256 = [{}] }}\n",
+        quoted(files.keys().cloned().collect()),
+        quoted(files.values().map(|b| sha(b)).collect()),
+    )
+}
+
+/// The scorers' hub stages and an `sd-score` stage for each.
+fn scorer_stages() -> String {
+    let mut text = String::new();
+    for (repo, folder, params) in SCORERS {
+        let files = repo_files(&fixtures().join("clip/models").join(folder));
+        let name = folder.trim_end_matches("_tiny");
+        text += &hub_stage(&format!("{name}-weights"), repo, &files);
+        text += &format!(
+            "[stage.{name}]\nkind = \"sd-score\"\nneeds = [\"samples\", \"{name}-weights\"]\nparams = {{ {params} }}\n"
+        );
+    }
+    text
 }
 
 /// Runs `text` on `store`; returns the failures (stage, message).
@@ -118,6 +152,40 @@ fn sample_tables(store: &Store) -> Vec<RecordBatch> {
     out
 }
 
+/// The `score` column of every committed cell whose manifest has metric `metric`.
+fn score_tables(store: &Store, metric: &str) -> Vec<Vec<f64>> {
+    let mut out = Vec::new();
+    for key in store.keys().unwrap() {
+        let cell = store.cell_dir(&key);
+        let m = spo_core::Manifest::read(&cell).unwrap();
+        if !m.metrics.contains_key(metric) {
+            continue;
+        }
+        let file = std::fs::File::open(cell.join("scores.parquet")).unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
+        let mut scores = Vec::new();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let col = batch.column_by_name("score").unwrap();
+            let col = col
+                .as_any()
+                .downcast_ref::<arrow_array::Float64Array>()
+                .unwrap();
+            scores.extend(col.values().iter().copied());
+        }
+        let mean = scores.iter().sum::<f64>() / scores.len() as f64;
+        assert!(
+            (m.metrics[metric] - mean).abs() < 1e-9,
+            "the metric is the mean"
+        );
+        out.push(scores);
+    }
+    out
+}
+
 fn images(batch: &RecordBatch) -> Vec<Vec<u8>> {
     let col = batch.column_by_name("image").unwrap();
     let col = col.as_any().downcast_ref::<BinaryArray>().unwrap();
@@ -126,7 +194,7 @@ fn images(batch: &RecordBatch) -> Vec<Vec<u8>> {
 
 #[test]
 fn a_hub_served_sd15_pipeline_samples_reproducibly_and_misfits_are_named() {
-    let files = repo_files();
+    let files = repo_files(&fixtures().join("sd/sd15_tiny"));
     let mut served: HashMap<String, Vec<u8>> =
         HashMap::from([("/prompts.txt".into(), PROMPTS.to_vec())]);
     // Variants of the repo that do not fit an SD-1.5 stage, one file changed in each.
@@ -163,6 +231,11 @@ fn a_hub_served_sd15_pipeline_samples_reproducibly_and_misfits_are_named() {
             served.insert(format!("/{repo}/resolve/{REV}/{path}"), bytes.clone());
         }
     }
+    for (repo, folder, _) in SCORERS {
+        for (path, bytes) in repo_files(&fixtures().join("clip/models").join(folder)) {
+            served.insert(format!("/{repo}/resolve/{REV}/{path}"), bytes);
+        }
+    }
     let srv = support::http::serve(served, None, 1000);
     // SAFETY: this test binary has one test, and no other thread reads the environment.
     unsafe {
@@ -170,7 +243,7 @@ fn a_hub_served_sd15_pipeline_samples_reproducibly_and_misfits_are_named() {
         std::env::remove_var("HF_TOKEN");
     }
     let params = "steps = 3, per_prompt = 2, batch = 4";
-    let text = pipeline(&srv.base, "org/sd15", &files, params);
+    let text = pipeline(&srv.base, "org/sd15", &files, params) + &scorer_stages();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(run_pipeline(&store, &text), vec![]);
@@ -205,6 +278,53 @@ fn a_hub_served_sd15_pipeline_samples_reproducibly_and_misfits_are_named() {
         images(&tables[1]),
         "seeds 0 and 1 differ"
     );
+
+    // Each scorer's cells hold what the scorer itself gives those images and prompts.
+    for (_, folder, params) in SCORERS {
+        let metric = params.split('"').nth(1).unwrap();
+        let dir = fixtures().join("clip/models").join(folder);
+        let weights = if metric == "hpsv2" {
+            dir.join("hps_tiny.pt")
+        } else {
+            dir
+        };
+        let scorer = spo_clip::Scorer::load(
+            metric.parse().unwrap(),
+            &weights,
+            &spo_clip::ScoreOptions::default(),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let mut want: Vec<Vec<f64>> = tables
+            .iter()
+            .map(|t| {
+                let ims: Vec<_> = images(t)
+                    .iter()
+                    .map(|p| image::load_from_memory(p).unwrap().to_rgb8())
+                    .collect();
+                let prompts = t.column_by_name("prompt").unwrap();
+                let prompts = prompts
+                    .as_any()
+                    .downcast_ref::<arrow_array::StringArray>()
+                    .unwrap();
+                let prompts: Vec<&str> = prompts.iter().map(Option::unwrap).collect();
+                scorer.score(&ims, &prompts).unwrap()
+            })
+            .collect();
+        let mut got: Vec<Vec<f64>> = score_tables(&store, metric);
+        want.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        got.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        assert_eq!(got.len(), 2, "{metric}: one cell per seed");
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g.len(), 6);
+            for (a, b) in g.iter().zip(w) {
+                assert!(
+                    (a - b).abs() <= 1e-9 * b.abs().max(1.0),
+                    "{metric}: {g:?} vs {w:?}"
+                );
+            }
+        }
+    }
 
     // A second run computes nothing; a fresh store computes the same bytes.
     let keys = store.keys().unwrap();
