@@ -180,6 +180,27 @@ pub enum Command {
     },
     /// The stage kinds this binary knows, with their params.
     Kinds,
+    /// Print a `hub` stage pinning every file of a local copy of a repo at one commit (e.g. a
+    /// `huggingface-cli download --revision <commit>` snapshot), each by its SHA-256.
+    Pin {
+        /// The folder (symlinks into a blob cache are followed; hidden entries are skipped).
+        dir: PathBuf,
+        /// The repository, `owner/name`.
+        #[arg(long)]
+        repo: String,
+        /// The commit the folder holds (40 hex digits).
+        #[arg(long)]
+        revision: String,
+        /// The stage's name.
+        #[arg(long, default_value = "weights")]
+        name: String,
+        /// Leave out paths containing this text (repeatable), e.g. `.fp16.` or `safety_checker/`.
+        #[arg(long)]
+        exclude: Vec<String>,
+        /// A dataset repository.
+        #[arg(long)]
+        dataset: bool,
+    },
     /// Score images with a released scorer, outside any pipeline, into a Parquet of scores.
     Score {
         /// pickscore, hpsv2, imagereward, aesthetic or clipscore.
@@ -219,7 +240,8 @@ impl Command {
             | Command::Dag { .. }
             | Command::Show { .. }
             | Command::Tables { .. }
-            | Command::Kinds => true,
+            | Command::Kinds
+            | Command::Pin { .. } => true,
             Command::Diff { html, .. } => html.is_none(),
             _ => false,
         }

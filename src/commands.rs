@@ -126,6 +126,27 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             serve.then_some(port),
             usize::try_from(prompts).unwrap_or(usize::MAX),
         ),
+        Command::Pin {
+            dir,
+            repo,
+            revision,
+            name,
+            exclude,
+            dataset,
+        } => {
+            print!(
+                "{}",
+                crate::pin::stage_toml(&crate::pin::PinArgs {
+                    dir: &dir,
+                    repo: &repo,
+                    revision: &revision,
+                    name: &name,
+                    exclude: &exclude,
+                    dataset,
+                })?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Score {
             metric,
             weights,

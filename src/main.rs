@@ -6,6 +6,7 @@
 mod cli;
 mod commands;
 mod parquet_head;
+mod pin;
 mod pipeline;
 mod remote;
 mod report;

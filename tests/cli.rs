@@ -538,3 +538,80 @@ fn a_cell_deleted_behind_the_stores_back_is_named_as_such_and_rerun() {
     );
     assert!(text(&p.run(&["status"]).stdout).contains("2 cached, 0 stale, 0 missing"));
 }
+
+#[test]
+fn pin_writes_a_hub_stage_from_a_snapshot_folder() {
+    use sha2::{Digest, Sha256};
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("snapshot");
+    std::fs::create_dir_all(snap.join("unet")).unwrap();
+    std::fs::create_dir_all(snap.join(".cache/huggingface")).unwrap();
+    std::fs::write(snap.join("unet/config.json"), b"{\"in_channels\": 4}").unwrap();
+    std::fs::write(snap.join("unet/model.fp16.safetensors"), b"half").unwrap();
+    std::fs::write(snap.join(".cache/huggingface/x.lock"), b"").unwrap();
+    // The hub cache's snapshot folders link each file to a blob.
+    let blob = dir.path().join("blob");
+    std::fs::write(&blob, b"{\"_class_name\": \"StableDiffusionPipeline\"}").unwrap();
+    std::os::unix::fs::symlink(&blob, snap.join("model_index.json")).unwrap();
+    let rev = "0123456789abcdef0123456789abcdef01234567";
+    let snap_arg = snap.to_str().unwrap();
+    let args = [
+        "pin",
+        snap_arg,
+        "--repo",
+        "org/sd",
+        "--revision",
+        rev,
+        "--exclude",
+        ".fp16.",
+    ];
+    let out = bin().args(args).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stage = text(&out.stdout);
+    let sha = |b: &[u8]| hex::encode(Sha256::digest(b));
+    let blob_sha = sha(&std::fs::read(&blob).unwrap());
+    let config_sha = sha(b"{\"in_channels\": 4}");
+    // Sorted by path, the symlink followed, hidden and excluded files left out.
+    let files = stage
+        .find("\"model_index.json\"")
+        .zip(stage.find("\"unet/config.json\""));
+    assert!(matches!(files, Some((a, b)) if a < b), "{stage}");
+    let digests = stage.find(&blob_sha).zip(stage.find(&config_sha));
+    assert!(matches!(digests, Some((a, b)) if a < b), "{stage}");
+    assert!(
+        !stage.contains("fp16") && !stage.contains(".cache"),
+        "{stage}"
+    );
+    // The printed stage is a valid `hub` stage of a pipeline.
+    let p = Project::new(&stage);
+    let out = p.run(&["dag"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let out = bin()
+        .args(["pin", snap_arg, "--repo", "org/sd", "--revision", "main"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("40 hex digits"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = bin()
+        .args([
+            "pin",
+            "/nonexistent/snap",
+            "--repo",
+            "org/sd",
+            "--revision",
+            rev,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("not a folder"),
+        "{}",
+        text(&out.stderr)
+    );
+}

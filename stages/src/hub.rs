@@ -107,7 +107,7 @@ impl StageKind for Hub {
 }
 
 /// The (path, digest) pairs, each checked: a pinned commit, safe relative paths, 64-hex digests.
-fn checked(p: &HubParams) -> Result<Vec<(String, String)>, StageError> {
+pub fn checked(p: &HubParams) -> Result<Vec<(String, String)>, StageError> {
     let parts: Vec<&str> = p.repo.split('/').collect();
     if parts.len() != 2 || parts.iter().any(|s| s.is_empty() || *s == "..") {
         return Err(StageError::param(
