@@ -181,10 +181,9 @@ fn run(cx: &mut StageContext) -> Result<()> {
         col(Float64Array::from(scores.clone())),
     ];
     write_table(cx, "scores.parquet", schema, cols)?;
-    let n = scores.len() as f64;
-    let mean = scores.iter().sum::<f64>() / n;
-    let var = scores.iter().map(|s| (s - mean) * (s - mean)).sum::<f64>() / (n - 1.0).max(1.0);
-    cx.metric(p.metric.as_str(), mean);
-    cx.metric(&format!("{}_std", p.metric.as_str()), var.sqrt());
+    if let Some(summary) = spo_core::stats::summarize(&scores) {
+        cx.metric(p.metric.as_str(), summary.mean);
+        cx.metric(&format!("{}_std", p.metric.as_str()), summary.std);
+    }
     Ok(())
 }
