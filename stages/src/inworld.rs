@@ -161,6 +161,9 @@ impl Denoiser for GuidedUnet<'_> {
     fn sample_size(&self) -> usize {
         self.unet.config().sample_size.unwrap_or(32)
     }
+    fn channels(&self) -> usize {
+        self.unet.config().in_channels
+    }
     fn device(&self) -> &Device {
         self.dev
     }

@@ -51,8 +51,9 @@ impl<'a> OracleJudge<'a> {
 }
 
 impl StepJudge for OracleJudge<'_> {
-    fn scores(&self, pixels: &Tensor, texts: &[&str], _t: usize) -> candle_core::Result<Vec<f64>> {
-        let images = tensor_to_images(pixels).map_err(candle_core::Error::wrap)?;
+    fn scores(&self, x0: &Tensor, texts: &[&str], _t: usize) -> candle_core::Result<Vec<f64>> {
+        // 8-bit images clamp as [−1, 1] pixels would.
+        let images = tensor_to_images(x0).map_err(candle_core::Error::wrap)?;
         images
             .iter()
             .zip(texts)

@@ -316,12 +316,13 @@ struct SpmJudge<'a> {
 }
 
 impl StepJudge for SpmJudge<'_> {
-    fn scores(&self, pixels: &Tensor, texts: &[&str], t: usize) -> candle_core::Result<Vec<f64>> {
+    fn scores(&self, x0: &Tensor, texts: &[&str], t: usize) -> candle_core::Result<Vec<f64>> {
         let ids = self
             .vocab
             .batch(texts, self.dev)
             .map_err(candle_core::Error::wrap)?;
-        self.spm.score(pixels, &ids, &vec![t as f32; texts.len()])
+        let pixels = x0.clamp(-1f32, 1f32)?;
+        self.spm.score(&pixels, &ids, &vec![t as f32; texts.len()])
     }
 }
 

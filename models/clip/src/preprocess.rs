@@ -234,6 +234,37 @@ pub fn resize_bicubic_f32(
     out
 }
 
+/// What SPO's step-aware preference model sees of a VAE's output (`get_preference_score`):
+/// square `(b, 3, s, s)` pixels in about [−1, 1] → torch bicubic resize to `size`
+/// (`align_corners=False`, no antialiasing, as `F.interpolate` defaults) → `(x / 2 + 0.5)`
+/// clamped to [0, 1] (after the resize, as SPO does) → OpenAI mean / std. Returns
+/// `(b, 3, size, size)` f32 on the input's device.
+pub fn spm_pixels(decoded: &Tensor, size: usize) -> Result<Tensor, ClipError> {
+    let (b, c, h, w) = decoded.dims4()?;
+    if c != 3 || h != w {
+        return Err(ClipError::Input(format!(
+            "the SPM takes square RGB images, got {c} channels of {h}×{w}"
+        )));
+    }
+    let src = decoded
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let plane = 3 * h * w;
+    let mut out = Vec::with_capacity(b * 3 * size * size);
+    for image in src.chunks_exact(plane) {
+        let resized = resize_bicubic_f32(image, 3, (h, w), (size, size), false);
+        for (ch, chunk) in resized.chunks_exact(size * size).enumerate() {
+            out.extend(
+                chunk
+                    .iter()
+                    .map(|v| ((v / 2.0 + 0.5).clamp(0.0, 1.0) - OPENAI_MEAN[ch]) / OPENAI_STD[ch]),
+            );
+        }
+    }
+    Ok(Tensor::from_vec(out, (b, 3, size, size), decoded.device())?)
+}
+
 /// Per output index, (input index, weight) pairs of torch's bicubic interpolation.
 fn float_taps(in_size: usize, out_size: usize, antialias: bool) -> Vec<Vec<(usize, f64)>> {
     if antialias {

@@ -38,13 +38,18 @@ pub trait Denoiser {
     fn select(&self, prompts: &Self::Prompts, rows: &[u32]) -> candle_core::Result<Self::Prompts>;
     /// Side of the square samples, in latent (or pixel) cells.
     fn sample_size(&self) -> usize;
+    /// Channels of a sample: 3 for the in-world pixel-space model, the VAE's latent channels
+    /// (4) for Stable Diffusion.
+    fn channels(&self) -> usize;
     fn device(&self) -> &Device;
 }
 
-/// The step-aware preference model: a score per image of `pixels` (clamped to [−1, 1]) for
-/// `texts` (one per row) at timestep `t`.
+/// The step-aware preference model: a score per sample of `x0` (x₀-predictions, or clean
+/// samples at t = 0, as the policy produces them: pixels in pixel space, latents in latent
+/// space) for `texts` (one per row) at timestep `t`. The judge maps them to what it sees: the
+/// in-world SPM clamps pixels to [−1, 1]; a latent judge decodes them with the VAE first.
 pub trait StepJudge {
-    fn scores(&self, pixels: &Tensor, texts: &[&str], t: usize) -> candle_core::Result<Vec<f64>>;
+    fn scores(&self, x0: &Tensor, texts: &[&str], t: usize) -> candle_core::Result<Vec<f64>>;
 }
 
 /// SPO's settings.
@@ -137,7 +142,7 @@ pub fn rollout<D: Denoiser, J: StepJudge + ?Sized>(
             .map(|e| e.detach())
     };
     let size = den.sample_size();
-    let mut x = rng.normal((b, 3, size, size), 0.0, 1.0, DType::F32, dev)?;
+    let mut x = rng.normal((b, den.channels(), size, size), 0.0, 1.0, DType::F32, dev)?;
     let mut pool: Option<Pool> = None;
     let mut pairs = Vec::new();
     let mut tally = Tally::default();
@@ -246,9 +251,7 @@ impl<J: StepJudge + ?Sized> JudgeCtx<'_, J> {
     ) -> Result<Vec<usize>> {
         let (b, k) = (self.texts.len(), self.cfg.k);
         let texts_k: Vec<&str> = (0..k).flat_map(|_| self.texts.iter().copied()).collect();
-        let scores = self
-            .judge
-            .scores(&pixels.clamp(-1f32, 1f32)?, &texts_k, t_score)?;
+        let scores = self.judge.scores(pixels, &texts_k, t_score)?;
         tally.score_sum += scores.iter().sum::<f64>();
         tally.score_n += scores.len();
         tally.pools += b;
@@ -406,7 +409,8 @@ mod tests {
     use crate::pairs::{Continuation, PairChoice};
     use crate::toys::Toy;
 
-    /// Scores an image by its mean pixel: the brightest candidate wins.
+    /// Scores an image by its mean pixel, clamped to [−1, 1] as the in-world judges clamp: the
+    /// brightest candidate wins.
     struct Brightness;
 
     impl StepJudge for Brightness {
@@ -417,10 +421,7 @@ mod tests {
             _t: usize,
         ) -> candle_core::Result<Vec<f64>> {
             assert_eq!(pixels.dim(0)?, texts.len());
-            assert!(
-                pixels.abs()?.max_all()?.to_scalar::<f32>()? <= 1.0,
-                "unclamped"
-            );
+            let pixels = pixels.clamp(-1f32, 1f32)?;
             let n = pixels.dim(0)?;
             let m = pixels.reshape((n, ()))?.mean(1)?.to_dtype(DType::F64)?;
             // scaled so every pool's gap passes a zero threshold

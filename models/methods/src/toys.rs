@@ -52,6 +52,9 @@ impl Denoiser for Toy {
     fn sample_size(&self) -> usize {
         4
     }
+    fn channels(&self) -> usize {
+        3
+    }
     fn device(&self) -> &Device {
         &self.dev
     }

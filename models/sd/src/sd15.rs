@@ -43,6 +43,7 @@ pub struct StableDiffusion15 {
     scheduler: SchedulerConfig,
     latent: [usize; 3],
     image: [usize; 2],
+    device: Device,
 }
 
 impl StableDiffusion15 {
@@ -68,12 +69,23 @@ impl StableDiffusion15 {
             unet,
             vae,
             scheduler: folder.scheduler_config()?,
+            device: device.clone(),
         })
+    }
+
+    /// The UNet.
+    pub fn unet(&self) -> &UNet2DConditionModel {
+        &self.unet
     }
 
     /// The UNet (e.g. to load a LoRA into).
     pub fn unet_mut(&mut self) -> &mut UNet2DConditionModel {
         &mut self.unet
+    }
+
+    /// The device the weights are on.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// The text encoder.
@@ -132,11 +144,22 @@ impl StableDiffusion15 {
         Ok(x)
     }
 
-    /// Latents → images `(b, 3, H, W)` in [0, 1], f32: the VAE decodes `latents /
-    /// scaling_factor`, then `(x / 2 + 0.5).clamp(0, 1)` as diffusers post-processes.
-    pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+    /// The folder's scheduler config.
+    pub fn scheduler(&self) -> &SchedulerConfig {
+        &self.scheduler
+    }
+
+    /// Latents → the VAE's output `(b, 3, H, W)` in about [−1, 1], f32, unclamped: the VAE
+    /// decodes `latents / scaling_factor`.
+    pub fn decode_raw(&self, latents: &Tensor) -> Result<Tensor> {
         let z = (latents / self.vae.config().scaling_factor)?;
-        let x = self.vae.decode(&z)?.to_dtype(DType::F32)?;
+        Ok(self.vae.decode(&z)?.to_dtype(DType::F32)?)
+    }
+
+    /// Latents → images `(b, 3, H, W)` in [0, 1], f32: [`Self::decode_raw`], then
+    /// `(x / 2 + 0.5).clamp(0, 1)` as diffusers post-processes.
+    pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
+        let x = self.decode_raw(latents)?;
         Ok(((x / 2.0)? + 0.5)?.clamp(0f32, 1f32)?)
     }
 }

@@ -1,0 +1,127 @@
+//! SPO on Stable Diffusion latents: the LoRA policy with classifier-free guidance as
+//! spo-methods' [`Denoiser`] (the reference is the same UNet with its LoRA off), and a released
+//! step-aware preference model scoring VAE-decoded x₀-predictions as its [`StepJudge`], as
+//! SPO's `multi_sample_pipeline` and `get_preference_score` run them.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor, Var};
+use candle_nn::VarMap;
+use spo_clip::preprocess::spm_pixels;
+use spo_clip::{ClipTokenizer, Spm};
+use spo_diffusion::{GuidanceInputs, LoraConfig, guided_prediction};
+use spo_methods::spo::{Denoiser, StepJudge};
+use spo_nn::seeded_var_builder;
+
+use crate::error::Result;
+use crate::sd15::{Conditioning, StableDiffusion15};
+
+/// The side the SPM's image tower takes (PickScore's CLIP-H/14: 224).
+pub const SPM_IMAGE_SIZE: usize = 224;
+
+impl StableDiffusion15 {
+    /// Gives the UNet a trainable LoRA whose tensors live in `varmap`: those already there (a
+    /// checkpoint's, a loaded LoRA's) are used as they are, the others drawn from `seed` as
+    /// PEFT initialises them (A Gaussian, B zero: the policy starts as the base).
+    pub fn add_trainable_lora(
+        &mut self,
+        config: &LoraConfig,
+        varmap: &VarMap,
+        seed: u64,
+    ) -> Result<()> {
+        let dev = self.device().clone();
+        let vb = seeded_var_builder(varmap, seed, candle_core::DType::F32, &dev);
+        Ok(self.unet_mut().add_lora(config, &vb)?)
+    }
+
+    /// Gives the UNet a trainable LoRA that starts from the LoRA file at `path` (diffusers /
+    /// PEFT layout, or spo-pipe's), its tensors put into `varmap` as variables.
+    pub fn load_trainable_lora(&mut self, path: &Path, varmap: &VarMap) -> Result<LoraConfig> {
+        let mut probe = self.unet().clone();
+        let config = probe.load_lora(path)?;
+        {
+            let mut data = varmap.data().lock().map_err(|_| {
+                candle_core::Error::Msg("the LoRA's variable map lock is poisoned".into())
+            })?;
+            for (name, tensor) in probe.lora_tensors() {
+                data.insert(name, Var::from_tensor(&tensor)?);
+            }
+        }
+        self.add_trainable_lora(&config, varmap, 0)?;
+        Ok(config)
+    }
+}
+
+/// The guided LoRA policy of a pipeline.
+pub struct SdPolicy<'a> {
+    pub sd: &'a StableDiffusion15,
+    /// Guidance scale (SPO: 5).
+    pub cfg: f64,
+}
+
+impl Denoiser for SdPolicy<'_> {
+    type Prompts = Conditioning;
+    fn encode(&self, texts: &[&str]) -> candle_core::Result<Conditioning> {
+        self.sd
+            .conditioning(texts)
+            .map_err(candle_core::Error::wrap)
+    }
+    fn eps(
+        &self,
+        prompts: &Conditioning,
+        x: &Tensor,
+        ts: &[usize],
+        reference: bool,
+    ) -> candle_core::Result<Tensor> {
+        let unet = self.sd.unet();
+        unet.set_lora_enabled(!reference);
+        let inputs = GuidanceInputs {
+            cond: &prompts.cond,
+            uncond: &prompts.uncond,
+            added_cond: None,
+            added_uncond: None,
+            scale: self.cfg,
+        };
+        let eps = guided_prediction(unet, x, ts, &inputs).map_err(candle_core::Error::wrap);
+        unet.set_lora_enabled(true);
+        Ok(if reference { eps?.detach() } else { eps? })
+    }
+    fn select(&self, prompts: &Conditioning, rows: &[u32]) -> candle_core::Result<Conditioning> {
+        let idx = Tensor::from_vec(rows.to_vec(), rows.len(), prompts.cond.device())?;
+        Ok(Conditioning {
+            cond: prompts.cond.index_select(&idx, 0)?,
+            uncond: prompts.uncond.index_select(&idx, 0)?,
+        })
+    }
+    fn sample_size(&self) -> usize {
+        self.sd.latent_shape()[1]
+    }
+    fn channels(&self) -> usize {
+        self.sd.latent_shape()[0]
+    }
+    fn device(&self) -> &Device {
+        self.sd.device()
+    }
+}
+
+/// A step-aware preference model judging latent x₀-predictions: the pipeline's VAE decodes
+/// them (`latents / scaling_factor`), [`spm_pixels`] prepares them, the SPM scores them at `t`
+/// with the prompt (`exp(logit_scale)·cos`).
+pub struct SpmJudge<'a> {
+    pub sd: &'a StableDiffusion15,
+    pub spm: &'a Spm,
+    /// The SPM's tokenizer (PickScore's: the CLIP BPE, HF cleaning).
+    pub tokenizer: &'a ClipTokenizer,
+}
+
+impl StepJudge for SpmJudge<'_> {
+    fn scores(&self, x0: &Tensor, texts: &[&str], t: usize) -> candle_core::Result<Vec<f64>> {
+        let decoded = self.sd.decode_raw(x0).map_err(candle_core::Error::wrap)?;
+        let pixels = spm_pixels(&decoded, SPM_IMAGE_SIZE).map_err(candle_core::Error::wrap)?;
+        let ids = self
+            .tokenizer
+            .encode_batch(texts, x0.device())
+            .map_err(candle_core::Error::wrap)?;
+        self.spm.score(&pixels, &ids, &vec![t as f32; texts.len()])
+    }
+}
