@@ -27,6 +27,7 @@ pub mod sample_pairs;
 pub mod score;
 pub mod sd_sample;
 pub mod sd_score;
+pub mod sd_spo;
 pub mod spm;
 pub mod spo;
 pub mod tensors;
@@ -62,6 +63,7 @@ pub fn kinds() -> Vec<Box<dyn StageKind>> {
         Box::new(sample::Sample),
         Box::new(sd_sample::SdSample),
         Box::new(sd_score::SdScore),
+        Box::new(sd_spo::SdSpo),
         Box::new(sample_pairs::SamplePairs),
         Box::new(spm::TrainSpm),
         Box::new(spo::SpoTrain),

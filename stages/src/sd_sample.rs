@@ -1,7 +1,8 @@
 //! `sd-sample`: images from an SD-1.5-shaped diffusers pipeline — a `hub` cell laid out like
-//! the repo — for the prompts of a `prompts` cell: DDIM in the VAE's latent space with
-//! classifier-free guidance (the paper evaluates at 20 steps, CFG 5), N images per prompt, each
-//! from its own recorded seed. Writes `samples.parquet` (prompt_index, prompt, seed, image as
+//! the repo — for the prompts of a `prompts` cell, with a LoRA when an input has
+//! `lora.safetensors` (an `sd-spo` cell): DDIM in the VAE's latent space with classifier-free
+//! guidance (the paper evaluates at 20 steps, CFG 5), N images per prompt, each from its own
+//! recorded seed. Writes `samples.parquet` (prompt_index, prompt, seed, image as
 //! PNG bytes) and a `grid.png` of the first images.
 
 use std::path::Path;
@@ -51,7 +52,7 @@ impl StageKind for SdSample {
         1
     }
     fn summary(&self) -> &'static str {
-        "DDIM samples of an SD-1.5-shaped diffusers pipeline (needs a hub cell with model_index.json and a prompts cell)"
+        "DDIM samples of an SD-1.5-shaped diffusers pipeline (needs a hub cell with model_index.json and a prompts cell; optional sd-spo LoRA)"
     }
     fn params(&self) -> Vec<ParamSpec> {
         SdSampleParams::specs()
@@ -152,7 +153,14 @@ fn run(cx: &mut StageContext) -> Result<()> {
     if prompts.is_empty() {
         return Err(StageError::Failed(format!("{}: no prompts", prompts_path.display())).into());
     }
-    let sd = StableDiffusion15::open(&model, DType::F32, &dev)?;
+    let mut sd = StableDiffusion15::open(&model, DType::F32, &dev)?;
+    if let Some(lora) = cx
+        .inputs()
+        .iter()
+        .find_map(|i| i.file("lora.safetensors").ok())
+    {
+        sd.unet_mut().load_lora(&lora).at(&lora)?;
+    }
     let seed = cx.seed().unwrap_or(0);
     let jobs: Vec<(usize, u64)> = (0..prompts.len())
         .flat_map(|i| (0..p.per_prompt).map(move |k| (i, image_seed(seed, i, k))))

@@ -15,17 +15,20 @@
 //! (`crate::oracle_judge`), to measure what SPO does with a judge that ranks them right; the
 //! round log's `spm_score_mean` is then that judge's mean score.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::{Float64Array, UInt64Array};
 use arrow_schema::{DataType, Field, Schema};
 use candle_core::{Device, Tensor};
+use candle_nn::VarMap;
 use spo_clip::Spm;
 use spo_core::{ParamSpec, StageContext, StageError, StageKind};
 use spo_diffusion::{Ddim, NoiseSchedule, SchedulerConfig};
 use spo_methods::pairs::{self, PairSelection};
 use spo_methods::ratio::ClampedRatio;
-use spo_methods::spo::{RoundResult, SpoConfig, StepJudge, rollout, train_round};
+use spo_methods::spo::{Denoiser, RoundResult, SpoConfig, StepJudge, rollout, train_round};
+use spo_nn::AdamW;
 
 use crate::checkpoint::exact_f64;
 use crate::error::{At, Result};
@@ -193,7 +196,7 @@ pub(crate) fn train(cx: &mut StageContext, gradspo: Option<GradSpo>) -> Result<(
         gradspo_scale: gradspo.map(|g| g.grad_scale),
     };
     // GradSPO rolls out with a moving average of the policy, checkpointed with it
-    let mut ema = gradspo
+    let ema = gradspo
         .map(|g| Ema::attach(&lora_vars, g.ema_decay))
         .transpose()?;
     let name = if gradspo.is_some() { "gradspo" } else { "spo" };
@@ -221,31 +224,79 @@ pub(crate) fn train(cx: &mut StageContext, gradspo: Option<GradSpo>) -> Result<(
         Some(oracle) => oracle,
         None => &spm_judge,
     };
-    let rounds = p.rounds;
+    let pool: Vec<&str> = world.train.iter().map(|p| p.text.as_str()).collect();
+    let save_lora = |path: &Path| unet.save_lora(path).at(path);
+    let rounds = Rounds {
+        name,
+        rounds: p.rounds,
+        prompts: p.prompts,
+        checkpoint_every: p.checkpoint_every,
+        snapshots: p.snapshots,
+        seed,
+    };
+    run_rounds(
+        cx,
+        &rounds,
+        &pool,
+        (&den, judge),
+        (&ddim, &cfg),
+        ema,
+        (&mut lora_vars, &mut opt),
+        &save_lora,
+    )
+}
+
+/// What SPO's round loop needs besides the models.
+pub(crate) struct Rounds<'a> {
+    /// The kind's name (progress bar, checkpoint folder).
+    pub name: &'a str,
+    pub rounds: usize,
+    /// Prompts per round, drawn from the pool.
+    pub prompts: usize,
+    pub checkpoint_every: usize,
+    pub snapshots: usize,
+    pub seed: u64,
+}
+
+/// SPO's rounds, checkpointed and resumable through [`Trainer`]: each draws `r.prompts` of
+/// `pool`, rolls the policy out (GradSPO: its moving average) with `judge` on the pools, and
+/// trains on the pairs; then writes the loss and round logs, the metrics and
+/// `lora.safetensors` (with `save_lora`, which also writes the snapshots).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn run_rounds<D: Denoiser + Sync>(
+    cx: &mut StageContext,
+    r: &Rounds,
+    pool: &[&str],
+    (den, judge): (&D, &(dyn StepJudge + Sync)),
+    (ddim, cfg): (&Ddim, &SpoConfig),
+    mut ema: Option<Ema>,
+    (lora_vars, opt): (&mut VarMap, &mut AdamW),
+    save_lora: &(dyn Fn(&Path) -> Result<()> + Sync),
+) -> Result<()> {
     let mut tr: Trainer<Vec<RoundLog>> = Trainer::start(
         cx,
-        name,
-        rounds,
-        p.checkpoint_every,
-        seed,
-        &mut lora_vars,
-        &mut opt,
+        r.name,
+        r.rounds,
+        r.checkpoint_every,
+        r.seed,
+        lora_vars,
+        opt,
     )?;
-    tr.keep_snapshots(p.snapshots, |path| unet.save_lora(path).at(path));
-    while tr.step < rounds {
+    tr.keep_snapshots(r.snapshots, save_lora);
+    while tr.step < r.rounds {
         // ---- sampling ----
         let texts: Vec<&str> = tr
             .rng
-            .indices(p.prompts, world.train.len())
+            .indices(r.prompts, pool.len())
             .into_iter()
-            .map(|i| world.train[i].text.as_str())
+            .map(|i| pool[i])
             .collect();
         let rng = &mut tr.rng;
         let ((pairs, stats), trained) = on_cores(cx.threads(), || {
             if let Some(ema) = ema.as_mut() {
                 ema.swap_in()?;
             }
-            let sampled = rollout(&den, judge, &ddim, &cfg, &texts, rng)?;
+            let sampled = rollout(den, judge, ddim, cfg, &texts, rng)?;
             if let Some(ema) = ema.as_mut() {
                 ema.swap_out()?;
             }
@@ -254,15 +305,7 @@ pub(crate) fn train(cx: &mut StageContext, gradspo: Option<GradSpo>) -> Result<(
                 Some(ema) => ema.update().map_err(candle_core::Error::wrap),
                 None => Ok(()),
             };
-            let trained = train_round(
-                &den,
-                &ddim,
-                &cfg,
-                &sampled.0,
-                &mut opt,
-                &mut after_step,
-                rng,
-            )?;
+            let trained = train_round(den, ddim, cfg, &sampled.0, opt, &mut after_step, rng)?;
             Ok((sampled, trained))
         })?;
         let RoundResult {
@@ -280,10 +323,10 @@ pub(crate) fn train(cx: &mut StageContext, gradspo: Option<GradSpo>) -> Result<(
             spm_mean: stats.mean_score,
         });
         // Rounds without a valid pair record the reference loss ln 2.
-        tr.record(loss.unwrap_or(std::f64::consts::LN_2), &lora_vars, &opt)?;
+        tr.record(loss.unwrap_or(std::f64::consts::LN_2), lora_vars, opt)?;
     }
     let log = std::mem::take(&mut tr.extra);
-    tr.finish(cx, name)?;
+    tr.finish(cx, r.name)?;
     write_rounds(cx, &log)?;
     if let Some(last) = log.last() {
         cx.metric(
@@ -304,8 +347,7 @@ pub(crate) fn train(cx: &mut StageContext, gradspo: Option<GradSpo>) -> Result<(
         );
     }
     let path = cx.out_dir().join("lora.safetensors");
-    unet.save_lora(&path).at(&path)?;
-    Ok(())
+    save_lora(&path)
 }
 
 /// The SPM as SPO's step-aware judge.

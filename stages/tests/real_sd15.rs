@@ -1,9 +1,10 @@
 //! The real-weights path on a CPU: a tiny random-weight SD-1.5-shaped diffusers pipeline
 //! (tests/fixtures/sd/sd15_tiny, in the real layouts) served by a loopback server laid out like
 //! the Hugging Face hub, fetched by a `hub` stage, sampled by `sd-sample` for the prompts of a
-//! `prompts` stage; and what `sd-sample` says about folders that do not fit.
+//! `prompts` stage, scored by `sd-score`; trained by `sd-spo` with the tiny released-layout SPM;
+//! and what `sd-sample` says about folders that do not fit.
 //!
-//! HF_ENDPOINT is process-wide, so the cases run in one test, in order.
+//! HF_ENDPOINT is process-wide: one loopback hub serves every test of this binary, set up once.
 
 mod support;
 
@@ -66,6 +67,7 @@ fn registry() -> Registry {
         Box::new(spo_stages::prompts::Prompts),
         Box::new(spo_stages::sd_sample::SdSample),
         Box::new(spo_stages::sd_score::SdScore),
+        Box::new(spo_stages::sd_spo::SdSpo),
     ])
 }
 
@@ -192,58 +194,98 @@ fn images(batch: &RecordBatch) -> Vec<Vec<u8>> {
     col.iter().map(|b| b.unwrap().to_vec()).collect()
 }
 
-#[test]
-fn a_hub_served_sd15_pipeline_samples_reproducibly_and_misfits_are_named() {
+/// A repo of `files` with one file's text changed.
+fn edited(
+    files: &BTreeMap<String, Vec<u8>>,
+    path: &str,
+    from: &str,
+    to: &str,
+) -> BTreeMap<String, Vec<u8>> {
+    let mut f = files.clone();
+    let text = String::from_utf8(f[path].clone()).unwrap();
+    assert!(text.contains(from), "{path} has no `{from}`");
+    f.insert(path.into(), text.replacen(from, to, 1).into_bytes());
+    f
+}
+
+/// The repos every test here fetches, by name.
+fn repos() -> Vec<(&'static str, BTreeMap<String, Vec<u8>>)> {
     let files = repo_files(&fixtures().join("sd/sd15_tiny"));
-    let mut served: HashMap<String, Vec<u8>> =
-        HashMap::from([("/prompts.txt".into(), PROMPTS.to_vec())]);
-    // Variants of the repo that do not fit an SD-1.5 stage, one file changed in each.
-    let edit = |path: &str, from: &str, to: &str| {
-        let mut f = files.clone();
-        let text = String::from_utf8(f[path].clone()).unwrap();
-        assert!(text.contains(from), "{path} has no `{from}`");
-        f.insert(path.into(), text.replacen(from, to, 1).into_bytes());
-        f
-    };
-    let xl = edit(
+    // Variants that do not fit an SD-1.5 stage, one file changed in each.
+    let xl = edited(
+        &files,
         "unet/config.json",
         "\"addition_embed_type\": null",
         "\"addition_embed_type\": \"text_time\"",
     );
-    let latent8 = edit(
+    let latent8 = edited(
+        &files,
         "vae/config.json",
         "\"latent_channels\": 4",
         "\"latent_channels\": 8",
     );
-    let small_vocab = edit(
+    let vocab = edited(
+        &files,
         "tokenizer/vocab.json",
         "\"<|endoftext|>\": 1001",
         "\"<|endoftext|>\": 1001, \"extra\": 1002",
     );
-    let repos = [
-        ("org/sd15", &files),
-        ("org/xl", &xl),
-        ("org/latent8", &latent8),
-        ("org/vocab", &small_vocab),
+    let spm = BTreeMap::from([(
+        "spm_tiny.bin".to_owned(),
+        std::fs::read(fixtures().join("clip/models/spm_tiny.bin")).unwrap(),
+    )]);
+    let mut out = vec![
+        ("org/sd15", files),
+        ("org/xl", xl),
+        ("org/latent8", latent8),
+        ("org/vocab", vocab),
+        ("org/spm", spm),
     ];
-    for (repo, f) in repos {
-        for (path, bytes) in f.iter() {
-            served.insert(format!("/{repo}/resolve/{REV}/{path}"), bytes.clone());
-        }
-    }
     for (repo, folder, _) in SCORERS {
-        for (path, bytes) in repo_files(&fixtures().join("clip/models").join(folder)) {
-            served.insert(format!("/{repo}/resolve/{REV}/{path}"), bytes);
+        out.push((
+            repo,
+            repo_files(&fixtures().join("clip/models").join(folder)),
+        ));
+    }
+    out
+}
+
+/// The loopback hub, started once for the whole binary, HF_ENDPOINT pointing at it.
+fn hub() -> &'static str {
+    static BASE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BASE.get_or_init(|| {
+        let mut served: HashMap<String, Vec<u8>> =
+            HashMap::from([("/prompts.txt".into(), PROMPTS.to_vec())]);
+        for (repo, files) in repos() {
+            for (path, bytes) in files {
+                served.insert(format!("/{repo}/resolve/{REV}/{path}"), bytes);
+            }
         }
-    }
-    let srv = support::http::serve(served, None, 1000);
-    // SAFETY: this test binary has one test, and no other thread reads the environment.
-    unsafe {
-        std::env::set_var("HF_ENDPOINT", &srv.base);
-        std::env::remove_var("HF_TOKEN");
-    }
+        let srv = support::http::serve(served, None, 10_000);
+        // SAFETY: set once, inside this initialiser, before any pipeline of this binary runs
+        // (every test reaches the hub through here first); nothing else writes the environment.
+        unsafe {
+            std::env::set_var("HF_ENDPOINT", &srv.base);
+            std::env::remove_var("HF_TOKEN");
+        }
+        srv.base
+    })
+}
+
+fn repo(name: &str) -> BTreeMap<String, Vec<u8>> {
+    repos()
+        .into_iter()
+        .find(|(r, _)| *r == name)
+        .map(|(_, f)| f)
+        .unwrap()
+}
+
+#[test]
+fn a_hub_served_sd15_pipeline_samples_reproducibly_and_misfits_are_named() {
+    let base = hub();
+    let files = repo("org/sd15");
     let params = "steps = 3, per_prompt = 2, batch = 4";
-    let text = pipeline(&srv.base, "org/sd15", &files, params) + &scorer_stages();
+    let text = pipeline(base, "org/sd15", &files, params) + &scorer_stages();
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(run_pipeline(&store, &text), vec![]);
@@ -346,22 +388,15 @@ fn a_hub_served_sd15_pipeline_samples_reproducibly_and_misfits_are_named() {
     );
 
     // Folders that do not fit: the error names the file and what was expected; no samples.
-    for (repo, f, names) in [
-        ("org/xl", &xl, ["unet/config.json", "SDXL-shaped"]),
-        (
-            "org/latent8",
-            &latent8,
-            ["vae/config.json", "latent_channels = 8"],
-        ),
-        (
-            "org/vocab",
-            &small_vocab,
-            ["tokenizer/vocab.json", "1003 tokens"],
-        ),
+    for (repo, names) in [
+        ("org/xl", ["unet/config.json", "SDXL-shaped"]),
+        ("org/latent8", ["vae/config.json", "latent_channels = 8"]),
+        ("org/vocab", ["tokenizer/vocab.json", "1003 tokens"]),
     ] {
+        let f = &self::repo(repo);
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let failed = run_pipeline(&store, &pipeline(&srv.base, repo, f, params));
+        let failed = run_pipeline(&store, &pipeline(base, repo, f, params));
         assert!(!failed.is_empty(), "{repo}: sampling must fail");
         for (stage, message) in &failed {
             assert!(stage.starts_with("samples"), "{failed:?}");
@@ -379,6 +414,70 @@ fn a_hub_served_sd15_pipeline_samples_reproducibly_and_misfits_are_named() {
         failed
             .iter()
             .all(|(_, m)| m.contains("needs a diffusers pipeline")),
+        "{failed:?}"
+    );
+}
+
+/// Latent SPO end to end: `sd-spo` trains a LoRA on the hub-served pipeline with the tiny SPM
+/// (the released layout, its parent's config from the PickScore repo); `sd-sample` with that
+/// LoRA draws other images than the base from the same seeds; the LoRA's bytes are the same in
+/// another store.
+#[test]
+fn sd_spo_trains_a_lora_that_sd_sample_uses() {
+    let base = hub();
+    let files = repo("org/sd15");
+    let spo = hub_stage("spm-weights", "org/spm", &repo("org/spm"))
+        + &hub_stage("pickscore-weights", "org/pickscore", &repo("org/pickscore"))
+        + "[stage.spo]\nkind = \"sd-spo\"\nneeds = [\"sd15\", \"prompts\", \"spm-weights\", \"pickscore-weights\"]\n"
+        + "params = { spm_file = \"spm_tiny.bin\", k = 2, steps = 4, rounds = 2, prompts = 2, train_batch = 2, lr = 1e-3, checkpoint_every = 1, snapshots = 0 }\n"
+        + "[stage.samples-spo]\nkind = \"sd-sample\"\nneeds = [\"sd15\", \"prompts\", \"spo\"]\nparams = { steps = 3, per_prompt = 2 }\n";
+    let text = pipeline(base, "org/sd15", &files, "steps = 3, per_prompt = 2") + &spo;
+    let text = text.replace("seeds = [0, 1]", "seeds = [0]");
+    let lora_of = |store: &Store| -> Vec<u8> {
+        let key = store
+            .keys()
+            .unwrap()
+            .into_iter()
+            .find(|k| store.cell_dir(k).join("rounds.parquet").is_file())
+            .expect("an sd-spo cell");
+        let cell = store.cell_dir(&key);
+        let m = spo_core::Manifest::read(&cell).unwrap();
+        assert!(
+            m.metrics["pairs"] > 0.0,
+            "the SPM passed no pair: {:?}",
+            m.metrics
+        );
+        assert!(
+            m.metrics["ratio_deviation"] > 0.0,
+            "the policy did not move"
+        );
+        std::fs::read(cell.join("lora.safetensors")).unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(run_pipeline(&store, &text), vec![]);
+    let lora = lora_of(&store);
+    let tables = sample_tables(&store);
+    assert_eq!(tables.len(), 2, "the base's samples and the LoRA's");
+    let (a, b) = (images(&tables[0]), images(&tables[1]));
+    assert_eq!(a.len(), b.len());
+    assert_ne!(
+        a, b,
+        "the LoRA changes the images drawn from the same seeds"
+    );
+
+    let dir2 = tempfile::tempdir().unwrap();
+    let store2 = Store::open(dir2.path()).unwrap();
+    assert_eq!(run_pipeline(&store2, &text), vec![]);
+    assert_eq!(lora_of(&store2), lora, "byte-identical in another store");
+
+    // Without the SPM's checkpoint among its needs, sd-spo says what it needs.
+    let no_spm = text.replace("\"spm-weights\", ", "");
+    let failed = run_pipeline(&store2, &no_spm);
+    assert!(
+        failed
+            .iter()
+            .any(|(_, m)| m.contains("spm_tiny.bin") && m.contains("spm_file")),
         "{failed:?}"
     );
 }

@@ -1,0 +1,208 @@
+//! `sd-spo`: SPO on real weights (spo-reference §2, SD-1.5): a LoRA on an SD-1.5-shaped
+//! diffusers pipeline (a `hub` cell), rolled out in the VAE's latent space on the prompts of a
+//! `prompts` cell (the SPO 4k), its pools judged by the released step-aware preference model
+//! on the VAE-decoded x₀-predictions (`spo_sd::SpmJudge`), trained with the clamped-ratio loss
+//! against the LoRA-off reference — the same round (`spo_methods::spo`), checkpointing and logs
+//! as the in-world `spo` (`crate::spo::run_rounds`). Writes `lora.safetensors` (diffusers
+//! loads it), `rounds.parquet`, the loss log and snapshots.
+//!
+//! The SPM comes from two inputs or one: the released checkpoint (`spm_file`, e.g. from
+//! `SPO-Diffusion-Models/Step-Aware_Preference_Models`) and its parent's architecture, an HF
+//! CLIP `config.json` (PickScore_v1's).
+
+use std::path::{Path, PathBuf};
+
+use candle_core::DType;
+use candle_nn::VarMap;
+use spo_clip::{ClipConfig, ClipTokenizer, TextCleaning, load_spm};
+use spo_core::{Input, ParamSpec, StageContext, StageError, StageKind};
+use spo_diffusion::{Ddim, LoraConfig, NoiseSchedule};
+use spo_methods::pairs::PairSelection;
+use spo_methods::ratio::ClampedRatio;
+use spo_methods::spo::SpoConfig;
+use spo_nn::{AdamW, AdamWConfig, named_vars};
+use spo_sd::{SdPolicy, SpmJudge, StableDiffusion15};
+
+use crate::error::{At, Result};
+use crate::inworld::device;
+use crate::sd_sample::{pipeline_input, read_prompt_texts};
+use crate::spo::{Continuation, PairChoice, Rounds, run_rounds};
+
+spo_core::stage_params! {
+    /// The params of `sd-spo` (defaults: the paper's SD-1.5 run, spo-reference §2.8).
+    pub struct SdSpoParams {
+        /// the SPM checkpoint in its input (torch.save state dict or safetensors, keys `model.*`)
+        spm_file: String = string("sd-v1-5_step-aware_preference_model.bin"),
+        /// candidates per pool
+        k: usize = int(4).range(2.0, 16.0),
+        /// steps per pool before scoring; > 1 is MSPO
+        j: usize = int(1).range(1.0, 20.0),
+        /// transitions from t in [lo, hi] branch and train ([0, 751]: the code's divert_start_step 4)
+        t_range: Vec<usize> = int_list(&[0, 751]).len(2).range(0.0, 1000.0),
+        /// which candidate the chain continues from
+        continuation: Continuation = choice_of(Continuation::Random),
+        /// which two candidates form the pair
+        pair: PairChoice = choice_of(PairChoice::BestWorst),
+        /// keep a pair when p_win − p_lose exceeds this (SD-1.5: 0.3)
+        threshold: f64 = float(0.3).range(0.0, 1.0),
+        beta: f64 = float(10.0).range(0.0, 1e4),
+        /// ratio clamp [1 − ε, 1 + ε]
+        clip_eps: f64 = float(0.1).range(0.0, 1.0),
+        /// sampling + training rounds (the paper: 10 epochs × 100 rounds of 40 prompts)
+        rounds: usize = int(1000).range(0.0, 1e7),
+        /// prompts per round (the paper: 10 per GPU on 4 GPUs)
+        prompts: usize = int(40).range(1.0, 4096.0),
+        /// pairs per optimizer step (the paper: 10 per GPU, averaged over 4 GPUs by DDP)
+        train_batch: usize = int(10).range(1.0, 4096.0),
+        /// passes over each round's pairs (the paper: 1)
+        epochs: usize = int(1).range(1.0, 100.0),
+        lr: f64 = float(6e-5).range(1e-9, 1.0),
+        /// AdamW weight decay (the paper: 1e-4)
+        weight_decay: f64 = float(1e-4).range(0.0, 1.0),
+        /// LoRA rank (alpha = rank)
+        rank: usize = int(4).range(1.0, 512.0),
+        /// DDIM steps
+        steps: usize = int(20).range(2.0, 1000.0),
+        eta: f64 = float(1.0).range(0.01, 1.0),
+        cfg: f64 = float(5.0).range(1.0, 100.0),
+        /// rounds between checkpoints
+        checkpoint_every: usize = int(10).range(1.0, 1e6),
+        /// LoRA snapshots at evenly spaced rounds (0: none)
+        snapshots: usize = int(4).range(0.0, 1000.0),
+    }
+}
+
+/// The `sd-spo` stage kind.
+pub struct SdSpo;
+
+impl StageKind for SdSpo {
+    fn name(&self) -> &'static str {
+        "sd-spo"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn summary(&self) -> &'static str {
+        "SPO with LoRA on an SD-1.5-shaped diffusers pipeline in latent space (needs a hub pipeline, prompts, the SPM checkpoint and PickScore's config.json)"
+    }
+    fn params(&self) -> Vec<ParamSpec> {
+        SdSpoParams::specs()
+    }
+    fn seeded(&self) -> bool {
+        true
+    }
+    fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
+        Ok(run(cx)?)
+    }
+}
+
+fn missing(stage: &str, what: String) -> crate::error::Error {
+    StageError::Input {
+        need: "spm".into(),
+        message: format!("stage `{stage}` needs {what}"),
+    }
+    .into()
+}
+
+/// The SPM checkpoint and its parent's `config.json`, from the inputs other than `pipeline`.
+fn spm_files(cx: &StageContext, pipeline: &Input, file: &str) -> Result<(PathBuf, PathBuf)> {
+    let others: Vec<&Input> = cx
+        .inputs()
+        .iter()
+        .filter(|i| i.dir != pipeline.dir && i.kind != "prompts")
+        .collect();
+    let weights = others
+        .iter()
+        .find_map(|i| i.file(file).ok())
+        .ok_or_else(|| {
+            missing(
+                cx.stage(),
+                format!("an input holding the SPM checkpoint `{file}` (param spm_file)"),
+            )
+        })?;
+    let config = others
+        .iter()
+        .find_map(|i| i.file("config.json").ok())
+        .ok_or_else(|| {
+            missing(
+                cx.stage(),
+                "an input holding the SPM's parent config.json (PickScore_v1's)".into(),
+            )
+        })?;
+    Ok((weights, config))
+}
+
+fn run(cx: &mut StageContext) -> Result<()> {
+    let p = SdSpoParams::from_params(cx.params())?;
+    let dev = device();
+    let seed = cx.seed().unwrap_or(0);
+    let pipeline = pipeline_input(cx, cx.stage())?.clone();
+    let prompts_path = cx.input_of_kind("prompts")?.file("prompts.parquet")?;
+    let prompts = read_prompt_texts(&prompts_path)?;
+    if prompts.is_empty() {
+        return Err(StageError::Failed(format!("{}: no prompts", prompts_path.display())).into());
+    }
+    let (spm_path, config_path) = spm_files(cx, &pipeline, &p.spm_file)?;
+    let spm_config = ClipConfig::from_file(&config_path)?;
+    let spm = load_spm(&spm_path, &spm_config, &dev).at(&spm_path)?;
+    let tokenizer = ClipTokenizer::new(TextCleaning::Hf)?;
+
+    let mut sd = StableDiffusion15::open(&pipeline.dir, DType::F32, &dev)?;
+    let mut lora_vars = VarMap::new();
+    sd.add_trainable_lora(&LoraConfig::spo(p.rank), &lora_vars, seed)?;
+    let mut opt = AdamW::new(
+        named_vars(&lora_vars)?,
+        AdamWConfig {
+            lr: p.lr,
+            weight_decay: p.weight_decay,
+            ..Default::default()
+        },
+    )?;
+    let ddim = Ddim::new(NoiseSchedule::new(sd.scheduler().clone())?, p.steps, p.eta)?;
+    let cfg = SpoConfig {
+        k: p.k,
+        j: p.j,
+        t_range: p.t_range[0]..=p.t_range[1],
+        selection: PairSelection {
+            pair: p.pair.into(),
+            continuation: p.continuation.into(),
+            threshold: p.threshold,
+        },
+        loss: ClampedRatio {
+            beta: p.beta,
+            clip_eps: p.clip_eps,
+        },
+        train_batch: p.train_batch,
+        epochs: p.epochs,
+        gradspo_scale: None,
+    };
+    let den = SdPolicy {
+        sd: &sd,
+        cfg: p.cfg,
+    };
+    let judge = SpmJudge {
+        sd: &sd,
+        spm: &spm,
+        tokenizer: &tokenizer,
+    };
+    let pool: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let save_lora = |path: &Path| sd.unet().save_lora(path).at(path);
+    let rounds = Rounds {
+        name: "sd-spo",
+        rounds: p.rounds,
+        prompts: p.prompts,
+        checkpoint_every: p.checkpoint_every,
+        snapshots: p.snapshots,
+        seed,
+    };
+    run_rounds(
+        cx,
+        &rounds,
+        &pool,
+        (&den, &judge),
+        (&ddim, &cfg),
+        None,
+        (&mut lora_vars, &mut opt),
+        &save_lora,
+    )
+}
