@@ -14,7 +14,7 @@ use candle_core::{DType, Tensor};
 use image::RgbImage;
 use spo_core::{Input, ParamSpec, StageContext, StageError, StageKind};
 use spo_nn::SeededRng;
-use spo_sd::{SampleSettings, StableDiffusion15};
+use spo_sd::{SampleSettings, StableDiffusion};
 
 use crate::error::{At, Result};
 use crate::inworld::{device, on_cores};
@@ -153,7 +153,7 @@ fn run(cx: &mut StageContext) -> Result<()> {
     if prompts.is_empty() {
         return Err(StageError::Failed(format!("{}: no prompts", prompts_path.display())).into());
     }
-    let mut sd = StableDiffusion15::open(&model, DType::F32, &dev)?;
+    let mut sd = StableDiffusion::open(&model, DType::F32, &dev)?;
     if let Some(lora) = cx
         .inputs()
         .iter()

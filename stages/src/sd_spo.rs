@@ -21,7 +21,7 @@ use spo_methods::pairs::PairSelection;
 use spo_methods::ratio::ClampedRatio;
 use spo_methods::spo::SpoConfig;
 use spo_nn::{AdamW, AdamWConfig, named_vars};
-use spo_sd::{SdPolicy, SpmJudge, StableDiffusion15};
+use spo_sd::{SdPolicy, SpmJudge, StableDiffusion};
 
 use crate::error::{At, Result};
 use crate::inworld::device;
@@ -147,7 +147,7 @@ fn run(cx: &mut StageContext) -> Result<()> {
     let spm = load_spm(&spm_path, &spm_config, &dev).at(&spm_path)?;
     let tokenizer = ClipTokenizer::new(TextCleaning::Hf)?;
 
-    let mut sd = StableDiffusion15::open(&pipeline.dir, DType::F32, &dev)?;
+    let mut sd = StableDiffusion::open(&pipeline.dir, DType::F32, &dev)?;
     let mut lora_vars = VarMap::new();
     sd.add_trainable_lora(&LoraConfig::spo(p.rank), &lora_vars, seed)?;
     let mut opt = AdamW::new(

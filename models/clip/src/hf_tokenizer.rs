@@ -132,7 +132,16 @@ pub fn open_hf_tokenizer(dir: &Path) -> Result<ClipTokenizer, ClipError> {
             format!("the pad token `{pad_text}` is not in the vocabulary"),
         )
     })?;
-    ClipTokenizer::build(vocab, merges, TextCleaning::Hf, pad).map_err(|e| bad(dir, e.to_string()))
+    let tokenizer = ClipTokenizer::build(vocab, merges, TextCleaning::Hf, pad)
+        .map_err(|e| bad(dir, e.to_string()))?;
+    // The start and end tokens are matched by CLIP's split pattern already; a pad token of
+    // another text is a special token transformers matches anywhere in a prompt.
+    Ok(match pad_text.as_str() {
+        "<|startoftext|>" | "<|endoftext|>" => tokenizer,
+        other => tokenizer
+            .with_special_token(other)
+            .map_err(|e| bad(dir, e.to_string()))?,
+    })
 }
 
 #[cfg(test)]
@@ -181,6 +190,8 @@ mod tests {
             (6, 7),
             "end-of-text by default; `!` as configured"
         );
+        // As transformers does, a pad token of its own text is matched anywhere in a prompt.
+        assert_eq!(b.encode("a!").unwrap(), vec![5, 2, 7, 6]);
     }
 
     #[test]

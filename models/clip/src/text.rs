@@ -113,6 +113,26 @@ impl ClipTextTransformer {
         self.final_layer_norm.forward(&h)
     }
 
+    /// `(b, n)` ids → `(b, n, dim)` states after the first `layers` transformer layers, without
+    /// the final LayerNorm (`hidden_states[layers]` in transformers): SDXL conditions on the
+    /// penultimate, `layers = num_layers() − 1`.
+    pub fn hidden_state_after(&self, ids: &Tensor, layers: usize) -> Result<Tensor> {
+        let (_, n) = ids.dims2()?;
+        if n > self.context {
+            candle_core::bail!("{n} tokens exceed the context length {}", self.context);
+        }
+        let mut h = self.embeddings.forward(ids)?;
+        for layer in self.encoder.layers().iter().take(layers) {
+            h = layer.forward(&h, true, None)?;
+        }
+        Ok(h)
+    }
+
+    /// The number of transformer layers.
+    pub fn num_layers(&self) -> usize {
+        self.encoder.layers().len()
+    }
+
     /// `(b, n)` ids → `(b, dim)` pooled states. Positions after the last pooled token are
     /// dropped first: under the causal mask they cannot reach any pooled state.
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {

@@ -192,6 +192,16 @@ impl ClipTokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// This tokenizer with `token` matched verbatim wherever it stands in a prompt, before any
+    /// cleaning or BPE, as transformers treats a tokenizer's special tokens: SDXL's second
+    /// tokenizer pads with `!`, so every `!` of a prompt becomes that token (id 0), not `!</w>`.
+    pub fn with_special_token(mut self, token: &str) -> Result<Self, ClipError> {
+        self.inner
+            .add_special_tokens([tokenizers::AddedToken::from(token.to_owned(), true)])
+            .map_err(tok_err)?;
+        Ok(self)
+    }
+
     /// This tokenizer with batches padded with `pad` (SD-1.5: `<|endoftext|>`; SDXL's second
     /// tokenizer: `!`, id 0).
     pub fn with_pad(mut self, pad: u32) -> Self {

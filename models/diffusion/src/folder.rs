@@ -79,6 +79,15 @@ impl DiffusersFolder {
         self.index.get(component).is_some_and(|v| !v.is_null())
     }
 
+    /// SDXL pipelines' `force_zeros_for_empty_prompt` (diffusers' default: true): the empty
+    /// negative prompt is conditioned on zeros rather than on its encoding.
+    pub fn force_zeros_for_empty_prompt(&self) -> bool {
+        self.index
+            .get("force_zeros_for_empty_prompt")
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(true)
+    }
+
     /// The folder of `component`.
     pub fn component_dir(&self, component: &str) -> PathBuf {
         self.root.join(component)

@@ -3,23 +3,25 @@
 //! tokenizer and spo-diffusion's UNet, VAE and DDIM. Nothing here knows of the store: stages
 //! hand it a folder and take images back.
 //!
-//! - [`StableDiffusion15`]: an SD-1.5-shaped folder, checked before any weight is read;
-//!   [`StableDiffusion15::conditioning`], [`StableDiffusion15::denoise`] (DDIM with
-//!   classifier-free guidance in latent space) and [`StableDiffusion15::decode`].
+//! - [`StableDiffusion`]: an SD-1.5- or SDXL-shaped folder, checked before any weight is read;
+//!   [`StableDiffusion::conditioning`] (SDXL: both encoders' penultimate states, the pooled
+//!   projection, size ids), [`StableDiffusion::denoise`] (DDIM with classifier-free guidance in
+//!   latent space) and [`StableDiffusion::decode`].
 //! - [`TextEncoder`]: a `CLIPTextModel` folder with its tokenizer folder.
 //! - [`SdPolicy`] and [`SpmJudge`]: latent SPO — the guided LoRA policy and the released
 //!   step-aware preference model on VAE-decoded x̂₀, behind spo-methods' traits, so SPO's round
 //!   (`spo_methods::spo::rollout`, `train_round`) runs on real weights unchanged.
 //!
-//! Parity with diffusers on a tiny random-weight pipeline: `tests/parity.rs`
-//! (`tests/fixtures/sd/make_sd15_tiny.py` writes the folder and the goldens).
+//! Parity with diffusers on tiny random-weight pipelines of both shapes: `tests/parity.rs`
+//! (`tests/fixtures/sd/make_sd15_tiny.py` and `make_sdxl_tiny.py` write the folders and the
+//! goldens); one latent SPO step against a PyTorch re-implementation: `tests/spo_step.rs`.
 
 pub mod error;
-pub mod sd15;
+pub mod pipeline;
 pub mod spo;
 pub mod text;
 
 pub use error::{Result, SdError};
-pub use sd15::{Conditioning, SampleSettings, StableDiffusion15};
+pub use pipeline::{Conditioning, SampleSettings, StableDiffusion};
 pub use spo::{SdPolicy, SpmJudge};
 pub use text::TextEncoder;

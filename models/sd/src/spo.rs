@@ -9,17 +9,17 @@ use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
 use spo_clip::preprocess::spm_pixels;
 use spo_clip::{ClipTokenizer, Spm};
-use spo_diffusion::{GuidanceInputs, LoraConfig, guided_prediction};
+use spo_diffusion::{LoraConfig, guided_prediction};
 use spo_methods::spo::{Denoiser, StepJudge};
 use spo_nn::seeded_var_builder;
 
 use crate::error::Result;
-use crate::sd15::{Conditioning, StableDiffusion15};
+use crate::pipeline::{Conditioning, StableDiffusion};
 
 /// The side the SPM's image tower takes (PickScore's CLIP-H/14: 224).
 pub const SPM_IMAGE_SIZE: usize = 224;
 
-impl StableDiffusion15 {
+impl StableDiffusion {
     /// Gives the UNet a trainable LoRA whose tensors live in `varmap`: those already there (a
     /// checkpoint's, a loaded LoRA's) are used as they are, the others drawn from `seed` as
     /// PEFT initialises them (A Gaussian, B zero: the policy starts as the base).
@@ -54,7 +54,7 @@ impl StableDiffusion15 {
 
 /// The guided LoRA policy of a pipeline.
 pub struct SdPolicy<'a> {
-    pub sd: &'a StableDiffusion15,
+    pub sd: &'a StableDiffusion,
     /// Guidance scale (SPO: 5).
     pub cfg: f64,
 }
@@ -75,23 +75,13 @@ impl Denoiser for SdPolicy<'_> {
     ) -> candle_core::Result<Tensor> {
         let unet = self.sd.unet();
         unet.set_lora_enabled(!reference);
-        let inputs = GuidanceInputs {
-            cond: &prompts.cond,
-            uncond: &prompts.uncond,
-            added_cond: None,
-            added_uncond: None,
-            scale: self.cfg,
-        };
+        let inputs = prompts.guidance(self.cfg);
         let eps = guided_prediction(unet, x, ts, &inputs).map_err(candle_core::Error::wrap);
         unet.set_lora_enabled(true);
         Ok(if reference { eps?.detach() } else { eps? })
     }
     fn select(&self, prompts: &Conditioning, rows: &[u32]) -> candle_core::Result<Conditioning> {
-        let idx = Tensor::from_vec(rows.to_vec(), rows.len(), prompts.cond.device())?;
-        Ok(Conditioning {
-            cond: prompts.cond.index_select(&idx, 0)?,
-            uncond: prompts.uncond.index_select(&idx, 0)?,
-        })
+        prompts.select(rows)
     }
     fn sample_size(&self) -> usize {
         self.sd.latent_shape()[1]
@@ -108,7 +98,7 @@ impl Denoiser for SdPolicy<'_> {
 /// them (`latents / scaling_factor`), [`spm_pixels`] prepares them, the SPM scores them at `t`
 /// with the prompt (`exp(logit_scale)·cos`).
 pub struct SpmJudge<'a> {
-    pub sd: &'a StableDiffusion15,
+    pub sd: &'a StableDiffusion,
     pub spm: &'a Spm,
     /// The SPM's tokenizer (PickScore's: the CLIP BPE, HF cleaning).
     pub tokenizer: &'a ClipTokenizer,

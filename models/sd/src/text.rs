@@ -1,9 +1,10 @@
 //! A pipeline's text encoder with its tokenizer: `text_encoder/` (a transformers
-//! `CLIPTextModel`: `config.json` + `model.safetensors`) and `tokenizer/`.
+//! `CLIPTextModel`, or SDXL's second `CLIPTextModelWithProjection`: `config.json` +
+//! `model.safetensors`) and `tokenizer/`.
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use spo_clip::text::ClipTextTransformer;
 use spo_clip::{ClipError, ClipTextConfig, ClipTokenizer, open_hf_tokenizer};
 use spo_diffusion::DiffusionError;
@@ -16,6 +17,9 @@ use crate::error::Result;
 pub struct TextEncoder {
     tokenizer: ClipTokenizer,
     model: ClipTextTransformer,
+    /// `text_projection` (no bias) of a `CLIPTextModelWithProjection`.
+    projection: Option<candle_nn::Linear>,
+    width: usize,
     device: Device,
 }
 
@@ -37,6 +41,10 @@ impl TextEncoder {
                 path: config_path.clone(),
                 source,
             })?;
+        let projection_dim: Option<usize> = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("projection_dim").and_then(serde_json::Value::as_u64))
+            .map(|d| d as usize);
         let tokenizer = open_hf_tokenizer(tokenizer_dir)?;
         if tokenizer.vocab_size() > config.vocab_size {
             return Err(DiffusionError::Incompatible {
@@ -51,16 +59,29 @@ impl TextEncoder {
             .into());
         }
         let vb = component_var_builder(encoder_dir, dtype, device)?;
+        let projection = match projection_dim {
+            Some(d) if vb.contains_tensor("text_projection.weight") => Some(
+                candle_nn::linear_no_bias(config.hidden_size, d, vb.pp("text_projection"))?,
+            ),
+            _ => None,
+        };
         // transformers 4 saved `text_model.*` (SD-1.5's and SDXL's repos); transformers 5
-        // saves the same tensors without the prefix.
+        // saves a CLIPTextModel's tensors without the prefix.
         let prefixed = vb.contains_tensor("text_model.embeddings.token_embedding.weight");
         let vb = if prefixed { vb.pp("text_model") } else { vb };
         let model = ClipTextTransformer::new(&config, vb)?;
         Ok(Self {
             tokenizer,
             model,
+            projection,
+            width: config.hidden_size,
             device: device.clone(),
         })
+    }
+
+    /// Features per token.
+    pub fn width(&self) -> usize {
+        self.width
     }
 
     /// `(b, 77)` ids of `prompts`, padded as the pipeline's tokenizer pads.
@@ -71,5 +92,19 @@ impl TextEncoder {
     /// `(b, 77, d)` final hidden states (after the final LayerNorm): SD-1.5's conditioning.
     pub fn last_hidden_state(&self, prompts: &[&str]) -> Result<Tensor> {
         Ok(self.model.last_hidden_state(&self.token_ids(prompts)?)?)
+    }
+
+    /// SDXL's use of an encoder: the penultimate layer's states `(b, 77, d)` and the pooled
+    /// state at the end-of-text token, through `text_projection` where the encoder has one.
+    pub fn penultimate_and_pooled(&self, prompts: &[&str]) -> Result<(Tensor, Tensor)> {
+        let ids = self.token_ids(prompts)?;
+        let layers = self.model.num_layers().saturating_sub(1);
+        let states = self.model.hidden_state_after(&ids, layers)?;
+        let pooled = self.model.forward(&ids)?;
+        let pooled = match &self.projection {
+            Some(p) => p.forward(&pooled)?,
+            None => pooled,
+        };
+        Ok((states, pooled))
     }
 }

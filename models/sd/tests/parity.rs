@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use spo_diffusion::weights::load_safetensors;
 use spo_nn::SeededRng;
-use spo_sd::{SampleSettings, StableDiffusion15};
+use spo_sd::{SampleSettings, StableDiffusion};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -46,17 +46,18 @@ fn prompts() -> Result<Vec<String>, Box<dyn std::error::Error>> {
 fn tokens_text_states_latents_and_images_match_diffusers() -> TestResult {
     let dev = Device::Cpu;
     let g = load_safetensors(&fixtures().join("sd15_tiny_goldens.safetensors"), &dev)?;
-    let sd = StableDiffusion15::open(&fixtures().join("sd15_tiny"), DType::F32, &dev)?;
+    let sd = StableDiffusion::open(&fixtures().join("sd15_tiny"), DType::F32, &dev)?;
     assert_eq!(sd.latent_shape(), [4, 8, 8]);
     assert_eq!(sd.image_size(), [16, 16]);
     let prompts = prompts()?;
     let texts: Vec<&str> = prompts.iter().map(String::as_str).collect();
 
     // The tokenizer pads with end-of-text, as SD-1.5's does; the negative prompt is "".
-    let ids = sd.text_encoder().token_ids(&texts)?.to_dtype(DType::I64)?;
+    let ids = sd.text_encoders()[0]
+        .token_ids(&texts)?
+        .to_dtype(DType::I64)?;
     assert_eq!(ids.to_vec2::<i64>()?, golden(&g, "ids")?.to_vec2::<i64>()?);
-    let empty = sd
-        .text_encoder()
+    let empty = sd.text_encoders()[0]
         .token_ids(&["", ""])?
         .to_dtype(DType::I64)?;
     assert_eq!(
@@ -90,7 +91,7 @@ fn tokens_text_states_latents_and_images_match_diffusers() -> TestResult {
 #[test]
 fn eta_draws_its_noise_from_the_rng_only() -> TestResult {
     let dev = Device::Cpu;
-    let sd = StableDiffusion15::open(&fixtures().join("sd15_tiny"), DType::F32, &dev)?;
+    let sd = StableDiffusion::open(&fixtures().join("sd15_tiny"), DType::F32, &dev)?;
     let cond = sd.conditioning(&["a cat"])?;
     let x = SeededRng::new(3).normal((1, 4, 8, 8), 0.0, 1.0, DType::F32, &dev)?;
     let s = SampleSettings {
@@ -132,9 +133,70 @@ fn text_encoder_weights_saved_by_transformers_4_load_the_same() -> TestResult {
         .collect();
     candle_core::safetensors::save(&renamed, &weights)?;
     let states = |root: &Path| -> Result<Tensor, Box<dyn std::error::Error>> {
-        let sd = StableDiffusion15::open(root, DType::F32, &dev)?;
-        Ok(sd.text_encoder().last_hidden_state(&["a photo of a cat"])?)
+        let sd = StableDiffusion::open(root, DType::F32, &dev)?;
+        Ok(sd.text_encoders()[0].last_hidden_state(&["a photo of a cat"])?)
     };
     assert_eq!(rel_err(&states(dir.path())?, &states(&src)?)?, 0.0);
+    Ok(())
+}
+
+#[test]
+fn sdxl_tokens_conditioning_latents_and_images_match_diffusers() -> TestResult {
+    let dev = Device::Cpu;
+    let g = load_safetensors(&fixtures().join("sdxl_tiny_goldens.safetensors"), &dev)?;
+    let sd = StableDiffusion::open(&fixtures().join("sdxl_tiny"), DType::F32, &dev)?;
+    assert_eq!(sd.architecture(), spo_diffusion::Architecture::Sdxl);
+    assert_eq!(sd.image_size(), [16, 16]);
+    let prompts = prompts()?;
+    let texts: Vec<&str> = prompts.iter().map(String::as_str).collect();
+
+    // The second tokenizer pads with `!` (id 0), as SDXL's does.
+    for (enc, key) in sd.text_encoders().iter().zip(["ids", "ids_2"]) {
+        let ids = enc.token_ids(&texts)?.to_dtype(DType::I64)?;
+        assert_eq!(
+            ids.to_vec2::<i64>()?,
+            golden(&g, key)?.to_vec2::<i64>()?,
+            "{key}"
+        );
+    }
+    let cond = sd.conditioning(&texts)?;
+    let (added, added_uncond) = cond.added.as_ref().ok_or("SDXL has added conditioning")?;
+    for (what, ours, key) in [
+        ("penultimate states", &cond.cond, "cond"),
+        ("pooled projection", &added.text_embeds, "pooled"),
+    ] {
+        let e = rel_err(ours, &golden(&g, key)?)?;
+        assert!(e < 1e-5, "{what}: relative error {e:.2e}");
+    }
+    // force_zeros_for_empty_prompt: the negative branch is zeros.
+    assert_eq!(cond.uncond.abs()?.max_all()?.to_scalar::<f32>()?, 0.0);
+    assert_eq!(
+        added_uncond
+            .text_embeds
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?,
+        0.0
+    );
+    assert_eq!(
+        added.time_ids.to_vec2::<f32>()?,
+        vec![vec![16.0, 16.0, 0.0, 0.0, 16.0, 16.0]; 2]
+    );
+
+    let settings = SampleSettings {
+        steps: 4,
+        cfg: 5.0,
+        eta: 0.0,
+    };
+    let latents = sd.denoise(
+        &cond,
+        &golden(&g, "latents")?,
+        &settings,
+        &mut SeededRng::new(0),
+    )?;
+    let e = rel_err(&latents, &golden(&g, "final_latents")?)?;
+    assert!(e < 1e-4, "final latents: relative error {e:.2e}");
+    let e = rel_err(&sd.decode(&latents)?, &golden(&g, "images")?)?;
+    assert!(e < 1e-4, "images: relative error {e:.2e}");
     Ok(())
 }

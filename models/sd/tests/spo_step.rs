@@ -18,7 +18,7 @@ use spo_methods::pairs::{Continuation, PairChoice, PairSelection};
 use spo_methods::ratio::ClampedRatio;
 use spo_methods::spo::{Denoiser, StepJudge};
 use spo_nn::SeededRng;
-use spo_sd::{SdPolicy, SpmJudge, StableDiffusion15};
+use spo_sd::{SdPolicy, SpmJudge, StableDiffusion};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -56,7 +56,7 @@ fn check(what: &str, ours: &Tensor, theirs: &Tensor, tol: f64) -> TestResult {
 fn one_latent_spo_step_matches_the_pytorch_reimplementation() -> TestResult {
     let dev = Device::Cpu;
     let g = load_safetensors(&fixtures().join("sd/sd15_tiny_spo_step.safetensors"), &dev)?;
-    let mut sd = StableDiffusion15::open(&fixtures().join("sd/sd15_tiny"), DType::F32, &dev)?;
+    let mut sd = StableDiffusion::open(&fixtures().join("sd/sd15_tiny"), DType::F32, &dev)?;
     let varmap = VarMap::new();
     let lora = sd.load_trainable_lora(
         &fixtures().join("sd/sd15_tiny_spo_lora.safetensors"),

@@ -1,5 +1,5 @@
-//! The real-weights path on a CPU: a tiny random-weight SD-1.5-shaped diffusers pipeline
-//! (tests/fixtures/sd/sd15_tiny, in the real layouts) served by a loopback server laid out like
+//! The real-weights path on a CPU: tiny random-weight SD-1.5- and SDXL-shaped diffusers pipelines
+//! (tests/fixtures/sd/sd15_tiny and sdxl_tiny, in the real layouts) served by a loopback server laid out like
 //! the Hugging Face hub, fetched by a `hub` stage, sampled by `sd-sample` for the prompts of a
 //! `prompts` stage, scored by `sd-score`; trained by `sd-spo` with the tiny released-layout SPM;
 //! and what `sd-sample` says about folders that do not fit.
@@ -240,6 +240,7 @@ fn repos() -> Vec<(&'static str, BTreeMap<String, Vec<u8>>)> {
         ("org/latent8", latent8),
         ("org/vocab", vocab),
         ("org/spm", spm),
+        ("org/sdxl", repo_files(&fixtures().join("sd/sdxl_tiny"))),
     ];
     for (repo, folder, _) in SCORERS {
         out.push((
@@ -480,4 +481,34 @@ fn sd_spo_trains_a_lora_that_sd_sample_uses() {
             .any(|(_, m)| m.contains("spm_tiny.bin") && m.contains("spm_file")),
         "{failed:?}"
     );
+}
+
+/// An SDXL-shaped repo (two text encoders, pooled and size conditioning) through the same
+/// stages: `sd-sample` recognises it from model_index.json and samples it reproducibly.
+#[test]
+fn an_sdxl_pipeline_samples_through_the_same_stage() {
+    let base = hub();
+    let text = pipeline(
+        base,
+        "org/sdxl",
+        &repo("org/sdxl"),
+        "steps = 3, per_prompt = 1",
+    )
+    .replace("seeds = [0, 1]", "seeds = [0]");
+    let runs: Vec<Vec<Vec<u8>>> = (0..2)
+        .map(|_| {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            assert_eq!(run_pipeline(&store, &text), vec![]);
+            let tables = sample_tables(&store);
+            assert_eq!(tables.len(), 1);
+            images(&tables[0])
+        })
+        .collect();
+    assert_eq!(runs[0].len(), 3);
+    for png in &runs[0] {
+        let im = image::load_from_memory(png).unwrap().to_rgb8();
+        assert_eq!(im.dimensions(), (16, 16));
+    }
+    assert_eq!(runs[0], runs[1], "byte-identical in another store");
 }
