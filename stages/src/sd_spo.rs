@@ -52,8 +52,11 @@ spo_core::stage_params! {
         rounds: usize = int(1000).range(0.0, 1e7),
         /// prompts per round (the paper: 10 per GPU on 4 GPUs)
         prompts: usize = int(40).range(1.0, 4096.0),
-        /// pairs per optimizer step (the paper: 10 per GPU, averaged over 4 GPUs by DDP)
+        /// pairs per micro-batch (the paper: 10 per GPU)
         train_batch: usize = int(10).range(1.0, 4096.0),
+        /// micro-batches per optimizer step, gradients averaged (the paper's SD-1.5 step: 4 GPUs'
+        /// micro-batches averaged by DDP; SDXL: 2 accumulated)
+        accumulate: usize = int(4).range(1.0, 4096.0),
         /// passes over each round's pairs (the paper: 1)
         epochs: usize = int(1).range(1.0, 100.0),
         lr: f64 = float(6e-5).range(1e-9, 1.0),
@@ -173,6 +176,7 @@ fn run(cx: &mut StageContext) -> Result<()> {
             clip_eps: p.clip_eps,
         },
         train_batch: p.train_batch,
+        accumulate: p.accumulate,
         epochs: p.epochs,
         gradspo_scale: None,
     };

@@ -192,6 +192,7 @@ pub(crate) fn train(cx: &mut StageContext, gradspo: Option<GradSpo>) -> Result<(
             clip_eps: p.clip_eps,
         },
         train_batch: p.train_batch,
+        accumulate: 1,
         epochs: p.epochs,
         gradspo_scale: gradspo.map(|g| g.grad_scale),
     };

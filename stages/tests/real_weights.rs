@@ -472,6 +472,22 @@ fn sd_spo_trains_a_lora_that_sd_sample_uses() {
     assert_eq!(run_pipeline(&store2, &text), vec![]);
     assert_eq!(lora_of(&store2), lora, "byte-identical in another store");
 
+    // MSPO (j = 2 steps per pool) on the SDXL-shaped repo, through the same stage.
+    let xl = text
+        .replace(
+            &hub_stage("sd15", "org/sd15", &files),
+            &hub_stage("sd15", "org/sdxl", &repo("org/sdxl")),
+        )
+        .replace(
+            "k = 2, steps = 4",
+            "k = 2, j = 2, threshold = 0.0, steps = 4",
+        );
+    assert!(xl.contains("org/sdxl") && xl.contains("j = 2"));
+    let dir3 = tempfile::tempdir().unwrap();
+    let store3 = Store::open(dir3.path()).unwrap();
+    assert_eq!(run_pipeline(&store3, &xl), vec![]);
+    assert_ne!(lora_of(&store3), lora, "another base, another LoRA");
+
     // Without the SPM's checkpoint among its needs, sd-spo says what it needs.
     let no_spm = text.replace("\"spm-weights\", ", "");
     let failed = run_pipeline(&store2, &no_spm);

@@ -12,6 +12,7 @@
 
 use std::ops::RangeInclusive;
 
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use spo_diffusion::{Ddim, Result};
 use spo_nn::{AdamW, SeededRng};
@@ -64,8 +65,12 @@ pub struct SpoConfig {
     /// Which candidates form the pair and which one the chain continues from (Tables 4, 9).
     pub selection: PairSelection,
     pub loss: ClampedRatio,
-    /// Pairs per optimiser step.
+    /// Pairs per micro-batch (one forward and backward).
     pub train_batch: usize,
+    /// Micro-batches per optimiser step, their gradients summed with each loss divided by this
+    /// (as accelerate accumulates; SPO's SD-1.5 step averaged 4 GPUs × 10 pairs); a round's
+    /// last step takes what is left.
+    pub accumulate: usize,
     /// Passes over a round's pairs.
     pub epochs: usize,
     /// GradSPO's `grad_scale`: score transitions against noise targets instead.
@@ -307,7 +312,7 @@ impl<J: StepJudge + ?Sized> JudgeCtx<'_, J> {
 }
 
 /// `epochs` passes over the stored pairs in micro-batches of `train_batch`, one optimiser step
-/// each, calling `after_step` after every step (GradSPO's moving average).
+/// per `accumulate` of them, calling `after_step` after every step (GradSPO's moving average).
 pub fn train_round<D: Denoiser>(
     den: &D,
     ddim: &Ddim,
@@ -329,10 +334,13 @@ pub fn train_round<D: Denoiser>(
         .collect();
     let (mut loss_sum, mut rw_sum, mut rl_sum, mut n) = (0.0, 0.0, 0.0, 0usize);
     // Each epoch's permutation is cut into micro-batches of its own.
-    for chunk in order
+    let chunks: Vec<&[usize]> = order
         .chunks(pairs.len())
         .flat_map(|epoch| epoch.chunks(cfg.train_batch))
-    {
+        .collect();
+    let accumulate = cfg.accumulate.max(1);
+    let mut pending: Option<GradStore> = None;
+    for (i, chunk) in chunks.iter().enumerate() {
         let c = chunk.len();
         let both = || chunk.iter().chain(chunk.iter()).map(|&i| &pairs[i]);
         let cat = |f: &dyn Fn(&Pair) -> &Tensor| {
@@ -378,9 +386,32 @@ pub fn train_round<D: Denoiser>(
             ratio_win: rw,
             ratio_lose: rl,
         } = cfg.loss.ordered_pairs(&lp, &lp_ref)?;
-        let grads = loss.backward()?;
-        opt.step(&grads)?;
-        after_step()?;
+        let grads = if accumulate > 1 {
+            (&loss / accumulate as f64)?.backward()?
+        } else {
+            loss.backward()?
+        };
+        pending = Some(match pending.take() {
+            None => grads,
+            Some(mut sum) => {
+                for var in opt.vars() {
+                    if let Some(g) = grads.get(var) {
+                        let total = match sum.get(var) {
+                            Some(s) => (s + g)?,
+                            None => g.clone(),
+                        };
+                        sum.insert(var, total);
+                    }
+                }
+                sum
+            }
+        });
+        if (i + 1) % accumulate == 0 || i + 1 == chunks.len() {
+            if let Some(grads) = pending.take() {
+                opt.step(&grads)?;
+            }
+            after_step()?;
+        }
         let mean = |t: &Tensor| {
             t.mean_all()
                 .and_then(|v| v.to_scalar::<f32>())
@@ -444,6 +475,7 @@ mod tests {
                 clip_eps: 0.1,
             },
             train_batch: 2,
+            accumulate: 1,
             epochs: 2,
             gradspo_scale: None,
         }
@@ -561,6 +593,69 @@ mod tests {
         assert_eq!(
             (empty.loss, empty.ratio_win, empty.ratio_lose),
             (None, 1.0, 1.0)
+        );
+    }
+
+    #[test]
+    fn accumulating_micro_batches_equals_one_larger_batch() {
+        let (toy, ddim) = (Toy::new(0.1), ddim());
+        let mut rng = SeededRng::new(7);
+        let (pairs, _) = rollout(
+            &toy,
+            &Brightness,
+            &ddim,
+            &config(1, 0.0),
+            &["a cat"],
+            &mut rng,
+        )
+        .unwrap();
+        let pairs = &pairs[..4];
+        // One pass over 4 pairs: one step of a 4-pair batch, or 2 × 2 pairs accumulated, or
+        // 3 + 1 pairs (the last step takes what is left).
+        let train = |train_batch: usize, accumulate: usize| {
+            let toy = Toy::new(0.1);
+            let cfg = SpoConfig {
+                train_batch,
+                accumulate,
+                epochs: 1,
+                ..config(1, 0.0)
+            };
+            // A large ε makes the step proportional to the gradient, not its sign alone, so a
+            // sum that was not averaged would show.
+            let mut opt = AdamW::new(
+                vec![("w".into(), toy.w.clone())],
+                AdamWConfig {
+                    lr: 1e-2,
+                    eps: 1.0,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let steps = Cell::new(0);
+            let mut after = || {
+                steps.set(steps.get() + 1);
+                Ok(())
+            };
+            let mut rng = SeededRng::new(1);
+            let r = train_round(&toy, &ddim, &cfg, pairs, &mut opt, &mut after, &mut rng).unwrap();
+            let w = toy.w.as_tensor().to_vec1::<f32>().unwrap()[0];
+            (w, steps.get(), r.loss.unwrap())
+        };
+        let (w1, s1, l1) = train(4, 1);
+        let (w2, s2, l2) = train(2, 2);
+        let (w3, s3, _) = train(3, 2);
+        assert_eq!((s1, s2, s3), (1, 1, 1), "one optimiser step each");
+        assert_ne!(w1, 0.1, "the policy moved");
+        assert!((w1 - w2).abs() < 1e-6, "{w1} vs {w2}");
+        assert!(
+            (l1 - l2).abs() < 1e-6,
+            "the reported loss is the pairs' mean: {l1} vs {l2}"
+        );
+        assert_ne!(w3, 0.1);
+        let (_, s4, _) = train(1, 3);
+        assert_eq!(
+            s4, 2,
+            "4 micro-batches of 1, a step per 3 and one for the last"
         );
     }
 

@@ -81,6 +81,11 @@ impl AdamW {
         &self.config
     }
 
+    /// The parameters it updates, in order.
+    pub fn vars(&self) -> impl Iterator<Item = &Var> {
+        self.params.iter().map(|p| &p.var)
+    }
+
     /// Changes the learning rate (for schedules).
     pub fn set_learning_rate(&mut self, lr: f64) {
         self.config.lr = lr;
