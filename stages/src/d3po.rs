@@ -5,18 +5,22 @@
 //! authors gave D3PO; a tie gives no gradient), and trains every transition of both chains with
 //! the clamped-ratio loss against the frozen reference (the LoRA switched off):
 //! `spo_methods::ratio::ClampedRatio::labelled_pairs`.
+//!
+//! Given a diffusers pipeline (a `hub` cell), a `prompts` cell and PickScore's released folder
+//! instead of the in-world inputs, the same rounds run in the VAE's latent space with PickScore
+//! on the decoded images as the reward (`crate::online`).
 
 use candle_core::{DType, Tensor};
+use candle_nn::VarMap;
 use spo_core::{ParamSpec, StageContext, StageError, StageKind};
 use spo_methods::ratio::ClampedRatio;
 use spo_nn::{AdamW, SeededRng};
 
 use crate::checkpoint::ExactF64;
-use crate::error::{At, Result};
-use crate::inworld::{Conditioning, on_cores};
-use crate::online::{self, Policy};
+use crate::error::Result;
+use crate::inworld::on_cores;
+use crate::online::{self, Models, Policy};
 use crate::training::Trainer;
-use crate::worlddata::Prompt;
 use spo_methods::online::Chains;
 use spo_methods::spo::Denoiser;
 
@@ -61,7 +65,7 @@ impl StageKind for D3po {
         2
     }
     fn summary(&self) -> &'static str {
-        "D3PO fine-tuning with LoRA: two rollouts per prompt from one x_T, ranked by the PickScore analogue (needs world, clip-pretrain, base-pretrain, pickscore-train)"
+        "D3PO fine-tuning with LoRA: two rollouts per prompt from one x_T, ranked by the PickScore analogue (needs world, clip-pretrain, base-pretrain, pickscore-train; on real weights: a hub pipeline, prompts and PickScore's folder)"
     }
     fn params(&self) -> Vec<ParamSpec> {
         D3poParams::specs()
@@ -92,10 +96,16 @@ fn label(a: f64, b: f64) -> (f64, f64) {
 }
 
 /// Rolls each of the `b` prompts out twice from one x_T and labels the pairs.
-fn rollout(m: &Policy, cond: &Conditioning, texts: &[&str], rng: &mut SeededRng) -> Result<Round> {
+fn rollout<D: Denoiser>(
+    m: &Policy<D>,
+    cond: &D::Prompts,
+    texts: &[&str],
+    rng: &mut SeededRng,
+) -> Result<Round> {
     let b = texts.len() / 2;
     let size = m.den.sample_size();
-    let x_t = rng.normal((b, 3, size, size), 0.0, 1.0, DType::F32, m.den.dev)?;
+    let shape = (b, m.den.channels(), size, size);
+    let x_t = rng.normal(shape, 0.0, 1.0, DType::F32, m.den.device())?;
     let (chains, images) = m.roll_out(cond, Tensor::cat(&[&x_t, &x_t], 0)?, rng)?;
     let rewards = m.rewards(&images, texts)?;
     let labels = (0..b).map(|i| label(rewards[i], rewards[b + i])).collect();
@@ -108,10 +118,10 @@ fn rollout(m: &Policy, cond: &Conditioning, texts: &[&str], rng: &mut SeededRng)
 
 /// Trains every transition of the round's pairs once, in a random order, `train_batch` at a
 /// time; returns the mean loss.
-fn train_round(
-    m: &Policy,
+fn train_round<D: Denoiser>(
+    m: &Policy<D>,
     p: &D3poParams,
-    cond: &Conditioning,
+    cond: &D::Prompts,
     r: &Round,
     opt: &mut AdamW,
     rng: &mut SeededRng,
@@ -153,8 +163,25 @@ fn train_round(
 fn run(cx: &mut StageContext) -> Result<()> {
     let p = D3poParams::from_params(cx.params())?;
     let seed = cx.seed().unwrap_or(0);
-    let (o, mut lora_vars, mut opt) = online::setup(cx, p.rank, seed, p.lr, p.steps, p.eta)?;
-    let models = o.policy(p.cfg);
+    let (models, mut lora_vars, mut opt) = online::setup(cx, p.rank, seed, p.lr, p.steps, p.eta)?;
+    let pool = models.pool();
+    let state = (&mut lora_vars, &mut opt);
+    match &models {
+        Models::World(o) => train(cx, &p, seed, &o.policy(p.cfg), &pool, &models, state),
+        Models::Real(o) => train(cx, &p, seed, &o.policy(p.cfg), &pool, &models, state),
+    }
+}
+
+/// The rounds of a cell, checkpointed; then the metrics and the LoRA.
+fn train<D: Denoiser + Sync>(
+    cx: &mut StageContext,
+    p: &D3poParams,
+    seed: u64,
+    models: &Policy<D>,
+    pool: &[&str],
+    source: &Models,
+    (lora_vars, opt): (&mut VarMap, &mut AdamW),
+) -> Result<()> {
     // per round: (reward mean, tie share), kept exactly across a resume
     let mut tr: Trainer<Vec<(ExactF64, ExactF64)>> = Trainer::start(
         cx,
@@ -162,29 +189,28 @@ fn run(cx: &mut StageContext) -> Result<()> {
         p.rounds,
         p.checkpoint_every,
         seed,
-        &mut lora_vars,
-        &mut opt,
+        lora_vars,
+        opt,
     )?;
-    tr.keep_snapshots(p.snapshots, |path| o.unet.save_lora(path).at(path));
+    tr.keep_snapshots(p.snapshots, |path| source.save_lora(path));
     while tr.step < p.rounds {
-        let prompts: Vec<&Prompt> = tr
+        let texts: Vec<&str> = tr
             .rng
-            .indices(p.prompts, o.world.train.len())
+            .indices(p.prompts, pool.len())
             .into_iter()
-            .map(|i| &o.world.train[i])
+            .map(|i| pool[i])
             .collect();
         let rng = &mut tr.rng;
         let (loss, reward_mean, ties) = on_cores(cx.threads(), || {
-            let texts: Vec<&str> = prompts.iter().map(|p| p.text.as_str()).collect();
             let both = [texts.as_slice(), texts.as_slice()].concat();
-            let cond = o.text.conditioning(&both, &o.dev)?;
-            let r = rollout(&models, &cond, &both, rng)?;
-            let loss = train_round(&models, &p, &cond, &r, &mut opt, rng)?;
+            let cond = models.den.encode(&both)?;
+            let r = rollout(models, &cond, &both, rng)?;
+            let loss = train_round(models, p, &cond, &r, opt, rng)?;
             let ties = r.labels.iter().filter(|l| l.0 == 0.0).count() as f64;
             Ok((loss, r.reward_mean, ties / r.labels.len() as f64))
         })?;
         tr.extra.push((ExactF64(reward_mean), ExactF64(ties)));
-        tr.record(loss, &lora_vars, &opt)?;
+        tr.record(loss, lora_vars, opt)?;
     }
     let log = std::mem::take(&mut tr.extra);
     tr.finish(cx, "d3po")?;
@@ -196,9 +222,7 @@ fn run(cx: &mut StageContext) -> Result<()> {
             log.iter().map(|l| l.1.0).sum::<f64>() / log.len() as f64,
         );
     }
-    let path = cx.out_dir().join("lora.safetensors");
-    o.unet.save_lora(&path).at(&path)?;
-    Ok(())
+    source.save_lora(&cx.out_dir().join("lora.safetensors"))
 }
 
 #[cfg(test)]

@@ -5,18 +5,23 @@
 //! rewards into advantages per prompt (DDPO's tracker: the prompt's last `buffer` rewards once
 //! it has `min_count`, the whole batch before), and trains every transition with the PPO-clipped
 //! ratio against the policy that sampled it: `spo_methods::ddpo`.
+//!
+//! Given a diffusers pipeline (a `hub` cell), a `prompts` cell and PickScore's released folder
+//! instead of the in-world inputs, the same rounds run in the VAE's latent space with PickScore
+//! on the decoded images as the reward (`crate::online`).
 
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Tensor};
+use candle_nn::VarMap;
 use spo_core::{ParamSpec, StageContext, StageError, StageKind};
 use spo_methods::ddpo::{PerPromptStats, Ppo};
 use spo_nn::{AdamW, SeededRng};
 
 use crate::checkpoint::ExactF64;
-use crate::error::{At, Result};
-use crate::inworld::{Conditioning, on_cores};
-use crate::online::{self, Policy};
+use crate::error::Result;
+use crate::inworld::on_cores;
+use crate::online::{self, Models, Policy};
 use crate::training::Trainer;
 use spo_methods::online::Chains;
 use spo_methods::spo::Denoiser;
@@ -67,7 +72,7 @@ impl StageKind for Ddpo {
         2
     }
     fn summary(&self) -> &'static str {
-        "DDPO fine-tuning with LoRA: PPO-clipped policy gradient on the PickScore analogue's reward, advantages per prompt (needs world, clip-pretrain, base-pretrain, pickscore-train)"
+        "DDPO fine-tuning with LoRA: PPO-clipped policy gradient on the PickScore analogue's reward, advantages per prompt (needs world, clip-pretrain, base-pretrain, pickscore-train; on real weights: a hub pipeline, prompts and PickScore's folder)"
     }
     fn params(&self) -> Vec<ParamSpec> {
         DdpoParams::specs()
@@ -91,10 +96,10 @@ struct DdpoState {
 /// Trains every recorded transition once, in a random order, `train_batch` at a time; returns
 /// the mean loss.
 #[allow(clippy::too_many_arguments)]
-fn train_round(
-    m: &Policy,
+fn train_round<D: Denoiser>(
+    m: &Policy<D>,
     p: &DdpoParams,
-    cond: &Conditioning,
+    cond: &D::Prompts,
     chains: &Chains,
     advantages: &[f64],
     opt: &mut AdamW,
@@ -111,7 +116,7 @@ fn train_round(
         let lp = m.log_probs(cond, chains, chunk, true)?;
         let sampled = chains.gather(chunk, |s| &s.logp)?;
         let adv: Vec<f32> = chunk.iter().map(|&(_, i)| advantages[i] as f32).collect();
-        let adv = Tensor::from_vec(adv, c, m.den.dev)?;
+        let adv = Tensor::from_vec(adv, c, m.den.device())?;
         let loss = ppo.loss(&lp, &sampled, &adv)?;
         opt.step(&loss.backward()?)?;
         sum += loss.to_scalar::<f32>()? as f64 * c as f64;
@@ -124,18 +129,35 @@ fn train_round(
 fn run(cx: &mut StageContext) -> Result<()> {
     let p = DdpoParams::from_params(cx.params())?;
     let seed = cx.seed().unwrap_or(0);
-    let (o, mut lora_vars, mut opt) = online::setup(cx, p.rank, seed, p.lr, p.steps, p.eta)?;
-    let policy = o.policy(p.cfg);
+    let (models, mut lora_vars, mut opt) = online::setup(cx, p.rank, seed, p.lr, p.steps, p.eta)?;
+    let pool = models.pool();
+    let state = (&mut lora_vars, &mut opt);
+    match &models {
+        Models::World(o) => train(cx, &p, seed, &o.policy(p.cfg), &pool, &models, state),
+        Models::Real(o) => train(cx, &p, seed, &o.policy(p.cfg), &pool, &models, state),
+    }
+}
+
+/// The rounds of a cell, checkpointed; then the metrics and the LoRA.
+fn train<D: Denoiser + Sync>(
+    cx: &mut StageContext,
+    p: &DdpoParams,
+    seed: u64,
+    policy: &Policy<D>,
+    pool: &[&str],
+    source: &Models,
+    (lora_vars, opt): (&mut VarMap, &mut AdamW),
+) -> Result<()> {
     let mut tr: Trainer<DdpoState> = Trainer::start(
         cx,
         "ddpo",
         p.rounds,
         p.checkpoint_every,
         seed,
-        &mut lora_vars,
-        &mut opt,
+        lora_vars,
+        opt,
     )?;
-    tr.keep_snapshots(p.snapshots, |path| o.unet.save_lora(path).at(path));
+    tr.keep_snapshots(p.snapshots, |path| source.save_lora(path));
     let mut stats = PerPromptStats::with_buffers(
         p.buffer,
         p.min_count,
@@ -147,19 +169,20 @@ fn run(cx: &mut StageContext) -> Result<()> {
     while tr.step < p.rounds {
         let texts: Vec<&str> = tr
             .rng
-            .indices(p.prompts, o.world.train.len())
+            .indices(p.prompts, pool.len())
             .into_iter()
-            .flat_map(|i| std::iter::repeat_n(o.world.train[i].text.as_str(), p.per_prompt))
+            .flat_map(|i| std::iter::repeat_n(pool[i], p.per_prompt))
             .collect();
         let rng = &mut tr.rng;
         let (loss, reward_mean) = on_cores(cx.threads(), || {
-            let cond = o.text.conditioning(&texts, &o.dev)?;
+            let cond = policy.den.encode(&texts)?;
             let size = policy.den.sample_size();
-            let x_t = rng.normal((texts.len(), 3, size, size), 0.0, 1.0, DType::F32, &o.dev)?;
+            let shape = (texts.len(), policy.den.channels(), size, size);
+            let x_t = rng.normal(shape, 0.0, 1.0, DType::F32, policy.den.device())?;
             let (chains, images) = policy.roll_out(&cond, x_t, rng)?;
             let rewards = policy.rewards(&images, &texts)?;
             let advantages = stats.advantages(&texts, &rewards);
-            let loss = train_round(&policy, &p, &cond, &chains, &advantages, &mut opt, rng)?;
+            let loss = train_round(policy, p, &cond, &chains, &advantages, opt, rng)?;
             Ok((loss, rewards.iter().sum::<f64>() / rewards.len() as f64))
         })?;
         tr.extra.rewards.push(ExactF64(reward_mean));
@@ -167,7 +190,7 @@ fn run(cx: &mut StageContext) -> Result<()> {
             .buffers()
             .map(|(k, v)| (k.to_owned(), v.into_iter().map(ExactF64).collect()))
             .collect();
-        tr.record(loss, &lora_vars, &opt)?;
+        tr.record(loss, lora_vars, opt)?;
     }
     let rewards = std::mem::take(&mut tr.extra.rewards);
     tr.finish(cx, "ddpo")?;
@@ -175,7 +198,5 @@ fn run(cx: &mut StageContext) -> Result<()> {
         cx.metric("reward_first_round", first.0);
         cx.metric("reward_last_round", last.0);
     }
-    let path = cx.out_dir().join("lora.safetensors");
-    o.unet.save_lora(&path).at(&path)?;
-    Ok(())
+    source.save_lora(&cx.out_dir().join("lora.safetensors"))
 }

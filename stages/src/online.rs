@@ -1,25 +1,37 @@
-//! What the online methods share (D3PO, DDPO): their inputs loaded, the LoRA policy with CFG
-//! handed to the library's rollouts (`spo_methods::online`: every transition recorded with its
-//! log-probability, re-scored under the policy or the frozen reference), and the final images
-//! rewarded with the in-world PickScore analogue.
+//! What the online methods share (D3PO, DDPO): their inputs loaded — the in-world models, or a
+//! real pipeline (a `hub` cell with model_index.json), its prompts and a released PickScore as
+//! reward — the LoRA policy with CFG handed to the library's rollouts (`spo_methods::online`:
+//! every transition recorded with its log-probability, re-scored under the policy or the frozen
+//! reference), and the final images rewarded.
 
-use candle_core::{Device, Tensor};
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use image::RgbImage;
+use spo_clip::{Metric, ScoreOptions, Scorer};
 use spo_core::{StageContext, StageError};
-use spo_diffusion::{Ddim, NoiseSchedule, SchedulerConfig, UNet2DConditionModel};
+use spo_diffusion::{Ddim, LoraConfig, NoiseSchedule, SchedulerConfig, UNet2DConditionModel};
 use spo_methods::online::{self, Chains};
-use spo_nn::{AdamW, SeededRng};
+use spo_methods::spo::Denoiser;
+use spo_nn::{AdamW, AdamWConfig, SeededRng, named_vars};
+use spo_sd::{SdPolicy, StableDiffusion};
 
 use crate::clip_train::WorldClip;
-use crate::error::Result;
-use crate::inworld::{Conditioning, GuidedUnet, InWorldClip, device, lora_policy};
+use crate::error::{At, Result};
+use crate::inworld::{GuidedUnet, InWorldClip, device, lora_policy};
 use crate::score::pickscores;
-use crate::tensors::tensor_to_images;
+use crate::sd_sample::{pipeline_input, read_prompt_texts};
+use crate::tensors::{tensor_to_images, unit_tensor_to_images};
 use crate::worlddata::WorldData;
 
-/// What an online method's cell samples and rewards with: its inputs loaded, the LoRA policy's
-/// model and the sampler.
+/// An online method's models: in the emoji world, or a real diffusers pipeline.
+pub(crate) enum Models {
+    World(Box<Online>),
+    Real(Box<RealOnline>),
+}
+
+/// The in-world models: world, text encoder, the PickScore analogue as reward, the LoRA base.
 pub(crate) struct Online {
     pub world: WorldData,
     pub text: InWorldClip,
@@ -29,9 +41,35 @@ pub(crate) struct Online {
     pub dev: Device,
 }
 
+/// A real pipeline with its LoRA, the prompts of a `prompts` cell, a released PickScore.
+pub(crate) struct RealOnline {
+    pub sd: StableDiffusion,
+    pub prompts: Vec<String>,
+    pub reward: Scorer,
+    pub ddim: Ddim,
+}
+
+impl Models {
+    /// The training prompts a round draws from.
+    pub fn pool(&self) -> Vec<&str> {
+        match self {
+            Models::World(o) => o.world.train.iter().map(|p| p.text.as_str()).collect(),
+            Models::Real(o) => o.prompts.iter().map(String::as_str).collect(),
+        }
+    }
+
+    /// Saves the policy's LoRA at `path`.
+    pub fn save_lora(&self, path: &Path) -> Result<()> {
+        match self {
+            Models::World(o) => o.unet.save_lora(path).at(path),
+            Models::Real(o) => o.sd.unet().save_lora(path).at(path),
+        }
+    }
+}
+
 impl Online {
     /// The models as the rollout and training helpers take them, guided at `cfg`.
-    pub fn policy(&self, cfg: f64) -> Policy<'_> {
+    pub fn policy(&self, cfg: f64) -> Policy<'_, GuidedUnet<'_>> {
         Policy {
             den: GuidedUnet {
                 unet: &self.unet,
@@ -40,15 +78,27 @@ impl Online {
                 dev: &self.dev,
             },
             ddim: &self.ddim,
-            reward: &self.reward,
+            reward: Reward::World(&self.reward),
         }
     }
 }
 
-/// Loads an online method's inputs (world, clip-pretrain, base-pretrain, pickscore-train) and
-/// builds its LoRA policy (rank, seed, learning rate; weight decay 1e-4, as SPO's) and a DDIM
-/// sampler of `steps` steps and stochasticity `eta`; the adapters' var map and their optimizer
-/// come apart, for the trainer to checkpoint.
+impl RealOnline {
+    /// The models as the rollout and training helpers take them, guided at `cfg`.
+    pub fn policy(&self, cfg: f64) -> Policy<'_, SdPolicy<'_>> {
+        Policy {
+            den: SdPolicy { sd: &self.sd, cfg },
+            ddim: &self.ddim,
+            reward: Reward::Real(&self.sd, &self.reward),
+        }
+    }
+}
+
+/// Loads an online method's inputs and builds its LoRA policy (rank, seed, learning rate;
+/// weight decay 1e-4, as SPO's) and a DDIM sampler of `steps` steps and stochasticity `eta`; the
+/// adapters' var map and their optimizer come apart, for the trainer to checkpoint. In the
+/// world: world, clip-pretrain, base-pretrain, pickscore-train. On real weights: a pipeline
+/// (`hub`), a `prompts` cell and PickScore's released folder (config.json + weights).
 pub(crate) fn setup(
     cx: &StageContext,
     rank: usize,
@@ -56,7 +106,14 @@ pub(crate) fn setup(
     lr: f64,
     steps: usize,
     eta: f64,
-) -> Result<(Online, VarMap, AdamW)> {
+) -> Result<(Models, VarMap, AdamW)> {
+    if cx
+        .inputs()
+        .iter()
+        .any(|i| i.file("model_index.json").is_ok())
+    {
+        return setup_real(cx, rank, seed, lr, steps, eta);
+    }
     let dev = device();
     let world = WorldData::load(cx.input_of_kind("world")?)?;
     let text = InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?;
@@ -91,37 +148,110 @@ pub(crate) fn setup(
         ddim,
         dev,
     };
-    Ok((online, lora_vars, opt))
+    Ok((Models::World(Box::new(online)), lora_vars, opt))
+}
+
+fn setup_real(
+    cx: &StageContext,
+    rank: usize,
+    seed: u64,
+    lr: f64,
+    steps: usize,
+    eta: f64,
+) -> Result<(Models, VarMap, AdamW)> {
+    let dev = device();
+    let pipeline = pipeline_input(cx, cx.stage())?.clone();
+    let prompts_path = cx.input_of_kind("prompts")?.file("prompts.parquet")?;
+    let prompts = read_prompt_texts(&prompts_path)?;
+    if prompts.is_empty() {
+        return Err(StageError::Failed(format!("{}: no prompts", prompts_path.display())).into());
+    }
+    let reward_dir = cx
+        .inputs()
+        .iter()
+        .filter(|i| i.dir != pipeline.dir && i.kind != "prompts")
+        .find(|i| i.file("config.json").is_ok())
+        .map(|i| i.dir.clone())
+        .ok_or_else(|| StageError::Input {
+            need: "pickscore".into(),
+            message: format!(
+                "stage `{}` needs the reward model: a `hub` stage of PickScore's folder (config.json and its weights)",
+                cx.stage()
+            ),
+        })?;
+    let reward = Scorer::load(
+        Metric::PickScore,
+        &reward_dir,
+        &ScoreOptions::default(),
+        &dev,
+    )
+    .at(&reward_dir)?;
+    let mut sd = StableDiffusion::open(&pipeline.dir, DType::F32, &dev)?;
+    let lora_vars = VarMap::new();
+    sd.add_trainable_lora(&LoraConfig::spo(rank), &lora_vars, seed)?;
+    let opt = AdamW::new(
+        named_vars(&lora_vars)?,
+        AdamWConfig {
+            lr,
+            weight_decay: 1e-4,
+            ..Default::default()
+        },
+    )?;
+    let ddim = Ddim::new(NoiseSchedule::new(sd.scheduler().clone())?, steps, eta)?;
+    let real = RealOnline {
+        sd,
+        prompts,
+        reward,
+        ddim,
+    };
+    Ok((Models::Real(Box::new(real)), lora_vars, opt))
+}
+
+/// What rewards a rollout's final samples.
+pub(crate) enum Reward<'a> {
+    /// The in-world PickScore analogue on the pixels.
+    World(&'a WorldClip),
+    /// A released PickScore on the VAE-decoded latents.
+    Real(&'a StableDiffusion, &'a Scorer),
 }
 
 /// The models an online method samples, rewards and trains with.
-pub(crate) struct Policy<'a> {
-    pub den: GuidedUnet<'a>,
+pub(crate) struct Policy<'a, D> {
+    pub den: D,
     pub ddim: &'a Ddim,
-    pub reward: &'a WorldClip,
+    pub reward: Reward<'a>,
 }
 
-impl Policy<'_> {
+impl<D: Denoiser> Policy<'_, D> {
     /// Rolls the chains starting at `x_t` (one row per prompt of `cond`) out
     /// ([`spo_methods::online::roll_out`]); the chains and their final images.
     pub fn roll_out(
         &self,
-        cond: &Conditioning,
+        cond: &D::Prompts,
         x: Tensor,
         rng: &mut SeededRng,
     ) -> Result<(Chains, Vec<RgbImage>)> {
         let chains = online::roll_out(&self.den, self.ddim, cond, x, rng)?;
-        let images = tensor_to_images(&chains.last.clamp(-1f32, 1f32)?)?;
+        let images = match self.reward {
+            Reward::World(_) => tensor_to_images(&chains.last.clamp(-1f32, 1f32)?)?,
+            Reward::Real(sd, _) => unit_tensor_to_images(&sd.decode(&chains.last)?)?,
+        };
         Ok((chains, images))
     }
 
-    /// The PickScore analogue of each image with its prompt: the online methods' reward.
-    /// A reward that is not a number (weights holding a NaN, say) is an error naming the prompt.
+    /// The reward of each image with its prompt. A reward that is not a number (weights
+    /// holding a NaN, say) is an error naming the prompt.
     pub fn rewards(&self, images: &[RgbImage], texts: &[&str]) -> Result<Vec<f64>> {
-        let rewards = pickscores(self.reward, &images.iter().collect::<Vec<_>>(), texts)?;
+        let (rewards, name) = match self.reward {
+            Reward::World(clip) => (
+                pickscores(clip, &images.iter().collect::<Vec<_>>(), texts)?,
+                "the PickScore analogue",
+            ),
+            Reward::Real(_, scorer) => (scorer.score(images, texts)?, "PickScore"),
+        };
         if let Some((r, text)) = rewards.iter().zip(texts).find(|(r, _)| !r.is_finite()) {
             return Err(StageError::Failed(format!(
-                "the reward model (the PickScore analogue) gave {r} for the prompt \"{text}\"; \
+                "the reward model ({name}) gave {r} for the prompt \"{text}\"; \
                  nothing was stored (are its weights intact?)"
             ))
             .into());
@@ -133,7 +263,7 @@ impl Policy<'_> {
     /// frozen reference ([`spo_methods::online::log_probs`]).
     pub fn log_probs(
         &self,
-        cond: &Conditioning,
+        cond: &D::Prompts,
         chains: &Chains,
         rows: &[(usize, usize)],
         policy: bool,

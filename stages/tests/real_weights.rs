@@ -68,6 +68,8 @@ fn registry() -> Registry {
         Box::new(spo_stages::sd_sample::SdSample),
         Box::new(spo_stages::sd_score::SdScore),
         Box::new(spo_stages::sd_spo::SdSpo),
+        Box::new(spo_stages::d3po::D3po),
+        Box::new(spo_stages::ddpo::Ddpo),
     ])
 }
 
@@ -527,4 +529,67 @@ fn an_sdxl_pipeline_samples_through_the_same_stage() {
         assert_eq!(im.dimensions(), (16, 16));
     }
     assert_eq!(runs[0], runs[1], "byte-identical in another store");
+}
+
+/// D3PO and DDPO on real weights: the same kinds as in the world, given a pipeline, prompts and
+/// PickScore's released folder as the reward; each trains a LoRA that `sd-sample` then uses,
+/// byte-identically in another store.
+#[test]
+fn d3po_and_ddpo_train_on_a_hub_pipeline_with_pickscore_as_reward() {
+    let base = hub();
+    let files = repo("org/sd15");
+    let mut text = pipeline(base, "org/sd15", &files, "steps = 3, per_prompt = 1")
+        .replace("seeds = [0, 1]", "seeds = [0]")
+        + &hub_stage("pickscore-weights", "org/pickscore", &repo("org/pickscore"));
+    for kind in ["d3po", "ddpo"] {
+        text += &format!(
+            "[stage.{kind}]\nkind = \"{kind}\"\nneeds = [\"sd15\", \"prompts\", \"pickscore-weights\"]\n\
+             params = {{ rounds = 2, prompts = 2, steps = 3, train_batch = 4, lr = 1e-3, snapshots = 0 }}\n\
+             [stage.samples-{kind}]\nkind = \"sd-sample\"\nneeds = [\"sd15\", \"prompts\", \"{kind}\"]\n\
+             params = {{ steps = 3, per_prompt = 1 }}\n"
+        );
+    }
+    let loras = |store: &Store| -> Vec<Vec<u8>> {
+        let mut out: Vec<Vec<u8>> = store
+            .keys()
+            .unwrap()
+            .into_iter()
+            .map(|k| store.cell_dir(&k))
+            .filter(|c| c.join("lora.safetensors").is_file())
+            .map(|c| {
+                let m = spo_core::Manifest::read(&c).unwrap();
+                let first = m.metrics["reward_first_round"];
+                assert!(first.is_finite(), "{:?}", m.metrics);
+                std::fs::read(c.join("lora.safetensors")).unwrap()
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(run_pipeline(&store, &text), vec![]);
+    let first = loras(&store);
+    assert_eq!(first.len(), 2, "a LoRA from each method");
+    let tables = sample_tables(&store);
+    assert_eq!(tables.len(), 3, "the base's samples and each method's");
+    let mut sets: Vec<Vec<Vec<u8>>> = tables.iter().map(images).collect();
+    sets.dedup();
+    assert_eq!(sets.len(), 3, "each LoRA changes the images");
+
+    let dir2 = tempfile::tempdir().unwrap();
+    let store2 = Store::open(dir2.path()).unwrap();
+    assert_eq!(run_pipeline(&store2, &text), vec![]);
+    assert_eq!(loras(&store2), first, "byte-identical in another store");
+
+    // Without the reward model among its needs, each says what it needs.
+    let no_reward = text.replace(", \"pickscore-weights\"]", "]");
+    let failed = run_pipeline(&store2, &no_reward);
+    assert!(
+        !failed.is_empty()
+            && failed
+                .iter()
+                .all(|(_, m)| m.contains("needs the reward model")),
+        "{failed:?}"
+    );
 }
