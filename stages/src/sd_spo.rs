@@ -6,6 +6,9 @@
 //! as the in-world `spo` (`crate::spo::run_rounds`). Writes `lora.safetensors` (diffusers
 //! loads it), `rounds.parquet`, the loss log and snapshots.
 //!
+//! `sd-gradspo` is GradSPO on the same footing (`crate::gradspo`'s moving-average rollout policy
+//! and noise-target score).
+//!
 //! The SPM comes from two inputs or one: the released checkpoint (`spm_file`, e.g. from
 //! `SPO-Diffusion-Models/Step-Aware_Preference_Models`) and its parent's architecture, an HF
 //! CLIP `config.json` (PickScore_v1's).
@@ -24,6 +27,7 @@ use spo_nn::{AdamW, AdamWConfig, named_vars};
 use spo_sd::{SdPolicy, SpmJudge, StableDiffusion};
 
 use crate::error::{At, Result};
+use crate::gradspo::{Ema, GradSpo, GradSpoParams};
 use crate::inworld::device;
 use crate::sd_sample::{pipeline_input, read_prompt_texts};
 use crate::spo::{Continuation, PairChoice, Rounds, run_rounds};
@@ -95,7 +99,39 @@ impl StageKind for SdSpo {
         true
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
-        Ok(run(cx)?)
+        Ok(train(cx, None)?)
+    }
+}
+
+/// The `sd-gradspo` stage kind: GradSPO on real weights (`crate::gradspo`'s moving-average
+/// rollout policy and noise-target score, around `sd-spo`'s round).
+pub struct SdGradSpo;
+
+impl StageKind for SdGradSpo {
+    fn name(&self) -> &'static str {
+        "sd-gradspo"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn summary(&self) -> &'static str {
+        "GradSPO with LoRA on a diffusers pipeline in latent space (needs what sd-spo needs)"
+    }
+    fn params(&self) -> Vec<ParamSpec> {
+        let mut p = SdSpoParams::specs();
+        p.extend(GradSpoParams::specs());
+        p
+    }
+    fn seeded(&self) -> bool {
+        true
+    }
+    fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
+        let g = GradSpoParams::from_params(cx.params())?;
+        let settings = GradSpo {
+            ema_decay: g.ema_decay,
+            grad_scale: g.grad_scale,
+        };
+        Ok(train(cx, Some(settings))?)
     }
 }
 
@@ -135,8 +171,19 @@ fn spm_files(cx: &StageContext, pipeline: &Input, file: &str) -> Result<(PathBuf
     Ok((weights, config))
 }
 
-fn run(cx: &mut StageContext) -> Result<()> {
+/// Computes one cell of `sd-spo`, or of `sd-gradspo` with its settings.
+fn train(cx: &mut StageContext, gradspo: Option<GradSpo>) -> Result<()> {
     let p = SdSpoParams::from_params(cx.params())?;
+    if gradspo.is_some() && p.j != 1 {
+        return Err(StageError::param(
+            "j",
+            format!(
+                "GradSPO's target is defined for j = 1 (SPO), not j = {}",
+                p.j
+            ),
+        )
+        .into());
+    }
     let dev = device();
     let seed = cx.seed().unwrap_or(0);
     let pipeline = pipeline_input(cx, cx.stage())?.clone();
@@ -178,7 +225,16 @@ fn run(cx: &mut StageContext) -> Result<()> {
         train_batch: p.train_batch,
         accumulate: p.accumulate,
         epochs: p.epochs,
-        gradspo_scale: None,
+        gradspo_scale: gradspo.map(|g| g.grad_scale),
+    };
+    // GradSPO rolls out with a moving average of the policy, checkpointed with it
+    let ema = gradspo
+        .map(|g| Ema::attach(&lora_vars, g.ema_decay))
+        .transpose()?;
+    let name = if gradspo.is_some() {
+        "sd-gradspo"
+    } else {
+        "sd-spo"
     };
     let den = SdPolicy {
         sd: &sd,
@@ -192,7 +248,7 @@ fn run(cx: &mut StageContext) -> Result<()> {
     let pool: Vec<&str> = prompts.iter().map(String::as_str).collect();
     let save_lora = |path: &Path| sd.unet().save_lora(path).at(path);
     let rounds = Rounds {
-        name: "sd-spo",
+        name,
         rounds: p.rounds,
         prompts: p.prompts,
         checkpoint_every: p.checkpoint_every,
@@ -205,7 +261,7 @@ fn run(cx: &mut StageContext) -> Result<()> {
         &pool,
         (&den, &judge),
         (&ddim, &cfg),
-        None,
+        ema,
         (&mut lora_vars, &mut opt),
         &save_lora,
     )

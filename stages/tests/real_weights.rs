@@ -68,6 +68,7 @@ fn registry() -> Registry {
         Box::new(spo_stages::sd_sample::SdSample),
         Box::new(spo_stages::sd_score::SdScore),
         Box::new(spo_stages::sd_spo::SdSpo),
+        Box::new(spo_stages::sd_spo::SdGradSpo),
         Box::new(spo_stages::d3po::D3po),
         Box::new(spo_stages::ddpo::Ddpo),
     ])
@@ -590,6 +591,54 @@ fn d3po_and_ddpo_train_on_a_hub_pipeline_with_pickscore_as_reward() {
             && failed
                 .iter()
                 .all(|(_, m)| m.contains("needs the reward model")),
+        "{failed:?}"
+    );
+}
+
+/// GradSPO on real weights: `sd-gradspo` trains with its moving-average rollout policy and
+/// noise targets on the same inputs as `sd-spo`, into another LoRA than SPO's from the same
+/// seed; MSPO's j > 1 is refused by name.
+#[test]
+fn sd_gradspo_trains_another_lora_than_sd_spo_and_refuses_mspo() {
+    let base = hub();
+    let params = "spm_file = \"spm_tiny.bin\", k = 2, steps = 4, rounds = 2, prompts = 2, train_batch = 2, accumulate = 1, lr = 1e-3, snapshots = 0";
+    let mut text = pipeline(base, "org/sd15", &repo("org/sd15"), "steps = 3")
+        .replace("seeds = [0, 1]", "seeds = [0]")
+        + &hub_stage("spm-weights", "org/spm", &repo("org/spm"))
+        + &hub_stage("pickscore-weights", "org/pickscore", &repo("org/pickscore"));
+    for kind in ["sd-spo", "sd-gradspo"] {
+        text += &format!(
+            "[stage.{kind}-run]\nkind = \"{kind}\"\nneeds = [\"sd15\", \"prompts\", \"spm-weights\", \"pickscore-weights\"]\nparams = {{ {params} }}\n"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(run_pipeline(&store, &text), vec![]);
+    let mut loras = Vec::new();
+    for key in store.keys().unwrap() {
+        let cell = store.cell_dir(&key);
+        if cell.join("rounds.parquet").is_file() {
+            let m = spo_core::Manifest::read(&cell).unwrap();
+            assert!(
+                m.metrics["pairs"] > 0.0 && m.metrics["ratio_deviation"] > 0.0,
+                "{:?}",
+                m.metrics
+            );
+            loras.push(std::fs::read(cell.join("lora.safetensors")).unwrap());
+        }
+    }
+    assert_eq!(loras.len(), 2);
+    assert_ne!(loras[0], loras[1], "GradSPO's objective is not SPO's");
+
+    let mspo = text.replace(
+        &format!("{{ {params} }}\n",),
+        &format!("{{ {params}, j = 2 }}\n"),
+    );
+    let failed = run_pipeline(&store, &mspo);
+    assert!(
+        failed.iter().any(|(s, m)| s.starts_with("sd-gradspo")
+            && m.contains("j = 1")
+            && m.contains("j = 2")),
         "{failed:?}"
     );
 }
