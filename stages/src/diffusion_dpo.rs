@@ -9,12 +9,22 @@
 //! (the LoRA switched off) more than the loser's (`spo_methods::diffusion_dpo::loss`); MaPO
 //! lowers the winner's error and widens the margin between the two errors' log-odds
 //! (`spo_methods::mapo::Mapo`). No guidance in training, as the references.
+//!
+//! Given a diffusers pipeline (a `hub` cell) and pairs in Pick-a-Pic's schema (a `pickapic`
+//! stage) instead of the in-world inputs, the same steps run on the VAE's latents of the pairs'
+//! images, resized and centre-cropped to the pipeline's size.
 
 use candle_core::{DType, Tensor};
+use candle_nn::VarMap;
+use image::RgbImage;
 use spo_core::{ParamSpec, StageContext, StageError, StageKind};
-use spo_diffusion::{NoiseSchedule, SchedulerConfig};
+use spo_diffusion::{
+    AddedConditioning, LoraConfig, NoiseSchedule, SchedulerConfig, UNet2DConditionModel,
+};
 use spo_methods::mapo::Mapo;
 use spo_methods::{diffusion_dpo, per_sample_mse};
+use spo_nn::{AdamW, AdamWConfig, SeededRng, named_vars};
+use spo_sd::StableDiffusion;
 
 use crate::checkpoint::ExactF64;
 use crate::error::{At, Result};
@@ -61,7 +71,7 @@ impl StageKind for DiffusionDpo {
         2
     }
     fn summary(&self) -> &'static str {
-        "Diffusion-DPO fine-tuning with LoRA on the world's generic preference pairs (needs world, clip-pretrain, base-pretrain)"
+        "Diffusion-DPO fine-tuning with LoRA on the world's generic preference pairs (needs world, clip-pretrain, base-pretrain; on real weights: a hub pipeline and a pickapic stage)"
     }
     fn params(&self) -> Vec<ParamSpec> {
         DpoParams::specs()
@@ -126,7 +136,7 @@ impl StageKind for MapoTrain {
         2
     }
     fn summary(&self) -> &'static str {
-        "MaPO fine-tuning with LoRA on the world's generic preference pairs, reference-free (needs world, clip-pretrain, base-pretrain)"
+        "MaPO fine-tuning with LoRA on the world's generic preference pairs, reference-free (needs world, clip-pretrain, base-pretrain; on real weights: a hub pipeline and a pickapic stage)"
     }
     fn params(&self) -> Vec<ParamSpec> {
         MapoParams::specs()
@@ -233,19 +243,97 @@ fn ordered(pairs: Vec<Pair>) -> Vec<Pair> {
         .collect()
 }
 
-/// Trains one cell of an offline method.
-fn train(cx: &mut StageContext, p: &Offline, objective: Objective) -> Result<()> {
+/// The model an offline method trains: the in-world base on pixels, or a real pipeline on the
+/// VAE's latents.
+enum Model {
+    World {
+        text: Box<InWorldClip>,
+        unet: Box<UNet2DConditionModel>,
+    },
+    Real(Box<StableDiffusion>),
+}
+
+impl Model {
+    fn unet(&self) -> &UNet2DConditionModel {
+        match self {
+            Model::World { unet, .. } => unet,
+            Model::Real(sd) => sd.unet(),
+        }
+    }
+
+    /// What the UNet denoises for `images`: the pixels in the world; on real weights the
+    /// images resized (bilinear, shortest side) and centre-cropped to the pipeline's size, in
+    /// [−1, 1], encoded by the VAE with its latent distribution sampled from `rng`.
+    fn x0(&self, images: &[&RgbImage], rng: &mut SeededRng) -> Result<Tensor> {
+        let dev = device();
+        match self {
+            Model::World { .. } => images_to_tensor(images, &dev),
+            Model::Real(sd) => {
+                let [h, w] = sd.image_size();
+                let fitted: Vec<RgbImage> = images
+                    .iter()
+                    .map(|im| fit(im, w as u32, h as u32))
+                    .collect();
+                let pixels = images_to_tensor(&fitted.iter().collect::<Vec<_>>(), &dev)?;
+                let [c, lh, lw] = sd.latent_shape();
+                let noise = rng.normal((images.len(), c, lh, lw), 0.0, 1.0, DType::F32, &dev)?;
+                Ok(sd.encode(&pixels, &noise)?)
+            }
+        }
+    }
+
+    /// The prompts' conditioning for the UNet, without guidance.
+    fn context(&self, texts: &[&str]) -> Result<(Tensor, Option<AddedConditioning>)> {
+        match self {
+            Model::World { text, .. } => Ok((text.context(texts, &device())?, None)),
+            Model::Real(sd) => Ok(sd.prompt_states(texts)?),
+        }
+    }
+}
+
+/// `im` resized so that it covers `w × h` (bilinear) and centre-cropped to it, as the
+/// Diffusion-DPO training script's `Resize` and `CenterCrop` prepare Pick-a-Pic's images.
+fn fit(im: &RgbImage, w: u32, h: u32) -> RgbImage {
+    let scale = (w as f64 / im.width() as f64).max(h as f64 / im.height() as f64);
+    let (rw, rh) = (
+        ((im.width() as f64 * scale).round() as u32).max(w),
+        ((im.height() as f64 * scale).round() as u32).max(h),
+    );
+    let resized = image::imageops::resize(im, rw, rh, image::imageops::FilterType::Triangle);
+    image::imageops::crop_imm(&resized, (rw - w) / 2, (rh - h) / 2, w, h).to_image()
+}
+
+/// Loads the pairs and the model of an offline method's cell: the world's pairs and in-world
+/// base, or — given a diffusers pipeline (a `hub` cell with model_index.json) — the pairs of a
+/// `pickapic` (or `world`) input and that pipeline.
+fn load(cx: &StageContext, p: &Offline, seed: u64) -> Result<(Vec<Pair>, Model, VarMap, AdamW)> {
     let dev = device();
-    let seed = cx.seed().unwrap_or(0);
-    let pairs = ordered(load_pairs(cx.input_of_kind("world")?, p.pairs)?);
+    let real = cx
+        .inputs()
+        .iter()
+        .any(|i| i.file("model_index.json").is_ok());
+    let pairs_input = if real {
+        cx.inputs()
+            .iter()
+            .find(|i| (i.kind == "pickapic" || i.kind == "world") && i.file("pairs.parquet").is_ok())
+            .ok_or_else(|| StageError::Input {
+                need: "pickapic".into(),
+                message: format!(
+                    "stage `{}` on real weights needs preference pairs: a `pickapic` stage (Pick-a-Pic's shards)",
+                    cx.stage()
+                ),
+            })?
+    } else {
+        cx.input_of_kind("world")?
+    };
+    let pairs = ordered(load_pairs(pairs_input, p.pairs)?);
     if pairs.is_empty() {
-        let world = cx.input_of_kind("world")?;
         return Err(StageError::Input {
-            need: world.stage.clone(),
+            need: pairs_input.stage.clone(),
             message: format!(
                 "{}: no pair with a preference (every pair a tie{}); a preference method \
                  has nothing to learn from",
-                world.file("pairs.parquet")?.display(),
+                pairs_input.file("pairs.parquet")?.display(),
                 if p.pairs > 0 {
                     format!(" among the first {} read: param `pairs`", p.pairs)
                 } else {
@@ -255,8 +343,23 @@ fn train(cx: &mut StageContext, p: &Offline, objective: Objective) -> Result<()>
         }
         .into());
     }
+    if real {
+        let pipeline = crate::sd_sample::pipeline_input(cx, cx.stage())?;
+        let mut sd = StableDiffusion::open(&pipeline.dir, DType::F32, &dev)?;
+        let lora_vars = VarMap::new();
+        sd.add_trainable_lora(&LoraConfig::spo(p.rank), &lora_vars, seed)?;
+        let opt = AdamW::new(
+            named_vars(&lora_vars)?,
+            AdamWConfig {
+                lr: p.lr,
+                weight_decay: 1e-2,
+                ..Default::default()
+            },
+        )?;
+        return Ok((pairs, Model::Real(Box::new(sd)), lora_vars, opt));
+    }
     let text = InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?;
-    let (unet, mut lora_vars, mut opt) = lora_policy(
+    let (unet, lora_vars, opt) = lora_policy(
         cx.input_of_kind("base-pretrain")?,
         p.rank,
         seed,
@@ -264,7 +367,23 @@ fn train(cx: &mut StageContext, p: &Offline, objective: Objective) -> Result<()>
         1e-2,
         &dev,
     )?;
-    let schedule = NoiseSchedule::new(SchedulerConfig::sd15())?;
+    let model = Model::World {
+        text: Box::new(text),
+        unet: Box::new(unet),
+    };
+    Ok((pairs, model, lora_vars, opt))
+}
+
+/// Trains one cell of an offline method.
+fn train(cx: &mut StageContext, p: &Offline, objective: Objective) -> Result<()> {
+    let dev = device();
+    let seed = cx.seed().unwrap_or(0);
+    let (pairs, model, mut lora_vars, mut opt) = load(cx, p, seed)?;
+    let unet = model.unet();
+    let schedule = match &model {
+        Model::World { .. } => NoiseSchedule::new(SchedulerConfig::sd15())?,
+        Model::Real(sd) => NoiseSchedule::new(sd.scheduler().clone())?,
+    };
     let train_steps = schedule.config().num_train_timesteps;
     let mut tr: Trainer<Vec<ExactF64>> = Trainer::start(
         cx,
@@ -305,7 +424,7 @@ fn train(cx: &mut StageContext, p: &Offline, objective: Objective) -> Result<()>
         let images: Vec<_> = (0..2)
             .flat_map(|side| chosen.iter().map(move |pair| &pair.images[side]))
             .collect();
-        let x0 = images_to_tensor(&images, &dev)?;
+        let x0 = model.x0(&images, rng)?;
         let noise = rng.normal(
             (b, x0.dim(1)?, x0.dim(2)?, x0.dim(3)?),
             0.0,
@@ -318,11 +437,18 @@ fn train(cx: &mut StageContext, p: &Offline, objective: Objective) -> Result<()>
         let ts = Tensor::from_vec([ts.clone(), ts].concat(), 2 * b, &dev)?;
         let xt = schedule.add_noise(&x0, &noise, &ts)?;
         let (loss, accuracy) = on_cores(cx.threads(), || {
-            let ctx = text.context(&texts, &dev)?;
+            let (ctx, added) = model.context(&texts)?;
             let ctx = Tensor::cat(&[&ctx, &ctx], 0)?;
+            let added = match added {
+                Some(a) => Some(AddedConditioning {
+                    text_embeds: Tensor::cat(&[&a.text_embeds, &a.text_embeds], 0)?,
+                    time_ids: Tensor::cat(&[&a.time_ids, &a.time_ids], 0)?,
+                }),
+                None => None,
+            };
             let error = |lora: bool| -> Result<Tensor> {
                 unet.set_lora_enabled(lora);
-                let pred = unet.forward(&xt, &ts, &ctx, None)?;
+                let pred = unet.forward(&xt, &ts, &ctx, added.as_ref())?;
                 let pred = if lora { pred } else { pred.detach() };
                 Ok(per_sample_mse(&pred, &noise)?)
             };

@@ -70,6 +70,9 @@ fn registry() -> Registry {
         Box::new(spo_stages::sd_spo::SdSpo),
         Box::new(spo_stages::sd_spo::SdGradSpo),
         Box::new(spo_stages::d3po::D3po),
+        Box::new(spo_stages::world::WorldKind),
+        Box::new(spo_stages::diffusion_dpo::DiffusionDpo),
+        Box::new(spo_stages::diffusion_dpo::MapoTrain),
         Box::new(spo_stages::ddpo::Ddpo),
     ])
 }
@@ -639,6 +642,68 @@ fn sd_gradspo_trains_another_lora_than_sd_spo_and_refuses_mspo() {
         failed.iter().any(|(s, m)| s.starts_with("sd-gradspo")
             && m.contains("j = 1")
             && m.contains("j = 2")),
+        "{failed:?}"
+    );
+}
+
+/// Diffusion-DPO and MaPO on real weights: the same kinds, given a pipeline and preference
+/// pairs in Pick-a-Pic's schema (here the world's generic pairs, 32×32 renders resized to the
+/// pipeline's 16×16 and VAE-encoded); a LoRA each, each changing `sd-sample`'s images,
+/// byte-identical in another store; without pairs, an error saying what is needed.
+#[test]
+fn diffusion_dpo_and_mapo_train_on_a_hub_pipeline_from_pick_a_pic_pairs() {
+    let base = hub();
+    let mut text = pipeline(
+        base,
+        "org/sd15",
+        &repo("org/sd15"),
+        "steps = 3, per_prompt = 1",
+    )
+    .replace("seeds = [0, 1]", "seeds = [0]")
+        + "[stage.pairs]\nkind = \"world\"\nparams = { train_prompts = 8, validation_prompts = 2 }\n";
+    for kind in ["diffusion-dpo", "mapo"] {
+        text += &format!(
+            "[stage.{kind}]\nkind = \"{kind}\"\nneeds = [\"sd15\", \"pairs\"]\n\
+             params = {{ steps = 3, batch = 2, warmup = 0, lr = 1e-3, snapshots = 0 }}\n\
+             [stage.samples-{kind}]\nkind = \"sd-sample\"\nneeds = [\"sd15\", \"prompts\", \"{kind}\"]\n\
+             params = {{ steps = 3, per_prompt = 1 }}\n"
+        );
+    }
+    let loras = |store: &Store| -> Vec<Vec<u8>> {
+        let mut out: Vec<Vec<u8>> = store
+            .keys()
+            .unwrap()
+            .into_iter()
+            .map(|k| store.cell_dir(&k))
+            .filter(|c| c.join("lora.safetensors").is_file())
+            .map(|c| std::fs::read(c.join("lora.safetensors")).unwrap())
+            .collect();
+        out.sort();
+        out
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(run_pipeline(&store, &text), vec![]);
+    let first = loras(&store);
+    assert_eq!(first.len(), 2, "a LoRA from each method");
+    let mut sets: Vec<Vec<Vec<u8>>> = sample_tables(&store).iter().map(images).collect();
+    assert_eq!(sets.len(), 3, "the base's samples and each method's");
+    sets.sort();
+    sets.dedup();
+    assert_eq!(sets.len(), 3, "each LoRA changes the images");
+
+    let dir2 = tempfile::tempdir().unwrap();
+    let store2 = Store::open(dir2.path()).unwrap();
+    assert_eq!(run_pipeline(&store2, &text), vec![]);
+    assert_eq!(loras(&store2), first, "byte-identical in another store");
+
+    let no_pairs = text.replace("needs = [\"sd15\", \"pairs\"]", "needs = [\"sd15\"]");
+    let failed = run_pipeline(&store2, &no_pairs);
+    assert!(
+        !failed.is_empty()
+            && failed
+                .iter()
+                .all(|(_, m)| m.contains("needs preference pairs")),
         "{failed:?}"
     );
 }

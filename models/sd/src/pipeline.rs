@@ -82,6 +82,7 @@ pub struct StableDiffusion {
     scheduler: SchedulerConfig,
     latent: [usize; 3],
     image: [usize; 2],
+    dtype: DType,
     device: Device,
 }
 
@@ -128,6 +129,7 @@ impl StableDiffusion {
             unet,
             vae,
             scheduler: folder.scheduler_config()?,
+            dtype,
             device: device.clone(),
         })
     }
@@ -177,46 +179,60 @@ impl StableDiffusion {
     /// encoder's projected pooled state, and `add_time_ids` = (H, W, 0, 0, H, W) for both
     /// branches; the negative prompt's states are zeros where the folder forces them.
     pub fn conditioning(&self, prompts: &[&str]) -> Result<Conditioning> {
-        let empty = vec![""; prompts.len()];
+        let (cond, added) = self.prompt_states(prompts)?;
+        let (uncond, added_uncond) = match &added {
+            Some(a) if self.zero_uncond => (
+                cond.zeros_like()?,
+                Some(AddedConditioning {
+                    text_embeds: a.text_embeds.zeros_like()?,
+                    time_ids: a.time_ids.clone(),
+                }),
+            ),
+            _ => self.prompt_states(&vec![""; prompts.len()])?,
+        };
+        Ok(Conditioning {
+            cond,
+            uncond,
+            added: added.zip(added_uncond),
+        })
+    }
+
+    /// The states of `prompts` alone (no negative branch), as training without guidance takes
+    /// them: SD-1.5's last states; SDXL's penultimate states with its added conditioning.
+    pub fn prompt_states(&self, prompts: &[&str]) -> Result<(Tensor, Option<AddedConditioning>)> {
         if self.arch == Architecture::Sd15 {
-            return Ok(Conditioning {
-                cond: self.text[0].last_hidden_state(prompts)?,
-                uncond: self.text[0].last_hidden_state(&empty)?,
-                added: None,
-            });
+            return Ok((self.text[0].last_hidden_state(prompts)?, None));
         }
-        let xl = |texts: &[&str]| -> Result<(Tensor, Tensor)> {
-            let mut states = Vec::with_capacity(self.text.len());
-            let mut pooled = None;
-            for enc in &self.text {
-                let (s, p) = enc.penultimate_and_pooled(texts)?;
-                states.push(s);
-                pooled = Some(p);
-            }
-            let pooled = pooled.ok_or_else(|| candle_core::Error::Msg("no text encoder".into()))?;
-            Ok((Tensor::cat(&states, 2)?, pooled))
-        };
-        let (cond, pooled) = xl(prompts)?;
-        let (uncond, uncond_pooled) = if self.zero_uncond {
-            (cond.zeros_like()?, pooled.zeros_like()?)
-        } else {
-            xl(&empty)?
-        };
+        let mut states = Vec::with_capacity(self.text.len());
+        let mut pooled = None;
+        for enc in &self.text {
+            let (s, p) = enc.penultimate_and_pooled(prompts)?;
+            states.push(s);
+            pooled = Some(p);
+        }
+        let text_embeds =
+            pooled.ok_or_else(|| candle_core::Error::Msg("no text encoder".into()))?;
+        let cond = Tensor::cat(&states, 2)?;
         let [h, w] = self.image;
         let ids = [h as f32, w as f32, 0.0, 0.0, h as f32, w as f32];
         let time_ids = Tensor::new(&ids, &self.device)?
             .unsqueeze(0)?
             .repeat((prompts.len(), 1))?
             .to_dtype(cond.dtype())?;
-        let added = |text_embeds: Tensor| AddedConditioning {
-            text_embeds,
-            time_ids: time_ids.clone(),
-        };
-        Ok(Conditioning {
+        Ok((
             cond,
-            uncond,
-            added: Some((added(pooled), added(uncond_pooled))),
-        })
+            Some(AddedConditioning {
+                text_embeds,
+                time_ids,
+            }),
+        ))
+    }
+
+    /// Images `(b, 3, H, W)` in [−1, 1] → latents for the UNet: the VAE's latent distribution
+    /// sampled with `noise` (unit Gaussian, the latents' shape), times `scaling_factor`.
+    pub fn encode(&self, pixels: &Tensor, noise: &Tensor) -> Result<Tensor> {
+        let dist = self.vae.encode(&pixels.to_dtype(self.dtype)?)?;
+        Ok((dist.sample(noise)? * self.vae.config().scaling_factor)?)
     }
 
     /// Runs DDIM from `latents` (`(b, c, h, w)`, unit Gaussian: DDIM's initial sigma is 1) to
