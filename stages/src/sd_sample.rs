@@ -1,11 +1,11 @@
 //! `sd-sample`: images from an SD-1.5-shaped diffusers pipeline — a `hub` cell laid out like
-//! the repo — for the prompts of a `prompts` cell, with a LoRA when an input has
-//! `lora.safetensors` (an `sd-spo` cell): DDIM in the VAE's latent space with classifier-free
+//! the repo — for the prompts of a `prompts` cell, with a LoRA when an input holds one (an
+//! `sd-spo` cell's `lora.safetensors`, or a released LoRA's `pytorch_lora_weights.safetensors`): DDIM in the VAE's latent space with classifier-free
 //! guidance (the paper evaluates at 20 steps, CFG 5), N images per prompt, each from its own
 //! recorded seed. Writes `samples.parquet` (prompt_index, prompt, seed, image as
 //! PNG bytes) and a `grid.png` of the first images.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::{BinaryArray, Int64Array, StringArray};
@@ -91,6 +91,32 @@ pub fn pipeline_input<'a>(cx: &'a StageContext, stage: &str) -> Result<&'a Input
     }
 }
 
+/// The names a LoRA file has in an input: spo-pipe's training kinds write `lora.safetensors`;
+/// diffusers' `save_lora_weights` (the SPO authors' released LoRAs) `pytorch_lora_weights.safetensors`.
+pub const LORA_FILES: [&str; 2] = ["lora.safetensors", "pytorch_lora_weights.safetensors"];
+
+/// The LoRA among the inputs, if one holds one; two are ambiguous.
+fn lora_input(cx: &StageContext) -> Result<Option<PathBuf>> {
+    let mut found = cx.inputs().iter().filter_map(|i| {
+        LORA_FILES
+            .iter()
+            .find_map(|f| i.file(f).ok().map(|p| (i, p)))
+    });
+    match (found.next(), found.next()) {
+        (Some((a, _)), Some((b, _))) => Err(StageError::Input {
+            need: a.stage.clone(),
+            message: format!(
+                "ambiguous: both `{}` and `{}` hold a LoRA; `{}` samples with one",
+                a.stage,
+                b.stage,
+                cx.stage()
+            ),
+        }
+        .into()),
+        (one, _) => Ok(one.map(|(_, p)| p)),
+    }
+}
+
 /// One row of an `sd-sample` cell's `samples.parquet`.
 pub struct SdSampleRow {
     pub prompt_index: i64,
@@ -154,11 +180,7 @@ fn run(cx: &mut StageContext) -> Result<()> {
         return Err(StageError::Failed(format!("{}: no prompts", prompts_path.display())).into());
     }
     let mut sd = StableDiffusion::open(&model, DType::F32, &dev)?;
-    if let Some(lora) = cx
-        .inputs()
-        .iter()
-        .find_map(|i| i.file("lora.safetensors").ok())
-    {
+    if let Some(lora) = lora_input(cx)? {
         sd.unet_mut().load_lora(&lora).at(&lora)?;
     }
     let seed = cx.seed().unwrap_or(0);

@@ -240,6 +240,11 @@ fn repos() -> Vec<(&'static str, BTreeMap<String, Vec<u8>>)> {
         "spm_tiny.bin".to_owned(),
         std::fs::read(fixtures().join("clip/models/spm_tiny.bin")).unwrap(),
     )]);
+    // A LoRA as diffusers' save_lora_weights names it (the SPO authors' released LoRAs).
+    let released = BTreeMap::from([(
+        "pytorch_lora_weights.safetensors".to_owned(),
+        std::fs::read(fixtures().join("sd/sd15_tiny_spo_lora.safetensors")).unwrap(),
+    )]);
     let mut out = vec![
         ("org/sd15", files),
         ("org/xl", xl),
@@ -247,6 +252,7 @@ fn repos() -> Vec<(&'static str, BTreeMap<String, Vec<u8>>)> {
         ("org/vocab", vocab),
         ("org/spm", spm),
         ("org/sdxl", repo_files(&fixtures().join("sd/sdxl_tiny"))),
+        ("org/released-lora", released),
     ];
     for (repo, folder, _) in SCORERS {
         out.push((
@@ -704,6 +710,54 @@ fn diffusion_dpo_and_mapo_train_on_a_hub_pipeline_from_pick_a_pic_pairs() {
             && failed
                 .iter()
                 .all(|(_, m)| m.contains("needs preference pairs")),
+        "{failed:?}"
+    );
+}
+
+/// A released LoRA (diffusers' `pytorch_lora_weights.safetensors`, fetched by `hub`) evaluated
+/// without training: `sd-sample` samples with it, and the scores follow; with two LoRAs among
+/// its needs it refuses to guess.
+#[test]
+fn a_released_lora_from_the_hub_is_sampled_and_scored_without_training() {
+    let base = hub();
+    let text = pipeline(
+        base,
+        "org/sd15",
+        &repo("org/sd15"),
+        "steps = 3, per_prompt = 1",
+    )
+    .replace("seeds = [0, 1]", "seeds = [0]")
+        + &hub_stage("released", "org/released-lora", &repo("org/released-lora"))
+        + "[stage.samples-released]\nkind = \"sd-sample\"\nneeds = [\"sd15\", \"prompts\", \"released\"]\nparams = { steps = 3, per_prompt = 1 }\n"
+        + &hub_stage("pickscore-weights", "org/pickscore", &repo("org/pickscore"))
+        + "[stage.pickscore]\nkind = \"sd-score\"\nneeds = [\"samples-released\", \"pickscore-weights\"]\nparams = { metric = \"pickscore\" }\n";
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(run_pipeline(&store, &text), vec![]);
+    let tables = sample_tables(&store);
+    assert_eq!(tables.len(), 2);
+    assert_ne!(
+        images(&tables[0]),
+        images(&tables[1]),
+        "the LoRA changes the images"
+    );
+    assert_eq!(score_tables(&store, "pickscore").len(), 1);
+
+    let two = (text.clone()
+        + &hub_stage(
+            "released-2",
+            "org/released-lora",
+            &repo("org/released-lora"),
+        ))
+        .replace(
+            "needs = [\"sd15\", \"prompts\", \"released\"]",
+            "needs = [\"sd15\", \"prompts\", \"released\", \"released-2\"]",
+        );
+    let failed = run_pipeline(&store, &two);
+    assert!(
+        failed
+            .iter()
+            .any(|(_, m)| m.contains("ambiguous") && m.contains("hold a LoRA")),
         "{failed:?}"
     );
 }
