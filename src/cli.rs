@@ -200,6 +200,9 @@ pub enum Command {
         /// A dataset repository.
         #[arg(long)]
         dataset: bool,
+        /// Have the stage copy the files from this folder when it runs, not fetch them.
+        #[arg(long)]
+        local: bool,
     },
     /// Score images with a released scorer, outside any pipeline, into a Parquet of scores.
     Score {

@@ -133,6 +133,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             name,
             exclude,
             dataset,
+            local,
         } => {
             print!(
                 "{}",
@@ -143,6 +144,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     name: &name,
                     exclude: &exclude,
                     dataset,
+                    local,
                 })?
             );
             Ok(ExitCode::SUCCESS)

@@ -21,6 +21,8 @@ pub struct PinArgs<'a> {
     pub name: &'a str,
     pub exclude: &'a [String],
     pub dataset: bool,
+    /// Read the files from `dir` when the stage runs (`local`), not from the hub.
+    pub local: bool,
 }
 
 fn sha256_of(path: &Path) -> anyhow::Result<String> {
@@ -68,12 +70,17 @@ fn files(dir: &Path, exclude: &[String]) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
-fn toml_list(items: &[String], indent: &str) -> String {
-    let quoted: Vec<String> = items
+/// `s` as a TOML basic string, escaped as TOML escapes.
+fn quoted(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+fn toml_list(items: &[String]) -> String {
+    let lines: Vec<String> = items
         .iter()
-        .map(|s| format!("{indent}  {s:?},\n"))
+        .map(|s| format!("  {},\n", quoted(s)))
         .collect();
-    format!("[\n{}{indent}]", quoted.concat())
+    format!("[\n{}]", lines.concat())
 }
 
 /// The `[stage.NAME]` table pinning the files of `a.dir`.
@@ -99,6 +106,7 @@ pub fn stage_toml(a: &PinArgs) -> anyhow::Result<String> {
         } else {
             RepoType::Model
         },
+        local: String::new(),
     };
     checked(&params).map_err(|e| UsageError(e.to_string()))?;
     let repo_type = if a.dataset {
@@ -106,13 +114,24 @@ pub fn stage_toml(a: &PinArgs) -> anyhow::Result<String> {
     } else {
         ""
     };
+    let local = if a.local {
+        let dir =
+            std::path::absolute(a.dir).with_context(|| format!("resolving {}", a.dir.display()))?;
+        let dir = dir
+            .to_str()
+            .ok_or_else(|| UsageError(format!("{}: not a UTF-8 path", dir.display())))?
+            .to_owned();
+        format!("local = {}\n", quoted(&dir))
+    } else {
+        String::new()
+    };
     Ok(format!(
-        "[stage.{}]\nkind = \"hub\"\n[stage.{}.params]\nrepo = {:?}\nrevision = {:?}\n{repo_type}files = {}\nsha256 = {}\n",
+        "[stage.{}]\nkind = \"hub\"\n[stage.{}.params]\nrepo = {}\nrevision = {}\n{repo_type}{local}files = {}\nsha256 = {}\n",
         a.name,
         a.name,
-        a.repo,
-        a.revision,
-        toml_list(&files, ""),
-        toml_list(&sha256, ""),
+        quoted(a.repo),
+        quoted(a.revision),
+        toml_list(&files),
+        toml_list(&sha256),
     ))
 }

@@ -587,6 +587,32 @@ fn pin_writes_a_hub_stage_from_a_snapshot_folder() {
     let out = p.run(&["dag"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 
+    // With --local the stage copies the files from the folder when it runs (no hub needed),
+    // checked against the same digests; a file changed since pinning stores nothing.
+    let mut local_args = args.to_vec();
+    local_args.push("--local");
+    let out = bin().args(&local_args).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let local_stage = text(&out.stdout);
+    let p = Project::new(&local_stage);
+    let out = p.run(&["run"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stored: Vec<_> = support::walk(&p.path().join("runs/store"))
+        .into_iter()
+        .filter(|f| f.ends_with("unet/config.json"))
+        .collect();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(std::fs::read(&stored[0]).unwrap(), b"{\"in_channels\": 4}");
+    std::fs::write(snap.join("unet/config.json"), b"{\"in_channels\": 8}").unwrap();
+    let p = Project::new(&local_stage);
+    let out = p.run(&["run"]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = text(&out.stderr);
+    assert!(
+        e.contains("unet/config.json") && e.contains("sha256 mismatch"),
+        "{e}"
+    );
+
     let out = bin()
         .args(["pin", snap_arg, "--repo", "org/sd", "--revision", "main"])
         .output()

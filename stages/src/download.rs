@@ -113,7 +113,7 @@ fn local_path(url: &str) -> Option<PathBuf> {
     (!url.starts_with("http://") && !url.starts_with("https://")).then(|| PathBuf::from(url))
 }
 
-fn copy_hashing(src: &Path, dst: &Path) -> Result<(String, u64)> {
+pub(crate) fn copy_hashing(src: &Path, dst: &Path) -> Result<(String, u64)> {
     let mut input = File::open(src).map_err(|e| StageError::io(src, e))?;
     let mut out = File::create(dst).map_err(|e| StageError::io(dst, e))?;
     let mut h = Sha256::new();

@@ -6,13 +6,15 @@
 //! the repository (`unet/config.json`), so the cell is a folder laid out like the repo.
 //! `HF_ENDPOINT` (a mirror; default `https://huggingface.co`) and `HF_TOKEN` (for gated or
 //! private repos) are read as `huggingface_hub` reads them; neither enters the key, since the
-//! digests pin the bytes.
+//! digests pin the bytes. With `local`, the same files come from a local copy of the repo (a
+//! diffusers folder on disk, a hub-cache snapshot) and are checked against the same digests.
 
 use std::fs;
+use std::path::Path;
 
 use spo_core::{ParamSpec, StageContext, StageError, StageKind};
 
-use crate::download::{Fetched, fetch_resumable, pinned_digest};
+use crate::download::{Fetched, copy_hashing, fetch_resumable, pinned_digest};
 use crate::error::Result;
 
 spo_core::param_choice! {
@@ -36,6 +38,9 @@ spo_core::stage_params! {
         sha256: Vec<String> = str_list(&[]),
         /// a model or a dataset repository
         repo_type: RepoType = choice_of(RepoType::Model),
+        /// a local copy of the repo at `revision` (a diffusers folder, a hub-cache snapshot): the
+        /// files are copied from it, not fetched, and checked against the same digests
+        local: String = string(""),
     }
 }
 
@@ -76,7 +81,20 @@ impl StageKind for Hub {
                 p.revision
             );
             let part = cx.scratch_dir().join(format!("{i}.part"));
-            let (got, bytes) = match fetch_resumable(&url, token.as_deref(), &part, cx)? {
+            let fetched = if p.local.is_empty() {
+                fetch_resumable(&url, token.as_deref(), &part, cx)?
+            } else {
+                let src = Path::new(&p.local).join(file);
+                if !src.is_file() {
+                    return Err(StageError::Failed(format!(
+                        "{}@{}: {file}: not in the local copy `{}`; nothing was stored",
+                        p.repo, p.revision, p.local
+                    )));
+                }
+                let (sha256, bytes) = copy_hashing(&src, &part)?;
+                Fetched::Whole { sha256, bytes }
+            };
+            let (got, bytes) = match fetched {
                 Fetched::Whole { sha256, bytes } => (sha256, bytes),
                 Fetched::Refused(status) => {
                     return Err(refused(
