@@ -160,15 +160,38 @@ fn sample_tables(store: &Store) -> Vec<RecordBatch> {
     out
 }
 
+/// The committed cells whose manifest has metric `metric`, with their manifests.
+fn cells_with(store: &Store, metric: &str) -> Vec<(PathBuf, spo_core::Manifest)> {
+    store
+        .keys()
+        .unwrap()
+        .into_iter()
+        .map(|k| store.cell_dir(&k))
+        .filter_map(|c| {
+            let m = spo_core::Manifest::read(&c).unwrap();
+            m.metrics.contains_key(metric).then_some((c, m))
+        })
+        .collect()
+}
+
+/// The bytes of every committed `lora.safetensors`, sorted.
+fn loras(store: &Store) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = store
+        .keys()
+        .unwrap()
+        .into_iter()
+        .map(|k| store.cell_dir(&k).join("lora.safetensors"))
+        .filter(|f| f.is_file())
+        .map(|f| std::fs::read(f).unwrap())
+        .collect();
+    out.sort();
+    out
+}
+
 /// The `score` column of every committed cell whose manifest has metric `metric`.
 fn score_tables(store: &Store, metric: &str) -> Vec<Vec<f64>> {
     let mut out = Vec::new();
-    for key in store.keys().unwrap() {
-        let cell = store.cell_dir(&key);
-        let m = spo_core::Manifest::read(&cell).unwrap();
-        if !m.metrics.contains_key(metric) {
-            continue;
-        }
+    for (cell, m) in cells_with(store, metric) {
         let file = std::fs::File::open(cell.join("scores.parquet")).unwrap();
         let reader = ParquetRecordBatchReaderBuilder::try_new(file)
             .unwrap()
@@ -559,28 +582,18 @@ fn d3po_and_ddpo_train_on_a_hub_pipeline_with_pickscore_as_reward() {
              params = {{ steps = 3, per_prompt = 1 }}\n"
         );
     }
-    let loras = |store: &Store| -> Vec<Vec<u8>> {
-        let mut out: Vec<Vec<u8>> = store
-            .keys()
-            .unwrap()
-            .into_iter()
-            .map(|k| store.cell_dir(&k))
-            .filter(|c| c.join("lora.safetensors").is_file())
-            .map(|c| {
-                let m = spo_core::Manifest::read(&c).unwrap();
-                let first = m.metrics["reward_first_round"];
-                assert!(first.is_finite(), "{:?}", m.metrics);
-                std::fs::read(c.join("lora.safetensors")).unwrap()
-            })
-            .collect();
-        out.sort();
-        out
-    };
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(run_pipeline(&store, &text), vec![]);
     let first = loras(&store);
     assert_eq!(first.len(), 2, "a LoRA from each method");
+    for (_, m) in cells_with(&store, "reward_first_round") {
+        assert!(
+            m.metrics["reward_first_round"].is_finite(),
+            "{:?}",
+            m.metrics
+        );
+    }
     let tables = sample_tables(&store);
     assert_eq!(tables.len(), 3, "the base's samples and each method's");
     let mut sets: Vec<Vec<Vec<u8>>> = tables.iter().map(images).collect();
@@ -675,18 +688,6 @@ fn diffusion_dpo_and_mapo_train_on_a_hub_pipeline_from_pick_a_pic_pairs() {
              params = {{ steps = 3, per_prompt = 1 }}\n"
         );
     }
-    let loras = |store: &Store| -> Vec<Vec<u8>> {
-        let mut out: Vec<Vec<u8>> = store
-            .keys()
-            .unwrap()
-            .into_iter()
-            .map(|k| store.cell_dir(&k))
-            .filter(|c| c.join("lora.safetensors").is_file())
-            .map(|c| std::fs::read(c.join("lora.safetensors")).unwrap())
-            .collect();
-        out.sort();
-        out
-    };
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(run_pipeline(&store, &text), vec![]);

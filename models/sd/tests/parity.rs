@@ -10,24 +10,41 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use spo_diffusion::weights::load_safetensors;
 use spo_nn::SeededRng;
-use spo_sd::{SampleSettings, StableDiffusion};
+use spo_sd::{Conditioning, SampleSettings, StableDiffusion};
 
-type TestResult = Result<(), Box<dyn std::error::Error>>;
+mod common;
+
+use common::{TestResult, golden, rel_err};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/sd")
+    common::fixtures().join("sd")
 }
 
-fn golden(g: &HashMap<String, Tensor>, key: &str) -> Result<Tensor, String> {
-    g.get(key)
-        .cloned()
-        .ok_or_else(|| format!("golden `{key}` missing"))
-}
-
-fn rel_err(ours: &Tensor, theirs: &Tensor) -> candle_core::Result<f64> {
-    let (ours, theirs) = (ours.to_dtype(DType::F64)?, theirs.to_dtype(DType::F64)?);
-    let diff = (&ours - &theirs)?.abs()?.max_all()?.to_scalar::<f64>()?;
-    Ok(diff / theirs.abs()?.max_all()?.to_scalar::<f64>()?.max(1e-12))
+/// DDIM 4 steps at CFG 5 from the golden's initial latents, against its final latents and
+/// images (the settings both goldens were made with).
+fn check_sampling(
+    sd: &StableDiffusion,
+    cond: &Conditioning,
+    g: &HashMap<String, Tensor>,
+) -> TestResult {
+    let settings = SampleSettings {
+        steps: 4,
+        cfg: 5.0,
+        eta: 0.0,
+    };
+    let latents = sd.denoise(
+        cond,
+        &golden(g, "latents")?,
+        &settings,
+        &mut SeededRng::new(0),
+    )?;
+    common::check(
+        "final latents",
+        &latents,
+        &golden(g, "final_latents")?,
+        1e-4,
+    )?;
+    common::check("images", &sd.decode(&latents)?, &golden(g, "images")?, 1e-4)
 }
 
 fn prompts() -> Result<Vec<String>, Box<dyn std::error::Error>> {
@@ -69,22 +86,7 @@ fn tokens_text_states_latents_and_images_match_diffusers() -> TestResult {
     let e = rel_err(&cond.cond, &golden(&g, "hidden")?)?;
     assert!(e < 1e-5, "text encoder states: relative error {e:.2e}");
 
-    let settings = SampleSettings {
-        steps: 4,
-        cfg: 5.0,
-        eta: 0.0,
-    };
-    let latents = sd.denoise(
-        &cond,
-        &golden(&g, "latents")?,
-        &settings,
-        &mut SeededRng::new(0),
-    )?;
-    let e = rel_err(&latents, &golden(&g, "final_latents")?)?;
-    assert!(e < 1e-4, "final latents: relative error {e:.2e}");
-    let images = sd.decode(&latents)?;
-    let e = rel_err(&images, &golden(&g, "images")?)?;
-    assert!(e < 1e-4, "images: relative error {e:.2e}");
+    check_sampling(&sd, &cond, &g)?;
     Ok(())
 }
 
@@ -183,20 +185,6 @@ fn sdxl_tokens_conditioning_latents_and_images_match_diffusers() -> TestResult {
         vec![vec![16.0, 16.0, 0.0, 0.0, 16.0, 16.0]; 2]
     );
 
-    let settings = SampleSettings {
-        steps: 4,
-        cfg: 5.0,
-        eta: 0.0,
-    };
-    let latents = sd.denoise(
-        &cond,
-        &golden(&g, "latents")?,
-        &settings,
-        &mut SeededRng::new(0),
-    )?;
-    let e = rel_err(&latents, &golden(&g, "final_latents")?)?;
-    assert!(e < 1e-4, "final latents: relative error {e:.2e}");
-    let e = rel_err(&sd.decode(&latents)?, &golden(&g, "images")?)?;
-    assert!(e < 1e-4, "images: relative error {e:.2e}");
+    check_sampling(&sd, &cond, &g)?;
     Ok(())
 }

@@ -6,9 +6,6 @@
 //! golden's noise is fed to the same pieces here). Errors are relative to the reference's
 //! largest magnitude.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarMap;
 use spo_clip::{ClipConfig, ClipTokenizer, TextCleaning, load_spm};
@@ -20,37 +17,14 @@ use spo_methods::spo::{Denoiser, StepJudge};
 use spo_nn::SeededRng;
 use spo_sd::{SdPolicy, SpmJudge, StableDiffusion};
 
-type TestResult = Result<(), Box<dyn std::error::Error>>;
+mod common;
+
+use common::{TestResult, check, fixtures, golden};
 
 const PROMPTS: [&str; 2] = ["a photo of a cat", "an astronaut riding a horse"];
 const K: usize = 4;
 const T: usize = 751;
 const T_PREV: usize = 701;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-fn golden(g: &HashMap<String, Tensor>, key: &str) -> Result<Tensor, String> {
-    g.get(key)
-        .cloned()
-        .ok_or_else(|| format!("golden `{key}` missing"))
-}
-
-fn rel_err(ours: &Tensor, theirs: &Tensor) -> candle_core::Result<f64> {
-    let (ours, theirs) = (ours.to_dtype(DType::F64)?, theirs.to_dtype(DType::F64)?);
-    let diff = (&ours - &theirs)?.abs()?.max_all()?.to_scalar::<f64>()?;
-    Ok(diff / theirs.abs()?.max_all()?.to_scalar::<f64>()?.max(1e-12))
-}
-
-fn check(what: &str, ours: &Tensor, theirs: &Tensor, tol: f64) -> TestResult {
-    let e = rel_err(ours, theirs)?;
-    assert!(
-        e <= tol,
-        "{what}: relative error {e:.2e} (tolerance {tol:.0e})"
-    );
-    Ok(())
-}
 
 #[test]
 fn one_latent_spo_step_matches_the_pytorch_reimplementation() -> TestResult {

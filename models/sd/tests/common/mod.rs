@@ -1,0 +1,39 @@
+//! What spo-sd's golden tests share: where the fixtures are, a golden by name, the error
+//! measure. Errors are relative to the reference's largest magnitude.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Tensor};
+
+pub type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// The repository's `tests/fixtures`.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+/// The golden `key` of a goldens file.
+pub fn golden(g: &HashMap<String, Tensor>, key: &str) -> Result<Tensor, String> {
+    g.get(key)
+        .cloned()
+        .ok_or_else(|| format!("golden `{key}` missing"))
+}
+
+/// max |ours − theirs| / max |theirs|, in f64.
+pub fn rel_err(ours: &Tensor, theirs: &Tensor) -> candle_core::Result<f64> {
+    let (ours, theirs) = (ours.to_dtype(DType::F64)?, theirs.to_dtype(DType::F64)?);
+    let diff = (&ours - &theirs)?.abs()?.max_all()?.to_scalar::<f64>()?;
+    Ok(diff / theirs.abs()?.max_all()?.to_scalar::<f64>()?.max(1e-12))
+}
+
+/// Asserts `rel_err(ours, theirs) <= tol`, naming `what`.
+pub fn check(what: &str, ours: &Tensor, theirs: &Tensor, tol: f64) -> TestResult {
+    let e = rel_err(ours, theirs)?;
+    assert!(
+        e <= tol,
+        "{what}: relative error {e:.2e} (tolerance {tol:.0e})"
+    );
+    Ok(())
+}
