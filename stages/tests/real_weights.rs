@@ -174,6 +174,27 @@ fn cells_with(store: &Store, metric: &str) -> Vec<(PathBuf, spo_core::Manifest)>
         .collect()
 }
 
+/// Runs `text` — two training stages, each feeding an `sd-sample` beside the base's — in two
+/// fresh stores and checks: a LoRA from each method, three different sets of samples (each LoRA
+/// changes the images), the same LoRA bytes in the second store. Returns the second store.
+fn two_methods_train_reproducibly(text: &str) -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(run_pipeline(&store, text), vec![]);
+    let first = loras(&store);
+    assert_eq!(first.len(), 2, "a LoRA from each method");
+    let mut sets: Vec<Vec<Vec<u8>>> = sample_tables(&store).iter().map(images).collect();
+    assert_eq!(sets.len(), 3, "the base's samples and each method's");
+    sets.sort();
+    sets.dedup();
+    assert_eq!(sets.len(), 3, "each LoRA changes the images");
+    let dir2 = tempfile::tempdir().unwrap();
+    let store2 = Store::open(dir2.path()).unwrap();
+    assert_eq!(run_pipeline(&store2, text), vec![]);
+    assert_eq!(loras(&store2), first, "byte-identical in another store");
+    (dir2, store2)
+}
+
 /// The bytes of every committed `lora.safetensors`, sorted.
 fn loras(store: &Store) -> Vec<Vec<u8>> {
     let mut out: Vec<Vec<u8>> = store
@@ -582,28 +603,14 @@ fn d3po_and_ddpo_train_on_a_hub_pipeline_with_pickscore_as_reward() {
              params = {{ steps = 3, per_prompt = 1 }}\n"
         );
     }
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    assert_eq!(run_pipeline(&store, &text), vec![]);
-    let first = loras(&store);
-    assert_eq!(first.len(), 2, "a LoRA from each method");
-    for (_, m) in cells_with(&store, "reward_first_round") {
+    let (_dir, store2) = two_methods_train_reproducibly(&text);
+    for (_, m) in cells_with(&store2, "reward_first_round") {
         assert!(
             m.metrics["reward_first_round"].is_finite(),
             "{:?}",
             m.metrics
         );
     }
-    let tables = sample_tables(&store);
-    assert_eq!(tables.len(), 3, "the base's samples and each method's");
-    let mut sets: Vec<Vec<Vec<u8>>> = tables.iter().map(images).collect();
-    sets.dedup();
-    assert_eq!(sets.len(), 3, "each LoRA changes the images");
-
-    let dir2 = tempfile::tempdir().unwrap();
-    let store2 = Store::open(dir2.path()).unwrap();
-    assert_eq!(run_pipeline(&store2, &text), vec![]);
-    assert_eq!(loras(&store2), first, "byte-identical in another store");
 
     // Without the reward model among its needs, each says what it needs.
     let no_reward = text.replace(", \"pickscore-weights\"]", "]");
@@ -688,21 +695,7 @@ fn diffusion_dpo_and_mapo_train_on_a_hub_pipeline_from_pick_a_pic_pairs() {
              params = {{ steps = 3, per_prompt = 1 }}\n"
         );
     }
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    assert_eq!(run_pipeline(&store, &text), vec![]);
-    let first = loras(&store);
-    assert_eq!(first.len(), 2, "a LoRA from each method");
-    let mut sets: Vec<Vec<Vec<u8>>> = sample_tables(&store).iter().map(images).collect();
-    assert_eq!(sets.len(), 3, "the base's samples and each method's");
-    sets.sort();
-    sets.dedup();
-    assert_eq!(sets.len(), 3, "each LoRA changes the images");
-
-    let dir2 = tempfile::tempdir().unwrap();
-    let store2 = Store::open(dir2.path()).unwrap();
-    assert_eq!(run_pipeline(&store2, &text), vec![]);
-    assert_eq!(loras(&store2), first, "byte-identical in another store");
+    let (_dir, store2) = two_methods_train_reproducibly(&text);
 
     let no_pairs = text.replace("needs = [\"sd15\", \"pairs\"]", "needs = [\"sd15\"]");
     let failed = run_pipeline(&store2, &no_pairs);
