@@ -246,6 +246,24 @@ impl PatchGeometry {
     }
 }
 
+thread_local! {
+    /// Each thread's im2col column buffer for the forward, kept between calls: at SD-1.5's
+    /// sizes one image's columns exceed glibc's largest mmap threshold (32 MiB), so a fresh
+    /// buffer per call was mapped and page-faulted in anew each time (17% of a UNet call).
+    /// Unfolding writes every element, padding included, so reuse cannot leak old values.
+    static COLUMNS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's forward column buffer.
+fn with_columns_scratch<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+    COLUMNS.with(|cell| {
+        let mut scratch = cell.take();
+        let out = f(&mut scratch);
+        cell.replace(scratch);
+        out
+    })
+}
+
 /// One image's contributions `(dW_i, db_i, (dγ_i, dβ_i))` to the kernel, bias and norm
 /// parameter gradients, when wanted.
 type ImagePartials = (Option<Vec<f32>>, Option<Vec<f32>>, Option<NormPartials>);
@@ -395,21 +413,20 @@ impl CustomOp3 for Conv2dIm2Col {
             out.par_chunks_mut(o * n)
                 .zip(acts.par_chunks_mut(image))
                 .enumerate()
-                .for_each_init(Vec::new, |scratch, (i, (y, act))| {
+                .for_each(|(i, (y, act))| {
                     if let Some(norm) = self.norm {
                         norm.forward_sample(&x[i * image..(i + 1) * image], gamma, beta, act);
                     }
-                    conv(y, act, scratch);
+                    with_columns_scratch(|scratch| conv(y, act, scratch));
                 });
             self.kept.store(acts)?;
         } else if n > 0 {
-            out.par_chunks_mut(o * n).enumerate().for_each_init(
-                || (Vec::new(), Vec::new()),
-                |(act, scratch), (i, y)| {
+            out.par_chunks_mut(o * n)
+                .enumerate()
+                .for_each_init(Vec::new, |act, (i, y)| {
                     let input = self.input(&x[i * image..(i + 1) * image], (gamma, beta), act);
-                    conv(y, input, scratch);
-                },
-            );
+                    with_columns_scratch(|scratch| conv(y, input, scratch));
+                });
         }
         let (h_out, w_out) = g.out_hw();
         Ok((CpuStorage::F32(out), Shape::from((batch, o, h_out, w_out))))
