@@ -18,17 +18,16 @@ use candle_core::{DType, Tensor};
 use candle_nn::VarMap;
 use image::RgbImage;
 use spo_core::{ParamSpec, StageContext, StageError, StageKind};
-use spo_diffusion::{
-    AddedConditioning, LoraConfig, NoiseSchedule, SchedulerConfig, UNet2DConditionModel,
-};
+use spo_diffusion::{AddedConditioning, NoiseSchedule, SchedulerConfig, UNet2DConditionModel};
 use spo_methods::mapo::Mapo;
 use spo_methods::{diffusion_dpo, per_sample_mse};
-use spo_nn::{AdamW, AdamWConfig, SeededRng, named_vars};
+use spo_nn::{AdamW, SeededRng};
 use spo_sd::StableDiffusion;
 
 use crate::checkpoint::ExactF64;
 use crate::error::{At, Result};
 use crate::inworld::{InWorldClip, device, lora_policy, on_cores};
+use crate::real;
 use crate::tensors::images_to_tensor;
 use crate::training::{Trainer, warmup_cosine};
 use crate::worlddata::{Pair, load_pairs};
@@ -308,11 +307,8 @@ fn fit(im: &RgbImage, w: u32, h: u32) -> RgbImage {
 /// `pickapic` (or `world`) input and that pipeline.
 fn load(cx: &StageContext, p: &Offline, seed: u64) -> Result<(Vec<Pair>, Model, VarMap, AdamW)> {
     let dev = device();
-    let real = cx
-        .inputs()
-        .iter()
-        .any(|i| i.file("model_index.json").is_ok());
-    let pairs_input = if real {
+    let is_real = real::has_pipeline(cx);
+    let pairs_input = if is_real {
         cx.inputs()
             .iter()
             .find(|i| (i.kind == "pickapic" || i.kind == "world") && i.file("pairs.parquet").is_ok())
@@ -343,19 +339,9 @@ fn load(cx: &StageContext, p: &Offline, seed: u64) -> Result<(Vec<Pair>, Model, 
         }
         .into());
     }
-    if real {
-        let pipeline = crate::sd_sample::pipeline_input(cx, cx.stage())?;
-        let mut sd = StableDiffusion::open(&pipeline.dir, DType::F32, &dev)?;
-        let lora_vars = VarMap::new();
-        sd.add_trainable_lora(&LoraConfig::spo(p.rank), &lora_vars, seed)?;
-        let opt = AdamW::new(
-            named_vars(&lora_vars)?,
-            AdamWConfig {
-                lr: p.lr,
-                weight_decay: 1e-2,
-                ..Default::default()
-            },
-        )?;
+    if is_real {
+        let pipeline = real::pipeline_input(cx)?;
+        let (sd, lora_vars, opt) = real::lora_pipeline(&pipeline.dir, p.rank, seed, p.lr, 1e-2)?;
         return Ok((pairs, Model::Real(Box::new(sd)), lora_vars, opt));
     }
     let text = InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?;

@@ -22,6 +22,7 @@ pub mod pickapic;
 mod pool_check;
 mod process_group;
 pub mod prompts;
+pub mod real;
 pub mod sample;
 pub mod sample_pairs;
 pub mod score;

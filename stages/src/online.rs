@@ -6,22 +6,22 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use image::RgbImage;
 use spo_clip::{Metric, ScoreOptions, Scorer};
 use spo_core::{StageContext, StageError};
-use spo_diffusion::{Ddim, LoraConfig, NoiseSchedule, SchedulerConfig, UNet2DConditionModel};
+use spo_diffusion::{Ddim, NoiseSchedule, SchedulerConfig, UNet2DConditionModel};
 use spo_methods::online::{self, Chains};
 use spo_methods::spo::Denoiser;
-use spo_nn::{AdamW, AdamWConfig, SeededRng, named_vars};
+use spo_nn::{AdamW, SeededRng};
 use spo_sd::{SdPolicy, StableDiffusion};
 
 use crate::clip_train::WorldClip;
 use crate::error::{At, Result};
 use crate::inworld::{GuidedUnet, InWorldClip, device, lora_policy};
+use crate::real;
 use crate::score::pickscores;
-use crate::sd_sample::{pipeline_input, read_prompt_texts};
 use crate::tensors::{tensor_to_images, unit_tensor_to_images};
 use crate::worlddata::WorldData;
 
@@ -107,11 +107,7 @@ pub(crate) fn setup(
     steps: usize,
     eta: f64,
 ) -> Result<(Models, VarMap, AdamW)> {
-    if cx
-        .inputs()
-        .iter()
-        .any(|i| i.file("model_index.json").is_ok())
-    {
+    if real::has_pipeline(cx) {
         return setup_real(cx, rank, seed, lr, steps, eta);
     }
     let dev = device();
@@ -160,17 +156,9 @@ fn setup_real(
     eta: f64,
 ) -> Result<(Models, VarMap, AdamW)> {
     let dev = device();
-    let pipeline = pipeline_input(cx, cx.stage())?.clone();
-    let prompts_path = cx.input_of_kind("prompts")?.file("prompts.parquet")?;
-    let prompts = read_prompt_texts(&prompts_path)?;
-    if prompts.is_empty() {
-        return Err(StageError::Failed(format!("{}: no prompts", prompts_path.display())).into());
-    }
-    let reward_dir = cx
-        .inputs()
-        .iter()
-        .filter(|i| i.dir != pipeline.dir && i.kind != "prompts")
-        .find(|i| i.file("config.json").is_ok())
+    let pipeline = real::pipeline_input(cx)?;
+    let prompts = real::prompts(cx)?;
+    let reward_dir = real::weights_input(cx, pipeline, "config.json")
         .map(|i| i.dir.clone())
         .ok_or_else(|| StageError::Input {
             need: "pickscore".into(),
@@ -186,17 +174,7 @@ fn setup_real(
         &dev,
     )
     .at(&reward_dir)?;
-    let mut sd = StableDiffusion::open(&pipeline.dir, DType::F32, &dev)?;
-    let lora_vars = VarMap::new();
-    sd.add_trainable_lora(&LoraConfig::spo(rank), &lora_vars, seed)?;
-    let opt = AdamW::new(
-        named_vars(&lora_vars)?,
-        AdamWConfig {
-            lr,
-            weight_decay: 1e-4,
-            ..Default::default()
-        },
-    )?;
+    let (sd, lora_vars, opt) = real::lora_pipeline(&pipeline.dir, rank, seed, lr, 1e-4)?;
     let ddim = Ddim::new(NoiseSchedule::new(sd.scheduler().clone())?, steps, eta)?;
     let real = RealOnline {
         sd,

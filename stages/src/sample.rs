@@ -121,9 +121,14 @@ fn run(cx: &mut StageContext) -> Result<()> {
 /// The images of a run with seed `seed`: (validation prompt, image seed) for `p.per_prompt`
 /// images of each of the first `p.prompts` validation prompts (all of them, if fewer).
 pub fn jobs(seed: u64, world: &WorldData, p: &SampleParams) -> Vec<(usize, u64)> {
-    let per = p.per_prompt;
-    (0..p.prompts.min(world.validation.len()))
-        .flat_map(|i| (0..per).map(move |k| (i, image_seed(seed, i, k))))
+    image_jobs(seed, p.prompts.min(world.validation.len()), p.per_prompt)
+}
+
+/// (prompt, image seed) for `per_prompt` images of each of `prompts` prompts in a run with seed
+/// `seed`: the job list of every sampling kind, in the world or on real weights.
+pub(crate) fn image_jobs(seed: u64, prompts: usize, per_prompt: usize) -> Vec<(usize, u64)> {
+    (0..prompts)
+        .flat_map(|i| (0..per_prompt).map(move |k| (i, image_seed(seed, i, k))))
         .collect()
 }
 
@@ -170,7 +175,7 @@ pub fn draw(
 }
 
 /// The seed of image `k` of prompt `i` in a run with seed `seed` (recorded per image).
-pub(crate) fn image_seed(seed: u64, i: usize, k: usize) -> u64 {
+fn image_seed(seed: u64, i: usize, k: usize) -> u64 {
     let mut z = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ ((i as u64) << 20) ^ k as u64;
     z = (z ^ (z >> 31)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     (z ^ (z >> 29)) & 0x7fff_ffff_ffff_ffff

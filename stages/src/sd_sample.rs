@@ -1,4 +1,4 @@
-//! `sd-sample`: images from an SD-1.5-shaped diffusers pipeline — a `hub` cell laid out like
+//! `sd-sample`: images from an SD-1.5- or SDXL-shaped diffusers pipeline — a `hub` cell laid out like
 //! the repo — for the prompts of a `prompts` cell, with a LoRA when an input holds one (an
 //! `sd-spo` cell's `lora.safetensors`, or a released LoRA's `pytorch_lora_weights.safetensors`): DDIM in the VAE's latent space with classifier-free
 //! guidance (the paper evaluates at 20 steps, CFG 5), N images per prompt, each from its own
@@ -12,13 +12,14 @@ use arrow_array::{BinaryArray, Int64Array, StringArray};
 use arrow_schema::{DataType, Field, Schema};
 use candle_core::{DType, Tensor};
 use image::RgbImage;
-use spo_core::{Input, ParamSpec, StageContext, StageError, StageKind};
+use spo_core::{ParamSpec, StageContext, StageError, StageKind};
 use spo_nn::SeededRng;
 use spo_sd::{SampleSettings, StableDiffusion};
 
 use crate::error::{At, Result};
 use crate::inworld::{device, on_cores};
-use crate::sample::{grid, image_seed};
+use crate::real;
+use crate::sample::{grid, image_jobs};
 use crate::tensors::{png_bytes, unit_tensor_to_images};
 use crate::world_parquet::{bytes_at, col, i64_at, str_at, write_table};
 use crate::worlddata::each_row;
@@ -52,7 +53,7 @@ impl StageKind for SdSample {
         1
     }
     fn summary(&self) -> &'static str {
-        "DDIM samples of an SD-1.5-shaped diffusers pipeline (needs a hub cell with model_index.json and a prompts cell; optional sd-spo LoRA)"
+        "DDIM samples of an SD-1.5- or SDXL-shaped diffusers pipeline (needs a hub cell with model_index.json and a prompts cell; optional LoRA)"
     }
     fn params(&self) -> Vec<ParamSpec> {
         SdSampleParams::specs()
@@ -62,32 +63,6 @@ impl StageKind for SdSample {
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
         Ok(run(cx)?)
-    }
-}
-
-/// The one input that is a diffusers pipeline folder (it holds `model_index.json`).
-pub fn pipeline_input<'a>(cx: &'a StageContext, stage: &str) -> Result<&'a Input> {
-    let mut folders = cx
-        .inputs()
-        .iter()
-        .filter(|i| i.file("model_index.json").is_ok());
-    match (folders.next(), folders.next()) {
-        (Some(one), None) => Ok(one),
-        (Some(a), Some(b)) => Err(StageError::Input {
-            need: a.stage.clone(),
-            message: format!(
-                "ambiguous: both `{}` and `{}` are diffusers pipelines; `{stage}` takes one",
-                a.stage, b.stage
-            ),
-        }
-        .into()),
-        (None, _) => Err(StageError::Input {
-            need: "hub".into(),
-            message: format!(
-                "stage `{stage}` needs a diffusers pipeline: a `hub` stage whose files include model_index.json"
-            ),
-        }
-        .into()),
     }
 }
 
@@ -153,40 +128,18 @@ pub fn read_sd_samples(path: &Path) -> Result<Vec<SdSampleRow>> {
     Ok(rows)
 }
 
-/// The `prompt` column of a `prompts.parquet`, in order.
-pub fn read_prompt_texts(path: &Path) -> Result<Vec<String>> {
-    let mut prompts = Vec::new();
-    each_row(path, &["prompt"], |c, i| {
-        let text = str_at(c[0], i).ok_or_else(|| {
-            StageError::Failed(format!(
-                "{}: row {i}: column `prompt` is null or not text",
-                path.display()
-            ))
-        })?;
-        prompts.push(text.to_owned());
-        Ok(())
-    })?;
-    Ok(prompts)
-}
-
 fn run(cx: &mut StageContext) -> Result<()> {
     let p = SdSampleParams::from_params(cx.params())?;
     let dev = device();
-    let model = pipeline_input(cx, cx.stage())?.dir.clone();
-    let prompts_path = cx.input_of_kind("prompts")?.file("prompts.parquet")?;
-    let mut prompts = read_prompt_texts(&prompts_path)?;
+    let model = real::pipeline_input(cx)?.dir.clone();
+    let mut prompts = real::prompts(cx)?;
     prompts.truncate(p.prompts);
-    if prompts.is_empty() {
-        return Err(StageError::Failed(format!("{}: no prompts", prompts_path.display())).into());
-    }
     let mut sd = StableDiffusion::open(&model, DType::F32, &dev)?;
     if let Some(lora) = lora_input(cx)? {
         sd.unet_mut().load_lora(&lora).at(&lora)?;
     }
     let seed = cx.seed().unwrap_or(0);
-    let jobs: Vec<(usize, u64)> = (0..prompts.len())
-        .flat_map(|i| (0..p.per_prompt).map(move |k| (i, image_seed(seed, i, k))))
-        .collect();
+    let jobs = image_jobs(seed, prompts.len(), p.per_prompt);
     let settings = SampleSettings {
         steps: p.steps,
         cfg: p.cfg,

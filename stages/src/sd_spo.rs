@@ -15,21 +15,18 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::DType;
-use candle_nn::VarMap;
 use spo_clip::{ClipConfig, ClipTokenizer, TextCleaning, load_spm};
 use spo_core::{Input, ParamSpec, StageContext, StageError, StageKind};
-use spo_diffusion::{Ddim, LoraConfig, NoiseSchedule};
+use spo_diffusion::{Ddim, NoiseSchedule};
 use spo_methods::pairs::PairSelection;
 use spo_methods::ratio::ClampedRatio;
 use spo_methods::spo::SpoConfig;
-use spo_nn::{AdamW, AdamWConfig, named_vars};
-use spo_sd::{SdPolicy, SpmJudge, StableDiffusion};
+use spo_sd::{SdPolicy, SpmJudge};
 
 use crate::error::{At, Result};
 use crate::gradspo::{Ema, GradSpo, GradSpoParams};
 use crate::inworld::device;
-use crate::sd_sample::{pipeline_input, read_prompt_texts};
+use crate::real;
 use crate::spo::{Continuation, PairChoice, Rounds, run_rounds};
 
 spo_core::stage_params! {
@@ -145,29 +142,19 @@ fn missing(stage: &str, what: String) -> crate::error::Error {
 
 /// The SPM checkpoint and its parent's `config.json`, from the inputs other than `pipeline`.
 fn spm_files(cx: &StageContext, pipeline: &Input, file: &str) -> Result<(PathBuf, PathBuf)> {
-    let others: Vec<&Input> = cx
-        .inputs()
-        .iter()
-        .filter(|i| i.dir != pipeline.dir && i.kind != "prompts")
-        .collect();
-    let weights = others
-        .iter()
-        .find_map(|i| i.file(file).ok())
-        .ok_or_else(|| {
-            missing(
-                cx.stage(),
-                format!("an input holding the SPM checkpoint `{file}` (param spm_file)"),
-            )
-        })?;
-    let config = others
-        .iter()
-        .find_map(|i| i.file("config.json").ok())
-        .ok_or_else(|| {
-            missing(
-                cx.stage(),
-                "an input holding the SPM's parent config.json (PickScore_v1's)".into(),
-            )
-        })?;
+    let holding = |name: &str| real::weights_input(cx, pipeline, name)?.file(name).ok();
+    let weights = holding(file).ok_or_else(|| {
+        missing(
+            cx.stage(),
+            format!("an input holding the SPM checkpoint `{file}` (param spm_file)"),
+        )
+    })?;
+    let config = holding("config.json").ok_or_else(|| {
+        missing(
+            cx.stage(),
+            "an input holding the SPM's parent config.json (PickScore_v1's)".into(),
+        )
+    })?;
     Ok((weights, config))
 }
 
@@ -186,28 +173,15 @@ fn train(cx: &mut StageContext, gradspo: Option<GradSpo>) -> Result<()> {
     }
     let dev = device();
     let seed = cx.seed().unwrap_or(0);
-    let pipeline = pipeline_input(cx, cx.stage())?.clone();
-    let prompts_path = cx.input_of_kind("prompts")?.file("prompts.parquet")?;
-    let prompts = read_prompt_texts(&prompts_path)?;
-    if prompts.is_empty() {
-        return Err(StageError::Failed(format!("{}: no prompts", prompts_path.display())).into());
-    }
+    let pipeline = real::pipeline_input(cx)?.clone();
+    let prompts = real::prompts(cx)?;
     let (spm_path, config_path) = spm_files(cx, &pipeline, &p.spm_file)?;
     let spm_config = ClipConfig::from_file(&config_path)?;
     let spm = load_spm(&spm_path, &spm_config, &dev).at(&spm_path)?;
     let tokenizer = ClipTokenizer::new(TextCleaning::Hf)?;
 
-    let mut sd = StableDiffusion::open(&pipeline.dir, DType::F32, &dev)?;
-    let mut lora_vars = VarMap::new();
-    sd.add_trainable_lora(&LoraConfig::spo(p.rank), &lora_vars, seed)?;
-    let mut opt = AdamW::new(
-        named_vars(&lora_vars)?,
-        AdamWConfig {
-            lr: p.lr,
-            weight_decay: p.weight_decay,
-            ..Default::default()
-        },
-    )?;
+    let (sd, mut lora_vars, mut opt) =
+        real::lora_pipeline(&pipeline.dir, p.rank, seed, p.lr, p.weight_decay)?;
     let ddim = Ddim::new(NoiseSchedule::new(sd.scheduler().clone())?, p.steps, p.eta)?;
     let cfg = SpoConfig {
         k: p.k,
