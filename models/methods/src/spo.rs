@@ -15,7 +15,7 @@ use std::ops::RangeInclusive;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, IndexOp, Tensor};
 use spo_diffusion::{Ddim, Result};
-use spo_nn::{AdamW, SeededRng};
+use spo_nn::{AdamW, SeededRng, add_gradients};
 
 use crate::pairs::PairSelection;
 use crate::ratio::{ClampedRatio, RatioLoss};
@@ -394,15 +394,7 @@ pub fn train_round<D: Denoiser>(
         pending = Some(match pending.take() {
             None => grads,
             Some(mut sum) => {
-                for var in opt.vars() {
-                    if let Some(g) = grads.get(var) {
-                        let total = match sum.get(var) {
-                            Some(s) => (s + g)?,
-                            None => g.clone(),
-                        };
-                        sum.insert(var, total);
-                    }
-                }
+                add_gradients(&mut sum, &grads, opt.vars())?;
                 sum
             }
         });

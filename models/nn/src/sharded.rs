@@ -1,4 +1,5 @@
-//! Gradients of a batch computed shard by shard, on as many threads as are free.
+//! Gradients of a batch computed shard by shard, on as many threads as are free; and gradients
+//! of micro-batches added up ([`add_gradients`]).
 //!
 //! candle parallelises inside each op, which on a small model costs more in synchronisation than
 //! it gains; splitting the batch into a fixed number of shards and back-propagating each as its
@@ -66,6 +67,25 @@ where
         };
     }
     Ok((total, store))
+}
+
+/// Adds the gradients of `vars` in `more` into `sum`, as micro-batches accumulate before one
+/// optimiser step (a variable with a gradient in only one of them keeps that one).
+pub fn add_gradients<'a>(
+    sum: &mut GradStore,
+    more: &GradStore,
+    vars: impl IntoIterator<Item = &'a Var>,
+) -> candle_core::Result<()> {
+    for var in vars {
+        if let Some(g) = more.get(var) {
+            let total = match sum.get(var) {
+                Some(s) => (s + g)?,
+                None => g.clone(),
+            };
+            sum.insert(var, total);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
