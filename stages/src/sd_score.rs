@@ -168,6 +168,7 @@ fn run(cx: &mut StageContext) -> Result<()> {
         ))
         .into());
     }
+    let summary = spo_core::stats::summarize(&scores);
     let schema = Arc::new(Schema::new(vec![
         Field::new("prompt_index", DataType::Int64, false),
         Field::new("seed", DataType::Int64, false),
@@ -178,10 +179,10 @@ fn run(cx: &mut StageContext) -> Result<()> {
             rows.iter().map(|r| r.prompt_index),
         )),
         col(Int64Array::from_iter_values(rows.iter().map(|r| r.seed))),
-        col(Float64Array::from(scores.clone())),
+        col(Float64Array::from(scores)),
     ];
     write_table(cx, "scores.parquet", schema, cols)?;
-    if let Some(summary) = spo_core::stats::summarize(&scores) {
+    if let Some(summary) = summary {
         cx.metric(p.metric.as_str(), summary.mean);
         cx.metric(&format!("{}_std", p.metric.as_str()), summary.std);
     }

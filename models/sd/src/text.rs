@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
+use serde::Deserialize;
 use spo_clip::text::ClipTextTransformer;
 use spo_clip::{ClipError, ClipTextConfig, ClipTokenizer, open_hf_tokenizer};
 use spo_diffusion::DiffusionError;
@@ -36,15 +37,13 @@ impl TextEncoder {
             path: config_path.clone(),
             source,
         })?;
-        let config: ClipTextConfig =
-            serde_json::from_str(&text).map_err(|source| DiffusionError::Json {
-                path: config_path.clone(),
-                source,
-            })?;
-        let projection_dim: Option<usize> = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v.get("projection_dim").and_then(serde_json::Value::as_u64))
-            .map(|d| d as usize);
+        let json_error = |source| DiffusionError::Json {
+            path: config_path.clone(),
+            source,
+        };
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(json_error)?;
+        let config = ClipTextConfig::deserialize(&json).map_err(json_error)?;
+        let projection_dim = json["projection_dim"].as_u64().map(|d| d as usize);
         let tokenizer = open_hf_tokenizer(tokenizer_dir)?;
         if tokenizer.vocab_size() > config.vocab_size {
             return Err(DiffusionError::Incompatible {
