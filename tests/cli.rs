@@ -612,6 +612,15 @@ fn pin_writes_a_hub_stage_from_a_snapshot_folder() {
         e.contains("unet/config.json") && e.contains("sha256 mismatch"),
         "{e}"
     );
+    std::fs::remove_file(snap.join("unet/config.json")).unwrap();
+    let p = Project::new(&local_stage);
+    let out = p.run(&["run"]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = text(&out.stderr);
+    assert!(
+        e.contains("unet/config.json") && e.contains("not in the local copy"),
+        "{e}"
+    );
 
     let out = bin()
         .args(["pin", snap_arg, "--repo", "org/sd", "--revision", "main"])

@@ -258,6 +258,25 @@ fn edited(
     f
 }
 
+/// The tiny PickScore with a NaN `logit_scale`: weights that score every image NaN.
+fn pickscore_with_nan_scale() -> BTreeMap<String, Vec<u8>> {
+    let mut files = repo_files(&fixtures().join("clip/models/pickscore_tiny"));
+    let dev = candle_core::Device::Cpu;
+    let path = fixtures().join("clip/models/pickscore_tiny/model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &dev).unwrap();
+    let scale = &tensors["logit_scale"];
+    let nan = candle_core::Tensor::full(f32::NAN, scale.shape(), &dev)
+        .unwrap()
+        .to_dtype(scale.dtype())
+        .unwrap();
+    tensors.insert("logit_scale".into(), nan);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model.safetensors");
+    candle_core::safetensors::save(&tensors, &out).unwrap();
+    files.insert("model.safetensors".into(), std::fs::read(out).unwrap());
+    files
+}
+
 /// The repos every test here fetches, by name.
 fn repos() -> Vec<(&'static str, BTreeMap<String, Vec<u8>>)> {
     let files = repo_files(&fixtures().join("sd/sd15_tiny"));
@@ -297,6 +316,7 @@ fn repos() -> Vec<(&'static str, BTreeMap<String, Vec<u8>>)> {
         ("org/spm", spm),
         ("org/sdxl", repo_files(&fixtures().join("sd/sdxl_tiny"))),
         ("org/released-lora", released),
+        ("org/pickscore-nan", pickscore_with_nan_scale()),
     ];
     for (repo, folder, _) in SCORERS {
         out.push((
@@ -754,4 +774,72 @@ fn a_released_lora_from_the_hub_is_sampled_and_scored_without_training() {
             .any(|(_, m)| m.contains("ambiguous") && m.contains("hold a LoRA")),
         "{failed:?}"
     );
+    // Two pipelines among its needs are refused the same way.
+    let two_models = (text.clone() + &hub_stage("sd15-again", "org/sdxl", &repo("org/sdxl")))
+        .replace(
+            "needs = [\"sd15\", \"prompts\", \"released\"]",
+            "needs = [\"sd15\", \"prompts\", \"released\", \"sd15-again\"]",
+        );
+    let failed = run_pipeline(&store, &two_models);
+    assert!(
+        failed
+            .iter()
+            .any(|(_, m)| m.contains("ambiguous") && m.contains("are diffusers pipelines")),
+        "{failed:?}"
+    );
+}
+
+/// `sd-score`'s bad inputs: weights that score NaN, two weights inputs for one scorer, the
+/// aesthetic predictor without its head — each an error saying what is wrong, nothing stored.
+#[test]
+fn sd_score_names_broken_weights_and_misplaced_inputs() {
+    let base = hub();
+    let sample = pipeline(
+        base,
+        "org/sd15",
+        &repo("org/sd15"),
+        "steps = 2, prompts = 1",
+    )
+    .replace("seeds = [0, 1]", "seeds = [0]")
+        + &hub_stage(
+            "nan-weights",
+            "org/pickscore-nan",
+            &repo("org/pickscore-nan"),
+        )
+        + &hub_stage("pickscore-weights", "org/pickscore", &repo("org/pickscore"));
+    let score = |needs: &str, params: &str| {
+        format!("[stage.score]\nkind = \"sd-score\"\nneeds = [{needs}]\nparams = {{ {params} }}\n")
+    };
+    for (stage, expected) in [
+        (
+            score("\"samples\", \"nan-weights\"", "metric = \"pickscore\""),
+            "is NaN (not finite)",
+        ),
+        (
+            score(
+                "\"samples\", \"nan-weights\", \"pickscore-weights\"",
+                "metric = \"pickscore\"",
+            ),
+            "from one input besides the samples; got 2",
+        ),
+        (
+            score(
+                "\"samples\", \"pickscore-weights\"",
+                "metric = \"aesthetic\"",
+            ),
+            "no aesthetic head among the needs",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let failed = run_pipeline(&store, &(sample.clone() + &stage));
+        assert!(
+            failed.len() == 1 && failed[0].0.starts_with("score") && failed[0].1.contains(expected),
+            "{expected}: {failed:?}"
+        );
+        assert!(
+            cells_with(&store, "pickscore").is_empty(),
+            "nothing scored is stored"
+        );
+    }
 }

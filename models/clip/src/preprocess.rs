@@ -425,6 +425,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn spm_pixels_upsample_clamp_and_normalise_and_refuse_non_square_images() {
+        let dev = Device::Cpu;
+        // A constant −0.5 (VAE scale) is 0.25 after (x/2 + 0.5), anywhere after the resize;
+        // 3.0 clamps to 1.
+        let mut data = vec![-0.5f32; 3 * 16 * 16];
+        data[..16 * 16].fill(3.0);
+        let t = Tensor::from_vec(data, (1, 3, 16, 16), &dev).unwrap();
+        let out = spm_pixels(&t, 224).unwrap();
+        assert_eq!(out.dims(), &[1, 3, 224, 224]);
+        let v = out.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let plane = 224 * 224;
+        let want = |c: usize, x: f32| (x - OPENAI_MEAN[c]) / OPENAI_STD[c];
+        assert!(v[..plane].iter().all(|&p| (p - want(0, 1.0)).abs() < 1e-5));
+        assert!(
+            v[plane..]
+                .iter()
+                .enumerate()
+                .all(|(i, &p)| (p - want(1 + i / plane, 0.25)).abs() < 1e-5)
+        );
+        let wide = Tensor::zeros((1, 3, 16, 8), candle_core::DType::F32, &dev).unwrap();
+        let e = spm_pixels(&wide, 224).unwrap_err().to_string();
+        assert!(e.contains("square") && e.contains("16×8"), "{e}");
+    }
+
+    #[test]
     fn crop_rounding_differs_only_on_half_margins() {
         // margin 85: both 42; margin 87: floor 43, half-even round(43.5) = 44; margin 89: 44 / 44.
         assert_eq!(CropRounding::Floor.offset(309, 224), 42);
