@@ -24,6 +24,19 @@ pub struct Cli {
     /// Applies to every verb, so tables and diffs find the cells a run with the same overrides made.
     #[arg(long = "set", global = true, value_name = "STAGE.PARAM=VALUE")]
     pub set: Vec<String>,
+    /// Where model stages compute: cpu, cuda or cuda:N [default: CUDA device 0 when this build
+    /// has CUDA and sees a GPU, else the CPU]. Not part of any cell's key.
+    #[arg(long, global = true, value_name = "DEVICE", env = "SPO_PIPE_DEVICE")]
+    pub device: Option<String>,
+    /// The memory a model cell may count on, e.g. `24G` [default: what the device has free];
+    /// a cell whose estimated need exceeds it is refused before it loads anything.
+    #[arg(
+        long,
+        global = true,
+        value_name = "SIZE",
+        env = "SPO_PIPE_DEVICE_MEMORY"
+    )]
+    pub device_memory: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }

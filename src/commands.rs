@@ -19,6 +19,17 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let pipe_file = cli.pipeline.as_deref();
     let store = cli.store.as_deref();
     let set = cli.set.as_slice();
+    if let Some(d) = &cli.device {
+        let choice = d
+            .parse::<spo_stages::device::DeviceChoice>()
+            .map_err(|e| UsageError(format!("--device: {e}")))?;
+        spo_stages::device::select_device(choice).map_err(|e| UsageError(e.to_string()))?;
+    }
+    if let Some(m) = &cli.device_memory {
+        let bytes = spo_stages::device::parse_size(m)
+            .map_err(|e| UsageError(format!("--device-memory: {e}")))?;
+        spo_stages::device::set_memory_limit(bytes).map_err(|e| UsageError(e.to_string()))?;
+    }
     match cli.command {
         Command::Run {
             plan,
@@ -46,6 +57,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         sets: set,
                         targets: &plan.targets,
                         quiet: cli.quiet,
+                        device: cli.device.as_deref(),
+                        device_memory: cli.device_memory.as_deref(),
                     },
                 );
             }

@@ -54,7 +54,7 @@ pub fn run(a: &ScoreArgs) -> anyhow::Result<(usize, f64)> {
     if metric.needs_prompts() && inputs.prompts.len() != inputs.images.len() {
         return Err(UsageError(format!("metric `{}` needs a prompt per image: give --prompts (one line per image, in file-name order) or a Parquet with a `{}` column", a.metric, a.prompt_column)).into());
     }
-    let device = Device::cuda_if_available(0).unwrap_or(Device::Cpu);
+    let device = spo_stages::device::device();
     let scorer = Scorer::load(
         metric,
         a.weights,

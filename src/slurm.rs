@@ -41,6 +41,9 @@ pub struct SlurmArgs<'a> {
     pub sets: &'a [String],
     pub targets: &'a [String],
     pub quiet: bool,
+    /// `--device` and `--device-memory`, passed on to every job.
+    pub device: Option<&'a str>,
+    pub device_memory: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -126,6 +129,8 @@ pub fn run(l: &Loaded, plan: &Plan, args: &SlurmArgs<'_>) -> anyhow::Result<Exit
         store: &store_dir,
         sets: args.sets,
         targets: args.targets,
+        device: args.device,
+        device_memory: args.device_memory,
         run_id: &run_id,
         logs: &logs,
     };
@@ -464,6 +469,8 @@ struct Job<'a> {
     pipeline: Option<&'a Path>,
     store: &'a Path,
     sets: &'a [String],
+    device: Option<&'a str>,
+    device_memory: Option<&'a str>,
     targets: &'a [String],
     run_id: &'a str,
     logs: &'a Path,
@@ -537,6 +544,15 @@ impl Job<'_> {
         for s in self.sets {
             cmd.push("--set".into());
             cmd.push(shell_quote(s));
+        }
+        for (flag, value) in [
+            ("--device", self.device),
+            ("--device-memory", self.device_memory),
+        ] {
+            if let Some(v) = value {
+                cmd.push(flag.into());
+                cmd.push(shell_quote(v));
+            }
         }
         cmd.push("run".into());
         cmd.extend(self.targets.iter().map(|t| shell_quote(t)));

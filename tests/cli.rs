@@ -650,3 +650,94 @@ fn pin_writes_a_hub_stage_from_a_snapshot_folder() {
         text(&out.stderr)
     );
 }
+
+/// `--device`, `--device-memory` and `precision` on the real-weights path, with the tiny
+/// SD-1.5 folder copied in by a `pin --local` hub stage: an unusable device or size is a usage
+/// error before anything runs; a cell whose estimated memory exceeds the limit is refused
+/// before it loads a weight, naming its need; bf16 on the CPU is refused naming the param;
+/// f16 and f32 cells are different cells (the precision is in the key), the device is not.
+#[test]
+fn device_memory_and_precision_are_checked_before_a_cell_runs() {
+    let folder =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd/sd15_tiny");
+    let rev = "0123456789abcdef0123456789abcdef01234567";
+    let out = bin()
+        .args([
+            "pin",
+            folder.to_str().unwrap(),
+            "--repo",
+            "org/sd15",
+            "--revision",
+            rev,
+            "--local",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let hub = text(&out.stdout);
+    let name = hub
+        .lines()
+        .find_map(|l| l.strip_prefix("[stage.")?.strip_suffix(']'))
+        .unwrap()
+        .to_owned();
+    let pipeline = format!(
+        r#"{hub}
+[stage.prompt-file]
+kind = "command"
+params = {{ cmd = "printf 'a photo of a cat\na red cube\n' > $SPO_OUT/prompts.txt" }}
+
+[stage.prompts]
+kind = "prompts"
+needs = ["prompt-file"]
+params = {{ format = "lines" }}
+
+[stage.sample]
+kind = "sd-sample"
+needs = ["{name}", "prompts"]
+params = {{ steps = 2, batch = 2 }}
+"#
+    );
+    let p = Project::new(&pipeline);
+    for (args, says) in [
+        (&["--device", "gpu", "run"][..], "not a device"),
+        (&["--device-memory", "lots", "run"][..], "not a memory size"),
+    ] {
+        let out = p.run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
+    }
+    let out = p.run(&["--device-memory", "16K", "run", "sample"]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = text(&out.stderr);
+    assert!(
+        e.contains("stage `sample` needs about")
+            && e.contains("--device-memory")
+            && e.contains("activations"),
+        "{e}"
+    );
+    let sampled = || {
+        p.committed()
+            .iter()
+            .filter(|d| d.join("samples.parquet").is_file())
+            .count()
+    };
+    assert_eq!(sampled(), 0, "a refused cell stores nothing");
+
+    let out = p.run(&["run", "sample", "--set", "sample.precision=\"bf16\""]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = text(&out.stderr);
+    assert!(
+        e.contains("precision") && e.contains("bf16 needs a CUDA device"),
+        "{e}"
+    );
+
+    let out = p.run(&["--device", "cpu", "--device-memory", "4G", "run", "sample"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sampled(), 1);
+    // the device is not in the key: the same cell, cached
+    let out = p.run(&["run", "sample"]);
+    assert!(text(&out.stderr).contains("0 ran"), "{}", text(&out.stderr));
+    let out = p.run(&["run", "sample", "--set", "sample.precision=\"f32\""]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(sampled(), 2, "f32 is another cell");
+}

@@ -247,7 +247,7 @@ impl AestheticTrain {
             holdout,
         } = AestheticParams::from_params(cx.params())?;
         let seed = cell_seed(cx)?;
-        let device = crate::inworld::device();
+        let device = crate::device::device();
         let world = cx.input_of_kind("world")?;
         let pairs = load_pairs(world, 0)?;
         let ratings = detail_ratings(world, pairs.len())?;

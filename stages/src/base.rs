@@ -14,9 +14,10 @@ use spo_diffusion::{NoiseSchedule, SchedulerConfig};
 use spo_nn::{AdamW, AdamWConfig, SeededRng, named_vars, sharded_backward};
 use spo_world::QualityMix;
 
+use crate::device::device;
 use crate::embedded::Weights;
 use crate::error::Result;
-use crate::inworld::{InWorldClip, device, new_unet, save_varmap, unet_config};
+use crate::inworld::{InWorldClip, new_unet, save_varmap, unet_config};
 use crate::tensors::images_to_tensor;
 use crate::training::{Trainer, warmup_cosine};
 use crate::worlddata::WorldData;

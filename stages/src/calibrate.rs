@@ -33,8 +33,9 @@ use spo_nn::SeededRng;
 use spo_world::{FlawKind, QualityMix, high_pass_distance, quality_from_high_pass, render};
 
 use crate::clip_train::WorldClip;
+use crate::device::device;
 use crate::error::Result;
-use crate::inworld::{InWorldClip, device, load_unet, on_cores};
+use crate::inworld::{InWorldClip, load_unet, on_cores};
 use crate::pool_check::{PoolAccuracy, pool_accuracies};
 use crate::score::pickscores;
 use crate::tensors::{images_to_tensor, tensor_to_images};

@@ -508,7 +508,7 @@ impl ClipPretrain {
         };
         let (eval_prompts, flawed_share) = (p.eval_prompts, p.flawed_share);
         let seed = cell_seed(cx)?;
-        let device = crate::inworld::device();
+        let device = crate::device::device();
         let world = WorldData::load(cx.input_of_kind("world")?)?;
         let quality_words = quality_vocabulary();
         let vocab = Vocab::build(
@@ -719,7 +719,7 @@ impl PickScoreTrain {
         let sched = Schedule::read(cx.params())?;
         let PickScoreParams { batch, holdout } = PickScoreParams::from_params(cx.params())?;
         let seed = cell_seed(cx)?;
-        let device = crate::inworld::device();
+        let device = crate::device::device();
         let pairs = load_pairs(cx.input_of_kind("world")?, 0)?;
         let (train, held) = split_by_caption(&pairs, holdout);
         if train.is_empty() || held.is_empty() {

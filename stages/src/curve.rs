@@ -30,8 +30,9 @@ use indicatif::ProgressBar;
 use spo_core::{Input, ParamSpec, StageContext, StageError, StageKind};
 use spo_world::Scene;
 
+use crate::device::device;
 use crate::error::{At, Result};
-use crate::inworld::{InWorldClip, device, load_unet, on_cores};
+use crate::inworld::{InWorldClip, load_unet, on_cores};
 use crate::sample::{SampleParams, draw, jobs};
 use crate::score::{InWorldScorers, means};
 use crate::training::SNAPSHOTS;

@@ -25,8 +25,9 @@ use spo_nn::{AdamW, SeededRng};
 use spo_sd::StableDiffusion;
 
 use crate::checkpoint::ExactF64;
+use crate::device::device;
 use crate::error::{At, Result};
-use crate::inworld::{InWorldClip, device, lora_policy, on_cores};
+use crate::inworld::{InWorldClip, lora_policy, on_cores};
 use crate::real;
 use crate::tensors::images_to_tensor;
 use crate::training::{Trainer, warmup_cosine};
@@ -341,7 +342,8 @@ fn load(cx: &StageContext, p: &Offline, seed: u64) -> Result<(Vec<Pair>, Model, 
     }
     if is_real {
         let pipeline = real::pipeline_input(cx)?;
-        let (sd, lora_vars, opt) = real::lora_pipeline(&pipeline.dir, p.rank, seed, p.lr, 1e-2)?;
+        let (sd, lora_vars, opt) =
+            real::lora_pipeline(&pipeline.dir, DType::F32, p.rank, seed, p.lr, 1e-2)?;
         return Ok((pairs, Model::Real(Box::new(sd)), lora_vars, opt));
     }
     let text = InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?;

@@ -255,11 +255,6 @@ pub fn save_varmap(cx: &mut StageContext, varmap: &VarMap, rel: &str) -> Result<
     varmap.save(&path).at(&path)
 }
 
-/// The compute device: CUDA when built with it and present, else the CPU.
-pub fn device() -> Device {
-    Device::cuda_if_available(0).unwrap_or(Device::Cpu)
-}
-
 /// Runs `work` (a model stage's body, or one step of it) on a rayon pool of `threads` threads,
 /// the cell's core share (`StageContext::threads`, asked just before), so that spo-nn's kernels
 /// parallelise in place rather than handing every op from the stage's own thread to the global

@@ -9,6 +9,7 @@ pub mod command;
 pub mod curve;
 pub mod d3po;
 pub mod ddpo;
+pub mod device;
 pub mod diffusion_dpo;
 pub mod download;
 pub mod embedded;

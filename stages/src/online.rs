@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use image::RgbImage;
 use spo_clip::{Metric, ScoreOptions, Scorer};
@@ -18,8 +18,9 @@ use spo_nn::{AdamW, SeededRng};
 use spo_sd::{SdPolicy, StableDiffusion};
 
 use crate::clip_train::WorldClip;
+use crate::device::device;
 use crate::error::{At, Result};
-use crate::inworld::{GuidedUnet, InWorldClip, device, lora_policy};
+use crate::inworld::{GuidedUnet, InWorldClip, lora_policy};
 use crate::real;
 use crate::score::pickscores;
 use crate::tensors::{tensor_to_images, unit_tensor_to_images};
@@ -87,7 +88,12 @@ impl RealOnline {
     /// The models as the rollout and training helpers take them, guided at `cfg`.
     pub fn policy(&self, cfg: f64) -> Policy<'_, SdPolicy<'_>> {
         Policy {
-            den: SdPolicy { sd: &self.sd, cfg },
+            // the methods' own batch params size each call
+            den: SdPolicy {
+                sd: &self.sd,
+                cfg,
+                micro_batch: usize::MAX,
+            },
             ddim: &self.ddim,
             reward: Reward::Real(&self.sd, &self.reward),
         }
@@ -174,7 +180,8 @@ fn setup_real(
         &dev,
     )
     .at(&reward_dir)?;
-    let (sd, lora_vars, opt) = real::lora_pipeline(&pipeline.dir, rank, seed, lr, 1e-4)?;
+    let (sd, lora_vars, opt) =
+        real::lora_pipeline(&pipeline.dir, DType::F32, rank, seed, lr, 1e-4)?;
     let ddim = Ddim::new(NoiseSchedule::new(sd.scheduler().clone())?, steps, eta)?;
     let real = RealOnline {
         sd,

@@ -4,17 +4,43 @@
 
 use std::path::Path;
 
-use candle_core::DType;
+use candle_core::{DType, Device};
 use candle_nn::VarMap;
 use spo_core::{Input, StageContext, StageError};
+use spo_diffusion::DiffusersFolder;
 use spo_diffusion::LoraConfig;
 use spo_nn::{AdamW, AdamWConfig, named_vars};
-use spo_sd::StableDiffusion;
+use spo_sd::memory::{PipelineShape, human_bytes};
+use spo_sd::pipeline::vae_dtype;
+use spo_sd::{StableDiffusion, Workload};
 
+use crate::device::{device, device_name, memory_available};
 use crate::error::Result;
-use crate::inworld::device;
 use crate::world_parquet::str_at;
 use crate::worlddata::each_row;
+
+spo_core::param_choice! {
+    /// The `precision` param: the dtype of a real pipeline's frozen weights (UNet, text
+    /// encoders, VAE unless it must be upcast); the LoRA and its optimizer state stay f32, as
+    /// the SPO code runs them (fp16 weights, f32 adapters).
+    pub enum Precision { F32 = "f32", F16 = "f16", Bf16 = "bf16" }
+}
+
+impl Precision {
+    /// The dtype on `dev`. bf16 on the CPU is refused: candle's CPU matmul has none.
+    pub fn dtype(self, dev: &Device) -> Result<DType> {
+        match self {
+            Precision::F32 => Ok(DType::F32),
+            Precision::F16 => Ok(DType::F16),
+            Precision::Bf16 if dev.is_cpu() => Err(StageError::param(
+                "precision",
+                "bf16 needs a CUDA device (candle's CPU matmul has no bf16); on the CPU use f16 or f32",
+            )
+            .into()),
+            Precision::Bf16 => Ok(DType::BF16),
+        }
+    }
+}
 
 /// Whether one of the cell's inputs is a diffusers pipeline (holds `model_index.json`): the
 /// kinds that also run in the world take real weights when given one.
@@ -86,16 +112,18 @@ pub fn prompts(cx: &StageContext) -> Result<Vec<String>> {
     Ok(prompts)
 }
 
-/// The pipeline in `dir` with SPO's LoRA of `rank` (drawn from `seed`) and an AdamW over the
-/// adapters — `crate::inworld::lora_policy`'s twin for real weights.
+/// The pipeline in `dir`, its frozen weights as `dtype`, with SPO's LoRA of `rank` (f32, drawn
+/// from `seed`) and an AdamW over the adapters — `crate::inworld::lora_policy`'s twin for real
+/// weights.
 pub fn lora_pipeline(
     dir: &Path,
+    dtype: DType,
     rank: usize,
     seed: u64,
     lr: f64,
     weight_decay: f64,
 ) -> Result<(StableDiffusion, VarMap, AdamW)> {
-    let mut sd = StableDiffusion::open(dir, DType::F32, &device())?;
+    let mut sd = StableDiffusion::open(dir, dtype, &device())?;
     let lora_vars = VarMap::new();
     sd.add_trainable_lora(&LoraConfig::spo(rank), &lora_vars, seed)?;
     let opt = AdamW::new(
@@ -107,4 +135,49 @@ pub fn lora_pipeline(
         },
     )?;
     Ok((sd, lora_vars, opt))
+}
+
+/// Estimates what `work` on the pipeline in `dir` (weights as `dtype`, plus `extra_weights`
+/// bytes of other models the cell loads) needs on the compute device, records it as the
+/// cell's `memory_estimate_gib`, and refuses the cell — before any weight is loaded — when it
+/// exceeds what the device can give (`--device-memory`, else its free memory). Where that
+/// cannot be told, the cell runs and the log says so.
+pub fn check_memory(
+    cx: &mut StageContext,
+    dir: &Path,
+    dtype: DType,
+    work: Workload,
+    extra_weights: u64,
+) -> Result<()> {
+    let folder = DiffusersFolder::open(dir)?;
+    let mut need =
+        PipelineShape::of_folder(&folder)?.estimate(dtype, vae_dtype(&folder, dtype)?, work)?;
+    need.weights += extra_weights;
+    let total = need.total();
+    cx.metric("memory_estimate_gib", total as f64 / (1u64 << 30) as f64);
+    let dev = device();
+    let Some((available, source)) = memory_available(&dev) else {
+        tracing::warn!(
+            "{}: needs about {} on {}; how much the device has free cannot be told, so the cell runs unchecked",
+            cx.stage(),
+            device_name(&dev),
+            human_bytes(total)
+        );
+        return Ok(());
+    };
+    if total <= available {
+        return Ok(());
+    }
+    Err(StageError::Failed(format!(
+        "stage `{}` needs about {} on {} (weights {}, training state {}, activations {}) but {} are available ({source}); \
+         lower the batch params, use precision f16 or bf16, or give it a larger device",
+        cx.stage(),
+        human_bytes(total),
+        device_name(&dev),
+        human_bytes(need.weights),
+        human_bytes(need.training_state),
+        human_bytes(need.activations),
+        human_bytes(available),
+    ))
+    .into())
 }

@@ -14,8 +14,9 @@ use spo_core::{ParamSpec, StageContext, StageError, StageKind};
 use spo_diffusion::{Ddim, NoiseSchedule, SchedulerConfig, UNet2DConditionModel};
 use spo_nn::SeededRng;
 
+use crate::device::device;
 use crate::error::{At, Result};
-use crate::inworld::{InWorldClip, device, load_unet, on_cores};
+use crate::inworld::{InWorldClip, load_unet, on_cores};
 use crate::tensors::{png_bytes, tensor_to_images};
 use crate::world_parquet::{col, write_table};
 use crate::worlddata::WorldData;

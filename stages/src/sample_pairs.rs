@@ -12,8 +12,9 @@ use spo_core::{ParamSpec, StageContext, StageError, StageKind};
 use spo_diffusion::{Ddim, NoiseSchedule, SchedulerConfig};
 use spo_nn::SeededRng;
 
+use crate::device::device;
 use crate::error::Result;
-use crate::inworld::{InWorldClip, device, load_unet, on_cores};
+use crate::inworld::{InWorldClip, load_unet, on_cores};
 use crate::pickapic::{PairRow, PairsWriter};
 use crate::tensors::{png_bytes, tensor_to_images};
 use crate::worlddata::{WorldData, world_annotator};

@@ -318,7 +318,7 @@ impl StageKind for Score {
         vec![]
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
-        let device = crate::inworld::device();
+        let device = crate::device::device();
         let samples_input = samples_input(cx)?;
         let scorers = InWorldScorers::load(
             cx.input_of_kind("world")?,

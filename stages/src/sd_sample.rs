@@ -14,11 +14,12 @@ use candle_core::{DType, Tensor};
 use image::RgbImage;
 use spo_core::{ParamSpec, StageContext, StageError, StageKind};
 use spo_nn::SeededRng;
-use spo_sd::{SampleSettings, StableDiffusion};
+use spo_sd::{SampleSettings, StableDiffusion, Workload};
 
+use crate::device::device;
 use crate::error::{At, Result};
-use crate::inworld::{device, on_cores};
-use crate::real;
+use crate::inworld::on_cores;
+use crate::real::{self, Precision};
 use crate::sample::{grid, image_jobs};
 use crate::tensors::{png_bytes, unit_tensor_to_images};
 use crate::world_parquet::{bytes_at, col, i64_at, str_at, write_table};
@@ -39,6 +40,8 @@ spo_core::stage_params! {
         per_prompt: usize = int(1).range(1.0, 1000.0),
         /// images per UNet call (each runs twice: with and without the prompt)
         batch: usize = int(4).range(1.0, 4096.0),
+        /// the weights' dtype (the VAE decodes in f32 unless its config allows half precision)
+        precision: Precision = choice_of(Precision::F16),
     }
 }
 
@@ -134,7 +137,9 @@ fn run(cx: &mut StageContext) -> Result<()> {
     let model = real::pipeline_input(cx)?.dir.clone();
     let mut prompts = real::prompts(cx)?;
     prompts.truncate(p.prompts);
-    let mut sd = StableDiffusion::open(&model, DType::F32, &dev)?;
+    let dtype = p.precision.dtype(&dev)?;
+    real::check_memory(cx, &model, dtype, Workload::Sample { batch: p.batch }, 0)?;
+    let mut sd = StableDiffusion::open(&model, dtype, &dev)?;
     if let Some(lora) = lora_input(cx)? {
         sd.unet_mut().load_lora(&lora).at(&lora)?;
     }

@@ -18,8 +18,9 @@ use spo_clip::scorers::aesthetic::MlpHead;
 use spo_clip::{Metric, ScoreOptions, Scorer, load_hf_clip};
 use spo_core::{Input, ParamSpec, StageContext, StageError, StageKind};
 
+use crate::device::device;
 use crate::error::{At, Result};
-use crate::inworld::{device, on_cores};
+use crate::inworld::on_cores;
 use crate::sd_sample::read_sd_samples;
 use crate::world_parquet::{col, write_table};
 

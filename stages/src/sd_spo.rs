@@ -21,12 +21,12 @@ use spo_diffusion::{Ddim, NoiseSchedule};
 use spo_methods::pairs::PairSelection;
 use spo_methods::ratio::ClampedRatio;
 use spo_methods::spo::SpoConfig;
-use spo_sd::{SdPolicy, SpmJudge};
+use spo_sd::{SdPolicy, SpmJudge, Workload};
 
+use crate::device::device;
 use crate::error::{At, Result};
 use crate::gradspo::{Ema, GradSpo, GradSpoParams};
-use crate::inworld::device;
-use crate::real;
+use crate::real::{self, Precision};
 use crate::spo::{Continuation, PairChoice, Rounds, run_rounds};
 
 spo_core::stage_params! {
@@ -55,6 +55,9 @@ spo_core::stage_params! {
         prompts: usize = int(40).range(1.0, 4096.0),
         /// pairs per micro-batch (the paper: 10 per GPU)
         train_batch: usize = int(10).range(1.0, 4096.0),
+        /// latents per UNet call, and x̂₀-predictions decoded and judged at a time, in the
+        /// rollouts (a round's pools hold k × prompts latents)
+        micro_batch: usize = int(10).range(1.0, 4096.0),
         /// micro-batches per optimizer step, gradients averaged (the paper's SD-1.5 step: 4 GPUs'
         /// micro-batches averaged by DDP; SDXL: 2 accumulated)
         accumulate: usize = int(4).range(1.0, 4096.0),
@@ -73,6 +76,8 @@ spo_core::stage_params! {
         checkpoint_every: usize = int(10).range(1.0, 1e6),
         /// LoRA snapshots at evenly spaced rounds (0: none)
         snapshots: usize = int(4).range(0.0, 1000.0),
+        /// the frozen weights' dtype (the LoRA and AdamW's state stay f32): the paper's fp16
+        precision: Precision = choice_of(Precision::F16),
     }
 }
 
@@ -177,11 +182,22 @@ fn train(cx: &mut StageContext, gradspo: Option<GradSpo>) -> Result<()> {
     let prompts = real::prompts(cx)?;
     let (spm_path, config_path) = spm_files(cx, &pipeline, &p.spm_file)?;
     let spm_config = ClipConfig::from_file(&config_path)?;
-    let spm = load_spm(&spm_path, &spm_config, &dev).at(&spm_path)?;
     let tokenizer = ClipTokenizer::new(TextCleaning::Hf)?;
 
+    let dtype = p.precision.dtype(&dev)?;
+    let work = Workload::Train {
+        batch: p.train_batch,
+        rollout_batch: p.micro_batch,
+        rank: p.rank,
+    };
+    // the SPM runs in f32: about its checkpoint's size (the released ones are f32)
+    let spm_bytes = std::fs::metadata(&spm_path)
+        .map_err(|e| StageError::io(&spm_path, e))?
+        .len();
+    real::check_memory(cx, &pipeline.dir, dtype, work, spm_bytes)?;
+    let spm = load_spm(&spm_path, &spm_config, &dev).at(&spm_path)?;
     let (sd, mut lora_vars, mut opt) =
-        real::lora_pipeline(&pipeline.dir, p.rank, seed, p.lr, p.weight_decay)?;
+        real::lora_pipeline(&pipeline.dir, dtype, p.rank, seed, p.lr, p.weight_decay)?;
     let ddim = Ddim::new(NoiseSchedule::new(sd.scheduler().clone())?, p.steps, p.eta)?;
     let cfg = SpoConfig {
         k: p.k,
@@ -213,11 +229,13 @@ fn train(cx: &mut StageContext, gradspo: Option<GradSpo>) -> Result<()> {
     let den = SdPolicy {
         sd: &sd,
         cfg: p.cfg,
+        micro_batch: p.micro_batch,
     };
     let judge = SpmJudge {
         sd: &sd,
         spm: &spm,
         tokenizer: &tokenizer,
+        micro_batch: p.micro_batch,
     };
     let pool: Vec<&str> = prompts.iter().map(String::as_str).collect();
     let save_lora = |path: &Path| sd.unet().save_lora(path).at(path);

@@ -15,10 +15,9 @@ use spo_core::{Input, ParamSpec, StageContext, StageError, StageKind};
 use spo_diffusion::{Ddim, NoiseSchedule, SchedulerConfig};
 use spo_nn::{AdamW, AdamWConfig, named_vars, seeded_var_builder};
 
+use crate::device::device;
 use crate::error::{At, Result};
-use crate::inworld::{
-    InWorldClip, device, frozen_vb, json, load_unet, load_vocab, on_cores, save_varmap,
-};
+use crate::inworld::{InWorldClip, frozen_vb, json, load_unet, load_vocab, on_cores, save_varmap};
 use crate::tensors::images_to_tensor;
 use crate::training::Trainer;
 use crate::vocab::Vocab;

@@ -31,9 +31,10 @@ use spo_methods::spo::{Denoiser, RoundResult, SpoConfig, StepJudge, rollout, tra
 use spo_nn::AdamW;
 
 use crate::checkpoint::exact_f64;
+use crate::device::device;
 use crate::error::{At, Result};
 use crate::gradspo::{Ema, GradSpo};
-use crate::inworld::{GuidedUnet, InWorldClip, device, lora_policy, on_cores};
+use crate::inworld::{GuidedUnet, InWorldClip, lora_policy, on_cores};
 use crate::oracle_judge::OracleJudge;
 use crate::training::Trainer;
 use crate::vocab::Vocab;

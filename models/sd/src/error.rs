@@ -12,6 +12,9 @@ pub enum SdError {
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// A weights file the memory estimate reads cannot be read (the message names it).
+    #[error("memory estimate: {0}")]
+    Memory(String),
 }
 
 /// Result alias of this crate.

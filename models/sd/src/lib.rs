@@ -17,11 +17,13 @@
 //! goldens); one latent SPO step against a PyTorch re-implementation: `tests/spo_step.rs`.
 
 pub mod error;
+pub mod memory;
 pub mod pipeline;
 pub mod spo;
 pub mod text;
 
 pub use error::{Result, SdError};
+pub use memory::{MemoryNeed, Workload};
 pub use pipeline::{Conditioning, SampleSettings, StableDiffusion};
 pub use spo::{SdPolicy, SpmJudge};
 pub use text::TextEncoder;

@@ -69,6 +69,18 @@ impl Conditioning {
     }
 }
 
+/// The dtype the VAE of a `dtype` pipeline runs in: diffusers upcasts a half-precision
+/// pipeline's VAE to f32 unless its config's `force_upcast` is false (SDXL's fp16-fix VAE).
+pub fn vae_dtype(folder: &DiffusersFolder, dtype: DType) -> Result<DType> {
+    Ok(
+        if dtype != DType::F32 && folder.vae_config()?.force_upcast {
+            DType::F32
+        } else {
+            dtype
+        },
+    )
+}
+
 /// The components of a diffusers folder, loaded.
 #[derive(Debug)]
 pub struct StableDiffusion {
@@ -83,13 +95,17 @@ pub struct StableDiffusion {
     latent: [usize; 3],
     image: [usize; 2],
     dtype: DType,
+    /// The VAE's: f32 when a half-precision pipeline's VAE must be upcast.
+    vae_dtype: DType,
     device: Device,
 }
 
 impl StableDiffusion {
     /// Opens the diffusers folder `root` — SDXL-shaped when `model_index.json` lists a
     /// `text_encoder_2`, else SD-1.5-shaped — checking first that its parts fit
-    /// ([`DiffusersFolder::check`]); weights as `dtype` on `device`.
+    /// ([`DiffusersFolder::check`]); weights as `dtype` on `device` — the VAE's in f32 when
+    /// `dtype` is half precision and its config has `force_upcast` (its default), as diffusers
+    /// runs it.
     pub fn open(root: &Path, dtype: DType, device: &Device) -> Result<Self> {
         let folder = DiffusersFolder::open(root)?;
         let arch = if folder.has_component("text_encoder_2") {
@@ -117,7 +133,8 @@ impl StableDiffusion {
             })
             .collect::<Result<Vec<_>>>()?;
         let unet = folder.unet(dtype, device)?;
-        let vae = folder.vae(dtype, device)?;
+        let vae_dtype = vae_dtype(&folder, dtype)?;
+        let vae = folder.vae(vae_dtype, device)?;
         let side = unet.config().sample_size.unwrap_or(64);
         let scale = 1 << vae.config().block_out_channels.len().saturating_sub(1);
         Ok(Self {
@@ -130,6 +147,7 @@ impl StableDiffusion {
             vae,
             scheduler: folder.scheduler_config()?,
             dtype,
+            vae_dtype,
             device: device.clone(),
         })
     }
@@ -147,6 +165,12 @@ impl StableDiffusion {
     /// The UNet (e.g. to load a LoRA into).
     pub fn unet_mut(&mut self) -> &mut UNet2DConditionModel {
         &mut self.unet
+    }
+
+    /// The dtype of the frozen weights, the text states and the latents the UNet takes (the
+    /// VAE's may be f32: see [`Self::open`]).
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// The device the weights are on.
@@ -231,8 +255,9 @@ impl StableDiffusion {
     /// Images `(b, 3, H, W)` in [−1, 1] → latents for the UNet: the VAE's latent distribution
     /// sampled with `noise` (unit Gaussian, the latents' shape), times `scaling_factor`.
     pub fn encode(&self, pixels: &Tensor, noise: &Tensor) -> Result<Tensor> {
-        let dist = self.vae.encode(&pixels.to_dtype(self.dtype)?)?;
-        Ok((dist.sample(noise)? * self.vae.config().scaling_factor)?)
+        let dist = self.vae.encode(&pixels.to_dtype(self.vae_dtype)?)?;
+        let z = dist.sample(&noise.to_dtype(self.vae_dtype)?)?;
+        Ok((z * self.vae.config().scaling_factor)?.to_dtype(self.dtype)?)
     }
 
     /// Runs DDIM from `latents` (`(b, c, h, w)`, unit Gaussian: DDIM's initial sigma is 1) to
@@ -264,7 +289,7 @@ impl StableDiffusion {
     /// Latents → the VAE's output `(b, 3, H, W)` in about [−1, 1], f32, unclamped: the VAE
     /// decodes `latents / scaling_factor`.
     pub fn decode_raw(&self, latents: &Tensor) -> Result<Tensor> {
-        let z = (latents / self.vae.config().scaling_factor)?;
+        let z = (latents.to_dtype(self.vae_dtype)? / self.vae.config().scaling_factor)?;
         Ok(self.vae.decode(&z)?.to_dtype(DType::F32)?)
     }
 

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use spo_clip::preprocess::spm_pixels;
 use spo_clip::{ClipTokenizer, Spm};
@@ -57,6 +57,26 @@ pub struct SdPolicy<'a> {
     pub sd: &'a StableDiffusion,
     /// Guidance scale (SPO: 5).
     pub cfg: f64,
+    /// Latents per UNet call: a rollout's pool (k × prompts) is run this many at a time, so
+    /// that its size does not set the memory a round needs.
+    pub micro_batch: usize,
+}
+
+/// `f` over `x`'s rows `size` at a time, the results concatenated (rows of `rows` go along).
+fn in_chunks<R>(
+    x: &Tensor,
+    size: usize,
+    mut f: impl FnMut(&Tensor, std::ops::Range<usize>) -> candle_core::Result<R>,
+) -> candle_core::Result<Vec<R>> {
+    let n = x.dim(0)?;
+    let size = size.max(1);
+    (0..n)
+        .step_by(size)
+        .map(|s| {
+            let len = size.min(n - s);
+            f(&x.narrow(0, s, len)?, s..s + len)
+        })
+        .collect()
 }
 
 impl Denoiser for SdPolicy<'_> {
@@ -75,10 +95,25 @@ impl Denoiser for SdPolicy<'_> {
     ) -> candle_core::Result<Tensor> {
         let unet = self.sd.unet();
         unet.set_lora_enabled(!reference);
-        let inputs = prompts.guidance(self.cfg);
-        let eps = guided_prediction(unet, x, ts, &inputs).map_err(candle_core::Error::wrap);
+        // the UNet runs in the pipeline's dtype; the method's log-probabilities in f32
+        let eps = in_chunks(x, self.micro_batch, |x, rows| {
+            let part;
+            let prompts = if rows.len() == ts.len() {
+                prompts
+            } else {
+                let idx: Vec<u32> = rows.clone().map(|r| r as u32).collect();
+                part = prompts.select(&idx)?;
+                &part
+            };
+            let inputs = prompts.guidance(self.cfg);
+            let x = x.to_dtype(self.sd.dtype())?;
+            guided_prediction(unet, &x, &ts[rows], &inputs)
+                .map_err(candle_core::Error::wrap)?
+                .to_dtype(DType::F32)
+        });
         unet.set_lora_enabled(true);
-        Ok(if reference { eps?.detach() } else { eps? })
+        let eps = Tensor::cat(&eps?, 0)?;
+        Ok(if reference { eps.detach() } else { eps })
     }
     fn select(&self, prompts: &Conditioning, rows: &[u32]) -> candle_core::Result<Conditioning> {
         prompts.select(rows)
@@ -102,16 +137,21 @@ pub struct SpmJudge<'a> {
     pub spm: &'a Spm,
     /// The SPM's tokenizer (PickScore's: the CLIP BPE, HF cleaning).
     pub tokenizer: &'a ClipTokenizer,
+    /// x̂₀-predictions decoded and scored at a time.
+    pub micro_batch: usize,
 }
 
 impl StepJudge for SpmJudge<'_> {
     fn scores(&self, x0: &Tensor, texts: &[&str], t: usize) -> candle_core::Result<Vec<f64>> {
-        let decoded = self.sd.decode_raw(x0).map_err(candle_core::Error::wrap)?;
-        let pixels = spm_pixels(&decoded, SPM_IMAGE_SIZE).map_err(candle_core::Error::wrap)?;
-        let ids = self
-            .tokenizer
-            .encode_batch(texts, x0.device())
-            .map_err(candle_core::Error::wrap)?;
-        self.spm.score(&pixels, &ids, &vec![t as f32; texts.len()])
+        let parts = in_chunks(x0, self.micro_batch, |x0, rows| {
+            let decoded = self.sd.decode_raw(x0).map_err(candle_core::Error::wrap)?;
+            let pixels = spm_pixels(&decoded, SPM_IMAGE_SIZE).map_err(candle_core::Error::wrap)?;
+            let ids = self
+                .tokenizer
+                .encode_batch(&texts[rows.clone()], x0.device())
+                .map_err(candle_core::Error::wrap)?;
+            self.spm.score(&pixels, &ids, &vec![t as f32; rows.len()])
+        })?;
+        Ok(parts.concat())
     }
 }

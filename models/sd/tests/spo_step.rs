@@ -41,11 +41,17 @@ fn one_latent_spo_step_matches_the_pytorch_reimplementation() -> TestResult {
     let spm_config = ClipConfig::from_file(&clip.join("pickscore_tiny/config.json"))?;
     let spm = load_spm(&clip.join("spm_tiny.bin"), &spm_config, &dev)?;
     let tokenizer = ClipTokenizer::new(TextCleaning::Hf)?;
-    let policy = SdPolicy { sd: &sd, cfg: 5.0 };
+    // micro-batches of 3 split the pool of 8 unevenly: the chunks must join up exactly
+    let policy = SdPolicy {
+        sd: &sd,
+        cfg: 5.0,
+        micro_batch: 3,
+    };
     let judge = SpmJudge {
         sd: &sd,
         spm: &spm,
         tokenizer: &tokenizer,
+        micro_batch: 3,
     };
     let ddim = Ddim::new(NoiseSchedule::new(sd.scheduler().clone())?, 20, 1.0)?;
     assert!(ddim.timesteps().contains(&T) && ddim.prev_timestep(T) == T_PREV as i64);

@@ -84,6 +84,10 @@ pub struct AutoencoderKLConfig {
     /// 1×1 `post_quant_conv` before the decoder (default true).
     #[serde(default = "d_true")]
     pub use_post_quant_conv: bool,
+    /// Run in f32 when the pipeline is in half precision (default true: SD's VAE overflows in
+    /// f16; `madebyollin/sdxl-vae-fp16-fix` says false), as diffusers' pipelines upcast it.
+    #[serde(default = "d_true")]
+    pub force_upcast: bool,
 }
 
 impl AutoencoderKLConfig {
@@ -105,6 +109,7 @@ impl AutoencoderKLConfig {
             mid_block_add_attention: true,
             use_quant_conv: true,
             use_post_quant_conv: true,
+            force_upcast: true,
         }
     }
 
