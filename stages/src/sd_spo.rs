@@ -53,14 +53,15 @@ spo_core::stage_params! {
         rounds: usize = int(1000).range(0.0, 1e7),
         /// prompts per round (the paper: 10 per GPU on 4 GPUs)
         prompts: usize = int(40).range(1.0, 4096.0),
-        /// pairs per micro-batch (the paper: 10 per GPU)
-        train_batch: usize = int(10).range(1.0, 4096.0),
+        /// pairs per micro-batch (the paper: 10 per GPU; 1 here fits one 80 GB GPU in f16,
+        /// docs/real-weights.md "Device, precision and memory")
+        train_batch: usize = int(1).range(1.0, 4096.0),
         /// latents per UNet call, and x̂₀-predictions decoded and judged at a time, in the
         /// rollouts (a round's pools hold k × prompts latents)
-        micro_batch: usize = int(10).range(1.0, 4096.0),
-        /// micro-batches per optimizer step, gradients averaged (the paper's SD-1.5 step: 4 GPUs'
-        /// micro-batches averaged by DDP; SDXL: 2 accumulated)
-        accumulate: usize = int(4).range(1.0, 4096.0),
+        micro_batch: usize = int(8).range(1.0, 4096.0),
+        /// micro-batches per optimizer step, gradients averaged (the paper's SD-1.5 step
+        /// averaged 4 GPUs × 10 pairs: 40 × 1 here; SDXL: 2 accumulated)
+        accumulate: usize = int(40).range(1.0, 4096.0),
         /// passes over each round's pairs (the paper: 1)
         epochs: usize = int(1).range(1.0, 100.0),
         lr: f64 = float(6e-5).range(1e-9, 1.0),

@@ -26,9 +26,41 @@ pub fn merge_heads(xs: &Tensor, heads: usize) -> Result<Tensor> {
         .reshape((bh / heads, n, heads * d))
 }
 
+/// The f32 scores one un-tracked attention call forms at a time: without a gradient to take,
+/// the queries are processed in row blocks that keep them under this (SD-1.5's 64×64 latents
+/// would otherwise form 4096 × 4096 scores per head and image at once, several times over).
+pub const SCORES_BLOCK_BYTES: usize = 64 << 20;
+
 /// `softmax(q·kᵀ·scale + mask)·v` for `q: (B, n, d)`, `k, v: (B, m, d)` and an optional
-/// additive `(n, m)` mask; returns `(B, n, d)`.
+/// additive `(n, m)` mask; returns `(B, n, d)`. Without a gradient to record, in blocks of
+/// query rows (each row's softmax is its own, so the result is the same).
 pub fn scaled_dot_product_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (bh, n, _) = q.dims3()?;
+    let m = k.dim(1)?;
+    let rows = (SCORES_BLOCK_BYTES / (bh * m * 4).max(1)).max(1);
+    let tracked = [q, k, v].iter().any(|t| t.track_op());
+    if tracked || rows >= n {
+        return attention_block(q, k, v, scale, mask);
+    }
+    let blocks = (0..n)
+        .step_by(rows)
+        .map(|start| {
+            let len = rows.min(n - start);
+            let mask = mask.map(|mk| mk.narrow(0, start, len)).transpose()?;
+            attention_block(&q.narrow(1, start, len)?, k, v, scale, mask.as_ref())
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&blocks, 1)
+}
+
+/// [`scaled_dot_product_attention`] in one piece.
+fn attention_block(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
@@ -146,6 +178,27 @@ mod tests {
                 assert!(e.to_string().contains(&want), "{e}");
             }
         }
+        Ok(())
+    }
+
+    #[test]
+    fn untracked_attention_in_row_blocks_equals_one_block() -> Result<()> {
+        // 4200 × 4200 f32 scores are over the block budget: two blocks of query rows, each with
+        // its rows of the mask
+        let dev = Device::Cpu;
+        let mut rng = SeededRng::new(7);
+        let n = 4200;
+        assert!(n * n * 4 > SCORES_BLOCK_BYTES);
+        let (q, k, v) = (
+            rng.normal((1, n, 8), 0.0, 1.0, DType::F32, &dev)?,
+            rng.normal((1, n, 8), 0.0, 1.0, DType::F32, &dev)?,
+            rng.normal((1, n, 8), 0.0, 1.0, DType::F32, &dev)?,
+        );
+        let mask = causal_mask(n, DType::F32, &dev)?;
+        let blocked = scaled_dot_product_attention(&q, &k, &v, 0.35, Some(&mask))?;
+        let whole = attention_block(&q, &k, &v, 0.35, Some(&mask))?;
+        let diff = (blocked - whole)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-6, "{diff}");
         Ok(())
     }
 

@@ -122,10 +122,10 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
                 },
             ),
             (
-                "train, micro-batch 1, rollouts 4",
+                "train, micro-batch 1, rollouts 8",
                 Workload::Train {
                     batch: 1,
-                    rollout_batch: 4,
+                    rollout_batch: 8,
                     rank,
                 },
             ),
