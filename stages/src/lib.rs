@@ -66,6 +66,7 @@ pub fn kinds() -> Vec<Box<dyn StageKind>> {
         Box::new(sd_sample::SdSample),
         Box::new(sd_score::SdScore),
         Box::new(sd_spo::SdSpo),
+        Box::new(sd_spo::SdxlSpo),
         Box::new(sd_spo::SdGradSpo),
         Box::new(sample_pairs::SamplePairs),
         Box::new(spm::TrainSpm),

@@ -68,6 +68,7 @@ fn registry() -> Registry {
         Box::new(spo_stages::sd_sample::SdSample),
         Box::new(spo_stages::sd_score::SdScore),
         Box::new(spo_stages::sd_spo::SdSpo),
+        Box::new(spo_stages::sd_spo::SdxlSpo),
         Box::new(spo_stages::sd_spo::SdGradSpo),
         Box::new(spo_stages::d3po::D3po),
         Box::new(spo_stages::world::WorldKind),
@@ -548,8 +549,17 @@ fn sd_spo_trains_a_lora_that_sd_sample_uses() {
     assert_eq!(run_pipeline(&store2, &text), vec![]);
     assert_eq!(lora_of(&store2), lora, "byte-identical in another store");
 
-    // MSPO (j = 2 steps per pool) on the SDXL-shaped repo, through the same stage.
-    let xl = text
+    // MSPO (j = 2 steps per pool) on the SDXL-shaped repo, through `sdxl-spo` (sd-spo with the
+    // SDXL run's defaults), which refuses the SD-1.5 repo.
+    let as_xl = |t: &str| t.replace("kind = \"sd-spo\"", "kind = \"sdxl-spo\"");
+    let failed = run_pipeline(&store2, &as_xl(&text));
+    assert!(
+        failed
+            .iter()
+            .any(|(_, m)| m.contains("needs an SDXL pipeline") && m.contains("text_encoder_2")),
+        "{failed:?}"
+    );
+    let xl = as_xl(&text)
         .replace(
             &hub_stage("sd15", "org/sd15", &files),
             &hub_stage("sd15", "org/sdxl", &repo("org/sdxl")),
@@ -558,7 +568,7 @@ fn sd_spo_trains_a_lora_that_sd_sample_uses() {
             "k = 2, steps = 4",
             "k = 2, j = 2, threshold = 0.0, steps = 4",
         );
-    assert!(xl.contains("org/sdxl") && xl.contains("j = 2"));
+    assert!(xl.contains("org/sdxl") && xl.contains("j = 2") && xl.contains("sdxl-spo"));
     let dir3 = tempfile::tempdir().unwrap();
     let store3 = Store::open(dir3.path()).unwrap();
     assert_eq!(run_pipeline(&store3, &xl), vec![]);
