@@ -19,13 +19,18 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let pipe_file = cli.pipeline.as_deref();
     let store = cli.store.as_deref();
     let set = cli.set.as_slice();
-    if let Some(d) = &cli.device {
+    // an empty value (an exported but empty SPO_PIPE_DEVICE…) means unset, as for RUST_LOG
+    let (device, device_memory) = (
+        cli.device.as_deref().filter(|d| !d.is_empty()),
+        cli.device_memory.as_deref().filter(|m| !m.is_empty()),
+    );
+    if let Some(d) = device {
         let choice = d
             .parse::<spo_stages::device::DeviceChoice>()
             .map_err(|e| UsageError(format!("--device: {e}")))?;
         spo_stages::device::select_device(choice).map_err(|e| UsageError(e.to_string()))?;
     }
-    if let Some(m) = &cli.device_memory {
+    if let Some(m) = device_memory {
         let bytes = spo_stages::device::parse_size(m)
             .map_err(|e| UsageError(format!("--device-memory: {e}")))?;
         spo_stages::device::set_memory_limit(bytes).map_err(|e| UsageError(e.to_string()))?;
@@ -57,8 +62,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         sets: set,
                         targets: &plan.targets,
                         quiet: cli.quiet,
-                        device: cli.device.as_deref(),
-                        device_memory: cli.device_memory.as_deref(),
+                        device,
+                        device_memory,
                     },
                 );
             }

@@ -706,6 +706,9 @@ params = {{ steps = 2, batch = 2 }}
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(text(&out.stderr).contains(says), "{}", text(&out.stderr));
     }
+    // exported but empty: unset
+    let out = p.run(&["--device", "", "--device-memory", "", "dag"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
     let out = p.run(&["--device-memory", "16K", "run", "sample"]);
     assert_eq!(out.status.code(), Some(1));
     let e = text(&out.stderr);
