@@ -160,8 +160,8 @@ pub fn check_memory(
         tracing::warn!(
             "{}: needs about {} on {}; how much the device has free cannot be told, so the cell runs unchecked",
             cx.stage(),
-            device_name(&dev),
-            human_bytes(total)
+            human_bytes(total),
+            device_name(&dev)
         );
         return Ok(());
     };
