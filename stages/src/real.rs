@@ -11,7 +11,6 @@ use spo_diffusion::DiffusersFolder;
 use spo_diffusion::LoraConfig;
 use spo_nn::{AdamW, AdamWConfig, named_vars};
 use spo_sd::memory::{PipelineShape, human_bytes};
-use spo_sd::pipeline::vae_dtype;
 use spo_sd::{StableDiffusion, Workload};
 
 use crate::device::{device, device_name, memory_available};
@@ -149,9 +148,7 @@ pub fn check_memory(
     work: Workload,
     extra_weights: u64,
 ) -> Result<()> {
-    let folder = DiffusersFolder::open(dir)?;
-    let mut need =
-        PipelineShape::of_folder(&folder)?.estimate(dtype, vae_dtype(&folder, dtype)?, work)?;
+    let mut need = PipelineShape::of_folder(&DiffusersFolder::open(dir)?)?.estimate(dtype, work)?;
     need.weights += extra_weights;
     let total = need.total();
     cx.metric("memory_estimate_gib", total as f64 / (1u64 << 30) as f64);

@@ -88,7 +88,11 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let sdxl = PipelineShape {
         unet_parameters: unet_parameters(&xl)?,
         unet: xl,
-        vae,
+        // SDXL's runs use the fp16-fix VAE, whose config allows f16
+        vae: AutoencoderKLConfig {
+            force_upcast: false,
+            ..vae
+        },
         vae_parameters,
         text_parameters: clip_text_parameters(768, 12, 0) + clip_text_parameters(1280, 32, 1280),
     };
@@ -97,11 +101,7 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     );
     println!("|---|---|---|---|---:|---:|---:|---:|");
     let m = |n: u64| format!("{:.0}M", n as f64 / 1e6);
-    for (name, shape, rank, vae_dtype) in [
-        ("SD-1.5", &sd15, 4, DType::F32),
-        // SDXL's runs use the fp16-fix VAE, whose config allows f16
-        ("SDXL", &sdxl, 64, DType::F16),
-    ] {
+    for (name, shape, rank) in [("SD-1.5", &sd15, 4), ("SDXL", &sdxl, 64)] {
         let works = [
             ("sample, batch 4", Workload::Sample { batch: 4 }),
             ("sample, batch 1", Workload::Sample { batch: 1 }),
@@ -132,12 +132,7 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
         ];
         for (what, work) in works {
             for dtype in [DType::F16, DType::F32] {
-                let vae_dtype = if dtype == DType::F32 {
-                    DType::F32
-                } else {
-                    vae_dtype
-                };
-                let need = shape.estimate(dtype, vae_dtype, work)?;
+                let need = shape.estimate(dtype, work)?;
                 println!(
                     "| {name} | {} / {} / {} | {dtype:?} | {what} | {} | {} | {} | **{}** |",
                     m(shape.unet_parameters),

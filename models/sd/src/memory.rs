@@ -20,6 +20,7 @@ use spo_diffusion::{AutoencoderKLConfig, DiffusersFolder, UNet2DConditionConfig}
 use spo_nn::attention::SCORES_BLOCK_BYTES;
 
 use crate::error::{Result, SdError};
+use crate::pipeline::vae_dtype;
 
 /// Text tokens per prompt (CLIP's context).
 const TOKENS: usize = 77;
@@ -279,8 +280,9 @@ impl PipelineShape {
         })
     }
 
-    /// What `work` needs, the weights as `dtype` (the VAE's as `vae_dtype`).
-    pub fn estimate(&self, dtype: DType, vae_dtype: DType, work: Workload) -> Result<MemoryNeed> {
+    /// What `work` needs, the weights as `dtype` (the VAE's as [`vae_dtype`] makes them).
+    pub fn estimate(&self, dtype: DType, work: Workload) -> Result<MemoryNeed> {
+        let vae_dtype = vae_dtype(&self.vae, dtype);
         let unet = &self.unet;
         let side = unet.sample_size.unwrap_or(64);
         let latent = [side, side];

@@ -7,8 +7,8 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use spo_diffusion::{
-    AddedConditioning, Architecture, AutoencoderKL, Ddim, DiffusersFolder, GuidanceInputs,
-    NoiseSchedule, SchedulerConfig, UNet2DConditionModel, guided_prediction,
+    AddedConditioning, Architecture, AutoencoderKL, AutoencoderKLConfig, Ddim, DiffusersFolder,
+    GuidanceInputs, NoiseSchedule, SchedulerConfig, UNet2DConditionModel, guided_prediction,
 };
 use spo_nn::SeededRng;
 
@@ -69,16 +69,14 @@ impl Conditioning {
     }
 }
 
-/// The dtype the VAE of a `dtype` pipeline runs in: diffusers upcasts a half-precision
+/// The dtype the VAE `vae` of a `dtype` pipeline runs in: diffusers upcasts a half-precision
 /// pipeline's VAE to f32 unless its config's `force_upcast` is false (SDXL's fp16-fix VAE).
-pub fn vae_dtype(folder: &DiffusersFolder, dtype: DType) -> Result<DType> {
-    Ok(
-        if dtype != DType::F32 && folder.vae_config()?.force_upcast {
-            DType::F32
-        } else {
-            dtype
-        },
-    )
+pub fn vae_dtype(vae: &AutoencoderKLConfig, dtype: DType) -> DType {
+    if dtype != DType::F32 && vae.force_upcast {
+        DType::F32
+    } else {
+        dtype
+    }
 }
 
 /// The components of a diffusers folder, loaded.
@@ -133,7 +131,7 @@ impl StableDiffusion {
             })
             .collect::<Result<Vec<_>>>()?;
         let unet = folder.unet(dtype, device)?;
-        let vae_dtype = vae_dtype(&folder, dtype)?;
+        let vae_dtype = vae_dtype(&folder.vae_config()?, dtype);
         let vae = folder.vae(vae_dtype, device)?;
         let side = unet.config().sample_size.unwrap_or(64);
         let scale = 1 << vae.config().block_out_channels.len().saturating_sub(1);

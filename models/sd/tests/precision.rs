@@ -115,19 +115,18 @@ fn the_memory_estimate_counts_the_weights_and_the_lora_exactly() -> TestResult {
         .sum();
     assert_eq!(lora_parameters(&shape.unet, 4)?, created);
 
-    let f32_sample = shape.estimate(DType::F32, DType::F32, Workload::Sample { batch: 2 })?;
-    let f16_sample = shape.estimate(DType::F16, DType::F32, Workload::Sample { batch: 2 })?;
+    let f32_sample = shape.estimate(DType::F32, Workload::Sample { batch: 2 })?;
+    let f16_sample = shape.estimate(DType::F16, Workload::Sample { batch: 2 })?;
     let vae_bytes = 4 * shape.vae_parameters;
     assert_eq!(
         f32_sample.weights - vae_bytes,
         2 * (f16_sample.weights - vae_bytes)
     );
     assert_eq!(f32_sample.training_state, 0);
-    let bigger = shape.estimate(DType::F32, DType::F32, Workload::Sample { batch: 8 })?;
+    let bigger = shape.estimate(DType::F32, Workload::Sample { batch: 8 })?;
     assert!(bigger.activations > f32_sample.activations);
     let train = |batch| {
         shape.estimate(
-            DType::F32,
             DType::F32,
             Workload::Train {
                 batch,
