@@ -63,8 +63,8 @@ pub enum DeviceError {
         choice: DeviceChoice,
         message: String,
     },
-    #[error("the device is already chosen ({0}) and cannot change within a process")]
-    AlreadyChosen(String),
+    #[error("{0} is already set and cannot change within a process")]
+    AlreadySet(&'static str),
     #[error(
         "`{0}` is not a memory size: digits with K, M, G or T (e.g. `24G`; plain digits are MiB)"
     )]
@@ -88,15 +88,9 @@ pub fn select_device(choice: DeviceChoice) -> Result<(), DeviceError> {
             message: e.to_string(),
         })?,
     };
-    let wanted = format!("{dev:?}");
-    CHOSEN.set(dev).map_err(|_| {
-        let chosen = CHOSEN.get().map(|d| format!("{d:?}")).unwrap_or_default();
-        if chosen == wanted {
-            DeviceError::AlreadyChosen(chosen)
-        } else {
-            DeviceError::AlreadyChosen(format!("{chosen}, not {wanted}"))
-        }
-    })
+    CHOSEN
+        .set(dev)
+        .map_err(|_| DeviceError::AlreadySet("the compute device"))
 }
 
 fn auto() -> Device {
@@ -144,7 +138,7 @@ pub fn parse_size(s: &str) -> Result<u64, DeviceError> {
 pub fn set_memory_limit(bytes: u64) -> Result<(), DeviceError> {
     MEMORY_LIMIT
         .set(bytes)
-        .map_err(|_| DeviceError::AlreadyChosen("a memory limit".into()))
+        .map_err(|_| DeviceError::AlreadySet("the device memory limit"))
 }
 
 /// The memory a cell may use on `dev` and where the figure comes from: `--device-memory` when

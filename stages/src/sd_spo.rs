@@ -161,17 +161,17 @@ impl StageKind for SdxlSpo {
         true
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
-        let dir = real::pipeline_input(cx)?.dir.clone();
-        if !DiffusersFolder::open(&dir)
+        let pipeline = real::pipeline_input(cx)?;
+        if !DiffusersFolder::open(&pipeline.dir)
             .map_err(crate::error::Error::from)?
             .has_component("text_encoder_2")
         {
             return Err(StageError::Input {
-                need: real::pipeline_input(cx)?.stage.clone(),
+                need: pipeline.stage.clone(),
                 message: format!(
                     "stage `{}` (sdxl-spo) needs an SDXL pipeline: {} has no text_encoder_2 in model_index.json; use sd-spo for SD-1.5",
                     cx.stage(),
-                    dir.join("model_index.json").display()
+                    pipeline.dir.join("model_index.json").display()
                 ),
             });
         }
