@@ -7,7 +7,7 @@
 
 use candle_core::{DType, Tensor, Var};
 use candle_nn::{Init, VarMap};
-use spo_core::{ParamSpec, StageContext, StageError, StageKind};
+use spo_core::{ParamSpec, Params, StageContext, StageError, StageKind};
 use spo_nn::named_vars;
 
 use crate::error::Result;
@@ -28,6 +28,29 @@ spo_core::stage_params! {
 pub struct GradSpo {
     pub ema_decay: f64,
     pub grad_scale: f64,
+}
+
+impl GradSpo {
+    /// The settings a `gradspo` / `sd-gradspo` cell's params give.
+    pub fn from_params(params: &Params) -> Result<Self, StageError> {
+        let g = GradSpoParams::from_params(params)?;
+        Ok(GradSpo {
+            ema_decay: g.ema_decay,
+            grad_scale: g.grad_scale,
+        })
+    }
+
+    /// GradSPO's target is defined for one step per pool: refuses MSPO's `j` > 1, naming it.
+    pub fn check_steps_per_pool(j: usize) -> Result<()> {
+        if j == 1 {
+            return Ok(());
+        }
+        Err(StageError::param(
+            "j",
+            format!("GradSPO's target is defined for j = 1 (SPO), not j = {j}"),
+        )
+        .into())
+    }
 }
 
 /// The `gradspo` stage kind.
@@ -53,11 +76,7 @@ impl StageKind for GradSpoTrain {
         true
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
-        let g = GradSpoParams::from_params(cx.params())?;
-        let settings = GradSpo {
-            ema_decay: g.ema_decay,
-            grad_scale: g.grad_scale,
-        };
+        let settings = GradSpo::from_params(cx.params())?;
         Ok(crate::spo::train(cx, Some(settings))?)
     }
 }

@@ -238,15 +238,21 @@ pub fn lora_policy(
         &LoraConfig::spo(rank),
         &seeded_var_builder(&lora_vars, seed, DType::F32, device),
     )?;
-    let opt = AdamW::new(
-        named_vars(&lora_vars)?,
+    let opt = adapter_optimizer(&lora_vars, lr, weight_decay)?;
+    Ok((unet, lora_vars, opt))
+}
+
+/// AdamW (learning rate `lr`, decoupled weight decay `weight_decay`) over the adapters in
+/// `lora_vars` alone: the optimizer of every LoRA method, in the world and on real weights.
+pub fn adapter_optimizer(lora_vars: &VarMap, lr: f64, weight_decay: f64) -> Result<AdamW> {
+    Ok(AdamW::new(
+        named_vars(lora_vars)?,
         AdamWConfig {
             lr,
             weight_decay,
             ..Default::default()
         },
-    )?;
-    Ok((unet, lora_vars, opt))
+    )?)
 }
 
 /// Saves a var map as a committed safetensors artifact.

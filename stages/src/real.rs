@@ -9,12 +9,13 @@ use candle_nn::VarMap;
 use spo_core::{Input, StageContext, StageError};
 use spo_diffusion::DiffusersFolder;
 use spo_diffusion::LoraConfig;
-use spo_nn::{AdamW, AdamWConfig, named_vars};
+use spo_nn::AdamW;
 use spo_sd::memory::{PipelineShape, human_bytes};
 use spo_sd::{StableDiffusion, Workload};
 
 use crate::device::{device, device_name, memory_available};
 use crate::error::Result;
+use crate::inworld::adapter_optimizer;
 use crate::world_parquet::str_at;
 use crate::worlddata::each_row;
 
@@ -125,14 +126,7 @@ pub fn lora_pipeline(
     let mut sd = StableDiffusion::open(dir, dtype, &device())?;
     let lora_vars = VarMap::new();
     sd.add_trainable_lora(&LoraConfig::spo(rank), &lora_vars, seed)?;
-    let opt = AdamW::new(
-        named_vars(&lora_vars)?,
-        AdamWConfig {
-            lr,
-            weight_decay,
-            ..Default::default()
-        },
-    )?;
+    let opt = adapter_optimizer(&lora_vars, lr, weight_decay)?;
     Ok((sd, lora_vars, opt))
 }
 

@@ -202,11 +202,7 @@ impl StageKind for SdGradSpo {
         true
     }
     fn run(&self, cx: &mut StageContext) -> Result<(), StageError> {
-        let g = GradSpoParams::from_params(cx.params())?;
-        let settings = GradSpo {
-            ema_decay: g.ema_decay,
-            grad_scale: g.grad_scale,
-        };
+        let settings = GradSpo::from_params(cx.params())?;
         Ok(train(cx, Some(settings))?)
     }
 }
@@ -240,15 +236,8 @@ fn spm_files(cx: &StageContext, pipeline: &Input, file: &str) -> Result<(PathBuf
 /// Computes one cell of `sd-spo`, or of `sd-gradspo` with its settings.
 fn train(cx: &mut StageContext, gradspo: Option<GradSpo>) -> Result<()> {
     let p = SdSpoParams::from_params(cx.params())?;
-    if gradspo.is_some() && p.j != 1 {
-        return Err(StageError::param(
-            "j",
-            format!(
-                "GradSPO's target is defined for j = 1 (SPO), not j = {}",
-                p.j
-            ),
-        )
-        .into());
+    if gradspo.is_some() {
+        GradSpo::check_steps_per_pool(p.j)?;
     }
     let dev = device();
     let seed = cx.seed().unwrap_or(0);

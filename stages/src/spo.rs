@@ -154,15 +154,8 @@ impl StageKind for SpoTrain {
 /// Computes one cell of `spo`, or of `gradspo` with its settings.
 pub(crate) fn train(cx: &mut StageContext, gradspo: Option<GradSpo>) -> Result<()> {
     let p = SpoParams::from_params(cx.params())?;
-    if gradspo.is_some() && p.j != 1 {
-        return Err(StageError::param(
-            "j",
-            format!(
-                "GradSPO's target is defined for j = 1 (SPO), not j = {}",
-                p.j
-            ),
-        )
-        .into());
+    if gradspo.is_some() {
+        GradSpo::check_steps_per_pool(p.j)?;
     }
     let dev = device();
     let seed = cx.seed().unwrap_or(0);
