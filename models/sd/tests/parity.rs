@@ -115,19 +115,7 @@ fn text_encoder_weights_saved_by_transformers_4_load_the_same() -> TestResult {
     let dev = Device::Cpu;
     let src = fixtures().join("sd15_tiny");
     let dir = tempfile::tempdir()?;
-    for entry in std::fs::read_dir(&src)? {
-        let entry = entry?;
-        let to = dir.path().join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            std::fs::create_dir(&to)?;
-            for f in std::fs::read_dir(entry.path())? {
-                let f = f?;
-                std::fs::copy(f.path(), to.join(f.file_name()))?;
-            }
-        } else {
-            std::fs::copy(entry.path(), to)?;
-        }
-    }
+    common::copy_folder(&src, dir.path())?;
     let weights = dir.path().join("text_encoder/model.safetensors");
     let renamed: HashMap<String, Tensor> = load_safetensors(&weights, &dev)?
         .into_iter()

@@ -143,3 +143,27 @@ fn the_memory_estimate_counts_the_weights_and_the_lora_exactly() -> TestResult {
     assert!(four.activations > one.activations && one.activations > 0);
     Ok(())
 }
+
+#[test]
+fn a_weights_file_whose_header_is_not_safetensors_is_named_by_the_estimate() -> TestResult {
+    let src = fixtures().join("sd/sd15_tiny");
+    let dir = tempfile::tempdir()?;
+    common::copy_folder(&src, dir.path())?;
+    let unet = dir.path().join("unet/diffusion_pytorch_model.safetensors");
+    std::fs::write(&unet, b"\xff\xff\xff\xff\xff\xff\xff\x7fnot a header")?;
+    let e = PipelineShape::of_folder(&DiffusersFolder::open(dir.path())?)
+        .err()
+        .ok_or("a broken header was counted")?
+        .to_string();
+    assert!(
+        e.contains("diffusion_pytorch_model.safetensors") && e.contains("not a safetensors header"),
+        "{e}"
+    );
+    std::fs::write(&unet, b"\x08\0\0\0\0\0\0\0{\"a\": 1}")?;
+    let e = PipelineShape::of_folder(&DiffusersFolder::open(dir.path())?)
+        .err()
+        .ok_or("a tensor without a shape was counted")?
+        .to_string();
+    assert!(e.contains("tensor `a` has no shape"), "{e}");
+    Ok(())
+}

@@ -14,6 +14,24 @@ pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
 }
 
+/// Copies a diffusers folder (files at the top and one level down) into `to`.
+pub fn copy_folder(from: &Path, to: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let dest = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            std::fs::create_dir(&dest)?;
+            for f in std::fs::read_dir(entry.path())? {
+                let f = f?;
+                std::fs::copy(f.path(), dest.join(f.file_name()))?;
+            }
+        } else {
+            std::fs::copy(entry.path(), dest)?;
+        }
+    }
+    Ok(())
+}
+
 /// The golden `key` of a goldens file.
 pub fn golden(g: &HashMap<String, Tensor>, key: &str) -> Result<Tensor, String> {
     g.get(key)
