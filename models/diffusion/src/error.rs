@@ -60,3 +60,11 @@ pub enum DiffusionError {
 
 /// Result alias of this crate.
 pub type Result<T> = std::result::Result<T, DiffusionError>;
+
+/// A candle error as it is, anything else wrapped: what a closure candle calls must return.
+pub fn into_candle(e: DiffusionError) -> candle_core::Error {
+    match e {
+        DiffusionError::Candle(e) => e,
+        other => candle_core::Error::wrap(other),
+    }
+}

@@ -62,25 +62,44 @@ impl LoraConfig {
     }
 }
 
-/// Shared on/off state of every adapter of one model (on when created).
+/// Shared state of every adapter of one model: on or off, and whether a forward through them
+/// is differentiable (both true when created).
 #[derive(Debug, Clone)]
-pub struct LoraSwitch(Arc<AtomicBool>);
+pub struct LoraSwitch {
+    enabled: Arc<AtomicBool>,
+    tracked: Arc<AtomicBool>,
+}
 
 impl Default for LoraSwitch {
     fn default() -> Self {
-        Self(Arc::new(AtomicBool::new(true)))
+        Self {
+            enabled: Arc::new(AtomicBool::new(true)),
+            tracked: Arc::new(AtomicBool::new(true)),
+        }
     }
 }
 
 impl LoraSwitch {
     /// Turns the adapters on (policy) or off (frozen base / reference).
     pub fn set(&self, enabled: bool) {
-        self.0.store(enabled, Ordering::Relaxed)
+        self.enabled.store(enabled, Ordering::Relaxed)
     }
 
     /// Whether the adapters are applied.
     pub fn enabled(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// With `false`, the adapters apply their tensors detached: the same values, but a
+    /// forward through trainable adapters records no graph, so it keeps no activations alive
+    /// (a rollout's calls, which are never differentiated).
+    pub fn set_tracked(&self, tracked: bool) {
+        self.tracked.store(tracked, Ordering::Relaxed)
+    }
+
+    /// Whether a forward through the adapters is differentiable.
+    pub fn tracked(&self) -> bool {
+        self.tracked.load(Ordering::Relaxed)
     }
 }
 
@@ -146,10 +165,15 @@ impl Module for LoraLinear {
         match &self.adapter {
             Some(ad) if ad.switch.enabled() => {
                 // (α/r)·B·(A·x), in the adapter's dtype (f32 for training)
-                let x = xs.to_dtype(ad.a.dtype())?;
+                let (a, b) = if ad.switch.tracked() {
+                    (ad.a.clone(), ad.b.clone())
+                } else {
+                    (ad.a.detach(), ad.b.detach())
+                };
+                let x = xs.to_dtype(a.dtype())?;
                 let (n, in_dim) = (x.elem_count() / x.dim(D::Minus1)?, x.dim(D::Minus1)?);
-                let down = linear_2d(&x.contiguous()?.reshape((n, in_dim))?, &ad.a, None)?;
-                let up = (linear_2d(&down, &ad.b, None)? * ad.scale)?;
+                let down = linear_2d(&x.contiguous()?.reshape((n, in_dim))?, &a, None)?;
+                let up = (linear_2d(&down, &b, None)? * ad.scale)?;
                 let up = up.reshape(ys.shape())?.to_dtype(ys.dtype())?;
                 ys + up
             }

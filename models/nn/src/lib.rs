@@ -9,6 +9,7 @@
 //!   its own backward ([`fast_path`] chooses, [`vmath`] and [`gemm`] are their building blocks);
 //! - [`threads::install`]: a step on a pool of exactly the threads it was lent;
 //! - [`AdamW`]: `torch.optim.AdamW` with exact save/load;
+//! - [`checkpoint::Tape`]: gradient checkpointing, one segment's graph alive at a time;
 //! - [`sharded_backward`]: a batch's gradients shard by shard on the free cores, bit-identical
 //!   for any number of threads;
 //! - [`vars_without_gradient`]: the test that every trainable variable learns.
@@ -33,6 +34,7 @@ pub mod adamw;
 pub mod allocator;
 pub mod attention;
 pub mod attention_fused;
+pub mod checkpoint;
 pub mod conv;
 mod cpu_slice;
 pub mod error;

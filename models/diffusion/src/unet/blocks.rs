@@ -4,10 +4,11 @@
 
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
+use spo_nn::checkpoint::Tape;
 use spo_nn::{Conv2d, Conv2dSpec, upsample::upsample_nearest2x};
 
 use crate::attention::Attention;
-use crate::error::Result;
+use crate::error::{Result, into_candle};
 use crate::resnet::{ResnetBlock2D, ResnetSpec};
 use crate::unet::transformer::{Transformer2DModel, Transformer2DSpec};
 
@@ -176,6 +177,71 @@ impl DownBlock {
         }
         Ok((hs, skips))
     }
+
+    /// [`Self::forward`] on `tape`, a segment per ResNet, transformer and sampler.
+    pub fn forward_on_tape<'a>(
+        &'a self,
+        tape: &mut Tape<'a>,
+        xs: &Tensor,
+        temb: &Tensor,
+        context: &Tensor,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let mut hs = xs.clone();
+        let mut skips = Vec::with_capacity(self.resnets.len() + 1);
+        for (i, resnet) in self.resnets.iter().enumerate() {
+            hs = resnet_on_tape(tape, resnet, &[hs], temb)?;
+            if let Some(attn) = self.attentions.get(i) {
+                hs = transformer_on_tape(tape, attn, &hs, context)?;
+            }
+            skips.push(hs.clone());
+        }
+        if let Some(down) = &self.downsampler {
+            hs = single(tape.run(&[hs], move |xs| Ok(vec![down.forward(&xs[0])?]))?)?;
+            skips.push(hs.clone());
+        }
+        Ok((hs, skips))
+    }
+}
+
+/// The one output of a segment.
+pub(crate) fn single(mut outputs: Vec<Tensor>) -> Result<Tensor> {
+    match outputs.len() {
+        1 => Ok(outputs.remove(0)),
+        n => Err(candle_core::Error::Msg(format!("a segment gave {n} outputs, not 1")).into()),
+    }
+}
+
+/// A ResNet as one segment: its input is `parts` concatenated along channels (an up block's
+/// state and skip), conditioned on `temb`.
+fn resnet_on_tape<'a>(
+    tape: &mut Tape<'a>,
+    resnet: &'a ResnetBlock2D,
+    parts: &[Tensor],
+    temb: &Tensor,
+) -> Result<Tensor> {
+    let mut inputs = vec![temb.clone()];
+    inputs.extend_from_slice(parts);
+    single(tape.run(&inputs, move |xs| {
+        let hs = match &xs[1..] {
+            [one] => one.clone(),
+            parts => Tensor::cat(parts, 1)?,
+        };
+        Ok(vec![
+            resnet.forward(&hs, Some(&xs[0])).map_err(into_candle)?,
+        ])
+    })?)
+}
+
+/// A transformer (every `BasicTransformerBlock` of it) as one segment.
+fn transformer_on_tape<'a>(
+    tape: &mut Tape<'a>,
+    attn: &'a Transformer2DModel,
+    hs: &Tensor,
+    context: &Tensor,
+) -> Result<Tensor> {
+    single(tape.run(&[hs.clone(), context.clone()], move |xs| {
+        Ok(vec![attn.forward(&xs[0], &xs[1]).map_err(into_candle)?])
+    })?)
 }
 
 /// `UNetMidBlock2DCrossAttn`: ResNet, then (transformer, ResNet) pairs.
@@ -233,6 +299,22 @@ impl MidBlock {
         for (attn, resnet) in self.attentions.iter().zip(&self.resnets[1..]) {
             hs = attn.forward(&hs, context)?;
             hs = resnet.forward(&hs, Some(temb))?;
+        }
+        Ok(hs)
+    }
+
+    /// [`Self::forward`] on `tape`, a segment per ResNet and transformer.
+    pub fn forward_on_tape<'a>(
+        &'a self,
+        tape: &mut Tape<'a>,
+        xs: &Tensor,
+        temb: &Tensor,
+        context: &Tensor,
+    ) -> Result<Tensor> {
+        let mut hs = resnet_on_tape(tape, &self.resnets[0], std::slice::from_ref(xs), temb)?;
+        for (attn, resnet) in self.attentions.iter().zip(&self.resnets[1..]) {
+            hs = transformer_on_tape(tape, attn, &hs, context)?;
+            hs = resnet_on_tape(tape, resnet, &[hs], temb)?;
         }
         Ok(hs)
     }
@@ -327,6 +409,32 @@ impl UpBlock {
         }
         if let Some(conv) = &self.upsampler {
             hs = conv.forward(&upsample_nearest2x(&hs)?)?;
+        }
+        Ok(hs)
+    }
+
+    /// [`Self::forward`] on `tape`, a segment per ResNet (with its skip), transformer and
+    /// sampler.
+    pub fn forward_on_tape<'a>(
+        &'a self,
+        tape: &mut Tape<'a>,
+        xs: &Tensor,
+        skips: &[Tensor],
+        temb: &Tensor,
+        context: &Tensor,
+    ) -> Result<Tensor> {
+        let mut hs = xs.clone();
+        for (i, resnet) in self.resnets.iter().enumerate() {
+            let skip = skips[skips.len() - 1 - i].clone();
+            hs = resnet_on_tape(tape, resnet, &[hs, skip], temb)?;
+            if let Some(attn) = self.attentions.get(i) {
+                hs = transformer_on_tape(tape, attn, &hs, context)?;
+            }
+        }
+        if let Some(conv) = &self.upsampler {
+            hs = single(tape.run(&[hs], move |xs| {
+                Ok(vec![conv.forward(&upsample_nearest2x(&xs[0])?)?])
+            })?)?;
         }
         Ok(hs)
     }

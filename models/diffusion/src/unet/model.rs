@@ -5,14 +5,15 @@
 //! a `VarBuilder` over their safetensors, and the same code builds tiny trainable models from a
 //! `VarMap`.
 
-use candle_core::{Module, Tensor};
+use candle_core::{DType, Module, Tensor};
 use candle_nn::VarBuilder;
+use spo_nn::checkpoint::Tape;
 use spo_nn::{Conv2d, Conv2dSpec, GroupNorm};
 
 use crate::attention::Attention;
-use crate::error::{DiffusionError, Result};
+use crate::error::{DiffusionError, Result, into_candle};
 use crate::lora::{LoraConfig, LoraSwitch, load_lora, save_lora};
-use crate::unet::blocks::{AttnSpec, BlockCommon, BlockSpec, DownBlock, MidBlock, UpBlock};
+use crate::unet::blocks::{AttnSpec, BlockCommon, BlockSpec, DownBlock, MidBlock, UpBlock, single};
 use crate::unet::config::UNet2DConditionConfig;
 use crate::unet::embeddings::{TimestepEmbedding, timestep_embedding};
 
@@ -192,7 +193,80 @@ impl UNet2DConditionModel {
         context: &Tensor,
         added: Option<&AddedConditioning>,
     ) -> Result<Tensor> {
-        let (b, _c, h, w) = sample.dims4()?;
+        self.check_size(sample)?;
+        let emb = self.embedding(sample.dim(0)?, sample.dtype(), timesteps, added)?;
+        // 2. pre-process
+        let mut hs = self.stem(sample)?;
+        // 3. down
+        let mut skips = vec![hs.clone()];
+        for block in &self.down_blocks {
+            let (out, states) = block.forward(&hs, &emb, context)?;
+            hs = out;
+            skips.extend(states);
+        }
+        // 4. mid
+        hs = self.mid_block.forward(&hs, &emb, context)?;
+        // 5. up, each block consuming its skips from the end of the list
+        for block in &self.up_blocks {
+            let k = block.skips_needed();
+            let rest = skips.len() - k;
+            hs = block.forward(&hs, &skips[rest..], &emb, context)?;
+            skips.truncate(rest);
+        }
+        self.head(&hs)
+    }
+
+    /// [`Self::forward`] run on `tape` (gradient checkpointing): the embedding, the input
+    /// conv, every ResNet, transformer and sampler and the output head are one segment each,
+    /// so that the forward keeps only their outputs and a backward through
+    /// [`Tape::backward`] holds one layer's graph at a time. Returns the output detached.
+    pub fn forward_on_tape<'a>(
+        &'a self,
+        tape: &mut Tape<'a>,
+        sample: &Tensor,
+        timesteps: &Tensor,
+        context: &Tensor,
+        added: Option<&AddedConditioning>,
+    ) -> Result<Tensor> {
+        self.check_size(sample)?;
+        let (b, dtype) = (sample.dim(0)?, sample.dtype());
+        let mut inputs = vec![timesteps.clone()];
+        if let Some(added) = added {
+            inputs.extend([added.text_embeds.clone(), added.time_ids.clone()]);
+        }
+        let emb = single(tape.run(&inputs, move |xs| {
+            let added = (xs.len() == 3).then(|| AddedConditioning {
+                text_embeds: xs[1].clone(),
+                time_ids: xs[2].clone(),
+            });
+            Ok(vec![
+                self.embedding(b, dtype, &xs[0], added.as_ref())
+                    .map_err(into_candle)?,
+            ])
+        })?)?;
+        let mut hs = single(tape.run(std::slice::from_ref(sample), move |xs| {
+            Ok(vec![self.stem(&xs[0]).map_err(into_candle)?])
+        })?)?;
+        let mut skips = vec![hs.clone()];
+        for block in &self.down_blocks {
+            let (out, states) = block.forward_on_tape(tape, &hs, &emb, context)?;
+            hs = out;
+            skips.extend(states);
+        }
+        hs = self.mid_block.forward_on_tape(tape, &hs, &emb, context)?;
+        for block in &self.up_blocks {
+            let rest = skips.len() - block.skips_needed();
+            hs = block.forward_on_tape(tape, &hs, &skips[rest..], &emb, context)?;
+            skips.truncate(rest);
+        }
+        single(tape.run(&[hs], move |xs| {
+            Ok(vec![self.head(&xs[0]).map_err(into_candle)?])
+        })?)
+    }
+
+    /// Refuses a sample the down blocks cannot halve down to the coarsest level.
+    fn check_size(&self, sample: &Tensor) -> Result<()> {
+        let (_b, _c, h, w) = sample.dims4()?;
         let factor = 1usize << (self.down_blocks.len() - 1);
         if h % factor != 0 || w % factor != 0 {
             return Err(candle_core::Error::Msg(format!(
@@ -200,14 +274,18 @@ impl UNet2DConditionModel {
             ))
             .into());
         }
-        let dtype = sample.dtype();
-        // 0. centre the input if configured
-        let sample = if self.config.center_input_sample {
-            ((sample * 2.0)? - 1.0)?
-        } else {
-            sample.clone()
-        };
-        // 1. time: sinusoidal features → MLP (plus SDXL's pooled text / size embedding)
+        Ok(())
+    }
+
+    /// The conditioning every ResNet adds, `(b, temb_channels)`: sinusoidal features of the
+    /// timesteps through the time MLP, plus SDXL's pooled-text and size embedding.
+    fn embedding(
+        &self,
+        b: usize,
+        dtype: DType,
+        timesteps: &Tensor,
+        added: Option<&AddedConditioning>,
+    ) -> Result<Tensor> {
         let t = timesteps.flatten_all()?.broadcast_as(b)?;
         let t_emb = timestep_embedding(
             &t,
@@ -236,27 +314,28 @@ impl UNet2DConditionModel {
             let features = Tensor::cat(&[&added.text_embeds.to_dtype(dtype)?, &ids], 1)?;
             emb = (emb + add.embedding.forward(&features)?)?;
         }
-        // 2. pre-process
-        let mut hs = self.conv_in.forward(&sample)?;
-        // 3. down
-        let mut skips = vec![hs.clone()];
-        for block in &self.down_blocks {
-            let (out, states) = block.forward(&hs, &emb, context)?;
-            hs = out;
-            skips.extend(states);
-        }
-        // 4. mid
-        hs = self.mid_block.forward(&hs, &emb, context)?;
-        // 5. up, each block consuming its skips from the end of the list
-        for block in &self.up_blocks {
-            let k = block.skips_needed();
-            let rest = skips.len() - k;
-            hs = block.forward(&hs, &skips[rest..], &emb, context)?;
-            skips.truncate(rest);
-        }
-        // 6. post-process
-        let hs = self.conv_norm_out.forward_silu(&hs)?;
+        Ok(emb)
+    }
+
+    /// The input, centred if the config says so, through `conv_in`.
+    fn stem(&self, sample: &Tensor) -> Result<Tensor> {
+        let sample = if self.config.center_input_sample {
+            ((sample * 2.0)? - 1.0)?
+        } else {
+            sample.clone()
+        };
+        Ok(self.conv_in.forward(&sample)?)
+    }
+
+    /// Norm, SiLU and `conv_out`.
+    fn head(&self, hs: &Tensor) -> Result<Tensor> {
+        let hs = self.conv_norm_out.forward_silu(hs)?;
         Ok(self.conv_out.forward(&hs)?)
+    }
+
+    /// Whether a forward through the adapters records a graph (see [`LoraSwitch::set_tracked`]).
+    pub fn set_lora_tracked(&self, tracked: bool) {
+        self.lora_switch.set_tracked(tracked)
     }
 
     /// Every attention layer (the LoRA targets), in module order.
