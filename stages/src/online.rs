@@ -93,6 +93,7 @@ impl RealOnline {
                 sd: &self.sd,
                 cfg,
                 micro_batch: usize::MAX,
+                checkpointing: false,
             },
             ddim: &self.ddim,
             reward: Reward::Real(&self.sd, &self.reward),

@@ -161,7 +161,7 @@ pub fn check_memory(
     }
     Err(StageError::Failed(format!(
         "stage `{}` needs about {} on {} (weights {}, training state {}, activations {}) but {} are available ({source}); \
-         lower the batch params, use precision f16 or bf16, or give it a larger device",
+         lower the batch params, set gradient_checkpointing = true (training kinds), use precision f16 or bf16, or give it a larger device",
         cx.stage(),
         human_bytes(total),
         device_name(&dev),

@@ -80,6 +80,10 @@ spo_core::stage_params! {
         snapshots: usize = int(4).range(0.0, 1000.0),
         /// the frozen weights' dtype (the LoRA and AdamW's state stay f32): the paper's fp16
         precision: Precision = choice_of(Precision::F16),
+        /// recompute the UNet layer by layer in the backward instead of keeping its graph:
+        /// the same gradients (to the last bits), about a third more compute, a fraction of
+        /// the memory (docs/real-weights.md "Device, precision and memory")
+        gradient_checkpointing: bool = bool(true),
     }
 }
 
@@ -249,9 +253,11 @@ fn train(cx: &mut StageContext, gradspo: Option<GradSpo>) -> Result<()> {
 
     let dtype = p.precision.dtype(&dev)?;
     let work = Workload::Train {
-        batch: p.train_batch,
+        // a training step's UNet call takes both sides' x_t of each pair
+        batch: 2 * p.train_batch,
         rollout_batch: p.micro_batch,
         rank: p.rank,
+        checkpointing: p.gradient_checkpointing,
     };
     // the SPM runs in f32: about its checkpoint's size (the released ones are f32)
     let spm_bytes = std::fs::metadata(&spm_path)
@@ -293,6 +299,7 @@ fn train(cx: &mut StageContext, gradspo: Option<GradSpo>) -> Result<()> {
         sd: &sd,
         cfg: p.cfg,
         micro_batch: p.micro_batch,
+        checkpointing: p.gradient_checkpointing,
     };
     let judge = SpmJudge {
         sd: &sd,

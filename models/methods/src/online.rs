@@ -39,7 +39,7 @@ pub fn roll_out<D: Denoiser>(
     let mut steps = Vec::with_capacity(ddim.timesteps().len());
     for &t in ddim.timesteps() {
         let ts = vec![t; n];
-        let eps = den.eps(prompts, &x, &ts, false)?.detach();
+        let eps = den.eps_no_grad(prompts, &x, &ts)?;
         let z = rng.normal(x.shape(), 0.0, 1.0, DType::F32, den.device())?;
         let transition = ddim.transition(&eps, &ts, &x)?;
         let next = transition.sample(&z)?;

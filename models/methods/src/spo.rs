@@ -13,7 +13,7 @@
 use std::ops::RangeInclusive;
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_core::{DType, Device, IndexOp, Tensor, Var};
 use spo_diffusion::{Ddim, Result};
 use spo_nn::{AdamW, SeededRng, add_gradients};
 
@@ -35,6 +35,25 @@ pub trait Denoiser {
         ts: &[usize],
         reference: bool,
     ) -> candle_core::Result<Tensor>;
+    /// The policy's ε for a rollout, which is never differentiated. The default detaches
+    /// [`Denoiser::eps`]'s; a denoiser whose graph is large records none while computing it.
+    fn eps_no_grad(
+        &self,
+        prompts: &Self::Prompts,
+        x: &Tensor,
+        ts: &[usize],
+    ) -> candle_core::Result<Tensor> {
+        Ok(self.eps(prompts, x, ts, false)?.detach())
+    }
+    /// The policy's ε for a training step; the default records candle's graph.
+    fn eps_for_training(
+        &self,
+        prompts: &Self::Prompts,
+        x: &Tensor,
+        ts: &[usize],
+    ) -> candle_core::Result<TrainingEps<'_>> {
+        Ok(TrainingEps::Graph(self.eps(prompts, x, ts, false)?))
+    }
     /// The encoded prompts of `rows` (indices into `prompts`' rows), in that order.
     fn select(&self, prompts: &Self::Prompts, rows: &[u32]) -> candle_core::Result<Self::Prompts>;
     /// Side of the square samples, in latent (or pixel) cells.
@@ -43,6 +62,22 @@ pub trait Denoiser {
     /// (4) for Stable Diffusion.
     fn channels(&self) -> usize;
     fn device(&self) -> &Device;
+}
+
+/// The trainable variables' gradients of `Σ ε·g`, given `g`.
+pub type EpsBackward<'a> = Box<dyn FnOnce(&Tensor) -> candle_core::Result<GradStore> + 'a>;
+
+/// The policy's ε for a training step, and how the trainable variables' gradients are had.
+pub enum TrainingEps<'a> {
+    /// ε with candle's graph: the loss's `backward` reaches the variables.
+    Graph(Tensor),
+    /// ε detached, and a function giving the variables' gradients of `Σ ε·g` for the loss's
+    /// gradient `g` with respect to ε, the network recomputed as it goes (gradient
+    /// checkpointing).
+    Recomputed {
+        eps: Tensor,
+        backward: EpsBackward<'a>,
+    },
 }
 
 /// The step-aware preference model: a score per sample of `x0` (x₀-predictions, or clean
@@ -143,8 +178,7 @@ pub fn rollout<D: Denoiser, J: StepJudge + ?Sized>(
     // the prompts are encoded once for the whole trajectory, for the chain and for the pools
     let (cond, cond_k) = (den.encode(texts)?, den.encode(&texts_k)?);
     let eps_at = |prompts: &D::Prompts, x: &Tensor, t: usize| {
-        den.eps(prompts, x, &vec![t; x.dim(0)?], false)
-            .map(|e| e.detach())
+        den.eps_no_grad(prompts, x, &vec![t; x.dim(0)?])
     };
     let size = den.sample_size();
     let mut x = rng.normal((b, den.channels(), size, size), 0.0, 1.0, DType::F32, dev)?;
@@ -371,26 +405,39 @@ pub fn train_round<D: Denoiser>(
             }
             None => None,
         };
-        let logp = |reference: bool| -> Result<Tensor> {
-            let eps = den.eps(&prompts, &xt, &ts, reference)?;
+        let logp = |eps: &Tensor| -> Result<Tensor> {
             match &targets {
-                Some(targets) => Ok(crate::gradspo::score(&eps, targets)?),
-                None => ddim.transition(&eps, &ts, &xt)?.log_prob(&xn),
+                Some(targets) => Ok(crate::gradspo::score(eps, targets)?),
+                None => ddim.transition(eps, &ts, &xt)?.log_prob(&xn),
             }
         };
-        let lp_ref = logp(true)?;
-        let lp = logp(false)?;
+        let lp_ref = logp(&den.eps(&prompts, &xt, &ts, true)?)?;
+        let (lp, recompute) = match den.eps_for_training(&prompts, &xt, &ts)? {
+            TrainingEps::Graph(eps) => (logp(&eps)?, None),
+            TrainingEps::Recomputed { eps, backward } => {
+                // the loss is differentiated up to ε, the network by the denoiser
+                let eps = Var::from_tensor(&eps)?.as_tensor().clone();
+                (logp(&eps)?, Some((eps, backward)))
+            }
+        };
         // SPO's clamped-ratio loss over the winners' and the losers' transitions
         let RatioLoss {
             loss,
             ratio_win: rw,
             ratio_lose: rl,
         } = cfg.loss.ordered_pairs(&lp, &lp_ref)?;
-        let grads = if accumulate > 1 {
+        let mut grads = if accumulate > 1 {
             (&loss / accumulate as f64)?.backward()?
         } else {
             loss.backward()?
         };
+        if let Some((eps, backward)) = recompute {
+            let g = match grads.remove(&eps) {
+                Some(g) => g,
+                None => eps.zeros_like()?,
+            };
+            grads = backward(&g)?;
+        }
         pending = Some(match pending.take() {
             None => grads,
             Some(mut sum) => {
@@ -649,6 +696,62 @@ mod tests {
             s4, 2,
             "4 micro-batches of 1, a step per 3 and one for the last"
         );
+    }
+
+    #[test]
+    fn a_recomputed_training_eps_trains_as_the_graph_does() {
+        let ddim = ddim();
+        // SPO and GradSPO, with accumulated micro-batches and a last one of another size
+        let train = |recompute: bool, gradspo: bool| {
+            let toy = Toy {
+                recompute,
+                ..Toy::new(0.1)
+            };
+            let cfg = SpoConfig {
+                train_batch: 3,
+                accumulate: 2,
+                gradspo_scale: gradspo.then_some(0.5),
+                ..config(1, 0.0)
+            };
+            let (pairs, _) = rollout(
+                &toy,
+                &Brightness,
+                &ddim,
+                &cfg,
+                &["a cat"],
+                &mut SeededRng::new(8),
+            )
+            .unwrap();
+            assert!(pairs.len() > 3, "{} pairs", pairs.len());
+            let mut opt = AdamW::new(
+                vec![("w".into(), toy.w.clone())],
+                AdamWConfig {
+                    lr: 1e-2,
+                    eps: 1.0,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let mut rng = SeededRng::new(1);
+            let r = train_round(
+                &toy,
+                &ddim,
+                &cfg,
+                &pairs,
+                &mut opt,
+                &mut || Ok(()),
+                &mut rng,
+            )
+            .unwrap();
+            let w = toy.w.as_tensor().to_vec1::<f32>().unwrap()[0];
+            (w, r.loss.unwrap())
+        };
+        for gradspo in [false, true] {
+            let ((w1, l1), (w2, l2)) = (train(false, gradspo), train(true, gradspo));
+            assert_ne!(w1, 0.1, "the policy moved");
+            assert!((w1 - w2).abs() < 1e-7, "{w1} vs {w2}");
+            assert_eq!(l1, l2);
+        }
     }
 
     #[test]

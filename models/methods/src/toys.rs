@@ -4,14 +4,17 @@ use std::cell::Cell;
 
 use candle_core::{Device, Tensor, Var};
 
-use crate::spo::Denoiser;
+use crate::spo::{Denoiser, TrainingEps};
 
-/// ε = w·x for the policy, w₀·x (detached) for the reference; counts its calls.
+/// ε = w·x for the policy, w₀·x (detached) for the reference; counts its calls. With
+/// `recompute`, its training ε comes detached with a backward of its own, as a checkpointed
+/// network's does.
 pub(crate) struct Toy {
     pub w: Var,
     pub w0: f64,
     pub dev: Device,
     pub calls: Cell<usize>,
+    pub recompute: bool,
 }
 
 impl Toy {
@@ -22,6 +25,7 @@ impl Toy {
             w0: w,
             dev,
             calls: Cell::new(0),
+            recompute: false,
         }
     }
 }
@@ -45,6 +49,27 @@ impl Denoiser for Toy {
         } else {
             x.broadcast_mul(self.w.as_tensor())
         }
+    }
+    fn eps_for_training(
+        &self,
+        rows: &usize,
+        x: &Tensor,
+        ts: &[usize],
+    ) -> candle_core::Result<TrainingEps<'_>> {
+        let eps = self.eps(rows, x, ts, false)?;
+        if !self.recompute {
+            return Ok(TrainingEps::Graph(eps));
+        }
+        let x = x.clone();
+        Ok(TrainingEps::Recomputed {
+            eps: eps.detach(),
+            backward: Box::new(move |g| {
+                x.broadcast_mul(self.w.as_tensor())?
+                    .mul(g)?
+                    .sum_all()?
+                    .backward()
+            }),
+        })
     }
     fn select(&self, _rows: &usize, picked: &[u32]) -> candle_core::Result<usize> {
         Ok(picked.len())

@@ -3,18 +3,20 @@
 //! hold less): peak resident memory minus the resident memory after the weights are built,
 //! beside the estimate for the same shape. Smaller latents than SD-1.5's 64×64 keep it quick.
 //!
-//!     cargo run --release -p spo-sd --example memory_check -- sample|train SIDE BATCH
+//!     cargo run --release -p spo-sd --example memory_check -- sample|train|checkpointed SIDE BATCH
 //!
 //! `sample`: one guided call (the batch doubled) without gradients; `train`: the same with a
-//! rank-4 LoRA and the gradient of a squared-error loss taken.
+//! rank-4 LoRA and the gradient of a squared-error loss taken; `checkpointed`: that gradient
+//! through the UNet run on a tape (`spo_nn::checkpoint`), its forward untracked.
 
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 
 use candle_nn::{VarBuilder, VarMap};
 use spo_diffusion::{LoraConfig, UNet2DConditionConfig, UNet2DConditionModel};
+use spo_nn::checkpoint::Tape;
 use spo_nn::{SeededRng, seeded_var_builder};
-use spo_sd::memory::{human_bytes, unet_activations};
+use spo_sd::memory::{Pass, human_bytes, unet_activations};
 
 /// A `/proc/self/status` field, in bytes.
 fn status_bytes(field: &str) -> Result<u64, Box<dyn std::error::Error>> {
@@ -30,13 +32,15 @@ fn status_bytes(field: &str) -> Result<u64, Box<dyn std::error::Error>> {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [mode, side, batch] = args.as_slice() else {
-        return Err("usage: memory_check sample|train SIDE BATCH".into());
+        return Err("usage: memory_check sample|train|checkpointed SIDE BATCH".into());
     };
-    let train = match mode.as_str() {
-        "sample" => false,
-        "train" => true,
-        _ => return Err(format!("`{mode}`: sample or train").into()),
+    let pass = match mode.as_str() {
+        "sample" => Pass::NoGrad,
+        "train" => Pass::Graph,
+        "checkpointed" => Pass::Checkpointed,
+        _ => return Err(format!("`{mode}`: sample, train or checkpointed").into()),
     };
+    let train = pass != Pass::NoGrad;
     let (side, batch): (usize, usize) = (side.parse()?, batch.parse()?);
     let dev = Device::Cpu;
     let dtype = DType::F16;
@@ -68,9 +72,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let context = rng.normal((b, 77, 768), 0.0, 1.0, dtype, &dev)?;
     let t = Tensor::new(vec![500u32; b].as_slice(), &dev)?;
     let before = status_bytes("VmRSS:")?;
-    let eps = unet.forward(&x, &t, &context, None)?;
-    let loss = eps.to_dtype(DType::F32)?.sqr()?.mean_all()?;
-    if train {
+    let lora_tensors: Vec<Tensor> = unet.lora_tensors().into_iter().map(|(_, t)| t).collect();
+    if pass == Pass::Checkpointed {
+        let mut tape = Tape::new();
+        unet.set_lora_tracked(false);
+        let out = unet.forward_on_tape(&mut tape, &x, &t, &context, None)?;
+        unet.set_lora_tracked(true);
+        // d/dε of mean(ε²)
+        let g = (out.to_dtype(DType::F32)? * (2.0 / out.elem_count() as f64))?;
+        let grads = tape.backward(&[(out, g)], &lora_tensors.iter().collect::<Vec<_>>())?;
+        let n = lora
+            .all_vars()
+            .iter()
+            .filter(|v| grads.get(v).is_some())
+            .count();
+        eprintln!("{n} LoRA tensors got gradients");
+    } else if train {
+        let eps = unet.forward(&x, &t, &context, None)?;
+        let loss = eps.to_dtype(DType::F32)?.sqr()?.mean_all()?;
         let grads = loss.backward()?;
         let n = lora
             .all_vars()
@@ -79,10 +98,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .count();
         eprintln!("{n} LoRA tensors got gradients");
     } else {
-        loss.to_scalar::<f32>()?;
+        let eps = unet.forward(&x, &t, &context, None)?;
+        eps.to_dtype(DType::F32)?
+            .sqr()?
+            .mean_all()?
+            .to_scalar::<f32>()?;
     }
     let measured = status_bytes("VmHWM:")?.saturating_sub(before);
-    let estimate = unet_activations(&config, [side, side], batch, dtype, train)?;
+    let estimate = unet_activations(&config, [side, side], batch, dtype, pass)?;
     println!(
         "{mode} {side}x{side} batch {batch} (guided: {b}), f16: measured {} above the weights, estimated {} (ratio {:.2})",
         human_bytes(measured),

@@ -102,33 +102,24 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     println!("|---|---|---|---|---:|---:|---:|---:|");
     let m = |n: u64| format!("{:.0}M", n as f64 / 1e6);
     for (name, shape, rank) in [("SD-1.5", &sd15, 4), ("SDXL", &sdxl, 64)] {
+        // a micro-batch of p pairs is 2p latents (both sides' x_t) in one training step
+        let train = |pairs: usize, rollouts: usize, checkpointing: bool| Workload::Train {
+            batch: 2 * pairs,
+            rollout_batch: rollouts,
+            rank,
+            checkpointing,
+        };
         let works = [
             ("sample, batch 4", Workload::Sample { batch: 4 }),
             ("sample, batch 1", Workload::Sample { batch: 1 }),
+            ("SPO, 10 pairs, rollouts 10", train(10, 10, false)),
+            ("SPO, 1 pair, rollouts 8", train(1, 8, false)),
             (
-                "train, micro-batch 10, rollouts 10",
-                Workload::Train {
-                    batch: 10,
-                    rollout_batch: 10,
-                    rank,
-                },
+                "SPO, 10 pairs, rollouts 8, checkpointed",
+                train(10, 8, true),
             ),
-            (
-                "train, micro-batch 2, rollouts 8",
-                Workload::Train {
-                    batch: 2,
-                    rollout_batch: 8,
-                    rank,
-                },
-            ),
-            (
-                "train, micro-batch 1, rollouts 8",
-                Workload::Train {
-                    batch: 1,
-                    rollout_batch: 8,
-                    rank,
-                },
-            ),
+            ("SPO, 2 pairs, rollouts 8, checkpointed", train(2, 8, true)),
+            ("SPO, 1 pair, rollouts 8, checkpointed", train(1, 8, true)),
         ];
         for (what, work) in works {
             for dtype in [DType::F16, DType::F32] {

@@ -62,13 +62,16 @@ impl MemoryNeed {
 pub enum Workload {
     /// Guided DDIM sampling of `batch` images, then decoding them.
     Sample { batch: usize },
-    /// Training a LoRA of `rank` through guided calls on `batch` latents (SPO's micro-batch)
-    /// with gradients kept, between rollouts that call the UNet (without gradients) and
-    /// decode x̂₀ for the judge `rollout_batch` latents at a time.
+    /// Training a LoRA of `rank` through guided calls on `batch` latents per step (SPO's
+    /// micro-batch of pairs: both sides' x_t) with gradients kept (`checkpointing`: one
+    /// layer's graph at a time, the calls `rollout_batch` latents each), between rollouts that
+    /// call the UNet (without gradients) and decode x̂₀ for the judge `rollout_batch` latents at
+    /// a time.
     Train {
         batch: usize,
         rollout_batch: usize,
         rank: usize,
+        checkpointing: bool,
     },
 }
 
@@ -132,8 +135,11 @@ struct Level {
     /// Latent positions at this resolution for one image of `h × w` latents, as a divisor.
     scale: usize,
     heads: usize,
-    /// Transformer layers run at this resolution, down, mid and up blocks together.
+    /// Transformer layers (`BasicTransformerBlock`s) run at this resolution, down, mid and up
+    /// blocks together.
     attention_layers: usize,
+    /// `Transformer2DModel`s holding them (each with a projection in and out).
+    transformer_models: usize,
     /// ResNets run at this resolution, and the channels each takes in (skip concatenations).
     resnet_inputs: Vec<usize>,
 }
@@ -152,6 +158,7 @@ fn levels(unet: &UNet2DConditionConfig) -> Result<Vec<Level>> {
             scale: 1 << i,
             heads: heads[i],
             attention_layers: 0,
+            transformer_models: 0,
             resnet_inputs: Vec::new(),
         })
         .collect();
@@ -162,12 +169,14 @@ fn levels(unet: &UNet2DConditionConfig) -> Result<Vec<Level>> {
         }
         if ty.contains("CrossAttn") {
             out[i].attention_layers += layers[i] * transformers[i];
+            out[i].transformer_models += layers[i];
         }
     }
     // the mid block: two ResNets around one transformer at the coarsest resolution
     out[n - 1].resnet_inputs.extend([ch[n - 1], ch[n - 1]]);
     if unet.mid_block_type.as_deref() != Some("UNetMidBlock2D") {
         out[n - 1].attention_layers += transformers[n - 1];
+        out[n - 1].transformer_models += 1;
     }
     // the up blocks, coarsest first, one more ResNet each, each taking a skip connection
     for (u, ty) in unet.up_block_types.iter().enumerate() {
@@ -187,53 +196,142 @@ fn levels(unet: &UNet2DConditionConfig) -> Result<Vec<Level>> {
         }
         if ty.contains("CrossAttn") {
             out[i].attention_layers += (layers[i] + 1) * transformers[i];
+            out[i].transformer_models += layers[i] + 1;
         }
     }
     Ok(out)
 }
 
+/// How a UNet call runs, as far as memory goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// No gradient: one layer's working set at a time (sampling, rollouts).
+    NoGrad,
+    /// A training forward keeping every op's output for backward (candle's graph).
+    Graph,
+    /// Gradient checkpointing (`spo_nn::checkpoint`): every layer's output kept, and one
+    /// layer's graph at a time while the backward recomputes it.
+    Checkpointed,
+}
+
 /// Activation bytes of the UNet on `batch` latents of `h × w` (guided: the batch is doubled),
-/// elements of `dtype`; `train` keeps every op's output for backward.
+/// elements of `dtype`, run as `pass` says.
 pub fn unet_activations(
     unet: &UNet2DConditionConfig,
-    [h, w]: [usize; 2],
+    hw: [usize; 2],
     batch: usize,
     dtype: DType,
-    train: bool,
+    pass: Pass,
 ) -> Result<u64> {
-    let b = 2 * batch as u64;
-    let e = dtype.size_in_bytes() as u64;
-    let (mut dense, mut scores_kept) = (0u64, 0u64);
-    let mut peak = 0u64;
-    for level in levels(unet)? {
-        let n = ((h / level.scale) * (w / level.scale)) as u64;
-        let c = level.channels as u64;
-        let heads = level.heads as u64;
-        // a ResNet: two norms, two SiLUs and two convs of c, the time embedding's sum, the
-        // 1×1 shortcut and the sum: about 9 c-wide maps beside its c_in-wide input
-        for &input in &level.resnet_inputs {
-            let maps = (input as u64 + 9 * c) * n * b * e;
-            dense += maps;
-            peak = peak.max(maps);
+    let parts = ActivationParts::of(unet, hw, batch, dtype)?;
+    Ok(match pass {
+        Pass::NoGrad => parts.peak,
+        // backward's transient gradients: about the largest layer's working set again
+        Pass::Graph => parts.graph + parts.peak,
+        Pass::Checkpointed => parts.checkpointed(&parts),
+    } as u64)
+}
+
+/// A UNet call's activations by what holds them, in bytes.
+struct ActivationParts {
+    /// Every kept op's output of a differentiable forward.
+    graph: f64,
+    /// One layer's working set when nothing is kept.
+    peak: f64,
+    /// The largest layer's kept outputs.
+    layer: f64,
+    /// Every layer's output (what a checkpointed forward keeps).
+    boundaries: f64,
+}
+
+impl ActivationParts {
+    /// A checkpointed step whose tape holds these boundaries and whose UNet calls are `call`'s
+    /// size (a micro-batch): the layers' outputs and, at the turn between down and up blocks,
+    /// about as many of their gradients; one layer's graph and its backward's working set.
+    fn checkpointed(&self, call: &ActivationParts) -> f64 {
+        2.0 * self.boundaries + call.layer + call.peak
+    }
+
+    fn of(
+        unet: &UNet2DConditionConfig,
+        [h, w]: [usize; 2],
+        batch: usize,
+        dtype: DType,
+    ) -> Result<Self> {
+        let b = 2 * batch as u64;
+        let e = dtype.size_in_bytes() as u64;
+        let (mut dense, mut scores_kept) = (0u64, 0u64);
+        let (mut peak, mut layer_kept, mut boundaries) = (0u64, 0f64, 0u64);
+        for level in levels(unet)? {
+            let n = ((h / level.scale) * (w / level.scale)) as u64;
+            let c = level.channels as u64;
+            let heads = level.heads as u64;
+            let map = c * n * b * e;
+            // a ResNet: two norms, two SiLUs and two convs of c, the time embedding's sum, the
+            // 1×1 shortcut and the sum: about 9 c-wide maps beside its c_in-wide input
+            for &input in &level.resnet_inputs {
+                let maps = (input as u64 + 9 * c) * n * b * e;
+                dense += maps;
+                peak = peak.max(maps);
+                layer_kept = layer_kept.max(DENSE_CALIBRATION * maps as f64);
+            }
+            // a transformer layer: norms, projections, residuals (14 c-wide), the feed-forward's
+            // GEGLU (8c in, 4c out twice, c out); attention: f32 scores, scaled scores and softmax,
+            // probabilities in `dtype`, for self- (n × n) and cross-attention (n × 77)
+            let layers = level.attention_layers as u64;
+            let block_dense = (14 * c + 8 * c + 8 * c + c) * n * b * e;
+            let block_scores = heads * n * (n + TOKENS as u64) * b * (3 * 4 + e);
+            dense += layers * block_dense;
+            scores_kept += layers * block_scores;
+            if layers > 0 {
+                layer_kept = layer_kept.max(
+                    DENSE_CALIBRATION * block_dense as f64
+                        + SCORES_CALIBRATION * block_scores as f64,
+                );
+            }
+            // checkpointing keeps each layer's output: every ResNet and transformer layer, each
+            // transformer's projections in and out, a sampler per level
+            boundaries += (level.resnet_inputs.len() as u64
+                + layers
+                + 2 * level.transformer_models as u64
+                + 1)
+                * map;
+            // one attention's working set at a time when nothing is kept: f32 scores and their
+            // scaled copy and the probabilities, in blocks of query rows
+            // (`spo_nn::attention::SCORES_BLOCK_BYTES` of f32 scores at a time)
+            if level.attention_layers > 0 {
+                let scores = (heads * n * n * b * 4).min(SCORES_BLOCK_BYTES as u64);
+                peak = peak.max(scores * (8 + e) / 4 + 4 * c * n * b * e);
+            }
         }
-        // a transformer layer: norms, projections, residuals (14 c-wide), the feed-forward's
-        // GEGLU (8c in, 4c out twice, c out); attention: f32 scores, scaled scores and softmax,
-        // probabilities in `dtype`, for self- (n × n) and cross-attention (n × 77)
-        let layers = level.attention_layers as u64;
-        dense += layers * (14 * c + 8 * c + 8 * c + c) * n * b * e;
-        scores_kept += layers * heads * n * (n + TOKENS as u64) * b * (3 * 4 + e);
-        // one attention's working set at a time when nothing is kept: f32 scores and their
-        // scaled copy and the probabilities, in blocks of query rows
-        // (`spo_nn::attention::SCORES_BLOCK_BYTES` of f32 scores at a time)
+        Ok(Self {
+            graph: DENSE_CALIBRATION * dense as f64 + SCORES_CALIBRATION * scores_kept as f64,
+            peak: PEAK_CALIBRATION * peak as f64,
+            layer: layer_kept,
+            boundaries: boundaries as f64,
+        })
+    }
+}
+
+/// Parameters of the UNet's largest layer (a ResNet or a transformer layer): the most frozen
+/// weights one checkpointed layer's backward computes gradients for.
+pub fn largest_layer_parameters(unet: &UNet2DConditionConfig) -> Result<u64> {
+    let temb = 4 * unet.block_out_channels.first().copied().unwrap_or(320) as u64;
+    let text = unet.cross_attention_dim as u64;
+    let mut largest = 0u64;
+    for level in levels(unet)? {
+        let c = level.channels as u64;
+        for &input in &level.resnet_inputs {
+            let input = input as u64;
+            let shortcut = if input == c { 0 } else { input * c };
+            largest = largest.max(9 * input * c + 9 * c * c + temb * c + shortcut);
+        }
         if level.attention_layers > 0 {
-            let scores = (heads * n * n * b * 4).min(SCORES_BLOCK_BYTES as u64);
-            peak = peak.max(scores * (8 + e) / 4 + 4 * c * n * b * e);
+            // self-attention 4c², cross-attention 2c² + 2·c·text, the GEGLU feed-forward 12c²
+            largest = largest.max(18 * c * c + 2 * c * text);
         }
     }
-    let peak = PEAK_CALIBRATION * peak as f64;
-    let kept = DENSE_CALIBRATION * dense as f64 + SCORES_CALIBRATION * scores_kept as f64;
-    // backward's transient gradients: about the largest layer's working set again
-    Ok(if train { kept + peak } else { peak } as u64)
+    Ok(largest)
 }
 
 /// VAE decoding activations for `batch` latents of `h × w`: the finest level's maps (its
@@ -291,7 +389,7 @@ impl PipelineShape {
             + self.vae_parameters * vae_dtype.size_in_bytes() as u64;
         let (activations, training_state) = match work {
             Workload::Sample { batch } => (
-                unet_activations(unet, latent, batch, dtype, false)?
+                unet_activations(unet, latent, batch, dtype, Pass::NoGrad)?
                     .max(vae_activations(&self.vae, latent, batch, vae_dtype)),
                 0,
             ),
@@ -299,15 +397,37 @@ impl PipelineShape {
                 batch,
                 rollout_batch,
                 rank,
-            } => (
-                unet_activations(unet, latent, batch, dtype, true)?
-                    .max(unet_activations(unet, latent, rollout_batch, dtype, false)?)
-                    .max(vae_activations(&self.vae, latent, rollout_batch, vae_dtype)),
-                // the adapter, its gradient and AdamW's two moments, in f32; the frozen
-                // weights' gradients candle's backward keeps
-                16 * lora_parameters(unet, rank)?
-                    + (WEIGHT_GRADIENTS * (self.unet_parameters * e) as f64) as u64,
-            ),
+                checkpointing,
+            } => {
+                let (training, differentiated) = if checkpointing {
+                    // the training call runs `rollout_batch` latents at a time
+                    let call = ActivationParts::of(unet, latent, batch.min(rollout_batch), dtype)?;
+                    let step = ActivationParts::of(unet, latent, batch, dtype)?;
+                    (
+                        step.checkpointed(&call) as u64,
+                        largest_layer_parameters(unet)?,
+                    )
+                } else {
+                    let graph = unet_activations(unet, latent, batch, dtype, Pass::Graph)?;
+                    (graph, self.unet_parameters)
+                };
+                (
+                    training
+                        .max(unet_activations(
+                            unet,
+                            latent,
+                            rollout_batch,
+                            dtype,
+                            Pass::NoGrad,
+                        )?)
+                        .max(vae_activations(&self.vae, latent, rollout_batch, vae_dtype)),
+                    // the adapter, its gradient and AdamW's two moments, in f32; the frozen
+                    // weights' gradients candle's backward keeps (to the end of the pass, or
+                    // of one layer's recomputation when checkpointed)
+                    16 * lora_parameters(unet, rank)?
+                        + (WEIGHT_GRADIENTS * (differentiated * e) as f64) as u64,
+                )
+            }
         };
         Ok(MemoryNeed {
             weights,

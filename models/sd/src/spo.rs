@@ -9,8 +9,9 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use spo_clip::preprocess::spm_pixels;
 use spo_clip::{ClipTokenizer, Spm};
-use spo_diffusion::{LoraConfig, guided_prediction};
-use spo_methods::spo::{Denoiser, StepJudge};
+use spo_diffusion::{LoraConfig, guided_prediction, guided_prediction_on_tape};
+use spo_methods::spo::{Denoiser, StepJudge, TrainingEps};
+use spo_nn::checkpoint::Tape;
 use spo_nn::seeded_var_builder;
 
 use crate::error::Result;
@@ -60,6 +61,9 @@ pub struct SdPolicy<'a> {
     /// Latents per UNet call: a rollout's pool (k × prompts) is run this many at a time, so
     /// that its size does not set the memory a round needs.
     pub micro_batch: usize,
+    /// Gradient checkpointing of the training forward: the UNet runs on a
+    /// [`Tape`] and its backward recomputes one layer at a time.
+    pub checkpointing: bool,
 }
 
 /// `f` over `x`'s rows `size` at a time, the results concatenated (rows of `rows` go along).
@@ -77,6 +81,19 @@ fn in_chunks<R>(
             f(&x.narrow(0, s, len)?, s..s + len)
         })
         .collect()
+}
+
+/// The conditioning of `rows` of a batch of `n`: `None` when they are all of it.
+fn prompts_of(
+    prompts: &Conditioning,
+    rows: &std::ops::Range<usize>,
+    n: usize,
+) -> candle_core::Result<Option<Conditioning>> {
+    if rows.len() == n {
+        return Ok(None);
+    }
+    let idx: Vec<u32> = rows.clone().map(|r| r as u32).collect();
+    prompts.select(&idx).map(Some)
 }
 
 impl Denoiser for SdPolicy<'_> {
@@ -97,15 +114,8 @@ impl Denoiser for SdPolicy<'_> {
         unet.set_lora_enabled(!reference);
         // the UNet runs in the pipeline's dtype; the method's log-probabilities in f32
         let eps = in_chunks(x, self.micro_batch, |x, rows| {
-            let part;
-            let prompts = if rows.len() == ts.len() {
-                prompts
-            } else {
-                let idx: Vec<u32> = rows.clone().map(|r| r as u32).collect();
-                part = prompts.select(&idx)?;
-                &part
-            };
-            let inputs = prompts.guidance(self.cfg);
+            let part = prompts_of(prompts, &rows, ts.len())?;
+            let inputs = part.as_ref().unwrap_or(prompts).guidance(self.cfg);
             let x = x.to_dtype(self.sd.dtype())?;
             guided_prediction(unet, &x, &ts[rows], &inputs)
                 .map_err(candle_core::Error::wrap)?
@@ -114,6 +124,57 @@ impl Denoiser for SdPolicy<'_> {
         unet.set_lora_enabled(true);
         let eps = Tensor::cat(&eps?, 0)?;
         Ok(if reference { eps.detach() } else { eps })
+    }
+    fn eps_no_grad(
+        &self,
+        prompts: &Conditioning,
+        x: &Tensor,
+        ts: &[usize],
+    ) -> candle_core::Result<Tensor> {
+        let unet = self.sd.unet();
+        unet.set_lora_tracked(false);
+        let eps = self.eps(prompts, x, ts, false);
+        unet.set_lora_tracked(true);
+        eps
+    }
+    fn eps_for_training(
+        &self,
+        prompts: &Conditioning,
+        x: &Tensor,
+        ts: &[usize],
+    ) -> candle_core::Result<TrainingEps<'_>> {
+        if !self.checkpointing {
+            return Ok(TrainingEps::Graph(self.eps(prompts, x, ts, false)?));
+        }
+        let unet = self.sd.unet();
+        let mut tape = Tape::new();
+        // the forward keeps no graph (the tape keeps each layer's output); the backward
+        // recomputes every layer with its graph
+        unet.set_lora_tracked(false);
+        let outputs = in_chunks(x, self.micro_batch, |x, rows| {
+            let part = prompts_of(prompts, &rows, ts.len())?;
+            let inputs = part.as_ref().unwrap_or(prompts).guidance(self.cfg);
+            let x = x.to_dtype(self.sd.dtype())?;
+            guided_prediction_on_tape(unet, &mut tape, &x, &ts[rows], &inputs)
+                .map_err(candle_core::Error::wrap)
+        });
+        unet.set_lora_tracked(true);
+        let outputs = outputs?;
+        let eps = Tensor::cat(&outputs, 0)?.to_dtype(DType::F32)?;
+        Ok(TrainingEps::Recomputed {
+            eps,
+            backward: Box::new(move |g| {
+                let mut seeds = Vec::with_capacity(outputs.len());
+                let mut row = 0;
+                for out in outputs {
+                    let n = out.dim(0)?;
+                    seeds.push((out, g.narrow(0, row, n)?));
+                    row += n;
+                }
+                let lora: Vec<Tensor> = unet.lora_tensors().into_iter().map(|(_, t)| t).collect();
+                tape.backward(&seeds, &lora.iter().collect::<Vec<_>>())
+            }),
+        })
     }
     fn select(&self, prompts: &Conditioning, rows: &[u32]) -> candle_core::Result<Conditioning> {
         prompts.select(rows)

@@ -125,22 +125,31 @@ fn the_memory_estimate_counts_the_weights_and_the_lora_exactly() -> TestResult {
     assert_eq!(f32_sample.training_state, 0);
     let bigger = shape.estimate(DType::F32, Workload::Sample { batch: 8 })?;
     assert!(bigger.activations > f32_sample.activations);
-    let train = |batch| {
+    let train = |batch, checkpointing| {
         shape.estimate(
             DType::F32,
             Workload::Train {
                 batch,
                 rollout_batch: 2,
                 rank: 4,
+                checkpointing,
             },
         )
     };
-    let (one, four) = (train(1)?, train(4)?);
+    let (one, four) = (train(1, false)?, train(4, false)?);
     assert!(
         one.training_state >= 16 * created,
         "the LoRA, its gradient and two moments"
     );
     assert!(four.activations > one.activations && one.activations > 0);
+    // checkpointed, the step keeps less, and only one layer's frozen-weight gradients
+    let (one_c, four_c) = (train(1, true)?, train(4, true)?);
+    assert!(
+        four_c.activations < four.activations,
+        "{four_c:?} vs {four:?}"
+    );
+    assert!(four_c.activations > one_c.activations && one_c.activations > 0);
+    assert!(one_c.training_state < one.training_state && one_c.training_state >= 16 * created);
     Ok(())
 }
 

@@ -6,14 +6,15 @@
 //! golden's noise is fed to the same pieces here). Errors are relative to the reference's
 //! largest magnitude.
 
-use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, IndexOp, Tensor, Var};
 use candle_nn::VarMap;
 use spo_clip::{ClipConfig, ClipTokenizer, TextCleaning, load_spm};
 use spo_diffusion::weights::load_safetensors;
 use spo_diffusion::{Ddim, NoiseSchedule};
 use spo_methods::pairs::{Continuation, PairChoice, PairSelection};
 use spo_methods::ratio::ClampedRatio;
-use spo_methods::spo::{Denoiser, StepJudge};
+use spo_methods::spo::{Denoiser, StepJudge, TrainingEps};
 use spo_nn::SeededRng;
 use spo_sd::{SdPolicy, SpmJudge, StableDiffusion};
 
@@ -46,6 +47,7 @@ fn one_latent_spo_step_matches_the_pytorch_reimplementation() -> TestResult {
         sd: &sd,
         cfg: 5.0,
         micro_batch: 3,
+        checkpointing: false,
     };
     let judge = SpmJudge {
         sd: &sd,
@@ -61,7 +63,7 @@ fn one_latent_spo_step_matches_the_pytorch_reimplementation() -> TestResult {
     // 1. a pool: k candidates from the same x_t, candidate-major (as `rollout` builds it)
     let x_t = golden(&g, "x_t")?;
     let (cond, cond_k) = (policy.encode(&PROMPTS)?, policy.encode(&texts_k)?);
-    let eps = policy.eps(&cond, &x_t, &[T; 2], false)?.detach();
+    let eps = policy.eps_no_grad(&cond, &x_t, &[T; 2])?;
     let tr = ddim.transition(&eps, &[T; 2], &x_t)?;
     let noises = golden(&g, "noises")?;
     let children: Vec<Tensor> = (0..K)
@@ -71,9 +73,7 @@ fn one_latent_spo_step_matches_the_pytorch_reimplementation() -> TestResult {
     check("candidates", &cands, &golden(&g, "candidates")?, 1e-4)?;
 
     // 2. their x₀-predictions at t_prev, judged by the SPM through the VAE
-    let eps_c = policy
-        .eps(&cond_k, &cands, &[T_PREV; K * 2], false)?
-        .detach();
+    let eps_c = policy.eps_no_grad(&cond_k, &cands, &[T_PREV; K * 2])?;
     let (x0, _) = ddim.predict_x0_and_eps(&eps_c, &[T_PREV; K * 2], &cands)?;
     check("x0-predictions", &x0, &golden(&g, "x0")?, 1e-4)?;
     let scores = judge.scores(&x0, &texts_k, T_PREV)?;
@@ -144,22 +144,57 @@ fn one_latent_spo_step_matches_the_pytorch_reimplementation() -> TestResult {
         1e-4,
     )?;
     check("loss", &out.loss.reshape(1)?, &golden(&g, "loss")?, 1e-4)?;
-    let grads = out.loss.backward()?;
     let vars = spo_nn::named_vars(&varmap)?;
     assert_eq!(
         vars.len(),
         g.keys().filter(|k| k.starts_with("grad.")).count()
     );
-    for (name, var) in vars {
-        let ours = grads
-            .get(&var)
-            .ok_or_else(|| format!("no gradient for {name}"))?;
-        check(
-            &format!("gradient of {name}"),
-            ours,
-            &golden(&g, &format!("grad.{name}"))?,
-            1e-4,
-        )?;
+    let check_grads = |how: &str, grads: &GradStore| -> TestResult {
+        for (name, var) in &vars {
+            let ours = grads
+                .get(var)
+                .ok_or_else(|| format!("{how}: no gradient for {name}"))?;
+            check(
+                &format!("{how}: gradient of {name}"),
+                ours,
+                &golden(&g, &format!("grad.{name}"))?,
+                1e-4,
+            )?;
+        }
+        Ok(())
+    };
+    check_grads("graph", &out.loss.backward()?)?;
+
+    // 5. the same gradients with the UNet checkpointed: ε detached, the loss differentiated up
+    // to it, the UNet recomputed layer by layer (its 4 rows in micro-batches of 3 and 1)
+    let checkpointed = SdPolicy {
+        checkpointing: true,
+        ..policy
+    };
+    let TrainingEps::Recomputed { eps, backward } =
+        checkpointed.eps_for_training(&prompts2, &xt2, &[T; 4])?
+    else {
+        return Err("checkpointing gave ε with its graph".into());
+    };
+    let eps = Var::from_tensor(&eps)?.as_tensor().clone();
+    let lp = ddim.transition(&eps, &[T; 4], &xt2)?.log_prob(&xn)?;
+    let loss = ClampedRatio {
+        beta: 10.0,
+        clip_eps: 0.1,
     }
+    .ordered_pairs(&lp, &lp_ref)?
+    .loss;
+    check(
+        "checkpointed loss",
+        &loss.reshape(1)?,
+        &golden(&g, "loss")?,
+        1e-4,
+    )?;
+    let g_eps = loss
+        .backward()?
+        .get(&eps)
+        .ok_or("the loss reads ε")?
+        .clone();
+    check_grads("checkpointed", &backward(&g_eps)?)?;
     Ok(())
 }

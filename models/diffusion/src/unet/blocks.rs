@@ -191,7 +191,7 @@ impl DownBlock {
         for (i, resnet) in self.resnets.iter().enumerate() {
             hs = resnet_on_tape(tape, resnet, &[hs], temb)?;
             if let Some(attn) = self.attentions.get(i) {
-                hs = transformer_on_tape(tape, attn, &hs, context)?;
+                hs = attn.forward_on_tape(tape, &hs, context)?;
             }
             skips.push(hs.clone());
         }
@@ -229,18 +229,6 @@ fn resnet_on_tape<'a>(
         Ok(vec![
             resnet.forward(&hs, Some(&xs[0])).map_err(into_candle)?,
         ])
-    })?)
-}
-
-/// A transformer (every `BasicTransformerBlock` of it) as one segment.
-fn transformer_on_tape<'a>(
-    tape: &mut Tape<'a>,
-    attn: &'a Transformer2DModel,
-    hs: &Tensor,
-    context: &Tensor,
-) -> Result<Tensor> {
-    single(tape.run(&[hs.clone(), context.clone()], move |xs| {
-        Ok(vec![attn.forward(&xs[0], &xs[1]).map_err(into_candle)?])
     })?)
 }
 
@@ -313,7 +301,7 @@ impl MidBlock {
     ) -> Result<Tensor> {
         let mut hs = resnet_on_tape(tape, &self.resnets[0], std::slice::from_ref(xs), temb)?;
         for (attn, resnet) in self.attentions.iter().zip(&self.resnets[1..]) {
-            hs = transformer_on_tape(tape, attn, &hs, context)?;
+            hs = attn.forward_on_tape(tape, &hs, context)?;
             hs = resnet_on_tape(tape, resnet, &[hs], temb)?;
         }
         Ok(hs)
@@ -428,7 +416,7 @@ impl UpBlock {
             let skip = skips[skips.len() - 1 - i].clone();
             hs = resnet_on_tape(tape, resnet, &[hs, skip], temb)?;
             if let Some(attn) = self.attentions.get(i) {
-                hs = transformer_on_tape(tape, attn, &hs, context)?;
+                hs = attn.forward_on_tape(tape, &hs, context)?;
             }
         }
         if let Some(conv) = &self.upsampler {

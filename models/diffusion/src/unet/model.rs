@@ -217,9 +217,10 @@ impl UNet2DConditionModel {
     }
 
     /// [`Self::forward`] run on `tape` (gradient checkpointing): the embedding, the input
-    /// conv, every ResNet, transformer and sampler and the output head are one segment each,
-    /// so that the forward keeps only their outputs and a backward through
-    /// [`Tape::backward`] holds one layer's graph at a time. Returns the output detached.
+    /// conv, every ResNet, sampler and transformer block (with a transformer's projections in
+    /// and out) and the output head are one segment each, so that the forward keeps only
+    /// their outputs and a backward through [`Tape::backward`] holds one layer's graph at a
+    /// time. Returns the output detached.
     pub fn forward_on_tape<'a>(
         &'a self,
         tape: &mut Tape<'a>,

@@ -3,11 +3,13 @@
 
 use candle_core::{Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
+use spo_nn::checkpoint::Tape;
 use spo_nn::linear::{forward_2d, geglu_forward_2d, linear};
 use spo_nn::{GroupNorm, LayerNorm};
 
 use crate::attention::{Attention, AttentionSpec};
-use crate::error::Result;
+use crate::error::{Result, into_candle};
+use crate::unet::blocks::single;
 
 /// `FeedForward(dim, activation_fn="geglu")`: `net.2(h·gelu(g))` with `(h, g) = net.0.proj(x)`.
 #[derive(Debug, Clone)]
@@ -151,10 +153,39 @@ impl Transformer2DModel {
 
     /// `xs: (b, c, h, w)`, `context: (b, m, cross_attention_dim)` → `(b, c, h, w)`.
     pub fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let mut hs = self.tokens_in(xs)?;
+        for block in &self.transformer_blocks {
+            hs = block.forward(&hs, context)?;
+        }
+        self.tokens_out(&hs, xs)
+    }
+
+    /// [`Self::forward`] on `tape`: the projection in, each `BasicTransformerBlock` and the
+    /// projection out are one segment each.
+    pub fn forward_on_tape<'a>(
+        &'a self,
+        tape: &mut Tape<'a>,
+        xs: &Tensor,
+        context: &Tensor,
+    ) -> Result<Tensor> {
+        let mut hs = single(tape.run(std::slice::from_ref(xs), move |xs| {
+            Ok(vec![self.tokens_in(&xs[0]).map_err(into_candle)?])
+        })?)?;
+        for block in &self.transformer_blocks {
+            hs = single(tape.run(&[hs, context.clone()], move |xs| {
+                Ok(vec![block.forward(&xs[0], &xs[1]).map_err(into_candle)?])
+            })?)?;
+        }
+        single(tape.run(&[hs, xs.clone()], move |xs| {
+            Ok(vec![self.tokens_out(&xs[0], &xs[1]).map_err(into_candle)?])
+        })?)
+    }
+
+    /// Norm and projection of `xs: (b, c, h, w)` to `(b, h·w, c)` tokens.
+    fn tokens_in(&self, xs: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = xs.dims4()?;
-        // 1. norm and projection to (b, h·w, c) tokens
         let hs = self.norm.forward(xs)?;
-        let mut hs = match &self.proj_in {
+        Ok(match &self.proj_in {
             Proj::Conv(conv) => conv
                 .forward(&hs)?
                 .permute((0, 2, 3, 1))?
@@ -162,15 +193,15 @@ impl Transformer2DModel {
             Proj::Linear(lin) => {
                 forward_2d(lin, &hs.permute((0, 2, 3, 1))?.reshape((b, h * w, c))?)?
             }
-        };
-        // 2. transformer blocks
-        for block in &self.transformer_blocks {
-            hs = block.forward(&hs, context)?;
-        }
-        // 3. back to (b, c, h, w) and residual
+        })
+    }
+
+    /// Tokens `hs` back to the shape of `xs`, projected, plus `xs` (the residual).
+    fn tokens_out(&self, hs: &Tensor, xs: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = xs.dims4()?;
         let hs = match &self.proj_out {
             Proj::Conv(conv) => conv.forward(&hs.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?)?,
-            Proj::Linear(lin) => forward_2d(lin, &hs)?
+            Proj::Linear(lin) => forward_2d(lin, hs)?
                 .reshape((b, h, w, c))?
                 .permute((0, 3, 1, 2))?,
         };
