@@ -73,36 +73,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t = Tensor::new(vec![500u32; b].as_slice(), &dev)?;
     let before = status_bytes("VmRSS:")?;
     let lora_tensors: Vec<Tensor> = unet.lora_tensors().into_iter().map(|(_, t)| t).collect();
-    if pass == Pass::Checkpointed {
-        let mut tape = Tape::new();
-        unet.set_lora_tracked(false);
-        let out = unet.forward_on_tape(&mut tape, &x, &t, &context, None)?;
-        unet.set_lora_tracked(true);
-        // d/dε of mean(ε²)
-        let g = (out.to_dtype(DType::F32)? * (2.0 / out.elem_count() as f64))?;
-        let grads = tape.backward(&[(out, g)], &lora_tensors.iter().collect::<Vec<_>>())?;
+    let grads = match pass {
+        Pass::Checkpointed => {
+            let mut tape = Tape::new();
+            unet.set_lora_tracked(false);
+            let out = unet.forward_on_tape(&mut tape, &x, &t, &context, None)?;
+            unet.set_lora_tracked(true);
+            // d/dε of mean(ε²)
+            let g = (out.to_dtype(DType::F32)? * (2.0 / out.elem_count() as f64))?;
+            Some(tape.backward(&[(out, g)], &lora_tensors.iter().collect::<Vec<_>>())?)
+        }
+        Pass::Graph | Pass::NoGrad => {
+            let eps = unet.forward(&x, &t, &context, None)?;
+            let loss = eps.to_dtype(DType::F32)?.sqr()?.mean_all()?;
+            if pass == Pass::Graph {
+                Some(loss.backward()?)
+            } else {
+                loss.to_scalar::<f32>()?;
+                None
+            }
+        }
+    };
+    if let Some(grads) = grads {
         let n = lora
             .all_vars()
             .iter()
             .filter(|v| grads.get(v).is_some())
             .count();
         eprintln!("{n} LoRA tensors got gradients");
-    } else if train {
-        let eps = unet.forward(&x, &t, &context, None)?;
-        let loss = eps.to_dtype(DType::F32)?.sqr()?.mean_all()?;
-        let grads = loss.backward()?;
-        let n = lora
-            .all_vars()
-            .iter()
-            .filter(|v| grads.get(v).is_some())
-            .count();
-        eprintln!("{n} LoRA tensors got gradients");
-    } else {
-        let eps = unet.forward(&x, &t, &context, None)?;
-        eps.to_dtype(DType::F32)?
-            .sqr()?
-            .mean_all()?
-            .to_scalar::<f32>()?;
     }
     let measured = status_bytes("VmHWM:")?.saturating_sub(before);
     let estimate = unet_activations(&config, [side, side], batch, dtype, pass)?;
