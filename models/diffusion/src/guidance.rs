@@ -5,7 +5,7 @@
 //! sampling and in the training forward, for the policy and the reference.
 
 use candle_core::Tensor;
-use spo_nn::checkpoint::Tape;
+use spo_nn::checkpoint::{Direct, Segments};
 
 use crate::ddim::classifier_free_guidance;
 use crate::error::{Result, into_candle};
@@ -33,69 +33,24 @@ pub fn guided_prediction(
     timesteps: &[usize],
     inputs: &GuidanceInputs,
 ) -> Result<Tensor> {
-    let call = GuidedCall::new(sample, timesteps, inputs)?;
-    let eps = unet.forward(
-        &call.sample,
-        &call.timesteps,
-        &call.context,
-        call.added.as_ref(),
-    )?;
-    call.combine(&eps)
+    guided_prediction_with(unet, &mut Direct, sample, timesteps, inputs)
 }
 
-/// [`guided_prediction`] on `tape` (gradient checkpointing: see
-/// [`UNet2DConditionModel::forward_on_tape`]), the guidance's combination a segment of its
-/// own. Returns ε̂ detached.
-pub fn guided_prediction_on_tape<'a>(
+/// [`guided_prediction`] as segments of `segs` (see [`UNet2DConditionModel::forward_with`]),
+/// the guidance's combination a segment of its own.
+pub fn guided_prediction_with<'a>(
     unet: &'a UNet2DConditionModel,
-    tape: &mut Tape<'a>,
+    segs: &mut impl Segments<'a>,
     sample: &Tensor,
     timesteps: &[usize],
     inputs: &GuidanceInputs,
 ) -> Result<Tensor> {
-    let call = GuidedCall::new(sample, timesteps, inputs)?;
-    let eps = unet.forward_on_tape(
-        tape,
-        &call.sample,
-        &call.timesteps,
-        &call.context,
-        call.added.as_ref(),
-    )?;
     let (b, scale) = (sample.dim(0)?, inputs.scale);
-    let mut out = tape.run(&[eps], move |xs| {
-        Ok(vec![
-            GuidedCall::combine_rows(&xs[0], b, scale).map_err(into_candle)?,
-        ])
-    })?;
-    Ok(out.remove(0))
-}
-
-/// One UNet call of a guided prediction: `[uncond; cond]` as one batch (or the prompt branch
-/// alone at scale 1).
-struct GuidedCall {
-    sample: Tensor,
-    timesteps: Tensor,
-    context: Tensor,
-    added: Option<AddedConditioning>,
-    b: usize,
-    scale: f64,
-}
-
-impl GuidedCall {
-    fn new(sample: &Tensor, timesteps: &[usize], inputs: &GuidanceInputs) -> Result<Self> {
-        let b = sample.dim(0)?;
-        let t: Vec<u32> = timesteps.iter().map(|&t| t as u32).collect();
-        let t = Tensor::new(t.as_slice(), sample.device())?;
-        if inputs.scale == 1.0 {
-            return Ok(Self {
-                sample: sample.clone(),
-                timesteps: t,
-                context: inputs.cond.clone(),
-                added: inputs.added_cond.cloned(),
-                b,
-                scale: 1.0,
-            });
-        }
+    let t: Vec<u32> = timesteps.iter().map(|&t| t as u32).collect();
+    let t = Tensor::new(t.as_slice(), sample.device())?;
+    let eps = if scale == 1.0 {
+        unet.forward_with(segs, sample, &t, inputs.cond, inputs.added_cond)?
+    } else {
         // (2b, …): unconditional first, as diffusers' pipelines order them
         let added = match (inputs.added_uncond, inputs.added_cond) {
             (Some(u), Some(c)) => Some(AddedConditioning {
@@ -104,26 +59,20 @@ impl GuidedCall {
             }),
             _ => None,
         };
-        Ok(Self {
-            sample: Tensor::cat(&[sample, sample], 0)?,
-            timesteps: Tensor::cat(&[&t, &t], 0)?,
-            context: Tensor::cat(&[inputs.uncond, inputs.cond], 0)?,
-            added,
-            b,
-            scale: inputs.scale,
-        })
-    }
+        let samples = Tensor::cat(&[sample, sample], 0)?;
+        let ts = Tensor::cat(&[&t, &t], 0)?;
+        let context = Tensor::cat(&[inputs.uncond, inputs.cond], 0)?;
+        unet.forward_with(segs, &samples, &ts, &context, added.as_ref())?
+    };
+    Ok(segs.run_one(&[eps], move |xs| {
+        combine(&xs[0], b, scale).map_err(into_candle)
+    })?)
+}
 
-    /// ε̂ from the UNet's output of this call.
-    fn combine(&self, eps: &Tensor) -> Result<Tensor> {
-        Self::combine_rows(eps, self.b, self.scale)
+/// ε_u + w·(ε_c − ε_u) from `(2b, …)` rows `[ε_u; ε_c]`; the rows themselves at w = 1.
+fn combine(eps: &Tensor, b: usize, scale: f64) -> Result<Tensor> {
+    if scale == 1.0 {
+        return Ok(eps.clone());
     }
-
-    /// ε_u + w·(ε_c − ε_u) from `(2b, …)` rows `[ε_u; ε_c]`; the rows themselves at w = 1.
-    fn combine_rows(eps: &Tensor, b: usize, scale: f64) -> Result<Tensor> {
-        if scale == 1.0 {
-            return Ok(eps.clone());
-        }
-        classifier_free_guidance(&eps.narrow(0, 0, b)?, &eps.narrow(0, b, b)?, scale)
-    }
+    classifier_free_guidance(&eps.narrow(0, 0, b)?, &eps.narrow(0, b, b)?, scale)
 }

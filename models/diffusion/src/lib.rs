@@ -42,7 +42,7 @@ pub mod weights;
 pub use ddim::{Ddim, DdimTransition, classifier_free_guidance};
 pub use error::{DiffusionError, Result};
 pub use folder::{Architecture, DiffusersFolder};
-pub use guidance::{GuidanceInputs, guided_prediction, guided_prediction_on_tape};
+pub use guidance::{GuidanceInputs, guided_prediction, guided_prediction_with};
 pub use lora::{LoraConfig, LoraSwitch};
 pub use schedule::{BetaSchedule, NoiseSchedule, PredictionType, SchedulerConfig, TimestepSpacing};
 pub use unet::{AddedConditioning, UNet2DConditionConfig, UNet2DConditionModel};

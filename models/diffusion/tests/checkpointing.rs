@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use spo_diffusion::{
     AddedConditioning, GuidanceInputs, LoraConfig, UNet2DConditionConfig, UNet2DConditionModel,
-    guided_prediction, guided_prediction_on_tape,
+    guided_prediction, guided_prediction_with,
 };
 use spo_nn::checkpoint::Tape;
 use spo_nn::{SeededRng, named_vars, seeded_var_builder};
@@ -92,7 +92,7 @@ fn checkpointed_gradients_equal_the_graph_s(sdxl: bool) -> TestResult {
     let direct = loss_of(&eps)?.backward()?;
 
     let mut tape = Tape::new();
-    let taped_eps = guided_prediction_on_tape(&unet, &mut tape, &xt, &ts, &inputs)?;
+    let taped_eps = guided_prediction_with(&unet, &mut tape, &xt, &ts, &inputs)?;
     assert_eq!(max_abs(&(&taped_eps - &eps)?)?, 0.0, "the same forward");
     assert!(
         !taped_eps.track_op(),

@@ -31,6 +31,51 @@ use candle_core::{DType, Device, Result, Tensor, TensorId, Var};
 /// What a segment computes from its inputs; run once forward and once more in the backward.
 type Recompute<'a> = Box<dyn Fn(&[Tensor]) -> Result<Vec<Tensor>> + 'a>;
 
+/// Where a forward written as segments runs them: [`Direct`]ly (an ordinary forward, candle's
+/// graph and all) or on a [`Tape`] (checkpointed), so that a model writes its forward once.
+pub trait Segments<'a> {
+    /// `f` on `inputs`: its outputs.
+    fn run(
+        &mut self,
+        inputs: &[Tensor],
+        f: impl Fn(&[Tensor]) -> Result<Vec<Tensor>> + 'a,
+    ) -> Result<Vec<Tensor>>;
+
+    /// [`Segments::run`] for a segment of one output.
+    fn run_one(
+        &mut self,
+        inputs: &[Tensor],
+        f: impl Fn(&[Tensor]) -> Result<Tensor> + 'a,
+    ) -> Result<Tensor> {
+        self.run(inputs, move |xs| Ok(vec![f(xs)?]))?
+            .pop()
+            .ok_or_else(|| candle_core::Error::Msg("a segment gave no output".into()))
+    }
+}
+
+/// Runs each segment as it comes: an ordinary forward.
+pub struct Direct;
+
+impl<'a> Segments<'a> for Direct {
+    fn run(
+        &mut self,
+        inputs: &[Tensor],
+        f: impl Fn(&[Tensor]) -> Result<Vec<Tensor>> + 'a,
+    ) -> Result<Vec<Tensor>> {
+        f(inputs)
+    }
+}
+
+impl<'a> Segments<'a> for Tape<'a> {
+    fn run(
+        &mut self,
+        inputs: &[Tensor],
+        f: impl Fn(&[Tensor]) -> Result<Vec<Tensor>> + 'a,
+    ) -> Result<Vec<Tensor>> {
+        Tape::run(self, inputs, f)
+    }
+}
+
 struct Segment<'a> {
     inputs: Vec<Tensor>,
     outputs: Vec<Tensor>,

@@ -77,7 +77,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Pass::Checkpointed => {
             let mut tape = Tape::new();
             unet.set_lora_tracked(false);
-            let out = unet.forward_on_tape(&mut tape, &x, &t, &context, None)?;
+            let out = unet.forward_with(&mut tape, &x, &t, &context, None)?;
             unet.set_lora_tracked(true);
             // d/dε of mean(ε²)
             let g = (out.to_dtype(DType::F32)? * (2.0 / out.elem_count() as f64))?;

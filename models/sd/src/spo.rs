@@ -9,9 +9,9 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use spo_clip::preprocess::spm_pixels;
 use spo_clip::{ClipTokenizer, Spm};
-use spo_diffusion::{LoraConfig, guided_prediction, guided_prediction_on_tape};
+use spo_diffusion::{LoraConfig, guided_prediction_with};
 use spo_methods::spo::{Denoiser, StepJudge, TrainingEps};
-use spo_nn::checkpoint::Tape;
+use spo_nn::checkpoint::{Direct, Segments, Tape};
 use spo_nn::seeded_var_builder;
 
 use crate::error::Result;
@@ -96,6 +96,27 @@ fn prompts_of(
     prompts.select(&idx).map(Some)
 }
 
+impl<'a> SdPolicy<'a> {
+    /// The guided ε̂ of `x` (`ts` per row) in the pipeline's dtype, one UNet call per
+    /// `micro_batch` rows, each call's segments run by `segs`.
+    fn calls(
+        &self,
+        segs: &mut impl Segments<'a>,
+        prompts: &Conditioning,
+        x: &Tensor,
+        ts: &[usize],
+    ) -> candle_core::Result<Vec<Tensor>> {
+        let unet = self.sd.unet();
+        in_chunks(x, self.micro_batch, |x, rows| {
+            let part = prompts_of(prompts, &rows, ts.len())?;
+            let inputs = part.as_ref().unwrap_or(prompts).guidance(self.cfg);
+            let x = x.to_dtype(self.sd.dtype())?;
+            guided_prediction_with(unet, segs, &x, &ts[rows], &inputs)
+                .map_err(candle_core::Error::wrap)
+        })
+    }
+}
+
 impl Denoiser for SdPolicy<'_> {
     type Prompts = Conditioning;
     fn encode(&self, texts: &[&str]) -> candle_core::Result<Conditioning> {
@@ -113,16 +134,11 @@ impl Denoiser for SdPolicy<'_> {
         let unet = self.sd.unet();
         unet.set_lora_enabled(!reference);
         // the UNet runs in the pipeline's dtype; the method's log-probabilities in f32
-        let eps = in_chunks(x, self.micro_batch, |x, rows| {
-            let part = prompts_of(prompts, &rows, ts.len())?;
-            let inputs = part.as_ref().unwrap_or(prompts).guidance(self.cfg);
-            let x = x.to_dtype(self.sd.dtype())?;
-            guided_prediction(unet, &x, &ts[rows], &inputs)
-                .map_err(candle_core::Error::wrap)?
-                .to_dtype(DType::F32)
-        });
+        let eps = self
+            .calls(&mut Direct, prompts, x, ts)
+            .and_then(|calls| Tensor::cat(&calls, 0)?.to_dtype(DType::F32));
         unet.set_lora_enabled(true);
-        let eps = Tensor::cat(&eps?, 0)?;
+        let eps = eps?;
         Ok(if reference { eps.detach() } else { eps })
     }
     fn eps_no_grad(
@@ -151,13 +167,7 @@ impl Denoiser for SdPolicy<'_> {
         // the forward keeps no graph (the tape keeps each layer's output); the backward
         // recomputes every layer with its graph
         unet.set_lora_tracked(false);
-        let outputs = in_chunks(x, self.micro_batch, |x, rows| {
-            let part = prompts_of(prompts, &rows, ts.len())?;
-            let inputs = part.as_ref().unwrap_or(prompts).guidance(self.cfg);
-            let x = x.to_dtype(self.sd.dtype())?;
-            guided_prediction_on_tape(unet, &mut tape, &x, &ts[rows], &inputs)
-                .map_err(candle_core::Error::wrap)
-        });
+        let outputs = self.calls(&mut tape, prompts, x, ts);
         unet.set_lora_tracked(true);
         let outputs = outputs?;
         let eps = Tensor::cat(&outputs, 0)?.to_dtype(DType::F32)?;

@@ -4,7 +4,7 @@
 
 use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
-use spo_nn::checkpoint::Tape;
+use spo_nn::checkpoint::Segments;
 use spo_nn::{Conv2d, Conv2dSpec, upsample::upsample_nearest2x};
 
 use crate::attention::Attention;
@@ -155,33 +155,11 @@ impl DownBlock {
             .collect()
     }
 
-    /// Returns the output and the skip states (one per ResNet, plus one after downsampling).
-    pub fn forward(
-        &self,
-        xs: &Tensor,
-        temb: &Tensor,
-        context: &Tensor,
-    ) -> Result<(Tensor, Vec<Tensor>)> {
-        let mut hs = xs.clone();
-        let mut skips = Vec::with_capacity(self.resnets.len() + 1);
-        for (i, resnet) in self.resnets.iter().enumerate() {
-            hs = resnet.forward(&hs, Some(temb))?;
-            if let Some(attn) = self.attentions.get(i) {
-                hs = attn.forward(&hs, context)?;
-            }
-            skips.push(hs.clone());
-        }
-        if let Some(down) = &self.downsampler {
-            hs = down.forward(&hs)?;
-            skips.push(hs.clone());
-        }
-        Ok((hs, skips))
-    }
-
-    /// [`Self::forward`] on `tape`, a segment per ResNet, transformer and sampler.
-    pub fn forward_on_tape<'a>(
+    /// Returns the output and the skip states (one per ResNet, plus one after downsampling),
+    /// each ResNet, transformer block and sampler a segment of `segs`.
+    pub fn forward<'a>(
         &'a self,
-        tape: &mut Tape<'a>,
+        segs: &mut impl Segments<'a>,
         xs: &Tensor,
         temb: &Tensor,
         context: &Tensor,
@@ -189,46 +167,36 @@ impl DownBlock {
         let mut hs = xs.clone();
         let mut skips = Vec::with_capacity(self.resnets.len() + 1);
         for (i, resnet) in self.resnets.iter().enumerate() {
-            hs = resnet_on_tape(tape, resnet, &[hs], temb)?;
+            hs = resnet_segment(segs, resnet, &[hs], temb)?;
             if let Some(attn) = self.attentions.get(i) {
-                hs = attn.forward_on_tape(tape, &hs, context)?;
+                hs = attn.forward(segs, &hs, context)?;
             }
             skips.push(hs.clone());
         }
         if let Some(down) = &self.downsampler {
-            hs = single(tape.run(&[hs], move |xs| Ok(vec![down.forward(&xs[0])?]))?)?;
+            hs = segs.run_one(&[hs], move |xs| down.forward(&xs[0]))?;
             skips.push(hs.clone());
         }
         Ok((hs, skips))
-    }
-}
-
-/// The one output of a segment.
-pub(crate) fn single(mut outputs: Vec<Tensor>) -> Result<Tensor> {
-    match outputs.len() {
-        1 => Ok(outputs.remove(0)),
-        n => Err(candle_core::Error::Msg(format!("a segment gave {n} outputs, not 1")).into()),
     }
 }
 
 /// A ResNet as one segment: its input is `parts` concatenated along channels (an up block's
 /// state and skip), conditioned on `temb`.
-fn resnet_on_tape<'a>(
-    tape: &mut Tape<'a>,
+fn resnet_segment<'a>(
+    segs: &mut impl Segments<'a>,
     resnet: &'a ResnetBlock2D,
     parts: &[Tensor],
     temb: &Tensor,
 ) -> Result<Tensor> {
     let mut inputs = vec![temb.clone()];
     inputs.extend_from_slice(parts);
-    single(tape.run(&inputs, move |xs| {
+    Ok(segs.run_one(&inputs, move |xs| {
         let hs = match &xs[1..] {
             [one] => one.clone(),
             parts => Tensor::cat(parts, 1)?,
         };
-        Ok(vec![
-            resnet.forward(&hs, Some(&xs[0])).map_err(into_candle)?,
-        ])
+        resnet.forward(&hs, Some(&xs[0])).map_err(into_candle)
     })?)
 }
 
@@ -281,28 +249,18 @@ impl MidBlock {
             .collect()
     }
 
-    /// `(b, c, h, w) → (b, c, h, w)`.
-    pub fn forward(&self, xs: &Tensor, temb: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let mut hs = self.resnets[0].forward(xs, Some(temb))?;
-        for (attn, resnet) in self.attentions.iter().zip(&self.resnets[1..]) {
-            hs = attn.forward(&hs, context)?;
-            hs = resnet.forward(&hs, Some(temb))?;
-        }
-        Ok(hs)
-    }
-
-    /// [`Self::forward`] on `tape`, a segment per ResNet and transformer.
-    pub fn forward_on_tape<'a>(
+    /// `(b, c, h, w) → (b, c, h, w)`, each ResNet and transformer block a segment of `segs`.
+    pub fn forward<'a>(
         &'a self,
-        tape: &mut Tape<'a>,
+        segs: &mut impl Segments<'a>,
         xs: &Tensor,
         temb: &Tensor,
         context: &Tensor,
     ) -> Result<Tensor> {
-        let mut hs = resnet_on_tape(tape, &self.resnets[0], std::slice::from_ref(xs), temb)?;
+        let mut hs = resnet_segment(segs, &self.resnets[0], std::slice::from_ref(xs), temb)?;
         for (attn, resnet) in self.attentions.iter().zip(&self.resnets[1..]) {
-            hs = attn.forward_on_tape(tape, &hs, context)?;
-            hs = resnet_on_tape(tape, resnet, &[hs], temb)?;
+            hs = attn.forward(segs, &hs, context)?;
+            hs = resnet_segment(segs, resnet, &[hs], temb)?;
         }
         Ok(hs)
     }
@@ -378,34 +336,11 @@ impl UpBlock {
             .collect()
     }
 
-    /// `skips` are consumed last-first, as diffusers pops `res_hidden_states_tuple[-1]`.
-    pub fn forward(
-        &self,
-        xs: &Tensor,
-        skips: &[Tensor],
-        temb: &Tensor,
-        context: &Tensor,
-    ) -> Result<Tensor> {
-        let mut hs = xs.clone();
-        for (i, resnet) in self.resnets.iter().enumerate() {
-            let skip = &skips[skips.len() - 1 - i];
-            hs = Tensor::cat(&[&hs, skip], 1)?;
-            hs = resnet.forward(&hs, Some(temb))?;
-            if let Some(attn) = self.attentions.get(i) {
-                hs = attn.forward(&hs, context)?;
-            }
-        }
-        if let Some(conv) = &self.upsampler {
-            hs = conv.forward(&upsample_nearest2x(&hs)?)?;
-        }
-        Ok(hs)
-    }
-
-    /// [`Self::forward`] on `tape`, a segment per ResNet (with its skip), transformer and
-    /// sampler.
-    pub fn forward_on_tape<'a>(
+    /// `skips` are consumed last-first, as diffusers pops `res_hidden_states_tuple[-1]`; each
+    /// ResNet (with its skip), transformer block and sampler is a segment of `segs`.
+    pub fn forward<'a>(
         &'a self,
-        tape: &mut Tape<'a>,
+        segs: &mut impl Segments<'a>,
         xs: &Tensor,
         skips: &[Tensor],
         temb: &Tensor,
@@ -414,15 +349,13 @@ impl UpBlock {
         let mut hs = xs.clone();
         for (i, resnet) in self.resnets.iter().enumerate() {
             let skip = skips[skips.len() - 1 - i].clone();
-            hs = resnet_on_tape(tape, resnet, &[hs, skip], temb)?;
+            hs = resnet_segment(segs, resnet, &[hs, skip], temb)?;
             if let Some(attn) = self.attentions.get(i) {
-                hs = attn.forward_on_tape(tape, &hs, context)?;
+                hs = attn.forward(segs, &hs, context)?;
             }
         }
         if let Some(conv) = &self.upsampler {
-            hs = single(tape.run(&[hs], move |xs| {
-                Ok(vec![conv.forward(&upsample_nearest2x(&xs[0])?)?])
-            })?)?;
+            hs = segs.run_one(&[hs], move |xs| conv.forward(&upsample_nearest2x(&xs[0])?))?;
         }
         Ok(hs)
     }

@@ -7,13 +7,13 @@
 
 use candle_core::{DType, Module, Tensor};
 use candle_nn::VarBuilder;
-use spo_nn::checkpoint::Tape;
+use spo_nn::checkpoint::{Direct, Segments};
 use spo_nn::{Conv2d, Conv2dSpec, GroupNorm};
 
 use crate::attention::Attention;
 use crate::error::{DiffusionError, Result, into_candle};
 use crate::lora::{LoraConfig, LoraSwitch, load_lora, save_lora};
-use crate::unet::blocks::{AttnSpec, BlockCommon, BlockSpec, DownBlock, MidBlock, UpBlock, single};
+use crate::unet::blocks::{AttnSpec, BlockCommon, BlockSpec, DownBlock, MidBlock, UpBlock};
 use crate::unet::config::UNet2DConditionConfig;
 use crate::unet::embeddings::{TimestepEmbedding, timestep_embedding};
 
@@ -193,76 +193,58 @@ impl UNet2DConditionModel {
         context: &Tensor,
         added: Option<&AddedConditioning>,
     ) -> Result<Tensor> {
-        self.check_size(sample)?;
-        let emb = self.embedding(sample.dim(0)?, sample.dtype(), timesteps, added)?;
-        // 2. pre-process
-        let mut hs = self.stem(sample)?;
-        // 3. down
-        let mut skips = vec![hs.clone()];
-        for block in &self.down_blocks {
-            let (out, states) = block.forward(&hs, &emb, context)?;
-            hs = out;
-            skips.extend(states);
-        }
-        // 4. mid
-        hs = self.mid_block.forward(&hs, &emb, context)?;
-        // 5. up, each block consuming its skips from the end of the list
-        for block in &self.up_blocks {
-            let k = block.skips_needed();
-            let rest = skips.len() - k;
-            hs = block.forward(&hs, &skips[rest..], &emb, context)?;
-            skips.truncate(rest);
-        }
-        self.head(&hs)
+        self.forward_with(&mut Direct, sample, timesteps, context, added)
     }
 
-    /// [`Self::forward`] run on `tape` (gradient checkpointing): the embedding, the input
-    /// conv, every ResNet, sampler and transformer block (with a transformer's projections in
-    /// and out) and the output head are one segment each, so that the forward keeps only
-    /// their outputs and a backward through [`Tape::backward`] holds one layer's graph at a
-    /// time. Returns the output detached.
-    pub fn forward_on_tape<'a>(
+    /// [`Self::forward`] as segments of `segs`: the embedding, the input conv, every ResNet,
+    /// sampler and transformer block (with a transformer's projections in and out) and the
+    /// output head are one segment each. On a [`spo_nn::checkpoint::Tape`] (gradient
+    /// checkpointing) the forward keeps only their outputs, returns its output detached, and
+    /// the tape's backward holds one layer's graph at a time.
+    pub fn forward_with<'a>(
         &'a self,
-        tape: &mut Tape<'a>,
+        segs: &mut impl Segments<'a>,
         sample: &Tensor,
         timesteps: &Tensor,
         context: &Tensor,
         added: Option<&AddedConditioning>,
     ) -> Result<Tensor> {
         self.check_size(sample)?;
+        // 1. time: sinusoidal features → MLP (plus SDXL's pooled text / size embedding)
         let (b, dtype) = (sample.dim(0)?, sample.dtype());
         let mut inputs = vec![timesteps.clone()];
         if let Some(added) = added {
             inputs.extend([added.text_embeds.clone(), added.time_ids.clone()]);
         }
-        let emb = single(tape.run(&inputs, move |xs| {
+        let emb = segs.run_one(&inputs, move |xs| {
             let added = (xs.len() == 3).then(|| AddedConditioning {
                 text_embeds: xs[1].clone(),
                 time_ids: xs[2].clone(),
             });
-            Ok(vec![
-                self.embedding(b, dtype, &xs[0], added.as_ref())
-                    .map_err(into_candle)?,
-            ])
-        })?)?;
-        let mut hs = single(tape.run(std::slice::from_ref(sample), move |xs| {
-            Ok(vec![self.stem(&xs[0]).map_err(into_candle)?])
-        })?)?;
+            self.embedding(b, dtype, &xs[0], added.as_ref())
+                .map_err(into_candle)
+        })?;
+        // 2. pre-process
+        let mut hs = segs.run_one(std::slice::from_ref(sample), move |xs| {
+            self.stem(&xs[0]).map_err(into_candle)
+        })?;
+        // 3. down
         let mut skips = vec![hs.clone()];
         for block in &self.down_blocks {
-            let (out, states) = block.forward_on_tape(tape, &hs, &emb, context)?;
+            let (out, states) = block.forward(segs, &hs, &emb, context)?;
             hs = out;
             skips.extend(states);
         }
-        hs = self.mid_block.forward_on_tape(tape, &hs, &emb, context)?;
+        // 4. mid
+        hs = self.mid_block.forward(segs, &hs, &emb, context)?;
+        // 5. up, each block consuming its skips from the end of the list
         for block in &self.up_blocks {
             let rest = skips.len() - block.skips_needed();
-            hs = block.forward_on_tape(tape, &hs, &skips[rest..], &emb, context)?;
+            hs = block.forward(segs, &hs, &skips[rest..], &emb, context)?;
             skips.truncate(rest);
         }
-        single(tape.run(&[hs], move |xs| {
-            Ok(vec![self.head(&xs[0]).map_err(into_candle)?])
-        })?)
+        // 6. post-process
+        Ok(segs.run_one(&[hs], move |xs| self.head(&xs[0]).map_err(into_candle))?)
     }
 
     /// Refuses a sample the down blocks cannot halve down to the coarsest level.

@@ -3,13 +3,12 @@
 
 use candle_core::{Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
-use spo_nn::checkpoint::Tape;
+use spo_nn::checkpoint::Segments;
 use spo_nn::linear::{forward_2d, geglu_forward_2d, linear};
 use spo_nn::{GroupNorm, LayerNorm};
 
 use crate::attention::{Attention, AttentionSpec};
 use crate::error::{Result, into_candle};
-use crate::unet::blocks::single;
 
 /// `FeedForward(dim, activation_fn="geglu")`: `net.2(h·gelu(g))` with `(h, g) = net.0.proj(x)`.
 #[derive(Debug, Clone)]
@@ -151,33 +150,25 @@ impl Transformer2DModel {
             .collect()
     }
 
-    /// `xs: (b, c, h, w)`, `context: (b, m, cross_attention_dim)` → `(b, c, h, w)`.
-    pub fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let mut hs = self.tokens_in(xs)?;
-        for block in &self.transformer_blocks {
-            hs = block.forward(&hs, context)?;
-        }
-        self.tokens_out(&hs, xs)
-    }
-
-    /// [`Self::forward`] on `tape`: the projection in, each `BasicTransformerBlock` and the
-    /// projection out are one segment each.
-    pub fn forward_on_tape<'a>(
+    /// `xs: (b, c, h, w)`, `context: (b, m, cross_attention_dim)` → `(b, c, h, w)`; the
+    /// projection in, each `BasicTransformerBlock` and the projection out are one segment each
+    /// of `segs`.
+    pub fn forward<'a>(
         &'a self,
-        tape: &mut Tape<'a>,
+        segs: &mut impl Segments<'a>,
         xs: &Tensor,
         context: &Tensor,
     ) -> Result<Tensor> {
-        let mut hs = single(tape.run(std::slice::from_ref(xs), move |xs| {
-            Ok(vec![self.tokens_in(&xs[0]).map_err(into_candle)?])
-        })?)?;
+        let mut hs = segs.run_one(std::slice::from_ref(xs), move |xs| {
+            self.tokens_in(&xs[0]).map_err(into_candle)
+        })?;
         for block in &self.transformer_blocks {
-            hs = single(tape.run(&[hs, context.clone()], move |xs| {
-                Ok(vec![block.forward(&xs[0], &xs[1]).map_err(into_candle)?])
-            })?)?;
+            hs = segs.run_one(&[hs, context.clone()], move |xs| {
+                block.forward(&xs[0], &xs[1]).map_err(into_candle)
+            })?;
         }
-        single(tape.run(&[hs, xs.clone()], move |xs| {
-            Ok(vec![self.tokens_out(&xs[0], &xs[1]).map_err(into_candle)?])
+        Ok(segs.run_one(&[hs, xs.clone()], move |xs| {
+            self.tokens_out(&xs[0], &xs[1]).map_err(into_candle)
         })?)
     }
 
