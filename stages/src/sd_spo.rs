@@ -81,8 +81,8 @@ spo_core::stage_params! {
         /// the frozen weights' dtype (the LoRA and AdamW's state stay f32): the paper's fp16
         precision: Precision = choice_of(Precision::F16),
         /// recompute the UNet layer by layer in the backward instead of keeping its graph:
-        /// the same gradients (to the last bits), about a third more compute, a fraction of
-        /// the memory (docs/real-weights.md "Device, precision and memory")
+        /// the same gradients (within 1e-5 in the tests), a second forward per step, a fraction
+        /// of the memory (docs/real-weights.md "Device, precision and memory")
         gradient_checkpointing: bool = bool(true),
     }
 }
