@@ -651,22 +651,18 @@ fn pin_writes_a_hub_stage_from_a_snapshot_folder() {
     );
 }
 
-/// `--device`, `--device-memory` and `precision` on the real-weights path, with the tiny
-/// SD-1.5 folder copied in by a `pin --local` hub stage: an unusable device or size is a usage
-/// error before anything runs; a cell whose estimated memory exceeds the limit is refused
-/// before it loads a weight, naming its need; bf16 on the CPU is refused naming the param;
-/// f16 and f32 cells are different cells (the precision is in the key), the device is not.
-#[test]
-fn device_memory_and_precision_are_checked_before_a_cell_runs() {
-    let folder =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd/sd15_tiny");
+/// The `hub` stage `pin --local` writes for the fixture folder `fixture`, and its name.
+fn pinned(fixture: &str, repo: &str) -> (String, String) {
+    let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(fixture);
     let rev = "0123456789abcdef0123456789abcdef01234567";
     let out = bin()
         .args([
             "pin",
             folder.to_str().unwrap(),
             "--repo",
-            "org/sd15",
+            repo,
             "--revision",
             rev,
             "--local",
@@ -680,6 +676,90 @@ fn device_memory_and_precision_are_checked_before_a_cell_runs() {
         .find_map(|l| l.strip_prefix("[stage.")?.strip_suffix(']'))
         .unwrap()
         .to_owned();
+    (hub, name)
+}
+
+/// [`pinned`]'s stage under the name `stage`.
+fn pinned_as(fixture: &str, repo: &str, stage: &str) -> String {
+    let (hub, name) = pinned(fixture, repo);
+    hub.replace(&format!("[stage.{name}"), &format!("[stage.{stage}"))
+}
+
+/// Every training method checks its memory on real weights before it loads a weight: under
+/// `--device-memory 16K` each of D3PO, DDPO, Diffusion-DPO and MaPO is refused naming the
+/// stage, its need and what to lower, and stores nothing; the same cells then train.
+#[test]
+fn every_training_method_on_real_weights_is_memory_checked() {
+    let sd = pinned_as("sd/sd15_tiny", "org/sd15", "sd15");
+    let pick = pinned_as("clip/models/pickscore_tiny", "org/pickscore", "pickscore");
+    let online = "needs = [\"sd15\", \"prompts\", \"pickscore\"]\n\
+         params = { rounds = 1, prompts = 1, steps = 2, train_batch = 2, snapshots = 0 }";
+    let offline = "needs = [\"sd15\", \"pairs\"]\nparams = { steps = 1, batch = 1, warmup = 0, snapshots = 0 }";
+    let pipeline = format!(
+        r#"{sd}
+{pick}
+[stage.prompt-file]
+kind = "command"
+params = {{ cmd = "printf 'a photo of a cat\na red cube\n' > $SPO_OUT/prompts.txt" }}
+
+[stage.prompts]
+kind = "prompts"
+needs = ["prompt-file"]
+params = {{ format = "lines" }}
+
+[stage.pairs]
+kind = "world"
+params = {{ train_prompts = 4, validation_prompts = 2 }}
+
+[stage.d3po]
+kind = "d3po"
+{online}
+
+[stage.ddpo]
+kind = "ddpo"
+{online}
+
+[stage.dpo]
+kind = "diffusion-dpo"
+{offline}
+
+[stage.mapo]
+kind = "mapo"
+{offline}
+"#
+    );
+    let p = Project::new(&pipeline);
+    let trained = || {
+        p.committed()
+            .iter()
+            .filter(|d| d.join("lora.safetensors").is_file())
+            .count()
+    };
+    for stage in ["d3po", "ddpo", "dpo", "mapo"] {
+        let out = p.run(&["--device-memory", "16K", "run", stage]);
+        let e = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stage}: {e}");
+        assert!(
+            e.contains(&format!("stage `{stage}` needs about"))
+                && e.contains("gradient_checkpointing")
+                && e.contains("activations"),
+            "{stage}: {e}"
+        );
+        assert_eq!(trained(), 0, "{stage}: a refused cell stores nothing");
+    }
+    let out = p.run(&["--device-memory", "4G", "run"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(trained(), 4);
+}
+
+/// `--device`, `--device-memory` and `precision` on the real-weights path, with the tiny
+/// SD-1.5 folder copied in by a `pin --local` hub stage: an unusable device or size is a usage
+/// error before anything runs; a cell whose estimated memory exceeds the limit is refused
+/// before it loads a weight, naming its need; bf16 on the CPU is refused naming the param;
+/// f16 and f32 cells are different cells (the precision is in the key), the device is not.
+#[test]
+fn device_memory_and_precision_are_checked_before_a_cell_runs() {
+    let (hub, name) = pinned("sd/sd15_tiny", "org/sd15");
     let pipeline = format!(
         r#"{hub}
 [stage.prompt-file]

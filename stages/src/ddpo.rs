@@ -21,7 +21,8 @@ use spo_nn::{AdamW, SeededRng};
 use crate::checkpoint::ExactF64;
 use crate::error::Result;
 use crate::inworld::on_cores;
-use crate::online::{self, Models, Policy};
+use crate::online::{self, Models, Policy, RealRun};
+use crate::real::Precision;
 use crate::training::Trainer;
 use spo_methods::online::Chains;
 use spo_methods::spo::Denoiser;
@@ -57,6 +58,15 @@ spo_core::stage_params! {
         checkpoint_every: usize = int(2).range(1.0, 1e6),
         /// snapshots of the LoRA kept at evenly spaced rounds for the `curve` kind (0: none)
         snapshots: usize = int(4).range(0.0, 1000.0),
+        /// on real weights: the frozen weights' dtype (the LoRA and AdamW's state stay f32; the
+        /// in-world models always run f32)
+        precision: Precision = choice_of(Precision::F16),
+        /// on real weights: recompute the UNet layer by layer in the backward instead of
+        /// keeping its graph (docs/real-weights.md "Device, precision and memory")
+        gradient_checkpointing: bool = bool(true),
+        /// on real weights: latents per UNet call in the rollouts (and in training when
+        /// checkpointing) and per VAE decode
+        micro_batch: usize = int(8).range(1.0, 4096.0),
     }
 }
 
@@ -113,12 +123,12 @@ fn train_round<D: Denoiser>(
     let (mut sum, mut count) = (0.0, 0usize);
     for chunk in order.chunks(p.train_batch) {
         let c = chunk.len();
-        let lp = m.log_probs(cond, chains, chunk, true)?;
+        let (lp, backprop) = m.policy_log_probs(cond, chains, chunk)?;
         let sampled = chains.gather(chunk, |s| &s.logp)?;
         let adv: Vec<f32> = chunk.iter().map(|&(_, i)| advantages[i] as f32).collect();
         let adv = Tensor::from_vec(adv, c, m.den.device())?;
         let loss = ppo.loss(&lp, &sampled, &adv)?;
-        opt.step(&loss.backward()?)?;
+        opt.step(&backprop.gradients(&loss)?)?;
         sum += loss.to_scalar::<f32>()? as f64 * c as f64;
         count += c;
     }
@@ -129,7 +139,15 @@ fn train_round<D: Denoiser>(
 fn run(cx: &mut StageContext) -> Result<()> {
     let p = DdpoParams::from_params(cx.params())?;
     let seed = cx.seed().unwrap_or(0);
-    let (models, mut lora_vars, mut opt) = online::setup(cx, p.rank, seed, p.lr, p.steps, p.eta)?;
+    let run = RealRun {
+        precision: p.precision,
+        checkpointing: p.gradient_checkpointing,
+        micro_batch: p.micro_batch,
+        // a step's transitions
+        train_latents: p.train_batch,
+    };
+    let (models, mut lora_vars, mut opt) =
+        online::setup(cx, (p.rank, seed, p.lr), (p.steps, p.eta), run)?;
     let pool = models.pool();
     let state = (&mut lora_vars, &mut opt);
     match &models {

@@ -22,13 +22,14 @@ use spo_diffusion::{AddedConditioning, NoiseSchedule, SchedulerConfig, UNet2DCon
 use spo_methods::mapo::Mapo;
 use spo_methods::{diffusion_dpo, per_sample_mse};
 use spo_nn::{AdamW, SeededRng};
-use spo_sd::StableDiffusion;
+use spo_sd::spo::UnetBatch;
+use spo_sd::{StableDiffusion, Workload};
 
 use crate::checkpoint::ExactF64;
 use crate::device::device;
 use crate::error::{At, Result};
 use crate::inworld::{InWorldClip, lora_policy, on_cores};
-use crate::real;
+use crate::real::{self, Precision};
 use crate::tensors::images_to_tensor;
 use crate::training::{Trainer, warmup_cosine};
 use crate::worlddata::{Pair, load_pairs};
@@ -56,6 +57,14 @@ spo_core::stage_params! {
         checkpoint_every: usize = int(50).range(1.0, 1e7),
         /// snapshots of the LoRA kept at evenly spaced steps for the `curve` kind (0: none)
         snapshots: usize = int(4).range(0.0, 1000.0),
+        /// on real weights: the frozen weights' dtype (the LoRA and AdamW's state stay f32; the
+        /// in-world models always run f32)
+        precision: Precision = choice_of(Precision::F16),
+        /// on real weights: recompute the UNet layer by layer in the backward instead of
+        /// keeping its graph (docs/real-weights.md "Device, precision and memory")
+        gradient_checkpointing: bool = bool(true),
+        /// on real weights: latents per UNet call when checkpointing, and images per VAE call
+        micro_batch: usize = int(8).range(1.0, 4096.0),
     }
 }
 
@@ -92,6 +101,9 @@ impl StageKind for DiffusionDpo {
             empty_prompt_share: p.empty_prompt_share,
             checkpoint_every: p.checkpoint_every,
             snapshots: p.snapshots,
+            precision: p.precision,
+            gradient_checkpointing: p.gradient_checkpointing,
+            micro_batch: p.micro_batch,
         };
         Ok(train(cx, &setup, Objective::Dpo { beta: p.beta })?)
     }
@@ -121,6 +133,14 @@ spo_core::stage_params! {
         checkpoint_every: usize = int(50).range(1.0, 1e7),
         /// snapshots of the LoRA kept at evenly spaced steps for the `curve` kind (0: none)
         snapshots: usize = int(4).range(0.0, 1000.0),
+        /// on real weights: the frozen weights' dtype (the LoRA and AdamW's state stay f32; the
+        /// in-world models always run f32)
+        precision: Precision = choice_of(Precision::F16),
+        /// on real weights: recompute the UNet layer by layer in the backward instead of
+        /// keeping its graph (docs/real-weights.md "Device, precision and memory")
+        gradient_checkpointing: bool = bool(true),
+        /// on real weights: latents per UNet call when checkpointing, and images per VAE call
+        micro_batch: usize = int(8).range(1.0, 4096.0),
     }
 }
 
@@ -157,6 +177,9 @@ impl StageKind for MapoTrain {
             empty_prompt_share: p.empty_prompt_share,
             checkpoint_every: p.checkpoint_every,
             snapshots: p.snapshots,
+            precision: p.precision,
+            gradient_checkpointing: p.gradient_checkpointing,
+            micro_batch: p.micro_batch,
         };
         let objective = Objective::Mapo(Mapo {
             beta: p.beta,
@@ -180,6 +203,9 @@ struct Offline {
     empty_prompt_share: f64,
     checkpoint_every: usize,
     snapshots: usize,
+    precision: Precision,
+    gradient_checkpointing: bool,
+    micro_batch: usize,
 }
 
 /// What an offline method minimises over a batch's per-sample denoising errors.
@@ -191,12 +217,17 @@ enum Objective {
 impl Objective {
     /// The loss over `b` pairs and the share of pairs it already orders right: the implicit
     /// accuracy for Diffusion-DPO, the share whose winner has the lower error for MaPO.
-    /// `error` gives the policy's (`true`) or the reference's per-sample errors, winners first.
-    fn loss(&self, b: usize, error: impl Fn(bool) -> Result<Tensor>) -> Result<(Tensor, f64)> {
+    /// `model` holds the policy's per-sample errors, winners first; `reference` gives the
+    /// frozen reference's (Diffusion-DPO only asks for them).
+    fn loss(
+        &self,
+        b: usize,
+        model: &Tensor,
+        reference: impl FnOnce() -> Result<Tensor>,
+    ) -> Result<(Tensor, f64)> {
         match self {
             Objective::Dpo { beta } => {
-                let reference = error(false)?;
-                let model = error(true)?;
+                let reference = reference()?;
                 let out = diffusion_dpo::loss(
                     &model.narrow(0, 0, b)?,
                     &model.narrow(0, b, b)?,
@@ -207,7 +238,6 @@ impl Objective {
                 Ok((out.loss, out.implicit_accuracy))
             }
             Objective::Mapo(mapo) => {
-                let model = error(true)?;
                 let (w, l) = (model.narrow(0, 0, b)?, model.narrow(0, b, b)?);
                 let lower = w
                     .lt(&l)?
@@ -263,8 +293,9 @@ impl Model {
 
     /// What the UNet denoises for `images`: the pixels in the world; on real weights the
     /// images resized (bilinear, shortest side) and centre-cropped to the pipeline's size, in
-    /// [−1, 1], encoded by the VAE with its latent distribution sampled from `rng`.
-    fn x0(&self, images: &[&RgbImage], rng: &mut SeededRng) -> Result<Tensor> {
+    /// [−1, 1], encoded by the VAE `micro_batch` at a time with its latent distribution sampled
+    /// from `rng`, in f32.
+    fn x0(&self, images: &[&RgbImage], micro_batch: usize, rng: &mut SeededRng) -> Result<Tensor> {
         let dev = device();
         match self {
             Model::World { .. } => images_to_tensor(images, &dev),
@@ -277,8 +308,27 @@ impl Model {
                 let pixels = images_to_tensor(&fitted.iter().collect::<Vec<_>>(), &dev)?;
                 let [c, lh, lw] = sd.latent_shape();
                 let noise = rng.normal((images.len(), c, lh, lw), 0.0, 1.0, DType::F32, &dev)?;
-                Ok(sd.encode(&pixels, &noise)?)
+                // the VAE encodes `micro_batch` images at a time
+                let mut latents = Vec::new();
+                for start in (0..images.len()).step_by(micro_batch.max(1)) {
+                    let len = micro_batch.min(images.len() - start);
+                    let z = sd.encode(
+                        &pixels.narrow(0, start, len)?,
+                        &noise.narrow(0, start, len)?,
+                    )?;
+                    latents.push(z.to_dtype(DType::F32)?);
+                }
+                Ok(Tensor::cat(&latents, 0)?)
             }
+        }
+    }
+
+    /// The UNet's dtype, latents per call and whether it is checkpointed in training: the
+    /// in-world model runs f32 with its graph, a real pipeline as `p` says.
+    fn run_settings(&self, p: &Offline) -> (DType, usize, bool) {
+        match self {
+            Model::World { .. } => (DType::F32, usize::MAX, false),
+            Model::Real(sd) => (sd.dtype(), p.micro_batch, p.gradient_checkpointing),
         }
     }
 
@@ -306,7 +356,11 @@ fn fit(im: &RgbImage, w: u32, h: u32) -> RgbImage {
 /// Loads the pairs and the model of an offline method's cell: the world's pairs and in-world
 /// base, or — given a diffusers pipeline (a `hub` cell with model_index.json) — the pairs of a
 /// `pickapic` (or `world`) input and that pipeline.
-fn load(cx: &StageContext, p: &Offline, seed: u64) -> Result<(Vec<Pair>, Model, VarMap, AdamW)> {
+fn load(
+    cx: &mut StageContext,
+    p: &Offline,
+    seed: u64,
+) -> Result<(Vec<Pair>, Model, VarMap, AdamW)> {
     let dev = device();
     let is_real = real::has_pipeline(cx);
     let pairs_input = if is_real {
@@ -341,9 +395,19 @@ fn load(cx: &StageContext, p: &Offline, seed: u64) -> Result<(Vec<Pair>, Model, 
         .into());
     }
     if is_real {
-        let pipeline = real::pipeline_input(cx)?;
+        let pipeline = real::pipeline_input(cx)?.clone();
+        let dtype = p.precision.dtype(&dev)?;
+        let work = Workload::Train {
+            // a step's UNet call takes both images of each pair, unguided
+            batch: 2 * p.batch,
+            rollout_batch: p.micro_batch,
+            rank: p.rank,
+            checkpointing: p.gradient_checkpointing,
+            guided: false,
+        };
+        real::check_memory(cx, &pipeline.dir, dtype, work, 0)?;
         let (sd, lora_vars, opt) =
-            real::lora_pipeline(&pipeline.dir, DType::F32, p.rank, seed, p.lr, 1e-2)?;
+            real::lora_pipeline(&pipeline.dir, dtype, p.rank, seed, p.lr, 1e-2)?;
         return Ok((pairs, Model::Real(Box::new(sd)), lora_vars, opt));
     }
     let text = InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?;
@@ -412,7 +476,7 @@ fn train(cx: &mut StageContext, p: &Offline, objective: Objective) -> Result<()>
         let images: Vec<_> = (0..2)
             .flat_map(|side| chosen.iter().map(move |pair| &pair.images[side]))
             .collect();
-        let x0 = model.x0(&images, rng)?;
+        let x0 = model.x0(&images, p.micro_batch, rng)?;
         let noise = rng.normal(
             (b, x0.dim(1)?, x0.dim(2)?, x0.dim(3)?),
             0.0,
@@ -434,14 +498,24 @@ fn train(cx: &mut StageContext, p: &Offline, objective: Objective) -> Result<()>
                 }),
                 None => None,
             };
-            let error = |lora: bool| -> Result<Tensor> {
-                unet.set_lora_enabled(lora);
-                let pred = unet.forward(&xt, &ts, &ctx, added.as_ref())?;
-                let pred = if lora { pred } else { pred.detach() };
-                Ok(per_sample_mse(&pred, &noise)?)
+            let batch = UnetBatch {
+                x: &xt,
+                ts: &ts,
+                context: &ctx,
+                added: added.as_ref(),
             };
-            let (loss, accuracy) = objective.loss(b, error)?;
-            opt.step(&loss.backward()?)?;
+            let (dtype, micro_batch, checkpointing) = model.run_settings(p);
+            let (errors, backprop) = batch
+                .predict_for_training(unet, micro_batch, dtype, checkpointing)?
+                .map(|pred| Ok(per_sample_mse(pred, &noise)?))?;
+            let reference = || -> Result<Tensor> {
+                unet.set_lora_enabled(false);
+                let pred = batch.predict(unet, micro_batch, dtype);
+                unet.set_lora_enabled(true);
+                Ok(per_sample_mse(&pred?, &noise)?)
+            };
+            let (loss, accuracy) = objective.loss(b, &errors, reference)?;
+            opt.step(&backprop.gradients(&loss)?)?;
             Ok((loss.to_scalar::<f32>()? as f64, accuracy))
         })?;
         tr.extra.push(ExactF64(accuracy));

@@ -6,22 +6,22 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use image::RgbImage;
 use spo_clip::{Metric, ScoreOptions, Scorer};
 use spo_core::{StageContext, StageError};
 use spo_diffusion::{Ddim, NoiseSchedule, SchedulerConfig, UNet2DConditionModel};
 use spo_methods::online::{self, Chains};
-use spo_methods::spo::Denoiser;
+use spo_methods::spo::{Backprop, Denoiser};
 use spo_nn::{AdamW, SeededRng};
-use spo_sd::{SdPolicy, StableDiffusion};
+use spo_sd::{SdPolicy, StableDiffusion, Workload};
 
 use crate::clip_train::WorldClip;
 use crate::device::device;
 use crate::error::{At, Result};
 use crate::inworld::{GuidedUnet, InWorldClip, lora_policy};
-use crate::real;
+use crate::real::{self, Precision};
 use crate::score::pickscores;
 use crate::tensors::{tensor_to_images, unit_tensor_to_images};
 use crate::worlddata::WorldData;
@@ -48,6 +48,20 @@ pub(crate) struct RealOnline {
     pub prompts: Vec<String>,
     pub reward: Scorer,
     pub ddim: Ddim,
+    pub run: RealRun,
+}
+
+/// How an online method runs on real weights (its params; the in-world models run f32 with
+/// their graph, in one call).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RealRun {
+    pub precision: Precision,
+    pub checkpointing: bool,
+    /// Latents per UNet and VAE call.
+    pub micro_batch: usize,
+    /// Latents of one training step (transitions of both chains for D3PO), for the memory
+    /// check.
+    pub train_latents: usize,
 }
 
 impl Models {
@@ -88,15 +102,14 @@ impl RealOnline {
     /// The models as the rollout and training helpers take them, guided at `cfg`.
     pub fn policy(&self, cfg: f64) -> Policy<'_, SdPolicy<'_>> {
         Policy {
-            // the methods' own batch params size each call
             den: SdPolicy {
                 sd: &self.sd,
                 cfg,
-                micro_batch: usize::MAX,
-                checkpointing: false,
+                micro_batch: self.run.micro_batch,
+                checkpointing: self.run.checkpointing,
             },
             ddim: &self.ddim,
-            reward: Reward::Real(&self.sd, &self.reward),
+            reward: Reward::Real(&self.sd, &self.reward, self.run.micro_batch),
         }
     }
 }
@@ -105,17 +118,16 @@ impl RealOnline {
 /// weight decay 1e-4, as SPO's) and a DDIM sampler of `steps` steps and stochasticity `eta`; the
 /// adapters' var map and their optimizer come apart, for the trainer to checkpoint. In the
 /// world: world, clip-pretrain, base-pretrain, pickscore-train. On real weights: a pipeline
-/// (`hub`), a `prompts` cell and PickScore's released folder (config.json + weights).
+/// (`hub`), a `prompts` cell and PickScore's released folder (config.json + weights), run as
+/// `run` says once the memory check passes.
 pub(crate) fn setup(
-    cx: &StageContext,
-    rank: usize,
-    seed: u64,
-    lr: f64,
-    steps: usize,
-    eta: f64,
+    cx: &mut StageContext,
+    (rank, seed, lr): (usize, u64, f64),
+    (steps, eta): (usize, f64),
+    run: RealRun,
 ) -> Result<(Models, VarMap, AdamW)> {
     if real::has_pipeline(cx) {
-        return setup_real(cx, rank, seed, lr, steps, eta);
+        return setup_real(cx, (rank, seed, lr), (steps, eta), run);
     }
     let dev = device();
     let world = WorldData::load(cx.input_of_kind("world")?)?;
@@ -155,17 +167,15 @@ pub(crate) fn setup(
 }
 
 fn setup_real(
-    cx: &StageContext,
-    rank: usize,
-    seed: u64,
-    lr: f64,
-    steps: usize,
-    eta: f64,
+    cx: &mut StageContext,
+    (rank, seed, lr): (usize, u64, f64),
+    (steps, eta): (usize, f64),
+    run: RealRun,
 ) -> Result<(Models, VarMap, AdamW)> {
     let dev = device();
-    let pipeline = real::pipeline_input(cx)?;
+    let pipeline = real::pipeline_input(cx)?.clone();
     let prompts = real::prompts(cx)?;
-    let reward_dir = real::weights_input(cx, pipeline, "config.json")
+    let reward_dir = real::weights_input(cx, &pipeline, "config.json")
         .map(|i| i.dir.clone())
         .ok_or_else(|| StageError::Input {
             need: "pickscore".into(),
@@ -174,6 +184,17 @@ fn setup_real(
                 cx.stage()
             ),
         })?;
+    let dtype = run.precision.dtype(&dev)?;
+    let work = Workload::Train {
+        batch: run.train_latents,
+        rollout_batch: run.micro_batch,
+        rank,
+        checkpointing: run.checkpointing,
+        guided: true,
+    };
+    // PickScore runs in f32: about its weight files' size
+    let reward_bytes = real::weight_file_bytes(&reward_dir)?;
+    real::check_memory(cx, &pipeline.dir, dtype, work, reward_bytes)?;
     let reward = Scorer::load(
         Metric::PickScore,
         &reward_dir,
@@ -181,14 +202,14 @@ fn setup_real(
         &dev,
     )
     .at(&reward_dir)?;
-    let (sd, lora_vars, opt) =
-        real::lora_pipeline(&pipeline.dir, DType::F32, rank, seed, lr, 1e-4)?;
+    let (sd, lora_vars, opt) = real::lora_pipeline(&pipeline.dir, dtype, rank, seed, lr, 1e-4)?;
     let ddim = Ddim::new(NoiseSchedule::new(sd.scheduler().clone())?, steps, eta)?;
     let real = RealOnline {
         sd,
         prompts,
         reward,
         ddim,
+        run,
     };
     Ok((Models::Real(Box::new(real)), lora_vars, opt))
 }
@@ -197,8 +218,8 @@ fn setup_real(
 pub(crate) enum Reward<'a> {
     /// The in-world PickScore analogue on the pixels.
     World(&'a WorldClip),
-    /// A released PickScore on the VAE-decoded latents.
-    Real(&'a StableDiffusion, &'a Scorer),
+    /// A released PickScore on the VAE-decoded latents, decoded this many at a time.
+    Real(&'a StableDiffusion, &'a Scorer, usize),
 }
 
 /// The models an online method samples, rewards and trains with.
@@ -220,7 +241,15 @@ impl<D: Denoiser> Policy<'_, D> {
         let chains = online::roll_out(&self.den, self.ddim, cond, x, rng)?;
         let images = match self.reward {
             Reward::World(_) => tensor_to_images(&chains.last.clamp(-1f32, 1f32)?)?,
-            Reward::Real(sd, _) => unit_tensor_to_images(&sd.decode(&chains.last)?)?,
+            Reward::Real(sd, _, micro_batch) => {
+                let n = chains.last.dim(0)?;
+                let mut images = Vec::with_capacity(n);
+                for start in (0..n).step_by(micro_batch.max(1)) {
+                    let part = chains.last.narrow(0, start, micro_batch.min(n - start))?;
+                    images.extend(unit_tensor_to_images(&sd.decode(&part)?)?);
+                }
+                images
+            }
         };
         Ok((chains, images))
     }
@@ -233,7 +262,7 @@ impl<D: Denoiser> Policy<'_, D> {
                 pickscores(clip, &images.iter().collect::<Vec<_>>(), texts)?,
                 "the PickScore analogue",
             ),
-            Reward::Real(_, scorer) => (scorer.score(images, texts)?, "PickScore"),
+            Reward::Real(_, scorer, _) => (scorer.score(images, texts)?, "PickScore"),
         };
         if let Some((r, text)) = rewards.iter().zip(texts).find(|(r, _)| !r.is_finite()) {
             return Err(StageError::Failed(format!(
@@ -245,17 +274,29 @@ impl<D: Denoiser> Policy<'_, D> {
         Ok(rewards)
     }
 
-    /// The log-probabilities of the recorded transitions `rows` under the policy or the
-    /// frozen reference ([`spo_methods::online::log_probs`]).
-    pub fn log_probs(
+    /// The log-probabilities of the recorded transitions `rows` under the frozen reference
+    /// ([`spo_methods::online::reference_log_probs`]).
+    pub fn reference_log_probs(
         &self,
         cond: &D::Prompts,
         chains: &Chains,
         rows: &[(usize, usize)],
-        policy: bool,
     ) -> Result<Tensor> {
-        Ok(online::log_probs(
-            &self.den, self.ddim, cond, chains, rows, policy,
+        Ok(online::reference_log_probs(
+            &self.den, self.ddim, cond, chains, rows,
+        )?)
+    }
+
+    /// The log-probabilities of the recorded transitions `rows` under the policy, and how a
+    /// loss built from them reaches the LoRA ([`spo_methods::online::policy_log_probs`]).
+    pub fn policy_log_probs(
+        &self,
+        cond: &D::Prompts,
+        chains: &Chains,
+        rows: &[(usize, usize)],
+    ) -> Result<(Tensor, Backprop<'_>)> {
+        Ok(online::policy_log_probs(
+            &self.den, self.ddim, cond, chains, rows,
         )?)
     }
 }

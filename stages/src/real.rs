@@ -130,6 +130,27 @@ pub fn lora_pipeline(
     Ok((sd, lora_vars, opt))
 }
 
+/// Bytes of a model folder's weight files (`*.safetensors`, else `*.bin`): what the model
+/// takes in memory at the precision it was saved in.
+pub fn weight_file_bytes(dir: &Path) -> Result<u64> {
+    let entries = std::fs::read_dir(dir).map_err(|e| StageError::io(dir, e))?;
+    let (mut safetensors, mut bin) = (0u64, 0u64);
+    for entry in entries {
+        let entry = entry.map_err(|e| StageError::io(dir, e))?;
+        let path = entry.path();
+        let len = entry
+            .metadata()
+            .map_err(|e| StageError::io(&path, e))?
+            .len();
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("safetensors") => safetensors += len,
+            Some("bin") => bin += len,
+            _ => {}
+        }
+    }
+    Ok(if safetensors > 0 { safetensors } else { bin })
+}
+
 /// Estimates what `work` on the pipeline in `dir` (weights as `dtype`, plus `extra_weights`
 /// bytes of other models the cell loads) needs on the compute device, records it as the
 /// cell's `memory_estimate_gib`, and refuses the cell — before any weight is loaded — when it

@@ -258,6 +258,7 @@ fn train(cx: &mut StageContext, gradspo: Option<GradSpo>) -> Result<()> {
         rollout_batch: p.micro_batch,
         rank: p.rank,
         checkpointing: p.gradient_checkpointing,
+        guided: true,
     };
     // the SPM runs in f32: about its checkpoint's size (the released ones are f32)
     let spm_bytes = std::fs::metadata(&spm_path)

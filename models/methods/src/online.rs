@@ -1,14 +1,15 @@
 //! The rollouts of the online methods (D3PO, DDPO) as library code: [`roll_out`] runs the
 //! policy's chains to the end with DDIM(η) and CFG, recording every transition and its
-//! log-probability under the policy that sampled it; [`log_probs`] re-scores recorded
-//! transitions under the policy or the frozen reference. The rewards and the losses are the
+//! log-probability under the policy that sampled it; [`policy_log_probs`] and
+//! [`reference_log_probs`] re-score recorded transitions under the policy (for training) or
+//! the frozen reference. The rewards and the losses are the
 //! caller's ([`crate::ratio`], [`crate::ddpo`]).
 
 use candle_core::{DType, Tensor};
 use spo_diffusion::{Ddim, Result};
 use spo_nn::SeededRng;
 
-use crate::spo::Denoiser;
+use crate::spo::{Backprop, Denoiser};
 
 /// One denoising step of every chain: `(n, …)` states before and after, and the
 /// log-probability `(n,)` of the step under the policy that sampled it.
@@ -82,25 +83,47 @@ impl Chains {
     }
 }
 
+/// The recorded transitions `rows` (step index, chain index) gathered: their states before
+/// and after, timesteps, and the prompts' rows.
+fn gathered(
+    chains: &Chains,
+    rows: &[(usize, usize)],
+) -> Result<(Tensor, Tensor, Vec<usize>, Vec<u32>)> {
+    let x = chains.gather(rows, |s| &s.x)?;
+    let next = chains.gather(rows, |s| &s.next)?;
+    let ts = rows.iter().map(|&(s, _)| chains.steps[s].t).collect();
+    let picked = rows.iter().map(|&(_, i)| i as u32).collect();
+    Ok((x, next, ts, picked))
+}
+
 /// The log-probabilities `(m,)` of the recorded transitions `rows` (step index, chain index)
-/// under the policy (`policy`, differentiable) or the frozen reference (detached), guided as
-/// in sampling.
-pub fn log_probs<D: Denoiser>(
+/// under the frozen reference (the LoRA off), detached, guided as in sampling.
+pub fn reference_log_probs<D: Denoiser>(
     den: &D,
     ddim: &Ddim,
     prompts: &D::Prompts,
     chains: &Chains,
     rows: &[(usize, usize)],
-    policy: bool,
 ) -> Result<Tensor> {
-    let (x, next) = (
-        chains.gather(rows, |s| &s.x)?,
-        chains.gather(rows, |s| &s.next)?,
-    );
-    let ts: Vec<usize> = rows.iter().map(|&(s, _)| chains.steps[s].t).collect();
-    let picked: Vec<u32> = rows.iter().map(|&(_, i)| i as u32).collect();
-    let eps = den.eps(&den.select(prompts, &picked)?, &x, &ts, !policy)?;
+    let (x, next, ts, picked) = gathered(chains, rows)?;
+    let eps = den.eps(&den.select(prompts, &picked)?, &x, &ts, true)?;
     ddim.transition(&eps, &ts, &x)?.log_prob(&next)
+}
+
+/// The log-probabilities `(m,)` of the recorded transitions `rows` under the policy, for
+/// training ([`Denoiser::eps_for_training`]: with candle's graph, or recomputed by a
+/// checkpointing denoiser), and the [`Backprop`] that takes a loss built from them to the
+/// trainable variables.
+pub fn policy_log_probs<'d, D: Denoiser>(
+    den: &'d D,
+    ddim: &Ddim,
+    prompts: &D::Prompts,
+    chains: &Chains,
+    rows: &[(usize, usize)],
+) -> Result<(Tensor, Backprop<'d>)> {
+    let (x, next, ts, picked) = gathered(chains, rows)?;
+    den.eps_for_training(&den.select(prompts, &picked)?, &x, &ts)?
+        .map(|eps| ddim.transition(eps, &ts, &x)?.log_prob(&next))
 }
 
 #[cfg(test)]
@@ -154,7 +177,9 @@ mod tests {
         // get back their recorded log-probabilities
         let rows = chains.shuffled(3, &mut SeededRng::new(5));
         assert_eq!(rows.len(), 15);
-        let again = log_probs(&toy, &ddim, &3, &chains, &rows, true)?.to_vec1::<f32>()?;
+        let again = policy_log_probs(&toy, &ddim, &3, &chains, &rows)?
+            .0
+            .to_vec1::<f32>()?;
         let recorded = chains.gather(&rows, |s| &s.logp)?.to_vec1::<f32>()?;
         for (a, b) in again.iter().zip(&recorded) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
@@ -167,14 +192,36 @@ mod tests {
         let (toy, ddim) = (Toy::new(0.3), ddim());
         let chains = roll_out(&toy, &ddim, &2, start(2), &mut SeededRng::new(6))?;
         let rows = [(0, 0), (2, 1), (4, 0)];
-        let policy = log_probs(&toy, &ddim, &2, &chains, &rows, true)?;
-        let grads = policy.sum_all()?.backward()?;
-        assert!(grads.get(&toy.w).is_some());
-        let reference = log_probs(&toy, &ddim, &2, &chains, &rows, false)?;
+        let (policy, backprop) = policy_log_probs(&toy, &ddim, &2, &chains, &rows)?;
+        let loss = policy.sqr()?.sum_all()?;
+        let graph = backprop.gradients(&loss)?;
+        let reference = reference_log_probs(&toy, &ddim, &2, &chains, &rows)?;
         assert!(!reference.track_op());
         // the toy's policy and reference agree at w = w₀
-        let d = (policy - reference)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let d = (&policy - reference)?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
         assert!(d < 1e-5, "{d}");
+        // a denoiser that recomputes its ε in the backward (gradient checkpointing) gives the
+        // same values and the same gradient of the same loss
+        let mut checkpointed = Toy::new(0.3);
+        checkpointed.recompute = true;
+        let (again, backprop) = policy_log_probs(&checkpointed, &ddim, &2, &chains, &rows)?;
+        let same = (&policy - &again)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert_eq!(same, 0.0);
+        let recomputed = backprop.gradients(&again.sqr()?.sum_all()?)?;
+        let (a, b) = (
+            graph
+                .get(&toy.w)
+                .expect("graph gradient")
+                .to_vec1::<f32>()?[0],
+            recomputed
+                .get(&checkpointed.w)
+                .expect("recomputed gradient")
+                .to_vec1::<f32>()?[0],
+        );
+        assert!(a != 0.0 && (a - b).abs() <= 1e-5 * a.abs(), "{a} vs {b}");
         Ok(())
     }
 

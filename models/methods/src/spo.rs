@@ -80,6 +80,41 @@ pub enum TrainingEps<'a> {
     },
 }
 
+impl<'a> TrainingEps<'a> {
+    /// `f(ε)` (a log-probability, a denoising error), and the [`Backprop`] that takes a loss
+    /// computed from it to the trainable variables.
+    pub fn map<T>(self, f: impl FnOnce(&Tensor) -> Result<T>) -> Result<(T, Backprop<'a>)> {
+        match self {
+            TrainingEps::Graph(eps) => Ok((f(&eps)?, Backprop(None))),
+            TrainingEps::Recomputed { eps, backward } => {
+                // the loss is differentiated up to ε, the network by the denoiser
+                let eps = Var::from_tensor(&eps)?.as_tensor().clone();
+                Ok((f(&eps)?, Backprop(Some((eps, backward)))))
+            }
+        }
+    }
+}
+
+/// How a loss computed from a [`TrainingEps`] reaches the trainable variables: candle's
+/// backward through the graph, or through ε and then the denoiser's recomputation.
+pub struct Backprop<'a>(Option<(Tensor, EpsBackward<'a>)>);
+
+impl Backprop<'_> {
+    /// The trainable variables' gradients of `loss`.
+    pub fn gradients(self, loss: &Tensor) -> candle_core::Result<GradStore> {
+        let grads = loss.backward()?;
+        let Some((eps, backward)) = self.0 else {
+            return Ok(grads);
+        };
+        let mut grads = grads;
+        let g = match grads.remove(&eps) {
+            Some(g) => g,
+            None => eps.zeros_like()?,
+        };
+        backward(&g)
+    }
+}
+
 /// The step-aware preference model: a score per sample of `x0` (x₀-predictions, or clean
 /// samples at t = 0, as the policy produces them: pixels in pixel space, latents in latent
 /// space) for `texts` (one per row) at timestep `t`. The judge maps them to what it sees: the
@@ -412,32 +447,18 @@ pub fn train_round<D: Denoiser>(
             }
         };
         let lp_ref = logp(&den.eps(&prompts, &xt, &ts, true)?)?;
-        let (lp, recompute) = match den.eps_for_training(&prompts, &xt, &ts)? {
-            TrainingEps::Graph(eps) => (logp(&eps)?, None),
-            TrainingEps::Recomputed { eps, backward } => {
-                // the loss is differentiated up to ε, the network by the denoiser
-                let eps = Var::from_tensor(&eps)?.as_tensor().clone();
-                (logp(&eps)?, Some((eps, backward)))
-            }
-        };
+        let (lp, backprop) = den.eps_for_training(&prompts, &xt, &ts)?.map(logp)?;
         // SPO's clamped-ratio loss over the winners' and the losers' transitions
         let RatioLoss {
             loss,
             ratio_win: rw,
             ratio_lose: rl,
         } = cfg.loss.ordered_pairs(&lp, &lp_ref)?;
-        let mut grads = if accumulate > 1 {
-            (&loss / accumulate as f64)?.backward()?
+        let grads = if accumulate > 1 {
+            backprop.gradients(&(&loss / accumulate as f64)?)?
         } else {
-            loss.backward()?
+            backprop.gradients(&loss)?
         };
-        if let Some((eps, backward)) = recompute {
-            let g = match grads.remove(&eps) {
-                Some(g) => g,
-                None => eps.zeros_like()?,
-            };
-            grads = backward(&g)?;
-        }
         pending = Some(match pending.take() {
             None => grads,
             Some(mut sum) => {

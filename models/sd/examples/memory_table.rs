@@ -108,6 +108,15 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
             rollout_batch: rollouts,
             rank,
             checkpointing,
+            guided: true,
+        };
+        // Diffusion-DPO's and MaPO's step: both images of each pair, unguided
+        let offline = |pairs: usize, checkpointing: bool| Workload::Train {
+            batch: 2 * pairs,
+            rollout_batch: 8,
+            rank,
+            checkpointing,
+            guided: false,
         };
         let works = [
             ("sample, batch 4", Workload::Sample { batch: 4 }),
@@ -120,6 +129,30 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
             ),
             ("SPO, 2 pairs, rollouts 8, checkpointed", train(2, 8, true)),
             ("SPO, 1 pair, rollouts 8, checkpointed", train(1, 8, true)),
+            // the Table 2 methods at their kinds' default batches, micro-batches of 8 latents
+            (
+                "D3PO, 16 transition pairs, checkpointed",
+                train(16, 8, true),
+            ),
+            ("D3PO, 4 transition pairs, checkpointed", train(4, 8, true)),
+            (
+                "DDPO, 16 transitions, checkpointed",
+                Workload::Train {
+                    batch: 16,
+                    rollout_batch: 8,
+                    rank,
+                    checkpointing: true,
+                    guided: true,
+                },
+            ),
+            (
+                "Diffusion-DPO / MaPO, 8 pairs, graph kept",
+                offline(8, false),
+            ),
+            (
+                "Diffusion-DPO / MaPO, 8 pairs, checkpointed",
+                offline(8, true),
+            ),
         ];
         for (what, work) in works {
             for dtype in [DType::F16, DType::F32] {

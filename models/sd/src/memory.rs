@@ -62,16 +62,18 @@ impl MemoryNeed {
 pub enum Workload {
     /// Guided DDIM sampling of `batch` images, then decoding them.
     Sample { batch: usize },
-    /// Training a LoRA of `rank` through guided calls on `batch` latents per step (SPO's
-    /// micro-batch of pairs: both sides' x_t) with gradients kept (`checkpointing`: one
-    /// layer's graph at a time, the calls `rollout_batch` latents each), between rollouts that
-    /// call the UNet (without gradients) and decode x̂₀ for the judge `rollout_batch` latents at
-    /// a time.
+    /// Training a LoRA of `rank` through UNet calls on `batch` latents per step (SPO's
+    /// micro-batch of pairs: both sides' x_t; Diffusion-DPO's pairs: both images) with
+    /// gradients kept (`checkpointing`: one layer's graph at a time, the calls `rollout_batch`
+    /// latents each), between calls without gradients (rollouts, the frozen reference) and VAE
+    /// passes (x̂₀ decoded for a judge, images encoded) `rollout_batch` latents at a time.
+    /// `guided`: every UNet call runs classifier-free guidance (each latent twice).
     Train {
         batch: usize,
         rollout_batch: usize,
         rank: usize,
         checkpointing: bool,
+        guided: bool,
     },
 }
 
@@ -223,7 +225,19 @@ pub fn unet_activations(
     dtype: DType,
     pass: Pass,
 ) -> Result<u64> {
-    let parts = ActivationParts::of(unet, hw, batch, dtype)?;
+    activations(unet, hw, 2 * batch, dtype, pass)
+}
+
+/// Activation bytes of UNet calls on `rows` rows (a guided call's rows are twice its
+/// latents), run as `pass` says.
+fn activations(
+    unet: &UNet2DConditionConfig,
+    hw: [usize; 2],
+    rows: usize,
+    dtype: DType,
+    pass: Pass,
+) -> Result<u64> {
+    let parts = ActivationParts::of(unet, hw, rows, dtype)?;
     Ok(match pass {
         Pass::NoGrad => parts.peak,
         // backward's transient gradients: about the largest layer's working set again
@@ -252,13 +266,14 @@ impl ActivationParts {
         2.0 * self.boundaries + call.layer + call.peak
     }
 
+    /// The parts of calls on `rows` rows (a guided call's rows are twice its latents).
     fn of(
         unet: &UNet2DConditionConfig,
         [h, w]: [usize; 2],
-        batch: usize,
+        rows: usize,
         dtype: DType,
     ) -> Result<Self> {
-        let b = 2 * batch as u64;
+        let b = rows as u64;
         let e = dtype.size_in_bytes() as u64;
         let (mut dense, mut scores_kept) = (0u64, 0u64);
         let (mut peak, mut layer_kept, mut boundaries) = (0u64, 0f64, 0u64);
@@ -398,25 +413,29 @@ impl PipelineShape {
                 rollout_batch,
                 rank,
                 checkpointing,
+                guided,
             } => {
+                // UNet rows per latent: a guided call runs each latent twice
+                let per = if guided { 2 } else { 1 };
                 let (training, differentiated) = if checkpointing {
                     // the training call runs `rollout_batch` latents at a time
-                    let call = ActivationParts::of(unet, latent, batch.min(rollout_batch), dtype)?;
-                    let step = ActivationParts::of(unet, latent, batch, dtype)?;
+                    let call =
+                        ActivationParts::of(unet, latent, per * batch.min(rollout_batch), dtype)?;
+                    let step = ActivationParts::of(unet, latent, per * batch, dtype)?;
                     (
                         step.checkpointed(&call) as u64,
                         largest_layer_parameters(unet)?,
                     )
                 } else {
-                    let graph = unet_activations(unet, latent, batch, dtype, Pass::Graph)?;
+                    let graph = activations(unet, latent, per * batch, dtype, Pass::Graph)?;
                     (graph, self.unet_parameters)
                 };
                 (
                     training
-                        .max(unet_activations(
+                        .max(activations(
                             unet,
                             latent,
-                            rollout_batch,
+                            per * rollout_batch,
                             dtype,
                             Pass::NoGrad,
                         )?)

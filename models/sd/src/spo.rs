@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use spo_clip::preprocess::spm_pixels;
 use spo_clip::{ClipTokenizer, Spm};
-use spo_diffusion::{LoraConfig, guided_prediction_with};
+use spo_diffusion::{AddedConditioning, LoraConfig, UNet2DConditionModel, guided_prediction_with};
 use spo_methods::spo::{Denoiser, StepJudge, TrainingEps};
 use spo_nn::checkpoint::{Direct, Segments, Tape};
 use spo_nn::seeded_var_builder;
@@ -169,22 +169,7 @@ impl Denoiser for SdPolicy<'_> {
         unet.set_lora_tracked(false);
         let outputs = self.calls(&mut tape, prompts, x, ts);
         unet.set_lora_tracked(true);
-        let outputs = outputs?;
-        let eps = Tensor::cat(&outputs, 0)?.to_dtype(DType::F32)?;
-        Ok(TrainingEps::Recomputed {
-            eps,
-            backward: Box::new(move |g| {
-                let mut seeds = Vec::with_capacity(outputs.len());
-                let mut row = 0;
-                for out in outputs {
-                    let n = out.dim(0)?;
-                    seeds.push((out, g.narrow(0, row, n)?));
-                    row += n;
-                }
-                let lora: Vec<Tensor> = unet.lora_tensors().into_iter().map(|(_, t)| t).collect();
-                tape.backward(&seeds, &lora.iter().collect::<Vec<_>>())
-            }),
-        })
+        recomputed(unet, tape, outputs?)
     }
     fn select(&self, prompts: &Conditioning, rows: &[u32]) -> candle_core::Result<Conditioning> {
         prompts.select(rows)
@@ -197,6 +182,108 @@ impl Denoiser for SdPolicy<'_> {
     }
     fn device(&self) -> &Device {
         self.sd.device()
+    }
+}
+
+/// The prediction of a checkpointed training forward whose UNet calls returned `outputs` on
+/// `tape`: the outputs joined in f32, and the LoRA's gradients recomputed layer by layer.
+fn recomputed<'a>(
+    unet: &'a UNet2DConditionModel,
+    tape: Tape<'a>,
+    outputs: Vec<Tensor>,
+) -> candle_core::Result<TrainingEps<'a>> {
+    let eps = Tensor::cat(&outputs, 0)?.to_dtype(DType::F32)?;
+    Ok(TrainingEps::Recomputed {
+        eps,
+        backward: Box::new(move |g| {
+            let mut seeds = Vec::with_capacity(outputs.len());
+            let mut row = 0;
+            for out in outputs {
+                let n = out.dim(0)?;
+                seeds.push((out, g.narrow(0, row, n)?));
+                row += n;
+            }
+            let lora: Vec<Tensor> = unet.lora_tensors().into_iter().map(|(_, t)| t).collect();
+            tape.backward(&seeds, &lora.iter().collect::<Vec<_>>())
+        }),
+    })
+}
+
+/// A batch for unguided UNet calls (the offline methods' denoising errors): latents, a
+/// timestep per row, text states and SDXL's added conditioning, one row per latent.
+pub struct UnetBatch<'t> {
+    pub x: &'t Tensor,
+    pub ts: &'t Tensor,
+    pub context: &'t Tensor,
+    pub added: Option<&'t AddedConditioning>,
+}
+
+impl UnetBatch<'_> {
+    /// The UNet's prediction in f32 on every row, `micro_batch` rows per call, each call's
+    /// segments run by `segs`; the latents cast to the UNet's dtype.
+    fn calls<'a>(
+        &self,
+        unet: &'a UNet2DConditionModel,
+        segs: &mut impl Segments<'a>,
+        micro_batch: usize,
+        dtype: DType,
+    ) -> candle_core::Result<Vec<Tensor>> {
+        in_chunks(self.x, micro_batch, |x, rows| {
+            let part = |t: &Tensor| t.narrow(0, rows.start, rows.len());
+            let added = match self.added {
+                Some(a) => Some(AddedConditioning {
+                    text_embeds: part(&a.text_embeds)?,
+                    time_ids: part(&a.time_ids)?,
+                }),
+                None => None,
+            };
+            unet.forward_with(
+                segs,
+                &x.to_dtype(dtype)?,
+                &part(self.ts)?,
+                &part(self.context)?,
+                added.as_ref(),
+            )
+            .map_err(candle_core::Error::wrap)
+        })
+    }
+
+    /// The UNet's prediction without a graph (the frozen reference's, with its LoRA off),
+    /// f32, `micro_batch` rows per call.
+    pub fn predict(
+        &self,
+        unet: &UNet2DConditionModel,
+        micro_batch: usize,
+        dtype: DType,
+    ) -> candle_core::Result<Tensor> {
+        let calls = self.calls(unet, &mut Direct, micro_batch, dtype)?;
+        Tensor::cat(&calls, 0)?
+            .to_dtype(DType::F32)
+            .map(|t| t.detach())
+    }
+
+    /// The UNet's prediction for a training step, f32: with candle's graph, or with
+    /// `checkpointing` recorded on a tape and recomputed layer by layer in the backward (then
+    /// `micro_batch` rows per call). Without checkpointing it is one call, as the graph of
+    /// every row is kept anyway.
+    pub fn predict_for_training<'a>(
+        &self,
+        unet: &'a UNet2DConditionModel,
+        micro_batch: usize,
+        dtype: DType,
+        checkpointing: bool,
+    ) -> candle_core::Result<TrainingEps<'a>> {
+        if !checkpointing {
+            let calls = self.calls(unet, &mut Direct, usize::MAX, dtype)?;
+            return Ok(TrainingEps::Graph(
+                Tensor::cat(&calls, 0)?.to_dtype(DType::F32)?,
+            ));
+        }
+        let mut tape = Tape::new();
+        unet.set_lora_tracked(false);
+        let outputs = self.calls(unet, &mut tape, micro_batch, dtype);
+        unet.set_lora_tracked(true);
+        recomputed(unet, tape, outputs?)
     }
 }
 

@@ -125,7 +125,7 @@ fn the_memory_estimate_counts_the_weights_and_the_lora_exactly() -> TestResult {
     assert_eq!(f32_sample.training_state, 0);
     let bigger = shape.estimate(DType::F32, Workload::Sample { batch: 8 })?;
     assert!(bigger.activations > f32_sample.activations);
-    let train = |batch, checkpointing| {
+    let train_as = |batch, checkpointing, guided| {
         shape.estimate(
             DType::F32,
             Workload::Train {
@@ -133,9 +133,21 @@ fn the_memory_estimate_counts_the_weights_and_the_lora_exactly() -> TestResult {
                 rollout_batch: 2,
                 rank: 4,
                 checkpointing,
+                guided,
             },
         )
     };
+    let train = |batch, checkpointing| train_as(batch, checkpointing, true);
+    // an unguided step (Diffusion-DPO's, MaPO's) runs each latent once: keeping its graph, it
+    // keeps as much as a guided step of half the latents
+    for checkpointing in [false, true] {
+        let unguided = train_as(4, checkpointing, false)?;
+        assert!(unguided.activations < train(4, checkpointing)?.activations);
+    }
+    assert_eq!(
+        train_as(4, false, false)?.activations,
+        train(2, false)?.activations
+    );
     let (one, four) = (train(1, false)?, train(4, false)?);
     assert!(
         one.training_state >= 16 * created,
