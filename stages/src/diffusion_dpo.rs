@@ -12,11 +12,13 @@
 //!
 //! Given a diffusers pipeline (a `hub` cell) and pairs in Pick-a-Pic's schema (a `pickapic`
 //! stage) instead of the in-world inputs, the same steps run on the VAE's latents of the pairs'
-//! images, resized and centre-cropped to the pipeline's size.
+//! images, prepared as the Diffusion-DPO script prepares them (Pillow-exact bilinear resize,
+//! centre crop, random flips).
 
 use candle_core::{DType, Tensor};
 use candle_nn::VarMap;
 use image::RgbImage;
+use spo_clip::preprocess::{CropRounding, PilFilter, resize_centre_crop};
 use spo_core::{ParamSpec, StageContext, StageError, StageKind};
 use spo_diffusion::{AddedConditioning, NoiseSchedule, SchedulerConfig, UNet2DConditionModel};
 use spo_methods::mapo::Mapo;
@@ -65,6 +67,9 @@ spo_core::stage_params! {
         gradient_checkpointing: bool = bool(true),
         /// on real weights: latents per UNet call when checkpointing, and images per VAE call
         micro_batch: usize = int(8).range(1.0, 4096.0),
+        /// on real weights: flip each image left–right with probability ½ (the Diffusion-DPO
+        /// script's default `RandomHorizontalFlip`; the world's positions would not survive it)
+        random_flip: bool = bool(true),
     }
 }
 
@@ -104,6 +109,7 @@ impl StageKind for DiffusionDpo {
             precision: p.precision,
             gradient_checkpointing: p.gradient_checkpointing,
             micro_batch: p.micro_batch,
+            random_flip: p.random_flip,
         };
         Ok(train(cx, &setup, Objective::Dpo { beta: p.beta })?)
     }
@@ -141,6 +147,9 @@ spo_core::stage_params! {
         gradient_checkpointing: bool = bool(true),
         /// on real weights: latents per UNet call when checkpointing, and images per VAE call
         micro_batch: usize = int(8).range(1.0, 4096.0),
+        /// on real weights: flip each image left–right with probability ½ (the Diffusion-DPO
+        /// script's default `RandomHorizontalFlip`; the world's positions would not survive it)
+        random_flip: bool = bool(true),
     }
 }
 
@@ -180,6 +189,7 @@ impl StageKind for MapoTrain {
             precision: p.precision,
             gradient_checkpointing: p.gradient_checkpointing,
             micro_batch: p.micro_batch,
+            random_flip: p.random_flip,
         };
         let objective = Objective::Mapo(Mapo {
             beta: p.beta,
@@ -206,6 +216,7 @@ struct Offline {
     precision: Precision,
     gradient_checkpointing: bool,
     micro_batch: usize,
+    random_flip: bool,
 }
 
 /// What an offline method minimises over a batch's per-sample denoising errors.
@@ -292,25 +303,52 @@ impl Model {
     }
 
     /// What the UNet denoises for `images`: the pixels in the world; on real weights the
-    /// images resized (bilinear, shortest side) and centre-cropped to the pipeline's size, in
-    /// [−1, 1], encoded by the VAE `micro_batch` at a time with its latent distribution sampled
-    /// from `rng`, in f32.
-    fn x0(&self, images: &[&RgbImage], micro_batch: usize, rng: &mut SeededRng) -> Result<Tensor> {
+    /// images prepared as the Diffusion-DPO script's torchvision transforms do — the shortest
+    /// side resized to the pipeline's by Pillow's bilinear filter, the centre square cut out
+    /// (offsets rounded half to even), each flipped left–right with probability ½ from `rng`
+    /// when `p.random_flip` — in [−1, 1], encoded by the VAE `p.micro_batch` at a time with its
+    /// latent distribution sampled from `rng`, in f32.
+    fn x0(&self, images: &[&RgbImage], p: &Offline, rng: &mut SeededRng) -> Result<Tensor> {
         let dev = device();
         match self {
             Model::World { .. } => images_to_tensor(images, &dev),
             Model::Real(sd) => {
                 let [h, w] = sd.image_size();
+                if h != w {
+                    return Err(StageError::Failed(format!(
+                        "the pipeline draws {w}×{h} images; Diffusion-DPO's preprocessing \
+                         (Resize + CenterCrop to one side) prepares square ones only"
+                    ))
+                    .into());
+                }
+                let flips = if p.random_flip {
+                    rng.indices(images.len(), 2)
+                } else {
+                    vec![0; images.len()]
+                };
                 let fitted: Vec<RgbImage> = images
                     .iter()
-                    .map(|im| fit(im, w as u32, h as u32))
+                    .zip(flips)
+                    .map(|(im, flip)| {
+                        let square = resize_centre_crop(
+                            im,
+                            w as u32,
+                            PilFilter::Bilinear,
+                            CropRounding::HalfEven,
+                        );
+                        if flip == 1 {
+                            image::imageops::flip_horizontal(&square)
+                        } else {
+                            square
+                        }
+                    })
                     .collect();
                 let pixels = images_to_tensor(&fitted.iter().collect::<Vec<_>>(), &dev)?;
                 let [c, lh, lw] = sd.latent_shape();
                 let noise = rng.normal((images.len(), c, lh, lw), 0.0, 1.0, DType::F32, &dev)?;
                 // the VAE encodes `micro_batch` images at a time
-                let mut latents = Vec::new();
-                for start in (0..images.len()).step_by(micro_batch.max(1)) {
+                let (mut latents, micro_batch) = (Vec::new(), p.micro_batch.max(1));
+                for start in (0..images.len()).step_by(micro_batch) {
                     let len = micro_batch.min(images.len() - start);
                     let z = sd.encode(
                         &pixels.narrow(0, start, len)?,
@@ -339,18 +377,6 @@ impl Model {
             Model::Real(sd) => Ok(sd.prompt_states(texts)?),
         }
     }
-}
-
-/// `im` resized so that it covers `w × h` (bilinear) and centre-cropped to it, as the
-/// Diffusion-DPO training script's `Resize` and `CenterCrop` prepare Pick-a-Pic's images.
-fn fit(im: &RgbImage, w: u32, h: u32) -> RgbImage {
-    let scale = (w as f64 / im.width() as f64).max(h as f64 / im.height() as f64);
-    let (rw, rh) = (
-        ((im.width() as f64 * scale).round() as u32).max(w),
-        ((im.height() as f64 * scale).round() as u32).max(h),
-    );
-    let resized = image::imageops::resize(im, rw, rh, image::imageops::FilterType::Triangle);
-    image::imageops::crop_imm(&resized, (rw - w) / 2, (rh - h) / 2, w, h).to_image()
 }
 
 /// Loads the pairs and the model of an offline method's cell: the world's pairs and in-world
@@ -476,7 +502,7 @@ fn train(cx: &mut StageContext, p: &Offline, objective: Objective) -> Result<()>
         let images: Vec<_> = (0..2)
             .flat_map(|side| chosen.iter().map(move |pair| &pair.images[side]))
             .collect();
-        let x0 = model.x0(&images, p.micro_batch, rng)?;
+        let x0 = model.x0(&images, p, rng)?;
         let noise = rng.normal(
             (b, x0.dim(1)?, x0.dim(2)?, x0.dim(3)?),
             0.0,

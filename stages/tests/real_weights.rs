@@ -742,7 +742,7 @@ fn diffusion_dpo_and_mapo_train_on_a_hub_pipeline_from_pick_a_pic_pairs() {
 /// weights (f32, one latent per UNet call) D3PO, DDPO, Diffusion-DPO and MaPO each train, with
 /// it, the LoRA they train keeping candle's graph — every `lora_B` (zero at the start, so all
 /// of it learnt) within 0.1% of the graph's in norm — and record their memory estimate, smaller
-/// with it.
+/// with it. Diffusion-DPO without its random flips learns something else.
 #[test]
 fn every_method_trains_the_same_lora_with_gradient_checkpointing() {
     let base = hub();
@@ -781,6 +781,10 @@ fn every_method_trains_the_same_lora_with_gradient_checkpointing() {
             );
         }
     }
+    // and Diffusion-DPO without the reference's random flips of the pairs' images
+    text += "[stage.unflipped]\nkind = \"diffusion-dpo\"\nneeds = [\"sd15\", \"pairs\"]\n\
+             params = { steps = 3, batch = 2, warmup = 0, lr = 1e-3, snapshots = 0, precision = \"f32\", \
+             gradient_checkpointing = false, micro_batch = 1, random_flip = false }\n";
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(run_pipeline(&store, &text), vec![]);
@@ -797,6 +801,19 @@ fn every_method_trains_the_same_lora_with_gradient_checkpointing() {
         .unwrap();
         (lora, m.metrics["memory_estimate_gib"])
     };
+    let (flipped, unflipped) = (trained("diffusion-dpo-false").0, trained("unflipped").0);
+    assert!(
+        flipped.iter().any(|(name, t)| (t - &unflipped[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            > 0.0),
+        "random flips change what Diffusion-DPO learns"
+    );
     for (kind, _, _) in methods {
         let (graph, graph_need) = trained(&format!("{kind}-false"));
         let (recomputed, recomputed_need) = trained(&format!("{kind}-true"));

@@ -1,9 +1,10 @@
 //! Image preprocessing for the scorers, reproducing the Python references to the pixel.
 //!
-//! - [`pil_resize_bicubic`]: Pillow's uint8 bicubic `Image.resize` (python-pillow
-//!   `src/libImaging/Resample.c`): Keys cubic a = −0.5 whose support widens by the downscale
-//!   factor (antialiasing), weights normalised in f64 then rounded to 22-bit fixed point,
-//!   two separable passes with the intermediate image stored as uint8 (pass order as Pillow 13).
+//! - [`pil_resize`]: Pillow's uint8 `Image.resize` (python-pillow `src/libImaging/Resample.c`)
+//!   with its bicubic (Keys cubic a = −0.5) or bilinear (triangle) filter, whose support widens
+//!   by the downscale factor (antialiasing), weights normalised in f64 then rounded to 22-bit
+//!   fixed point, two separable passes with the intermediate image stored as uint8 (pass order
+//!   as Pillow 13).
 //! - [`resize_bicubic_f32`]: torch's `F.interpolate(mode="bicubic", align_corners=False)` on float
 //!   CHW data, with `antialias=True` (the same kernel as Pillow, computed in float) or `False`
 //!   (a = −0.75, four border-clamped taps).
@@ -50,16 +51,41 @@ fn keys_cubic(x: f64, a: f64) -> f64 {
     }
 }
 
+/// Pillow's resampling filters (`src/libImaging/Resample.c`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PilFilter {
+    /// `Image.BILINEAR`: the triangle 1 − |x|, support 1.
+    Bilinear,
+    /// `Image.BICUBIC`: Keys cubic a = −0.5, support 2.
+    Bicubic,
+}
+
+impl PilFilter {
+    fn support(self) -> f64 {
+        match self {
+            PilFilter::Bilinear => 1.0,
+            PilFilter::Bicubic => 2.0,
+        }
+    }
+
+    fn weight(self, x: f64) -> f64 {
+        match self {
+            PilFilter::Bilinear => (1.0 - x.abs()).max(0.0),
+            PilFilter::Bicubic => keys_cubic(x, -0.5),
+        }
+    }
+}
+
 /// Per output index: first input index and normalised weights (Pillow/torch antialias rule).
 struct Taps {
     start: Vec<usize>,
     weights: Vec<Vec<f64>>,
 }
 
-fn antialias_taps(in_size: usize, out_size: usize) -> Taps {
+fn antialias_taps(in_size: usize, out_size: usize, filter: PilFilter) -> Taps {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
-    let support = 2.0 * filterscale;
+    let support = filter.support() * filterscale;
     let mut start = Vec::with_capacity(out_size);
     let mut weights = Vec::with_capacity(out_size);
     for i in 0..out_size {
@@ -68,7 +94,7 @@ fn antialias_taps(in_size: usize, out_size: usize) -> Taps {
         let xmin = ((center - support + 0.5) as i64).max(0) as usize;
         let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
         let mut w: Vec<f64> = (xmin..xmax)
-            .map(|x| keys_cubic((x as f64 - center + 0.5) / filterscale, -0.5))
+            .map(|x| filter.weight((x as f64 - center + 0.5) / filterscale))
             .collect();
         let total: f64 = w.iter().sum();
         if total != 0.0 {
@@ -106,9 +132,15 @@ fn clip8(acc: i64) -> u8 {
 
 /// One pass of Pillow's 8-bit resampler over a `w × h` interleaved RGB image: resizes the
 /// width (`horizontal`) or the height to `out_len`, rounding through 22-bit fixed point.
-fn pillow_pass(src: &[u8], (w, h): (usize, usize), out_len: usize, horizontal: bool) -> Vec<u8> {
+fn pillow_pass(
+    src: &[u8],
+    (w, h): (usize, usize),
+    out_len: usize,
+    horizontal: bool,
+    filter: PilFilter,
+) -> Vec<u8> {
     let in_len = if horizontal { w } else { h };
-    let taps = antialias_taps(in_len, out_len);
+    let taps = antialias_taps(in_len, out_len, filter);
     let k = fixed_point(&taps.weights);
     let (ow, oh) = if horizontal {
         (out_len, h)
@@ -137,7 +169,13 @@ fn pillow_pass(src: &[u8], (w, h): (usize, usize), out_len: usize, horizontal: b
     out
 }
 
-/// Pillow's `img.resize((width, height), Image.BICUBIC)` on an RGB uint8 image, bit-exact.
+/// Pillow's `img.resize((width, height), Image.BICUBIC)` on an RGB uint8 image, bit-exact
+/// ([`pil_resize`]).
+pub fn pil_resize_bicubic(img: &RgbImage, width: u32, height: u32) -> RgbImage {
+    pil_resize(img, width, height, PilFilter::Bicubic)
+}
+
+/// Pillow's `img.resize((width, height), filter)` on an RGB uint8 image, bit-exact.
 ///
 /// Pillow 13 chooses the order of the two passes: the vertical pass goes first exactly when the
 /// height shrinks by more than twice as many pixels as the width does (`h − out_h >
@@ -145,22 +183,24 @@ fn pillow_pass(src: &[u8], (w, h): (usize, usize), out_len: usize, horizontal: b
 /// all matched). Pillow ≤ 12 always went horizontal first; the two agree for every
 /// aspect-preserving resize of an image less than twice as tall as wide, which covers the
 /// scorers' inputs.
-pub fn pil_resize_bicubic(img: &RgbImage, width: u32, height: u32) -> RgbImage {
+pub fn pil_resize(img: &RgbImage, width: u32, height: u32, filter: PilFilter) -> RgbImage {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let (ow, oh) = (width as usize, height as usize);
     let src = img.as_raw();
     let vertical_first = h > oh && (h - oh) > 2 * w.saturating_sub(ow);
+    let pass =
+        |src: &[u8], size, out_len, horizontal| pillow_pass(src, size, out_len, horizontal, filter);
     let out = match (ow != w, oh != h) {
         (false, false) => src.clone(),
-        (true, false) => pillow_pass(src, (w, h), ow, true),
-        (false, true) => pillow_pass(src, (w, h), oh, false),
+        (true, false) => pass(src, (w, h), ow, true),
+        (false, true) => pass(src, (w, h), oh, false),
         (true, true) if vertical_first => {
-            let tmp = pillow_pass(src, (w, h), oh, false);
-            pillow_pass(&tmp, (w, oh), ow, true)
+            let tmp = pass(src, (w, h), oh, false);
+            pass(&tmp, (w, oh), ow, true)
         }
         (true, true) => {
-            let tmp = pillow_pass(src, (w, h), ow, true);
-            pillow_pass(&tmp, (ow, h), oh, false)
+            let tmp = pass(src, (w, h), ow, true);
+            pass(&tmp, (ow, h), oh, false)
         }
     };
     RgbImage::from_raw(width, height, out).unwrap_or_else(|| RgbImage::new(width, height))
@@ -195,6 +235,22 @@ impl CropRounding {
             Self::HalfEven => (margin as f64 / 2.0).round_ties_even() as u32,
         }
     }
+}
+
+/// `img`'s shortest side resized to `size` by Pillow's `filter` ([`shortest_side_size`],
+/// [`pil_resize`]), then its centre `size × size` cut out: torchvision's `Resize(size)` +
+/// `CenterCrop(size)` on a PIL image (with [`CropRounding::HalfEven`]), or HF's
+/// `CLIPImageProcessor` (bicubic, [`CropRounding::Floor`]).
+pub fn resize_centre_crop(
+    img: &RgbImage,
+    size: u32,
+    filter: PilFilter,
+    rounding: CropRounding,
+) -> RgbImage {
+    let (w, h) = shortest_side_size(img.width(), img.height(), size);
+    let resized = pil_resize(img, w, h, filter);
+    let (left, top) = (rounding.offset(w, size), rounding.offset(h, size));
+    image::imageops::crop_imm(&resized, left, top, size, size).to_image()
 }
 
 /// Resizes float CHW data like torch's `F.interpolate(mode="bicubic", align_corners=False)`.
@@ -268,7 +324,7 @@ pub fn spm_pixels(decoded: &Tensor, size: usize) -> Result<Tensor, ClipError> {
 /// Per output index, (input index, weight) pairs of torch's bicubic interpolation.
 fn float_taps(in_size: usize, out_size: usize, antialias: bool) -> Vec<Vec<(usize, f64)>> {
     if antialias {
-        let taps = antialias_taps(in_size, out_size);
+        let taps = antialias_taps(in_size, out_size, PilFilter::Bicubic);
         return taps
             .start
             .iter()
@@ -356,18 +412,11 @@ impl Preprocess {
         }
         match self {
             Self::ResizeCrop { size, rounding } => {
-                let (w, h) = shortest_side_size(img.width(), img.height(), size);
-                let resized = pil_resize_bicubic(img, w, h);
-                let (left, top) = (rounding.offset(w, size), rounding.offset(h, size));
-                let raw = resized.as_raw();
-                for c in 0..3 {
-                    for y in 0..s {
-                        for x in 0..s {
-                            let v =
-                                raw[((top as usize + y) * w as usize + left as usize + x) * 3 + c];
-                            out[(c * s + y) * s + x] =
-                                (v as f32 / 255.0 - OPENAI_MEAN[c]) / OPENAI_STD[c];
-                        }
+                let cropped = resize_centre_crop(img, size, PilFilter::Bicubic, rounding);
+                for (i, px) in cropped.as_raw().chunks_exact(3).enumerate() {
+                    for c in 0..3 {
+                        out[c * s * s + i] =
+                            (px[c] as f32 / 255.0 - OPENAI_MEAN[c]) / OPENAI_STD[c];
                     }
                 }
             }

@@ -2,12 +2,16 @@
 //! real photographs (scikit-image's public-domain astronaut and coffee images).
 //!
 //! Goldens: tests/fixtures/clip/make_fixtures.py (`write_resize_goldens`,
-//! `write_preprocess_goldens`).
+//! `write_preprocess_goldens`); make_bilinear_goldens.py (Pillow's bilinear resize and
+//! Diffusion-DPO's torchvision preprocessing).
 
 mod common;
 
 use common::*;
-use spo_clip::preprocess::{Preprocess, load_rgb, pil_resize_bicubic};
+use spo_clip::preprocess::{
+    CropRounding, PilFilter, Preprocess, load_rgb, pil_resize, pil_resize_bicubic,
+    resize_centre_crop,
+};
 
 #[test]
 fn pillow_bicubic_resize_is_exact_on_photographs() {
@@ -39,6 +43,41 @@ fn pillow_bicubic_resize_is_exact_on_photographs() {
         checked += 1;
     }
     assert_eq!(checked, 8);
+}
+
+/// Pillow's bilinear resize (the same resampler as bicubic with the triangle filter), and
+/// Diffusion-DPO's `Resize(r, BILINEAR)` + `CenterCrop(r)` built on it, pixel for pixel —
+/// including a tall shrink, where Pillow 13 runs the vertical pass first.
+#[test]
+fn pillow_bilinear_resize_and_dpo_preprocessing_are_exact_on_photographs() {
+    let g = golden("bilinear.json");
+    let mut checked = 0;
+    for case in g["cases"].as_array().expect("cases") {
+        let name = |k: &str| case[k].as_str().expect("name").to_owned();
+        let src = load_rgb(&fixtures().join("images").join(name("image"))).expect("image");
+        let want = load_rgb(&fixtures().join("goldens").join(name("golden"))).expect("golden");
+        let got = match case["kind"].as_str() {
+            Some("resize") => pil_resize(&src, want.width(), want.height(), PilFilter::Bilinear),
+            Some("dpo") => resize_centre_crop(
+                &src,
+                want.width(),
+                PilFilter::Bilinear,
+                CropRounding::HalfEven,
+            ),
+            other => panic!("unknown case kind {other:?}"),
+        };
+        assert_eq!(got.dimensions(), want.dimensions(), "{case}");
+        let worst = got
+            .as_raw()
+            .iter()
+            .zip(want.as_raw())
+            .map(|(a, b)| (*a as i32 - *b as i32).abs())
+            .max()
+            .unwrap_or(0);
+        assert_eq!(worst, 0, "{case}: max difference {worst}/255");
+        checked += 1;
+    }
+    assert_eq!(checked, 12);
 }
 
 fn stride_sample(pixels: &[f32], s: usize) -> Vec<f64> {
