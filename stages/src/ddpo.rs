@@ -67,6 +67,9 @@ spo_core::stage_params! {
         /// on real weights: latents per UNet call in the rollouts (and in training when
         /// checkpointing) and per VAE decode
         micro_batch: usize = int(8).range(1.0, 4096.0),
+        /// on real weights: the LoRA's gradient clipped to this global norm before each step
+        /// (DDPO's 1.0; 0: off)
+        max_grad_norm: f64 = float(1.0).range(0.0, 1e6),
     }
 }
 
@@ -128,7 +131,7 @@ fn train_round<D: Denoiser>(
         let adv: Vec<f32> = chunk.iter().map(|&(_, i)| advantages[i] as f32).collect();
         let adv = Tensor::from_vec(adv, c, m.den.device())?;
         let loss = ppo.loss(&lp, &sampled, &adv)?;
-        opt.step(&backprop.gradients(&loss)?)?;
+        m.step(opt, backprop.gradients(&loss)?)?;
         sum += loss.to_scalar::<f32>()? as f64 * c as f64;
         count += c;
     }
@@ -144,6 +147,7 @@ fn run(cx: &mut StageContext) -> Result<()> {
         checkpointing: p.gradient_checkpointing,
         micro_batch: p.micro_batch,
         // a step's transitions
+        max_grad_norm: p.max_grad_norm,
         train_latents: p.train_batch,
     };
     let (models, mut lora_vars, mut opt) =

@@ -23,7 +23,7 @@ use spo_core::{ParamSpec, StageContext, StageError, StageKind};
 use spo_diffusion::{AddedConditioning, NoiseSchedule, SchedulerConfig, UNet2DConditionModel};
 use spo_methods::mapo::Mapo;
 use spo_methods::{diffusion_dpo, per_sample_mse};
-use spo_nn::{AdamW, SeededRng};
+use spo_nn::{AdamW, SeededRng, clip_grad_norm};
 use spo_sd::spo::UnetBatch;
 use spo_sd::{StableDiffusion, Workload};
 
@@ -70,6 +70,9 @@ spo_core::stage_params! {
         /// on real weights: flip each image left–right with probability ½ (the Diffusion-DPO
         /// script's default `RandomHorizontalFlip`; the world's positions would not survive it)
         random_flip: bool = bool(true),
+        /// on real weights: the LoRA's gradient clipped to this global norm before each step
+        /// (the Diffusion-DPO script's 1.0; 0: off)
+        max_grad_norm: f64 = float(1.0).range(0.0, 1e6),
     }
 }
 
@@ -110,6 +113,7 @@ impl StageKind for DiffusionDpo {
             gradient_checkpointing: p.gradient_checkpointing,
             micro_batch: p.micro_batch,
             random_flip: p.random_flip,
+            max_grad_norm: p.max_grad_norm,
         };
         Ok(train(cx, &setup, Objective::Dpo { beta: p.beta })?)
     }
@@ -150,6 +154,9 @@ spo_core::stage_params! {
         /// on real weights: flip each image left–right with probability ½ (the Diffusion-DPO
         /// script's default `RandomHorizontalFlip`; the world's positions would not survive it)
         random_flip: bool = bool(true),
+        /// on real weights: the LoRA's gradient clipped to this global norm before each step
+        /// (0: off; 1.0 as Diffusion-DPO's script: MaPO's arguments are not in the references)
+        max_grad_norm: f64 = float(1.0).range(0.0, 1e6),
     }
 }
 
@@ -190,6 +197,7 @@ impl StageKind for MapoTrain {
             gradient_checkpointing: p.gradient_checkpointing,
             micro_batch: p.micro_batch,
             random_flip: p.random_flip,
+            max_grad_norm: p.max_grad_norm,
         };
         let objective = Objective::Mapo(Mapo {
             beta: p.beta,
@@ -217,6 +225,7 @@ struct Offline {
     gradient_checkpointing: bool,
     micro_batch: usize,
     random_flip: bool,
+    max_grad_norm: f64,
 }
 
 /// What an offline method minimises over a batch's per-sample denoising errors.
@@ -367,6 +376,15 @@ impl Model {
         match self {
             Model::World { .. } => (DType::F32, usize::MAX, false),
             Model::Real(sd) => (sd.dtype(), p.micro_batch, p.gradient_checkpointing),
+        }
+    }
+
+    /// The global norm the LoRA's gradient is clipped to: none in the world (its runs were
+    /// scaled without it), `p.max_grad_norm` on real weights.
+    fn max_grad_norm(&self, p: &Offline) -> Option<f64> {
+        match self {
+            Model::World { .. } => None,
+            Model::Real(_) => (p.max_grad_norm > 0.0).then_some(p.max_grad_norm),
         }
     }
 
@@ -541,7 +559,11 @@ fn train(cx: &mut StageContext, p: &Offline, objective: Objective) -> Result<()>
                 Ok(per_sample_mse(&pred?, &noise)?)
             };
             let (loss, accuracy) = objective.loss(b, &errors, reference)?;
-            opt.step(&backprop.gradients(&loss)?)?;
+            let mut grads = backprop.gradients(&loss)?;
+            if let Some(max) = model.max_grad_norm(p) {
+                clip_grad_norm(&mut grads, opt.vars(), max)?;
+            }
+            opt.step(&grads)?;
             Ok((loss.to_scalar::<f32>()? as f64, accuracy))
         })?;
         tr.extra.push(ExactF64(accuracy));

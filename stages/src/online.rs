@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use image::RgbImage;
@@ -14,7 +15,7 @@ use spo_core::{StageContext, StageError};
 use spo_diffusion::{Ddim, NoiseSchedule, SchedulerConfig, UNet2DConditionModel};
 use spo_methods::online::{self, Chains};
 use spo_methods::spo::{Backprop, Denoiser};
-use spo_nn::{AdamW, SeededRng};
+use spo_nn::{AdamW, SeededRng, clip_grad_norm};
 use spo_sd::{SdPolicy, StableDiffusion, Workload};
 
 use crate::clip_train::WorldClip;
@@ -62,6 +63,8 @@ pub(crate) struct RealRun {
     /// Latents of one training step (transitions of both chains for D3PO), for the memory
     /// check.
     pub train_latents: usize,
+    /// The LoRA's gradient is clipped to this global norm before each step (0: off).
+    pub max_grad_norm: f64,
 }
 
 impl Models {
@@ -94,6 +97,8 @@ impl Online {
             },
             ddim: &self.ddim,
             reward: Reward::World(&self.reward),
+            // the in-world runs were scaled without clipping
+            max_grad_norm: None,
         }
     }
 }
@@ -110,6 +115,7 @@ impl RealOnline {
             },
             ddim: &self.ddim,
             reward: Reward::Real(&self.sd, &self.reward, self.run.micro_batch),
+            max_grad_norm: (self.run.max_grad_norm > 0.0).then_some(self.run.max_grad_norm),
         }
     }
 }
@@ -227,6 +233,8 @@ pub(crate) struct Policy<'a, D> {
     pub den: D,
     pub ddim: &'a Ddim,
     pub reward: Reward<'a>,
+    /// The global norm the LoRA's gradient is clipped to before each step.
+    pub max_grad_norm: Option<f64>,
 }
 
 impl<D: Denoiser> Policy<'_, D> {
@@ -272,6 +280,14 @@ impl<D: Denoiser> Policy<'_, D> {
             .into());
         }
         Ok(rewards)
+    }
+
+    /// One optimiser step on `grads`, clipped first where the policy says.
+    pub fn step(&self, opt: &mut AdamW, mut grads: GradStore) -> Result<()> {
+        if let Some(max) = self.max_grad_norm {
+            clip_grad_norm(&mut grads, opt.vars(), max)?;
+        }
+        Ok(opt.step(&grads)?)
     }
 
     /// The log-probabilities of the recorded transitions `rows` under the frozen reference

@@ -742,7 +742,8 @@ fn diffusion_dpo_and_mapo_train_on_a_hub_pipeline_from_pick_a_pic_pairs() {
 /// weights (f32, one latent per UNet call) D3PO, DDPO, Diffusion-DPO and MaPO each train, with
 /// it, the LoRA they train keeping candle's graph — every `lora_B` (zero at the start, so all
 /// of it learnt) within 0.1% of the graph's in norm — and record their memory estimate, smaller
-/// with it. Diffusion-DPO without its random flips learns something else.
+/// with it. Diffusion-DPO without its random flips learns something else; clipped to a tiny
+/// gradient norm, D3PO and Diffusion-DPO barely move.
 #[test]
 fn every_method_trains_the_same_lora_with_gradient_checkpointing() {
     let base = hub();
@@ -781,6 +782,18 @@ fn every_method_trains_the_same_lora_with_gradient_checkpointing() {
             );
         }
     }
+    // D3PO and Diffusion-DPO with their gradients clipped to a norm of 1e-9: under AdamW's ε
+    // (1e-8) the LoRA barely moves
+    for (kind, needs, params) in &methods[..3] {
+        if *kind == "ddpo" {
+            continue;
+        }
+        text += &format!(
+            "[stage.{kind}-clipped]\nkind = \"{kind}\"\nneeds = [{needs}]\n\
+             params = {{ {params}, lr = 1e-3, snapshots = 0, precision = \"f32\", \
+             gradient_checkpointing = false, micro_batch = 1, max_grad_norm = 1e-9 }}\n"
+        );
+    }
     // and Diffusion-DPO without the reference's random flips of the pairs' images
     text += "[stage.unflipped]\nkind = \"diffusion-dpo\"\nneeds = [\"sd15\", \"pairs\"]\n\
              params = { steps = 3, batch = 2, warmup = 0, lr = 1e-3, snapshots = 0, precision = \"f32\", \
@@ -801,6 +814,31 @@ fn every_method_trains_the_same_lora_with_gradient_checkpointing() {
         .unwrap();
         (lora, m.metrics["memory_estimate_gib"])
     };
+    let b_norm = |lora: &std::collections::HashMap<String, candle_core::Tensor>| {
+        lora.iter()
+            .filter(|(name, _)| name.contains("lora_B"))
+            .map(|(_, t)| {
+                t.sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap() as f64
+            })
+            .sum::<f64>()
+            .sqrt()
+    };
+    for kind in ["d3po", "diffusion-dpo"] {
+        let (free, clipped) = (
+            trained(&format!("{kind}-false")).0,
+            trained(&format!("{kind}-clipped")).0,
+        );
+        let (free, clipped) = (b_norm(&free), b_norm(&clipped));
+        assert!(
+            free > 0.0 && clipped < 0.05 * free,
+            "{kind}: clipped {clipped} vs {free}"
+        );
+    }
     let (flipped, unflipped) = (trained("diffusion-dpo-false").0, trained("unflipped").0);
     assert!(
         flipped.iter().any(|(name, t)| (t - &unflipped[name])

@@ -70,4 +70,4 @@ pub use group_norm::GroupNorm;
 pub use layer_norm::LayerNorm;
 pub use rng::{RngState, SeededRng};
 pub use seeded_init::{named_vars, seeded_var_builder};
-pub use sharded::{add_gradients, sharded_backward};
+pub use sharded::{add_gradients, clip_grad_norm, sharded_backward};

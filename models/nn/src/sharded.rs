@@ -1,5 +1,6 @@
-//! Gradients of a batch computed shard by shard, on as many threads as are free; and gradients
-//! of micro-batches added up ([`add_gradients`]).
+//! Gradients of a batch computed shard by shard, on as many threads as are free; gradients of
+//! micro-batches added up ([`add_gradients`]); and clipped by their global norm
+//! ([`clip_grad_norm`]).
 //!
 //! candle parallelises inside each op, which on a small model costs more in synchronisation than
 //! it gains; splitting the batch into a fixed number of shards and back-propagating each as its
@@ -88,6 +89,37 @@ pub fn add_gradients<'a>(
     Ok(())
 }
 
+/// Scales the gradients of `vars` in `grads` so that their global 2-norm is at most
+/// `max_norm`, as PyTorch's `clip_grad_norm_` does (by `max_norm / (norm + 1e-6)` when that is
+/// below 1); returns the norm before clipping. The references' Diffusion-DPO, D3PO and DDPO
+/// trainers clip at 1.0.
+pub fn clip_grad_norm<'a>(
+    grads: &mut GradStore,
+    vars: impl IntoIterator<Item = &'a Var>,
+    max_norm: f64,
+) -> candle_core::Result<f64> {
+    let present: Vec<(&Var, Tensor)> = vars
+        .into_iter()
+        .filter_map(|v| grads.get(v).map(|g| (v, g.clone())))
+        .collect();
+    let mut squares = 0f64;
+    for (_, g) in &present {
+        squares += g
+            .to_dtype(candle_core::DType::F64)?
+            .sqr()?
+            .sum_all()?
+            .to_scalar::<f64>()?;
+    }
+    let norm = squares.sqrt();
+    let coef = max_norm / (norm + 1e-6);
+    if coef < 1.0 {
+        for (v, g) in present {
+            grads.insert(v, (g * coef)?);
+        }
+    }
+    Ok(norm)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,6 +131,34 @@ mod tests {
         let h = x.narrow(0, lo, hi - lo)?.matmul(w1.as_tensor())?.tanh()?;
         let y = h.matmul(w2.as_tensor())?;
         y.sqr()?.sum(D::Minus1)?.sum_all()? / n as f64
+    }
+
+    #[test]
+    fn clipping_scales_to_the_global_norm_only_above_it() -> Result<()> {
+        let dev = Device::Cpu;
+        // gradients (3, 4) and (12): global norm 13
+        let a = Var::new(&[1f32, 2.0], &dev)?;
+        let b = Var::new(&[5f32], &dev)?;
+        let loss = ((a.as_tensor() * &Tensor::new(&[3f32, 4.0], &dev)?)?.sum_all()?
+            + (b.as_tensor() * 12.0)?.sum_all()?)?;
+        let mut grads = loss.backward()?;
+        let norm = clip_grad_norm(&mut grads, [&a, &b], 1.0)?;
+        assert!((norm - 13.0).abs() < 1e-9, "{norm}");
+        let ga = grads.get(&a).expect("a").to_vec1::<f32>()?;
+        let gb = grads.get(&b).expect("b").to_vec1::<f32>()?;
+        let scale = 1.0 / (13.0 + 1e-6);
+        for (got, want) in ga.iter().chain(&gb).zip([3.0, 4.0, 12.0]) {
+            assert!(
+                (*got as f64 - want * scale).abs() < 1e-6,
+                "{got} vs {}",
+                want * scale
+            );
+        }
+        // under the limit nothing changes
+        let mut grads = loss.backward()?;
+        assert!((clip_grad_norm(&mut grads, [&a, &b], 20.0)? - 13.0).abs() < 1e-9);
+        assert_eq!(grads.get(&b).expect("b").to_vec1::<f32>()?, [12.0]);
+        Ok(())
     }
 
     #[test]
