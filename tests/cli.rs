@@ -651,6 +651,17 @@ fn pin_writes_a_hub_stage_from_a_snapshot_folder() {
     );
 }
 
+/// A `prompts` stage of two prompts, for the real-weights stages.
+const PROMPTS: &str = r#"[stage.prompt-file]
+kind = "command"
+params = { cmd = "printf 'a photo of a cat\na red cube\n' > $SPO_OUT/prompts.txt" }
+
+[stage.prompts]
+kind = "prompts"
+needs = ["prompt-file"]
+params = { format = "lines" }
+"#;
+
 /// The `hub` stage `pin --local` writes for the fixture folder `fixture`, and its name.
 fn pinned(fixture: &str, repo: &str) -> (String, String) {
     let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -698,15 +709,7 @@ fn every_training_method_on_real_weights_is_memory_checked() {
     let pipeline = format!(
         r#"{sd}
 {pick}
-[stage.prompt-file]
-kind = "command"
-params = {{ cmd = "printf 'a photo of a cat\na red cube\n' > $SPO_OUT/prompts.txt" }}
-
-[stage.prompts]
-kind = "prompts"
-needs = ["prompt-file"]
-params = {{ format = "lines" }}
-
+{PROMPTS}
 [stage.pairs]
 kind = "world"
 params = {{ train_prompts = 4, validation_prompts = 2 }}
@@ -762,15 +765,7 @@ fn device_memory_and_precision_are_checked_before_a_cell_runs() {
     let (hub, name) = pinned("sd/sd15_tiny", "org/sd15");
     let pipeline = format!(
         r#"{hub}
-[stage.prompt-file]
-kind = "command"
-params = {{ cmd = "printf 'a photo of a cat\na red cube\n' > $SPO_OUT/prompts.txt" }}
-
-[stage.prompts]
-kind = "prompts"
-needs = ["prompt-file"]
-params = {{ format = "lines" }}
-
+{PROMPTS}
 [stage.sample]
 kind = "sd-sample"
 needs = ["{name}", "prompts"]

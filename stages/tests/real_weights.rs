@@ -738,6 +738,16 @@ fn diffusion_dpo_and_mapo_train_on_a_hub_pipeline_from_pick_a_pic_pairs() {
     );
 }
 
+/// Σ t², in f64.
+fn squared_norm(t: &candle_core::Tensor) -> f64 {
+    t.sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap() as f64
+}
+
 /// Gradient checkpointing changes how a method's gradients are had, not what they are: on real
 /// weights (f32, one latent per UNet call) D3PO, DDPO, Diffusion-DPO and MaPO each train, with
 /// it, the LoRA they train keeping candle's graph — every `lora_B` (zero at the start, so all
@@ -817,14 +827,7 @@ fn every_method_trains_the_same_lora_with_gradient_checkpointing() {
     let b_norm = |lora: &std::collections::HashMap<String, candle_core::Tensor>| {
         lora.iter()
             .filter(|(name, _)| name.contains("lora_B"))
-            .map(|(_, t)| {
-                t.sqr()
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap() as f64
-            })
+            .map(|(_, t)| squared_norm(t))
             .sum::<f64>()
             .sqrt()
     };
@@ -865,17 +868,8 @@ fn every_method_trains_the_same_lora_with_gradient_checkpointing() {
                 continue;
             }
             b_tensors += 1;
-            let r = &recomputed[name];
-            let sq = |t: candle_core::Tensor| {
-                t.sqr()
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap() as f64
-            };
-            diff += sq((g - r).unwrap());
-            norm += sq(g.clone());
+            diff += squared_norm(&(g - &recomputed[name]).unwrap());
+            norm += squared_norm(g);
         }
         assert!(
             b_tensors > 0 && norm > 0.0,

@@ -13,6 +13,16 @@ use spo_clip::preprocess::{
     resize_centre_crop,
 };
 
+/// The largest difference of two images' channel values, in 1/255.
+fn max_difference(a: &image::RgbImage, b: &image::RgbImage) -> i32 {
+    a.as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| (*x as i32 - *y as i32).abs())
+        .max()
+        .unwrap_or(0)
+}
+
 #[test]
 fn pillow_bicubic_resize_is_exact_on_photographs() {
     let cases = golden("resize.json");
@@ -31,13 +41,7 @@ fn pillow_bicubic_resize_is_exact_on_photographs() {
         )
         .expect("golden");
         let got = pil_resize_bicubic(&src, want.width(), want.height());
-        let worst = got
-            .as_raw()
-            .iter()
-            .zip(want.as_raw())
-            .map(|(a, b)| (*a as i32 - *b as i32).abs())
-            .max()
-            .unwrap_or(0);
+        let worst = max_difference(&got, &want);
         // Within 1/255 is the requirement; the algorithm reproduces Pillow exactly.
         assert_eq!(worst, 0, "{case}: max difference {worst}/255");
         checked += 1;
@@ -67,13 +71,7 @@ fn pillow_bilinear_resize_and_dpo_preprocessing_are_exact_on_photographs() {
             other => panic!("unknown case kind {other:?}"),
         };
         assert_eq!(got.dimensions(), want.dimensions(), "{case}");
-        let worst = got
-            .as_raw()
-            .iter()
-            .zip(want.as_raw())
-            .map(|(a, b)| (*a as i32 - *b as i32).abs())
-            .max()
-            .unwrap_or(0);
+        let worst = max_difference(&got, &want);
         assert_eq!(worst, 0, "{case}: max difference {worst}/255");
         checked += 1;
     }
