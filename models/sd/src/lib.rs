@@ -14,7 +14,8 @@
 //!
 //! Parity with diffusers on tiny random-weight pipelines of both shapes: `tests/parity.rs`
 //! (`tests/fixtures/sd/make_sd15_tiny.py` and `make_sdxl_tiny.py` write the folders and the
-//! goldens); one latent SPO step against a PyTorch re-implementation: `tests/spo_step.rs`.
+//! goldens); one latent SPO step against a PyTorch re-implementation: `tests/spo_step.rs`; one
+//! Diffusion-DPO step and MaPO's loss: `tests/dpo_step.rs`.
 
 pub mod error;
 pub mod memory;

@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Tensor};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor, Var};
 
 pub type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -53,5 +54,38 @@ pub fn check(what: &str, ours: &Tensor, theirs: &Tensor, tol: f64) -> TestResult
         e <= tol,
         "{what}: relative error {e:.2e} (tolerance {tol:.0e})"
     );
+    Ok(())
+}
+
+/// Checks the gradient of every LoRA variable in `grads` against the golden `{prefix}.{name}`
+/// within `tol`, naming `how` they were had; the goldens hold one per variable.
+pub fn check_lora_grads(
+    how: &str,
+    vars: &[(String, Var)],
+    grads: &GradStore,
+    g: &HashMap<String, Tensor>,
+    prefix: &str,
+    tol: f64,
+) -> TestResult {
+    let goldens = g
+        .keys()
+        .filter(|k| k.starts_with(&format!("{prefix}.")))
+        .count();
+    assert_eq!(
+        vars.len(),
+        goldens,
+        "{how}: LoRA variables vs golden gradients"
+    );
+    for (name, var) in vars {
+        let ours = grads
+            .get(var)
+            .ok_or_else(|| format!("{how}: no gradient for {name}"))?;
+        check(
+            &format!("{how}: gradient of {name}"),
+            ours,
+            &golden(g, &format!("{prefix}.{name}"))?,
+            tol,
+        )?;
+    }
     Ok(())
 }
