@@ -180,8 +180,8 @@ fn run(cx: &mut StageContext) -> Result<()> {
         precision: p.precision,
         checkpointing: p.gradient_checkpointing,
         micro_batch: p.micro_batch,
-        // a step's transitions of both chains
         max_grad_norm: p.max_grad_norm,
+        // a step's transitions of both chains
         train_latents: 2 * p.train_batch,
     };
     let (models, mut lora_vars, mut opt) =

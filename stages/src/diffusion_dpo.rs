@@ -322,14 +322,7 @@ impl Model {
         match self {
             Model::World { .. } => images_to_tensor(images, &dev),
             Model::Real(sd) => {
-                let [h, w] = sd.image_size();
-                if h != w {
-                    return Err(StageError::Failed(format!(
-                        "the pipeline draws {w}×{h} images; Diffusion-DPO's preprocessing \
-                         (Resize + CenterCrop to one side) prepares square ones only"
-                    ))
-                    .into());
-                }
+                let [_, w] = sd.image_size();
                 let flips = if p.random_flip {
                     rng.indices(images.len(), 2)
                 } else {
@@ -452,6 +445,17 @@ fn load(
         real::check_memory(cx, &pipeline.dir, dtype, work, 0)?;
         let (sd, lora_vars, opt) =
             real::lora_pipeline(&pipeline.dir, dtype, p.rank, seed, p.lr, 1e-2)?;
+        let [h, w] = sd.image_size();
+        if h != w {
+            return Err(StageError::Input {
+                need: pipeline.stage.clone(),
+                message: format!(
+                    "the pipeline draws {w}×{h} images; Diffusion-DPO's preprocessing \
+                     (Resize + CenterCrop to one side) prepares square ones only"
+                ),
+            }
+            .into());
+        }
         return Ok((pairs, Model::Real(Box::new(sd)), lora_vars, opt));
     }
     let text = InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?;

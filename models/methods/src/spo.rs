@@ -102,11 +102,10 @@ pub struct Backprop<'a>(Option<(Tensor, EpsBackward<'a>)>);
 impl Backprop<'_> {
     /// The trainable variables' gradients of `loss`.
     pub fn gradients(self, loss: &Tensor) -> candle_core::Result<GradStore> {
-        let grads = loss.backward()?;
+        let mut grads = loss.backward()?;
         let Some((eps, backward)) = self.0 else {
             return Ok(grads);
         };
-        let mut grads = grads;
         let g = match grads.remove(&eps) {
             Some(g) => g,
             None => eps.zeros_like()?,
