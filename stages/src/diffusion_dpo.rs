@@ -23,7 +23,7 @@ use spo_core::{ParamSpec, StageContext, StageError, StageKind};
 use spo_diffusion::{AddedConditioning, NoiseSchedule, SchedulerConfig, UNet2DConditionModel};
 use spo_methods::mapo::Mapo;
 use spo_methods::{diffusion_dpo, per_sample_mse};
-use spo_nn::{AdamW, SeededRng, clip_grad_norm};
+use spo_nn::{AdamW, SeededRng, add_gradients, clip_grad_norm};
 use spo_sd::spo::UnetBatch;
 use spo_sd::{StableDiffusion, Workload};
 
@@ -45,8 +45,11 @@ spo_core::stage_params! {
         empty_prompt_share: f64 = float(0.2).range(0.0, 1.0),
         /// optimizer steps
         steps: usize = int(300).range(1.0, 1e7),
-        /// pairs per step (the reference: 2048 on 16 GPUs)
+        /// pairs per micro-batch (one forward and backward)
         batch: usize = int(8).range(1.0, 4096.0),
+        /// micro-batches per optimizer step, their gradients averaged: a step takes batch ×
+        /// accumulate pairs (the script's SD-1.5 step: 1 × 128 on each of 16 GPUs = 2048)
+        accumulate: usize = int(1).range(1.0, 65536.0),
         /// peak learning rate: linear warm-up, then cosine decay to zero (5e-4, SPO's, left the
         /// loss above ln 2 at the end)
         lr: f64 = float(1e-4).range(1e-8, 1.0),
@@ -102,6 +105,7 @@ impl StageKind for DiffusionDpo {
             name: "dpo",
             steps: p.steps,
             batch: p.batch,
+            accumulate: p.accumulate,
             lr: p.lr,
             warmup: p.warmup,
             rank: p.rank,
@@ -130,8 +134,10 @@ spo_core::stage_params! {
         empty_prompt_share: f64 = float(0.0).range(0.0, 1.0),
         /// optimizer steps
         steps: usize = int(300).range(1.0, 1e7),
-        /// pairs per step
+        /// pairs per micro-batch (one forward and backward)
         batch: usize = int(8).range(1.0, 4096.0),
+        /// micro-batches per optimizer step, their gradients averaged (MaPO's README: 2)
+        accumulate: usize = int(1).range(1.0, 65536.0),
         /// peak learning rate: linear warm-up, then cosine decay to zero (MaPO's 5e-4)
         lr: f64 = float(5e-4).range(1e-8, 1.0),
         /// learning-rate warm-up steps
@@ -186,6 +192,7 @@ impl StageKind for MapoTrain {
             name: "mapo",
             steps: p.steps,
             batch: p.batch,
+            accumulate: p.accumulate,
             lr: p.lr,
             warmup: p.warmup,
             rank: p.rank,
@@ -214,6 +221,7 @@ struct Offline {
     name: &'static str,
     steps: usize,
     batch: usize,
+    accumulate: usize,
     lr: f64,
     warmup: usize,
     rank: usize,
@@ -328,34 +336,31 @@ impl Model {
                 } else {
                     vec![0; images.len()]
                 };
-                let fitted: Vec<RgbImage> = images
-                    .iter()
-                    .zip(flips)
-                    .map(|(im, flip)| {
-                        let square = resize_centre_crop(
-                            im,
-                            w as u32,
-                            PilFilter::Bilinear,
-                            CropRounding::HalfEven,
-                        );
-                        if flip == 1 {
-                            image::imageops::flip_horizontal(&square)
-                        } else {
-                            square
-                        }
-                    })
-                    .collect();
-                let pixels = images_to_tensor(&fitted.iter().collect::<Vec<_>>(), &dev)?;
                 let [c, lh, lw] = sd.latent_shape();
                 let noise = rng.normal((images.len(), c, lh, lw), 0.0, 1.0, DType::F32, &dev)?;
-                // the VAE encodes `micro_batch` images at a time
+                // prepared, converted and encoded `micro_batch` images at a time
                 let (mut latents, micro_batch) = (Vec::new(), p.micro_batch.max(1));
                 for start in (0..images.len()).step_by(micro_batch) {
                     let len = micro_batch.min(images.len() - start);
-                    let z = sd.encode(
-                        &pixels.narrow(0, start, len)?,
-                        &noise.narrow(0, start, len)?,
-                    )?;
+                    let fitted: Vec<RgbImage> = images[start..start + len]
+                        .iter()
+                        .zip(&flips[start..start + len])
+                        .map(|(im, &flip)| {
+                            let square = resize_centre_crop(
+                                im,
+                                w as u32,
+                                PilFilter::Bilinear,
+                                CropRounding::HalfEven,
+                            );
+                            if flip == 1 {
+                                image::imageops::flip_horizontal(&square)
+                            } else {
+                                square
+                            }
+                        })
+                        .collect();
+                    let pixels = images_to_tensor(&fitted.iter().collect::<Vec<_>>(), &dev)?;
+                    let z = sd.encode(&pixels, &noise.narrow(0, start, len)?)?;
                     latents.push(z.to_dtype(DType::F32)?);
                 }
                 Ok(Tensor::cat(&latents, 0)?)
@@ -495,16 +500,18 @@ fn train(cx: &mut StageContext, p: &Offline, objective: Objective) -> Result<()>
         &mut opt,
     )?;
     tr.keep_snapshots(p.snapshots, |path| unet.save_lora(path).at(path));
-    let b = p.batch;
+    // a step's pairs are drawn together, then trained `b` at a time
+    let (b, k) = (p.batch, p.accumulate.max(1));
+    let n = b * k;
     while tr.step < p.steps {
         opt.set_learning_rate(p.lr * warmup_cosine(tr.step, p.steps, p.warmup));
         let rng = &mut tr.rng;
         let chosen: Vec<&Pair> = rng
-            .indices(b, pairs.len())
+            .indices(n, pairs.len())
             .into_iter()
             .map(|i| &pairs[i])
             .collect();
-        let empty: Vec<usize> = rng.indices(b, 1_000_000);
+        let empty: Vec<usize> = rng.indices(n, 1_000_000);
         let texts: Vec<&str> = chosen
             .iter()
             .zip(&empty)
@@ -517,7 +524,7 @@ fn train(cx: &mut StageContext, p: &Offline, objective: Objective) -> Result<()>
             })
             .collect();
         let ts: Vec<i64> = rng
-            .indices(b, train_steps)
+            .indices(n, train_steps)
             .into_iter()
             .map(|t| t as i64)
             .collect();
@@ -526,7 +533,7 @@ fn train(cx: &mut StageContext, p: &Offline, objective: Objective) -> Result<()>
             .collect();
         let x0 = model.x0(&images, p, rng)?;
         let noise = rng.normal(
-            (b, x0.dim(1)?, x0.dim(2)?, x0.dim(3)?),
+            (n, x0.dim(1)?, x0.dim(2)?, x0.dim(3)?),
             0.0,
             1.0,
             DType::F32,
@@ -534,41 +541,71 @@ fn train(cx: &mut StageContext, p: &Offline, objective: Objective) -> Result<()>
         )?;
         // one t and one ε per pair, shared by its winner and loser
         let noise = Tensor::cat(&[&noise, &noise], 0)?;
-        let ts = Tensor::from_vec([ts.clone(), ts].concat(), 2 * b, &dev)?;
+        let ts = Tensor::from_vec([ts.clone(), ts].concat(), 2 * n, &dev)?;
         let xt = schedule.add_noise(&x0, &noise, &ts)?;
         let (loss, accuracy) = on_cores(cx.threads(), || {
-            let (ctx, added) = model.context(&texts)?;
-            let ctx = Tensor::cat(&[&ctx, &ctx], 0)?;
-            let added = match added {
-                Some(a) => Some(AddedConditioning {
-                    text_embeds: Tensor::cat(&[&a.text_embeds, &a.text_embeds], 0)?,
-                    time_ids: Tensor::cat(&[&a.time_ids, &a.time_ids], 0)?,
-                }),
-                None => None,
-            };
-            let batch = UnetBatch {
-                x: &xt,
-                ts: &ts,
-                context: &ctx,
-                added: added.as_ref(),
-            };
-            let (dtype, micro_batch, checkpointing) = model.run_settings(p);
-            let (errors, backprop) = batch
-                .predict_for_training(unet, micro_batch, dtype, checkpointing)?
-                .map(|pred| Ok(per_sample_mse(pred, &noise)?))?;
-            let reference = || -> Result<Tensor> {
-                unet.set_lora_enabled(false);
-                let pred = batch.predict(unet, micro_batch, dtype);
-                unet.set_lora_enabled(true);
-                Ok(per_sample_mse(&pred?, &noise)?)
-            };
-            let (loss, accuracy) = objective.loss(b, &errors, reference)?;
-            let mut grads = backprop.gradients(&loss)?;
+            let (mut loss_sum, mut accuracy_sum, mut pending) = (0.0, 0.0, None);
+            for m in 0..k {
+                // micro-batch m: its pairs' winners, then their losers
+                let rows = |t: &Tensor| -> Result<Tensor> {
+                    if k == 1 {
+                        return Ok(t.clone());
+                    }
+                    Ok(Tensor::cat(
+                        &[t.narrow(0, m * b, b)?, t.narrow(0, n + m * b, b)?],
+                        0,
+                    )?)
+                };
+                let (xt, ts, noise) = (rows(&xt)?, rows(&ts)?, rows(&noise)?);
+                let (ctx, added) = model.context(&texts[m * b..(m + 1) * b])?;
+                let ctx = Tensor::cat(&[&ctx, &ctx], 0)?;
+                let added = match added {
+                    Some(a) => Some(AddedConditioning {
+                        text_embeds: Tensor::cat(&[&a.text_embeds, &a.text_embeds], 0)?,
+                        time_ids: Tensor::cat(&[&a.time_ids, &a.time_ids], 0)?,
+                    }),
+                    None => None,
+                };
+                let batch = UnetBatch {
+                    x: &xt,
+                    ts: &ts,
+                    context: &ctx,
+                    added: added.as_ref(),
+                };
+                let (dtype, micro_batch, checkpointing) = model.run_settings(p);
+                let (errors, backprop) = batch
+                    .predict_for_training(unet, micro_batch, dtype, checkpointing)?
+                    .map(|pred| Ok(per_sample_mse(pred, &noise)?))?;
+                let reference = || -> Result<Tensor> {
+                    unet.set_lora_enabled(false);
+                    let pred = batch.predict(unet, micro_batch, dtype);
+                    unet.set_lora_enabled(true);
+                    Ok(per_sample_mse(&pred?, &noise)?)
+                };
+                let (loss, accuracy) = objective.loss(b, &errors, reference)?;
+                // each micro-batch's loss divided by k: the step's gradient is their mean
+                let grads = if k == 1 {
+                    backprop.gradients(&loss)?
+                } else {
+                    backprop.gradients(&(&loss / k as f64)?)?
+                };
+                pending = Some(match pending.take() {
+                    None => grads,
+                    Some(mut sum) => {
+                        add_gradients(&mut sum, &grads, opt.vars())?;
+                        sum
+                    }
+                });
+                loss_sum += loss.to_scalar::<f32>()? as f64;
+                accuracy_sum += accuracy;
+            }
+            let mut grads =
+                pending.ok_or_else(|| StageError::Failed("a step without micro-batches".into()))?;
             if let Some(max) = model.max_grad_norm(p) {
                 clip_grad_norm(&mut grads, opt.vars(), max)?;
             }
             opt.step(&grads)?;
-            Ok((loss.to_scalar::<f32>()? as f64, accuracy))
+            Ok((loss_sum / k as f64, accuracy_sum / k as f64))
         })?;
         tr.extra.push(ExactF64(accuracy));
         tr.record(loss, &lora_vars, &opt)?;
