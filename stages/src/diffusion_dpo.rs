@@ -20,7 +20,9 @@ use candle_nn::VarMap;
 use image::RgbImage;
 use spo_clip::preprocess::{CropRounding, PilFilter, resize_centre_crop};
 use spo_core::{ParamSpec, StageContext, StageError, StageKind};
-use spo_diffusion::{AddedConditioning, NoiseSchedule, SchedulerConfig, UNet2DConditionModel};
+use spo_diffusion::{
+    AddedConditioning, DiffusersFolder, NoiseSchedule, SchedulerConfig, UNet2DConditionModel,
+};
 use spo_methods::mapo::Mapo;
 use spo_methods::{diffusion_dpo, per_sample_mse};
 use spo_nn::{AdamW, SeededRng, add_gradients, clip_grad_norm};
@@ -447,7 +449,7 @@ fn load(
             checkpointing: p.gradient_checkpointing,
             guided: false,
         };
-        real::check_memory(cx, &pipeline.dir, dtype, work, 0)?;
+        real::check_memory(cx, &DiffusersFolder::open(&pipeline.dir)?, dtype, work, 0)?;
         let (sd, lora_vars, opt) =
             real::lora_pipeline(&pipeline.dir, dtype, p.rank, seed, p.lr, 1e-2)?;
         let [h, w] = sd.image_size();

@@ -12,7 +12,7 @@ use candle_nn::VarMap;
 use image::RgbImage;
 use spo_clip::{Metric, ScoreOptions, Scorer};
 use spo_core::{StageContext, StageError};
-use spo_diffusion::{Ddim, NoiseSchedule, SchedulerConfig, UNet2DConditionModel};
+use spo_diffusion::{Ddim, DiffusersFolder, NoiseSchedule, SchedulerConfig, UNet2DConditionModel};
 use spo_methods::online::{self, Chains};
 use spo_methods::spo::{Backprop, Denoiser};
 use spo_nn::{AdamW, SeededRng, clip_grad_norm};
@@ -200,7 +200,13 @@ fn setup_real(
     };
     // PickScore runs in f32: about its weight files' size
     let reward_bytes = real::weight_file_bytes(&reward_dir)?;
-    real::check_memory(cx, &pipeline.dir, dtype, work, reward_bytes)?;
+    real::check_memory(
+        cx,
+        &DiffusersFolder::open(&pipeline.dir)?,
+        dtype,
+        work,
+        reward_bytes,
+    )?;
     let reward = Scorer::load(
         Metric::PickScore,
         &reward_dir,

@@ -151,19 +151,19 @@ pub fn weight_file_bytes(dir: &Path) -> Result<u64> {
     Ok(if safetensors > 0 { safetensors } else { bin })
 }
 
-/// Estimates what `work` on the pipeline in `dir` (weights as `dtype`, plus `extra_weights`
+/// Estimates what `work` on the pipeline `folder` (weights as `dtype`, plus `extra_weights`
 /// bytes of other models the cell loads) needs on the compute device, records it as the
 /// cell's `memory_estimate_gib`, and refuses the cell — before any weight is loaded — when it
 /// exceeds what the device can give (`--device-memory`, else its free memory). Where that
 /// cannot be told, the cell runs and the log says so.
 pub fn check_memory(
     cx: &mut StageContext,
-    dir: &Path,
+    folder: &DiffusersFolder,
     dtype: DType,
     work: Workload,
     extra_weights: u64,
 ) -> Result<()> {
-    let mut need = PipelineShape::of_folder(&DiffusersFolder::open(dir)?)?.estimate(dtype, work)?;
+    let mut need = PipelineShape::of_folder(folder)?.estimate(dtype, work)?;
     need.weights += extra_weights;
     let total = need.total();
     cx.metric("memory_estimate_gib", total as f64 / (1u64 << 30) as f64);

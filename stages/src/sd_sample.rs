@@ -13,6 +13,7 @@ use arrow_schema::{DataType, Field, Schema};
 use candle_core::{DType, Tensor};
 use image::RgbImage;
 use spo_core::{ParamSpec, StageContext, StageError, StageKind};
+use spo_diffusion::DiffusersFolder;
 use spo_nn::SeededRng;
 use spo_sd::{SampleSettings, StableDiffusion, Workload};
 
@@ -95,6 +96,28 @@ fn lora_input(cx: &StageContext) -> Result<Option<PathBuf>> {
     }
 }
 
+/// The `unet/` folder of an input that holds a UNet but no pipeline (a released full fine-tune:
+/// Diffusion-DPO's `mhdang/dpo-sd1.5-text2image-v1`, MaPO's `mapo-t2i/mapo-beta`), which
+/// replaces the pipeline's; two such inputs are ambiguous.
+fn unet_input(cx: &StageContext) -> Result<Option<PathBuf>> {
+    let mut found = cx.inputs().iter().filter(|i| {
+        i.file("model_index.json").is_err() && i.dir.join("unet").join("config.json").is_file()
+    });
+    match (found.next(), found.next()) {
+        (Some(a), Some(b)) => Err(StageError::Input {
+            need: a.stage.clone(),
+            message: format!(
+                "ambiguous: both `{}` and `{}` hold a UNet; `{}` samples with one",
+                a.stage,
+                b.stage,
+                cx.stage()
+            ),
+        }
+        .into()),
+        (one, _) => Ok(one.map(|i| i.dir.join("unet"))),
+    }
+}
+
 /// One row of an `sd-sample` cell's `samples.parquet`.
 pub struct SdSampleRow {
     pub prompt_index: i64,
@@ -138,8 +161,12 @@ fn run(cx: &mut StageContext) -> Result<()> {
     let mut prompts = real::prompts(cx)?;
     prompts.truncate(p.prompts);
     let dtype = p.precision.dtype(&dev)?;
-    real::check_memory(cx, &model, dtype, Workload::Sample { batch: p.batch }, 0)?;
-    let mut sd = StableDiffusion::open(&model, dtype, &dev)?;
+    let mut folder = DiffusersFolder::open(&model)?;
+    if let Some(unet) = unet_input(cx)? {
+        folder = folder.with_unet(&unet);
+    }
+    real::check_memory(cx, &folder, dtype, Workload::Sample { batch: p.batch }, 0)?;
+    let mut sd = StableDiffusion::open_folder(&folder, dtype, &dev)?;
     if let Some(lora) = lora_input(cx)? {
         sd.unet_mut().load_lora(&lora).at(&lora)?;
     }

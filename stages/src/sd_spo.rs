@@ -264,7 +264,13 @@ fn train(cx: &mut StageContext, gradspo: Option<GradSpo>) -> Result<()> {
     let spm_bytes = std::fs::metadata(&spm_path)
         .map_err(|e| StageError::io(&spm_path, e))?
         .len();
-    real::check_memory(cx, &pipeline.dir, dtype, work, spm_bytes)?;
+    real::check_memory(
+        cx,
+        &DiffusersFolder::open(&pipeline.dir)?,
+        dtype,
+        work,
+        spm_bytes,
+    )?;
     let spm = load_spm(&spm_path, &spm_config, &dev).at(&spm_path)?;
     let (sd, mut lora_vars, mut opt) =
         real::lora_pipeline(&pipeline.dir, dtype, p.rank, seed, p.lr, p.weight_decay)?;

@@ -105,6 +105,11 @@ params = {{ {params} }}
     )
 }
 
+/// [`pipeline`] of the tiny SD-1.5 repo with one seed.
+fn one_seed_sd15(base: &str, params: &str) -> String {
+    pipeline(base, "org/sd15", &repo("org/sd15"), params).replace("seeds = [0, 1]", "seeds = [0]")
+}
+
 /// A `hub` stage named `name` fetching `files` of `repo` at REV.
 fn hub_stage(name: &str, repo: &str, files: &BTreeMap<String, Vec<u8>>) -> String {
     let quoted = |v: Vec<String>| {
@@ -309,7 +314,37 @@ fn repos() -> Vec<(&'static str, BTreeMap<String, Vec<u8>>)> {
         "pytorch_lora_weights.safetensors".to_owned(),
         std::fs::read(fixtures().join("sd/sd15_tiny_spo_lora.safetensors")).unwrap(),
     )]);
+    // A released full fine-tune, as Diffusion-DPO's and MaPO's repos hold one: `unet/` only,
+    // here the tiny UNet's weights scaled by 1.05; and one whose config does not fit SD-1.5's
+    // text encoder.
+    let unet_dir = fixtures().join("sd/sd15_tiny/unet");
+    let weights = "unet/diffusion_pytorch_model.safetensors";
+    let scaled: HashMap<String, candle_core::Tensor> = candle_core::safetensors::load(
+        unet_dir.join("diffusion_pytorch_model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap()
+    .into_iter()
+    .map(|(k, t)| (k, (t * 1.05).unwrap()))
+    .collect();
+    let saved = tempfile::NamedTempFile::new().unwrap();
+    candle_core::safetensors::save(&scaled, saved.path()).unwrap();
+    let unet_only = BTreeMap::from([
+        (
+            "unet/config.json".to_owned(),
+            files["unet/config.json"].clone(),
+        ),
+        (weights.to_owned(), std::fs::read(saved.path()).unwrap()),
+    ]);
+    let unet_misfit = edited(
+        &unet_only,
+        "unet/config.json",
+        "\"cross_attention_dim\": 16",
+        "\"cross_attention_dim\": 24",
+    );
     let mut out = vec![
+        ("org/dpo-unet", unet_only),
+        ("org/unet-misfit", unet_misfit),
         ("org/sd15", files),
         ("org/xl", xl),
         ("org/latent8", latent8),
@@ -661,8 +696,7 @@ fn d3po_and_ddpo_train_on_a_hub_pipeline_with_pickscore_as_reward() {
 fn sd_gradspo_trains_another_lora_than_sd_spo_and_refuses_mspo() {
     let base = hub();
     let params = "spm_file = \"spm_tiny.bin\", k = 2, steps = 4, rounds = 2, prompts = 2, train_batch = 2, accumulate = 1, lr = 1e-3, snapshots = 0";
-    let mut text = pipeline(base, "org/sd15", &repo("org/sd15"), "steps = 3")
-        .replace("seeds = [0, 1]", "seeds = [0]")
+    let mut text = one_seed_sd15(base, "steps = 3")
         + &hub_stage("spm-weights", "org/spm", &repo("org/spm"))
         + &hub_stage("pickscore-weights", "org/pickscore", &repo("org/pickscore"));
     for kind in ["sd-spo", "sd-gradspo"] {
@@ -757,8 +791,7 @@ fn squared_norm(t: &candle_core::Tensor) -> f64 {
 #[test]
 fn every_method_trains_the_same_lora_with_gradient_checkpointing() {
     let base = hub();
-    let mut text = pipeline(base, "org/sd15", &repo("org/sd15"), "steps = 3")
-        .replace("seeds = [0, 1]", "seeds = [0]")
+    let mut text = one_seed_sd15(base, "steps = 3")
         + &hub_stage("pickscore-weights", "org/pickscore", &repo("org/pickscore"))
         + "[stage.pairs]\nkind = \"world\"\nparams = { train_prompts = 8, validation_prompts = 2 }\n";
     let methods = [
@@ -890,8 +923,7 @@ fn every_method_trains_the_same_lora_with_gradient_checkpointing() {
 #[test]
 fn accumulated_micro_batches_train_as_one_larger_batch() {
     let base = hub();
-    let mut text = pipeline(base, "org/sd15", &repo("org/sd15"), "steps = 3")
-        .replace("seeds = [0, 1]", "seeds = [0]")
+    let mut text = one_seed_sd15(base, "steps = 3")
         + "[stage.pairs]\nkind = \"world\"\nparams = { train_prompts = 8, validation_prompts = 2 }\n";
     for kind in ["diffusion-dpo", "mapo"] {
         for (name, batch, accumulate) in [("whole", 2, 1), ("accumulated", 1, 2), ("half", 1, 1)] {
@@ -937,19 +969,76 @@ fn accumulated_micro_batches_train_as_one_larger_batch() {
     }
 }
 
+/// A released full fine-tune (a repo of `unet/` only, as Diffusion-DPO's and MaPO's are)
+/// sampled in place of the pipeline's UNet: other images than the base's, the same in another
+/// store; a UNet that does not fit the pipeline is named by its file before any weight is read
+/// and nothing is stored; two UNets are ambiguous.
+#[test]
+fn a_released_unet_replaces_the_pipelines_and_a_misfit_is_named() {
+    let base = hub();
+    let sample = |unets: &str| {
+        format!(
+            "[stage.samples-released]\nkind = \"sd-sample\"\nneeds = [\"sd15\", \"prompts\", {unets}]\n\
+             params = {{ steps = 3, per_prompt = 1 }}\n"
+        )
+    };
+    let text = one_seed_sd15(base, "steps = 3, per_prompt = 1")
+        + &hub_stage("dpo-unet", "org/dpo-unet", &repo("org/dpo-unet"))
+        + &hub_stage("misfit", "org/unet-misfit", &repo("org/unet-misfit"));
+    let runs: Vec<Vec<Vec<Vec<u8>>>> = (0..2)
+        .map(|_| {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            assert_eq!(
+                run_pipeline(&store, &(text.clone() + &sample("\"dpo-unet\""))),
+                vec![]
+            );
+            let mut sets: Vec<Vec<Vec<u8>>> = sample_tables(&store).iter().map(images).collect();
+            sets.sort();
+            sets
+        })
+        .collect();
+    assert_eq!(
+        runs[0].len(),
+        2,
+        "the base's samples and the released UNet's"
+    );
+    assert_ne!(
+        runs[0][0], runs[0][1],
+        "the released UNet draws other images"
+    );
+    assert_eq!(runs[0], runs[1], "byte-identical in another store");
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let failed = run_pipeline(&store, &(text.clone() + &sample("\"misfit\"")));
+    assert!(
+        failed.iter().any(|(s, m)| s.starts_with("samples-released")
+            && m.contains("unet/config.json")
+            && m.contains("cross_attention_dim")),
+        "{failed:?}"
+    );
+    assert_eq!(
+        sample_tables(&store).len(),
+        1,
+        "only the base's samples are stored"
+    );
+    let failed = run_pipeline(&store, &(text + &sample("\"dpo-unet\", \"misfit\"")));
+    assert!(
+        failed
+            .iter()
+            .any(|(s, m)| s.starts_with("samples-released") && m.contains("ambiguous")),
+        "{failed:?}"
+    );
+}
+
 /// A released LoRA (diffusers' `pytorch_lora_weights.safetensors`, fetched by `hub`) evaluated
 /// without training: `sd-sample` samples with it, and the scores follow; with two LoRAs among
 /// its needs it refuses to guess.
 #[test]
 fn a_released_lora_from_the_hub_is_sampled_and_scored_without_training() {
     let base = hub();
-    let text = pipeline(
-        base,
-        "org/sd15",
-        &repo("org/sd15"),
-        "steps = 3, per_prompt = 1",
-    )
-    .replace("seeds = [0, 1]", "seeds = [0]")
+    let text = one_seed_sd15(base, "steps = 3, per_prompt = 1")
         + &hub_stage("released", "org/released-lora", &repo("org/released-lora"))
         + "[stage.samples-released]\nkind = \"sd-sample\"\nneeds = [\"sd15\", \"prompts\", \"released\"]\nparams = { steps = 3, per_prompt = 1 }\n"
         + &hub_stage("pickscore-weights", "org/pickscore", &repo("org/pickscore"))

@@ -34,11 +34,13 @@ impl Architecture {
     }
 }
 
-/// An opened diffusers folder.
+/// An opened diffusers folder, optionally with another folder's UNet in place of its own.
 #[derive(Debug, Clone)]
 pub struct DiffusersFolder {
     root: PathBuf,
     index: serde_json::Value,
+    /// A UNet folder (`config.json` + weights) used instead of `root/unet`.
+    unet: Option<PathBuf>,
 }
 
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
@@ -66,7 +68,16 @@ impl DiffusersFolder {
         Ok(Self {
             root: root.to_path_buf(),
             index,
+            unet: None,
         })
+    }
+
+    /// The same pipeline with the UNet of `dir` (a `unet/` folder as a released fine-tune
+    /// ships it: Diffusion-DPO's, MaPO's) in place of its own; [`Self::check`] then checks that
+    /// UNet against the pipeline's other parts.
+    pub fn with_unet(mut self, dir: &Path) -> Self {
+        self.unet = Some(dir.to_path_buf());
+        self
     }
 
     /// The pipeline class named in `model_index.json` (e.g. `StableDiffusionPipeline`).
@@ -88,14 +99,17 @@ impl DiffusersFolder {
             .unwrap_or(true)
     }
 
-    /// The folder of `component`.
+    /// The folder of `component` (the replacing UNet's for `unet`).
     pub fn component_dir(&self, component: &str) -> PathBuf {
-        self.root.join(component)
+        match &self.unet {
+            Some(dir) if component == "unet" => dir.clone(),
+            _ => self.root.join(component),
+        }
     }
 
     /// `unet/config.json`.
     pub fn unet_config(&self) -> Result<UNet2DConditionConfig> {
-        read_json(&self.root.join("unet").join("config.json"))
+        read_json(&self.component_dir("unet").join("config.json"))
     }
 
     /// The UNet with its weights, as `dtype` on `device`.
@@ -121,7 +135,7 @@ impl DiffusersFolder {
     /// projection against the added embedding), each tokenizer's vocabulary against its
     /// encoder's. The error names the file at fault and what was expected.
     pub fn check(&self, arch: Architecture) -> Result<()> {
-        let unet_path = self.root.join("unet").join("config.json");
+        let unet_path = self.component_dir("unet").join("config.json");
         let unet = self.unet_config()?;
         let is_xl = unet.addition_embed_type.as_deref() == Some("text_time");
         if is_xl != (arch == Architecture::Sdxl) {
@@ -140,14 +154,22 @@ impl DiffusersFolder {
                 ),
             ));
         }
+        // a mismatch is the part's fault, or the replacing UNet's when there is one
+        let blame = |part: PathBuf| match &self.unet {
+            Some(_) => unet_path.clone(),
+            None => part,
+        };
         let vae_path = self.root.join("vae").join("config.json");
         let vae = self.vae_config()?;
         if vae.latent_channels != unet.in_channels || vae.latent_channels != unet.out_channels {
             return Err(incompatible(
-                &vae_path,
+                &blame(vae_path),
                 format!(
-                    "latent_channels = {}, but the UNet takes {} and gives {} channels (unet/config.json)",
-                    vae.latent_channels, unet.in_channels, unet.out_channels
+                    "the VAE's latent_channels = {}, but the UNet takes {} and gives {} channels ({})",
+                    vae.latent_channels,
+                    unet.in_channels,
+                    unet.out_channels,
+                    unet_path.display()
                 ),
             ));
         }
@@ -196,11 +218,12 @@ impl DiffusersFolder {
         }
         if width != unet.cross_attention_dim as u64 {
             return Err(incompatible(
-                &self.root.join(encoders[0].0).join("config.json"),
+                &blame(self.root.join(encoders[0].0).join("config.json")),
                 format!(
-                    "the text encoders give {width} features per token ({}), but the UNet attends to {} (unet/config.json cross_attention_dim)",
+                    "the text encoders give {width} features per token ({}), but the UNet attends to {} ({} cross_attention_dim)",
                     encoders.iter().map(|e| e.0).collect::<Vec<_>>().join(" + "),
-                    unet.cross_attention_dim
+                    unet.cross_attention_dim,
+                    unet_path.display()
                 ),
             ));
         }
@@ -209,7 +232,7 @@ impl DiffusersFolder {
             let want = unet.projection_class_embeddings_input_dim.unwrap_or(0) as u64;
             if pooled + 6 * time != want {
                 return Err(incompatible(
-                    &self.root.join("text_encoder_2").join("config.json"),
+                    &blame(self.root.join("text_encoder_2").join("config.json")),
                     format!(
                         "projection_dim = {pooled}: with 6 time ids of {time} the added embedding gets {}, but the UNet takes {want} (projection_class_embeddings_input_dim)",
                         pooled + 6 * time

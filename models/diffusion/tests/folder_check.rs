@@ -1,6 +1,6 @@
 //! `DiffusersFolder::check` on folders built from the committed tiny SD- and SDXL-shaped configs:
 //! a whole folder passes; a wrong architecture, a VAE, text encoder or tokenizer that does not
-//! fit is refused naming its file.
+//! fit is refused naming its file; so is another folder's UNet put in place of its own.
 
 use std::path::Path;
 
@@ -139,4 +139,45 @@ fn whole_folders_pass_and_each_misfit_is_named() {
     let (file, msg) = refused(xl.path(), Architecture::Sdxl);
     assert_eq!(file, "text_encoder_2/config.json");
     assert!(msg.contains("projection_dim = 7"), "{msg}");
+}
+
+/// Another folder's UNet in place of the pipeline's (a released full fine-tune): its config
+/// is read and checked against the pipeline's parts, and a misfit names its file, not the part
+/// it disagrees with.
+#[test]
+fn a_replacing_unet_is_read_and_checked_and_its_misfit_named() {
+    let sd = folder(Architecture::Sd15);
+    let released = tempfile::tempdir().unwrap();
+    let mut unet = fixture("unet_sd.json");
+    put(released.path(), "unet/config.json", &unet);
+    let replaced = || {
+        DiffusersFolder::open(sd.path())
+            .unwrap()
+            .with_unet(&released.path().join("unet"))
+    };
+    replaced().check(Architecture::Sd15).unwrap();
+    assert_eq!(
+        replaced().component_dir("unet"),
+        released.path().join("unet")
+    );
+    assert_eq!(replaced().component_dir("vae"), sd.path().join("vae"));
+
+    unet["cross_attention_dim"] = json!(unet["cross_attention_dim"].as_u64().unwrap() * 2);
+    put(released.path(), "unet/config.json", &unet);
+    assert_eq!(
+        replaced().unet_config().unwrap().cross_attention_dim,
+        unet["cross_attention_dim"].as_u64().unwrap() as usize
+    );
+    match replaced().check(Architecture::Sd15) {
+        Err(DiffusionError::Incompatible { path, message }) => {
+            assert_eq!(path, released.path().join("unet/config.json"));
+            assert!(message.contains("cross_attention_dim"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // the pipeline's own UNet is untouched
+    DiffusersFolder::open(sd.path())
+        .unwrap()
+        .check(Architecture::Sd15)
+        .unwrap();
 }

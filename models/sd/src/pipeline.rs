@@ -105,7 +105,12 @@ impl StableDiffusion {
     /// `dtype` is half precision and its config has `force_upcast` (its default), as diffusers
     /// runs it.
     pub fn open(root: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let folder = DiffusersFolder::open(root)?;
+        Self::open_folder(&DiffusersFolder::open(root)?, dtype, device)
+    }
+
+    /// [`Self::open`] on an opened folder (with another UNet in place of its own, say:
+    /// [`DiffusersFolder::with_unet`]).
+    pub fn open_folder(folder: &DiffusersFolder, dtype: DType, device: &Device) -> Result<Self> {
         let arch = if folder.has_component("text_encoder_2") {
             Architecture::Sdxl
         } else {
