@@ -70,7 +70,8 @@ spo_core::stage_params! {
         /// on real weights: recompute the UNet layer by layer in the backward instead of
         /// keeping its graph (docs/real-weights.md "Device, precision and memory")
         gradient_checkpointing: bool = bool(true),
-        /// on real weights: latents per UNet call when checkpointing, and images per VAE call
+        /// on real weights: latents per UNet call (the frozen reference's always, the policy's
+        /// when checkpointing) and images per VAE call
         micro_batch: usize = int(8).range(1.0, 4096.0),
         /// on real weights: flip each image left–right with probability ½ (the Diffusion-DPO
         /// script's default `RandomHorizontalFlip`; the world's positions would not survive it)
@@ -157,7 +158,8 @@ spo_core::stage_params! {
         /// on real weights: recompute the UNet layer by layer in the backward instead of
         /// keeping its graph (docs/real-weights.md "Device, precision and memory")
         gradient_checkpointing: bool = bool(true),
-        /// on real weights: latents per UNet call when checkpointing, and images per VAE call
+        /// on real weights: latents per UNet call (the frozen reference's always, the policy's
+        /// when checkpointing) and images per VAE call
         micro_batch: usize = int(8).range(1.0, 4096.0),
         /// on real weights: flip each image left–right with probability ½ (the Diffusion-DPO
         /// script's default `RandomHorizontalFlip`; the world's positions would not survive it)
