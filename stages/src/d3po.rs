@@ -165,7 +165,7 @@ fn train_round<D: Denoiser>(
             &lp_ref.narrow(0, c, c)?,
             &labels,
         )?;
-        m.step(opt, backprop.gradients(&loss)?)?;
+        opt.step_clipped(backprop.gradients(&loss)?, m.max_grad_norm)?;
         sum += loss.to_scalar::<f32>()? as f64 * c as f64;
         n += c;
     }

@@ -131,7 +131,7 @@ fn train_round<D: Denoiser>(
         let adv: Vec<f32> = chunk.iter().map(|&(_, i)| advantages[i] as f32).collect();
         let adv = Tensor::from_vec(adv, c, m.den.device())?;
         let loss = ppo.loss(&lp, &sampled, &adv)?;
-        m.step(opt, backprop.gradients(&loss)?)?;
+        opt.step_clipped(backprop.gradients(&loss)?, m.max_grad_norm)?;
         sum += loss.to_scalar::<f32>()? as f64 * c as f64;
         count += c;
     }

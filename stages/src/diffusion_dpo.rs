@@ -25,7 +25,7 @@ use spo_diffusion::{
 };
 use spo_methods::mapo::Mapo;
 use spo_methods::{diffusion_dpo, per_sample_mse};
-use spo_nn::{AdamW, SeededRng, add_gradients, clip_grad_norm};
+use spo_nn::{AdamW, SeededRng, add_gradients};
 use spo_sd::spo::UnetBatch;
 use spo_sd::{StableDiffusion, Workload};
 
@@ -548,6 +548,7 @@ fn train(cx: &mut StageContext, p: &Offline, objective: Objective) -> Result<()>
         let ts = Tensor::from_vec([ts.clone(), ts].concat(), 2 * n, &dev)?;
         let xt = schedule.add_noise(&x0, &noise, &ts)?;
         let (loss, accuracy) = on_cores(cx.threads(), || {
+            let (dtype, micro_batch, checkpointing) = model.run_settings(p);
             let (mut loss_sum, mut accuracy_sum, mut pending) = (0.0, 0.0, None);
             for m in 0..k {
                 // micro-batch m: its pairs' winners, then their losers
@@ -576,7 +577,6 @@ fn train(cx: &mut StageContext, p: &Offline, objective: Objective) -> Result<()>
                     context: &ctx,
                     added: added.as_ref(),
                 };
-                let (dtype, micro_batch, checkpointing) = model.run_settings(p);
                 let (errors, backprop) = batch
                     .predict_for_training(unet, micro_batch, dtype, checkpointing)?
                     .map(|pred| Ok(per_sample_mse(pred, &noise)?))?;
@@ -593,22 +593,13 @@ fn train(cx: &mut StageContext, p: &Offline, objective: Objective) -> Result<()>
                 } else {
                     backprop.gradients(&(&loss / k as f64)?)?
                 };
-                pending = Some(match pending.take() {
-                    None => grads,
-                    Some(mut sum) => {
-                        add_gradients(&mut sum, &grads, opt.vars())?;
-                        sum
-                    }
-                });
+                add_gradients(&mut pending, grads, opt.vars())?;
                 loss_sum += loss.to_scalar::<f32>()? as f64;
                 accuracy_sum += accuracy;
             }
-            let mut grads =
+            let grads =
                 pending.ok_or_else(|| StageError::Failed("a step without micro-batches".into()))?;
-            if let Some(max) = model.max_grad_norm(p) {
-                clip_grad_norm(&mut grads, opt.vars(), max)?;
-            }
-            opt.step(&grads)?;
+            opt.step_clipped(grads, model.max_grad_norm(p))?;
             Ok((loss_sum / k as f64, accuracy_sum / k as f64))
         })?;
         tr.extra.push(ExactF64(accuracy));

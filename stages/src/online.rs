@@ -6,7 +6,6 @@
 
 use std::path::Path;
 
-use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
 use image::RgbImage;
@@ -15,7 +14,7 @@ use spo_core::{StageContext, StageError};
 use spo_diffusion::{Ddim, DiffusersFolder, NoiseSchedule, SchedulerConfig, UNet2DConditionModel};
 use spo_methods::online::{self, Chains};
 use spo_methods::spo::{Backprop, Denoiser};
-use spo_nn::{AdamW, SeededRng, clip_grad_norm};
+use spo_nn::{AdamW, SeededRng};
 use spo_sd::{SdPolicy, StableDiffusion, Workload};
 
 use crate::clip_train::WorldClip;
@@ -286,14 +285,6 @@ impl<D: Denoiser> Policy<'_, D> {
             .into());
         }
         Ok(rewards)
-    }
-
-    /// One optimiser step on `grads`, clipped first where the policy says.
-    pub fn step(&self, opt: &mut AdamW, mut grads: GradStore) -> Result<()> {
-        if let Some(max) = self.max_grad_norm {
-            clip_grad_norm(&mut grads, opt.vars(), max)?;
-        }
-        Ok(opt.step(&grads)?)
     }
 
     /// The log-probabilities of the recorded transitions `rows` under the frozen reference

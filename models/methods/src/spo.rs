@@ -458,13 +458,7 @@ pub fn train_round<D: Denoiser>(
         } else {
             backprop.gradients(&loss)?
         };
-        pending = Some(match pending.take() {
-            None => grads,
-            Some(mut sum) => {
-                add_gradients(&mut sum, &grads, opt.vars())?;
-                sum
-            }
-        });
+        add_gradients(&mut pending, grads, opt.vars())?;
         if (i + 1) % accumulate == 0 || i + 1 == chunks.len() {
             if let Some(grads) = pending.take() {
                 opt.step(&grads)?;
@@ -542,6 +536,21 @@ mod tests {
 
     fn ddim() -> Ddim {
         Ddim::new(NoiseSchedule::new(SchedulerConfig::sd15()).unwrap(), 8, 1.0).unwrap()
+    }
+
+    /// AdamW on the toy's weight with a large ε, which makes a step proportional to the
+    /// gradient rather than its sign alone: a sum that was not averaged, or a gradient off by a
+    /// factor, would show.
+    fn proportional_optimizer(toy: &Toy) -> AdamW {
+        AdamW::new(
+            vec![("w".into(), toy.w.clone())],
+            AdamWConfig {
+                lr: 1e-2,
+                eps: 1.0,
+                ..Default::default()
+            },
+        )
+        .unwrap()
     }
 
     fn mean(x: &Tensor) -> f64 {
@@ -679,17 +688,7 @@ mod tests {
                 epochs: 1,
                 ..config(1, 0.0)
             };
-            // A large ε makes the step proportional to the gradient, not its sign alone, so a
-            // sum that was not averaged would show.
-            let mut opt = AdamW::new(
-                vec![("w".into(), toy.w.clone())],
-                AdamWConfig {
-                    lr: 1e-2,
-                    eps: 1.0,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+            let mut opt = proportional_optimizer(&toy);
             let steps = Cell::new(0);
             let mut after = || {
                 steps.set(steps.get() + 1);
@@ -743,15 +742,7 @@ mod tests {
             )
             .unwrap();
             assert!(pairs.len() > 3, "{} pairs", pairs.len());
-            let mut opt = AdamW::new(
-                vec![("w".into(), toy.w.clone())],
-                AdamWConfig {
-                    lr: 1e-2,
-                    eps: 1.0,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+            let mut opt = proportional_optimizer(&toy);
             let mut rng = SeededRng::new(1);
             let r = train_round(
                 &toy,

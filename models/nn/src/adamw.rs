@@ -122,6 +122,15 @@ impl AdamW {
         Ok(())
     }
 
+    /// [`Self::step`] after clipping `grads` to a global norm of `max_norm`, where one is
+    /// given ([`crate::clip_grad_norm`]).
+    pub fn step_clipped(&mut self, mut grads: GradStore, max_norm: Option<f64>) -> Result<()> {
+        if let Some(max) = max_norm {
+            crate::clip_grad_norm(&mut grads, self.vars(), max)?;
+        }
+        self.step(&grads)
+    }
+
     /// Writes the moments and step counts to a safetensors file.
     pub fn save(&self, path: &Path) -> std::result::Result<(), NnError> {
         let mut tensors: HashMap<String, Tensor> = HashMap::new();

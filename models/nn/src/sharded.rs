@@ -70,13 +70,18 @@ where
     Ok((total, store))
 }
 
-/// Adds the gradients of `vars` in `more` into `sum`, as micro-batches accumulate before one
-/// optimiser step (a variable with a gradient in only one of them keeps that one).
+/// Adds the gradients of `vars` in `more` into `sum` (taking `more` as it is while `sum` is
+/// empty), as micro-batches accumulate before one optimiser step (a variable with a gradient
+/// in only one of them keeps that one).
 pub fn add_gradients<'a>(
-    sum: &mut GradStore,
-    more: &GradStore,
+    sum: &mut Option<GradStore>,
+    more: GradStore,
     vars: impl IntoIterator<Item = &'a Var>,
 ) -> candle_core::Result<()> {
+    let Some(sum) = sum else {
+        *sum = Some(more);
+        return Ok(());
+    };
     for var in vars {
         if let Some(g) = more.get(var) {
             let total = match sum.get(var) {

@@ -162,14 +162,7 @@ impl Denoiser for SdPolicy<'_> {
         if !self.checkpointing {
             return Ok(TrainingEps::Graph(self.eps(prompts, x, ts, false)?));
         }
-        let unet = self.sd.unet();
-        let mut tape = Tape::new();
-        // the forward keeps no graph (the tape keeps each layer's output); the backward
-        // recomputes every layer with its graph
-        unet.set_lora_tracked(false);
-        let outputs = self.calls(&mut tape, prompts, x, ts);
-        unet.set_lora_tracked(true);
-        recomputed(unet, tape, outputs?)
+        checkpointed(self.sd.unet(), |tape| self.calls(tape, prompts, x, ts))
     }
     fn select(&self, prompts: &Conditioning, rows: &[u32]) -> candle_core::Result<Conditioning> {
         prompts.select(rows)
@@ -185,13 +178,18 @@ impl Denoiser for SdPolicy<'_> {
     }
 }
 
-/// The prediction of a checkpointed training forward whose UNet calls returned `outputs` on
-/// `tape`: the outputs joined in f32, and the LoRA's gradients recomputed layer by layer.
-fn recomputed<'a>(
+/// A checkpointed training forward: `calls` runs the UNet's calls on a tape (the adapters
+/// untracked, so that the forward keeps no graph, only each layer's output); their outputs
+/// joined in f32, and the LoRA's gradients recomputed layer by layer in the backward.
+fn checkpointed<'a>(
     unet: &'a UNet2DConditionModel,
-    tape: Tape<'a>,
-    outputs: Vec<Tensor>,
+    calls: impl FnOnce(&mut Tape<'a>) -> candle_core::Result<Vec<Tensor>>,
 ) -> candle_core::Result<TrainingEps<'a>> {
+    let mut tape = Tape::new();
+    unet.set_lora_tracked(false);
+    let outputs = calls(&mut tape);
+    unet.set_lora_tracked(true);
+    let outputs = outputs?;
     let eps = Tensor::cat(&outputs, 0)?.to_dtype(DType::F32)?;
     Ok(TrainingEps::Recomputed {
         eps,
@@ -279,11 +277,7 @@ impl UnetBatch<'_> {
                 Tensor::cat(&calls, 0)?.to_dtype(DType::F32)?,
             ));
         }
-        let mut tape = Tape::new();
-        unet.set_lora_tracked(false);
-        let outputs = self.calls(unet, &mut tape, micro_batch, dtype);
-        unet.set_lora_tracked(true);
-        recomputed(unet, tape, outputs?)
+        checkpointed(unet, |tape| self.calls(unet, tape, micro_batch, dtype))
     }
 }
 
