@@ -334,6 +334,7 @@ impl Model {
         match self {
             Model::World { .. } => images_to_tensor(images, &dev),
             Model::Real(sd) => {
+                // square: the pipeline draws sample_size × sample_size latents
                 let [_, w] = sd.image_size();
                 let flips = if p.random_flip {
                     rng.indices(images.len(), 2)
@@ -454,17 +455,6 @@ fn load(
         real::check_memory(cx, &DiffusersFolder::open(&pipeline.dir)?, dtype, work, 0)?;
         let (sd, lora_vars, opt) =
             real::lora_pipeline(&pipeline.dir, dtype, p.rank, seed, p.lr, 1e-2)?;
-        let [h, w] = sd.image_size();
-        if h != w {
-            return Err(StageError::Input {
-                need: pipeline.stage.clone(),
-                message: format!(
-                    "the pipeline draws {w}×{h} images; Diffusion-DPO's preprocessing \
-                     (Resize + CenterCrop to one side) prepares square ones only"
-                ),
-            }
-            .into());
-        }
         return Ok((pairs, Model::Real(Box::new(sd)), lora_vars, opt));
     }
     let text = InWorldClip::load(cx.input_of_kind("clip-pretrain")?, &dev)?;
