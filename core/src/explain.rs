@@ -113,11 +113,12 @@ impl fmt::Display for Change {
     }
 }
 
-/// The status of one node of a plan.
+/// The status of one node of a plan (its label borrowed from the plan: `status` of a
+/// 200k-cell sweep holds one per cell).
 #[derive(Debug, Clone, serde::Serialize)]
-pub struct CellStatus {
+pub struct CellStatus<'p> {
     pub node: usize,
-    pub label: String,
+    pub label: &'p str,
     pub seed: Option<u64>,
     pub state: State,
     /// The current key, where the inputs are all current.
@@ -283,8 +284,12 @@ fn current_view<'a>(
 }
 
 /// The status of every node in `plan`.
-pub fn status(registry: &Registry, store: &Store, plan: &Plan) -> Result<Vec<CellStatus>, Error> {
-    let resolved = resolve(registry, store, plan)?;
+pub fn status<'p>(
+    registry: &Registry,
+    store: &Store,
+    plan: &'p Plan,
+) -> Result<Vec<CellStatus<'p>>, Error> {
+    let mut resolved = resolve(registry, store, plan)?;
     let mut out = Vec::with_capacity(plan.nodes.len());
     for (i, node) in plan.nodes.iter().enumerate() {
         let Resolution {
@@ -321,10 +326,12 @@ pub fn status(registry: &Registry, store: &Store, plan: &Plan) -> Result<Vec<Cel
         };
         out.push(CellStatus {
             node: i,
-            label: node.label.clone(),
+            label: &node.label,
             seed: node.seed,
             state,
-            key: key.clone(),
+            // Moved, not copied: only this node's entry holds its key, and no later node's
+            // key parts read it.
+            key: resolved[i].key.take(),
             changes,
         });
     }

@@ -25,6 +25,11 @@ impl<V> NameMap<V> {
         NameMap(Vec::new())
     }
 
+    /// An empty map with room for `n` entries.
+    pub fn with_capacity(n: usize) -> Self {
+        NameMap(Vec::with_capacity(n))
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }

@@ -155,7 +155,7 @@ fn value_cells(t: &TableDef, d: &TableData, r: &Row, base: Option<&Row>, m: &str
     match delta {
         Some((bs, bv)) => {
             let dv = v.mean - bv.mean;
-            let (ci, paired) = delta_ci(bs, &r.per_seed[m]);
+            let (ci, paired) = delta_ci(bs, r.per_seed.get(m).map_or(&[][..], Vec::as_slice));
             let lower = t.lower_is_better.contains(m);
             let (ci_text, class) = match ci {
                 Some((lo, hi)) => {
