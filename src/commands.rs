@@ -267,7 +267,7 @@ fn cmd_run(l: &Loaded, targets: &[String], f: &RunFlags) -> anyhow::Result<ExitC
         ..
     } = *f;
     let store = l.store()?;
-    let plan = plan(l, targets)?;
+    let plan = store.warm_while(|| plan(l, targets))?;
     if dry_run {
         let st = explain::status(&l.registry, &store, &plan)?;
         let todo: Vec<_> = st.iter().filter(|s| s.state != State::Cached).collect();
@@ -375,7 +375,7 @@ pub fn exit_for(failed: &[(String, String)]) -> ExitCode {
 
 fn cmd_status(l: &Loaded, targets: &[String], json: bool) -> anyhow::Result<ExitCode> {
     let store = l.store()?;
-    let plan = plan(l, targets)?;
+    let plan = store.warm_while(|| plan(l, targets))?;
     let st = explain::status(&l.registry, &store, &plan)?;
     // Cells handed to Slurm by `run --executor slurm`: their job and its state now.
     let waiting: Vec<&str> = st
@@ -646,7 +646,7 @@ fn cmd_gc(l: &Loaded, targets: Vec<String>, dry_run: bool) -> anyhow::Result<Exi
     } else {
         targets
     };
-    let plan = plan(l, &targets)?;
+    let plan = store.warm_while(|| plan(l, &targets))?;
     let r = gc::gc(&l.registry, &store, &plan, dry_run)?;
     let verb = if dry_run { "would remove" } else { "removed" };
     for (k, label, bytes) in &r.cells {

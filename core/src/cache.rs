@@ -106,6 +106,11 @@ impl Cache {
         }
     }
 
+    /// Reads the cache's files now rather than at the first [`Cache::get`].
+    pub(crate) fn load(&self) {
+        self.loaded.get_or_init(|| Loaded::read(&self.dir));
+    }
+
     /// The entry recorded for `key`, if any (not yet checked against the store).
     pub(crate) fn get(&self, key: &str) -> Option<Entry> {
         let l = self.loaded.get_or_init(|| Loaded::read(&self.dir));
