@@ -3,11 +3,21 @@
 //! `state.json` (step, RNG position, loss log, the stage's own state, and the SHA-256 of both
 //! tensor files).
 //!
-//! It is written into a hidden `.partial` directory, every file and the directory fsynced, then
-//! renamed into place: a kill at any moment leaves either the previous checkpoint or the new one,
-//! never a mix. Older checkpoints are removed only after the new one is in place. On load the
-//! newest checkpoint whose `state.json` parses and whose files match their digests wins; any
-//! other is discarded with a warning, so damage costs recomputation, never wrong results.
+//! It is written into a hidden `.partial-…` directory of its own (named for this process and
+//! moment), every file and the directory fsynced, then renamed into place: a kill at any moment
+//! leaves either the previous checkpoint or the new one, never a mix. Older checkpoints (smaller
+//! steps) are removed only after the new one is in place. On load the newest checkpoint whose
+//! `state.json` parses and whose files match their digests wins; any other is discarded with a
+//! warning, so damage costs recomputation, never wrong results.
+//!
+//! Two writers may share one scratch directory: a holder frozen past its lease's stale period
+//! on another machine, resumed while the new holder computes the same key (docs/architecture.md,
+//! "Locks on a shared file system"). Neither can harm the other: each writes its own partial
+//! directory, a save removes only steps older than its own, and a step both reach is the same
+//! checkpoint (a key's computation is reproducible), so the first one in place is kept. A load
+//! ‒ the start of an attempt, by the key's current holder ‒ removes partial directories left
+//! behind; a frozen writer whose partial directory goes finds out at its next write and fails,
+//! as it would at its commit (`LeaseLost`).
 //!
 //! Floats are stored as their bit patterns ([`exact_f64`]): serde_json's default parser may read
 //! a decimal back one bit off, which made a resumed loss log differ from an uninterrupted one.
@@ -27,6 +37,7 @@ use spo_nn::{AdamW, RngState};
 const MODEL: &str = "model.safetensors";
 const MOMENTS: &str = "adamw.safetensors";
 const STATE: &str = "state.json";
+/// The prefix of a partial checkpoint's directory (`.partial` alone before writers had their own).
 const PARTIAL: &str = ".partial";
 
 /// Everything of a checkpoint but the tensors.
@@ -126,8 +137,7 @@ pub fn save<E: Serialize>(
     varmap: &VarMap,
     opt: &AdamW,
 ) -> Result<()> {
-    let partial = dir.join(PARTIAL);
-    remove_dir(&partial)?;
+    let partial = dir.join(partial_name());
     std::fs::create_dir_all(&partial).map_err(|e| StageError::io(&partial, e))?;
     let model = partial.join(MODEL);
     varmap.save(&model).at(&model)?;
@@ -144,16 +154,35 @@ pub fn save<E: Serialize>(
     sync_and_digest(&state_path)?;
     sync(&partial)?;
     let target = dir.join(format!("step-{:09}", state.step));
-    remove_dir(&target)?;
-    std::fs::rename(&partial, &target).map_err(|e| StageError::io(&target, e))?;
+    if read_state::<serde::de::IgnoredAny>(&target).is_ok() {
+        // This step is in place already (another writer of the same key): it is the same.
+        remove_dir(&partial)?;
+    } else {
+        remove_dir(&target)?;
+        std::fs::rename(&partial, &target).map_err(|e| StageError::io(&target, e))?;
+    }
     sync(dir)?;
     for (_, older) in checkpoints(dir)?
         .into_iter()
-        .filter(|(s, _)| *s != state.step)
+        .filter(|(s, _)| *s < state.step)
     {
         remove_dir(&older)?;
     }
     Ok(())
+}
+
+/// A partial directory's name no other writer (process, machine, moment) uses.
+fn partial_name() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    format!("{PARTIAL}-{host}-{}-{nanos}", std::process::id())
 }
 
 /// Restores the newest intact checkpoint in `dir` into `varmap` and `opt` and returns its state;
@@ -169,6 +198,7 @@ pub fn load<E: DeserializeOwned>(
             dir.display()
         );
     }
+    remove_partials(dir)?;
     let mut found = checkpoints(dir)?;
     found.sort_by_key(|c| std::cmp::Reverse(c.0));
     for (_, ckpt) in found {
@@ -206,6 +236,26 @@ fn read_state<E: DeserializeOwned>(ckpt: &Path) -> Result<State<E>, String> {
         }
     }
     Ok(state)
+}
+
+/// Removes the partial directories in `dir` (kills, and writers that lost the key, left them).
+fn remove_partials(dir: &Path) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StageError::io(dir, e).into()),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| StageError::io(dir, e))?;
+        if entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(PARTIAL))
+        {
+            remove_dir(&entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// The checkpoint directories in `dir` with their steps.
@@ -333,6 +383,51 @@ mod tests {
         save(dir.path(), state(3, &[]), &vm, &opt).unwrap();
         assert_eq!(checkpoints(dir.path()).unwrap().len(), 1);
         assert!(!dir.path().join(PARTIAL).exists());
+    }
+
+    /// A holder frozen past its lease and resumed writes into the scratch directory the new
+    /// holder of the key is using: it removes nothing of the new holder's, and its own
+    /// leftovers are cleared at the next attempt's start.
+    #[test]
+    fn a_second_writer_of_the_same_key_harms_neither_checkpoints_nor_partials() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut vm, mut opt) = model();
+        // The new holder is mid-way through writing its next checkpoint...
+        let theirs = dir.path().join(format!("{PARTIAL}-other-7-1"));
+        std::fs::create_dir_all(&theirs).unwrap();
+        std::fs::write(theirs.join(MODEL), b"half written").unwrap();
+        // ... and has step 5 in place.
+        set_weights(&vm, 5.0);
+        save(dir.path(), state(5, &[(5, 0.5)]), &vm, &opt).unwrap();
+        assert!(
+            theirs.join(MODEL).exists(),
+            "a save leaves others' partials alone"
+        );
+        // The frozen holder resumes and saves its older step 3, then step 5 again.
+        set_weights(&vm, 3.0);
+        save(dir.path(), state(3, &[(3, 0.75)]), &vm, &opt).unwrap();
+        let mut steps: Vec<usize> = checkpoints(dir.path())
+            .unwrap()
+            .iter()
+            .map(|c| c.0)
+            .collect();
+        steps.sort();
+        assert_eq!(steps, vec![3, 5], "the newer step stays");
+        set_weights(&vm, -5.0);
+        save(dir.path(), state(5, &[(5, 0.5)]), &vm, &opt).unwrap();
+        // The next attempt resumes from the newest step, as first written, and clears partials.
+        let loaded: State<Vec<String>> = load(dir.path(), &mut vm, &mut opt).unwrap().unwrap();
+        assert_eq!(loaded.step, 5);
+        assert!(weights(&vm).iter().all(|&w| w == 5.0));
+        assert!(!theirs.exists());
+        // A later save removes the older step.
+        save(dir.path(), state(6, &[]), &vm, &opt).unwrap();
+        let steps: Vec<usize> = checkpoints(dir.path())
+            .unwrap()
+            .iter()
+            .map(|c| c.0)
+            .collect();
+        assert_eq!(steps, vec![6]);
     }
 
     /// Damage of every kind to the newest checkpoint: it is discarded (with a warning), and the
