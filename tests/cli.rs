@@ -755,6 +755,84 @@ kind = "mapo"
     assert_eq!(trained(), 4);
 }
 
+/// Every real scorer checks its memory before it reads a weight: under a limit between the
+/// sampling cell's need and the scorer's, each `sd-score` cell (PickScore, HPSv2, ImageReward)
+/// is refused naming the stage, its need and the batch param, and stores nothing; with room it
+/// scores and records its estimate, which grows with the batch.
+#[test]
+fn every_real_scorer_is_memory_checked() {
+    let sd = pinned_as("sd/sd15_tiny", "org/sd15", "sd15");
+    let pick = pinned_as(
+        "clip/models/pickscore_tiny",
+        "org/pickscore",
+        "pick-weights",
+    );
+    let hps = pinned_as("clip/models/hps_tiny", "org/hps", "hps-weights");
+    let ir = pinned_as("clip/models/imagereward_tiny", "org/ir", "ir-weights");
+    let score = |name: &str, weights: &str, params: &str| {
+        format!(
+            "[stage.{name}]\nkind = \"sd-score\"\nneeds = [\"sample\", \"{weights}\"]\nparams = {{ {params} }}\n"
+        )
+    };
+    let pipeline = format!(
+        r#"{sd}
+{pick}
+{hps}
+{ir}
+{PROMPTS}
+[stage.sample]
+kind = "sd-sample"
+needs = ["sd15", "prompts"]
+params = {{ steps = 2, batch = 2 }}
+{}{}{}{}"#,
+        score("pick", "pick-weights", "metric = \"pickscore\", batch = 2"),
+        score(
+            "pick-wide",
+            "pick-weights",
+            "metric = \"pickscore\", batch = 64"
+        ),
+        score(
+            "hps",
+            "hps-weights",
+            "metric = \"hpsv2\", file = \"hps_tiny.pt\", batch = 2"
+        ),
+        score("ir", "ir-weights", "metric = \"imagereward\", batch = 2"),
+    );
+    let p = Project::new(&pipeline);
+    let out = p.run(&["run", "sample"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let scored = || {
+        p.committed()
+            .iter()
+            .filter(|d| d.join("scores.parquet").is_file())
+            .count()
+    };
+    for stage in ["pick", "hps", "ir"] {
+        let out = p.run(&["--device-memory", "64K", "run", stage]);
+        let e = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stage}: {e}");
+        assert!(
+            e.contains(&format!("stage `{stage}` needs about"))
+                && e.contains("weights")
+                && e.contains("lower the batch param"),
+            "{stage}: {e}"
+        );
+        assert_eq!(scored(), 0, "{stage}: a refused cell stores nothing");
+    }
+    let out = p.run(&["--device-memory", "4G", "run"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(scored(), 4);
+    let estimate = |stage: &str| -> f64 {
+        let out = p.run(&["show", stage, "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("show --json");
+        v["metrics"]["memory_estimate_gib"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{stage}: {v}"))
+    };
+    let (narrow, wide) = (estimate("pick"), estimate("pick-wide"));
+    assert!(narrow > 0.0 && wide > narrow, "{narrow} {wide}");
+}
+
 /// `--device`, `--device-memory` and `precision` on the real-weights path, with the tiny
 /// SD-1.5 folder copied in by a `pin --local` hub stage: an unusable device or size is a usage
 /// error before anything runs; a cell whose estimated memory exceeds the limit is refused

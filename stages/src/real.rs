@@ -10,7 +10,7 @@ use spo_core::{Input, StageContext, StageError};
 use spo_diffusion::DiffusersFolder;
 use spo_diffusion::LoraConfig;
 use spo_nn::AdamW;
-use spo_sd::memory::{PipelineShape, human_bytes};
+use spo_sd::memory::{MemoryNeed, PipelineShape, human_bytes};
 use spo_sd::{StableDiffusion, Workload};
 
 use crate::device::{device, device_name, memory_available};
@@ -165,6 +165,17 @@ pub fn check_memory(
 ) -> Result<()> {
     let mut need = PipelineShape::of_folder(folder)?.estimate(dtype, work)?;
     need.weights += extra_weights;
+    check_need(
+        cx,
+        &need,
+        "lower the batch params, set gradient_checkpointing = true (training kinds), use precision f16 or bf16, or give it a larger device",
+    )
+}
+
+/// Records `need` as the cell's `memory_estimate_gib` and refuses the cell when it exceeds what
+/// the device can give (`--device-memory`, else its free memory), saying what to do (`advice`).
+/// Where that cannot be told, the cell runs and the log says so.
+pub fn check_need(cx: &mut StageContext, need: &MemoryNeed, advice: &str) -> Result<()> {
     let total = need.total();
     cx.metric("memory_estimate_gib", total as f64 / (1u64 << 30) as f64);
     let dev = device();
@@ -181,8 +192,7 @@ pub fn check_memory(
         return Ok(());
     }
     Err(StageError::Failed(format!(
-        "stage `{}` needs about {} on {} (weights {}, training state {}, activations {}) but {} are available ({source}); \
-         lower the batch params, set gradient_checkpointing = true (training kinds), use precision f16 or bf16, or give it a larger device",
+        "stage `{}` needs about {} on {} (weights {}, training state {}, activations {}) but {} are available ({source}); {advice}",
         cx.stage(),
         human_bytes(total),
         device_name(&dev),

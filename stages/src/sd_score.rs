@@ -17,10 +17,12 @@ use spo_clip::scorers::AESTHETIC_HEAD_FILES;
 use spo_clip::scorers::aesthetic::MlpHead;
 use spo_clip::{Metric, ScoreOptions, Scorer, load_hf_clip};
 use spo_core::{Input, ParamSpec, StageContext, StageError, StageKind};
+use spo_sd::memory::MemoryNeed;
 
 use crate::device::device;
 use crate::error::{At, Result};
 use crate::inworld::on_cores;
+use crate::real::check_need;
 use crate::sd_sample::read_sd_samples;
 use crate::world_parquet::{col, write_table};
 
@@ -67,7 +69,8 @@ impl StageKind for SdScore {
         "sd-score"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: records `memory_estimate_gib` and is refused up front when it does not fit.
+        2
     }
     fn summary(&self) -> &'static str {
         "a real scorer (pickscore, hpsv2, imagereward, aesthetic, clipscore) on an sd-sample cell's images, weights from hub cells"
@@ -88,51 +91,87 @@ fn input_error(need: &str, message: String) -> crate::error::Error {
     .into()
 }
 
-/// Loads the scorer `p` asks for from the inputs other than the samples.
-fn scorer(p: &SdScoreParams, weights: &[&Input], options: &ScoreOptions) -> Result<Scorer> {
-    let dev = device();
-    let name = p.metric.as_str();
-    if p.metric == RealMetric::Aesthetic {
-        let clip = weights
-            .iter()
-            .find(|i| i.file("config.json").is_ok())
-            .ok_or_else(|| input_error(name, "the aesthetic predictor needs an HF CLIP ViT-L/14 folder (config.json) among the needs".into()))?;
-        let names: Vec<&str> = if p.file.is_empty() {
-            AESTHETIC_HEAD_FILES.to_vec()
-        } else {
-            vec![p.file.as_str()]
+/// Where the scorer `p` asks for finds its weights among the inputs other than the samples.
+enum Source {
+    /// An HF CLIP ViT-L/14 folder and the head's file.
+    Aesthetic { clip: PathBuf, head: PathBuf },
+    /// The folder (or, with `file`, the file) the scorer loads.
+    Weights(PathBuf),
+}
+
+impl Source {
+    fn of(p: &SdScoreParams, weights: &[&Input]) -> Result<Source> {
+        let name = p.metric.as_str();
+        if p.metric == RealMetric::Aesthetic {
+            let clip = weights
+                .iter()
+                .find(|i| i.file("config.json").is_ok())
+                .ok_or_else(|| input_error(name, "the aesthetic predictor needs an HF CLIP ViT-L/14 folder (config.json) among the needs".into()))?;
+            let names: Vec<&str> = if p.file.is_empty() {
+                AESTHETIC_HEAD_FILES.to_vec()
+            } else {
+                vec![p.file.as_str()]
+            };
+            let head: PathBuf = weights
+                .iter()
+                .find_map(|i| names.iter().find_map(|f| i.file(f).ok()))
+                .ok_or_else(|| {
+                    input_error(
+                        name,
+                        format!(
+                            "no aesthetic head among the needs (a file named {})",
+                            names.join(" or ")
+                        ),
+                    )
+                })?;
+            return Ok(Source::Aesthetic {
+                clip: clip.dir.clone(),
+                head,
+            });
+        }
+        let [input] = weights else {
+            return Err(input_error(
+                name,
+                format!(
+                    "`{name}` takes its weights from one input besides the samples; got {}",
+                    weights.len()
+                ),
+            ));
         };
-        let head: PathBuf = weights
-            .iter()
-            .find_map(|i| names.iter().find_map(|f| i.file(f).ok()))
-            .ok_or_else(|| {
-                input_error(
-                    name,
-                    format!(
-                        "no aesthetic head among the needs (a file named {})",
-                        names.join(" or ")
-                    ),
-                )
-            })?;
-        let model = load_hf_clip(&clip.dir, &dev).at(&clip.dir)?;
-        let head_net = MlpHead::load(&head, model.config().projection_dim).at(&head)?;
-        return Ok(Scorer::from_aesthetic(model, head_net, options, &dev));
+        Ok(Source::Weights(if p.file.is_empty() {
+            input.dir.clone()
+        } else {
+            input.file(&p.file)?
+        }))
     }
-    let [input] = weights else {
-        return Err(input_error(
-            name,
-            format!(
-                "`{name}` takes its weights from one input besides the samples; got {}",
-                weights.len()
-            ),
-        ));
-    };
-    let path = if p.file.is_empty() {
-        input.dir.clone()
-    } else {
-        input.file(&p.file)?
-    };
-    Scorer::load(p.metric.metric(), &path, options, &dev).at(&path)
+
+    /// What the scorer needs on the device for batches of `p.batch` images, as
+    /// [`MemoryNeed`] (nothing trains: no training state).
+    fn memory(&self, p: &SdScoreParams) -> Result<MemoryNeed> {
+        let (metric, path) = match self {
+            Source::Aesthetic { clip, .. } => (Metric::Aesthetic, clip),
+            Source::Weights(path) => (p.metric.metric(), path),
+        };
+        let m = Scorer::memory(metric, path, p.batch).at(path)?;
+        Ok(MemoryNeed {
+            weights: m.weights,
+            training_state: 0,
+            activations: m.activations,
+        })
+    }
+
+    /// Loads the scorer.
+    fn load(&self, p: &SdScoreParams, options: &ScoreOptions) -> Result<Scorer> {
+        let dev = device();
+        match self {
+            Source::Aesthetic { clip, head } => {
+                let model = load_hf_clip(clip, &dev).at(clip)?;
+                let head_net = MlpHead::load(head, model.config().projection_dim).at(head)?;
+                Ok(Scorer::from_aesthetic(model, head_net, options, &dev))
+            }
+            Source::Weights(path) => Scorer::load(p.metric.metric(), path, options, &dev).at(path),
+        }
+    }
 }
 
 fn run(cx: &mut StageContext) -> Result<()> {
@@ -148,7 +187,14 @@ fn run(cx: &mut StageContext) -> Result<()> {
         batch_size: p.batch,
         ..Default::default()
     };
-    let scorer = scorer(&p, &weights, &options)?;
+    let source = Source::of(&p, &weights)?;
+    // Refused here, before a weight is read, if the device cannot hold it.
+    check_need(
+        cx,
+        &source.memory(&p)?,
+        "lower the batch param or give it a larger device",
+    )?;
+    let scorer = source.load(&p, &options)?;
     let rows = read_sd_samples(&samples_path)?;
     let pb = cx.progress(rows.len() as u64, p.metric.as_str());
     let mut scores = Vec::with_capacity(rows.len());

@@ -160,6 +160,13 @@ impl ImageReward {
     /// Loads a folder holding `ImageReward.pt` and `med_config.json` (and, for non-release
     /// shapes, `vision_config.json`).
     pub fn load_dir(dir: &Path, device: &Device) -> Result<Self, ClipError> {
+        let (vision, med) = Self::configs(dir)?;
+        Self::load(&dir.join("ImageReward.pt"), &vision, &med, device)
+    }
+
+    /// The shapes a folder's model has: its `vision_config.json` (the release's ViT-L/16
+    /// where there is none) and its `med_config.json`.
+    pub fn configs(dir: &Path) -> Result<(BlipVisionConfig, MedConfig), ClipError> {
         let read_json = |name: &str| -> Result<Option<String>, ClipError> {
             let path = dir.join(name);
             if !path.is_file() {
@@ -184,8 +191,7 @@ impl ImageReward {
                 .map_err(|e| parse("vision_config.json", &e.to_string()))?,
             None => BlipVisionConfig::default(),
         };
-        let weights = dir.join("ImageReward.pt");
-        Self::load(&weights, &vision, &med, device)
+        Ok((vision, med))
     }
 
     /// Rewards of paired `(b, 3, 224, 224)` pixels (OpenAI-normalised) and `(b, 35)` ids/mask.

@@ -49,6 +49,7 @@ pub mod hf_tokenizer;
 pub mod image_reward;
 pub mod layers;
 pub mod med_bert;
+pub mod memory;
 pub mod model;
 pub mod preprocess;
 pub mod scorers;

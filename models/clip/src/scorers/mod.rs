@@ -25,6 +25,7 @@ use image::RgbImage;
 use crate::config::ClipConfig;
 use crate::error::ClipError;
 use crate::image_reward::{BertTokenizer, ImageReward};
+use crate::memory::{self, ScorerMemory};
 use crate::model::{ClipModel, load_hf_clip, load_open_clip};
 use crate::preprocess::{Preprocess, load_rgb};
 use crate::tokenizer::{ClipTokenizer, TextCleaning};
@@ -141,6 +142,16 @@ pub struct Scorer {
     device: Device,
 }
 
+/// HPSv2's architecture: a `config.json` (HF layout) beside the checkpoint, else ViT-H/14.
+fn hps_config(weights: &Path) -> Result<ClipConfig, ClipError> {
+    let sibling = weights.with_file_name("config.json");
+    if sibling.is_file() {
+        ClipConfig::from_file(&sibling)
+    } else {
+        Ok(ClipConfig::vit_h_14())
+    }
+}
+
 /// The file in `dir` named like one of `candidates`.
 fn find_file(dir: &Path, candidates: &[&str]) -> Result<PathBuf, ClipError> {
     candidates
@@ -182,13 +193,7 @@ impl Scorer {
                 Self::from_clip(metric, model, options, device)
             }
             Metric::HpsV2 => {
-                let sibling = weights.with_file_name("config.json");
-                let cfg = if sibling.is_file() {
-                    ClipConfig::from_file(&sibling)?
-                } else {
-                    ClipConfig::vit_h_14()
-                };
-                let model = load_open_clip(weights, &cfg, device)?;
+                let model = load_open_clip(weights, &hps_config(weights)?, device)?;
                 Self::from_clip(metric, model, options, device)
             }
             Metric::Aesthetic => {
@@ -203,6 +208,21 @@ impl Scorer {
                 device,
             )?),
         }
+    }
+
+    /// What [`Scorer::load`] of the same files needs on its device to score batches of
+    /// `batch` images, from their configs alone ([`crate::memory`]).
+    pub fn memory(metric: Metric, weights: &Path, batch: usize) -> Result<ScorerMemory, ClipError> {
+        Ok(match metric {
+            Metric::PickScore | Metric::ClipScore | Metric::Aesthetic => {
+                memory::clip(&ClipConfig::from_file(&weights.join("config.json"))?, batch)
+            }
+            Metric::HpsV2 => memory::clip(&hps_config(weights)?, batch),
+            Metric::ImageReward => {
+                let (vision, med) = ImageReward::configs(weights)?;
+                memory::image_reward(&vision, &med, batch)
+            }
+        })
     }
 
     /// A prompt-conditioned CLIP metric (`pickscore`, `hpsv2`, `clipscore`) on `model`.
