@@ -84,6 +84,17 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     verbose: cli.verbose,
                     remote,
                     only_key,
+                    relaunch: if l.pipe.executor.names_a_device() && !dry_run {
+                        Some(crate::relaunch::Relaunch::new(
+                            &l,
+                            pipe_file,
+                            set,
+                            &plan.targets,
+                            device_memory,
+                        )?)
+                    } else {
+                        None
+                    },
                 },
             )
         }
@@ -255,6 +266,8 @@ struct RunFlags {
     remote: Option<String>,
     /// Compute only this key (a Slurm job).
     only_key: Option<String>,
+    /// How to start this run again for one key, where a cell names a device of its own.
+    relaunch: Option<crate::relaunch::Relaunch>,
 }
 
 fn cmd_run(l: &Loaded, targets: &[String], f: &RunFlags) -> anyhow::Result<ExitCode> {
@@ -334,6 +347,17 @@ fn cmd_run(l: &Loaded, targets: &[String], f: &RunFlags) -> anyhow::Result<ExitC
         remote: remote.clone().map(|r| r as _),
         fetch_only: false,
         only_key: f.only_key.clone(),
+        elsewhere: match &f.relaunch {
+            Some(r) => crate::relaunch::elsewhere(
+                l,
+                &plan,
+                r.clone(),
+                spo_stages::device::chosen(),
+                jobs as u64,
+                quiet,
+            )?,
+            None => None,
+        },
     };
     let t0 = std::time::Instant::now();
     let s = run::run(&l.pipe, &l.registry, &store, &plan, &opts, &on)?;

@@ -8,6 +8,7 @@ mod commands;
 mod parquet_head;
 mod pin;
 mod pipeline;
+mod relaunch;
 mod remote;
 mod report;
 mod score;

@@ -115,7 +115,7 @@ pub fn cmd_pull(
         progress: MultiProgress::with_draw_target(draw),
         remote: Some(r as _),
         fetch_only: true,
-        only_key: None,
+        ..RunOptions::default()
     };
     let t0 = std::time::Instant::now();
     let s = run::run(&l.pipe, &l.registry, &store, &plan, &opts, &on)?;

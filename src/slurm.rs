@@ -25,6 +25,7 @@ use spo_core::{Committed, Plan};
 use crate::UsageError;
 use crate::commands::short;
 use crate::pipeline::Loaded;
+use crate::relaunch::Relaunch;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -77,13 +78,13 @@ pub fn run(l: &Loaded, plan: &Plan, args: &SlurmArgs<'_>) -> anyhow::Result<Exit
     let store = l.store()?;
     let store_dir = std::fs::canonicalize(&l.store_dir)
         .with_context(|| format!("the store {}", l.store_dir.display()))?;
-    let pipeline = match args.pipeline {
-        Some(p) => Some(std::fs::canonicalize(p).with_context(|| p.display().to_string())?),
-        None if Path::new("pipeline.toml").is_file() => {
-            Some(std::fs::canonicalize("pipeline.toml").context("pipeline.toml")?)
-        }
-        None => None,
-    };
+    let relaunch = Relaunch::new(
+        l,
+        args.pipeline,
+        args.sets,
+        args.targets,
+        args.device_memory,
+    )?;
     // Every job's resources (cell > stage > kind > defaults), checked against the cluster
     // before anything is submitted.
     let resources: Vec<Resources> = (0..plan.nodes.len())
@@ -104,7 +105,6 @@ pub fn run(l: &Loaded, plan: &Plan, args: &SlurmArgs<'_>) -> anyhow::Result<Exit
         libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
         libc::signal(libc::SIGHUP, on_signal as *const () as libc::sighandler_t);
     }
-    let exe = std::env::current_exe().context("finding this binary for the jobs")?;
     let live = spo_core::live::LiveRun::start(&store)?;
     let recorder = Recorder::new(&store, plan);
     let n = plan.nodes.len();
@@ -124,13 +124,8 @@ pub fn run(l: &Loaded, plan: &Plan, args: &SlurmArgs<'_>) -> anyhow::Result<Exit
     ));
     // What every submission, first or retried, shares.
     let submitter = Job {
-        exe: &exe,
-        pipeline: pipeline.as_deref(),
-        store: &store_dir,
-        sets: args.sets,
-        targets: args.targets,
+        relaunch: &relaunch,
         device: args.device,
-        device_memory: args.device_memory,
         run_id: &run_id,
         logs: &logs,
     };
@@ -465,13 +460,9 @@ pub fn run(l: &Loaded, plan: &Plan, args: &SlurmArgs<'_>) -> anyhow::Result<Exit
 
 /// How a job runs this pipeline on one key.
 struct Job<'a> {
-    exe: &'a Path,
-    pipeline: Option<&'a Path>,
-    store: &'a Path,
-    sets: &'a [String],
+    relaunch: &'a Relaunch,
+    /// The run's `--device`, for jobs whose cell names none.
     device: Option<&'a str>,
-    device_memory: Option<&'a str>,
-    targets: &'a [String],
     run_id: &'a str,
     logs: &'a Path,
 }
@@ -480,7 +471,7 @@ impl Job<'_> {
     /// Submits the job computing `key` (`sbatch --parsable`): its id and its log's path, or
     /// sbatch's own refusal.
     fn submit(&self, key: &str, label: &str, r: &Resources) -> anyhow::Result<(String, PathBuf)> {
-        let cmd = self.command(key, r.cpus.unwrap_or(1));
+        let cmd = self.command(key, r);
         let mut sb = self.sbatch(r);
         sb.arg(format!(
             "--output={}",
@@ -502,7 +493,7 @@ impl Job<'_> {
         let list = self.logs.join(format!("{}.{nanos}.keys", self.run_id));
         std::fs::write(&list, keys.join("\n") + "\n")
             .with_context(|| list.display().to_string())?;
-        let cmd = self.command("\"$key\"", r.cpus.unwrap_or(1));
+        let cmd = self.command("\"$key\"", r);
         let logs = shell_quote(&self.logs.display().to_string());
         let wrap = format!(
             "key=$(sed -n \"$((SLURM_ARRAY_TASK_ID + 1))p\" {}); exec > {logs}/\"$key.${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}}.log\" 2>&1; exec {cmd}",
@@ -532,38 +523,18 @@ impl Job<'_> {
             .collect())
     }
 
-    /// The shell command a job runs for `key` (a literal key, or a quoted shell expression).
-    fn command(&self, key: &str, cpus: u64) -> String {
-        let mut cmd = vec![shell_quote(&self.exe.display().to_string())];
-        if let Some(p) = self.pipeline {
-            cmd.push("--pipeline".into());
-            cmd.push(shell_quote(&p.display().to_string()));
-        }
-        cmd.push("--store".into());
-        cmd.push(shell_quote(&self.store.display().to_string()));
-        for s in self.sets {
-            cmd.push("--set".into());
-            cmd.push(shell_quote(s));
-        }
-        for (flag, value) in [
-            ("--device", self.device),
-            ("--device-memory", self.device_memory),
-        ] {
-            if let Some(v) = value {
-                cmd.push(flag.into());
-                cmd.push(shell_quote(v));
-            }
-        }
-        cmd.push("run".into());
-        cmd.extend(self.targets.iter().map(|t| shell_quote(t)));
-        cmd.extend([
-            "--only-key".into(),
-            key.to_owned(),
-            "--jobs".into(),
-            cpus.to_string(),
-            "--no-report".into(),
-        ]);
-        cmd.join(" ")
+    /// The shell command a job with resources `r` runs for `key` (a literal key, or a quoted
+    /// shell expression, left unquoted): on the cell's device if it names one.
+    fn command(&self, key: &str, r: &Resources) -> String {
+        let device = r.device.as_deref().or(self.device);
+        let args = self.relaunch.args(key, r.cpus.unwrap_or(1), device);
+        std::iter::once(shell_quote(&self.relaunch.exe.display().to_string()))
+            .chain(
+                args.iter()
+                    .map(|a| if a == key { a.clone() } else { shell_quote(a) }),
+            )
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     /// `sbatch` with the run's name and the resources `r`.

@@ -755,6 +755,57 @@ kind = "mapo"
     assert_eq!(trained(), 4);
 }
 
+/// `[executor.stage.NAME] device`: a name that is no device is a config error naming the key;
+/// a device this build cannot open (CUDA on a CPU build) is a usage error naming the cell before
+/// anything runs; the run's own device runs here, and the device is in no key.
+#[test]
+fn a_stage_of_its_own_device_is_checked_before_anything_runs() {
+    let pipeline = |device: &str| {
+        format!(
+            "[stage.a]\nkind = \"command\"\nparams = {{ cmd = \"echo 1 > $SPO_OUT/a.txt\" }}\n\n\
+             [stage.b]\nkind = \"command\"\nneeds = [\"a\"]\nparams = {{ cmd = \"cat $SPO_INPUT_A/a.txt > $SPO_OUT/b.txt\" }}\n\
+             {device}"
+        )
+    };
+    let p = Project::new(&pipeline("[executor.stage.b]\ndevice = \"gpu\"\n"));
+    let out = p.run(&["run"]);
+    let e = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("executor.stage.b.device") && e.contains("not a device"),
+        "{e}"
+    );
+    if !cfg!(feature = "cuda") {
+        let p = Project::new(&pipeline("[executor.stage.b]\ndevice = \"cuda:1\"\n"));
+        let out = p.run(&["run"]);
+        let e = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{e}");
+        assert!(
+            e.contains("b asks for device cuda:1") && e.contains("without CUDA"),
+            "{e}"
+        );
+        assert!(p.committed().is_empty(), "nothing ran");
+    }
+    let keys = |device: &str| {
+        let p = Project::new(&pipeline(device));
+        let out = p.run(&["--device", "cpu", "run"]);
+        let e = text(&out.stderr);
+        assert!(out.status.success(), "{e}");
+        assert!(
+            !e.contains("child spo-pipe"),
+            "the run's own device runs here: {e}"
+        );
+        let mut k: Vec<String> = p
+            .committed()
+            .iter()
+            .map(|d| d.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys("[executor.stage.b]\ndevice = \"cpu\"\n"), keys(""));
+}
+
 /// Every real scorer checks its memory before it reads a weight: under a limit between the
 /// sampling cell's need and the scorer's, each `sd-score` cell (PickScore, HPSv2, ImageReward)
 /// is refused naming the stage, its need and the batch param, and stores nothing; with room it

@@ -130,6 +130,7 @@ impl Pipeline {
                     "mem",
                     "time",
                     "gpus",
+                    "device",
                     "stage",
                     "kind_defaults",
                     "cell",
@@ -178,7 +179,7 @@ impl Pipeline {
                     let bt = p.table(body, "an [executor.stage.NAME] section")?;
                     p.known_keys(
                         bt,
-                        &["partition", "account", "cpus", "mem", "time", "gpus"],
+                        &crate::executor::RESOURCE_KEYS,
                         "key of [executor.stage.NAME]",
                     )?;
                     let r = p.resources(bt, &format!("executor.stage.{n}"))?;
@@ -199,7 +200,7 @@ impl Pipeline {
                     let bt = p.table(body, "an [executor.kind_defaults.KIND] section")?;
                     p.known_keys(
                         bt,
-                        &["partition", "account", "cpus", "mem", "time", "gpus"],
+                        &crate::executor::RESOURCE_KEYS,
                         "key of [executor.kind_defaults.KIND]",
                     )?;
                     let r = p.resources(bt, &format!("executor.kind_defaults.{n}"))?;
@@ -494,7 +495,7 @@ impl Parser<'_> {
             let bt = self.table(body, &format!("{what} section"))?;
             self.known_keys(
                 bt,
-                &["partition", "account", "cpus", "mem", "time", "gpus"],
+                &crate::executor::RESOURCE_KEYS,
                 &format!("key of {what}"),
             )?;
             let resources = self.resources(bt, &format!("executor.cell.\"{sel}\""))?;
@@ -514,7 +515,7 @@ impl Parser<'_> {
         t: &Table<'_>,
         what: &str,
     ) -> Result<crate::executor::Resources, ConfigError> {
-        use crate::executor::{check_mem, check_name, check_time};
+        use crate::executor::{check_device, check_mem, check_name, check_time};
         let mut r = crate::executor::Resources::default();
         let checked = |key: &str,
                        check: fn(&str) -> Result<(), String>|
@@ -528,6 +529,7 @@ impl Parser<'_> {
         r.account = checked("account", check_name)?;
         r.mem = checked("mem", check_mem)?;
         r.time = checked("time", check_time)?;
+        r.device = checked("device", check_device)?;
         let count = |key: &str, min: i64| -> Result<Option<u64>, ConfigError> {
             let Some(v) = t.get(key) else { return Ok(None) };
             match self.value(v)? {

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use crate::plan::{Plan, Variant};
 
-/// What a Slurm job asks for. Unset fields fall back to the `[executor]` defaults, then to
-/// Slurm's own.
+/// What a cell's job asks for. Unset fields fall back to the `[executor]` defaults, then to
+/// Slurm's own (or, for `device`, to the run's `--device`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Resources {
     pub partition: Option<String>,
@@ -19,7 +19,23 @@ pub struct Resources {
     pub time: Option<String>,
     /// `--gpus`.
     pub gpus: Option<u64>,
+    /// The compute device of the cell's model stages (`cpu`, `cuda`, `cuda:N`), for the
+    /// executor to honour: a Slurm job runs with it as `--device`; a local run gives a cell
+    /// whose device is not its own to a child `spo-pipe` on that device. Like `--device`, not
+    /// part of any key.
+    pub device: Option<String>,
 }
+
+/// The keys of a resources table (`[executor]`, `[executor.stage.NAME]`, …).
+pub const RESOURCE_KEYS: [&str; 7] = [
+    "partition",
+    "account",
+    "cpus",
+    "mem",
+    "time",
+    "gpus",
+    "device",
+];
 
 impl Resources {
     /// `self`, with `other`'s fields where `self` has none.
@@ -31,6 +47,7 @@ impl Resources {
             mem: self.mem.clone().or_else(|| other.mem.clone()),
             time: self.time.clone().or_else(|| other.time.clone()),
             gpus: self.gpus.or(other.gpus),
+            device: self.device.clone().or_else(|| other.device.clone()),
         }
     }
 }
@@ -97,6 +114,14 @@ impl CellResources {
 }
 
 impl ExecutorDef {
+    /// Whether any table names a device (the local executor then looks at each cell's).
+    pub fn names_a_device(&self) -> bool {
+        self.resources.device.is_some()
+            || self.stages.values().any(|r| r.device.is_some())
+            || self.kinds.values().any(|r| r.device.is_some())
+            || self.cells.iter().any(|c| c.resources.device.is_some())
+    }
+
     /// The resources of a job computing a cell of `stage`, of kind `kind`: the stage's own,
     /// then its kind's defaults, then the `[executor]` defaults, field by field.
     pub fn resources_for(&self, stage: &str, kind: &str) -> Resources {
@@ -159,6 +184,7 @@ impl Resources {
             ("mem", differ(&self.mem, &other.mem)),
             ("time", differ(&self.time, &other.time)),
             ("gpus", differ(&self.gpus, &other.gpus)),
+            ("device", differ(&self.device, &other.device)),
         ]
         .into_iter()
         .find_map(|(f, d)| d.then_some(f))
@@ -210,6 +236,18 @@ pub fn check_time(s: &str) -> Result<(), String> {
         return Err(format!("`{s}`: a time limit of zero"));
     }
     Ok(())
+}
+
+/// Checks a device name: `cpu`, `cuda` or `cuda:N` (whether this build and machine can open it
+/// is the binary's check, before a run starts).
+pub fn check_device(s: &str) -> Result<(), String> {
+    let index = s.strip_prefix("cuda:");
+    if s == "cpu" || s == "cuda" || index.is_some_and(|n| n.parse::<u32>().is_ok()) {
+        return Ok(());
+    }
+    Err(format!(
+        "`{s}` is not a device: use cpu, cuda or cuda:N (N the GPU's index)"
+    ))
 }
 
 /// Checks a partition or account name: what Slurm accepts in one (no spaces, commas or shell

@@ -44,7 +44,15 @@ pub struct RunOptions {
     /// Compute only the cell with this key (a Slurm job of `run --executor slurm`): every
     /// other cell missing from the store is reported [`Event::Absent`], not computed.
     pub only_key: Option<String>,
+    /// Cells another process computes: given a missing cell's node id and key, `Some` with how
+    /// that process ended (it claims, computes and commits the key itself; this run then takes
+    /// the committed cell), `None` for a cell this process computes. The binary gives a cell
+    /// whose `[executor]` device is not the run's own to a child `spo-pipe` on that device.
+    pub elsewhere: Option<Arc<Elsewhere>>,
 }
+
+/// See [`RunOptions::elsewhere`].
+pub type Elsewhere = dyn Fn(usize, &str) -> Option<Result<(), String>> + Send + Sync;
 
 impl Default for RunOptions {
     fn default() -> Self {
@@ -56,6 +64,7 @@ impl Default for RunOptions {
             remote: None,
             fetch_only: false,
             only_key: None,
+            elsewhere: None,
         }
     }
 }
@@ -583,6 +592,10 @@ impl Exec<'_> {
         if self.opts.only_key.as_ref().is_some_and(|k| *k != key) {
             return Ok(Outcome::Absent);
         }
+        let t0 = Instant::now();
+        if let Some(ended) = self.opts.elsewhere.as_ref().and_then(|f| f(id, &key)) {
+            return self.computed_elsewhere(id, &key, ended, t0);
+        }
         let on_wait = || (self.on)(Event::Waiting(node));
         let mut lock = match self
             .store
@@ -620,6 +633,7 @@ impl Exec<'_> {
         } else if self.opts.fetch_only {
             return Ok(Outcome::Absent);
         }
+
         // Checked right before use: a cell is never computed from damaged inputs.
         let manifests = inputs
             .iter()
@@ -720,6 +734,30 @@ impl Exec<'_> {
             },
         )?;
         Ok(Outcome::Ran(cell, seconds))
+    }
+}
+
+impl Exec<'_> {
+    /// Node `id` (key `key`, missing and protected by this run) after another process, started
+    /// at `t0`, computed it and ended as `ended`: the cell it committed, or why there is none.
+    fn computed_elsewhere(
+        &self,
+        id: usize,
+        key: &str,
+        ended: Result<(), String>,
+        t0: Instant,
+    ) -> Result<Outcome, StageError> {
+        ended.map_err(StageError::Failed)?;
+        match self
+            .store
+            .committed_cell(key)
+            .map_err(|e| self.damaged(id, key, e))?
+        {
+            Some(cell) => Ok(Outcome::Ran(cell, t0.elapsed().as_secs_f64())),
+            None => Err(StageError::Failed(format!(
+                "the process it was given to ended without committing {key}"
+            ))),
+        }
     }
 }
 

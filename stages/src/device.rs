@@ -77,7 +77,26 @@ static MEMORY_LIMIT: OnceLock<u64> = OnceLock::new();
 /// Opens the device `choice` names and makes it the process's compute device; an unusable
 /// one is an error here, before any cell runs.
 pub fn select_device(choice: DeviceChoice) -> Result<(), DeviceError> {
-    let dev = match choice {
+    CHOSEN
+        .set(open(choice)?)
+        .map_err(|_| DeviceError::AlreadySet("the compute device"))
+}
+
+/// Checks that this build and machine can open the device `choice` names (opened, then let go).
+pub fn probe(choice: DeviceChoice) -> Result<(), DeviceError> {
+    open(choice).map(drop)
+}
+
+/// The compute device as a choice: CUDA device N or the CPU.
+pub fn chosen() -> DeviceChoice {
+    match device().location() {
+        candle_core::DeviceLocation::Cuda { gpu_id } => DeviceChoice::Cuda(gpu_id),
+        _ => DeviceChoice::Cpu,
+    }
+}
+
+fn open(choice: DeviceChoice) -> Result<Device, DeviceError> {
+    Ok(match choice {
         DeviceChoice::Auto => auto(),
         DeviceChoice::Cpu => Device::Cpu,
         DeviceChoice::Cuda(_) if !cfg!(feature = "cuda") => {
@@ -87,10 +106,7 @@ pub fn select_device(choice: DeviceChoice) -> Result<(), DeviceError> {
             choice,
             message: e.to_string(),
         })?,
-    };
-    CHOSEN
-        .set(dev)
-        .map_err(|_| DeviceError::AlreadySet("the compute device"))
+    })
 }
 
 fn auto() -> Device {
