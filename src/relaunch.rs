@@ -102,6 +102,7 @@ pub fn elsewhere(
         return Ok(None);
     }
     let mut per_node: Vec<Option<DeviceChoice>> = Vec::with_capacity(plan.nodes.len());
+    let mut opened: Vec<DeviceChoice> = Vec::new();
     for i in 0..plan.nodes.len() {
         let r = l
             .pipe
@@ -114,13 +115,17 @@ pub fn elsewhere(
                 let choice: DeviceChoice = d
                     .parse()
                     .map_err(|e| UsageError(format!("{}: {e}", l.pipe.file)))?;
-                spo_stages::device::probe(choice).map_err(|e| {
-                    UsageError(format!(
-                        "{}: {} asks for device {choice}: {e}",
-                        l.pipe.file,
-                        plan.nodes[i].display()
-                    ))
-                })?;
+                // Opened once per device, not per cell.
+                if !opened.contains(&choice) {
+                    spo_stages::device::probe(choice).map_err(|e| {
+                        UsageError(format!(
+                            "{}: {} asks for device {choice}: {e}",
+                            l.pipe.file,
+                            plan.nodes[i].display()
+                        ))
+                    })?;
+                    opened.push(choice);
+                }
                 (choice != own).then_some(choice)
             }
         };
