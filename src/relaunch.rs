@@ -46,7 +46,9 @@ impl Relaunch {
         Ok(Relaunch {
             exe: std::env::current_exe().context("finding this binary to start it again")?,
             pipeline,
-            store: l.store_dir.clone(),
+            // Absolute: a job may start elsewhere than this directory.
+            store: std::path::absolute(&l.store_dir)
+                .with_context(|| format!("the store {}", l.store_dir.display()))?,
             sets: sets.to_vec(),
             targets: targets.to_vec(),
             device_memory: device_memory.map(str::to_owned),

@@ -633,7 +633,6 @@ impl Exec<'_> {
         } else if self.opts.fetch_only {
             return Ok(Outcome::Absent);
         }
-
         // Checked right before use: a cell is never computed from damaged inputs.
         let manifests = inputs
             .iter()
@@ -735,9 +734,7 @@ impl Exec<'_> {
         )?;
         Ok(Outcome::Ran(cell, seconds))
     }
-}
 
-impl Exec<'_> {
     /// Node `id` (key `key`, missing and protected by this run) after another process, started
     /// at `t0`, computed it and ended as `ended`: the cell it committed, or why there is none.
     fn computed_elsewhere(
