@@ -120,25 +120,13 @@ impl Pipeline {
         };
         if let Some(sec) = root.get("executor") {
             let t = p.table(sec, "[executor]")?;
-            p.known_keys(
-                t,
-                &[
-                    "kind",
-                    "partition",
-                    "account",
-                    "cpus",
-                    "mem",
-                    "time",
-                    "gpus",
-                    "device",
-                    "stage",
-                    "kind_defaults",
-                    "cell",
-                    "retries",
-                    "arrays",
-                ],
-                "key of [executor]",
-            )?;
+            // The defaults of every cell's resources, and the executor's own settings.
+            let keys: Vec<&str> = ["kind"]
+                .into_iter()
+                .chain(crate::executor::RESOURCE_KEYS)
+                .chain(["stage", "kind_defaults", "cell", "retries", "arrays"])
+                .collect();
+            p.known_keys(t, &keys, "key of [executor]")?;
             if let Some(v) = t.get("kind") {
                 let k = p.string(v, "executor.kind")?;
                 if k != "local" && k != "slurm" {
