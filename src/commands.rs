@@ -86,7 +86,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     only_key,
                     relaunch: if l.pipe.executor.names_a_device() && !dry_run {
                         Some(crate::relaunch::Relaunch::new(
-                            &l,
+                            std::path::absolute(&l.store_dir)
+                                .with_context(|| format!("the store {}", l.store_dir.display()))?,
                             pipe_file,
                             set,
                             &plan.targets,

@@ -28,9 +28,10 @@ pub struct Relaunch {
 
 impl Relaunch {
     /// For a run of `l`'s pipeline (given as `--pipeline pipeline`, else `./pipeline.toml` if
-    /// there is one) on `targets`.
+    /// there is one) on `targets`, with the store at `store` (absolute: a job may start
+    /// elsewhere than this directory).
     pub fn new(
-        l: &Loaded,
+        store: PathBuf,
         pipeline: Option<&Path>,
         sets: &[String],
         targets: &[String],
@@ -46,9 +47,7 @@ impl Relaunch {
         Ok(Relaunch {
             exe: std::env::current_exe().context("finding this binary to start it again")?,
             pipeline,
-            // Absolute: a job may start elsewhere than this directory.
-            store: std::path::absolute(&l.store_dir)
-                .with_context(|| format!("the store {}", l.store_dir.display()))?,
+            store,
             sets: sets.to_vec(),
             targets: targets.to_vec(),
             device_memory: device_memory.map(str::to_owned),

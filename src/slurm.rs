@@ -79,7 +79,7 @@ pub fn run(l: &Loaded, plan: &Plan, args: &SlurmArgs<'_>) -> anyhow::Result<Exit
     let store_dir = std::fs::canonicalize(&l.store_dir)
         .with_context(|| format!("the store {}", l.store_dir.display()))?;
     let relaunch = Relaunch::new(
-        l,
+        store_dir.clone(),
         args.pipeline,
         args.sets,
         args.targets,

@@ -108,12 +108,17 @@ impl Cache {
 
     /// Reads the cache's files now rather than at the first [`Cache::get`].
     pub(crate) fn load(&self) {
-        self.loaded.get_or_init(|| Loaded::read(&self.dir));
+        self.loaded();
+    }
+
+    /// The cache's files, read at the first call.
+    fn loaded(&self) -> &Loaded {
+        self.loaded.get_or_init(|| Loaded::read(&self.dir))
     }
 
     /// The entry recorded for `key`, if any (not yet checked against the store).
     pub(crate) fn get(&self, key: &str) -> Option<Entry> {
-        let l = self.loaded.get_or_init(|| Loaded::read(&self.dir));
+        let l = self.loaded();
         let span = *l.index.get(&raw_key(key)?)?;
         decode(l.payload(span))
     }

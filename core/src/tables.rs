@@ -86,9 +86,10 @@ pub fn compute(
     for (label, stage, variant) in specs {
         // Sized to the row's seeds and the table's metrics: a 100k-row table holds them all.
         let nodes = plan.find(pipe, &stage, &variant);
+        let seeds = nodes.len();
         let mut per_seed: NameMap<Vec<(Option<u64>, f64)>> =
             NameMap::with_capacity(table.metrics.len());
-        let mut runs = Vec::with_capacity(nodes.len());
+        let mut runs = Vec::with_capacity(seeds);
         for node in nodes {
             match latest.get(&(node.cell.as_str(), node.seed)) {
                 Some(r) => {
@@ -97,7 +98,7 @@ pub fn compute(
                         if let Some(v) = r.metrics.get(m) {
                             let xs = per_seed.get_or_default(m);
                             if xs.capacity() == 0 {
-                                xs.reserve_exact(runs.capacity());
+                                xs.reserve_exact(seeds);
                             }
                             xs.push((r.seed, *v));
                         }

@@ -171,18 +171,13 @@ pub fn save<E: Serialize>(
     Ok(())
 }
 
-/// A partial directory's name no other writer (process, machine, moment) uses.
+/// A partial directory's name no other writer uses: its process id and the moment, as the
+/// store names staging directories (`Store::new_staging`).
 fn partial_name() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let host: String = host
-        .trim()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    format!("{PARTIAL}-{host}-{}-{nanos}", std::process::id())
+    format!("{PARTIAL}-{}-{nanos}", std::process::id())
 }
 
 /// Restores the newest intact checkpoint in `dir` into `varmap` and `opt` and returns its state;
