@@ -7,17 +7,16 @@
 //! candle's graph and checkpointed. Errors are relative to the reference's largest magnitude.
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarMap;
 use spo_clip::preprocess::{CropRounding, PilFilter, load_rgb, resize_centre_crop};
 use spo_diffusion::NoiseSchedule;
 use spo_diffusion::weights::load_safetensors;
 use spo_methods::mapo::Mapo;
 use spo_methods::{diffusion_dpo, per_sample_mse};
-use spo_sd::StableDiffusion;
+
 use spo_sd::spo::UnetBatch;
 
 mod common;
-use common::{TestResult, check, check_lora_grads, fixtures, golden};
+use common::{TestResult, check, check_lora_grads, fixtures, golden, tiny_sd15_with_lora};
 
 /// Each pair's caption, winner and loser (the second caption empty, as the script empties a
 /// share of them).
@@ -36,13 +35,7 @@ const DPO_TOLERANCE: f64 = 5e-3;
 fn one_diffusion_dpo_step_and_mapo_loss_match_the_pytorch_reimplementation() -> TestResult {
     let dev = Device::Cpu;
     let g = load_safetensors(&fixtures().join("sd/sd15_tiny_dpo_step.safetensors"), &dev)?;
-    let mut sd = StableDiffusion::open(&fixtures().join("sd/sd15_tiny"), DType::F32, &dev)?;
-    let varmap = VarMap::new();
-    sd.load_trainable_lora(
-        &fixtures().join("sd/sd15_tiny_spo_lora.safetensors"),
-        &varmap,
-    )?;
-    let vars = spo_nn::named_vars(&varmap)?;
+    let (sd, vars) = tiny_sd15_with_lora()?;
 
     // 1. winners then losers, prepared as torchvision's Resize + CenterCrop (no flip)
     let [h, w] = sd.image_size();

@@ -10,18 +10,17 @@
 //! rollout is stepped here with the golden's noise through the same DDIM transition. Errors are
 //! relative to the reference's largest magnitude.
 
-use candle_core::{DType, Device, IndexOp, Tensor};
-use candle_nn::VarMap;
+use candle_core::{Device, IndexOp, Tensor};
 use spo_diffusion::weights::load_safetensors;
 use spo_diffusion::{Ddim, NoiseSchedule};
 use spo_methods::ddpo::Ppo;
 use spo_methods::online::{Chains, Transition, policy_log_probs, reference_log_probs};
 use spo_methods::ratio::ClampedRatio;
 use spo_methods::spo::Denoiser;
-use spo_sd::{SdPolicy, StableDiffusion};
+use spo_sd::SdPolicy;
 
 mod common;
-use common::{TestResult, check, check_lora_grads, fixtures, golden};
+use common::{TestResult, check, check_lora_grads, fixtures, golden, tiny_sd15_with_lora};
 
 const PROMPTS: [&str; 2] = ["a photo of a cat", "an astronaut riding a horse"];
 const STEPS: usize = 4;
@@ -43,13 +42,7 @@ fn one_d3po_step_and_one_ddpo_step_match_the_pytorch_reimplementation() -> TestR
         &fixtures().join("sd/sd15_tiny_online_step.safetensors"),
         &dev,
     )?;
-    let mut sd = StableDiffusion::open(&fixtures().join("sd/sd15_tiny"), DType::F32, &dev)?;
-    let varmap = VarMap::new();
-    sd.load_trainable_lora(
-        &fixtures().join("sd/sd15_tiny_spo_lora.safetensors"),
-        &varmap,
-    )?;
-    let vars = spo_nn::named_vars(&varmap)?;
+    let (sd, vars) = tiny_sd15_with_lora()?;
     let ddim = Ddim::new(NoiseSchedule::new(sd.scheduler().clone())?, STEPS, 1.0)?;
     assert_eq!(ddim.timesteps(), [751, 501, 251, 1]);
     let b = PROMPTS.len();

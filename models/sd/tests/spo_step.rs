@@ -7,8 +7,7 @@
 //! largest magnitude.
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Device, IndexOp, Tensor, Var};
-use candle_nn::VarMap;
+use candle_core::{Device, IndexOp, Tensor, Var};
 use spo_clip::{ClipConfig, ClipTokenizer, TextCleaning, load_spm};
 use spo_diffusion::weights::load_safetensors;
 use spo_diffusion::{Ddim, NoiseSchedule};
@@ -16,11 +15,11 @@ use spo_methods::pairs::{Continuation, PairChoice, PairSelection};
 use spo_methods::ratio::ClampedRatio;
 use spo_methods::spo::{Denoiser, StepJudge, TrainingEps};
 use spo_nn::SeededRng;
-use spo_sd::{SdPolicy, SpmJudge, StableDiffusion};
+use spo_sd::{SdPolicy, SpmJudge};
 
 mod common;
 
-use common::{TestResult, check, check_lora_grads, fixtures, golden};
+use common::{TestResult, check, check_lora_grads, fixtures, golden, tiny_sd15_with_lora};
 
 const PROMPTS: [&str; 2] = ["a photo of a cat", "an astronaut riding a horse"];
 const K: usize = 4;
@@ -31,13 +30,7 @@ const T_PREV: usize = 701;
 fn one_latent_spo_step_matches_the_pytorch_reimplementation() -> TestResult {
     let dev = Device::Cpu;
     let g = load_safetensors(&fixtures().join("sd/sd15_tiny_spo_step.safetensors"), &dev)?;
-    let mut sd = StableDiffusion::open(&fixtures().join("sd/sd15_tiny"), DType::F32, &dev)?;
-    let varmap = VarMap::new();
-    let lora = sd.load_trainable_lora(
-        &fixtures().join("sd/sd15_tiny_spo_lora.safetensors"),
-        &varmap,
-    )?;
-    assert_eq!((lora.r, lora.lora_alpha), (4, 4.0));
+    let (sd, vars) = tiny_sd15_with_lora()?;
     let clip = fixtures().join("clip/models");
     let spm_config = ClipConfig::from_file(&clip.join("pickscore_tiny/config.json"))?;
     let spm = load_spm(&clip.join("spm_tiny.bin"), &spm_config, &dev)?;
@@ -144,7 +137,6 @@ fn one_latent_spo_step_matches_the_pytorch_reimplementation() -> TestResult {
         1e-4,
     )?;
     check("loss", &out.loss.reshape(1)?, &golden(&g, "loss")?, 1e-4)?;
-    let vars = spo_nn::named_vars(&varmap)?;
     let check_grads = |how: &str, grads: &GradStore| -> TestResult {
         check_lora_grads(how, &vars, grads, &g, "grad", 1e-4)
     };

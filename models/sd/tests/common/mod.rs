@@ -6,13 +6,32 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
+use spo_sd::StableDiffusion;
 
 pub type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 /// The repository's `tests/fixtures`.
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+/// Trainable variables by name.
+pub type Vars = Vec<(String, Var)>;
+
+/// The tiny SD-1.5 pipeline in f32 on the CPU with the SPO-step golden's LoRA (rank 4, the PEFT
+/// LoRA `make_spo_step.py` saved) loaded as trainable variables, and those variables.
+pub fn tiny_sd15_with_lora() -> Result<(StableDiffusion, Vars), Box<dyn std::error::Error>> {
+    let mut sd = StableDiffusion::open(&fixtures().join("sd/sd15_tiny"), DType::F32, &Device::Cpu)?;
+    let varmap = VarMap::new();
+    let lora = sd.load_trainable_lora(
+        &fixtures().join("sd/sd15_tiny_spo_lora.safetensors"),
+        &varmap,
+    )?;
+    assert_eq!((lora.r, lora.lora_alpha), (4, 4.0));
+    let vars = spo_nn::named_vars(&varmap)?;
+    Ok((sd, vars))
 }
 
 /// Copies a diffusers folder (files at the top and one level down) into `to`.
