@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Commits the pretrained in-world weights: copies the cells that `spo-pipe run pretrain` made
-# (the world, the text encoder, the base model) into stages/assets/pretrained/, manifests
+# (the world, the text encoder, the two base models) into stages/assets/pretrained/, manifests
 # included, for `weights = "embedded"` (stages/src/embedded.rs). Rebuild spo-pipe afterwards.
 #
 #   scripts/embed-pretrained.sh [DIR]   DIR: where `spo-pipe run pretrain` ran (default: .)
@@ -16,11 +16,16 @@ cell_dir() {
     echo "$dir/runs/store/$key"
 }
 world="$(cell_dir world)"
-text="$(cell_dir "${TEXT_STAGE:-text-encoder-train}")"
-base="$(cell_dir "${BASE_STAGE:-base-train}")"
-mkdir -p "$out/text-encoder" "$out/base"
+text="$(cell_dir text-encoder-train)"
+mkdir -p "$out/text-encoder"
 cp "$world/manifest.json" "$out/world.json"
 cp "$text"/{clip.safetensors,clip_config.json,vocab.json,manifest.json} "$out/text-encoder/"
-cp "$base"/{unet.safetensors,unet_config.json,manifest.json} "$out/base/"
+echo "embedded: $text (text encoder)"
+# stage that trains it -> directory under assets/pretrained
+for pair in base-train:base base-xl-train:base-xl; do
+    base="$(cell_dir "${pair%%:*}")"
+    mkdir -p "$out/${pair#*:}"
+    cp "$base"/{unet.safetensors,unet_config.json,manifest.json} "$out/${pair#*:}/"
+    echo "embedded: $base (${pair#*:})"
+done
 chmod 0644 "$out"/world.json "$out"/*/*
-echo "embedded: $text (text encoder), $base (base) into $out"

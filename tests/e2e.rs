@@ -80,6 +80,30 @@ const TINY: &[&str] = &[
     "curve-ddpo.prompts=2",
     "curve-ddpo.per_prompt=1",
     "curve-ddpo.steps=4",
+    "base-xl.weights=\"train\"",
+    "base-xl.steps=2",
+    "base-xl.batch=8",
+    "spm-xl.steps=2",
+    "spm-xl.batch=4",
+    "mspo-xl.rounds=1",
+    "mspo-xl.prompts=2",
+    "mspo-xl.steps=4",
+    "dpo-xl.steps=2",
+    "dpo-xl.batch=2",
+    "mapo-xl.steps=2",
+    "mapo-xl.batch=2",
+    "sample-base-xl.prompts=2",
+    "sample-base-xl.per_prompt=1",
+    "sample-base-xl.steps=4",
+    "sample-mspo-xl.prompts=2",
+    "sample-mspo-xl.per_prompt=1",
+    "sample-mspo-xl.steps=4",
+    "sample-dpo-xl.prompts=2",
+    "sample-dpo-xl.per_prompt=1",
+    "sample-dpo-xl.steps=4",
+    "sample-mapo-xl.prompts=2",
+    "sample-mapo-xl.per_prompt=1",
+    "sample-mapo-xl.steps=4",
 ];
 
 fn spo_pipe(store: &Path, args: &[&str]) -> Output {
@@ -132,7 +156,7 @@ fn the_default_dag_fills_every_table_and_a_second_run_does_nothing() {
     assert_eq!(plot.matches("<circle").count(), 6, "{plot}");
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(
-        printed.contains("Table 2") && printed.contains("Table 9"),
+        printed.contains("Table 1") && printed.contains("Table 2") && printed.contains("Table 9"),
         "the run prints its tables:\n{printed}"
     );
 
@@ -144,6 +168,7 @@ fn the_default_dag_fills_every_table_and_a_second_run_does_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
     for t in [
+        "Table 1",
         "Table 2",
         "Table 3",
         "SPO's win rate",

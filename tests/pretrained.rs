@@ -1,6 +1,7 @@
-//! The pretrained in-world weights compiled into spo-pipe: the default pipeline's `text-encoder`
-//! and `base` write exactly the committed bytes, and refuse (naming why) wherever they would
-//! not have trained them: other params, another world, another text encoder.
+//! The pretrained in-world weights compiled into spo-pipe: the default pipeline's `text-encoder`,
+//! `base` and `base-xl` write exactly the committed bytes, each base the one whose recipe its
+//! params are, and refuse (naming why) wherever they would not have trained them: other params,
+//! another world, another text encoder.
 
 use std::path::Path;
 use std::process::Output;
@@ -46,17 +47,20 @@ fn shown(store: &Path, stage: &str, extra: &[&str]) -> serde_json::Value {
 #[test]
 fn the_default_pipeline_starts_from_the_embedded_bytes_and_refuses_anything_else() {
     let dir = tempfile::tempdir().unwrap();
-    let out = spo_pipe(dir.path(), &["run", "base"]);
+    let out = spo_pipe(dir.path(), &["run", "base", "base-xl"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let base = shown(dir.path(), "base", &[]);
+    let xl = shown(dir.path(), "base-xl", &[]);
     let text = shown(dir.path(), "text-encoder", &[]);
     for (cell, model, file) in [
         (&base, "base", "unet.safetensors"),
         (&base, "base", "unet_config.json"),
+        (&xl, "base-xl", "unet.safetensors"),
+        (&xl, "base-xl", "unet_config.json"),
         (&text, "text-encoder", "clip.safetensors"),
         (&text, "text-encoder", "vocab.json"),
     ] {
@@ -67,8 +71,13 @@ fn the_default_pipeline_starts_from_the_embedded_bytes_and_refuses_anything_else
         );
     }
 
+    assert_ne!(
+        digest_in(&base, "unet.safetensors"),
+        digest_in(&xl, "unet.safetensors")
+    );
+
     let refused = |set: &[&str], needle: &str| {
-        let mut args = vec!["run", "base"];
+        let mut args = vec!["run", "base", "base-xl"];
         for s in set {
             args.extend_from_slice(&["--set", s]);
         }
@@ -80,7 +89,19 @@ fn the_default_pipeline_starts_from_the_embedded_bytes_and_refuses_anything_else
             "{set:?} should name {needle}: {err}"
         );
     };
-    refused(&["base.steps=4999"], "steps");
+    refused(
+        &["base.steps=4999"],
+        "`base-train` trained with other params: steps = 5000",
+    );
+    // as far from both recipes: both named
+    refused(
+        &["base-xl.channels=[24, 48, 40]"],
+        "`base-train` trained with other params: channels = [16, 32, 32], and the weights of `base-xl-train` trained with other params: channels = [24, 48, 48]",
+    );
+    refused(
+        &["base-xl.steps=4000", "base-xl.warmup=100"],
+        "`base-xl-train` trained with other params: steps = 5000, warmup = 200;",
+    );
     refused(
         &["text-encoder.weights=\"train\"", "text-encoder.steps=2"],
         "another text encoder",

@@ -15,7 +15,7 @@ use spo_nn::{AdamW, AdamWConfig, SeededRng, named_vars, sharded_backward};
 use spo_world::QualityMix;
 
 use crate::device::device;
-use crate::embedded::Weights;
+use crate::embedded::{BASES, Embedded, Weights};
 use crate::error::Result;
 use crate::inworld::{InWorldClip, new_unet, save_varmap, unet_config};
 use crate::tensors::images_to_tensor;
@@ -101,7 +101,8 @@ fn run(cx: &mut StageContext) -> Result<()> {
     if p.weights == Weights::Embedded {
         let world = cx.input_of_kind("world")?.clone();
         let text = cx.input_of_kind("clip-pretrain")?.clone();
-        return crate::embedded::BASE.write(cx, &world, Some(&text));
+        let model = Embedded::matching(&BASES, cx.stage(), cx.params())?;
+        return model.write(cx, &world, Some(&text));
     }
     let (steps, batch, seed) = (p.steps, p.batch, p.seed);
     let dev = device();

@@ -2,7 +2,8 @@
 //! the default pipeline starts from, as the paper starts from SD-1.5's released weights.
 //!
 //! They were made by `spo-pipe run pretrain` (a long `base-pretrain` budget no 10-minute run
-//! can afford) and committed under `stages/assets/pretrained/` with the manifests of the cells
+//! can afford): the text encoder and two bases, SD-1.5's analogue and a wider one standing in
+//! for SDXL (Table 1), both trained on the same text encoder. They are committed under `stages/assets/pretrained/` with the manifests of the cells
 //! that made them (`scripts/embed-pretrained.sh`). A stage with `weights = "embedded"` writes
 //! these bytes instead of training, after checking that it would have trained exactly them:
 //! its params are the recipe's, its world has the same objects and training prompts, and (for
@@ -51,16 +52,24 @@ pub const TEXT_ENCODER: Embedded = Embedded {
     world_manifest: include_str!("../assets/pretrained/world.json"),
 };
 
-/// The base model: a `base-pretrain` cell trained on [`TEXT_ENCODER`].
-pub const BASE: Embedded = Embedded {
-    kind: "base-pretrain",
-    files: &[
-        asset!("base", "unet.safetensors"),
-        asset!("base", "unet_config.json"),
-    ],
-    manifest: include_str!("../assets/pretrained/base/manifest.json"),
-    world_manifest: include_str!("../assets/pretrained/world.json"),
-};
+macro_rules! base {
+    ($dir:literal) => {
+        Embedded {
+            kind: "base-pretrain",
+            files: &[
+                asset!($dir, "unet.safetensors"),
+                asset!($dir, "unet_config.json"),
+            ],
+            manifest: include_str!(concat!("../assets/pretrained/", $dir, "/manifest.json")),
+            world_manifest: include_str!("../assets/pretrained/world.json"),
+        }
+    };
+}
+
+/// The base models, each a `base-pretrain` cell trained on [`TEXT_ENCODER`]: SD-1.5's analogue
+/// (Table 2 and the ablations) and a wider one standing in for SDXL (Table 1). A cell with
+/// `weights = "embedded"` gets the one whose recipe its params are.
+pub const BASES: [Embedded; 2] = [base!("base"), base!("base-xl")];
 
 fn parse(text: &str, what: &str) -> Result<Manifest> {
     Ok(serde_json::from_str(text).map_err(|e| {
@@ -92,6 +101,58 @@ impl Embedded {
         parse(self.manifest, self.kind)
     }
 
+    /// The recipe's params that this cell's `params` do not match, as `key = value` (a key the
+    /// recipe lacks as `no key`); empty when they are the recipe's.
+    fn param_differences(&self, params: &Params) -> Result<Vec<String>> {
+        let recipe = self.recipe()?;
+        let (want, have) = (recipe_params(&recipe.params), recipe_params(params));
+        Ok(want
+            .0
+            .iter()
+            .filter(|(k, v)| have.0.get(k) != Some(*v))
+            .map(|(k, v)| format!("{k} = {v}"))
+            .chain(
+                have.0
+                    .keys()
+                    .filter(|k| !want.0.contains_key(k))
+                    .map(|k| format!("no `{k}`")),
+            )
+            .collect())
+    }
+
+    /// Of `models`, the one whose recipe `params` are; otherwise an error naming, for the
+    /// recipes they differ from least, the params that differ.
+    pub fn matching<'a>(
+        models: &'a [Embedded],
+        stage: &str,
+        params: &Params,
+    ) -> Result<&'a Embedded> {
+        let mut nearest: Vec<(&Embedded, Vec<String>)> = Vec::new();
+        for m in models {
+            let differ = m.param_differences(params)?;
+            if differ.is_empty() {
+                return Ok(m);
+            }
+            match nearest.first().map(|(_, d)| d.len()) {
+                Some(n) if differ.len() > n => {}
+                Some(n) if differ.len() == n => nearest.push((m, differ)),
+                _ => nearest = vec![(m, differ)],
+            }
+        }
+        let mut which = Vec::with_capacity(nearest.len());
+        for (m, differ) in &nearest {
+            which.push(format!(
+                "the weights of `{}` trained with other params: {}",
+                m.recipe()?.label,
+                differ.join(", ")
+            ));
+        }
+        Err(Error::failed(format!(
+            "stage `{stage}`: weights = \"embedded\" holds {}; set weights = \"train\" to train instead",
+            which.join(", and ")
+        )))
+    }
+
     /// Checks that this cell would have trained exactly the embedded weights, then writes them.
     /// `text_encoder`: for the base, its `clip-pretrain` input.
     pub fn write(
@@ -108,20 +169,8 @@ impl Embedded {
                 recipe.label
             ))
         };
-        let (want, have) = (recipe_params(&recipe.params), recipe_params(cx.params()));
-        if want != have {
-            let differ: Vec<String> = want
-                .0
-                .iter()
-                .filter(|(k, v)| have.0.get(k) != Some(*v))
-                .map(|(k, v)| format!("{k} = {v:?}"))
-                .chain(
-                    have.0
-                        .keys()
-                        .filter(|k| !want.0.contains_key(k))
-                        .map(|k| format!("no `{k}`")),
-                )
-                .collect();
+        let differ = self.param_differences(cx.params())?;
+        if !differ.is_empty() {
             return Err(mismatch(format!("other params: {}", differ.join(", "))));
         }
         let world_recipe = parse(self.world_manifest, "world")?;
