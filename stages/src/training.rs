@@ -76,7 +76,7 @@ impl<'a, E: Serialize + DeserializeOwned + Default + Clone> Trainer<'a, E> {
         let dir = cx.scratch_dir().join(name);
         std::fs::create_dir_all(&dir).map_err(|e| StageError::io(&dir, e))?;
         let pb = cx.progress(steps as u64, name);
-        let clock = CpuClock::new(cx.threads())?;
+        let clock = CpuClock::new()?;
         let clock_at_start = clock.seconds();
         let mut t = Trainer {
             dir: dir.clone(),

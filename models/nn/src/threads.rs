@@ -9,7 +9,7 @@
 //! size it asks for changes.
 
 use std::cell::RefCell;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
@@ -19,6 +19,22 @@ thread_local! {
     /// other on a shared one-thread pool. Only the last size asked for is kept, so a cell whose
     /// share changes does not accumulate idle threads.
     static POOL: RefCell<Option<(usize, Arc<ThreadPool>)>> = const { RefCell::new(None) };
+    /// The CPU time of every pool this thread has built, shared with its [`CpuClock`]s.
+    static POOL_TIME: Arc<Mutex<PoolTime>> = Arc::default();
+}
+
+/// The CPU time of the pools one thread has built: the threads of the pool it has now, and
+/// what the threads of the pools it replaced had used when they were replaced.
+#[derive(Default)]
+struct PoolTime {
+    retired: f64,
+    clocks: Vec<libc::clockid_t>,
+}
+
+impl PoolTime {
+    fn seconds(&self) -> f64 {
+        self.retired + self.clocks.iter().map(|&c| clock_seconds(c)).sum::<f64>()
+    }
 }
 
 /// The calling thread's pool of `threads` threads (at least one), built when the size asked
@@ -41,6 +57,17 @@ pub fn pool(threads: usize) -> candle_core::Result<Arc<ThreadPool>> {
             .build()
             .map_err(candle_core::Error::wrap)?,
     );
+    let clocks = pool
+        .broadcast(|_| thread_clock())
+        .into_iter()
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    // the pool being replaced is idle (only this thread runs work on it): what its threads
+    // used is final, and is kept before they end
+    POOL_TIME.with(|t| {
+        let mut t = t.lock().unwrap_or_else(PoisonError::into_inner);
+        t.retired = t.seconds();
+        t.clocks = clocks;
+    });
     POOL.with(|p| *p.borrow_mut() = Some((threads, pool.clone())));
     Ok(pool)
 }
@@ -52,34 +79,32 @@ pub fn install<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> candle_
 }
 
 /// The CPU time of the threads a computation runs on: the thread that made the clock and
-/// every thread of its pool of the given size (see [`install`]). Readable from any thread, so a
-/// training loop can read it inside `install` as well as outside; it keeps the pool alive.
+/// every thread of every pool that thread builds or has built (see [`install`]), so a cell whose
+/// share of the cores grows mid-way, and whose pool is rebuilt larger, is still counted whole.
+/// Readable from any thread, so a training loop can read it inside `install` as well as outside.
 pub struct CpuClock {
-    /// Each thread's CPU-time clock (`pthread_getcpuclockid`).
-    clocks: Vec<libc::clockid_t>,
-    _pool: Arc<ThreadPool>,
+    /// The calling thread's CPU-time clock (`pthread_getcpuclockid`).
+    caller: libc::clockid_t,
+    pools: Arc<Mutex<PoolTime>>,
 }
 
 impl CpuClock {
-    /// The clock of the calling thread and its pool of `threads` threads.
-    pub fn new(threads: usize) -> candle_core::Result<CpuClock> {
-        let pool = pool(threads)?;
-        let mut clocks = vec![thread_clock()?];
-        for c in pool.broadcast(|_| thread_clock()) {
-            let c = c?;
-            if !clocks.contains(&c) {
-                clocks.push(c);
-            }
-        }
+    /// The clock of the calling thread and its pools.
+    pub fn new() -> candle_core::Result<CpuClock> {
         Ok(CpuClock {
-            clocks,
-            _pool: pool,
+            caller: thread_clock()?,
+            pools: POOL_TIME.with(Arc::clone),
         })
     }
 
     /// Seconds of CPU those threads have used since they started.
     pub fn seconds(&self) -> f64 {
-        self.clocks.iter().map(|&c| clock_seconds(c)).sum()
+        let pools = self
+            .pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .seconds();
+        clock_seconds(self.caller) + pools
     }
 }
 
@@ -140,20 +165,42 @@ mod tests {
 
     #[test]
     fn the_cpu_clock_counts_work_on_every_pool_thread_and_the_caller() -> candle_core::Result<()> {
-        let clock = CpuClock::new(2)?;
-        assert_eq!(clock.clocks.len(), 3, "the caller and two pool threads");
-        let before = clock.seconds();
-        // each pool thread burns 0.1 s of its own CPU: the clock must see both
-        let sums = pool(2)?.broadcast(|_| burn(0.1));
-        assert_eq!(sums.len(), 2);
-        let pool_work = clock.seconds() - before;
-        assert!(pool_work >= 0.2, "pool threads' CPU {pool_work} s < 0.2 s");
-        // work on the calling thread counts too, and the clock can be read from elsewhere
-        burn(0.05);
-        let read_elsewhere = std::thread::scope(|s| s.spawn(|| clock.seconds()).join())
-            .map_err(|_| candle_core::Error::Msg("thread panicked".into()))?;
-        assert!(read_elsewhere - before >= 0.25);
-        Ok(())
+        // on a thread of its own, so that its pools are its own
+        std::thread::spawn(|| -> candle_core::Result<()> {
+            let clock = CpuClock::new()?;
+            let before = clock.seconds();
+            // each pool thread burns 0.1 s of its own CPU: the clock must see both
+            let sums = pool(2)?.broadcast(|_| burn(0.1));
+            assert_eq!(sums.len(), 2);
+            let pool_work = clock.seconds() - before;
+            assert!(pool_work >= 0.2, "pool threads' CPU {pool_work} s < 0.2 s");
+            // work on the calling thread counts too, and the clock can be read from elsewhere
+            burn(0.05);
+            let read_elsewhere = std::thread::scope(|s| s.spawn(|| clock.seconds()).join())
+                .map_err(|_| candle_core::Error::Msg("thread panicked".into()))?;
+            assert!(read_elsewhere - before >= 0.25);
+            Ok(())
+        })
+        .join()
+        .map_err(|_| candle_core::Error::Msg("thread panicked".into()))?
+    }
+
+    #[test]
+    fn the_cpu_clock_keeps_what_replaced_pools_used() -> candle_core::Result<()> {
+        // a cell lent one core, then two as the cells beside it finish: its pool is rebuilt,
+        // and what the first pool's thread used must stay counted
+        std::thread::spawn(|| -> candle_core::Result<()> {
+            let clock = CpuClock::new()?;
+            let before = clock.seconds();
+            install(1, || burn(0.1))?;
+            pool(2)?.broadcast(|_| burn(0.1));
+            install(3, || burn(0.05))?;
+            let used = clock.seconds() - before;
+            assert!(used >= 0.35, "CPU {used} s < 0.35 s across three pools");
+            Ok(())
+        })
+        .join()
+        .map_err(|_| candle_core::Error::Msg("thread panicked".into()))?
     }
 
     #[test]
