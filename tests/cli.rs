@@ -732,27 +732,45 @@ kind = "mapo"
 "#
     );
     let p = Project::new(&pipeline);
-    let trained = || {
+    refused_then_run(
+        &p,
+        &["d3po", "ddpo", "dpo", "mapo"],
+        "16K",
+        &["gradient_checkpointing", "activations"],
+        ("lora.safetensors", 4),
+    );
+}
+
+/// Each of `stages`, run alone with `--device-memory small`, is refused naming the stage, its
+/// need and each of `needles`, and no cell holding `file` is stored; then the whole pipeline
+/// runs with 4G and `count` cells hold one.
+fn refused_then_run(
+    p: &Project,
+    stages: &[&str],
+    small: &str,
+    needles: &[&str],
+    (file, count): (&str, usize),
+) {
+    let stored = || {
         p.committed()
             .iter()
-            .filter(|d| d.join("lora.safetensors").is_file())
+            .filter(|d| d.join(file).is_file())
             .count()
     };
-    for stage in ["d3po", "ddpo", "dpo", "mapo"] {
-        let out = p.run(&["--device-memory", "16K", "run", stage]);
+    for stage in stages {
+        let out = p.run(&["--device-memory", small, "run", stage]);
         let e = text(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{stage}: {e}");
         assert!(
             e.contains(&format!("stage `{stage}` needs about"))
-                && e.contains("gradient_checkpointing")
-                && e.contains("activations"),
+                && needles.iter().all(|n| e.contains(n)),
             "{stage}: {e}"
         );
-        assert_eq!(trained(), 0, "{stage}: a refused cell stores nothing");
+        assert_eq!(stored(), 0, "{stage}: a refused cell stores nothing");
     }
     let out = p.run(&["--device-memory", "4G", "run"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(trained(), 4);
+    assert_eq!(stored(), count);
 }
 
 /// `[executor.stage.NAME] device`: a name that is no device is a config error naming the key;
@@ -852,27 +870,13 @@ params = {{ steps = 2, batch = 2 }}
     let p = Project::new(&pipeline);
     let out = p.run(&["run", "sample"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let scored = || {
-        p.committed()
-            .iter()
-            .filter(|d| d.join("scores.parquet").is_file())
-            .count()
-    };
-    for stage in ["pick", "hps", "ir"] {
-        let out = p.run(&["--device-memory", "64K", "run", stage]);
-        let e = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{stage}: {e}");
-        assert!(
-            e.contains(&format!("stage `{stage}` needs about"))
-                && e.contains("weights")
-                && e.contains("lower the batch param"),
-            "{stage}: {e}"
-        );
-        assert_eq!(scored(), 0, "{stage}: a refused cell stores nothing");
-    }
-    let out = p.run(&["--device-memory", "4G", "run"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(scored(), 4);
+    refused_then_run(
+        &p,
+        &["pick", "hps", "ir"],
+        "64K",
+        &["weights", "lower the batch param"],
+        ("scores.parquet", 4),
+    );
     let estimate = |stage: &str| -> f64 {
         let out = p.run(&["show", stage, "--json"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("show --json");
