@@ -3,8 +3,9 @@
 //!
 //! They were made by `spo-pipe run pretrain` (a long `base-pretrain` budget no 10-minute run
 //! can afford): the text encoder and two bases, SD-1.5's analogue and a wider one standing in
-//! for SDXL (Table 1), both trained on the same text encoder. They are committed under `stages/assets/pretrained/` with the manifests of the cells
-//! that made them (`scripts/embed-pretrained.sh`). A stage with `weights = "embedded"` writes
+//! for SDXL (Table 1), both trained on that text encoder. They are committed under
+//! `stages/assets/pretrained/` with the manifests of the cells that made them
+//! (`scripts/embed-pretrained.sh`). A stage with `weights = "embedded"` writes
 //! these bytes instead of training, after checking that it would have trained exactly them:
 //! its params are the recipe's, its world has the same objects and training prompts, and (for
 //! the base) its text encoder is the one the base was trained with. Anything else is an error
@@ -169,10 +170,7 @@ impl Embedded {
                 recipe.label
             ))
         };
-        let differ = self.param_differences(cx.params())?;
-        if !differ.is_empty() {
-            return Err(mismatch(format!("other params: {}", differ.join(", "))));
-        }
+        Embedded::matching(std::slice::from_ref(self), &stage, cx.params())?;
         let world_recipe = parse(self.world_manifest, "world")?;
         for rel in WORLD_FILES {
             let have = file_digest(&world.manifest, rel);
